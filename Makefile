@@ -1,0 +1,73 @@
+# Two commands do all the set-up on a fresh machine: `make run` and `make test` (see README.md).
+# Every target installs what it needs first; stamps make the second run fast.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+EXTRAS ?= board,serve,train,dev
+NODE_DIR := clients/node
+BUF := $(NODE_DIR)/node_modules/.bin/buf
+
+# Model archive settings (issue: `make model MODEL_ARCH=... MODEL_WEIGHTS=...`).
+MODEL_ARCH ?= deeplabv3_resnet101
+MODEL_WEIGHTS ?= auto
+MODEL_STORE := model_store
+MAR := $(MODEL_STORE)/deeplabv3.mar
+
+PROTO_SRC := $(shell find protos -name '*.proto' 2>/dev/null)
+PY_DIRS := board_server seg_handler clients training tests bench
+
+.PHONY: help install proto node lint fmt test test-fast bench model serve stop run migrate clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	@touch $@
+
+install: $(VENV)/.installed  ## create .venv and install every extra
+
+clients/gen/.built: $(VENV)/.installed $(PROTO_SRC) clients/build_protos.py
+	$(PY) -m clients.build_protos
+	@touch $@
+
+proto: clients/gen/.built  ## generate Python stubs (board.v1 + TorchServe's protos from its jar)
+
+$(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package-lock.json
+	npm ci --prefix $(NODE_DIR) --no-audit --no-fund --loglevel=error
+	@touch $@
+
+node: $(NODE_DIR)/node_modules/.installed  ## install the Node.js client and buf from the lock file
+
+lint: proto node  ## ruff, ruff format --check, mypy, buf lint
+	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
+	$(BIN)/mypy $(PY_DIRS)
+	cd protos && ../$(BUF) lint
+
+fmt: install  ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix $(PY_DIRS)
+	$(BIN)/ruff format $(PY_DIRS)
+
+test: lint  ## lint, then the whole test suite against real servers
+	$(BIN)/pytest -q -ra
+
+test-fast: proto node  ## the test suite without lint (for quick iterations)
+	$(BIN)/pytest -q -ra -x $(ARGS)
+
+bench: proto node  ## benchmarks; figures to bench/results/*.json
+	$(PY) -m bench.board
+
+migrate: proto  ## apply database migrations (BOARD_DATABASE_URL or the default SQLite file)
+	$(BIN)/board-server migrate
+
+clean:  ## remove generated code, build output and local state (keeps .venv)
+	rm -rf clients/gen build var $(MODEL_STORE)/*.mar .mypy_cache .ruff_cache .pytest_cache
