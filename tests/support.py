@@ -1,0 +1,98 @@
+"""Test support shared by every room: free ports, real processes always stopped by pid, polling."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Processes:
+    """Starts real subprocesses and guarantees they are stopped, by pid, at teardown.
+
+    Each process gets its own process group so that children (e.g. TorchServe's Python workers) go with it.
+    """
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        self,
+        args: Sequence[str],
+        *,
+        name: str,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Start ``args`` with stdout+stderr to ``<log_dir>/<name>.log``; return the Popen."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.log_dir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            list(args),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            start_new_session=True,
+        )
+        log.close()
+        self._procs.append(proc)
+        return proc
+
+    def log_text(self, name: str) -> str:
+        path = self.log_dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    @staticmethod
+    def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0, sig: int = signal.SIGTERM) -> None:
+        """Signal the process group of ``proc``, wait, then SIGKILL what is left."""
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                logger.warning("pid %d ignored signal %d; killing", proc.pid, sig)
+        # Whatever is left in the group (children that outlived their parent) goes too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self._procs):
+            self.stop(proc)
+        self._procs.clear()
+
+
+def wait_for(predicate_desc: str, predicate: object, timeout: float, interval: float = 0.1) -> None:
+    """Poll ``predicate()`` until it returns truthy; raise TimeoutError naming ``predicate_desc``."""
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception as exc:  # the thing being waited for is not up yet
+            last_exc = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {predicate_desc}: {last_exc!r}")
