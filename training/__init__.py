@@ -1,0 +1,1 @@
+"""DeepLabv3 model pipeline: data, model, train, evaluate, export to TorchScript and a TorchServe archive."""

@@ -1,0 +1,334 @@
+"""Checkpoint → frozen TorchScript + parity check → torch-model-archiver → ``<out>/<model-name>.mar``.
+
+    python -m training.export --arch deeplabv3_resnet101 --weights auto --out model_store
+
+The TorchScript module takes a float32 ``[N,3,H,W]`` tensor, already ImageNet-normalised, and returns the
+``out`` logits ``[N,num_classes,H,W]`` (no aux head). It loads with plain ``torch.jit.load``, no torchvision.
+The archive carries ``model-meta.json`` (arch, weights provenance, class names, input size, TorchScript
+sha256) that the handler reads from its model dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from training.model import ARCHS, DEFAULT_ARCH, WEIGHT_CHOICES, BuiltModel, WeightsError, build_model
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_HANDLER = REPO_ROOT / "seg_handler" / "handler.py"
+DEFAULT_CONFIG_FILE = REPO_ROOT / "seg_handler" / "model-config.yaml"
+METADATA_NAME = "model-meta.json"
+MODEL_VERSION = "1.0"
+DEFAULT_INPUT_SIZE = 520
+DEFAULT_SEED = 0
+
+# Issue 4's parity bar: the scripted model must match the eager one to this.
+MAX_ABS_LOGIT_DIFF = 1e-4
+MIN_ARGMAX_AGREEMENT = 0.9999
+
+
+class ExportError(RuntimeError):
+    """The export cannot go on (parity failed, handler missing, archiver failed); the message says why."""
+
+
+class SegmentationLogits(nn.Module):
+    """Inference wrapper: normalised image batch → the ``out`` logits only."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)["out"]  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """Scripted vs eager outputs on fixed inputs."""
+
+    shapes: tuple[tuple[int, int, int, int], ...]
+    max_abs_diff: float
+    argmax_agreement: float  # fraction of pixels whose argmax class agrees, 0..1
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= MAX_ABS_LOGIT_DIFF and self.argmax_agreement >= MIN_ARGMAX_AGREEMENT
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What an export wrote and how it checked out."""
+
+    mar_path: Path
+    torchscript_path: Path | None  # only when asked to keep it outside the archive
+    torchscript_sha256: str
+    metadata: dict[str, Any]
+    parity: ParityReport
+    seconds: float
+
+
+def default_parity_shapes(input_size: int) -> tuple[tuple[int, int, int, int], ...]:
+    """A square input at the serving size, a batch of two at an odd size, a small non-square one."""
+    return ((1, 3, input_size, input_size), (2, 3, 241, 319), (1, 3, 97, 130))
+
+
+def to_torchscript(model: nn.Module) -> torch.jit.ScriptModule:
+    """Script the eval-mode ``out``-only wrapper of ``model`` and freeze it (the aux head is dropped)."""
+    model = model.eval()
+    if getattr(model, "aux_classifier", None) is not None:
+        model.aux_classifier = None  # type: ignore[assignment]
+    wrapper = SegmentationLogits(model).eval()
+    with warnings.catch_warnings():
+        # torch.jit is deprecated for torch.export, but TorchServe's TorchScript path is the contract.
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.script(wrapper)
+        frozen: torch.jit.ScriptModule = torch.jit.freeze(scripted.eval())
+        return frozen
+
+
+def check_parity(
+    eager: nn.Module,
+    scripted: torch.jit.ScriptModule,
+    shapes: Sequence[tuple[int, int, int, int]],
+    seed: int = DEFAULT_SEED,
+) -> ParityReport:
+    """Compare ``scripted`` with ``eager`` (``out`` logits) on seeded N(0,1) inputs of ``shapes``."""
+    generator = torch.Generator().manual_seed(seed)
+    max_diff = 0.0
+    agree = 0
+    total = 0
+    wrapper = SegmentationLogits(eager).eval()
+    with torch.inference_mode():
+        for shape in shapes:
+            x = torch.randn(shape, generator=generator)
+            expected = wrapper(x)
+            actual = scripted(x)
+            if actual.shape != expected.shape:
+                raise ExportError(
+                    f"scripted output shape {tuple(actual.shape)} != eager {tuple(expected.shape)}"
+                )
+            max_diff = max(max_diff, float((actual - expected).abs().max()))
+            agree += int((actual.argmax(1) == expected.argmax(1)).sum())
+            total += expected.shape[0] * expected.shape[2] * expected.shape[3]
+    return ParityReport(tuple(tuple(s) for s in shapes), max_diff, agree / total)  # type: ignore[misc]
+
+
+def build_metadata(built: BuiltModel, input_size: int, torchscript_sha256: str) -> dict[str, Any]:
+    """The ``model-meta.json`` contents the handler reads."""
+    return {
+        "arch": built.arch,
+        "weights": built.provenance.source,
+        "weights_file": built.provenance.weights_file,
+        "sha256": built.provenance.sha256,
+        "untrained": built.provenance.untrained,
+        "class_names": list(built.class_names),
+        "num_classes": built.num_classes,
+        "input_size": input_size,
+        "torchscript_sha256": torchscript_sha256,
+    }
+
+
+def _save_torchscript(module: torch.jit.ScriptModule, path: Path) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(module, str(path))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _run_archiver(
+    *,
+    model_name: str,
+    serialized_file: Path,
+    handler: Path,
+    metadata_file: Path,
+    config_file: Path | None,
+    export_dir: Path,
+    scratch: Path,
+) -> Path:
+    command = [
+        sys.executable,
+        "-m",
+        "model_archiver.model_packaging",
+        "--model-name",
+        model_name,
+        "--version",
+        MODEL_VERSION,
+        "--serialized-file",
+        str(serialized_file),
+        "--handler",
+        str(handler),
+        "--extra-files",
+        str(metadata_file),
+        "--export-path",
+        str(export_dir),
+        "--force",
+    ]
+    if config_file is not None:
+        command += ["--config-file", str(config_file)]
+    # The archiver stages files in $TMPDIR/<model-name>; a private TMPDIR keeps concurrent exports apart.
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    mar = export_dir / f"{model_name}.mar"
+    if proc.returncode != 0 or not mar.is_file():
+        raise ExportError(
+            f"torch-model-archiver failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}".rstrip()
+        )
+    return mar
+
+
+def export_archive(
+    arch: str = DEFAULT_ARCH,
+    weights: str | Path = "auto",
+    out_dir: Path = Path("model_store"),
+    *,
+    model_name: str = "deeplabv3",
+    input_size: int = DEFAULT_INPUT_SIZE,
+    handler: Path = DEFAULT_HANDLER,
+    config_file: Path | None = DEFAULT_CONFIG_FILE,
+    torchscript_out: Path | None = None,
+    parity_shapes: Sequence[tuple[int, int, int, int]] | None = None,
+    seed: int = DEFAULT_SEED,
+) -> ExportResult:
+    """Export ``arch`` with ``weights`` to ``out_dir/<model_name>.mar``, atomically replacing an old one.
+
+    Raises:
+        ValueError: unknown ``arch``.
+        WeightsError: the weights cannot be loaded.
+        ExportError: handler/config missing, parity check failed, or torch-model-archiver failed.
+    """
+    started = time.perf_counter()
+    handler = Path(handler)
+    if not handler.is_file():
+        raise ExportError(f"handler not found: {handler} (pass --handler PATH)")
+    if config_file is not None and not Path(config_file).is_file():
+        raise ExportError(f"model config not found: {config_file} (pass --config-file PATH)")
+
+    # Seed before building so `random` weights, and hence the TorchScript file, are reproducible.
+    torch.manual_seed(seed)
+    built = build_model(arch, weights=weights, aux_loss=False)
+    eager = built.model.eval()
+    scripted = to_torchscript(eager)
+    shapes = parity_shapes or default_parity_shapes(input_size)
+    parity = check_parity(eager, scripted, shapes, seed=seed)
+    logger.info(
+        "parity %s vs eager on %s: max |Δlogit| = %.3g (limit %g), argmax agreement = %.4f%% (min %.2f%%)",
+        arch,
+        ", ".join("x".join(map(str, shape)) for shape in shapes),
+        parity.max_abs_diff,
+        MAX_ABS_LOGIT_DIFF,
+        100 * parity.argmax_agreement,
+        100 * MIN_ARGMAX_AGREEMENT,
+    )
+    if not parity.passed:
+        raise ExportError(
+            f"TorchScript parity failed for {arch}: max |Δlogit| {parity.max_abs_diff:.3g} "
+            f"(limit {MAX_ABS_LOGIT_DIFF:g}), argmax agreement {parity.argmax_agreement:.6f} "
+            f"(min {MIN_ARGMAX_AGREEMENT})"
+        )
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{model_name}-export-") as tmp:
+        work = Path(tmp)
+        (work / "scratch").mkdir()
+        (work / "archive").mkdir()
+        pt_path = work / f"{model_name}.pt"
+        ts_sha = _save_torchscript(scripted, pt_path)
+        metadata = build_metadata(built, input_size, ts_sha)
+        meta_path = work / METADATA_NAME
+        meta_path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+        built_mar = _run_archiver(
+            model_name=model_name,
+            serialized_file=pt_path,
+            handler=handler,
+            metadata_file=meta_path,
+            config_file=Path(config_file) if config_file is not None else None,
+            export_dir=work / "archive",
+            scratch=work / "scratch",
+        )
+        mar_path = out_dir / f"{model_name}.mar"
+        os.replace(built_mar, mar_path)  # same folder tree: a reader never sees half an archive
+        if torchscript_out is not None:
+            torchscript_out = Path(torchscript_out)
+            torchscript_out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(pt_path, torchscript_out)
+    seconds = time.perf_counter() - started
+    logger.info("wrote %s (TorchScript sha256 %s) in %.1f s", mar_path, ts_sha, seconds)
+    return ExportResult(mar_path, torchscript_out, ts_sha, metadata, parity, seconds)
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Export DeepLabv3 to TorchScript + a TorchServe .mar", add_help=add_help
+    )
+    parser.add_argument("--arch", default=DEFAULT_ARCH, choices=ARCHS)
+    parser.add_argument(
+        "--weights",
+        default="auto",
+        help=f"{' | '.join(WEIGHT_CHOICES)} | path to a training checkpoint or state_dict (default: auto)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("model_store"), help="folder for <model-name>.mar")
+    parser.add_argument("--model-name", default="deeplabv3")
+    parser.add_argument(
+        "--input-size", type=int, default=DEFAULT_INPUT_SIZE, help="shorter-side resize for serving"
+    )
+    parser.add_argument("--handler", type=Path, default=DEFAULT_HANDLER)
+    parser.add_argument("--config-file", type=Path, default=DEFAULT_CONFIG_FILE)
+    parser.add_argument("--torchscript-out", type=Path, default=None, help="also keep the .pt here")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        result = export_archive(
+            args.arch,
+            args.weights,
+            args.out,
+            model_name=args.model_name,
+            input_size=args.input_size,
+            handler=args.handler,
+            config_file=args.config_file,
+            torchscript_out=args.torchscript_out,
+            seed=args.seed,
+        )
+    except (WeightsError, ExportError) as exc:
+        logger.error("%s", exc)
+        return 1
+    meta = result.metadata
+    print(f"archive:      {result.mar_path}")
+    if result.torchscript_path is not None:
+        print(f"torchscript:  {result.torchscript_path}")
+    print(f"arch:         {meta['arch']}")
+    print(f"weights:      {meta['weights']}{'  (UNTRAINED)' if meta['untrained'] else ''}")
+    print(f"sha256:       weights {meta['sha256']}, torchscript {result.torchscript_sha256}")
+    print(
+        f"parity:       max |Δlogit| {result.parity.max_abs_diff:.3g}, "
+        f"argmax agreement {100 * result.parity.argmax_agreement:.4f}%"
+    )
+    print(f"export time:  {result.seconds:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(main(get_args_parser().parse_args()))
