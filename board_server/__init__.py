@@ -1,0 +1,1 @@
+"""The bulletin board gRPC service (board.v1.BoardService) over SQLAlchemy."""

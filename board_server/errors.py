@@ -1,0 +1,99 @@
+"""Domain exceptions of the board and the ONE table that maps them to gRPC status codes and details."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
+from grpc_status import rpc_status
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One invalid request field: its path (e.g. ``user.email``) and what is wrong with it."""
+
+    field: str
+    description: str
+
+
+class BoardError(Exception):
+    """Base of every error the board reports to its callers."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(BoardError):  # noqa: N818 - domain names, as in the house style
+    """The request is malformed; ``violations`` names each offending field."""
+
+    def __init__(self, violations: list[FieldViolation]) -> None:
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations) or "invalid argument")
+        self.violations = violations
+
+
+class NotFound(BoardError):  # noqa: N818 - domain names, as in the house style
+    """A row the request refers to does not exist."""
+
+    resource = "Resource"
+
+    def __init__(self, row_id: int) -> None:
+        super().__init__(f"{self.resource} not found; id={row_id}")
+        self.row_id = row_id
+
+
+class UserNotFound(NotFound):
+    resource = "User"
+
+
+class PostNotFound(NotFound):
+    resource = "Post"
+
+
+class CommentNotFound(NotFound):
+    resource = "Comment"
+
+
+class AlreadyExists(BoardError):  # noqa: N818 - domain names, as in the house style
+    """A unique constraint (e.g. the case-insensitive email) would be violated."""
+
+
+class DatabaseBusy(BoardError):  # noqa: N818 - domain names, as in the house style
+    """The database could not take the write in time (lock contention beyond the busy timeout); retryable."""
+
+
+# The one mapping from domain errors to canonical codes; the most specific class wins (MRO order).
+STATUS_CODES: dict[type[BoardError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    DatabaseBusy: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def status_code(error: BoardError) -> grpc.StatusCode:
+    """Return the gRPC code for ``error``; unknown subclasses of BoardError are INTERNAL."""
+    for cls in type(error).__mro__:
+        if cls in STATUS_CODES:
+            return STATUS_CODES[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+def to_grpc_status(error: BoardError) -> grpc.Status:
+    """Build the rich status (code, message, BadRequest details for InvalidArgument) for ``error``."""
+    code = status_code(error)
+    details: list[any_pb2.Any] = []
+    if isinstance(error, InvalidArgument):
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in error.violations
+            ]
+        )
+        detail = any_pb2.Any()
+        detail.Pack(bad_request)
+        details.append(detail)
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message, details=details)
+    return rpc_status.to_status(status)

@@ -1,0 +1,178 @@
+# ruff: noqa: N802 - method names are the RPC names that grpc dispatches to.
+"""Thin gRPC adapter: proto request → service call → proto response. Imports no SQLAlchemy.
+
+Errors are not handled here: domain exceptions travel up to the interceptor in server.py, which maps them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Protocol
+
+import grpc
+from google.protobuf import empty_pb2, timestamp_pb2
+
+from board_server.service import Board
+from clients.gen.board.v1 import board_pb2, board_pb2_grpc
+
+
+class _UserRow(Protocol):
+    id: int
+    name: str
+    email: str
+    create_time: datetime
+
+
+class _PostRow(Protocol):
+    id: int
+    user_id: int
+    title: str
+    content: str
+    create_time: datetime
+    update_time: datetime
+
+
+class _CommentRow(Protocol):
+    id: int
+    post_id: int
+    user_id: int
+    content: str
+    create_time: datetime
+    update_time: datetime
+
+
+def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def user_to_proto(user: _UserRow) -> board_pb2.User:
+    return board_pb2.User(
+        id=user.id, name=user.name, email=user.email, create_time=_timestamp(user.create_time)
+    )
+
+
+def post_to_proto(post: _PostRow) -> board_pb2.Post:
+    return board_pb2.Post(
+        id=post.id,
+        user_id=post.user_id,
+        title=post.title,
+        content=post.content,
+        create_time=_timestamp(post.create_time),
+        update_time=_timestamp(post.update_time),
+    )
+
+
+def comment_to_proto(comment: _CommentRow) -> board_pb2.Comment:
+    return board_pb2.Comment(
+        id=comment.id,
+        post_id=comment.post_id,
+        user_id=comment.user_id,
+        content=comment.content,
+        create_time=_timestamp(comment.create_time),
+        update_time=_timestamp(comment.update_time),
+    )
+
+
+class BoardServicer(board_pb2_grpc.BoardServiceServicer):
+    """board.v1.BoardService over the board's use cases."""
+
+    def __init__(self, board: Board) -> None:
+        self._board = board
+
+    # users
+
+    def CreateUser(
+        self, request: board_pb2.CreateUserRequest, context: grpc.ServicerContext
+    ) -> board_pb2.User:
+        return user_to_proto(self._board.users.create_user(request.name, request.email))
+
+    def GetUser(self, request: board_pb2.GetUserRequest, context: grpc.ServicerContext) -> board_pb2.User:
+        return user_to_proto(self._board.users.get_user(request.id))
+
+    def ListUsers(
+        self, request: board_pb2.ListUsersRequest, context: grpc.ServicerContext
+    ) -> board_pb2.ListUsersResponse:
+        page = self._board.users.list_users(request.page_size, request.page_token)
+        return board_pb2.ListUsersResponse(
+            users=[user_to_proto(u) for u in page.items], next_page_token=page.next_page_token
+        )
+
+    def UpdateUser(
+        self, request: board_pb2.UpdateUserRequest, context: grpc.ServicerContext
+    ) -> board_pb2.User:
+        user = request.user
+        paths = list(request.update_mask.paths)
+        return user_to_proto(self._board.users.update_user(user.id, paths, user.name, user.email))
+
+    def DeleteUser(
+        self, request: board_pb2.DeleteUserRequest, context: grpc.ServicerContext
+    ) -> empty_pb2.Empty:
+        self._board.users.delete_user(request.id)
+        return empty_pb2.Empty()
+
+    # posts
+
+    def CreatePost(
+        self, request: board_pb2.CreatePostRequest, context: grpc.ServicerContext
+    ) -> board_pb2.Post:
+        return post_to_proto(self._board.posts.create_post(request.user_id, request.title, request.content))
+
+    def GetPost(self, request: board_pb2.GetPostRequest, context: grpc.ServicerContext) -> board_pb2.Post:
+        return post_to_proto(self._board.posts.get_post(request.id))
+
+    def ListPosts(
+        self, request: board_pb2.ListPostsRequest, context: grpc.ServicerContext
+    ) -> board_pb2.ListPostsResponse:
+        page = self._board.posts.list_posts(request.user_id, request.page_size, request.page_token)
+        return board_pb2.ListPostsResponse(
+            posts=[post_to_proto(p) for p in page.items], next_page_token=page.next_page_token
+        )
+
+    def UpdatePost(
+        self, request: board_pb2.UpdatePostRequest, context: grpc.ServicerContext
+    ) -> board_pb2.Post:
+        post = request.post
+        paths = list(request.update_mask.paths)
+        return post_to_proto(self._board.posts.update_post(post.id, paths, post.title, post.content))
+
+    def DeletePost(
+        self, request: board_pb2.DeletePostRequest, context: grpc.ServicerContext
+    ) -> empty_pb2.Empty:
+        self._board.posts.delete_post(request.id)
+        return empty_pb2.Empty()
+
+    # comments
+
+    def CreateComment(
+        self, request: board_pb2.CreateCommentRequest, context: grpc.ServicerContext
+    ) -> board_pb2.Comment:
+        comment = self._board.comments.create_comment(request.post_id, request.user_id, request.content)
+        return comment_to_proto(comment)
+
+    def GetComment(
+        self, request: board_pb2.GetCommentRequest, context: grpc.ServicerContext
+    ) -> board_pb2.Comment:
+        return comment_to_proto(self._board.comments.get_comment(request.id))
+
+    def ListComments(
+        self, request: board_pb2.ListCommentsRequest, context: grpc.ServicerContext
+    ) -> board_pb2.ListCommentsResponse:
+        page = self._board.comments.list_comments(request.post_id, request.page_size, request.page_token)
+        return board_pb2.ListCommentsResponse(
+            comments=[comment_to_proto(c) for c in page.items], next_page_token=page.next_page_token
+        )
+
+    def UpdateComment(
+        self, request: board_pb2.UpdateCommentRequest, context: grpc.ServicerContext
+    ) -> board_pb2.Comment:
+        comment = request.comment
+        paths = list(request.update_mask.paths)
+        return comment_to_proto(self._board.comments.update_comment(comment.id, paths, comment.content))
+
+    def DeleteComment(
+        self, request: board_pb2.DeleteCommentRequest, context: grpc.ServicerContext
+    ) -> empty_pb2.Empty:
+        self._board.comments.delete_comment(request.id)
+        return empty_pb2.Empty()

@@ -1,0 +1,263 @@
+"""A small typed client for board.v1.BoardService: one method per RPC, deadlines, clear exceptions.
+
+    with BoardClient("127.0.0.1:50051") as board:
+        ada = board.create_user("Ada", "ada@example.org")
+        for post in board.iter_posts(user_id=ada.id):
+            ...
+
+Every failed call raises a BoardClientError subclass carrying the status code, the message and, for
+INVALID_ARGUMENT, the field violations (field → description) sent by the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import empty_pb2, field_mask_pb2
+
+from clients.gen.board.v1 import board_pb2, board_pb2_grpc
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_TIMEOUT = 10.0
+
+Response = TypeVar("Response")
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class BoardClientError(Exception):
+    """A call to the board failed; ``code`` is the gRPC status code."""
+
+    def __init__(
+        self, code: grpc.StatusCode, message: str, violations: Sequence[FieldViolation] = ()
+    ) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+        self.violations = list(violations)
+
+
+class InvalidArgumentError(BoardClientError):
+    """The request was rejected; see ``violations``."""
+
+
+class NotFoundError(BoardClientError):
+    """A referenced user, post or comment does not exist."""
+
+
+class AlreadyExistsError(BoardClientError):
+    """The email is already taken (compared ignoring case)."""
+
+
+class UnavailableError(BoardClientError):
+    """The server could not be reached or is busy; the call may be retried."""
+
+
+class DeadlineExceededError(BoardClientError):
+    """The call did not finish within its timeout."""
+
+
+_ERRORS: dict[grpc.StatusCode, type[BoardClientError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+}
+
+
+def error_from_rpc(error: grpc.RpcError) -> BoardClientError:
+    """Translate a failed call into the matching BoardClientError (with field violations if any)."""
+    from google.rpc import error_details_pb2  # type: ignore[import-untyped]
+    from grpc_status import rpc_status
+
+    code: grpc.StatusCode = error.code()
+    message: str = error.details() or ""
+    violations: list[FieldViolation] = []
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    if status is not None:
+        for detail in status.details:
+            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad_request = error_details_pb2.BadRequest()
+                detail.Unpack(bad_request)
+                violations.extend(
+                    FieldViolation(v.field, v.description) for v in bad_request.field_violations
+                )
+    return _ERRORS.get(code, BoardClientError)(code, message, violations)
+
+
+@dataclass
+class BoardClient:
+    """Client of one board server; use as a context manager or call ``close()``."""
+
+    target: str = DEFAULT_TARGET
+    timeout: float = DEFAULT_TIMEOUT
+    options: Sequence[tuple[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._channel = grpc.insecure_channel(self.target, options=list(self.options))
+        self._stub = board_pb2_grpc.BoardServiceStub(self._channel)  # type: ignore[no-untyped-call]
+
+    def __enter__(self) -> BoardClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(
+        self, method: Callable[..., Any], request: Any, returns: type[Response], timeout: float | None
+    ) -> Response:
+        try:
+            response = method(request, timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
+        if not isinstance(response, returns):  # the generated stub is untyped; keep the promise honest
+            raise TypeError(f"expected {returns.__name__}, got {type(response).__name__}")
+        return response
+
+    # users
+
+    def create_user(self, name: str, email: str, *, timeout: float | None = None) -> board_pb2.User:
+        request = board_pb2.CreateUserRequest(name=name, email=email)
+        return self._call(self._stub.CreateUser, request, board_pb2.User, timeout)
+
+    def get_user(self, user_id: int, *, timeout: float | None = None) -> board_pb2.User:
+        return self._call(self._stub.GetUser, board_pb2.GetUserRequest(id=user_id), board_pb2.User, timeout)
+
+    def list_users(
+        self, page_size: int = 0, page_token: str = "", *, timeout: float | None = None
+    ) -> board_pb2.ListUsersResponse:
+        request = board_pb2.ListUsersRequest(page_size=page_size, page_token=page_token)
+        return self._call(self._stub.ListUsers, request, board_pb2.ListUsersResponse, timeout)
+
+    def iter_users(self, page_size: int = 0) -> Iterator[board_pb2.User]:
+        token = ""
+        while True:
+            page = self.list_users(page_size, token)
+            yield from page.users
+            if not (token := page.next_page_token):
+                return
+
+    def update_user(
+        self,
+        user_id: int,
+        *,
+        name: str | None = None,
+        email: str | None = None,
+        paths: Sequence[str] | None = None,
+        timeout: float | None = None,
+    ) -> board_pb2.User:
+        """Change the given fields; ``paths`` overrides the mask derived from which arguments are set."""
+        user = board_pb2.User(id=user_id, name=name or "", email=email or "")
+        mask = _mask(paths, name=name, email=email)
+        request = board_pb2.UpdateUserRequest(user=user, update_mask=mask)
+        return self._call(self._stub.UpdateUser, request, board_pb2.User, timeout)
+
+    def delete_user(self, user_id: int, *, timeout: float | None = None) -> None:
+        self._call(self._stub.DeleteUser, board_pb2.DeleteUserRequest(id=user_id), empty_pb2.Empty, timeout)
+
+    # posts
+
+    def create_post(
+        self, user_id: int, title: str, content: str, *, timeout: float | None = None
+    ) -> board_pb2.Post:
+        request = board_pb2.CreatePostRequest(user_id=user_id, title=title, content=content)
+        return self._call(self._stub.CreatePost, request, board_pb2.Post, timeout)
+
+    def get_post(self, post_id: int, *, timeout: float | None = None) -> board_pb2.Post:
+        return self._call(self._stub.GetPost, board_pb2.GetPostRequest(id=post_id), board_pb2.Post, timeout)
+
+    def list_posts(
+        self, user_id: int = 0, page_size: int = 0, page_token: str = "", *, timeout: float | None = None
+    ) -> board_pb2.ListPostsResponse:
+        request = board_pb2.ListPostsRequest(user_id=user_id, page_size=page_size, page_token=page_token)
+        return self._call(self._stub.ListPosts, request, board_pb2.ListPostsResponse, timeout)
+
+    def iter_posts(self, user_id: int = 0, page_size: int = 0) -> Iterator[board_pb2.Post]:
+        token = ""
+        while True:
+            page = self.list_posts(user_id, page_size, token)
+            yield from page.posts
+            if not (token := page.next_page_token):
+                return
+
+    def update_post(
+        self,
+        post_id: int,
+        *,
+        title: str | None = None,
+        content: str | None = None,
+        paths: Sequence[str] | None = None,
+        timeout: float | None = None,
+    ) -> board_pb2.Post:
+        post = board_pb2.Post(id=post_id, title=title or "", content=content or "")
+        mask = _mask(paths, title=title, content=content)
+        request = board_pb2.UpdatePostRequest(post=post, update_mask=mask)
+        return self._call(self._stub.UpdatePost, request, board_pb2.Post, timeout)
+
+    def delete_post(self, post_id: int, *, timeout: float | None = None) -> None:
+        self._call(self._stub.DeletePost, board_pb2.DeletePostRequest(id=post_id), empty_pb2.Empty, timeout)
+
+    # comments
+
+    def create_comment(
+        self, post_id: int, user_id: int, content: str, *, timeout: float | None = None
+    ) -> board_pb2.Comment:
+        request = board_pb2.CreateCommentRequest(post_id=post_id, user_id=user_id, content=content)
+        return self._call(self._stub.CreateComment, request, board_pb2.Comment, timeout)
+
+    def get_comment(self, comment_id: int, *, timeout: float | None = None) -> board_pb2.Comment:
+        return self._call(
+            self._stub.GetComment, board_pb2.GetCommentRequest(id=comment_id), board_pb2.Comment, timeout
+        )
+
+    def list_comments(
+        self, post_id: int, page_size: int = 0, page_token: str = "", *, timeout: float | None = None
+    ) -> board_pb2.ListCommentsResponse:
+        request = board_pb2.ListCommentsRequest(post_id=post_id, page_size=page_size, page_token=page_token)
+        return self._call(self._stub.ListComments, request, board_pb2.ListCommentsResponse, timeout)
+
+    def iter_comments(self, post_id: int, page_size: int = 0) -> Iterator[board_pb2.Comment]:
+        token = ""
+        while True:
+            page = self.list_comments(post_id, page_size, token)
+            yield from page.comments
+            if not (token := page.next_page_token):
+                return
+
+    def update_comment(
+        self,
+        comment_id: int,
+        *,
+        content: str | None = None,
+        paths: Sequence[str] | None = None,
+        timeout: float | None = None,
+    ) -> board_pb2.Comment:
+        comment = board_pb2.Comment(id=comment_id, content=content or "")
+        mask = _mask(paths, content=content)
+        request = board_pb2.UpdateCommentRequest(comment=comment, update_mask=mask)
+        return self._call(self._stub.UpdateComment, request, board_pb2.Comment, timeout)
+
+    def delete_comment(self, comment_id: int, *, timeout: float | None = None) -> None:
+        self._call(
+            self._stub.DeleteComment, board_pb2.DeleteCommentRequest(id=comment_id), empty_pb2.Empty, timeout
+        )
+
+
+def _mask(paths: Sequence[str] | None, **values: str | None) -> field_mask_pb2.FieldMask:
+    if paths is None:
+        paths = [name for name, value in values.items() if value is not None]
+    return field_mask_pb2.FieldMask(paths=list(paths))
