@@ -1,0 +1,142 @@
+"""Posts and comments through the generated client: rules, masks, timestamps, cascades."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from clients.board import BoardClient, BoardClientError, InvalidArgumentError, NotFoundError
+from clients.gen.board.v1 import board_pb2
+
+
+def fields(error: BoardClientError) -> set[str]:
+    return {v.field for v in error.violations}
+
+
+@pytest.fixture
+def author(client: BoardClient) -> board_pb2.User:
+    return client.create_user("Author", f"a-{uuid.uuid4().hex[:12]}@example.org")
+
+
+def test_create_post_sets_server_timestamps(client: BoardClient, author: board_pb2.User) -> None:
+    post = client.create_post(author.id, "Hello", "World")
+    assert (post.user_id, post.title, post.content) == (author.id, "Hello", "World")
+    assert post.create_time == post.update_time and post.create_time.seconds > 0
+    assert client.get_post(post.id) == post
+
+
+@pytest.mark.parametrize(
+    ("title", "content", "bad"),
+    [
+        ("", "c", {"title"}),
+        ("t", "", {"content"}),
+        ("x" * 201, "c", {"title"}),
+        ("t", "x" * 10_001, {"content"}),
+    ],
+)
+def test_invalid_post_is_invalid_argument(
+    client: BoardClient, author: board_pb2.User, title: str, content: str, bad: set[str]
+) -> None:
+    with pytest.raises(InvalidArgumentError) as caught:
+        client.create_post(author.id, title, content)
+    assert fields(caught.value) == bad
+
+
+def test_post_for_missing_user_is_not_found(client: BoardClient) -> None:
+    with pytest.raises(NotFoundError):
+        client.create_post(10**12, "t", "c")
+
+
+def test_missing_post_is_not_found(client: BoardClient) -> None:
+    for call in (client.get_post, client.delete_post):
+        with pytest.raises(NotFoundError):
+            call(10**12)
+    with pytest.raises(NotFoundError):
+        client.update_post(10**12, title="x")
+
+
+def test_update_post_advances_update_time_only(client: BoardClient, author: board_pb2.User) -> None:
+    post = client.create_post(author.id, "Title", "Body")
+    time.sleep(0.01)
+    updated = client.update_post(post.id, title="New title", content="ignored", paths=["title"])
+    assert (updated.title, updated.content) == ("New title", "Body")
+    assert updated.create_time == post.create_time
+    assert updated.update_time.ToDatetime() > post.update_time.ToDatetime()
+    again = client.update_post(post.id, content="New body")
+    assert again.update_time.ToDatetime() > updated.update_time.ToDatetime()
+    assert client.get_post(post.id) == again
+
+
+@pytest.mark.parametrize("path", ["id", "user_id", "create_time", "update_time"])
+def test_immutable_post_path_is_rejected(client: BoardClient, author: board_pb2.User, path: str) -> None:
+    post = client.create_post(author.id, "Title", "Body")
+    with pytest.raises(InvalidArgumentError) as caught:
+        client.update_post(post.id, paths=[path, "title"], title="x")
+    assert fields(caught.value) == {"update_mask"}
+    assert client.get_post(post.id) == post
+
+
+def test_empty_post_mask_is_rejected(client: BoardClient, author: board_pb2.User) -> None:
+    post = client.create_post(author.id, "Title", "Body")
+    with pytest.raises(InvalidArgumentError) as caught:
+        client.update_post(post.id, paths=[])
+    assert fields(caught.value) == {"update_mask"}
+
+
+def test_comment_lifecycle(client: BoardClient, author: board_pb2.User) -> None:
+    post = client.create_post(author.id, "Title", "Body")
+    comment = client.create_comment(post.id, author.id, "First!")
+    assert (comment.post_id, comment.user_id, comment.content) == (post.id, author.id, "First!")
+    assert client.get_comment(comment.id) == comment
+    time.sleep(0.01)
+    edited = client.update_comment(comment.id, content="Second?")
+    assert edited.content == "Second?" and edited.create_time == comment.create_time
+    assert edited.update_time.ToDatetime() > comment.update_time.ToDatetime()
+    assert [c.id for c in client.iter_comments(post.id)] == [comment.id]
+    client.delete_comment(comment.id)
+    with pytest.raises(NotFoundError):
+        client.get_comment(comment.id)
+
+
+@pytest.mark.parametrize("path", ["id", "post_id", "user_id", "create_time", "update_time"])
+def test_immutable_comment_path_is_rejected(client: BoardClient, author: board_pb2.User, path: str) -> None:
+    post = client.create_post(author.id, "Title", "Body")
+    comment = client.create_comment(post.id, author.id, "text")
+    with pytest.raises(InvalidArgumentError) as caught:
+        client.update_comment(comment.id, paths=[path])
+    assert fields(caught.value) == {"update_mask"}
+
+
+def test_comment_for_missing_post_or_user_is_not_found(client: BoardClient, author: board_pb2.User) -> None:
+    post = client.create_post(author.id, "Title", "Body")
+    with pytest.raises(NotFoundError, match="Post not found"):
+        client.create_comment(10**12, author.id, "text")
+    with pytest.raises(NotFoundError, match="User not found"):
+        client.create_comment(post.id, 10**12, "text")
+    with pytest.raises(NotFoundError):
+        client.list_comments(10**12)
+
+
+@pytest.mark.parametrize(("content", "bad"), [("", {"content"}), ("x" * 2001, {"content"})])
+def test_invalid_comment_is_invalid_argument(
+    client: BoardClient, author: board_pb2.User, content: str, bad: set[str]
+) -> None:
+    post = client.create_post(author.id, "Title", "Body")
+    with pytest.raises(InvalidArgumentError) as caught:
+        client.create_comment(post.id, author.id, content)
+    assert fields(caught.value) == bad
+
+
+def test_delete_post_removes_its_comments(client: BoardClient, author: board_pb2.User) -> None:
+    doomed = client.create_post(author.id, "doomed", "text")
+    kept_post = client.create_post(author.id, "kept", "text")
+    gone = [client.create_comment(doomed.id, author.id, f"c{i}") for i in range(3)]
+    kept = client.create_comment(kept_post.id, author.id, "kept")
+    client.delete_post(doomed.id)
+    for comment in gone:
+        with pytest.raises(NotFoundError):
+            client.get_comment(comment.id)
+    assert client.get_comment(kept.id) == kept
+    assert client.get_user(author.id) == author
