@@ -60,12 +60,8 @@ def start_board_server(
     name = f"board-{next(_names)}"
     audit = workdir / f"{name}-audit.log"
     workdir.mkdir(parents=True, exist_ok=True)
-    proc = processes.start(
-        [str(BOARD_SERVER), "--address", "127.0.0.1:0", "--database-url", database_url, "--audit-log", str(audit),
-         *extra],
-        name=name,
-        cwd=workdir,
-    )  # fmt: skip
+    args = [str(BOARD_SERVER), "--address", "127.0.0.1:0", "--database-url", database_url]
+    proc = processes.start([*args, "--audit-log", str(audit), *extra], name=name, cwd=workdir)
     found: list[int] = []
 
     def listening() -> bool:
@@ -80,7 +76,7 @@ def start_board_server(
     return RunningServer(proc, name, found[0], database_url, audit, processes)
 
 
-# --- PostgreSQL ----------------------------------------------------------------------------------------------
+# --- PostgreSQL --------------------------------------------------------------------------------------------
 
 
 def _postgres_bin() -> Path | None:
@@ -136,27 +132,20 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
         pg = pwd.getpwnam("postgres")
         os.chown(base, pg.pw_uid, pg.pw_gid)
     data, port = base / "data", free_port()
-    subprocess.run(
-        _as_postgres([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"]),
-        check=True, capture_output=True,
-    )  # fmt: skip
+    initdb = [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"]
+    subprocess.run(_as_postgres(initdb), check=True, capture_output=True)
     options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    subprocess.run(
-        _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(base / "pg.log"), "-w",
-                      "start"]),
-        check=True, capture_output=True,
-    )  # fmt: skip
+    pg_ctl = [str(bindir / "pg_ctl"), "-D", str(data)]
+    start = [*pg_ctl, "-o", options, "-l", str(base / "pg.log"), "-w", "start"]
+    subprocess.run(_as_postgres(start), check=True, capture_output=True)
     try:
         yield PostgresCluster("127.0.0.1", port, True, "", itertools.count())
     finally:
-        subprocess.run(
-            _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-            check=False, capture_output=True,
-        )  # fmt: skip
+        subprocess.run(_as_postgres([*pg_ctl, "-m", "fast", "-w", "stop"]), check=False, capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
 
 
-# --- backends ------------------------------------------------------------------------------------------------
+# --- backends ----------------------------------------------------------------------------------------------
 
 
 @dataclass
