@@ -41,7 +41,7 @@ audit = logging.getLogger("board.audit")
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
-EMAIL_PATTERN = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
+EMAIL_PATTERN = re.compile(r"[^@\s\x00]+@[^@\s.\x00]+(\.[^@\s.\x00]+)+")
 IMMUTABLE_PATHS = frozenset({"id", "create_time", "update_time", "user_id", "post_id"})
 
 T = TypeVar("T")
@@ -102,6 +102,8 @@ class Violations:
             self.add(field, "must not be blank")
         elif len(value) > max_len:
             self.add(field, f"must be at most {max_len} characters (got {len(value)})")
+        elif "\x00" in value:  # PostgreSQL text cannot hold NUL
+            self.add(field, "must not contain NUL characters")
 
     def email(self, field: str, value: str) -> None:
         if len(value) > EMAIL_MAX:
