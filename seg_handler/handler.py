@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 DEFAULT_RESIZE = 520
 # Resize(520) alone would turn a 4000x8 strip into 260000x520; cap the long side like torchvision's max_size.
-DEFAULT_MAX_SIZE = 1024
+DEFAULT_MAX_SIZE = 2 * DEFAULT_RESIZE
 DEFAULT_MAX_PIXELS = 40_000_000
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -92,6 +92,7 @@ class ModelInfo:
     sha256: str | None
     untrained: bool
     class_names: tuple[str, ...] = VOC_CLASSES
+    input_size: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -327,6 +328,18 @@ def read_model_meta(path: str) -> ModelInfo:
         sha256=meta.get("sha256"),
         untrained=bool(meta.get("untrained", meta.get("sha256") is None)),
         class_names=tuple(str(n) for n in names),
+        input_size=int(meta["input_size"]) if meta.get("input_size") else None,
+    )
+
+
+def handler_settings(section: Mapping[str, Any], input_size: int | None) -> HandlerSettings:
+    """Settings from model-config.yaml's ``handler:`` section; the shorter-side size defaults to the
+    archive's ``input_size`` (model-meta.json), the long-side cap to twice that."""
+    resize = int(section.get("resize") or input_size or DEFAULT_RESIZE)
+    return HandlerSettings(
+        resize=resize,
+        max_size=int(section.get("max_size") or 2 * resize),
+        max_pixels=int(section.get("max_pixels") or DEFAULT_MAX_PIXELS),
     )
 
 
@@ -395,11 +408,7 @@ class SegmentationHandler(BaseHandler):  # type: ignore[misc]
         self.model.eval()
         self.model_info = read_model_meta(os.path.join(model_dir, "model-meta.json"))
         section = (getattr(context, "model_yaml_config", None) or {}).get("handler", {}) or {}
-        self.settings = HandlerSettings(
-            resize=int(section.get("resize", DEFAULT_RESIZE)),
-            max_size=int(section.get("max_size", DEFAULT_MAX_SIZE)),
-            max_pixels=int(section.get("max_pixels", DEFAULT_MAX_PIXELS)),
-        )
+        self.settings = handler_settings(section, self.model_info.input_size)
         # Pillow's guard stays on at our limit: it warns above it (an error in decode_image), refuses 2x.
         Image.MAX_IMAGE_PIXELS = self.settings.max_pixels
         self.initialized = True

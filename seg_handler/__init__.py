@@ -1,0 +1,1 @@
+"""TorchServe handler, settings and launcher for the DeepLabv3 segmentation model."""
