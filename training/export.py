@@ -101,7 +101,9 @@ def to_torchscript(model: nn.Module) -> torch.jit.ScriptModule:
         # torch.jit is deprecated for torch.export, but TorchServe's TorchScript path is the contract.
         warnings.simplefilter("ignore", FutureWarning)
         scripted = torch.jit.script(wrapper)
-        frozen: torch.jit.ScriptModule = torch.jit.freeze(scripted.eval())
+        # optimize_numerics=False: conv-BN folding moved ResNet-50 logits by 2.5e-4, past the 1e-4 parity bar,
+        # for no measurable CPU speed-up; without it the frozen graph computes exactly what eager does.
+        frozen: torch.jit.ScriptModule = torch.jit.freeze(scripted.eval(), optimize_numerics=False)
         return frozen
 
 
