@@ -496,11 +496,12 @@ def handle(data: list[dict[str, Any]] | None, context: Any) -> list[bytes | str]
 
 
 def _header(context: Any, index: int, name: str) -> str | None:
-    """A REST request header (gRPC requests carry none)."""
+    """A REST request header, matched case-insensitively (gRPC requests carry none)."""
     try:
-        value = context.get_request_header(index, name)
+        headers = context.get_all_request_header(index) or {}
     except Exception:
         return None
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("latin-1")
-    return value if isinstance(value, str) else None
+    for key, value in headers.items():
+        if str(key).lower() == name:
+            return bytes(value).decode("latin-1") if isinstance(value, bytes | bytearray) else str(value)
+    return None

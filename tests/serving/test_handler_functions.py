@@ -214,8 +214,8 @@ class _FakeContext:
         self.status: dict[int, int] = {}
         self.content_type: dict[int, str] = {}
 
-    def get_request_header(self, idx: int, key: str) -> str | None:
-        return self.headers[idx].get(key)
+    def get_all_request_header(self, idx: int) -> dict[str, str]:
+        return self.headers[idx]
 
     def set_response_status(self, code: int, phrase: str, idx: int) -> None:
         self.status[idx] = code
@@ -248,7 +248,7 @@ def test_one_bad_item_never_fails_the_rest_of_the_batch() -> None:
         {"data": bytearray(other), "format": bytearray(b"png")},
         {"body": bytearray(good)},
     ]
-    context = _FakeContext([{}, {}, {}, {"accept": "image/png"}])
+    context = _FakeContext([{}, {}, {}, {"Accept": "image/png"}])
     answers = _wired_handler().handle(data, context)
     assert context.status == {1: 400}
     first = json.loads(answers[0])
