@@ -1,38 +1,147 @@
-"""Engine and sessions for the board: SQLite tuned for a server, PostgreSQL via psycopg 3, migrations.
+"""Engine, transactions and migrations of the board: SQLite tuned for a server, or PostgreSQL via psycopg 3.
 
-Two session factories share one engine: ``reads`` opens ordinary transactions, ``writes`` opens SQLite
-transactions with ``BEGIN IMMEDIATE`` so that a writer takes the write lock up front and waits in SQLite's
-busy handler; a deferred transaction that upgrades to a writer later gets SQLITE_BUSY at once instead.
+Reads run on a Connection from ``Database.read()``; on SQLite they skip the explicit BEGIN, since each
+SELECT is atomic on its own and the extra round trip costs more than the query.
+
+Writes run through ``Database.write(work)``. On PostgreSQL each is its own transaction. On SQLite a single
+writer thread per process applies queued writes in one ``BEGIN IMMEDIATE`` transaction, each write inside
+its own SAVEPOINT (a failing write rolls back alone), and acknowledges them only after the one COMMIT that
+makes them durable (synchronous=FULL): group commit, so concurrent writers share one fsync instead of
+queueing for one each. BEGIN IMMEDIATE takes the write lock up front, so that another process holding it
+makes us wait in SQLite's busy handler; a deferred transaction that upgrades later gets SQLITE_BUSY at once.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from board_server.config import Settings
+from board_server.errors import DatabaseBusy
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 _WRITE_OPTION = "board_write"
+_MAX_BATCH = 64
 
 
-@dataclass(frozen=True)
+@contextmanager
+def _busy_is_unavailable() -> Iterator[None]:
+    """Lock contention beyond the busy timeout becomes DatabaseBusy (UNAVAILABLE, retryable)."""
+    try:
+        yield
+    except OperationalError as exc:
+        text = str(exc.orig).lower()
+        if "locked" in text or "busy" in text:
+            raise DatabaseBusy("the database is busy; retry the call") from exc
+        raise
+
+
+@dataclass
+class _Job:
+    work: Callable[[Session], Any]
+    future: Future[Any] = field(default_factory=Future)
+
+
+class GroupCommitWriter:
+    """One writer thread that commits queued writes in batches (see the module docstring)."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="board-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` in the next batch; return its result once that batch is committed, or raise."""
+        job = _Job(work)
+        self._jobs.put(job)
+        result: T = job.future.result()
+        return result
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while (first := self._jobs.get()) is not None:
+            batch = [first]
+            stop = False
+            while len(batch) < _MAX_BATCH:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stop = True
+                    break
+                batch.append(job)
+            self._commit(batch)
+            if stop:
+                return
+
+    def _commit(self, batch: list[_Job]) -> None:
+        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+        try:
+            with _busy_is_unavailable(), self._sessions.begin() as session:
+                for job in batch:
+                    try:
+                        with session.begin_nested():
+                            outcomes.append((job, job.work(session), None))
+                    except Exception as exc:  # this write's own failure; only its savepoint is rolled back
+                        outcomes.append((job, None, exc))
+        except Exception as exc:  # BEGIN or COMMIT failed: nothing in the batch is durable
+            if not isinstance(exc, DatabaseBusy):
+                logger.exception("commit of %d writes failed", len(batch))
+            for job in batch:
+                job.future.set_exception(exc)
+            return
+        for job, result, error in outcomes:
+            if error is None:
+                job.future.set_result(result)
+            else:
+                job.future.set_exception(error)
+
+
+@dataclass
 class Database:
-    """The engine and the two session factories built on it."""
+    """The engine, the write session factory, and how reads and writes are run on it."""
 
     engine: Engine
-    reads: sessionmaker[Session]
     writes: sessionmaker[Session]
+    writer: GroupCommitWriter | None = None
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A connection for queries only; nothing is committed."""
+        with _busy_is_unavailable(), self.engine.connect() as conn:
+            yield conn
+
+    def write(self, work: Callable[[Session], T]) -> T:
+        """Run ``work(session)`` atomically and durably; return its result or raise its error."""
+        if self.writer is not None:
+            return self.writer.write(work)
+        with _busy_is_unavailable(), self.writes.begin() as session:
+            return work(session)
 
     def dispose(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
         self.engine.dispose()
 
 
@@ -51,8 +160,9 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
 
     @event.listens_for(engine, "begin")
     def on_begin(conn: Any) -> None:
-        write = conn.get_execution_options().get(_WRITE_OPTION, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        # Reads stay in autocommit mode: one SELECT is atomic by itself (see the module docstring).
+        if conn.get_execution_options().get(_WRITE_OPTION, False):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def open_database(settings: Settings) -> Database:
@@ -73,10 +183,11 @@ def open_database(settings: Settings) -> Database:
     engine = create_engine(url, **kwargs)
     if is_sqlite:
         _configure_sqlite(engine, settings.sqlite_busy_timeout_ms)
+    writes = sessionmaker(engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False)
     return Database(
         engine=engine,
-        reads=sessionmaker(engine, expire_on_commit=False),
-        writes=sessionmaker(engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False),
+        writes=writes,
+        writer=GroupCommitWriter(writes) if is_sqlite else None,
     )
 
 

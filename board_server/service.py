@@ -14,18 +14,16 @@ import hmac
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Generic, ParamSpec, TypeVar
 
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from board_server import repository
 from board_server.database import Database
-from board_server.errors import DatabaseBusy, FieldViolation, InvalidArgument, NotFound
+from board_server.errors import FieldViolation, InvalidArgument, NotFound
 from board_server.models import (
     COMMENT_CONTENT_MAX,
     EMAIL_MAX,
@@ -36,6 +34,7 @@ from board_server.models import (
     Post,
     User,
 )
+from board_server.records import CommentRecord, PostRecord, UserRecord
 
 audit = logging.getLogger("board.audit")
 
@@ -213,21 +212,6 @@ def _page(
     return Page(rows, "")
 
 
-# --- transactions ------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def _transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
-    """One transaction; lock contention beyond the busy timeout becomes DatabaseBusy (UNAVAILABLE)."""
-    try:
-        with sessions.begin() as session:
-            yield session
-    except OperationalError as exc:
-        if "locked" in str(exc.orig).lower() or "busy" in str(exc.orig).lower():
-            raise DatabaseBusy("the database is busy; retry the call") from exc
-        raise
-
-
 # --- users -------------------------------------------------------------------------------------------------
 
 
@@ -239,33 +223,32 @@ class UserService:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def create_user(self, name: str, email: str) -> User:
+    def create_user(self, name: str, email: str) -> UserRecord:
         """Create a user; raise InvalidArgument, AlreadyExists."""
         violations = Violations()
         violations.text("name", name, NAME_MAX)
         violations.email("email", email)
         violations.raise_if_any()
-        with _transaction(self._db.writes) as session:
-            user = repository.add_user(session, name, email, _now())
+        user = self._db.write(lambda session: repository.add_user(session, name, email, _now()))
         audit.info("User created; id=%d", user.id)
         return user
 
     @audit_not_found
-    def get_user(self, user_id: int) -> User:
+    def get_user(self, user_id: int) -> UserRecord:
         """Return the user; raise InvalidArgument, UserNotFound."""
         check_id("id", user_id)
-        with _transaction(self._db.reads) as session:
-            return repository.get_user(session, user_id)
+        with self._db.read() as conn:
+            return repository.read_user(conn, user_id)
 
-    def list_users(self, page_size: int, page_token: str) -> Page[User]:
+    def list_users(self, page_size: int, page_token: str) -> Page[UserRecord]:
         """One page of users ordered by id; raise InvalidArgument on a bad size or token."""
         request = page_request("users", 0, page_size, page_token)
-        with _transaction(self._db.reads) as session:
-            rows = repository.list_users(session, request.after_id, request.size + 1)
+        with self._db.read() as conn:
+            rows = repository.list_users(conn, request.after_id, request.size + 1)
         return _page("users", 0, rows, request, lambda u: u.id)
 
     @audit_not_found
-    def update_user(self, user_id: int, paths: Sequence[str], name: str, email: str) -> User:
+    def update_user(self, user_id: int, paths: Sequence[str], name: str, email: str) -> UserRecord:
         """Change the masked fields (name, email); raise InvalidArgument, UserNotFound, AlreadyExists."""
         violations = Violations()
         violations.row_id("user.id", user_id)
@@ -275,13 +258,17 @@ class UserService:
         if "email" in paths:
             violations.email("user.email", email)
         violations.raise_if_any()
-        with _transaction(self._db.writes) as session:
+
+        def change(session: Session) -> User:
             user = repository.get_user(session, user_id, for_update=True)
             if "name" in paths:
                 user.name = name
             if "email" in paths:
                 user.email = email
             repository.flush_user(session, email)
+            return user
+
+        user = self._db.write(change)
         audit.info("User updated; id=%d; fields=%s", user.id, ",".join(paths))
         return user
 
@@ -289,8 +276,7 @@ class UserService:
     def delete_user(self, user_id: int) -> None:
         """Delete the user with their posts and comments, atomically; raise InvalidArgument, UserNotFound."""
         check_id("id", user_id)
-        with _transaction(self._db.writes) as session:
-            repository.delete_user(session, user_id)
+        self._db.write(lambda session: repository.delete_user(session, user_id))
         audit.info("User deleted; id=%d", user_id)
 
 
@@ -306,36 +292,35 @@ class PostService:
         self._db = db
 
     @audit_not_found
-    def create_post(self, user_id: int, title: str, content: str) -> Post:
+    def create_post(self, user_id: int, title: str, content: str) -> PostRecord:
         """Create a post; raise InvalidArgument, UserNotFound."""
         violations = Violations()
         violations.row_id("user_id", user_id)
         violations.text("title", title, TITLE_MAX)
         violations.text("content", content, POST_CONTENT_MAX)
         violations.raise_if_any()
-        with _transaction(self._db.writes) as session:
-            post = repository.add_post(session, user_id, title, content, _now())
+        post = self._db.write(lambda session: repository.add_post(session, user_id, title, content, _now()))
         audit.info("Post created; id=%d; user_id=%d", post.id, user_id)
         return post
 
     @audit_not_found
-    def get_post(self, post_id: int) -> Post:
+    def get_post(self, post_id: int) -> PostRecord:
         """Return the post; raise InvalidArgument, PostNotFound."""
         check_id("id", post_id)
-        with _transaction(self._db.reads) as session:
-            return repository.get_post(session, post_id)
+        with self._db.read() as conn:
+            return repository.read_post(conn, post_id)
 
-    def list_posts(self, user_id: int, page_size: int, page_token: str) -> Page[Post]:
+    def list_posts(self, user_id: int, page_size: int, page_token: str) -> Page[PostRecord]:
         """One page of posts ordered by id, of one user unless ``user_id`` is 0; raise InvalidArgument."""
         if user_id < 0:
             raise InvalidArgument([FieldViolation("user_id", "must be a positive id, or 0 for every user")])
         request = page_request("posts", user_id, page_size, page_token)
-        with _transaction(self._db.reads) as session:
-            rows = repository.list_posts(session, user_id, request.after_id, request.size + 1)
+        with self._db.read() as conn:
+            rows = repository.list_posts(conn, user_id, request.after_id, request.size + 1)
         return _page("posts", user_id, rows, request, lambda p: p.id)
 
     @audit_not_found
-    def update_post(self, post_id: int, paths: Sequence[str], title: str, content: str) -> Post:
+    def update_post(self, post_id: int, paths: Sequence[str], title: str, content: str) -> PostRecord:
         """Change the masked fields (title, content); raise InvalidArgument, PostNotFound."""
         violations = Violations()
         violations.row_id("post.id", post_id)
@@ -345,7 +330,8 @@ class PostService:
         if "content" in paths:
             violations.text("post.content", content, POST_CONTENT_MAX)
         violations.raise_if_any()
-        with _transaction(self._db.writes) as session:
+
+        def change(session: Session) -> Post:
             post = repository.get_post(session, post_id, for_update=True)
             if "title" in paths:
                 post.title = title
@@ -353,6 +339,9 @@ class PostService:
                 post.content = content
             post.update_time = _later_than(post.update_time)
             session.flush()
+            return post
+
+        post = self._db.write(change)
         audit.info("Post updated; id=%d; fields=%s", post.id, ",".join(paths))
         return post
 
@@ -360,8 +349,7 @@ class PostService:
     def delete_post(self, post_id: int) -> None:
         """Delete the post with its comments, atomically; raise InvalidArgument, PostNotFound."""
         check_id("id", post_id)
-        with _transaction(self._db.writes) as session:
-            repository.delete_post(session, post_id)
+        self._db.write(lambda session: repository.delete_post(session, post_id))
         audit.info("Post deleted; id=%d", post_id)
 
 
@@ -377,37 +365,37 @@ class CommentService:
         self._db = db
 
     @audit_not_found
-    def create_comment(self, post_id: int, user_id: int, content: str) -> Comment:
+    def create_comment(self, post_id: int, user_id: int, content: str) -> CommentRecord:
         """Create a comment; raise InvalidArgument, PostNotFound, UserNotFound."""
         violations = Violations()
         violations.row_id("post_id", post_id)
         violations.row_id("user_id", user_id)
         violations.text("content", content, COMMENT_CONTENT_MAX)
         violations.raise_if_any()
-        with _transaction(self._db.writes) as session:
-            comment = repository.add_comment(session, post_id, user_id, content, _now())
+        comment = self._db.write(
+            lambda session: repository.add_comment(session, post_id, user_id, content, _now())
+        )
         audit.info("Comment created; id=%d; post_id=%d; user_id=%d", comment.id, post_id, user_id)
         return comment
 
     @audit_not_found
-    def get_comment(self, comment_id: int) -> Comment:
+    def get_comment(self, comment_id: int) -> CommentRecord:
         """Return the comment; raise InvalidArgument, CommentNotFound."""
         check_id("id", comment_id)
-        with _transaction(self._db.reads) as session:
-            return repository.get_comment(session, comment_id)
+        with self._db.read() as conn:
+            return repository.read_comment(conn, comment_id)
 
     @audit_not_found
-    def list_comments(self, post_id: int, page_size: int, page_token: str) -> Page[Comment]:
+    def list_comments(self, post_id: int, page_size: int, page_token: str) -> Page[CommentRecord]:
         """One page of the post's comments ordered by id; raise InvalidArgument, PostNotFound."""
         check_id("post_id", post_id)
         request = page_request("comments", post_id, page_size, page_token)
-        with _transaction(self._db.reads) as session:
-            repository.require_post(session, post_id)
-            rows = repository.list_comments(session, post_id, request.after_id, request.size + 1)
+        with self._db.read() as conn:
+            rows = repository.list_comments(conn, post_id, request.after_id, request.size + 1)
         return _page("comments", post_id, rows, request, lambda c: c.id)
 
     @audit_not_found
-    def update_comment(self, comment_id: int, paths: Sequence[str], content: str) -> Comment:
+    def update_comment(self, comment_id: int, paths: Sequence[str], content: str) -> CommentRecord:
         """Change the masked field (content); raise InvalidArgument, CommentNotFound."""
         violations = Violations()
         violations.row_id("comment.id", comment_id)
@@ -415,11 +403,15 @@ class CommentService:
         if "content" in paths:
             violations.text("comment.content", content, COMMENT_CONTENT_MAX)
         violations.raise_if_any()
-        with _transaction(self._db.writes) as session:
+
+        def change(session: Session) -> Comment:
             comment = repository.get_comment(session, comment_id, for_update=True)
             comment.content = content
             comment.update_time = _later_than(comment.update_time)
             session.flush()
+            return comment
+
+        comment = self._db.write(change)
         audit.info("Comment updated; id=%d; fields=%s", comment.id, ",".join(paths))
         return comment
 
@@ -427,8 +419,7 @@ class CommentService:
     def delete_comment(self, comment_id: int) -> None:
         """Delete the comment; raise InvalidArgument, CommentNotFound."""
         check_id("id", comment_id)
-        with _transaction(self._db.writes) as session:
-            repository.delete_comment(session, comment_id)
+        self._db.write(lambda session: repository.delete_comment(session, comment_id))
         audit.info("Comment deleted; id=%d", comment_id)
 
 

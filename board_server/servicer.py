@@ -7,38 +7,13 @@ Errors are not handled here: domain exceptions travel up to the interceptor in s
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Protocol
 
 import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
+from board_server.records import CommentRecord, PostRecord, UserRecord
 from board_server.service import Board
 from clients.gen.board.v1 import board_pb2, board_pb2_grpc
-
-
-class _UserRow(Protocol):
-    id: int
-    name: str
-    email: str
-    create_time: datetime
-
-
-class _PostRow(Protocol):
-    id: int
-    user_id: int
-    title: str
-    content: str
-    create_time: datetime
-    update_time: datetime
-
-
-class _CommentRow(Protocol):
-    id: int
-    post_id: int
-    user_id: int
-    content: str
-    create_time: datetime
-    update_time: datetime
 
 
 def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
@@ -47,13 +22,13 @@ def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def user_to_proto(user: _UserRow) -> board_pb2.User:
+def user_to_proto(user: UserRecord) -> board_pb2.User:
     return board_pb2.User(
         id=user.id, name=user.name, email=user.email, create_time=_timestamp(user.create_time)
     )
 
 
-def post_to_proto(post: _PostRow) -> board_pb2.Post:
+def post_to_proto(post: PostRecord) -> board_pb2.Post:
     return board_pb2.Post(
         id=post.id,
         user_id=post.user_id,
@@ -64,7 +39,7 @@ def post_to_proto(post: _PostRow) -> board_pb2.Post:
     )
 
 
-def comment_to_proto(comment: _CommentRow) -> board_pb2.Comment:
+def comment_to_proto(comment: CommentRecord) -> board_pb2.Comment:
     return board_pb2.Comment(
         id=comment.id,
         post_id=comment.post_id,
