@@ -1,50 +1,27 @@
-"""Queries of the board: they never commit; they return rows or raise domain errors.
+"""Queries of the board: each function takes a Connection inside the caller's transaction, never commits,
+and returns rows (read-only records) or raises domain errors.
 
-Writes take an ORM Session and return ORM rows; reads take a Connection and return plain rows.
+Core statements on the ORM's tables rather than ORM sessions: the unit of work and identity map cost more
+CPU than the queries themselves (measured by bench/board.py), and every use case here is one or two
+statements. Statements are built once at import (no I/O) so that a call only pays SQLAlchemy's cache lookup.
 
 Grouped by resource (users, posts, comments) so that later resources add a section, not a rewrite.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Connection, bindparam, delete, select
+from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from board_server.errors import AlreadyExists, CommentNotFound, PostNotFound, UserNotFound
 from board_server.models import Comment, Post, User
 from board_server.records import CommentRecord, PostRecord, UserRecord
 
-# Reads are Core statements on a Connection: plain rows, no ORM identity map (half the CPU per call).
-# Built once here so that only SQLAlchemy's cache lookup happens per call.
-_USERS, _POSTS, _COMMENTS = User.__table__, Post.__table__, Comment.__table__
-_READ_USER = select(_USERS).where(_USERS.c.id == bindparam("id"))
-_READ_POST = select(_POSTS).where(_POSTS.c.id == bindparam("id"))
-_READ_COMMENT = select(_COMMENTS).where(_COMMENTS.c.id == bindparam("id"))
-_LIST_USERS = (
-    select(_USERS).where(_USERS.c.id > bindparam("after")).order_by(_USERS.c.id).limit(bindparam("n"))
-)
-_LIST_ALL_POSTS = (
-    select(_POSTS).where(_POSTS.c.id > bindparam("after")).order_by(_POSTS.c.id).limit(bindparam("n"))
-)
-_LIST_USER_POSTS = (
-    select(_POSTS)
-    .where(_POSTS.c.user_id == bindparam("user_id"), _POSTS.c.id > bindparam("after"))
-    .order_by(_POSTS.c.id)
-    .limit(bindparam("n"))
-)
-_LIST_COMMENTS = (
-    select(_COMMENTS)
-    .where(_COMMENTS.c.post_id == bindparam("post_id"), _COMMENTS.c.id > bindparam("after"))
-    .order_by(_COMMENTS.c.id)
-    .limit(bindparam("n"))
-)
-_POST_EXISTS = select(_POSTS.c.id).where(_POSTS.c.id == bindparam("id"))
-
+_USERS, _POSTS, _COMMENTS = (cast(Table, model.__table__) for model in (User, Post, Comment))
 EMAIL_INDEX = "ix_users_email_lower"
 
 
@@ -54,40 +31,26 @@ def _is_duplicate_email(error: IntegrityError) -> bool:
     return EMAIL_INDEX in text or ("unique" in text and "email" in text)
 
 
-# --- users -------------------------------------------------------------------------------------------------
+# --- users ------------------------------------------------------------------------------------------------
+
+_READ_USER = select(_USERS).where(_USERS.c.id == bindparam("id"))
+# FOR SHARE on PostgreSQL: a post or comment being added keeps its author from being deleted under it.
+_LOCK_USER = select(_USERS.c.id).where(_USERS.c.id == bindparam("id")).with_for_update(read=True)
+_LIST_USERS = (
+    select(_USERS).where(_USERS.c.id > bindparam("after")).order_by(_USERS.c.id).limit(bindparam("n"))
+)
+_INSERT_USER = insert(_USERS).returning(*_USERS.c)
 
 
-def add_user(session: Session, name: str, email: str, now: datetime) -> User:
+def add_user(conn: Connection, name: str, email: str, now: datetime) -> UserRecord:
     """Insert a user; raise AlreadyExists if the email is taken (ignoring case)."""
-    user = User(name=name, email=email, create_time=now)
-    session.add(user)
-    flush_user(session, email)
-    return user
-
-
-def flush_user(session: Session, email: str) -> None:
-    """Flush pending user changes; raise AlreadyExists when the unique email index rejects them."""
     try:
-        session.flush()
+        row = conn.execute(_INSERT_USER, {"name": name, "email": email, "create_time": now}).one()
     except IntegrityError as exc:
         if _is_duplicate_email(exc):
             raise AlreadyExists(f"a user with email {email!r} already exists") from exc
         raise
-
-
-def get_user(session: Session, user_id: int, *, for_update: bool = False) -> User:
-    """Return the user; raise UserNotFound."""
-    user = session.get(User, user_id, with_for_update=for_update)
-    if user is None:
-        raise UserNotFound(user_id)
-    return user
-
-
-def require_user(session: Session, user_id: int) -> None:
-    """Raise UserNotFound unless the user exists (share-locked on PostgreSQL against a racing delete)."""
-    found = session.execute(select(User.id).where(User.id == user_id).with_for_update(read=True)).first()
-    if found is None:
-        raise UserNotFound(user_id)
+    return cast(UserRecord, row)
 
 
 def read_user(conn: Connection, user_id: int) -> UserRecord:
@@ -98,54 +61,79 @@ def read_user(conn: Connection, user_id: int) -> UserRecord:
     return cast(UserRecord, row)
 
 
+def require_user(conn: Connection, user_id: int) -> None:
+    """Raise UserNotFound unless the user exists (share-locked on PostgreSQL until commit)."""
+    if conn.execute(_LOCK_USER, {"id": user_id}).first() is None:
+        raise UserNotFound(user_id)
+
+
 def list_users(conn: Connection, after_id: int, limit: int) -> Sequence[UserRecord]:
     """Return up to ``limit`` users with id > ``after_id``, ordered by id."""
     return cast(Sequence[UserRecord], conn.execute(_LIST_USERS, {"after": after_id, "n": limit}).all())
 
 
-def delete_user(session: Session, user_id: int) -> None:
+def update_user(conn: Connection, user_id: int, values: Mapping[str, Any]) -> UserRecord:
+    """Set ``values`` on the user; raise UserNotFound, AlreadyExists (email taken)."""
+    statement = update(_USERS).where(_USERS.c.id == user_id).values(**values).returning(*_USERS.c)
+    try:
+        row = conn.execute(statement).first()
+    except IntegrityError as exc:
+        if _is_duplicate_email(exc):
+            raise AlreadyExists(f"a user with email {values.get('email')!r} already exists") from exc
+        raise
+    if row is None:
+        raise UserNotFound(user_id)
+    return cast(UserRecord, row)
+
+
+def delete_user(conn: Connection, user_id: int) -> None:
     """Delete the user with their posts and comments; raise UserNotFound."""
-    # Explicit deletes (not only ON DELETE CASCADE) keep the cascade correct on a database without FK checks.
-    post_ids = select(Post.id).where(Post.user_id == user_id).scalar_subquery()
-    session.execute(delete(Comment).where((Comment.user_id == user_id) | Comment.post_id.in_(post_ids)))
-    session.execute(delete(Post).where(Post.user_id == user_id))
-    if session.execute(delete(User).where(User.id == user_id)).rowcount == 0:  # type: ignore[attr-defined]
+    # Explicit deletes (besides ON DELETE CASCADE) keep the cascade right even where FK checks are off.
+    post_ids = select(_POSTS.c.id).where(_POSTS.c.user_id == user_id).scalar_subquery()
+    conn.execute(
+        delete(_COMMENTS).where((_COMMENTS.c.user_id == user_id) | _COMMENTS.c.post_id.in_(post_ids))
+    )
+    conn.execute(delete(_POSTS).where(_POSTS.c.user_id == user_id))
+    if conn.execute(delete(_USERS).where(_USERS.c.id == user_id)).rowcount == 0:
         raise UserNotFound(user_id)
 
 
-# --- posts -------------------------------------------------------------------------------------------------
+# --- posts ------------------------------------------------------------------------------------------------
+
+_READ_POST = select(_POSTS).where(_POSTS.c.id == bindparam("id"))
+_READ_POST_FOR_UPDATE = _READ_POST.with_for_update()
+_LOCK_POST = select(_POSTS.c.id).where(_POSTS.c.id == bindparam("id")).with_for_update(read=True)
+_LIST_ALL_POSTS = (
+    select(_POSTS).where(_POSTS.c.id > bindparam("after")).order_by(_POSTS.c.id).limit(bindparam("n"))
+)
+_LIST_USER_POSTS = (
+    select(_POSTS)
+    .where(_POSTS.c.user_id == bindparam("user_id"), _POSTS.c.id > bindparam("after"))
+    .order_by(_POSTS.c.id)
+    .limit(bindparam("n"))
+)
+_INSERT_POST = insert(_POSTS).returning(*_POSTS.c)
 
 
-def add_post(session: Session, user_id: int, title: str, content: str, now: datetime) -> Post:
+def add_post(conn: Connection, user_id: int, title: str, content: str, now: datetime) -> PostRecord:
     """Insert a post; raise UserNotFound if the author does not exist."""
-    require_user(session, user_id)
-    post = Post(user_id=user_id, title=title, content=content, create_time=now, update_time=now)
-    session.add(post)
-    session.flush()
-    return post
+    require_user(conn, user_id)
+    values = {"user_id": user_id, "title": title, "content": content, "create_time": now, "update_time": now}
+    return cast(PostRecord, conn.execute(_INSERT_POST, values).one())
 
 
-def get_post(session: Session, post_id: int, *, for_update: bool = False) -> Post:
-    """Return the post; raise PostNotFound."""
-    post = session.get(Post, post_id, with_for_update=for_update)
-    if post is None:
-        raise PostNotFound(post_id)
-    return post
-
-
-def require_post(session: Session, post_id: int) -> None:
-    """Raise PostNotFound unless the post exists (share-locked on PostgreSQL)."""
-    found = session.execute(select(Post.id).where(Post.id == post_id).with_for_update(read=True)).first()
-    if found is None:
-        raise PostNotFound(post_id)
-
-
-def read_post(conn: Connection, post_id: int) -> PostRecord:
-    """Return the post; raise PostNotFound."""
-    row = conn.execute(_READ_POST, {"id": post_id}).first()
+def read_post(conn: Connection, post_id: int, *, for_update: bool = False) -> PostRecord:
+    """Return the post (row-locked on PostgreSQL with ``for_update``); raise PostNotFound."""
+    row = conn.execute(_READ_POST_FOR_UPDATE if for_update else _READ_POST, {"id": post_id}).first()
     if row is None:
         raise PostNotFound(post_id)
     return cast(PostRecord, row)
+
+
+def require_post(conn: Connection, post_id: int) -> None:
+    """Raise PostNotFound unless the post exists (share-locked on PostgreSQL until commit)."""
+    if conn.execute(_LOCK_POST, {"id": post_id}).first() is None:
+        raise PostNotFound(post_id)
 
 
 def list_posts(conn: Connection, user_id: int, after_id: int, limit: int) -> Sequence[PostRecord]:
@@ -157,41 +145,54 @@ def list_posts(conn: Connection, user_id: int, after_id: int, limit: int) -> Seq
     return cast(Sequence[PostRecord], rows)
 
 
-def post_exists(conn: Connection, post_id: int) -> bool:
-    return conn.execute(_POST_EXISTS, {"id": post_id}).first() is not None
+def update_post(conn: Connection, post_id: int, values: Mapping[str, Any]) -> PostRecord:
+    """Set ``values`` on the post; raise PostNotFound."""
+    statement = update(_POSTS).where(_POSTS.c.id == post_id).values(**values).returning(*_POSTS.c)
+    row = conn.execute(statement).first()
+    if row is None:
+        raise PostNotFound(post_id)
+    return cast(PostRecord, row)
 
 
-def delete_post(session: Session, post_id: int) -> None:
+def delete_post(conn: Connection, post_id: int) -> None:
     """Delete the post and its comments; raise PostNotFound."""
-    session.execute(delete(Comment).where(Comment.post_id == post_id))
-    if session.execute(delete(Post).where(Post.id == post_id)).rowcount == 0:  # type: ignore[attr-defined]
+    conn.execute(delete(_COMMENTS).where(_COMMENTS.c.post_id == post_id))
+    if conn.execute(delete(_POSTS).where(_POSTS.c.id == post_id)).rowcount == 0:
         raise PostNotFound(post_id)
 
 
-# --- comments ----------------------------------------------------------------------------------------------
+# --- comments ---------------------------------------------------------------------------------------------
+
+_READ_COMMENT = select(_COMMENTS).where(_COMMENTS.c.id == bindparam("id"))
+_READ_COMMENT_FOR_UPDATE = _READ_COMMENT.with_for_update()
+_LIST_COMMENTS = (
+    select(_COMMENTS)
+    .where(_COMMENTS.c.post_id == bindparam("post_id"), _COMMENTS.c.id > bindparam("after"))
+    .order_by(_COMMENTS.c.id)
+    .limit(bindparam("n"))
+)
+_POST_EXISTS = select(_POSTS.c.id).where(_POSTS.c.id == bindparam("id"))
+_INSERT_COMMENT = insert(_COMMENTS).returning(*_COMMENTS.c)
 
 
-def add_comment(session: Session, post_id: int, user_id: int, content: str, now: datetime) -> Comment:
+def add_comment(conn: Connection, post_id: int, user_id: int, content: str, now: datetime) -> CommentRecord:
     """Insert a comment; raise PostNotFound / UserNotFound if either does not exist."""
-    require_post(session, post_id)
-    require_user(session, user_id)
-    comment = Comment(post_id=post_id, user_id=user_id, content=content, create_time=now, update_time=now)
-    session.add(comment)
-    session.flush()
-    return comment
+    require_post(conn, post_id)
+    require_user(conn, user_id)
+    values = {
+        "post_id": post_id,
+        "user_id": user_id,
+        "content": content,
+        "create_time": now,
+        "update_time": now,
+    }
+    return cast(CommentRecord, conn.execute(_INSERT_COMMENT, values).one())
 
 
-def get_comment(session: Session, comment_id: int, *, for_update: bool = False) -> Comment:
-    """Return the comment; raise CommentNotFound."""
-    comment = session.get(Comment, comment_id, with_for_update=for_update)
-    if comment is None:
-        raise CommentNotFound(comment_id)
-    return comment
-
-
-def read_comment(conn: Connection, comment_id: int) -> CommentRecord:
-    """Return the comment; raise CommentNotFound."""
-    row = conn.execute(_READ_COMMENT, {"id": comment_id}).first()
+def read_comment(conn: Connection, comment_id: int, *, for_update: bool = False) -> CommentRecord:
+    """Return the comment (row-locked on PostgreSQL with ``for_update``); raise CommentNotFound."""
+    statement = _READ_COMMENT_FOR_UPDATE if for_update else _READ_COMMENT
+    row = conn.execute(statement, {"id": comment_id}).first()
     if row is None:
         raise CommentNotFound(comment_id)
     return cast(CommentRecord, row)
@@ -200,12 +201,21 @@ def read_comment(conn: Connection, comment_id: int) -> CommentRecord:
 def list_comments(conn: Connection, post_id: int, after_id: int, limit: int) -> Sequence[CommentRecord]:
     """Return up to ``limit`` comments of the post with id > ``after_id``, ordered by id; PostNotFound."""
     rows = conn.execute(_LIST_COMMENTS, {"post_id": post_id, "after": after_id, "n": limit}).all()
-    if not rows and not post_exists(conn, post_id):
+    if not rows and conn.execute(_POST_EXISTS, {"id": post_id}).first() is None:
         raise PostNotFound(post_id)
     return cast(Sequence[CommentRecord], rows)
 
 
-def delete_comment(session: Session, comment_id: int) -> None:
+def update_comment(conn: Connection, comment_id: int, values: Mapping[str, Any]) -> CommentRecord:
+    """Set ``values`` on the comment; raise CommentNotFound."""
+    statement = update(_COMMENTS).where(_COMMENTS.c.id == comment_id).values(**values).returning(*_COMMENTS.c)
+    row = conn.execute(statement).first()
+    if row is None:
+        raise CommentNotFound(comment_id)
+    return cast(CommentRecord, row)
+
+
+def delete_comment(conn: Connection, comment_id: int) -> None:
     """Delete the comment; raise CommentNotFound."""
-    if session.execute(delete(Comment).where(Comment.id == comment_id)).rowcount == 0:  # type: ignore[attr-defined]
+    if conn.execute(delete(_COMMENTS).where(_COMMENTS.c.id == comment_id)).rowcount == 0:
         raise CommentNotFound(comment_id)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Generic, ParamSpec, TypeVar
 
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection
 
 from board_server import repository
 from board_server.database import Database
@@ -30,9 +30,6 @@ from board_server.models import (
     NAME_MAX,
     POST_CONTENT_MAX,
     TITLE_MAX,
-    Comment,
-    Post,
-    User,
 )
 from board_server.records import CommentRecord, PostRecord, UserRecord
 
@@ -229,7 +226,7 @@ class UserService:
         violations.text("name", name, NAME_MAX)
         violations.email("email", email)
         violations.raise_if_any()
-        user = self._db.write(lambda session: repository.add_user(session, name, email, _now()))
+        user = self._db.write(lambda conn: repository.add_user(conn, name, email, _now()))
         audit.info("User created; id=%d", user.id)
         return user
 
@@ -259,16 +256,8 @@ class UserService:
             violations.email("user.email", email)
         violations.raise_if_any()
 
-        def change(session: Session) -> User:
-            user = repository.get_user(session, user_id, for_update=True)
-            if "name" in paths:
-                user.name = name
-            if "email" in paths:
-                user.email = email
-            repository.flush_user(session, email)
-            return user
-
-        user = self._db.write(change)
+        values = {path: {"name": name, "email": email}[path] for path in paths}
+        user = self._db.write(lambda conn: repository.update_user(conn, user_id, values))
         audit.info("User updated; id=%d; fields=%s", user.id, ",".join(paths))
         return user
 
@@ -276,7 +265,7 @@ class UserService:
     def delete_user(self, user_id: int) -> None:
         """Delete the user with their posts and comments, atomically; raise InvalidArgument, UserNotFound."""
         check_id("id", user_id)
-        self._db.write(lambda session: repository.delete_user(session, user_id))
+        self._db.write(lambda conn: repository.delete_user(conn, user_id))
         audit.info("User deleted; id=%d", user_id)
 
 
@@ -299,7 +288,7 @@ class PostService:
         violations.text("title", title, TITLE_MAX)
         violations.text("content", content, POST_CONTENT_MAX)
         violations.raise_if_any()
-        post = self._db.write(lambda session: repository.add_post(session, user_id, title, content, _now()))
+        post = self._db.write(lambda conn: repository.add_post(conn, user_id, title, content, _now()))
         audit.info("Post created; id=%d; user_id=%d", post.id, user_id)
         return post
 
@@ -331,15 +320,12 @@ class PostService:
             violations.text("post.content", content, POST_CONTENT_MAX)
         violations.raise_if_any()
 
-        def change(session: Session) -> Post:
-            post = repository.get_post(session, post_id, for_update=True)
-            if "title" in paths:
-                post.title = title
-            if "content" in paths:
-                post.content = content
-            post.update_time = _later_than(post.update_time)
-            session.flush()
-            return post
+        values: dict[str, object] = {path: {"title": title, "content": content}[path] for path in paths}
+
+        def change(conn: Connection) -> PostRecord:
+            current = repository.read_post(conn, post_id, for_update=True)
+            values["update_time"] = _later_than(current.update_time)
+            return repository.update_post(conn, post_id, values)
 
         post = self._db.write(change)
         audit.info("Post updated; id=%d; fields=%s", post.id, ",".join(paths))
@@ -349,7 +335,7 @@ class PostService:
     def delete_post(self, post_id: int) -> None:
         """Delete the post with its comments, atomically; raise InvalidArgument, PostNotFound."""
         check_id("id", post_id)
-        self._db.write(lambda session: repository.delete_post(session, post_id))
+        self._db.write(lambda conn: repository.delete_post(conn, post_id))
         audit.info("Post deleted; id=%d", post_id)
 
 
@@ -372,9 +358,7 @@ class CommentService:
         violations.row_id("user_id", user_id)
         violations.text("content", content, COMMENT_CONTENT_MAX)
         violations.raise_if_any()
-        comment = self._db.write(
-            lambda session: repository.add_comment(session, post_id, user_id, content, _now())
-        )
+        comment = self._db.write(lambda conn: repository.add_comment(conn, post_id, user_id, content, _now()))
         audit.info("Comment created; id=%d; post_id=%d; user_id=%d", comment.id, post_id, user_id)
         return comment
 
@@ -404,12 +388,10 @@ class CommentService:
             violations.text("comment.content", content, COMMENT_CONTENT_MAX)
         violations.raise_if_any()
 
-        def change(session: Session) -> Comment:
-            comment = repository.get_comment(session, comment_id, for_update=True)
-            comment.content = content
-            comment.update_time = _later_than(comment.update_time)
-            session.flush()
-            return comment
+        def change(conn: Connection) -> CommentRecord:
+            current = repository.read_comment(conn, comment_id, for_update=True)
+            values = {"content": content, "update_time": _later_than(current.update_time)}
+            return repository.update_comment(conn, comment_id, values)
 
         comment = self._db.write(change)
         audit.info("Comment updated; id=%d; fields=%s", comment.id, ",".join(paths))
@@ -419,7 +401,7 @@ class CommentService:
     def delete_comment(self, comment_id: int) -> None:
         """Delete the comment; raise InvalidArgument, CommentNotFound."""
         check_id("id", comment_id)
-        self._db.write(lambda session: repository.delete_comment(session, comment_id))
+        self._db.write(lambda conn: repository.delete_comment(conn, comment_id))
         audit.info("Comment deleted; id=%d", comment_id)
 
 
