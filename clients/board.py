@@ -144,12 +144,8 @@ class BoardClient:
         return self._call(self._stub.ListUsers, request, board_pb2.ListUsersResponse, timeout)
 
     def iter_users(self, page_size: int = 0) -> Iterator[board_pb2.User]:
-        token = ""
-        while True:
-            page = self.list_users(page_size, token)
-            yield from page.users
-            if not (token := page.next_page_token):
-                return
+        """Every user, following next_page_token."""
+        return _follow_pages(lambda token: _page(self.list_users(page_size, token), "users"))
 
     def update_user(
         self,
@@ -187,12 +183,8 @@ class BoardClient:
         return self._call(self._stub.ListPosts, request, board_pb2.ListPostsResponse, timeout)
 
     def iter_posts(self, user_id: int = 0, page_size: int = 0) -> Iterator[board_pb2.Post]:
-        token = ""
-        while True:
-            page = self.list_posts(user_id, page_size, token)
-            yield from page.posts
-            if not (token := page.next_page_token):
-                return
+        """Every post (of ``user_id`` unless 0), following next_page_token."""
+        return _follow_pages(lambda token: _page(self.list_posts(user_id, page_size, token), "posts"))
 
     def update_post(
         self,
@@ -231,12 +223,8 @@ class BoardClient:
         return self._call(self._stub.ListComments, request, board_pb2.ListCommentsResponse, timeout)
 
     def iter_comments(self, post_id: int, page_size: int = 0) -> Iterator[board_pb2.Comment]:
-        token = ""
-        while True:
-            page = self.list_comments(post_id, page_size, token)
-            yield from page.comments
-            if not (token := page.next_page_token):
-                return
+        """Every comment of the post, following next_page_token."""
+        return _follow_pages(lambda token: _page(self.list_comments(post_id, page_size, token), "comments"))
 
     def update_comment(
         self,
@@ -255,6 +243,23 @@ class BoardClient:
         self._call(
             self._stub.DeleteComment, board_pb2.DeleteCommentRequest(id=comment_id), empty_pb2.Empty, timeout
         )
+
+
+Item = TypeVar("Item")
+
+
+def _page(response: Any, field: str) -> tuple[Sequence[Any], str]:
+    return getattr(response, field), response.next_page_token
+
+
+def _follow_pages(fetch: Callable[[str], tuple[Sequence[Item], str]]) -> Iterator[Item]:
+    """Yield the items of every page, starting with an empty token, until next_page_token is empty."""
+    token = ""
+    while True:
+        items, token = fetch(token)
+        yield from items
+        if not token:
+            return
 
 
 def _mask(paths: Sequence[str] | None, **values: str | None) -> field_mask_pb2.FieldMask:
