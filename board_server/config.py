@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,10 +102,3 @@ def load_settings(
         max_message_bytes=max_bytes,
         grace_seconds=grace,
     )
-
-
-def parse_settings(argv: Sequence[str] | None = None) -> Settings:
-    """Parse server flags from ``argv`` and build Settings (used by tools that embed the server)."""
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return load_settings(parser.parse_args(argv))
