@@ -234,7 +234,7 @@ def logits_to_mask(logits: torch.Tensor, width: int, height: int) -> Mask:
         raise ValueError(f"{num_classes} classes do not fit a uint8 mask")
     logits = logits.float()
     if (in_h, in_w) == (height, width):
-        return logits.argmax(dim=0).to(torch.uint8).numpy()
+        return _class_of_max(logits)
     y_lo, y_hi, y_frac = _linear_source(height, in_h)
     x_lo, x_hi, x_frac = _linear_source(width, in_w)
     mask = np.empty((height, width), dtype=np.uint8)
@@ -248,8 +248,13 @@ def logits_to_mask(logits: torch.Tensor, width: int, height: int) -> Mask:
             + logits.index_select(1, y_hi[start:stop]) * fy
         )
         strip = strip.index_select(2, x_lo) * (1 - x_frac_row) + strip.index_select(2, x_hi) * x_frac_row
-        mask[start:stop] = strip.argmax(dim=0).to(torch.uint8).numpy()
+        mask[start:stop] = _class_of_max(strip)
     return mask
+
+
+def _class_of_max(logits: torch.Tensor) -> Mask:
+    # max(dim=0).indices is several times faster than argmax(dim=0) over a [C, H, W] CPU tensor.
+    return torch.max(logits, dim=0).indices.to(torch.uint8).numpy()
 
 
 def voc_palette(num_colors: int = 256) -> list[int]:
