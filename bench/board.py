@@ -138,22 +138,22 @@ class Cell:
     p99_ms: float
 
 
-def measure(
-    server: str, operation: str, concurrency: int, *, make_call: CallFactory, target: str, seconds: float
-) -> Cell:
-    """Run ``concurrency`` closed-loop callers (one channel each) for ``seconds`` after a short warm-up."""
-    channels = [grpc.insecure_channel(target) for _ in range(concurrency)]
-    calls = [make_call(channel) for channel in channels]
-    for call in calls:
-        for _ in range(5):
-            call()
-    latencies: list[list[float]] = [[] for _ in range(concurrency)]
-    errors = [0] * concurrency
-    start_line = threading.Barrier(concurrency + 1)
+@dataclass
+class _Samples:
+    latencies: list[float]
+    errors: int = 0
+    elapsed: float = 0.0
+
+
+def _load(calls: Sequence[Callable[[], object]], seconds: float, samples: _Samples) -> None:
+    """Closed loop: one thread per call keeps calling for ``seconds``; add what it saw to ``samples``."""
+    per_thread: list[list[float]] = [[] for _ in calls]
+    errors = [0] * len(calls)
+    start_line = threading.Barrier(len(calls) + 1)
     stop_at = [0.0]
 
     def caller(i: int) -> None:
-        call, mine = calls[i], latencies[i]
+        call, mine = calls[i], per_thread[i]
         start_line.wait()
         while (now := time.perf_counter()) < stop_at[0]:
             try:
@@ -162,7 +162,7 @@ def measure(
                 errors[i] += 1
             mine.append(time.perf_counter() - now)
 
-    threads = [threading.Thread(target=caller, args=(i,)) for i in range(concurrency)]
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(len(calls))]
     for thread in threads:
         thread.start()
     began = time.perf_counter()
@@ -170,22 +170,55 @@ def measure(
     start_line.wait()
     for thread in threads:
         thread.join()
-    elapsed = time.perf_counter() - began
-    for channel in channels:
-        channel.close()
-    merged = sorted(x for part in latencies for x in part)
-    count = len(merged)
-    quantiles = statistics.quantiles(merged, n=100) if count >= 2 else [merged[0] if merged else 0.0] * 99
-    return Cell(
-        server=server,
-        operation=operation,
-        concurrency=concurrency,
-        requests=count,
-        errors=sum(errors),
-        rps=count / elapsed,
-        p50_ms=quantiles[49] * 1000,
-        p99_ms=quantiles[98] * 1000,
-    )
+    samples.elapsed += time.perf_counter() - began
+    samples.errors += sum(errors)
+    for part in per_thread:
+        samples.latencies.extend(part)
+
+
+@dataclass(frozen=True)
+class Contender:
+    server: str
+    target: str
+    make_call: CallFactory
+
+
+def measure(
+    contenders: Sequence[Contender], operation: str, concurrency: int, seconds: float, rounds: int = 3
+) -> list[Cell]:
+    """Measure each contender for ``seconds`` in total, interleaved in ``rounds`` slices, so that load from
+    elsewhere on the machine weighs on the floor and the board alike. One channel per caller."""
+    channels = {c.server: [grpc.insecure_channel(c.target) for _ in range(concurrency)] for c in contenders}
+    calls = {c.server: [c.make_call(channel) for channel in channels[c.server]] for c in contenders}
+    for server_calls in calls.values():
+        for call in server_calls:
+            for _ in range(5):
+                call()  # warm-up: connections, caches
+    samples = {c.server: _Samples([]) for c in contenders}
+    for _ in range(rounds):
+        for contender in contenders:
+            _load(calls[contender.server], seconds / rounds, samples[contender.server])
+    for server_channels in channels.values():
+        for channel in server_channels:
+            channel.close()
+    cells = []
+    for contender in contenders:
+        got = samples[contender.server]
+        merged = sorted(got.latencies)
+        quantiles = statistics.quantiles(merged, n=100) if len(merged) >= 2 else [0.0] * 99
+        cells.append(
+            Cell(
+                server=contender.server,
+                operation=operation,
+                concurrency=concurrency,
+                requests=len(merged),
+                errors=got.errors,
+                rps=len(merged) / got.elapsed,
+                p50_ms=quantiles[49] * 1000,
+                p99_ms=quantiles[98] * 1000,
+            )
+        )
+    return cells
 
 
 def board_calls(seed_user: int, seed_posts: Sequence[int]) -> dict[str, tuple[bytes, CallFactory]]:
@@ -245,33 +278,12 @@ def run(seconds: float, workers: int, database_url: str | None) -> dict[str, Any
         ):
             user, posts = seed(board, 200)
             for operation, (payload, make_call) in board_calls(user, posts).items():
+                contenders = [Contender("floor", echo, echo_call(payload))]
+                if operation == "GetPost":
+                    contenders.append(Contender("floor-aio", echo_aio, echo_call(payload)))
+                contenders.append(Contender("board", board, make_call))
                 for concurrency in CONCURRENCY:
-                    cells.append(
-                        measure(
-                            "floor",
-                            operation,
-                            concurrency,
-                            make_call=echo_call(payload),
-                            target=echo,
-                            seconds=seconds,
-                        )
-                    )
-                    if operation == "GetPost":
-                        floor_aio = measure(
-                            "floor-aio", operation, concurrency,
-                            make_call=echo_call(payload), target=echo_aio, seconds=seconds,
-                        )  # fmt: skip
-                        cells.append(floor_aio)
-                    cells.append(
-                        measure(
-                            "board",
-                            operation,
-                            concurrency,
-                            make_call=make_call,
-                            target=board,
-                            seconds=seconds,
-                        )
-                    )
+                    cells.extend(measure(contenders, operation, concurrency, seconds))
                     logger.info("%s c%d done", operation, concurrency)
     floors = {(c.operation, c.concurrency): c.rps for c in cells if c.server == "floor"}
     rows = []
