@@ -1,6 +1,7 @@
 """ORM tables of the board (SQLAlchemy 2.0 typed mappings).
 
-The schema itself is created by the Alembic migrations; these mappings must stay in step with them.
+The schema itself is created by the Alembic migrations; tests/board/test_schema.py checks that these
+mappings stay in step with them. The repository queries their ``__table__``s with Core statements.
 """
 
 from __future__ import annotations
