@@ -375,7 +375,9 @@ def describe_endpoints(settings: ServeSettings, board_address: str | None) -> st
         f'-H "authorization: Bearer $TOKEN" \\',
         f"    -d {grpc_body} {settings.grpc_inference_target} "
         "org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions",
-        f"  segment photo.jpg --out mask.png --overlay overlay.png --key-file {key}",
+        f"  segment photo.jpg --out mask.png --overlay overlay.png --key-file {key} \\",
+        f"    --inference-port {settings.inference_port} --grpc-port {settings.grpc_inference_port} "
+        f"--management-port {settings.management_port}",
     ]
     return "\n".join(lines)
 
