@@ -260,7 +260,7 @@ def seed(target: str, posts: int) -> tuple[int, list[int]]:
     return user.id, ids
 
 
-def run(seconds: float, workers: int, database_url: str | None) -> dict[str, Any]:
+def run(seconds: float, workers: int, database_url: str | None, operations: Sequence[str]) -> dict[str, Any]:
     """Measure every cell; return the figures (also used for the JSON file)."""
     cells: list[Cell] = []
     with tempfile.TemporaryDirectory(prefix="board-bench-") as tmp:
@@ -278,6 +278,8 @@ def run(seconds: float, workers: int, database_url: str | None) -> dict[str, Any
         ):
             user, posts = seed(board, 200)
             for operation, (payload, make_call) in board_calls(user, posts).items():
+                if operation not in operations:
+                    continue
                 contenders = [Contender("floor", echo, echo_call(payload))]
                 if operation == "GetPost":
                     contenders.append(Contender("floor-aio", echo_aio, echo_call(payload)))
@@ -331,6 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per cell (default 3)")
     parser.add_argument("--workers", type=int, default=16, help="server worker threads (default 16)")
     parser.add_argument("--database-url", help="board database (default: a fresh SQLite file)")
+    parser.add_argument(
+        "--operations", nargs="+", choices=OPERATIONS, default=list(OPERATIONS), help="default: all three"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--serve-echo", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--aio", action="store_true", help=argparse.SUPPRESS)
@@ -339,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.serve_echo:
         serve_echo(args.workers, args.aio)
         return 0
-    figures = run(args.seconds, args.workers, args.database_url)
+    figures = run(args.seconds, args.workers, args.database_url, args.operations)
     print_table(figures)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(figures, indent=2) + "\n")
