@@ -11,7 +11,7 @@ TorchServe with our config on free ports, and for a 520x520 JPEG measures:
 
 Figures go to stdout and bench/results/serving.json.
 
-    python -m bench.serving [--requests 8] [--arch deeplabv3_mobilenet_v3_large]
+    python -m bench.serving [--requests 10] [--arch deeplabv3_mobilenet_v3_large] [--sweep]
 """
 
 from __future__ import annotations
@@ -308,6 +308,64 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
+def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """gRPC throughput at concurrency 8 for batchSize x workers, each batch size in its own archive."""
+    image = bench_image()
+    template = (ROOT / "seg_handler" / "model-config.yaml").read_text()
+    rows: list[dict[str, Any]] = []
+    for batch_size in args.sweep_batch_sizes:
+        with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
+            work = Path(tmp)
+            store = work / "store"
+            store.mkdir()
+            config = work / "model-config.yaml"
+            lines = [
+                f"batchSize: {batch_size}" if ln.startswith("batchSize:") else ln
+                for ln in template.splitlines()
+            ]
+            config.write_text("\n".join(lines) + "\n")
+            command = [
+                sys.executable,
+                "-m",
+                "training.export",
+                "--arch",
+                args.arch,
+                "--weights",
+                args.weights,
+            ]
+            command += ["--out", str(store), "--config-file", str(config)]
+            subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+            settings = replace(
+                launch.ServeSettings(model_store=store),
+                runtime_dir=work / "torchserve",
+                inference_port=_free_port(),
+                management_port=_free_port(),
+                metrics_port=_free_port(),
+                grpc_inference_port=_free_port(),
+                grpc_management_port=_free_port(),
+                ready_timeout_s=300,
+            )
+            proc = launch.start(settings)
+            try:
+                endpoints = ServingEndpoints.local(
+                    settings.host,
+                    settings.inference_port,
+                    settings.management_port,
+                    settings.grpc_inference_port,
+                )
+                tokens = TokenSource.from_key_file(settings.key_file)
+                with SegmentClient(endpoints, tokens, timeout_s=300) as client:
+                    for workers in args.sweep_workers:
+                        client.scale_workers(workers)
+                        result = measure(lambda: client.predict_raw(image), 8, 2 * args.requests, warmup=2)
+                        row = {"batchSize": batch_size, "workers": workers, **result}
+                        logger.info("sweep %s", row)
+                        rows.append(row)
+            finally:
+                launch.stop_process(proc.pid)
+    return rows
+
+
 def print_table(figures: dict[str, Any]) -> None:
     print(
         f"{'path':<10}{'conc':>5}{'min ms':>10}{'p50 ms':>10}{'p99 ms':>10}{'rps':>8}"
@@ -325,6 +383,9 @@ def print_table(figures: dict[str, Any]) -> None:
     print("response bytes:", json.dumps(figures["response_bytes"]))
     print("targets:", json.dumps(figures["targets"]))
     print("load average (1 min) before/after:", figures["setup"]["loadavg_1m_before_after"])
+    for row in figures.get("sweep_grpc_c8", []):
+        print(f"sweep batchSize={row['batchSize']} workers={row['workers']}: ", end="")
+        print(f"{row['rps']:.2f} rps, p50 {row['p50_ms']} ms")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -335,6 +396,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", default="random", help="training.export --weights (random: no download)")
     parser.add_argument("--requests", type=int, default=10, help="timed requests at c=1 (twice that at c=8)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--sweep", action="store_true", help="also sweep batchSize x workers (gRPC, c=8)")
+    parser.add_argument("--sweep-batch-sizes", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--sweep-workers", type=int, nargs="+", default=[1, 2])
     return parser
 
 
@@ -342,6 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = get_args_parser().parse_args(argv)
     figures = run(args)
+    if args.sweep:
+        figures["sweep_grpc_c8"] = sweep(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2) + "\n")
     print_table(figures)
