@@ -10,7 +10,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from board_server.config import Settings, add_arguments, load_settings
+from board_server.config import Settings, add_arguments, add_attachment_arguments, load_settings
 
 logger = logging.getLogger("board_server")
 
@@ -19,6 +19,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="board-server", description=__doc__)
     parser.add_argument("command", nargs="?", choices=("serve", "migrate"), default="serve")
     add_arguments(parser)
+    add_attachment_arguments(parser)
     return parser
 
 

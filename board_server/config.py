@@ -31,6 +31,22 @@ class Settings:
     max_message_bytes: int = 4 * 1024 * 1024
     grace_seconds: float = 10.0
     sqlite_busy_timeout_ms: int = 30_000
+    # Attachments and their tagging (issue 6); an empty target turns tagging off (uploads stay PENDING).
+    max_attachment_bytes: int = 20 * 1024 * 1024
+    segmentation_target: str = ""
+    segmentation_token_file: Path | None = None
+    segmentation_model: str = "deeplabv3"
+    segmentation_timeout_s: float = 60.0
+    tagging_workers: int = 2
+    tagging_poll_s: float = 2.0
+    tagging_backoff_max_s: float = 30.0
+    tagging_max_attempts: int = 5
+    tagging_lease_s: float = 0.0  # 0: the call timeout plus 30 s
+
+    @property
+    def grpc_message_limit(self) -> int:
+        """Largest gRPC message: the configured limit, raised to fit an attachment plus 1 MiB of headroom."""
+        return max(self.max_message_bytes, self.max_attachment_bytes + 1024 * 1024)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +73,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--grace",
         type=float,
         help="seconds in-flight calls get to finish on shutdown (env BOARD_GRACE_SECONDS, default 10)",
+    )
+
+
+def add_attachment_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of attachments and their tagging worker; each defaults to None so env and defaults fill in."""
+    parser.add_argument(
+        "--max-attachment-bytes",
+        type=int,
+        help="largest attachment in bytes (env BOARD_MAX_ATTACHMENT_BYTES, default 20 MiB)",
+    )
+    parser.add_argument(
+        "--segmentation-target",
+        help="HOST:PORT of TorchServe's gRPC inference API; empty turns tagging off "
+        "(env BOARD_SEGMENTATION_TARGET)",
+    )
+    parser.add_argument(
+        "--segmentation-token-file",
+        help="TorchServe's key_file.json, re-read on every call (env BOARD_SEGMENTATION_TOKEN_FILE)",
+    )
+    parser.add_argument(
+        "--segmentation-model",
+        help="model name in TorchServe (env BOARD_SEGMENTATION_MODEL, default deeplabv3)",
+    )
+    parser.add_argument(
+        "--segmentation-timeout",
+        type=float,
+        help="seconds per segmentation call (env BOARD_SEGMENTATION_TIMEOUT, default 60)",
+    )
+    parser.add_argument(
+        "--tagging-workers", type=int, help="concurrent tagging calls (env BOARD_TAGGING_WORKERS, default 2)"
+    )
+    parser.add_argument(
+        "--tagging-poll",
+        type=float,
+        help="seconds between scans for pending work from other replicas (env BOARD_TAGGING_POLL_SECONDS, "
+        "default 2)",
+    )
+    parser.add_argument(
+        "--tagging-lease",
+        type=float,
+        help="seconds a claimed attachment stays leased to one replica (env BOARD_TAGGING_LEASE_SECONDS, "
+        "default the segmentation timeout + 30)",
+    )
+    parser.add_argument(
+        "--tagging-backoff-max",
+        type=float,
+        help="longest wait between retries in seconds (env BOARD_TAGGING_BACKOFF_MAX_SECONDS, default 30)",
     )
 
 
@@ -93,6 +156,19 @@ def load_settings(
     grace = float(pick("grace", "BOARD_GRACE_SECONDS") or 10.0)
     if workers < 1 or max_bytes < 1024 or grace < 0:
         raise ValueError("workers must be >= 1, max message bytes >= 1024, grace >= 0")
+    max_attachment = int(pick("max_attachment_bytes", "BOARD_MAX_ATTACHMENT_BYTES") or 20 * 1024 * 1024)
+    token_file = pick("segmentation_token_file", "BOARD_SEGMENTATION_TOKEN_FILE")
+    seg_timeout = float(pick("segmentation_timeout", "BOARD_SEGMENTATION_TIMEOUT") or 60.0)
+    tagging_workers = int(pick("tagging_workers", "BOARD_TAGGING_WORKERS") or 2)
+    poll = float(pick("tagging_poll", "BOARD_TAGGING_POLL_SECONDS") or 2.0)
+    backoff_max = float(pick("tagging_backoff_max", "BOARD_TAGGING_BACKOFF_MAX_SECONDS") or 30.0)
+    max_attempts = int(env.get("BOARD_TAGGING_MAX_ATTEMPTS") or 5)
+    lease = float(pick("tagging_lease", "BOARD_TAGGING_LEASE_SECONDS") or 0.0)
+    if max_attachment < 1 or seg_timeout <= 0 or tagging_workers < 1 or poll <= 0 or backoff_max <= 0:
+        raise ValueError(
+            "max attachment bytes >= 1, segmentation timeout > 0, tagging workers >= 1, poll > 0, "
+            "backoff max > 0"
+        )
     return Settings(
         address=address,
         database_url=database_url,
@@ -101,4 +177,14 @@ def load_settings(
         worker_threads=workers,
         max_message_bytes=max_bytes,
         grace_seconds=grace,
+        max_attachment_bytes=max_attachment,
+        segmentation_target=pick("segmentation_target", "BOARD_SEGMENTATION_TARGET") or "",
+        segmentation_token_file=Path(token_file) if token_file else None,
+        segmentation_model=pick("segmentation_model", "BOARD_SEGMENTATION_MODEL") or "deeplabv3",
+        segmentation_timeout_s=seg_timeout,
+        tagging_workers=tagging_workers,
+        tagging_poll_s=poll,
+        tagging_backoff_max_s=backoff_max,
+        tagging_max_attempts=max(1, max_attempts),
+        tagging_lease_s=lease,
     )

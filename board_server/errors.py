@@ -56,6 +56,14 @@ class CommentNotFound(NotFound):
     resource = "Comment"
 
 
+class AttachmentNotFound(NotFound):
+    resource = "Attachment"
+
+
+class FailedPrecondition(BoardError):  # noqa: N818 - domain names, as in the house style
+    """The resource is not in the state the call needs (e.g. the mask of an attachment not yet TAGGED)."""
+
+
 class AlreadyExists(BoardError):  # noqa: N818 - domain names, as in the house style
     """A unique constraint (e.g. the case-insensitive email) would be violated."""
 
@@ -70,6 +78,7 @@ STATUS_CODES: dict[type[BoardError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     DatabaseBusy: grpc.StatusCode.UNAVAILABLE,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 

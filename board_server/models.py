@@ -8,7 +8,19 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, func
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    func,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -86,3 +98,69 @@ class Comment(Base):
     content: Mapped[str] = mapped_column(Text())
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
     update_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+# --- attachments (issue 6) ---------------------------------------------------------------------------------
+
+FILENAME_MAX = 255
+FAILURE_REASON_MAX = 1000
+
+
+class Attachment(Base):
+    """An image on a post; its bytes and mask live here too, so replicas share everything through the DB.
+
+    The tagging queue is this table: ``status`` PENDING rows are claimed with a lease (``claimed_by``,
+    ``lease_until``) by a conditional UPDATE, retried at ``next_attempt_time`` (see board_server/tagging.py).
+    """
+
+    __tablename__ = "attachments"
+    __table_args__ = NEVER_REUSE_IDS
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    post_id: Mapped[int] = mapped_column(BigId, ForeignKey("posts.id", ondelete="CASCADE"), index=True)
+    filename: Mapped[str] = mapped_column(String(FILENAME_MAX))
+    content_type: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger())
+    width: Mapped[int] = mapped_column(Integer())
+    height: Mapped[int] = mapped_column(Integer())
+    data: Mapped[bytes] = mapped_column(LargeBinary())
+    status: Mapped[str] = mapped_column(String(16))
+    failure_reason: Mapped[str | None] = mapped_column(Text(), nullable=True)
+    mask_png: Mapped[bytes | None] = mapped_column(LargeBinary(), nullable=True)
+    model_arch: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    model_weights: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    model_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    model_untrained: Mapped[bool | None] = mapped_column(Boolean(), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer())
+    next_attempt_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    claimed_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    update_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+# The worker's scan: pending rows due for an attempt.
+Index("ix_attachments_queue", Attachment.status, Attachment.next_attempt_time)
+
+
+class AttachmentLabel(Base):
+    """One class found in an attachment; post_id is copied here so the label filter needs no join."""
+
+    __tablename__ = "attachment_labels"
+
+    attachment_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("attachments.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    post_id: Mapped[int] = mapped_column(BigId, ForeignKey("posts.id", ondelete="CASCADE"), index=True)
+    fraction: Mapped[float] = mapped_column(Float())
+    pixels: Mapped[int] = mapped_column(BigInteger())
+
+
+# ListPosts(label=..., min_label_fraction=...): an index range scan yields the matching posts.
+Index(
+    "ix_attachment_labels_name_fraction",
+    AttachmentLabel.name,
+    AttachmentLabel.fraction,
+    AttachmentLabel.post_id,
+)

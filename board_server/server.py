@@ -14,11 +14,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from board_server.attachments import AttachmentService
 from board_server.config import Settings
 from board_server.database import Database, migrate, open_database
 from board_server.errors import BoardError, to_grpc_status
 from board_server.service import Board
 from board_server.servicer import BoardServicer
+from board_server.tagging import TaggingWorker, build_tagging_worker
 from clients.gen.board.v1 import board_pb2, board_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -86,8 +88,9 @@ def configure_audit_log(settings: Settings) -> logging.Handler:
 def server_options(settings: Settings) -> list[tuple[str, Any]]:
     """Channel options shared by the board server and the benchmark's echo floor."""
     return [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_send_message_length", settings.max_message_bytes),
+        # Large enough for an attachment of max_attachment_bytes plus the rest of the message.
+        ("grpc.max_receive_message_length", settings.grpc_message_limit),
+        ("grpc.max_send_message_length", settings.grpc_message_limit),
         ("grpc.so_reuseport", 0),
     ]
 
@@ -100,11 +103,14 @@ class BoardServer:
     port: int
     database: Database
     health: health.HealthServicer
+    tagger: TaggingWorker | None = None
 
     def stop(self, grace: float) -> None:
         """Report NOT_SERVING, let in-flight calls finish for up to ``grace`` seconds, close the database."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.tagger is not None:
+            self.tagger.stop(timeout=grace)
         self.database.dispose()
 
 
@@ -121,7 +127,11 @@ def create_server(settings: Settings) -> BoardServer:
         options=server_options(settings),
         maximum_concurrent_rpcs=None,
     )
-    servicer = BoardServicer(Board.over(database))
+    tagger = build_tagging_worker(settings, database)
+    attachments = AttachmentService(
+        database, settings.max_attachment_bytes, on_added=tagger.wake if tagger is not None else None
+    )
+    servicer = BoardServicer(Board.over(database), attachments)
     board_pb2_grpc.add_BoardServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -137,4 +147,6 @@ def create_server(settings: Settings) -> BoardServer:
         database.dispose()
         raise RuntimeError(f"could not bind {settings.address}")
     server.start()
-    return BoardServer(server=server, port=port, database=database, health=health_servicer)
+    if tagger is not None:
+        tagger.start()
+    return BoardServer(server=server, port=port, database=database, health=health_servicer, tagger=tagger)

@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
+from board_server.attachments import AttachmentService, AttachmentView
+from board_server.errors import FailedPrecondition
 from board_server.records import CommentRecord, PostRecord, UserRecord
 from board_server.service import Board
 from clients.gen.board.v1 import board_pb2, board_pb2_grpc
@@ -54,11 +56,47 @@ def comment_to_proto(comment: CommentRecord) -> board_pb2.Comment:
     )
 
 
+_STATUSES = {
+    "PENDING": board_pb2.ATTACHMENT_STATUS_PENDING,
+    "TAGGED": board_pb2.ATTACHMENT_STATUS_TAGGED,
+    "FAILED": board_pb2.ATTACHMENT_STATUS_FAILED,
+}
+
+
+def attachment_to_proto(item: AttachmentView) -> board_pb2.Attachment:
+    message = board_pb2.Attachment(
+        id=item.id,
+        post_id=item.post_id,
+        filename=item.filename,
+        content_type=item.content_type,
+        size_bytes=item.size_bytes,
+        width=item.width,
+        height=item.height,
+        status=_STATUSES.get(item.status, board_pb2.ATTACHMENT_STATUS_UNSPECIFIED),
+        labels=[board_pb2.Label(name=x.name, fraction=x.fraction, pixels=x.pixels) for x in item.labels],
+        create_time=_timestamp(item.create_time),
+        update_time=_timestamp(item.update_time),
+        failure_reason=item.failure_reason,
+        attempts=item.attempts,
+    )
+    if item.model_arch:
+        message.model.CopyFrom(
+            board_pb2.ModelProvenance(
+                arch=item.model_arch,
+                weights=item.model_weights,
+                sha256=item.model_sha256,
+                untrained=item.model_untrained,
+            )
+        )
+    return message
+
+
 class BoardServicer(board_pb2_grpc.BoardServiceServicer):
     """board.v1.BoardService over the board's use cases."""
 
-    def __init__(self, board: Board) -> None:
+    def __init__(self, board: Board, attachments: AttachmentService | None = None) -> None:
         self._board = board
+        self._attachments = attachments
 
     # users
 
@@ -104,6 +142,17 @@ class BoardServicer(board_pb2_grpc.BoardServiceServicer):
     def ListPosts(
         self, request: board_pb2.ListPostsRequest, context: grpc.ServicerContext
     ) -> board_pb2.ListPostsResponse:
+        if request.label and self._attachments is not None:
+            page = self._attachments.list_posts_with_label(
+                request.label,
+                request.min_label_fraction,
+                request.user_id,
+                request.page_size,
+                request.page_token,
+            )
+            return board_pb2.ListPostsResponse(
+                posts=[post_to_proto(p) for p in page.items], next_page_token=page.next_page_token
+            )
         page = self._board.posts.list_posts(request.user_id, request.page_size, request.page_token)
         return board_pb2.ListPostsResponse(
             posts=[post_to_proto(p) for p in page.items], next_page_token=page.next_page_token
@@ -154,4 +203,47 @@ class BoardServicer(board_pb2_grpc.BoardServiceServicer):
         self, request: board_pb2.DeleteCommentRequest, context: grpc.ServicerContext
     ) -> empty_pb2.Empty:
         self._board.comments.delete_comment(request.id)
+        return empty_pb2.Empty()
+
+    # attachments
+
+    def _attachment_service(self) -> AttachmentService:
+        if self._attachments is None:  # only when wired without attachments (e.g. a bench floor)
+            raise FailedPrecondition("attachments are not enabled on this server")
+        return self._attachments
+
+    def AddAttachment(
+        self, request: board_pb2.AddAttachmentRequest, context: grpc.ServicerContext
+    ) -> board_pb2.Attachment:
+        item = self._attachment_service().add_attachment(
+            request.post_id, request.filename, request.content_type, request.data
+        )
+        return attachment_to_proto(item)
+
+    def GetAttachment(
+        self, request: board_pb2.GetAttachmentRequest, context: grpc.ServicerContext
+    ) -> board_pb2.Attachment:
+        return attachment_to_proto(self._attachment_service().get_attachment(request.id))
+
+    def ListAttachments(
+        self, request: board_pb2.ListAttachmentsRequest, context: grpc.ServicerContext
+    ) -> board_pb2.ListAttachmentsResponse:
+        items = self._attachment_service().list_attachments(request.post_id)
+        return board_pb2.ListAttachmentsResponse(attachments=[attachment_to_proto(a) for a in items])
+
+    def GetAttachmentContent(
+        self, request: board_pb2.GetAttachmentContentRequest, context: grpc.ServicerContext
+    ) -> board_pb2.GetAttachmentContentResponse:
+        data, content_type = self._attachment_service().get_content(request.id)
+        return board_pb2.GetAttachmentContentResponse(data=data, content_type=content_type)
+
+    def GetAttachmentMask(
+        self, request: board_pb2.GetAttachmentMaskRequest, context: grpc.ServicerContext
+    ) -> board_pb2.GetAttachmentMaskResponse:
+        return board_pb2.GetAttachmentMaskResponse(png=self._attachment_service().get_mask(request.id))
+
+    def DeleteAttachment(
+        self, request: board_pb2.DeleteAttachmentRequest, context: grpc.ServicerContext
+    ) -> empty_pb2.Empty:
+        self._attachment_service().delete_attachment(request.id)
         return empty_pb2.Empty()

@@ -23,6 +23,7 @@ from clients.gen.board.v1 import board_pb2, board_pb2_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 10.0
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 Response = TypeVar("Response")
 
@@ -103,7 +104,13 @@ class BoardClient:
     options: Sequence[tuple[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._channel = grpc.insecure_channel(self.target, options=list(self.options))
+        # Attachments travel in one message: allow the server's default limit (20 MiB + headroom) both ways.
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            *self.options,
+        ]
+        self._channel = grpc.insecure_channel(self.target, options=options)
         self._stub = board_pb2_grpc.BoardServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     def __enter__(self) -> BoardClient:
@@ -177,14 +184,37 @@ class BoardClient:
         return self._call(self._stub.GetPost, board_pb2.GetPostRequest(id=post_id), board_pb2.Post, timeout)
 
     def list_posts(
-        self, user_id: int = 0, page_size: int = 0, page_token: str = "", *, timeout: float | None = None
+        self,
+        user_id: int = 0,
+        page_size: int = 0,
+        page_token: str = "",
+        *,
+        label: str = "",
+        min_label_fraction: float = 0.0,
+        timeout: float | None = None,
     ) -> board_pb2.ListPostsResponse:
-        request = board_pb2.ListPostsRequest(user_id=user_id, page_size=page_size, page_token=page_token)
+        """One page of posts; with ``label``, only posts with an attachment tagged so (share >= min)."""
+        request = board_pb2.ListPostsRequest(
+            user_id=user_id,
+            page_size=page_size,
+            page_token=page_token,
+            label=label,
+            min_label_fraction=min_label_fraction,
+        )
         return self._call(self._stub.ListPosts, request, board_pb2.ListPostsResponse, timeout)
 
-    def iter_posts(self, user_id: int = 0, page_size: int = 0) -> Iterator[board_pb2.Post]:
-        """Every post (of ``user_id`` unless 0), following next_page_token."""
-        return _follow_pages(lambda token: _page(self.list_posts(user_id, page_size, token), "posts"))
+    def iter_posts(
+        self, user_id: int = 0, page_size: int = 0, *, label: str = "", min_label_fraction: float = 0.0
+    ) -> Iterator[board_pb2.Post]:
+        """Every post (of ``user_id`` unless 0, with ``label`` if given), following next_page_token."""
+        return _follow_pages(
+            lambda token: _page(
+                self.list_posts(
+                    user_id, page_size, token, label=label, min_label_fraction=min_label_fraction
+                ),
+                "posts",
+            )
+        )
 
     def update_post(
         self,
@@ -243,6 +273,66 @@ class BoardClient:
         self._call(
             self._stub.DeleteComment, board_pb2.DeleteCommentRequest(id=comment_id), empty_pb2.Empty, timeout
         )
+
+    # attachments
+
+    def add_attachment(
+        self,
+        post_id: int,
+        filename: str,
+        data: bytes,
+        content_type: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> board_pb2.Attachment:
+        """Upload an image to a post; it comes back PENDING and is tagged in the background."""
+        request = board_pb2.AddAttachmentRequest(
+            post_id=post_id, filename=filename, content_type=content_type, data=data
+        )
+        return self._call(self._stub.AddAttachment, request, board_pb2.Attachment, timeout)
+
+    def get_attachment(self, attachment_id: int, *, timeout: float | None = None) -> board_pb2.Attachment:
+        request = board_pb2.GetAttachmentRequest(id=attachment_id)
+        return self._call(self._stub.GetAttachment, request, board_pb2.Attachment, timeout)
+
+    def list_attachments(self, post_id: int, *, timeout: float | None = None) -> list[board_pb2.Attachment]:
+        request = board_pb2.ListAttachmentsRequest(post_id=post_id)
+        response = self._call(self._stub.ListAttachments, request, board_pb2.ListAttachmentsResponse, timeout)
+        return list(response.attachments)
+
+    def get_attachment_content(
+        self, attachment_id: int, *, timeout: float | None = None
+    ) -> board_pb2.GetAttachmentContentResponse:
+        request = board_pb2.GetAttachmentContentRequest(id=attachment_id)
+        return self._call(
+            self._stub.GetAttachmentContent, request, board_pb2.GetAttachmentContentResponse, timeout
+        )
+
+    def get_attachment_mask(self, attachment_id: int, *, timeout: float | None = None) -> bytes:
+        request = board_pb2.GetAttachmentMaskRequest(id=attachment_id)
+        response = self._call(
+            self._stub.GetAttachmentMask, request, board_pb2.GetAttachmentMaskResponse, timeout
+        )
+        return bytes(response.png)
+
+    def delete_attachment(self, attachment_id: int, *, timeout: float | None = None) -> None:
+        request = board_pb2.DeleteAttachmentRequest(id=attachment_id)
+        self._call(self._stub.DeleteAttachment, request, empty_pb2.Empty, timeout)
+
+    def wait_for_tagging(
+        self, attachment_id: int, *, timeout: float = 120.0, interval: float = 0.2
+    ) -> board_pb2.Attachment:
+        """Poll until the attachment leaves PENDING; return it (TAGGED or FAILED). Raises TimeoutError."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            attachment = self.get_attachment(attachment_id)
+            if attachment.status != board_pb2.ATTACHMENT_STATUS_PENDING:
+                return attachment
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"attachment {attachment_id} still PENDING after {timeout}s")
+            time.sleep(interval)
 
 
 Item = TypeVar("Item")

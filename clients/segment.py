@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -181,10 +181,13 @@ class SegmentClient:
         tokens: TokenSource,
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.endpoints = endpoints
         self.tokens = tokens
         self.timeout_s = timeout_s
+        # Extra gRPC channel options, e.g. a short max reconnect backoff for a long-lived background caller.
+        self.channel_options = list(channel_options)
         self._http = requests.Session()
         self._channel: grpc.Channel | None = None
         self._predict: Any = None
@@ -263,6 +266,7 @@ class SegmentClient:
                 options=[
                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                    *self.channel_options,
                 ],
             )
             self._predict = inference_pb2_grpc.InferenceAPIsServiceStub(  # type: ignore[no-untyped-call]
