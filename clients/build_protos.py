@@ -59,7 +59,7 @@ def _include_dirs() -> list[str]:
 
     dirs = [str(Path(grpc_tools.__file__).parent / "_proto")]
     # googleapis-common-protos ships google/rpc/*.proto next to its modules (TorchServe imports status.proto).
-    import google.rpc
+    import google.rpc  # type: ignore[import-untyped]
 
     for entry in google.rpc.__path__:
         dirs.append(str(Path(entry).parent.parent))
@@ -87,9 +87,7 @@ def rewrite_imports(package_dir: Path, package: str, local_modules: set[str]) ->
     """Make protoc's absolute imports of sibling modules point into ``package``."""
     for path in package_dir.rglob("*.py*"):
         text = path.read_text()
-        new = re.sub(
-            r"^from board\.v1 import", "from clients.gen.board.v1 import", text, flags=re.MULTILINE
-        )
+        new = re.sub(r"^from board\.v1 import", "from clients.gen.board.v1 import", text, flags=re.MULTILINE)
         for module in local_modules:
             new = re.sub(
                 rf"^import {module} as", f"from {package} import {module} as", new, flags=re.MULTILINE
