@@ -1,0 +1,116 @@
+"""End-to-end fixtures: real TorchServe (stoppable and restartable on fixed ports) and real board servers
+wired to it over gRPC with the token file, as `make run` wires them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pytest
+
+from seg_handler import launch
+from tests.board.conftest import RunningServer, postgres_cluster, start_board_server
+from tests.support import REPO_ROOT, Processes, free_port
+
+__all__ = ["postgres_cluster"]  # the throw-away PostgreSQL of the board tests, for the two-replica test
+
+TEST_INPUT_SIZE = 64  # small network input: cheap forwards on a CPU; masks still come at full image size
+
+
+@dataclass
+class TorchServe:
+    """One TorchServe on fixed free ports, so that boards reconnect to the same address after a restart."""
+
+    settings: launch.ServeSettings
+    proc: subprocess.Popen[bytes] | None = field(default=None)
+
+    @property
+    def grpc_target(self) -> str:
+        return self.settings.grpc_inference_target
+
+    @property
+    def key_file(self) -> Path:
+        return self.settings.key_file
+
+    def start(self) -> None:
+        if self.proc is None:
+            self.proc = launch.start(self.settings)
+
+    def stop(self) -> None:
+        """Stop the Java frontend and its workers by process group (pid), like a crash or a redeploy."""
+        if self.proc is not None:
+            launch.stop_process(self.proc.pid)
+            self.proc.wait(timeout=10)
+            self.proc = None
+            self.settings.pid_file.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def e2e_model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """deeplabv3.mar from `python -m training.export` (mobilenet_v3_large, random weights, input 64)."""
+    store = tmp_path_factory.mktemp("e2e_model_store")
+    command = [
+        sys.executable, "-m", "training.export", "--arch", "deeplabv3_mobilenet_v3_large",
+        "--weights", "random", "--out", str(store), "--input-size", str(TEST_INPUT_SIZE),
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, f"training.export failed:\n{done.stdout}\n{done.stderr}"
+    return store
+
+
+@pytest.fixture(scope="session")
+def torchserve(e2e_model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
+    """TorchServe with token auth on free loopback ports; tests may stop and start it (same ports)."""
+    settings = replace(
+        launch.ServeSettings(model_store=e2e_model_store),
+        runtime_dir=tmp_path_factory.mktemp("e2e_torchserve"),
+        inference_port=free_port(),
+        management_port=free_port(),
+        metrics_port=free_port(),
+        grpc_inference_port=free_port(),
+        grpc_management_port=free_port(),
+        ready_timeout_s=240,
+    )
+    serve = TorchServe(settings)
+    serve.start()
+    try:
+        yield serve
+    finally:
+        serve.stop()
+
+
+@pytest.fixture
+def running_torchserve(torchserve: TorchServe) -> TorchServe:
+    """The session TorchServe, started again if an earlier test left it stopped."""
+    torchserve.start()
+    return torchserve
+
+
+def tagging_flags(serve: TorchServe, *, lease_s: float = 30.0) -> tuple[str, ...]:
+    """board-server flags that wire it to ``serve`` with quick polling and short backoff for tests."""
+    return (
+        "--segmentation-target", serve.grpc_target,
+        "--segmentation-token-file", str(serve.key_file),
+        "--segmentation-timeout", "30",
+        "--tagging-poll", "0.3",
+        "--tagging-backoff-max", "1",
+        "--tagging-lease", str(lease_s),
+    )  # fmt: skip
+
+
+def start_tagging_board(
+    processes: Processes, serve: TorchServe, database_url: str, workdir: Path, *, lease_s: float = 30.0
+) -> RunningServer:
+    return start_board_server(processes, database_url, workdir, extra=tagging_flags(serve, lease_s=lease_s))
+
+
+@pytest.fixture(scope="module")
+def module_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
+    guard = Processes(tmp_path_factory.mktemp("e2e-logs"))
+    try:
+        yield guard
+    finally:
+        guard.stop_all()

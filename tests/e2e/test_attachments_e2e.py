@@ -1,0 +1,136 @@
+"""Attachments tagged by real TorchServe over gRPC (token auth), through the real board server.
+
+Covers the pipeline's promises: upload → TAGGED with labels, provenance and a mask of the image's size; a bad
+image → FAILED with the model's reason; TorchServe down → upload PENDING → TorchServe back → TAGGED with no
+client action; board killed with pending work → restarted → the work completes.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from clients.board import BoardClient
+from clients.gen.board.v1 import board_pb2
+from tests.board.conftest import RunningServer
+from tests.e2e.conftest import TorchServe, start_tagging_board
+from tests.support import Processes
+
+PENDING = board_pb2.ATTACHMENT_STATUS_PENDING
+TAGGED = board_pb2.ATTACHMENT_STATUS_TAGGED
+FAILED = board_pb2.ATTACHMENT_STATUS_FAILED
+
+
+def photo(width: int, height: int, seed: int = 0, fmt: str = "JPEG") -> bytes:
+    """A noisy gradient: compresses like a photo, so a truncated copy still has a readable header."""
+    rng = random.Random(seed)
+    across = Image.linear_gradient("L").rotate(90).resize((width, height))
+    down = Image.linear_gradient("L").resize((width, height))
+    noise = Image.frombytes("L", (width, height), rng.randbytes(width * height))
+    image = Image.merge("RGB", (across, down, noise))
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def new_post(client: BoardClient, tag: str) -> int:
+    user = client.create_user("Tess", f"tess-{tag}-{time.monotonic_ns()}@example.org")
+    return client.create_post(user.id, f"Photos {tag}", "Tagged by the model server").id
+
+
+@pytest.fixture(scope="module")
+def board(
+    torchserve: TorchServe, module_processes: Processes, tmp_path_factory: pytest.TempPathFactory
+) -> RunningServer:
+    workdir = tmp_path_factory.mktemp("e2e-board")
+    return start_tagging_board(module_processes, torchserve, f"sqlite:///{workdir / 'board.db'}", workdir)
+
+
+def test_upload_is_tagged_with_labels_provenance_and_a_mask_of_its_size(
+    running_torchserve: TorchServe, board: RunningServer
+) -> None:
+    with board.client() as client:
+        post_id = new_post(client, "tagged")
+        data = photo(97, 61)
+        added = client.add_attachment(post_id, "street.jpg", data)
+        assert added.status == PENDING
+        assert (added.width, added.height, added.size_bytes) == (97, 61, len(data))
+        tagged = client.wait_for_tagging(added.id, timeout=60)
+        assert tagged.status == TAGGED, tagged.failure_reason
+        assert tagged.labels, "a tagged image has at least one class"
+        assert [x.fraction for x in tagged.labels] == sorted(
+            (x.fraction for x in tagged.labels), reverse=True
+        )
+        assert sum(x.fraction for x in tagged.labels) == pytest.approx(1.0, abs=1e-3)
+        assert sum(x.pixels for x in tagged.labels) == 97 * 61
+        assert tagged.model.arch == "deeplabv3_mobilenet_v3_large"
+        assert tagged.model.untrained is True
+        mask = Image.open(io.BytesIO(client.get_attachment_mask(added.id)))
+        assert (mask.format, mask.size) == ("PNG", (97, 61))
+        content = client.get_attachment_content(added.id)
+        assert (content.data, content.content_type) == (data, "image/jpeg")
+
+        top = tagged.labels[0]
+        found = [p.id for p in client.iter_posts(label=top.name, min_label_fraction=top.fraction)]
+        assert post_id in found
+        assert post_id not in [p.id for p in client.iter_posts(label="no-such-class")]
+
+
+def test_image_the_model_rejects_is_failed_with_its_reason(
+    running_torchserve: TorchServe, board: RunningServer
+) -> None:
+    data = photo(320, 240, seed=3)
+    truncated = data[: len(data) * 2 // 3]  # the header is intact (board accepts it); the pixels are not
+    with board.client() as client:
+        post_id = new_post(client, "bad")
+        added = client.add_attachment(post_id, "cut.jpg", truncated)
+        assert added.status == PENDING
+        failed = client.wait_for_tagging(added.id, timeout=60)
+    assert failed.status == FAILED
+    assert "rejected by the model (400" in failed.failure_reason
+    assert not failed.labels
+
+
+def test_upload_while_torchserve_is_down_is_tagged_once_it_is_back(
+    torchserve: TorchServe, board: RunningServer
+) -> None:
+    torchserve.start()
+    torchserve.stop()
+    with board.client() as client:
+        post_id = new_post(client, "outage")
+        added = client.add_attachment(post_id, "later.png", photo(50, 40, seed=5, fmt="PNG"))
+        time.sleep(2.0)  # several attempts against a closed port
+        waiting = client.get_attachment(added.id)
+        assert waiting.status == PENDING
+        assert waiting.attempts >= 1
+        torchserve.start()  # same ports, new token: the board reconnects and re-reads the key file
+        tagged = client.wait_for_tagging(added.id, timeout=60)
+    assert tagged.status == TAGGED, tagged.failure_reason
+    assert "TAGGED" in board.log()
+
+
+def test_board_killed_with_pending_work_finishes_it_after_restart(
+    running_torchserve: TorchServe, processes: Processes, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'board.db'}"
+    # A short lease, so that work claimed by the killed process is taken over soon after the restart.
+    first = start_tagging_board(processes, running_torchserve, url, tmp_path, lease_s=3)
+    with first.client() as client:
+        post_id = new_post(client, "kill")
+        ids = [client.add_attachment(post_id, f"{i}.jpg", photo(640, 480, seed=i)).id for i in range(8)]
+    processes.stop(first.proc, sig=signal.SIGKILL)
+    with sqlite3.connect(tmp_path / "board.db") as db:
+        (pending,) = db.execute("SELECT count(*) FROM attachments WHERE status = 'PENDING'").fetchone()
+    assert pending > 0, "the kill came too late to leave work pending"
+    second = start_tagging_board(processes, running_torchserve, url, tmp_path, lease_s=3)
+    with second.client() as client:
+        done = [client.wait_for_tagging(i, timeout=90) for i in ids]
+        assert [a.status for a in done] == [TAGGED] * 8, [a.failure_reason for a in done]
+        assert len(client.list_attachments(post_id)) == 8
