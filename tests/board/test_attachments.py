@@ -1,0 +1,119 @@
+"""Attachments through the gRPC API of a real board server (tagging off: uploads stay PENDING), on SQLite and
+PostgreSQL: storage, validation with field violations, size limits, cascades, and the label filter's rules."""
+
+from __future__ import annotations
+
+import io
+import itertools
+
+import grpc
+import pytest
+from PIL import Image
+
+from clients.board import BoardClient, BoardClientError, InvalidArgumentError, NotFoundError
+from clients.gen.board.v1 import board_pb2
+
+_emails = itertools.count()
+
+
+def jpeg(size: tuple[int, int] = (64, 48)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (10, 120, 200)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def new_post(client: BoardClient) -> tuple[int, int]:
+    user = client.create_user("Ann", f"ann-{next(_emails)}@example.org")
+    return user.id, client.create_post(user.id, "With photos", "see below").id
+
+
+def test_attachment_is_stored_pending_and_read_back(client: BoardClient) -> None:
+    _, post_id = new_post(client)
+    data = jpeg()
+    added = client.add_attachment(post_id, "sea.jpg", data, "image/jpeg")
+    assert added.status == board_pb2.ATTACHMENT_STATUS_PENDING
+    assert (added.post_id, added.filename, added.content_type) == (post_id, "sea.jpg", "image/jpeg")
+    assert (added.width, added.height, added.size_bytes) == (64, 48, len(data))
+    assert added.create_time.seconds > 0
+    assert client.get_attachment(added.id) == added
+    assert [a.id for a in client.list_attachments(post_id)] == [added.id]
+    content = client.get_attachment_content(added.id)
+    assert (content.data, content.content_type) == (data, "image/jpeg")
+    with pytest.raises(BoardClientError) as caught:
+        client.get_attachment_mask(added.id)
+    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    client.delete_attachment(added.id)
+    with pytest.raises(NotFoundError):
+        client.get_attachment(added.id)
+    assert client.list_attachments(post_id) == []
+
+
+def test_upload_over_the_old_4_mib_message_limit_is_accepted(client: BoardClient) -> None:
+    _, post_id = new_post(client)
+    big = jpeg() + b"\x00" * (6 * 1024 * 1024)  # trailing bytes after EOI: still a JPEG header
+    added = client.add_attachment(post_id, "big.jpg", big)
+    assert added.size_bytes == len(big)
+    assert client.get_attachment_content(added.id).data == big
+
+
+def test_upload_over_the_attachment_limit_is_invalid_argument(client: BoardClient) -> None:
+    _, post_id = new_post(client)
+    with pytest.raises(InvalidArgumentError) as caught:
+        client.add_attachment(post_id, "huge.jpg", jpeg() + b"\x00" * (20 * 1024 * 1024))
+    assert [v.field for v in caught.value.violations] == ["data"]
+    assert "at most 20971520 bytes" in caught.value.violations[0].description
+
+
+@pytest.mark.parametrize(
+    ("filename", "content_type", "data", "fields"),
+    [
+        ("a.jpg", "", b"", ["data"]),
+        ("a.txt", "", b"just text", ["data"]),
+        ("a.html", "text/html", b"<html><body>hi</body></html>", ["data"]),
+        ("a.png", "image/png", None, ["content_type"]),
+        ("", "", None, ["filename"]),
+        ("x" * 256, "", None, ["filename"]),
+    ],
+)
+def test_bad_uploads_are_invalid_argument_with_field_violations(
+    client: BoardClient, filename: str, content_type: str, data: bytes | None, fields: list[str]
+) -> None:
+    _, post_id = new_post(client)
+    with pytest.raises(InvalidArgumentError) as caught:
+        client.add_attachment(post_id, filename, jpeg() if data is None else data, content_type)
+    assert [v.field for v in caught.value.violations] == fields
+
+
+def test_attachment_to_missing_post_is_not_found(client: BoardClient) -> None:
+    with pytest.raises(NotFoundError):
+        client.add_attachment(10**9, "a.jpg", jpeg())
+    with pytest.raises(NotFoundError):
+        client.list_attachments(10**9)
+
+
+def test_attachments_go_with_their_post_and_their_user(client: BoardClient) -> None:
+    user_id, post_id = new_post(client)
+    on_post = client.add_attachment(post_id, "a.jpg", jpeg()).id
+    client.delete_post(post_id)
+    with pytest.raises(NotFoundError):
+        client.get_attachment(on_post)
+    second = client.create_post(user_id, "Again", "more photos").id
+    on_user = client.add_attachment(second, "b.jpg", jpeg()).id
+    client.delete_user(user_id)
+    with pytest.raises(NotFoundError):
+        client.get_attachment(on_user)
+
+
+def test_label_filter_rules(client: BoardClient) -> None:
+    assert list(client.iter_posts(label="no-such-class")) == []  # nothing is tagged with tagging off
+    for fraction in (-0.1, 1.5, float("nan")):
+        with pytest.raises(InvalidArgumentError) as caught:
+            client.list_posts(label="dog", min_label_fraction=fraction)
+        assert [v.field for v in caught.value.violations] == ["min_label_fraction"]
+    with pytest.raises(InvalidArgumentError):
+        client.list_posts(label="x" * 101)
+    # A page token of one filter is not valid for another list.
+    plain = client.list_posts(page_size=1)
+    if plain.next_page_token:
+        with pytest.raises(InvalidArgumentError):
+            client.list_posts(page_size=1, page_token=plain.next_page_token, label="dog")
