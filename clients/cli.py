@@ -19,6 +19,12 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from clients.attachment_cli import COMMANDS as ATTACHMENT_COMMANDS
+from clients.attachment_cli import (
+    add_attachment_commands,
+    print_attachments,
+    run_attachment_command,
+)
 from clients.board import DEFAULT_TARGET, BoardClient, BoardClientError
 
 RESOURCES = ("users", "posts", "comments")
@@ -50,6 +56,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     create.add_argument("--content", required=True)
     listing = _add_get_delete_list(posts, "post")
     listing.add_argument("--user", type=int, default=0, help="only this user's posts")
+    listing.add_argument("--label", default="", help="only posts with a photo tagged so, e.g. dog")
+    listing.add_argument(
+        "--min-fraction",
+        type=float,
+        default=0.0,
+        help="with --label: least share of the photo (default 0.01)",
+    )
     update = posts.add_parser("update", help="change a post's title and/or content")
     update.add_argument("id", type=int)
     update.add_argument("--title")
@@ -65,6 +78,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     update = comments.add_parser("update", help="change a comment's content")
     update.add_argument("id", type=int)
     update.add_argument("--content", required=True)
+    add_attachment_commands(resources)
     return parser
 
 
@@ -93,7 +107,9 @@ def _rows_and_token(client: BoardClient, args: argparse.Namespace) -> tuple[list
     elif args.resource == "posts":
 
         def fetch(token: str) -> tuple[Sequence[Message], str]:
-            page = client.list_posts(args.user, args.page_size, token)
+            page = client.list_posts(
+                args.user, args.page_size, token, label=args.label, min_label_fraction=args.min_fraction
+            )
             return page.posts, page.next_page_token
     else:
 
@@ -172,7 +188,10 @@ def board_main(argv: Sequence[str] | None = None) -> int:
     target = args.target or os.environ.get("BOARD_TARGET") or DEFAULT_TARGET
     try:
         with BoardClient(target, timeout=args.timeout) as client:
-            result = run(client, args)
+            if args.resource in ATTACHMENT_COMMANDS:
+                result = run_attachment_command(client, args)
+            else:
+                result = run(client, args)
     except BoardClientError as exc:
         if args.json:
             error = {
@@ -190,6 +209,8 @@ def board_main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.json:
         print(json.dumps(result if result is not None else {}, indent=2))
+    elif args.resource in ATTACHMENT_COMMANDS:
+        print_attachments(result, args)
     else:
         _print_human(args, result)
     return 0

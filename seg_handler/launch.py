@@ -379,13 +379,34 @@ def describe_endpoints(settings: ServeSettings, board_address: str | None) -> st
         f"    --inference-port {settings.inference_port} --grpc-port {settings.grpc_inference_port} "
         f"--management-port {settings.management_port}",
     ]
+    if board_address:
+        lines += [
+            f"  board --target {board_address} demo                       # photos in, labels out",
+            f"  board --target {board_address} attach POST_ID photo.jpg --wait",
+            f"  board --target {board_address} posts list --label dog",
+            '  printf \'{"post_id":1,"filename":"photo.jpg","data":"%s"}\' "$(base64 -w0 photo.jpg)" |',
+            f"    grpcurl -plaintext -d @ {board_address} board.v1.BoardService/AddAttachment",
+        ]
     return "\n".join(lines)
 
 
 def _board_command(settings: ServeSettings) -> list[str] | None:
     exe = Path(sys.executable).parent / "board-server"
     found = str(exe) if exe.exists() else shutil.which("board-server")
-    return [found, "--address", settings.board_address] if found else None
+    if not found:
+        return None
+    # The board tags attachments through this TorchServe's gRPC API with its token (issue 6).
+    return [
+        found,
+        "--address",
+        settings.board_address,
+        "--segmentation-target",
+        settings.grpc_inference_target,
+        "--segmentation-token-file",
+        str(settings.key_file),
+        "--segmentation-model",
+        settings.model_name,
+    ]
 
 
 def run(settings: ServeSettings) -> int:

@@ -8,11 +8,14 @@ client action; board killed with pending work → restarted → the work complet
 from __future__ import annotations
 
 import io
+import json
 import random
 import signal
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -21,7 +24,7 @@ from clients.board import BoardClient
 from clients.gen.board.v1 import board_pb2
 from tests.board.conftest import RunningServer
 from tests.e2e.conftest import TorchServe, start_tagging_board
-from tests.support import Processes
+from tests.support import REPO_ROOT, Processes
 
 PENDING = board_pb2.ATTACHMENT_STATUS_PENDING
 TAGGED = board_pb2.ATTACHMENT_STATUS_TAGGED
@@ -134,3 +137,39 @@ def test_board_killed_with_pending_work_finishes_it_after_restart(
         done = [client.wait_for_tagging(i, timeout=90) for i in ids]
         assert [a.status for a in done] == [TAGGED] * 8, [a.failure_reason for a in done]
         assert len(client.list_attachments(post_id)) == 8
+
+
+def _board_cli(board: RunningServer, *args: str) -> dict[str, Any]:
+    command = [str(REPO_ROOT / ".venv" / "bin" / "board"), "--target", board.target, "--json", *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def test_board_cli_attach_wait_and_list_by_label(
+    running_torchserve: TorchServe, board: RunningServer, tmp_path: Path
+) -> None:
+    (tmp_path / "a.png").write_bytes(photo(60, 40, seed=11, fmt="PNG"))
+    (tmp_path / "b.jpg").write_bytes(photo(70, 50, seed=12))
+    with board.client() as client:
+        post_id = new_post(client, "cli")
+    attached = _board_cli(board, "attach", str(post_id), str(tmp_path), "--wait")["attachments"]
+    assert [a["filename"] for a in attached] == ["a.png", "b.jpg"]
+    assert {a["status"] for a in attached} == {"ATTACHMENT_STATUS_TAGGED"}
+    top = attached[0]["labels"][0]["name"]
+    listed = _board_cli(board, "posts", "list", "--label", top, "--all")["posts"]
+    assert post_id in [int(p["id"]) for p in listed]
+    mask = tmp_path / "mask.png"
+    _board_cli(board, "attachments", "mask", str(attached[0]["id"]), "--out", str(mask))
+    assert Image.open(mask).size == (60, 40)
+
+
+def test_board_demo_tags_photos_and_finds_posts_by_label(
+    running_torchserve: TorchServe, board: RunningServer
+) -> None:
+    result = _board_cli(board, "demo", "--limit", "2")
+    statuses = {a["status"] for a in result["attachments"]}
+    assert statuses == {"ATTACHMENT_STATUS_TAGGED"}
+    for posts in result["posts_by_label"].values():
+        assert result["post_id"] in posts
