@@ -47,6 +47,8 @@ def test_node_flow_script_prints_the_created_post(processes: Processes, tmp_path
     expected = r'^post   #1 "Hello from Node.js" by user #1$'
     assert re.search(expected, result.stdout, re.MULTILINE), result.stdout
     assert "listed 1 post(s) of user #1" in result.stdout
+    # Tagging is off on this server, so the attachment stays PENDING.
+    assert "attach #1 tiny.png 4x3 PENDING" in result.stdout, result.stdout
     # The server saw the same data: read it back with the Python client.
     with server.client() as client:
         assert client.get_post(1).title == "Hello from Node.js"
