@@ -29,7 +29,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.model import ARCHS, DEFAULT_ARCH, WEIGHT_CHOICES, BuiltModel, WeightsError, build_model
+from training.model import (
+    ARCHS,
+    DEFAULT_ARCH,
+    WEIGHT_CHOICES,
+    BuiltModel,
+    SegmentationLogits,
+    WeightsError,
+    build_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,17 +56,6 @@ MIN_ARGMAX_AGREEMENT = 0.9999
 
 class ExportError(RuntimeError):
     """The export cannot go on (parity failed, handler missing, archiver failed); the message says why."""
-
-
-class SegmentationLogits(nn.Module):
-    """Inference wrapper: normalised image batch → the ``out`` logits only."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)["out"]  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -156,6 +153,13 @@ def _save_torchscript(module: torch.jit.ScriptModule, path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _load_torchscript(path: Path) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        module: torch.jit.ScriptModule = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+    return module
+
+
 def _run_archiver(
     *,
     model_name: str,
@@ -229,23 +233,7 @@ def export_archive(
     built = build_model(arch, weights=weights, aux_loss=False)
     eager = built.model.eval()
     scripted = to_torchscript(eager)
-    shapes = parity_shapes or default_parity_shapes(input_size)
-    parity = check_parity(eager, scripted, shapes, seed=seed)
-    logger.info(
-        "parity %s vs eager on %s: max |Δlogit| = %.3g (limit %g), argmax agreement = %.4f%% (min %.2f%%)",
-        arch,
-        ", ".join("x".join(map(str, shape)) for shape in shapes),
-        parity.max_abs_diff,
-        MAX_ABS_LOGIT_DIFF,
-        100 * parity.argmax_agreement,
-        100 * MIN_ARGMAX_AGREEMENT,
-    )
-    if not parity.passed:
-        raise ExportError(
-            f"TorchScript parity failed for {arch}: max |Δlogit| {parity.max_abs_diff:.3g} "
-            f"(limit {MAX_ABS_LOGIT_DIFF:g}), argmax agreement {parity.argmax_agreement:.6f} "
-            f"(min {MIN_ARGMAX_AGREEMENT})"
-        )
+    shapes = tuple(parity_shapes or default_parity_shapes(input_size))
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -254,7 +242,25 @@ def export_archive(
         (work / "scratch").mkdir()
         (work / "archive").mkdir()
         pt_path = work / f"{model_name}.pt"
+        # Saved before it ever runs (running leaves executor state behind that changed the file's hash),
+        # and the parity check runs on the file as loaded back: what ships is what is checked.
         ts_sha = _save_torchscript(scripted, pt_path)
+        parity = check_parity(eager, _load_torchscript(pt_path), shapes, seed=seed)
+        logger.info(
+            "parity %s vs eager on %s: max |Δlogit| = %.3g (limit %g), argmax agreement %.4f%% (min %.2f%%)",
+            arch,
+            ", ".join("x".join(map(str, shape)) for shape in shapes),
+            parity.max_abs_diff,
+            MAX_ABS_LOGIT_DIFF,
+            100 * parity.argmax_agreement,
+            100 * MIN_ARGMAX_AGREEMENT,
+        )
+        if not parity.passed:
+            raise ExportError(
+                f"TorchScript parity failed for {arch}: max |Δlogit| {parity.max_abs_diff:.3g} "
+                f"(limit {MAX_ABS_LOGIT_DIFF:g}), argmax agreement {parity.argmax_agreement:.6f} "
+                f"(min {MIN_ARGMAX_AGREEMENT})"
+            )
         metadata = build_metadata(built, input_size, ts_sha)
         meta_path = work / METADATA_NAME
         meta_path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
@@ -297,7 +303,23 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--config-file", type=Path, default=DEFAULT_CONFIG_FILE)
     parser.add_argument("--torchscript-out", type=Path, default=None, help="also keep the .pt here")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument(
+        "--parity-shapes",
+        type=_parse_shapes,
+        default=None,
+        help="Nx3xHxW,... parity inputs (default: 1x3xSxS,2x3x241x319,1x3x97x130; S = input size)",
+    )
     return parser
+
+
+def _parse_shapes(text: str) -> tuple[tuple[int, int, int, int], ...]:
+    shapes = []
+    for item in text.split(","):
+        dims = tuple(int(dim) for dim in item.lower().split("x"))
+        if len(dims) != 4 or dims[1] != 3 or min(dims) < 1:
+            raise argparse.ArgumentTypeError(f"bad shape {item!r}: want Nx3xHxW")
+        shapes.append((dims[0], dims[1], dims[2], dims[3]))
+    return tuple(shapes)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -311,6 +333,7 @@ def main(args: argparse.Namespace) -> int:
             handler=args.handler,
             config_file=args.config_file,
             torchscript_out=args.torchscript_out,
+            parity_shapes=args.parity_shapes,
             seed=args.seed,
         )
     except (WeightsError, ExportError) as exc:

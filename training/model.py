@@ -93,6 +93,21 @@ class BuiltModel:
         return len(self.class_names)
 
 
+class SegmentationLogits(nn.Module):
+    """Inference wrapper: normalised image batch → the ``out`` logits only (what training.export scripts).
+
+    It lives here, not in export.py, because TorchScript records the class's qualified name: defined in a
+    module that also runs as ``python -m``, it would be ``__main__.…`` there and change the file's hash.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)["out"]  # type: ignore[no-any-return]
+
+
 def _segmentation_api() -> Any:
     import torchvision.models.segmentation as seg
 

@@ -1,0 +1,228 @@
+"""Export: frozen TorchScript loadable with plain torch, parity, reproducible hash, the .mar's contents."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import textwrap
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.support import REPO_ROOT
+from training.export import (
+    METADATA_NAME,
+    ExportError,
+    ExportResult,
+    export_archive,
+)
+from training.model import VOC_CLASSES, SegmentationLogits, build_model
+
+ARCH = "deeplabv3_mobilenet_v3_large"
+SMALL_SHAPES = ((1, 3, 64, 64), (2, 3, 48, 72))
+META_KEYS = {
+    "arch",
+    "weights",
+    "weights_file",
+    "sha256",
+    "untrained",
+    "class_names",
+    "num_classes",
+    "input_size",
+    "torchscript_sha256",
+}
+
+
+@dataclass(frozen=True)
+class Exported:
+    result: ExportResult
+    handler: Path
+    config: Path
+    tmp: Path
+
+
+def _write_handler(folder: Path) -> Path:
+    # The serving room owns seg_handler/handler.py; the archive only needs a file to pack.
+    folder.mkdir(parents=True, exist_ok=True)
+    handler = folder / "handler.py"
+    handler.write_text("def handle(data, context):\n    return data\n")
+    return handler
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    tmp = tmp_path_factory.mktemp("export")
+    handler = _write_handler(tmp / "handler")
+    config = REPO_ROOT / "seg_handler" / "model-config.yaml"
+    result = export_archive(
+        ARCH,
+        "random",
+        tmp / "model_store",
+        handler=handler,
+        config_file=config,
+        torchscript_out=tmp / "deeplabv3.pt",
+        parity_shapes=SMALL_SHAPES,
+    )
+    return Exported(result, handler, config, tmp)
+
+
+def test_archive_manifest_names_model_handler_and_files(exported: Exported) -> None:
+    mar = exported.result.mar_path
+    assert mar == exported.tmp / "model_store" / "deeplabv3.mar"
+
+    with zipfile.ZipFile(mar) as archive:
+        names = set(archive.namelist())
+        manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+        handler = archive.read("handler.py")
+        config = archive.read("model-config.yaml")
+
+    assert names == {
+        "MAR-INF/MANIFEST.json",
+        "deeplabv3.pt",
+        "handler.py",
+        METADATA_NAME,
+        "model-config.yaml",
+    }
+    assert manifest["model"] == {
+        "modelName": "deeplabv3",
+        "serializedFile": "deeplabv3.pt",
+        "handler": "handler.py",
+        "modelVersion": "1.0",
+        "configFile": "model-config.yaml",
+    }
+    assert handler == exported.handler.read_bytes()
+    assert config == exported.config.read_bytes()
+    # Only the archive lands in the model store: TorchServe would try to load anything else there.
+    assert sorted(p.name for p in mar.parent.iterdir()) == ["deeplabv3.mar"]
+
+
+def test_metadata_records_untrained_random_weights(exported: Exported) -> None:
+    with zipfile.ZipFile(exported.result.mar_path) as archive:
+        meta = json.loads(archive.read(METADATA_NAME))
+        torchscript = archive.read("deeplabv3.pt")
+
+    assert set(meta) == META_KEYS
+    assert meta["arch"] == ARCH
+    assert meta["weights"] == "random" and meta["untrained"] is True
+    assert meta["weights_file"] is None and meta["sha256"] is None
+    assert meta["class_names"] == list(VOC_CLASSES) and meta["num_classes"] == 21
+    assert meta["input_size"] == 520
+    assert meta["torchscript_sha256"] == hashlib.sha256(torchscript).hexdigest()
+    assert meta == exported.result.metadata
+    assert torchscript == (exported.tmp / "deeplabv3.pt").read_bytes()
+
+
+def test_parity_is_reported_and_within_limits(exported: Exported) -> None:
+    parity = exported.result.parity
+
+    assert parity.shapes == SMALL_SHAPES
+    assert parity.max_abs_diff <= 1e-4
+    assert parity.argmax_agreement >= 0.9999
+    assert parity.passed
+
+
+def test_torchscript_runs_in_a_fresh_process_without_torchvision(exported: Exported, tmp_path: Path) -> None:
+    x = torch.randn(2, 3, 57, 83, generator=torch.Generator().manual_seed(7))
+    torch.save(x, tmp_path / "input.pt")
+    script = textwrap.dedent(
+        """
+        import sys, torch
+        module = torch.jit.load(sys.argv[1])
+        with torch.inference_mode():
+            out = module(torch.load(sys.argv[2]))
+        assert "torchvision" not in sys.modules, "loading the TorchScript imported torchvision"
+        torch.save(out, sys.argv[3])
+        """
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            str(exported.tmp / "deeplabv3.pt"),
+            str(tmp_path / "input.pt"),
+            str(tmp_path / "out.pt"),
+        ],
+        check=True,
+        timeout=120,
+    )
+    scripted_out = torch.load(tmp_path / "out.pt")
+
+    torch.manual_seed(0)  # export_archive's default seed, so this is the exported model
+    eager = SegmentationLogits(build_model(ARCH, weights="random").model.eval()).eval()
+    with torch.inference_mode():
+        eager_out = eager(x)
+
+    assert scripted_out.shape == (2, 21, 57, 83)
+    assert float((scripted_out - eager_out).abs().max()) <= 1e-4
+    assert torch.equal(scripted_out.argmax(1), eager_out.argmax(1))
+
+
+def test_cli_rerun_overwrites_the_archive_with_the_same_torchscript_hash(exported: Exported) -> None:
+    out_dir = exported.tmp / "model_store"
+    mar = out_dir / "deeplabv3.mar"
+    before = mar.stat().st_mtime_ns
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.export",
+            "--arch",
+            ARCH,
+            "--weights",
+            "random",
+            "--out",
+            str(out_dir),
+            "--handler",
+            str(exported.handler),
+            "--config-file",
+            str(exported.config),
+            "--parity-shapes",
+            "1x3x40x40",  # other parity inputs than the first export: the model's hash must not care
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+    assert proc.returncode == 0, proc.stderr
+    assert mar.stat().st_mtime_ns != before
+    with zipfile.ZipFile(mar) as archive:
+        meta = json.loads(archive.read(METADATA_NAME))
+    # Same inputs, another process: byte-identical TorchScript.
+    assert meta["torchscript_sha256"] == exported.result.torchscript_sha256
+    assert f"archive:      {mar}" in proc.stdout
+    assert "max |Δlogit|" in proc.stdout and "argmax agreement" in proc.stdout
+
+
+def test_failed_parity_stops_before_the_archive(
+    exported: Exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.export as export_module
+
+    original = export_module.to_torchscript
+
+    def script_another_model(model: torch.nn.Module) -> torch.jit.ScriptModule:
+        torch.manual_seed(123)
+        return original(build_model(ARCH, weights="random").model)
+
+    monkeypatch.setattr(export_module, "to_torchscript", script_another_model)
+
+    with pytest.raises(ExportError, match="parity failed"):
+        export_archive(
+            ARCH, "random", tmp_path / "store", handler=exported.handler, parity_shapes=SMALL_SHAPES
+        )
+    assert not (tmp_path / "store" / "deeplabv3.mar").exists()
+
+
+def test_missing_handler_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match=r"handler not found: .*nope\.py"):
+        export_archive(ARCH, "random", tmp_path, handler=tmp_path / "nope.py")
