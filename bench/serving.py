@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image, ImageDraw
 
 from clients.segment import SegmentClient, ServingEndpoints, TokenSource, Transport
@@ -297,7 +298,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "arch": args.arch,
         "weights": args.weights,
         "image": f"{SIZE}x{SIZE} JPEG, {len(image)} bytes",
-        "model_config": (ROOT / "seg_handler" / "model-config.yaml").read_text().strip().splitlines()[2:7],
+        "model_config": yaml.safe_load((ROOT / "seg_handler" / "model-config.yaml").read_text()),
         "torch_threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "machine": platform.platform(),
