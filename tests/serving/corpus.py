@@ -81,6 +81,7 @@ def valid_images() -> list[ValidImage]:
         ("png-16bit", png_16bit(37, 23), 37, 23),
         ("png-1bit", encode(base.convert("1"), "PNG"), 37, 23),
         ("gif-animated", animated_gif(37, 23), 37, 23),
+        ("mpo-phone-jpeg", encode(base, "MPO", save_all=True, append_images=[rgb(37, 23, 1)]), 37, 23),
         ("bmp", encode(base, "BMP"), 37, 23),
         ("webp", encode(base, "WEBP"), 37, 23),
         ("tiff", encode(base, "TIFF"), 37, 23),
