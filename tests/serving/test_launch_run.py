@@ -1,0 +1,71 @@
+"""`python -m seg_handler.launch run` (`make run`): both servers up, endpoints printed, SIGTERM stops both."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from seg_handler import launch
+from tests.support import REPO_ROOT, Processes, free_port, wait_for
+
+pytestmark = [pytest.mark.torchserve, pytest.mark.slow]
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_run_starts_torchserve_and_board_and_sigterm_stops_both(
+    model_store: Path, tmp_path: Path, processes: Processes
+) -> None:
+    runtime = tmp_path / "torchserve"
+    ports = {
+        name: free_port()
+        for name in ("INFERENCE", "MANAGEMENT", "METRICS", "GRPC_INFERENCE", "GRPC_MANAGEMENT")
+    }
+    board_port = free_port()
+    env = {f"SEG_{name}_PORT": str(port) for name, port in ports.items()}
+    env |= {
+        "BOARD_ADDRESS": f"127.0.0.1:{board_port}",
+        "BOARD_DATABASE_URL": f"sqlite:///{tmp_path / 'board.db'}",
+        "BOARD_AUDIT_LOG": str(tmp_path / "audit.log"),
+    }
+    command = [sys.executable, "-m", "seg_handler.launch", "run", "--model-store", str(model_store)]
+    proc = processes.start([*command, "--runtime-dir", str(runtime)], name="run", env=env, cwd=REPO_ROOT)
+    try:
+        wait_for(
+            "endpoints printed", lambda: "Ctrl-C stops everything" in processes.log_text("run"), timeout=240
+        )
+        printed = processes.log_text("run")
+        assert f"Token key file              {runtime / 'key_file.json'}" in printed
+        assert f"127.0.0.1:{ports['GRPC_INFERENCE']}" in printed and f"127.0.0.1:{board_port}" in printed
+        assert "grpcurl" in printed and "curl" in printed and "segment photo.jpg" in printed
+        wait_for("board server listening", lambda: _listening(board_port), timeout=60)
+        assert _listening(ports["INFERENCE"]) and _listening(ports["GRPC_INFERENCE"])
+        java_pid = int((runtime / "torchserve.pid").read_text())
+
+        os.kill(proc.pid, signal.SIGTERM)  # the launcher itself, as Ctrl-C/systemd would
+        assert proc.wait(timeout=90) == 0
+        wait_for("TorchServe gone", lambda: not _alive(java_pid), timeout=30)
+        assert not _listening(board_port) and not _listening(ports["INFERENCE"])
+        assert not (runtime / "torchserve.pid").exists()
+    finally:
+        # Whatever happened above, never leave a TorchServe behind (it runs in its own process group).
+        with contextlib.suppress(OSError, ValueError):
+            launch.stop_process(int((runtime / "torchserve.pid").read_text()))
