@@ -66,6 +66,7 @@ test-fast: proto node  ## the test suite without lint (for quick iterations)
 bench: proto node  ## benchmarks; figures to bench/results/*.json
 	$(PY) -m bench.board
 	$(PY) -m bench.serving
+	$(PY) -m bench.e2e
 
 $(MAR):
 	$(MAKE) model
