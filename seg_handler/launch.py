@@ -27,6 +27,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -345,6 +346,41 @@ def export_protos(dest: Path) -> Path:
     return dest
 
 
+def archive_metadata(archive: Path) -> dict[str, object]:
+    """The ``model-meta.json`` packed into ``archive`` by training.export ({} if it has none)."""
+    with zipfile.ZipFile(archive) as mar:
+        if "model-meta.json" not in mar.namelist():
+            return {}
+        meta = json.loads(mar.read("model-meta.json"))
+    return dict(meta) if isinstance(meta, dict) else {}
+
+
+def weights_banner(settings: ServeSettings) -> str:
+    """What the served weights are; for an untrained archive, a loud banner with the ways to real weights."""
+    archive = settings.model_store / settings.archive
+    meta = archive_metadata(archive)
+    arch = str(meta.get("arch", "unknown"))
+    if not meta.get("untrained", False):
+        weights, sha256 = meta.get("weights"), meta.get("sha256")
+        return f"Model {settings.model_name}: {arch}, weights {weights} (sha256 {sha256})"
+    rule = "!" * 100
+    return "\n".join(
+        [
+            rule,
+            f"!! Model {settings.model_name} ({arch}) is UNTRAINED: weights '{meta.get('weights')}'.",
+            "!! Its masks and labels are meaningless, and every answer and attachment says untrained=true.",
+            "!! To serve real weights, then rebuild the archive and restart:",
+            "!!   - put torchvision's COCO_WITH_VOC_LABELS file in the TORCH_HOME cache",
+            "!!     ($TORCH_HOME/hub/checkpoints/, default ~/.cache/torch/hub/checkpoints/), e.g.",
+            "!!     deeplabv3_resnet101_coco-586e9e4e.pth, and run `make model` (MODEL_WEIGHTS=auto);",
+            "!!   - or your own checkpoint or state_dict:",
+            "!!     `make model MODEL_WEIGHTS=/path/to/deeplabv3-voc2012.pt`;",
+            "!!   - or train one: python -m training.train --data-path VOCdevkit/VOC2012 ... (see README).",
+            rule,
+        ]
+    )
+
+
 def describe_endpoints(settings: ServeSettings, board_address: str | None) -> str:
     """Human-readable endpoints, key file and copy-paste examples (printed by `run` and `start`)."""
     proto_dir = settings.runtime_dir / "protos"
@@ -427,6 +463,7 @@ def run(settings: ServeSettings) -> int:
             logger.warning("board-server not installed; running TorchServe alone")
         else:
             board = subprocess.Popen(command, start_new_session=True, stdin=subprocess.DEVNULL)
+        sys.stdout.write(weights_banner(settings) + "\n")
         sys.stdout.write(describe_endpoints(settings, settings.board_address if board else None) + "\n")
         sys.stdout.write("Ctrl-C stops everything.\n")
         sys.stdout.flush()
@@ -466,6 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "start":
             start(settings)
+            sys.stdout.write(weights_banner(settings) + "\n")
             sys.stdout.write(describe_endpoints(settings, None) + "\n`make stop` stops it.\n")
         elif args.command == "stop":
             sys.stdout.write("TorchServe stopped.\n" if stop(settings) else "TorchServe was not running.\n")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,9 @@ def test_run_starts_torchserve_and_board_and_sigterm_stops_both(
         assert f"Token key file              {runtime / 'key_file.json'}" in printed
         assert f"127.0.0.1:{ports['GRPC_INFERENCE']}" in printed and f"127.0.0.1:{board_port}" in printed
         assert "grpcurl" in printed and "curl" in printed and "segment photo.jpg" in printed
+        # The test archive has random weights: the banner says so and names the ways to real weights.
+        assert "(deeplabv3_mobilenet_v3_large) is UNTRAINED: weights 'random'" in printed
+        assert "TORCH_HOME" in printed and "make model MODEL_WEIGHTS=" in printed
         wait_for("board server listening", lambda: _listening(board_port), timeout=60)
         assert _listening(ports["INFERENCE"]) and _listening(ports["GRPC_INFERENCE"])
         java_pid = int((runtime / "torchserve.pid").read_text())
@@ -69,3 +74,11 @@ def test_run_starts_torchserve_and_board_and_sigterm_stops_both(
         # Whatever happened above, never leave a TorchServe behind (it runs in its own process group).
         with contextlib.suppress(OSError, ValueError):
             launch.stop_process(int((runtime / "torchserve.pid").read_text()))
+
+
+def test_weights_banner_names_trained_weights_without_alarm(tmp_path: Path) -> None:
+    meta = {"arch": "deeplabv3_resnet50", "weights": "state_dict", "sha256": "ab" * 32, "untrained": False}
+    with zipfile.ZipFile(tmp_path / "deeplabv3.mar", "w") as mar:
+        mar.writestr("model-meta.json", json.dumps(meta))
+    banner = launch.weights_banner(launch.ServeSettings(model_store=tmp_path))
+    assert banner == f"Model deeplabv3: deeplabv3_resnet50, weights state_dict (sha256 {'ab' * 32})"
