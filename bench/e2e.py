@@ -5,8 +5,8 @@ with our config on free ports and a board server wired to it (SQLite, tagging ov
 for the same 520x520 JPEG measures:
 
 - the floor: one gRPC Predictions call to TorchServe, as the board's worker makes it (clients/segment.py);
-- the product: AddAttachment, then GetAttachment polled every ``--poll-ms`` until TAGGED; the latency runs
-  from the call to the attachment's update_time (the commit of TAGGED), so polling does not inflate it;
+- the product: AddAttachment, then GetAttachment polled (``--poll-ms``, growing) until TAGGED; the latency
+  runs from the call to the attachment's update_time (the commit of TAGGED), so polling does not inflate it;
 
 at concurrency 1 (the two paths taking turns call by call, so both see the same machine load) and 8:
 p50/p99 latency, throughput and the ratios e2e/TorchServe (target <= 1.15). Figures go to stdout and
@@ -60,18 +60,27 @@ def _stats(latencies: Sequence[float], elapsed: float) -> dict[str, float]:
     }
 
 
-def run_concurrent(call: Call, concurrency: int, total: int) -> dict[str, float]:
-    latencies: list[float] = []
+def run_concurrent(
+    calls: dict[str, Call], concurrency: int, total: int, rounds: int
+) -> dict[str, dict[str, float]]:
+    """``total`` calls per path from ``concurrency`` threads, the paths taking turns in ``rounds`` bursts so
+    that background load on the machine weighs on both alike."""
+    latencies: dict[str, list[float]] = {name: [] for name in calls}
+    elapsed = dict.fromkeys(calls, 0.0)
 
-    def timed(_: int) -> None:
+    def timed(call: Call, into: list[float]) -> None:
         start = time.perf_counter()
         reported = call()
-        latencies.append(reported if reported is not None else (time.perf_counter() - start) * 1000)
+        into.append(reported if reported is not None else (time.perf_counter() - start) * 1000)
 
-    start = time.perf_counter()
+    per_round = max(concurrency, total // rounds)
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        list(pool.map(timed, range(total)))
-    return _stats(latencies, time.perf_counter() - start)
+        for _ in range(rounds):
+            for name, call in calls.items():
+                start = time.perf_counter()
+                list(pool.map(lambda _i, c=call, n=name: timed(c, latencies[n]), range(per_round)))
+                elapsed[name] += time.perf_counter() - start
+    return {name: _stats(latencies[name], elapsed[name]) for name in calls}
 
 
 def run_interleaved(calls: dict[str, Call], rounds: int) -> dict[str, dict[str, float]]:
@@ -98,9 +107,14 @@ def measure_paths(torchserve_alone: Call, board_e2e: Call, args: argparse.Namesp
     for concurrency in args.concurrency:
         if concurrency == 1:
             continue
-        total = args.requests * 2
-        figures["torchserve_grpc"][str(concurrency)] = run_concurrent(torchserve_alone, concurrency, total)
-        figures["board_e2e"][str(concurrency)] = run_concurrent(board_e2e, concurrency, total)
+        measured = run_concurrent(
+            {"torchserve_grpc": torchserve_alone, "board_e2e": board_e2e},
+            concurrency,
+            total=args.requests * 4,
+            rounds=args.rounds,
+        )
+        for name, entry in measured.items():
+            figures[name][str(concurrency)] = entry
     for key, entry in figures["board_e2e"].items():
         floor = figures["torchserve_grpc"][key]
         entry["ratio_p50_vs_torchserve"] = round(entry["p50_ms"] / floor["p50_ms"], 3)
@@ -139,9 +153,16 @@ def start_board(
 
 
 def targets_of(figures: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The ratios the issue sets targets for, with whether each is met."""
+    """The ratios the issue sets targets for (<= 1.15), with whether each is met.
+
+    Besides p50, the ratio of the minimum latencies at c=1: on a shared 2-core machine other processes'
+    load moves the medians by more than the board's own overhead, the minimum much less.
+    """
     c1 = figures["board_e2e"]["1"]
-    targets = {"e2e_vs_torchserve_p50_c1": {"value": c1["ratio_p50_vs_torchserve"], "target": RATIO_TARGET}}
+    targets: dict[str, dict[str, Any]] = {
+        "e2e_vs_torchserve_p50_c1": {"value": c1["ratio_p50_vs_torchserve"], "target": RATIO_TARGET},
+        "e2e_vs_torchserve_min_c1": {"value": c1["ratio_min_vs_torchserve"], "target": RATIO_TARGET},
+    }
     for key, entry in figures["board_e2e"].items():
         if key != "1":
             targets[f"torchserve_vs_e2e_rps_c{key}"] = {
@@ -158,9 +179,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     loadavg_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         workdir = Path(tmp)
-        store = workdir / "model_store"
-        logger.info("building the archive (%s, %s weights)", args.arch, args.weights)
-        build_archive(store, args.arch, args.weights)
+        store = args.model_store or workdir / "model_store"
+        if not (store / "deeplabv3.mar").is_file():
+            logger.info("building the archive (%s, %s weights)", args.arch, args.weights)
+            build_archive(store, args.arch, args.weights)
         serve = replace(
             launch.ServeSettings(model_store=store),
             runtime_dir=workdir / "torchserve",
@@ -190,11 +212,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             def board_e2e() -> float:
                 started = time.time()
                 added = board.add_attachment(post.id, "bench.jpg", image)
+                delay = poll_s
                 while True:
                     got = board.get_attachment(added.id)
                     if got.status != board_pb2.ATTACHMENT_STATUS_PENDING:
                         break
-                    time.sleep(poll_s)
+                    time.sleep(delay)
+                    # Growing interval: 8 clients polling every 25 ms would take CPU from the model itself.
+                    delay = min(delay * 1.5, 10 * poll_s)
                 if got.status != board_pb2.ATTACHMENT_STATUS_TAGGED:
                     raise RuntimeError(f"attachment {added.id} FAILED: {got.failure_reason}")
                 # From the call to the commit of TAGGED, by the server's clock (the same machine): the
@@ -225,13 +250,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def print_table(figures: dict[str, Any]) -> None:
     print(
         f"{'path':<17}{'conc':>5}{'min ms':>9}{'p50 ms':>9}{'p99 ms':>9}{'rps':>8}"
-        f"{'p50/ts':>8}{'ts rps/e2e':>11}"
+        f"{'p50/ts':>8}{'min/ts':>8}{'ts rps/e2e':>11}"
     )
     for name in ("torchserve_grpc", "board_e2e"):
         for concurrency, entry in sorted(figures[name].items(), key=lambda kv: int(kv[0])):
             print(
                 f"{name:<17}{concurrency:>5}{entry['min_ms']:>9.1f}{entry['p50_ms']:>9.1f}{entry['p99_ms']:>9.1f}"
                 f"{entry['rps']:>8.2f}{entry.get('ratio_p50_vs_torchserve', 1.0):>8.3f}"
+                f"{entry.get('ratio_min_vs_torchserve', 1.0):>8.3f}"
                 f"{entry.get('ratio_rps_torchserve_vs_board', 1.0):>11.3f}"
             )
     print("targets:", json.dumps(figures["targets"]))
@@ -244,12 +270,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--arch", default="deeplabv3_mobilenet_v3_large")
     parser.add_argument("--weights", default="random", help="training.export --weights (random: no download)")
-    parser.add_argument("--requests", type=int, default=10, help="timed requests at c=1 (twice that at c>1)")
+    parser.add_argument("--requests", type=int, default=10, help="timed requests at c=1 (4x that at c>1)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--rounds", type=int, default=5, help="turns the paths take at c>1 (default 5)")
     parser.add_argument(
-        "--poll-ms", type=float, default=25.0, help="GetAttachment polling interval (not in the latency)"
+        "--poll-ms",
+        type=float,
+        default=25.0,
+        help="first GetAttachment polling interval, growing 1.5x to 10x (not in the latency)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--model-store", type=Path, help="reuse (or build once into) this folder's deeplabv3.mar across runs"
+    )
     return parser
 
 

@@ -136,6 +136,7 @@ _DUE = (
     .order_by(_ATTACHMENTS.c.next_attempt_time, _ATTACHMENTS.c.id)
     .limit(bindparam("n"))
 )
+_DUE_LOCKED = _DUE.with_for_update(skip_locked=True)
 _CLAIM = (
     update(_ATTACHMENTS)
     .where(
@@ -156,17 +157,17 @@ def _mine(attachment_id: int, worker: str) -> Any:
     return and_(_ATTACHMENTS.c.id == attachment_id, _ATTACHMENTS.c.claimed_by == worker)
 
 
-def due_attachments(conn: Connection, now: datetime, limit: int) -> list[int]:
-    """Ids of PENDING attachments due for an attempt and not leased, oldest first."""
-    return [int(r.id) for r in conn.execute(_DUE, {"now": now, "n": limit})]
+def claim_next(conn: Connection, worker: str, now: datetime, lease_until: datetime, scan: int) -> int | None:
+    """Claim the oldest due PENDING attachment in one transaction; its id, or None when there is none.
 
-
-def pending_count(conn: Connection) -> int:
-    """How many attachments wait for tagging (for logs and tests)."""
-    from sqlalchemy import func
-
-    statement = select(func.count()).select_from(_ATTACHMENTS).where(_ATTACHMENTS.c.status == PENDING)
-    return int(conn.execute(statement).scalar_one())
+    On PostgreSQL the scan skips rows another replica is claiming right now (FOR UPDATE SKIP LOCKED)
+    instead of queueing behind its lock; on SQLite the single writer makes the scan and the claim atomic
+    anyway. The conditional UPDATE stays the arbiter on both.
+    """
+    for row in conn.execute(_DUE_LOCKED, {"now": now, "n": scan}):
+        if claim(conn, int(row.id), worker, now, lease_until):
+            return int(row.id)
+    return None
 
 
 def claim(conn: Connection, attachment_id: int, worker: str, now: datetime, lease_until: datetime) -> bool:

@@ -137,16 +137,12 @@ class TaggingWorker:
 
     def _claim_next(self) -> int | None:
         now = _now()
-        with self._db.read() as conn:
-            candidates = repo.due_attachments(conn, now, _SCAN)
-        for attachment_id in candidates:
 
-            def take(conn: Connection, target: int = attachment_id) -> bool:
-                return repo.claim(conn, target, self.worker_id, now, now + self._lease)
+        def take(conn: Connection) -> int | None:
+            return repo.claim_next(conn, self.worker_id, now, now + self._lease, _SCAN)
 
-            if self._db.write(take):
-                return attachment_id
-        return None
+        claimed: int | None = self._db.write(take)
+        return claimed
 
     def _tag(self, attachment_id: int) -> None:
         with self._db.read() as conn:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import itertools
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -12,8 +13,22 @@ from PIL import Image
 
 from clients.board import BoardClient, BoardClientError, InvalidArgumentError, NotFoundError
 from clients.gen.board.v1 import board_pb2
+from tests.board.conftest import Backend, start_board_server
+from tests.support import Processes
 
 _emails = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def client(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BoardClient]:
+    """This module's own server per backend: its attachment audit lines stay out of the shared one's."""
+    processes = Processes(tmp_path_factory.mktemp("attachments-logs"))
+    try:
+        server = start_board_server(processes, backend.new_database_url(), backend.workdir)
+        with server.client() as board:
+            yield board
+    finally:
+        processes.stop_all()
 
 
 def jpeg(size: tuple[int, int] = (64, 48)) -> bytes:

@@ -307,3 +307,17 @@ def test_backoff_grows_exponentially_with_jitter_and_is_capped() -> None:
         delays = [backoff_seconds(attempt, 30.0, rng) for _ in range(50)]
         assert all(ceiling / 2 <= d <= ceiling for d in delays)
         assert len(set(delays)) > 1
+
+
+def test_claim_next_takes_the_oldest_due_attachment_not_leased(database: Database, post_id: int) -> None:
+    service = AttachmentService(database, 1 << 20)
+    first, second, third = (
+        service.add_attachment(post_id, f"{i}.jpg", "", image_bytes("JPEG")).id for i in range(3)
+    )
+    now = datetime.now(UTC)
+    later = now + timedelta(minutes=1)
+    assert database.write(lambda c: repo.claim_next(c, "a", now, later, 8)) == first
+    assert database.write(lambda c: repo.claim_next(c, "b", now, later, 8)) == second
+    database.write(lambda c: repo.reschedule(c, second, "b", later, "unavailable"))  # due only later
+    assert database.write(lambda c: repo.claim_next(c, "c", now, later, 8)) == third
+    assert database.write(lambda c: repo.claim_next(c, "d", now, later, 8)) is None
