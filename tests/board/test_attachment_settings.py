@@ -1,0 +1,66 @@
+"""Settings of attachments and the tagging worker: flags over environment over defaults."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from board_server.config import Settings, add_arguments, add_attachment_arguments, load_settings
+
+
+def parse(argv: list[str], env: dict[str, str]) -> Settings:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    add_attachment_arguments(parser)
+    return load_settings(parser.parse_args(argv), env=env, cwd=Path("/srv/board"))
+
+
+def test_defaults_leave_tagging_off_with_a_20_mib_limit() -> None:
+    settings = parse([], {})
+    assert settings.segmentation_target == ""
+    assert settings.segmentation_token_file is None
+    assert settings.max_attachment_bytes == 20 * 1024 * 1024
+    # The gRPC limit follows the attachment limit (plus headroom), above the 4 MiB message default.
+    assert settings.grpc_message_limit == 21 * 1024 * 1024
+    assert (settings.tagging_workers, settings.tagging_poll_s, settings.tagging_lease_s) == (2, 2.0, 0.0)
+
+
+def test_environment_configures_the_segmentation_target_and_token() -> None:
+    env = {
+        "BOARD_SEGMENTATION_TARGET": "10.0.0.5:7070",
+        "BOARD_SEGMENTATION_TOKEN_FILE": "/run/secrets/key_file.json",
+        "BOARD_SEGMENTATION_MODEL": "seg",
+        "BOARD_SEGMENTATION_TIMEOUT": "15",
+        "BOARD_MAX_ATTACHMENT_BYTES": "1048576",
+        "BOARD_TAGGING_WORKERS": "4",
+        "BOARD_TAGGING_MAX_ATTEMPTS": "9",
+        "BOARD_TAGGING_LEASE_SECONDS": "45",
+    }
+    settings = parse([], env)
+    assert settings.segmentation_target == "10.0.0.5:7070"
+    assert settings.segmentation_token_file == Path("/run/secrets/key_file.json")
+    assert (settings.segmentation_model, settings.segmentation_timeout_s) == ("seg", 15.0)
+    assert settings.max_attachment_bytes == 1048576
+    assert settings.grpc_message_limit == 4 * 1024 * 1024  # the larger of the two
+    assert (settings.tagging_workers, settings.tagging_max_attempts, settings.tagging_lease_s) == (4, 9, 45.0)
+
+
+def test_flags_win_over_the_environment() -> None:
+    settings = parse(
+        ["--segmentation-target", "127.0.0.1:7070", "--tagging-workers", "8", "--tagging-backoff-max", "3"],
+        {"BOARD_SEGMENTATION_TARGET": "elsewhere:1", "BOARD_TAGGING_WORKERS": "2"},
+    )
+    assert settings.segmentation_target == "127.0.0.1:7070"
+    assert (settings.tagging_workers, settings.tagging_backoff_max_s) == (8, 3.0)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--tagging-workers", "0"], ["--segmentation-timeout", "0"], ["--max-attachment-bytes", "0"],
+     ["--tagging-poll", "-1"]],
+)  # fmt: skip
+def test_nonsense_values_are_refused(argv: list[str]) -> None:
+    with pytest.raises(ValueError):
+        parse(argv, {})
