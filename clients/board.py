@@ -11,6 +11,7 @@ INVALID_ARGUMENT, the field violations (field → description) sent by the serve
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -323,8 +324,6 @@ class BoardClient:
         self, attachment_id: int, *, timeout: float = 120.0, interval: float = 0.2
     ) -> board_pb2.Attachment:
         """Poll until the attachment leaves PENDING; return it (TAGGED or FAILED). Raises TimeoutError."""
-        import time
-
         deadline = time.monotonic() + timeout
         while True:
             attachment = self.get_attachment(attachment_id)
