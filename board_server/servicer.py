@@ -150,10 +150,8 @@ class BoardServicer(board_pb2_grpc.BoardServiceServicer):
                 request.page_size,
                 request.page_token,
             )
-            return board_pb2.ListPostsResponse(
-                posts=[post_to_proto(p) for p in page.items], next_page_token=page.next_page_token
-            )
-        page = self._board.posts.list_posts(request.user_id, request.page_size, request.page_token)
+        else:
+            page = self._board.posts.list_posts(request.user_id, request.page_size, request.page_token)
         return board_pb2.ListPostsResponse(
             posts=[post_to_proto(p) for p in page.items], next_page_token=page.next_page_token
         )

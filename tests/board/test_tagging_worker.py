@@ -109,6 +109,27 @@ def wait_status(service: AttachmentService, attachment_id: int, status: str, tim
     )
 
 
+def tag_one(
+    database: Database,
+    segment: Segmenter,
+    post_id: int,
+    filename: str,
+    fmt: str,
+    *,
+    status: str,
+    max_attempts: int = 5,
+) -> tuple[AttachmentService, int]:
+    """Upload one ``fmt`` image with a worker running ``segment``; wait for ``status``; stop the worker."""
+    worker = start_worker(database, segment, max_attempts=max_attempts)
+    service = AttachmentService(database, 1 << 20, on_added=worker.wake)
+    try:
+        added = service.add_attachment(post_id, filename, "", image_bytes(fmt))
+        wait_status(service, added.id, status)
+    finally:
+        worker.stop()
+    return service, added.id
+
+
 # --- upload checks -----------------------------------------------------------------------------------------
 
 
@@ -193,30 +214,18 @@ def test_unavailable_model_server_is_retried_until_it_answers(database: Database
             raise SegmentUnavailableError("connection refused")
         return answer({"person": 1.0})
 
-    worker = start_worker(database, flaky)
-    service = AttachmentService(database, 1 << 20, on_added=worker.wake)
-    try:
-        added = service.add_attachment(post_id, "p.png", "", image_bytes("PNG"))
-        wait_status(service, added.id, "TAGGED")
-    finally:
-        worker.stop()
+    service, attachment_id = tag_one(database, flaky, post_id, "p.png", "PNG", status="TAGGED")
     assert len(calls) == 3
-    assert service.get_attachment(added.id).attempts == 3
-    assert service.get_attachment(added.id).failure_reason == ""
+    assert service.get_attachment(attachment_id).attempts == 3
+    assert service.get_attachment(attachment_id).failure_reason == ""
 
 
 def test_rejected_image_is_failed_with_the_models_reason(database: Database, post_id: int) -> None:
     def reject(_image: bytes) -> Segmentation:
         raise SegmentRejectedError(400, "corrupt_image", "image file is truncated")
 
-    worker = start_worker(database, reject)
-    service = AttachmentService(database, 1 << 20, on_added=worker.wake)
-    try:
-        added = service.add_attachment(post_id, "bad.jpg", "", image_bytes("JPEG"))
-        wait_status(service, added.id, "FAILED")
-    finally:
-        worker.stop()
-    failed = service.get_attachment(added.id)
+    service, attachment_id = tag_one(database, reject, post_id, "bad.jpg", "JPEG", status="FAILED")
+    failed = service.get_attachment(attachment_id)
     assert "corrupt_image" in failed.failure_reason
     assert "truncated" in failed.failure_reason
     assert failed.attempts == 1
@@ -226,14 +235,10 @@ def test_server_errors_fail_after_the_attempt_limit(database: Database, post_id:
     def broken(_image: bytes) -> Segmentation:
         raise SegmentServerError("INTERNAL", "worker died")
 
-    worker = start_worker(database, broken, max_attempts=3)
-    service = AttachmentService(database, 1 << 20, on_added=worker.wake)
-    try:
-        added = service.add_attachment(post_id, "x.gif", "", image_bytes("GIF"))
-        wait_status(service, added.id, "FAILED")
-    finally:
-        worker.stop()
-    failed = service.get_attachment(added.id)
+    service, attachment_id = tag_one(
+        database, broken, post_id, "x.gif", "GIF", status="FAILED", max_attempts=3
+    )
+    failed = service.get_attachment(attachment_id)
     assert failed.attempts == 3
     assert "gave up after 3 attempts" in failed.failure_reason
 
