@@ -17,6 +17,7 @@ Figures go to stdout and bench/results/serving.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import logging
@@ -28,9 +29,8 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from PIL import Image, ImageDraw
 
 from clients.segment import SegmentClient, ServingEndpoints, TokenSource, Transport
 from seg_handler import handler, launch
+from training.model import VOC_CLASSES
 
 logger = logging.getLogger("bench.serving")
 
@@ -50,14 +51,6 @@ SIZE = 520
 CONCURRENCY = (1, 8)
 RATIO_TARGET = 1.10
 BYTES_TARGET = 0.01
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def bench_image() -> bytes:
@@ -88,7 +81,11 @@ def structured_mask_bytes() -> int:
     draw.rectangle((10, 430, 200, 515), fill=18)
     mask = np.asarray(img, dtype=np.uint8)
     info = handler.ModelInfo(
-        arch="deeplabv3_mobilenet_v3_large", weights="x" * 40, sha256="0" * 64, untrained=False
+        arch="deeplabv3_mobilenet_v3_large",
+        weights="x" * 40,
+        sha256="0" * 64,
+        untrained=False,
+        class_names=VOC_CLASSES,
     )
     return len(json.dumps(handler.mask_response(mask, info), separators=(",", ":")).encode())
 
@@ -150,7 +147,8 @@ def measure_interleaved(
     }
 
 
-def build_archive(store: Path, arch: str, weights: str) -> None:
+def build_archive(store: Path, arch: str, weights: str, config_file: Path | None = None) -> None:
+    """deeplabv3.mar in ``store`` from `python -m training.export` at the default input size."""
     command = [
         sys.executable,
         "-m",
@@ -162,7 +160,30 @@ def build_archive(store: Path, arch: str, weights: str) -> None:
         "--out",
         str(store),
     ]
+    if config_file is not None:
+        command += ["--config-file", str(config_file)]
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+
+
+@contextlib.contextmanager
+def torchserve_on_free_ports(
+    store: Path, runtime_dir: Path
+) -> Iterator[tuple[launch.ServeSettings, ServingEndpoints]]:
+    """TorchServe serving ``store`` on free loopback ports while the block runs; stopped by process group.
+
+    Raises launch.LaunchError when it does not get ready.
+    """
+    settings = launch.isolated_settings(store, runtime_dir, ready_timeout_s=300)
+    proc = launch.start(settings)
+    try:
+        yield (
+            settings,
+            ServingEndpoints.local(
+                settings.host, settings.inference_port, settings.management_port, settings.grpc_inference_port
+            ),
+        )
+    finally:
+        launch.stop_process(proc.pid)
 
 
 def load_torchscript(store: Path) -> torch.jit.ScriptModule:
@@ -221,49 +242,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 model(tensor)
 
         figures: dict[str, Any] = {"forward": {}, "rest": {}, "grpc": {}}
-        settings = replace(
-            launch.ServeSettings(model_store=store),
-            runtime_dir=work / "torchserve",
-            inference_port=_free_port(),
-            management_port=_free_port(),
-            metrics_port=_free_port(),
-            grpc_inference_port=_free_port(),
-            grpc_management_port=_free_port(),
-            ready_timeout_s=300,
-        )
-        proc = launch.start(settings)
-        try:
-            endpoints = ServingEndpoints.local(
-                settings.host, settings.inference_port, settings.management_port, settings.grpc_inference_port
+        with (
+            torchserve_on_free_ports(store, work / "torchserve") as (settings, endpoints),
+            SegmentClient(endpoints, TokenSource.from_key_file(settings.key_file), timeout_s=300) as client,
+        ):
+            ours_bytes = {t: len(client.predict_raw(image, transport=t)) for t in ("rest", "grpc")}
+            png_bytes = len(client.segment_png(image, transport="rest"))
+            single = measure_interleaved(
+                {
+                    "forward": forward,
+                    "rest": lambda: client.predict_raw(image, transport="rest"),
+                    "grpc": lambda: client.predict_raw(image, transport="grpc"),
+                },
+                rounds=args.requests,
+                warmup=2,
             )
-            with SegmentClient(
-                endpoints, TokenSource.from_key_file(settings.key_file), timeout_s=300
-            ) as client:
-                ours_bytes = {t: len(client.predict_raw(image, transport=t)) for t in ("rest", "grpc")}
-                png_bytes = len(client.segment_png(image, transport="rest"))
-                single = measure_interleaved(
-                    {
-                        "forward": forward,
-                        "rest": lambda: client.predict_raw(image, transport="rest"),
-                        "grpc": lambda: client.predict_raw(image, transport="grpc"),
-                    },
-                    rounds=args.requests,
-                    warmup=2,
-                )
-                for name, result in single.items():
-                    figures[name]["1"] = result
-                    logger.info("%s c=1: %s", name, result)
-                for transport in ("rest", "grpc"):
-                    chosen: Transport = "rest" if transport == "rest" else "grpc"
+            for name, result in single.items():
+                figures[name]["1"] = result
+                logger.info("%s c=1: %s", name, result)
+            for transport in ("rest", "grpc"):
+                chosen: Transport = "rest" if transport == "rest" else "grpc"
 
-                    def call(chosen: Transport = chosen) -> None:
-                        client.predict_raw(image, transport=chosen)
+                def call(chosen: Transport = chosen) -> None:
+                    client.predict_raw(image, transport=chosen)
 
-                    result = measure(call, 8, 2 * args.requests, warmup=0)
-                    figures[transport]["8"] = result
-                    logger.info("%s c=8: %s", transport, result)
-        finally:
-            launch.stop_process(proc.pid)
+                result = measure(call, 8, 2 * args.requests, warmup=0)
+                figures[transport]["8"] = result
+                logger.info("%s c=8: %s", transport, result)
         forward_p50 = figures["forward"]["1"]["p50_ms"]
         for transport in ("rest", "grpc"):
             for concurrency in CONCURRENCY:
@@ -325,35 +330,8 @@ def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
                 for ln in template.splitlines()
             ]
             config.write_text("\n".join(lines) + "\n")
-            command = [
-                sys.executable,
-                "-m",
-                "training.export",
-                "--arch",
-                args.arch,
-                "--weights",
-                args.weights,
-            ]
-            command += ["--out", str(store), "--config-file", str(config)]
-            subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
-            settings = replace(
-                launch.ServeSettings(model_store=store),
-                runtime_dir=work / "torchserve",
-                inference_port=_free_port(),
-                management_port=_free_port(),
-                metrics_port=_free_port(),
-                grpc_inference_port=_free_port(),
-                grpc_management_port=_free_port(),
-                ready_timeout_s=300,
-            )
-            proc = launch.start(settings)
-            try:
-                endpoints = ServingEndpoints.local(
-                    settings.host,
-                    settings.inference_port,
-                    settings.management_port,
-                    settings.grpc_inference_port,
-                )
+            build_archive(store, args.arch, args.weights, config_file=config)
+            with torchserve_on_free_ports(store, work / "torchserve") as (settings, endpoints):
                 tokens = TokenSource.from_key_file(settings.key_file)
                 with SegmentClient(endpoints, tokens, timeout_s=300) as client:
                     for workers in args.sweep_workers:
@@ -362,8 +340,6 @@ def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
                         row = {"batchSize": batch_size, "workers": workers, **result}
                         logger.info("sweep %s", row)
                         rows.append(row)
-            finally:
-                launch.stop_process(proc.pid)
     return rows
 
 

@@ -22,7 +22,7 @@ import logging
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -41,29 +41,6 @@ DEFAULT_MAX_SIZE = 2 * DEFAULT_RESIZE
 DEFAULT_MAX_PIXELS = 40_000_000
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-VOC_CLASSES = (
-    "background",
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-)
 # Upsampling works on horizontal strips so a 40 MP mask never needs 21 full-size float planes at once.
 _UPSAMPLE_ELEMENTS_PER_STRIP = 16_000_000
 
@@ -91,7 +68,8 @@ class ModelInfo:
     weights: str
     sha256: str | None
     untrained: bool
-    class_names: tuple[str, ...] = VOC_CLASSES
+    # From model-meta.json; empty for an archive without it, named from the logits at the first forward.
+    class_names: tuple[str, ...] = ()
     input_size: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -289,8 +267,16 @@ def encode_png(mask: Mask, text: Mapping[str, str] | None = None) -> bytes:
     return out.getvalue()
 
 
-def class_stats(mask: Mask, class_names: Sequence[str] = VOC_CLASSES) -> list[dict[str, Any]]:
-    """Classes present in ``mask``, pixels descending: [{index, name, pixels, fraction}]."""
+def generic_class_names(num_classes: int) -> tuple[str, ...]:
+    """``class_0`` .. ``class_{n-1}``: names for a model whose archive does not name its classes."""
+    return tuple(f"class_{i}" for i in range(num_classes))
+
+
+def class_stats(mask: Mask, class_names: Sequence[str]) -> list[dict[str, Any]]:
+    """Classes present in ``mask``, pixels descending: [{index, name, pixels, fraction}].
+
+    An index beyond ``class_names`` is named ``class_<index>``.
+    """
     counts = np.bincount(mask.ravel(), minlength=len(class_names))
     total = int(mask.size)
     present = [(int(n), i) for i, n in enumerate(counts.tolist()) if n > 0]
@@ -326,7 +312,7 @@ def read_model_meta(path: str) -> ModelInfo:
     except FileNotFoundError:
         logger.warning("%s not found; answers will report an unknown model", path)
         return ModelInfo(arch="unknown", weights="unknown", sha256=None, untrained=True)
-    names = meta.get("class_names") or list(VOC_CLASSES)
+    names = meta.get("class_names") or generic_class_names(int(meta.get("num_classes") or 0))
     return ModelInfo(
         arch=str(meta.get("arch", "unknown")),
         weights=str(meta.get("weights", "unknown")),
@@ -453,6 +439,8 @@ class SegmentationHandler(BaseHandler):  # type: ignore[misc]
             if isinstance(logits, dict):
                 logits = logits["out"]
             logits = logits.cpu()
+            if not self.model_info.class_names:
+                self._name_classes_generically(int(logits.shape[1]))
         except Exception as exc:
             logger.exception("forward failed for a group of %d", len(group))
             for it in group:
@@ -476,6 +464,11 @@ class SegmentationHandler(BaseHandler):  # type: ignore[misc]
                 )
             finally:
                 it.tensor = None
+
+    def _name_classes_generically(self, num_classes: int) -> None:
+        # Once per worker: afterwards model_info carries the names.
+        logger.warning("the archive names no classes; answering class_0..class_%d", num_classes - 1)
+        self.model_info = replace(self.model_info, class_names=generic_class_names(num_classes))
 
     def _reject(self, item: _Item, exc: ImageRejectedError, context: Any) -> None:
         body = {**exc.body(), "model": self.model_info.as_dict()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -156,8 +157,9 @@ def test_class_stats_sum_to_pixel_count_sorted_descending() -> None:
     mask = np.zeros((10, 10), dtype=np.uint8)
     mask[:3] = 15
     mask[3:4, :5] = 8
-    stats = h.class_stats(mask)
-    assert [s["name"] for s in stats] == ["background", "person", "cat"]
+    names = [f"name{i}" for i in range(10)]
+    stats = h.class_stats(mask, names)
+    assert [s["name"] for s in stats] == ["name0", "class_15", "name8"]
     assert [s["pixels"] for s in stats] == [65, 30, 5]
     assert sum(s["pixels"] for s in stats) == mask.size
     assert sum(s["fraction"] for s in stats) == pytest.approx(1.0)
@@ -203,7 +205,15 @@ def test_read_model_meta(tmp_path: Path) -> None:
     (tmp_path / "m.json").write_text(json.dumps(meta))
     info = h.read_model_meta(str(tmp_path / "m.json"))
     assert info.as_dict() == {"arch": "x", "weights": "w", "sha256": "ab", "untrained": False}
-    assert info.input_size == 64 and info.class_names == h.VOC_CLASSES
+    assert info.input_size == 64 and info.class_names == ()
+
+
+def test_read_model_meta_takes_class_names_from_the_archive(tmp_path: Path) -> None:
+    meta = {"arch": "x", "weights": "w", "class_names": ["background", "cat"], "num_classes": 2}
+    (tmp_path / "m.json").write_text(json.dumps(meta))
+    assert h.read_model_meta(str(tmp_path / "m.json")).class_names == ("background", "cat")
+    (tmp_path / "n.json").write_text(json.dumps({"arch": "x", "num_classes": 3}))
+    assert h.read_model_meta(str(tmp_path / "n.json")).class_names == ("class_0", "class_1", "class_2")
 
 
 class _FakeContext:
@@ -259,14 +269,29 @@ def test_one_bad_item_never_fails_the_rest_of_the_batch() -> None:
     assert isinstance(answers[3], bytes) and answers[3].startswith(b"\x89PNG")
 
 
-def test_forward_failure_is_a_per_item_500_not_a_dead_batch() -> None:
+class _ClassThreeOfFive(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        zeros = x[:, :1] * 0
+        return torch.cat([zeros, zeros, zeros, zeros + 1, zeros], dim=1)
+
+
+def _answer_classes(service: h.SegmentationHandler) -> list[str]:
+    image = corpus.encode(corpus.rgb(30, 20), "PNG")
+    answers = service.handle([{"body": bytearray(image)}], _FakeContext([{}]))
+    return [c["name"] for c in json.loads(answers[0])["classes"]]
+
+
+def test_an_archive_without_class_names_answers_generic_names_from_the_logits() -> None:
     service = _wired_handler()
+    service.model = torch.jit.script(_ClassThreeOfFive())
+    assert _answer_classes(service) == ["class_3"]
+    assert service.model_info.class_names == ("class_0", "class_1", "class_2", "class_3", "class_4")
 
-    class _Broken(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            raise RuntimeError("boom")
 
-    service.model = _Broken()
-    context = _FakeContext([{}])
-    answers = service.handle([{"body": bytearray(corpus.encode(corpus.rgb(8, 8), "PNG"))}], context)
-    assert context.status == {0: 500} and json.loads(answers[0])["code"] == "inference_failed"
+def test_class_names_from_the_archive_name_the_answer() -> None:
+    service = _wired_handler()
+    service.model = torch.jit.script(_ClassThreeOfFive())
+    names = ("background", "cat", "dog", "boat", "sheep")
+    service.model_info = replace(service.model_info, class_names=names)
+    assert _answer_classes(service) == ["boat"]
+    assert service.model_info.class_names == names
