@@ -30,14 +30,13 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench.serving import _free_port, bench_image, build_archive, percentile
+from bench.serving import bench_image, build_archive, percentile, torchserve_on_free_ports
 from clients.board import BoardClient
 from clients.gen.board.v1 import board_pb2
-from clients.segment import SegmentClient, ServingEndpoints, TokenSource
+from clients.segment import SegmentClient, TokenSource
 from seg_handler import launch
 
 logger = logging.getLogger("bench.e2e")
@@ -183,56 +182,42 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not (store / "deeplabv3.mar").is_file():
             logger.info("building the archive (%s, %s weights)", args.arch, args.weights)
             build_archive(store, args.arch, args.weights)
-        serve = replace(
-            launch.ServeSettings(model_store=store),
-            runtime_dir=workdir / "torchserve",
-            inference_port=_free_port(),
-            management_port=_free_port(),
-            metrics_port=_free_port(),
-            grpc_inference_port=_free_port(),
-            grpc_management_port=_free_port(),
-            ready_timeout_s=300,
-        )
-        torchserve = launch.start(serve)
-        board_proc: subprocess.Popen[bytes] | None = None
-        try:
-            board_proc, port = start_board(serve, workdir, tagging_workers=max(args.concurrency))
-            endpoints = ServingEndpoints.local(
-                serve.host, serve.inference_port, serve.management_port, serve.grpc_inference_port
-            )
-            segment = SegmentClient(endpoints, TokenSource.from_key_file(serve.key_file), timeout_s=120)
-            board = BoardClient(f"127.0.0.1:{port}", timeout=120)
-            user = board.create_user("Bench", f"bench-{time.time_ns()}@example.org")
-            post = board.create_post(user.id, "Bench", "e2e")
-            poll_s = args.poll_ms / 1000
+        with torchserve_on_free_ports(store, workdir / "torchserve") as (serve, endpoints):
+            board_proc: subprocess.Popen[bytes] | None = None
+            try:
+                board_proc, port = start_board(serve, workdir, tagging_workers=max(args.concurrency))
+                segment = SegmentClient(endpoints, TokenSource.from_key_file(serve.key_file), timeout_s=120)
+                board = BoardClient(f"127.0.0.1:{port}", timeout=120)
+                user = board.create_user("Bench", f"bench-{time.time_ns()}@example.org")
+                post = board.create_post(user.id, "Bench", "e2e")
+                poll_s = args.poll_ms / 1000
 
-            def torchserve_alone() -> None:
-                segment.segment(image, transport="grpc")
+                def torchserve_alone() -> None:
+                    segment.segment(image, transport="grpc")
 
-            def board_e2e() -> float:
-                started = time.time()
-                added = board.add_attachment(post.id, "bench.jpg", image)
-                delay = poll_s
-                while True:
-                    got = board.get_attachment(added.id)
-                    if got.status != board_pb2.ATTACHMENT_STATUS_PENDING:
-                        break
-                    time.sleep(delay)
-                    # Growing interval: 8 clients polling every 25 ms would take CPU from the model itself.
-                    delay = min(delay * 1.5, 10 * poll_s)
-                if got.status != board_pb2.ATTACHMENT_STATUS_TAGGED:
-                    raise RuntimeError(f"attachment {added.id} FAILED: {got.failure_reason}")
-                # From the call to the commit of TAGGED, by the server's clock (the same machine): the
-                # polling interval adds nothing to the latency, only to the client's cycle.
-                return (got.update_time.ToNanoseconds() / 1e9 - started) * 1000
+                def board_e2e() -> float:
+                    started = time.time()
+                    added = board.add_attachment(post.id, "bench.jpg", image)
+                    delay = poll_s
+                    while True:
+                        got = board.get_attachment(added.id)
+                        if got.status != board_pb2.ATTACHMENT_STATUS_PENDING:
+                            break
+                        time.sleep(delay)
+                        # Growing interval: 8 clients polling every 25 ms would take CPU from the model.
+                        delay = min(delay * 1.5, 10 * poll_s)
+                    if got.status != board_pb2.ATTACHMENT_STATUS_TAGGED:
+                        raise RuntimeError(f"attachment {added.id} FAILED: {got.failure_reason}")
+                    # From the call to the commit of TAGGED, by the server's clock (the same machine): the
+                    # polling interval adds nothing to the latency, only to the client's cycle.
+                    return (got.update_time.ToNanoseconds() / 1e9 - started) * 1000
 
-            figures = measure_paths(torchserve_alone, board_e2e, args)
-            segment.close()
-            board.close()
-        finally:
-            if board_proc is not None:
-                launch.stop_process(board_proc.pid)
-            launch.stop_process(torchserve.pid)
+                figures = measure_paths(torchserve_alone, board_e2e, args)
+                segment.close()
+                board.close()
+            finally:
+                if board_proc is not None:
+                    launch.stop_process(board_proc.pid)
     figures["targets"] = targets_of(figures)
     figures["setup"] = {
         "arch": args.arch,

@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -97,6 +98,31 @@ class ServeSettings:
     @property
     def log_file(self) -> Path:
         return self.runtime_dir / "torchserve.out"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nobody listens on right now (the kernel's pick for port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def isolated_settings(
+    model_store: Path, runtime_dir: Path, *, ready_timeout_s: float = 180.0
+) -> ServeSettings:
+    """ServeSettings for a private TorchServe (tests, benchmarks): free loopback ports, its own runtime dir.
+
+    The ports are picked once, so the same settings object restarts TorchServe on the same addresses.
+    """
+    base = ServeSettings(model_store=model_store, runtime_dir=runtime_dir, ready_timeout_s=ready_timeout_s)
+    return replace(
+        base,
+        inference_port=free_port(base.host),
+        management_port=free_port(base.host),
+        metrics_port=free_port(base.host),
+        grpc_inference_port=free_port(base.host),
+        grpc_management_port=free_port(base.host),
+    )
 
 
 def build_settings(args: argparse.Namespace, env: Mapping[str, str]) -> ServeSettings:

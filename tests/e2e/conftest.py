@@ -6,14 +6,14 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from seg_handler import launch
 from tests.board.conftest import RunningServer, postgres_cluster, start_board_server
-from tests.support import REPO_ROOT, Processes, free_port
+from tests.support import REPO_ROOT, Processes
 
 __all__ = ["postgres_cluster"]  # the throw-away PostgreSQL of the board tests, for the two-replica test
 
@@ -64,15 +64,8 @@ def e2e_model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def torchserve(e2e_model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
     """TorchServe with token auth on free loopback ports; tests may stop and start it (same ports)."""
-    settings = replace(
-        launch.ServeSettings(model_store=e2e_model_store),
-        runtime_dir=tmp_path_factory.mktemp("e2e_torchserve"),
-        inference_port=free_port(),
-        management_port=free_port(),
-        metrics_port=free_port(),
-        grpc_inference_port=free_port(),
-        grpc_management_port=free_port(),
-        ready_timeout_s=240,
+    settings = launch.isolated_settings(
+        e2e_model_store, tmp_path_factory.mktemp("e2e_torchserve"), ready_timeout_s=240
     )
     serve = TorchServe(settings)
     serve.start()

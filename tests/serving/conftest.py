@@ -5,14 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from clients.segment import SegmentClient, ServingEndpoints, TokenSource
 from seg_handler import launch
-from tests.support import REPO_ROOT, free_port
+from tests.support import REPO_ROOT
 
 # Small network input so each forward is cheap on a CPU; the handler still answers at full image size.
 TEST_INPUT_SIZE = 64
@@ -44,15 +43,8 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def torchserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[launch.ServeSettings]:
     """TorchServe with our config on free loopback ports, token auth on; stopped by its process group."""
-    settings = replace(
-        launch.ServeSettings(model_store=model_store),
-        runtime_dir=tmp_path_factory.mktemp("torchserve"),
-        inference_port=free_port(),
-        management_port=free_port(),
-        metrics_port=free_port(),
-        grpc_inference_port=free_port(),
-        grpc_management_port=free_port(),
-        ready_timeout_s=240,
+    settings = launch.isolated_settings(
+        model_store, tmp_path_factory.mktemp("torchserve"), ready_timeout_s=240
     )
     proc = launch.start(settings)
     try:
