@@ -10,21 +10,27 @@ import pytest
 from tests.support import Processes
 
 
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    """Per-test process guard."""
-    guard = Processes(tmp_path / "logs")
+def _guarded(log_dir: Path) -> Iterator[Processes]:
+    guard = Processes(log_dir)
     try:
         yield guard
     finally:
         guard.stop_all()
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    """Per-test process guard."""
+    yield from _guarded(tmp_path / "logs")
+
+
+@pytest.fixture(scope="module")
+def module_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
+    """Process guard for servers shared by the tests of one module."""
+    yield from _guarded(tmp_path_factory.mktemp("module-logs"))
 
 
 @pytest.fixture(scope="session")
 def session_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
     """Process guard for servers shared by a whole session."""
-    guard = Processes(tmp_path_factory.mktemp("session-logs"))
-    try:
-        yield guard
-    finally:
-        guard.stop_all()
+    yield from _guarded(tmp_path_factory.mktemp("session-logs"))

@@ -98,12 +98,3 @@ def start_tagging_board(
     processes: Processes, serve: TorchServe, database_url: str, workdir: Path, *, lease_s: float = 30.0
 ) -> RunningServer:
     return start_board_server(processes, database_url, workdir, extra=tagging_flags(serve, lease_s=lease_s))
-
-
-@pytest.fixture(scope="module")
-def module_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
-    guard = Processes(tmp_path_factory.mktemp("e2e-logs"))
-    try:
-        yield guard
-    finally:
-        guard.stop_all()
