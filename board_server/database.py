@@ -13,6 +13,7 @@ makes us wait in SQLite's busy handler; a deferred transaction that upgrades lat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -26,7 +27,7 @@ from typing import Any, TypeVar
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from board_server.config import Settings
 from board_server.errors import DatabaseBusy
@@ -129,12 +130,37 @@ class Database:
 
     engine: Engine
     writer: GroupCommitWriter | None = None
+    # SQLite reads keep one connection per thread: a pool checkout and checkin per call was a third of an
+    # in-process GetPost (250 → 167 µs measured). Reads run in autocommit mode, so a kept connection holds
+    # no snapshot between calls.
+    _reader: threading.local = field(default_factory=threading.local, repr=False)
+    _readers: list[Connection] = field(default_factory=list, repr=False)
+    _readers_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A connection for queries only; nothing is committed."""
-        with _busy_is_unavailable(), self.engine.connect() as conn:
-            yield conn
+        if self.writer is None:  # PostgreSQL: a pooled connection per call
+            with _busy_is_unavailable(), self.engine.connect() as pooled:
+                yield pooled
+            return
+        conn: Connection | None = getattr(self._reader, "conn", None)
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self.engine.connect()
+            self._reader.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        try:
+            with _busy_is_unavailable():
+                yield conn
+        finally:
+            try:
+                conn.rollback()  # ends SQLAlchemy's autobegun transaction; SQLite has none open on reads
+            except SQLAlchemyError:
+                logger.warning("dropping a broken read connection", exc_info=True)
+                self._reader.conn = None
+                with contextlib.suppress(SQLAlchemyError):
+                    conn.close()
 
     def write(self, work: Callable[[Connection], T]) -> T:
         """Run ``work(conn)`` atomically and durably; return its result or raise its error."""
@@ -144,6 +170,11 @@ class Database:
             return work(conn)
 
     def dispose(self) -> None:
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            with contextlib.suppress(SQLAlchemyError):
+                conn.close()
         if self.writer is not None:
             self.writer.close()
         self.engine.dispose()
@@ -183,7 +214,9 @@ def open_database(settings: Settings) -> Database:
         }
     # One connection per worker thread, so a request never waits for a pooled connection.
     kwargs["pool_size"] = settings.worker_threads
-    kwargs["max_overflow"] = 4
+    # SQLite: every thread that reads keeps its connection (gRPC workers, tagging threads), so the number of
+    # threads bounds the connections, not the pool; PostgreSQL: a few beyond one per worker.
+    kwargs["max_overflow"] = -1 if is_sqlite else 4
     engine = create_engine(url, **kwargs)
     if is_sqlite:
         _configure_sqlite(engine, settings.sqlite_busy_timeout_ms)
