@@ -331,7 +331,7 @@ def print_table(figures: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per cell (default 3)")
-    parser.add_argument("--workers", type=int, default=16, help="server worker threads (default 16)")
+    parser.add_argument("--workers", type=int, default=8, help="server worker threads (default 8)")
     parser.add_argument("--database-url", help="board database (default: a fresh SQLite file)")
     parser.add_argument(
         "--operations", nargs="+", choices=OPERATIONS, default=list(OPERATIONS), help="default: all three"
