@@ -16,6 +16,7 @@ repository and never imports torchvision (the worker must not need it).
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import logging
@@ -250,6 +251,12 @@ def voc_palette(num_colors: int = 256) -> list[int]:
     return palette
 
 
+@functools.cache
+def _voc_palette_bytes() -> bytes:
+    # Built once per worker, not once per encoded mask.
+    return bytes(voc_palette())
+
+
 def encode_png(mask: Mask, text: Mapping[str, str] | None = None) -> bytes:
     """Mask [H, W] uint8 -> palette PNG (VOC colours) whose pixel values are the class indices.
 
@@ -258,7 +265,7 @@ def encode_png(mask: Mask, text: Mapping[str, str] | None = None) -> bytes:
     if mask.ndim != 2 or mask.dtype != np.uint8:
         raise ValueError(f"expected a 2-D uint8 mask, got {mask.dtype} {mask.shape}")
     img = Image.frombytes("P", (mask.shape[1], mask.shape[0]), np.ascontiguousarray(mask).tobytes())
-    img.putpalette(voc_palette())
+    img.putpalette(_voc_palette_bytes())
     info = PngImagePlugin.PngInfo()
     for key, value in (text or {}).items():
         info.add_text(key, value)
