@@ -19,6 +19,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    false,
     func,
 )
 from sqlalchemy.engine import Dialect
@@ -71,9 +72,50 @@ class User(Base):
     # Unique ignoring case through the index ix_users_email_lower on lower(email) (see the migration).
     email: Mapped[str] = mapped_column(String(EMAIL_MAX))
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    # argon2id hash; NULL for users created before accounts existed (they cannot sign in until an admin
+    # sets a password) and for users created while auth is off without a password.
+    password_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    admin: Mapped[bool] = mapped_column(Boolean(), server_default=false())
 
 
 Index("ix_users_email_lower", func.lower(User.email), unique=True)
+
+
+class AccessToken(Base):
+    """A signed-in session: only the SHA-256 of the bearer token is kept; revoking deletes the row."""
+
+    __tablename__ = "access_tokens"
+    __table_args__ = NEVER_REUSE_IDS
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    token_hash: Mapped[str] = mapped_column(String(64), index=True, unique=True)
+    user_id: Mapped[int] = mapped_column(BigId, ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    expire_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SignInFailure(Base):
+    """One failed sign-in for a (lower-cased) email: the brute-force limit counts these in a window."""
+
+    __tablename__ = "sign_in_failures"
+    __table_args__ = NEVER_REUSE_IDS
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    email: Mapped[str] = mapped_column(String(EMAIL_MAX))
+    attempt_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+Index("ix_sign_in_failures_email_time", SignInFailure.email, SignInFailure.attempt_time)
+
+
+class DeploymentSecret(Base):
+    """A secret of the deployment (e.g. the page-token key), created on first start, shared by replicas."""
+
+    __tablename__ = "deployment_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary())
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class Post(Base):
@@ -84,7 +126,7 @@ class Post(Base):
     user_id: Mapped[int] = mapped_column(BigId, ForeignKey("users.id", ondelete="CASCADE"), index=True)
     title: Mapped[str] = mapped_column(String(TITLE_MAX))
     content: Mapped[str] = mapped_column(Text())
-    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     update_time: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
@@ -137,10 +179,19 @@ class Attachment(Base):
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
     update_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Fencing per claim: results are stored only under the token of the claim that holds the lease.
+    claim_token: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # A re-tag is queued: status and labels stay as they are until the new labels replace them.
+    retag_pending: Mapped[bool] = mapped_column(Boolean(), server_default=false())
+    # SHA-256 of the TorchScript program that produced the labels: the served model's exact identity.
+    model_archive_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # W3C traceparent of the upload: tagging on any replica joins the upload's trace.
+    traceparent: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
-# The worker's scan: pending rows due for an attempt.
+# The worker's scans: pending rows due for an attempt, then queued re-tags.
 Index("ix_attachments_queue", Attachment.status, Attachment.next_attempt_time)
+Index("ix_attachments_retag", Attachment.retag_pending, Attachment.next_attempt_time)
 
 
 class AttachmentLabel(Base):
@@ -164,3 +215,20 @@ Index(
     AttachmentLabel.fraction,
     AttachmentLabel.post_id,
 )
+
+
+class AttachmentPreview(Base):
+    """A rendered preview (cache): one per attachment, size, overlay and format; dropped with re-tagging."""
+
+    __tablename__ = "attachment_previews"
+
+    attachment_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("attachments.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    max_size: Mapped[int] = mapped_column(Integer(), primary_key=True, autoincrement=False)
+    overlay: Mapped[bool] = mapped_column(Boolean(), primary_key=True)
+    content_type: Mapped[str] = mapped_column(String(32), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary())
+    width: Mapped[int] = mapped_column(Integer())
+    height: Mapped[int] = mapped_column(Integer())
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection
 
-from board_server import attachment_repository as repo
+from board_server import tagging_queue as queue
 from board_server.config import Settings
 from board_server.database import Database
 from clients.segment import (
@@ -139,14 +139,14 @@ class TaggingWorker:
         now = _now()
 
         def take(conn: Connection) -> int | None:
-            return repo.claim_next(conn, self.worker_id, now, now + self._lease, _SCAN)
+            return queue.claim_next(conn, self.worker_id, now, now + self._lease, _SCAN)
 
         claimed: int | None = self._db.write(take)
         return claimed
 
     def _tag(self, attachment_id: int) -> None:
         with self._db.read() as conn:
-            found = repo.read_image(conn, attachment_id)
+            found = queue.read_image(conn, attachment_id)
         if found is None:
             return  # deleted meanwhile
         image, attempts = found
@@ -157,7 +157,7 @@ class TaggingWorker:
                 self._retry(attachment_id, attempts, f"interrupted by shutdown: {exc}", transient=True)
                 return
             reason = f"rejected by the model ({exc.status} {exc.code}): {exc.message}"
-            self._write(lambda c: repo.finish_failed(c, attachment_id, self.worker_id, _now(), reason))
+            self._write(lambda c: queue.finish_failed(c, attachment_id, self.worker_id, _now(), reason))
             logger.info("attachment %d FAILED: %s", attachment_id, reason)
             return
         except (SegmentUnavailableError, SegmentTimeoutError, SegmentAuthError) as exc:
@@ -167,14 +167,14 @@ class TaggingWorker:
             reason = f"{type(exc).__name__}: {exc}"
             if attempts >= self._max_attempts and not self._stopping.is_set():
                 failed = f"gave up after {attempts} attempts; last error {reason}"
-                self._write(lambda c: repo.finish_failed(c, attachment_id, self.worker_id, _now(), failed))
+                self._write(lambda c: queue.finish_failed(c, attachment_id, self.worker_id, _now(), failed))
                 logger.warning("attachment %d FAILED: %s", attachment_id, failed)
             else:
                 self._retry(attachment_id, attempts, reason, transient=False)
             return
         self._outage = 0
         model = answer.model
-        result = repo.TagResult(
+        result = queue.TagResult(
             labels=[(c.name, float(c.fraction), int(c.pixels)) for c in answer.classes],
             mask_png=answer.mask_png,
             arch=str(model.get("arch") or "unknown"),
@@ -182,7 +182,7 @@ class TaggingWorker:
             sha256=str(model["sha256"]) if model.get("sha256") else None,
             untrained=bool(model.get("untrained", True)),
         )
-        if self._write(lambda c: repo.finish_tagged(c, attachment_id, self.worker_id, _now(), result)):
+        if self._write(lambda c: queue.finish_tagged(c, attachment_id, self.worker_id, _now(), result)):
             logger.info(
                 "attachment %d TAGGED: %s",
                 attachment_id,
@@ -200,7 +200,7 @@ class TaggingWorker:
             self._pause_until = max(self._pause_until, time.monotonic() + pause)
             delay = min(delay, pause)
         due = _now() + timedelta(seconds=delay)
-        self._write(lambda c: repo.reschedule(c, attachment_id, self.worker_id, due, reason))
+        self._write(lambda c: queue.reschedule(c, attachment_id, self.worker_id, due, reason))
         logger.warning(
             "attachment %d: attempt %d failed (%s); retry in %.1fs", attachment_id, attempts, reason, delay
         )

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from board_server import attachment_repository as repo
 from board_server import repository
+from board_server import tagging_queue as queue
 from board_server.attachments import AttachmentService, inspect_image, sniff_type
 from board_server.config import Settings
 from board_server.database import Database, migrate, open_database
@@ -274,7 +274,7 @@ def test_expired_lease_of_a_dead_worker_is_resumed(database: Database, post_id: 
     added = service.add_attachment(post_id, "a.jpg", "", image_bytes("JPEG"))
     past = datetime.now(UTC) - timedelta(seconds=5)
     assert database.write(
-        lambda c: repo.claim(c, added.id, "dead-replica", past, past + timedelta(seconds=1))
+        lambda c: queue.claim(c, added.id, "dead-replica", past, past + timedelta(seconds=1))
     )
     worker = start_worker(database, lambda _image: answer({"dog": 1.0}))
     try:
@@ -282,9 +282,9 @@ def test_expired_lease_of_a_dead_worker_is_resumed(database: Database, post_id: 
     finally:
         worker.stop()
     # The dead replica's late answer is not stored over the new owner's.
-    late = repo.TagResult([("cat", 1.0, 1)], b"", "a", "w", None, True)
+    late = queue.TagResult([("cat", 1.0, 1)], b"", "a", "w", None, True)
     now = datetime.now(UTC)
-    assert not database.write(lambda c: repo.finish_tagged(c, added.id, "dead-replica", now, late))
+    assert not database.write(lambda c: queue.finish_tagged(c, added.id, "dead-replica", now, late))
     assert [x.name for x in service.get_attachment(added.id).labels] == ["dog"]
 
 
@@ -292,8 +292,8 @@ def test_a_live_lease_is_not_taken_over(database: Database, post_id: int) -> Non
     service = AttachmentService(database, 1 << 20)
     added = service.add_attachment(post_id, "a.jpg", "", image_bytes("JPEG"))
     now = datetime.now(UTC)
-    assert database.write(lambda c: repo.claim(c, added.id, "one", now, now + timedelta(minutes=1)))
-    assert not database.write(lambda c: repo.claim(c, added.id, "two", now, now + timedelta(minutes=1)))
+    assert database.write(lambda c: queue.claim(c, added.id, "one", now, now + timedelta(minutes=1)))
+    assert not database.write(lambda c: queue.claim(c, added.id, "two", now, now + timedelta(minutes=1)))
 
 
 def test_attachments_go_with_their_post_and_user(database: Database, post_id: int) -> None:
@@ -301,7 +301,7 @@ def test_attachments_go_with_their_post_and_user(database: Database, post_id: in
     first = service.add_attachment(post_id, "a.jpg", "", image_bytes("JPEG"))
     database.write(lambda c: repository.delete_post(c, post_id))
     with database.read() as conn:
-        assert repo.read_image(conn, first.id) is None
+        assert queue.read_image(conn, first.id) is None
 
 
 def test_backoff_grows_exponentially_with_jitter_and_is_capped() -> None:
@@ -321,8 +321,8 @@ def test_claim_next_takes_the_oldest_due_attachment_not_leased(database: Databas
     )
     now = datetime.now(UTC)
     later = now + timedelta(minutes=1)
-    assert database.write(lambda c: repo.claim_next(c, "a", now, later, 8)) == first
-    assert database.write(lambda c: repo.claim_next(c, "b", now, later, 8)) == second
-    database.write(lambda c: repo.reschedule(c, second, "b", later, "unavailable"))  # due only later
-    assert database.write(lambda c: repo.claim_next(c, "c", now, later, 8)) == third
-    assert database.write(lambda c: repo.claim_next(c, "d", now, later, 8)) is None
+    assert database.write(lambda c: queue.claim_next(c, "a", now, later, 8)) == first
+    assert database.write(lambda c: queue.claim_next(c, "b", now, later, 8)) == second
+    database.write(lambda c: queue.reschedule(c, second, "b", later, "unavailable"))  # due only later
+    assert database.write(lambda c: queue.claim_next(c, "c", now, later, 8)) == third
+    assert database.write(lambda c: queue.claim_next(c, "d", now, later, 8)) is None
