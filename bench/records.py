@@ -3,7 +3,7 @@
 Every figure in README.md and docs/benchmarks.md comes from a file written by ``write_results`` under
 bench/results/ (committed), which names the machine, its load before and after, the versions and the git sha.
 
-    cell = summarize([812.0, 790.5, 830.1])      # {"runs": [...], "median": 812.0, "min": 790.5, "max": 830.1}
+    cell = summarize([812.0, 790.5, 830.1])  # {"runs": [...], "median": 812.0, "min": 790.5, ...}
     write_results("board", {"cells": [...]})     # -> bench/results/board.json
 """
 
