@@ -15,6 +15,8 @@ from pathlib import Path
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_DATABASE_FILE = Path("var") / "board.db"
 DEFAULT_AUDIT_LOG = Path("var") / "log" / "board-audit.log"
+# The least a tagging lease must exceed the segmentation call timeout by (the store after the call).
+LEASE_MARGIN_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,11 @@ class Settings:
     tagging_backoff_max_s: float = 30.0
     tagging_max_attempts: int = 5
     tagging_lease_s: float = 0.0  # 0: the call timeout plus 30 s
+
+    @property
+    def tagging_lease_seconds(self) -> float:
+        """The lease a claimed attachment is held for: the flag, or the call timeout plus 30 s."""
+        return self.tagging_lease_s or self.segmentation_timeout_s + 30
 
     @property
     def grpc_message_limit(self) -> int:
@@ -119,6 +126,12 @@ def add_attachment_arguments(parser: argparse.ArgumentParser) -> None:
         "default the segmentation timeout + 30)",
     )
     parser.add_argument(
+        "--tagging-max-attempts",
+        type=int,
+        help="attempts at a transient failure (TorchServe 5xx, timeout, dead worker) before FAILED "
+        "(env BOARD_TAGGING_MAX_ATTEMPTS, default 5)",
+    )
+    parser.add_argument(
         "--tagging-backoff-max",
         type=float,
         help="longest wait between retries in seconds (env BOARD_TAGGING_BACKOFF_MAX_SECONDS, default 30)",
@@ -164,12 +177,20 @@ def load_settings(
     tagging_workers = int(pick("tagging_workers", "BOARD_TAGGING_WORKERS") or 2)
     poll = float(pick("tagging_poll", "BOARD_TAGGING_POLL_SECONDS") or 2.0)
     backoff_max = float(pick("tagging_backoff_max", "BOARD_TAGGING_BACKOFF_MAX_SECONDS") or 30.0)
-    max_attempts = int(env.get("BOARD_TAGGING_MAX_ATTEMPTS") or 5)
+    max_attempts = int(pick("tagging_max_attempts", "BOARD_TAGGING_MAX_ATTEMPTS") or 5)
     lease = float(pick("tagging_lease", "BOARD_TAGGING_LEASE_SECONDS") or 0.0)
     if max_attachment < 1 or seg_timeout <= 0 or tagging_workers < 1 or poll <= 0 or backoff_max <= 0:
         raise ValueError(
             "max attachment bytes >= 1, segmentation timeout > 0, tagging workers >= 1, poll > 0, "
             "backoff max > 0"
+        )
+    if max_attempts < 1:
+        raise ValueError("tagging max attempts must be >= 1")
+    # A lease shorter than a call would let a second replica take work that is still in flight.
+    if lease and lease < seg_timeout + LEASE_MARGIN_S:
+        raise ValueError(
+            f"tagging lease ({lease:g}s) must exceed the segmentation timeout ({seg_timeout:g}s) by at "
+            f"least {LEASE_MARGIN_S:g}s, so that a call in flight never outlives its lease"
         )
     return Settings(
         address=address,
@@ -187,6 +208,6 @@ def load_settings(
         tagging_workers=tagging_workers,
         tagging_poll_s=poll,
         tagging_backoff_max_s=backoff_max,
-        tagging_max_attempts=max(1, max_attempts),
+        tagging_max_attempts=max_attempts,
         tagging_lease_s=lease,
     )

@@ -242,7 +242,7 @@ def build_tagging_worker(settings: Settings, db: Database) -> TaggingWorker | No
     def segment(image: bytes) -> Segmentation:
         return client.segment(image, transport="grpc")
 
-    lease_s = settings.tagging_lease_s or settings.segmentation_timeout_s + 30
+    lease_s = settings.tagging_lease_seconds
     logger.info(
         "tagging via TorchServe gRPC %s model %r (token file %s, timeout %.0fs, lease %.0fs)",
         settings.segmentation_target,

@@ -59,7 +59,9 @@ def test_flags_win_over_the_environment() -> None:
 @pytest.mark.parametrize(
     "argv",
     [["--tagging-workers", "0"], ["--segmentation-timeout", "0"], ["--max-attachment-bytes", "0"],
-     ["--tagging-poll", "-1"]],
+     ["--tagging-poll", "-1"], ["--tagging-max-attempts", "0"],
+     # a lease that a call in flight could outlive
+     ["--segmentation-timeout", "30", "--tagging-lease", "20"]],
 )  # fmt: skip
 def test_nonsense_values_are_refused(argv: list[str]) -> None:
     with pytest.raises(ValueError):

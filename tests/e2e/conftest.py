@@ -82,7 +82,7 @@ def running_torchserve(torchserve: TorchServe) -> TorchServe:
     return torchserve
 
 
-def tagging_flags(serve: TorchServe, *, lease_s: float = 30.0) -> tuple[str, ...]:
+def tagging_flags(serve: TorchServe, *, lease_s: float = 40.0) -> tuple[str, ...]:
     """board-server flags that wire it to ``serve`` with quick polling and short backoff for tests."""
     return (
         "--segmentation-target", serve.grpc_target,
@@ -95,6 +95,6 @@ def tagging_flags(serve: TorchServe, *, lease_s: float = 30.0) -> tuple[str, ...
 
 
 def start_tagging_board(
-    processes: Processes, serve: TorchServe, database_url: str, workdir: Path, *, lease_s: float = 30.0
+    processes: Processes, serve: TorchServe, database_url: str, workdir: Path, *, lease_s: float = 40.0
 ) -> RunningServer:
     return start_board_server(processes, database_url, workdir, extra=tagging_flags(serve, lease_s=lease_s))
