@@ -1,0 +1,106 @@
+// One closed-loop gRPC load for bench.board (k6 v1.1.0, k6/net/grpc): VUS virtual users, each on its own
+// connection, call OPERATION back to back for WARMUP + SECONDS; only the last SECONDS are measured (calls
+// tagged phase=measure). The same script drives the board and the empty floors, so both pay the same
+// client cost. Results: handleSummary writes k6's summary JSON to SUMMARY.
+//
+// Environment (set by bench/board.py):
+//   TARGET       HOST:PORT
+//   PROTO_DIR    import path holding board/v1/board.proto
+//   OPERATION    GetPost | CreatePost | ListPosts | mixed (70 % GetPost, 20 % ListPosts, 10 % CreatePost)
+//   VUS, SECONDS, WARMUP   concurrency, measured seconds, warm-up seconds
+//   IDS_FILE     JSON list of existing post ids (GetPost picks one at random per call)
+//   USER_ID      author for CreatePost
+//   TOKEN        access token from SignIn; empty = no authorization metadata (server without accounts)
+//   SUMMARY      where to write the summary JSON
+import grpc from 'k6/net/grpc';
+import exec from 'k6/execution';
+import { Counter } from 'k6/metrics';
+import { SharedArray } from 'k6/data';
+
+const OPERATION = __ENV.OPERATION || 'GetPost';
+const VUS = parseInt(__ENV.VUS || '1', 10);
+const SECONDS = parseFloat(__ENV.SECONDS || '5');
+const WARMUP = parseFloat(__ENV.WARMUP || '1');
+const USER_ID = __ENV.USER_ID || '1';
+const TOKEN = __ENV.TOKEN || '';
+const SERVICE = 'board.v1.BoardService/';
+
+const ids = new SharedArray('post ids', () => JSON.parse(open(__ENV.IDS_FILE)));
+const calls = new Counter('calls');
+const failed = new Counter('failed_calls');
+
+const client = new grpc.Client();
+client.load([__ENV.PROTO_DIR], 'board/v1/board.proto');
+
+export const options = {
+  scenarios: {
+    load: {
+      executor: 'constant-vus',
+      vus: VUS,
+      duration: `${Math.round((WARMUP + SECONDS) * 1000)}ms`,
+      gracefulStop: '30s',
+    },
+  },
+  summaryTrendStats: ['min', 'med', 'p(50)', 'p(90)', 'p(99)', 'max', 'avg'],
+  // Thresholds that always pass: they make k6 report the measured phase on its own in the summary.
+  thresholds: {
+    'calls{phase:measure}': ['count>=0'],
+    'grpc_req_duration{phase:measure}': ['max>=0'],
+    'failed_calls{phase:measure}': ['count>=0'],
+  },
+  noConnectionReuse: false,
+};
+
+let connected = false;
+let warned = false;
+
+function pick(list) {
+  return list[Math.floor(Math.random() * list.length)];
+}
+
+function request(operation) {
+  switch (operation) {
+    case 'GetPost':
+      return { id: pick(ids) };
+    case 'ListPosts':
+      return { page_size: 50 };
+    case 'CreatePost':
+      return { user_id: USER_ID, title: 'bench', content: 'x'.repeat(200) };
+    default:
+      throw new Error(`unknown operation ${operation}`);
+  }
+}
+
+function chooseMixed() {
+  const r = Math.random();
+  if (r < 0.7) return 'GetPost';
+  if (r < 0.9) return 'ListPosts';
+  return 'CreatePost';
+}
+
+export default function () {
+  if (!connected) {
+    client.connect(__ENV.TARGET, { plaintext: true, timeout: '30s' });
+    connected = true;
+  }
+  const operation = OPERATION === 'mixed' ? chooseMixed() : OPERATION;
+  const measuring = Date.now() - exec.scenario.startTime >= WARMUP * 1000;
+  const tags = { phase: measuring ? 'measure' : 'warmup' };
+  const params = { tags, timeout: '30s', discardResponseMessage: true };
+  if (TOKEN) {
+    params.metadata = { authorization: `Bearer ${TOKEN}` };
+  }
+  const response = client.invoke(SERVICE + operation, request(operation), params);
+  calls.add(1, tags);
+  if (response.status !== grpc.StatusOK) {
+    failed.add(1, tags);
+    if (!warned) {
+      console.error(`${operation}: status ${response.status} ${JSON.stringify(response.error)}`);
+      warned = true;
+    }
+  }
+}
+
+export function handleSummary(data) {
+  return { [__ENV.SUMMARY]: JSON.stringify(data) };
+}
