@@ -1,0 +1,494 @@
+"""ListPosts' ``filter`` (AIP-160) and ``order_by`` (AIP-132): grammar, syntax tree, validation, errors.
+
+A filter is parsed by lark (LALR) into a small immutable tree (``Node``); board_server/post_search.py turns
+that tree into SQL with bound parameters. Nothing here touches the database.
+
+    filter      label = "dog"            label.dog            label.dog >= 0.2
+                label.person > 0.3 AND NOT label.car          (label.cat OR label.dog) AND user_id = 3
+                create_time > "2026-01-01T00:00:00Z"          id >= 100       -label.car
+    order_by    id (default) | id desc | create_time [asc|desc] | label.dog [asc|desc]
+
+Precedence follows AIP-160: NOT/- bind tightest, then OR, then AND (and whitespace, an implicit AND), so
+``a AND b OR c`` means ``a AND (b OR c)``.
+
+A label comparison is about the post's *largest* fraction of that class over its photos, a class absent
+from every photo counting as 0: ``label.dog >= 0.2`` holds when some photo is at least 20 % dog,
+``label.dog < 0.1`` when none is 10 % dog or more (posts without photos included). ``label.dog`` and
+``label = "dog"`` mean ``label.dog >= 0.01``, the board's default minimum.
+
+Every mistake is an InvalidArgument whose FieldViolation (field ``filter`` or ``order_by``) names the
+1-based column and what was expected there. Hostile input is bounded before any SQL exists: the text length,
+the nesting depth and the number of comparisons are capped.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Literal
+
+from lark import Lark, Token, Tree, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+
+from board_server.errors import FieldViolation, InvalidArgument
+
+DEFAULT_MIN_LABEL_FRACTION = 0.01
+MAX_FILTER_LENGTH = 1000
+MAX_ORDER_BY_LENGTH = 200
+MAX_DEPTH = 12  # nested AND / OR / NOT levels
+MAX_COMPARISONS = 24
+MAX_ID = 2**63 - 1
+
+Op = Literal["=", "!=", "<", "<=", ">", ">="]
+_OPS: tuple[Op, ...] = ("=", "!=", "<", "<=", ">", ">=")
+FIELDS = ("id", "user_id", "create_time")
+Field = Literal["id", "user_id", "create_time"]
+
+
+# --- the syntax tree ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabelCompare:
+    """The post's largest ``label`` fraction over its photos (0 when absent) ``op`` ``fraction``."""
+
+    label: str
+    op: Op
+    fraction: float
+
+
+@dataclass(frozen=True)
+class FieldCompare:
+    """A post column (``id``, ``user_id``, ``create_time``) compared with a constant."""
+
+    field: Field
+    op: Op
+    value: int | datetime
+
+
+@dataclass(frozen=True)
+class Not:
+    operand: Node
+
+
+@dataclass(frozen=True)
+class And:
+    operands: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class Or:
+    operands: tuple[Node, ...]
+
+
+Node = LabelCompare | FieldCompare | Not | And | Or
+
+
+@dataclass(frozen=True)
+class OrderBy:
+    """One sort key; the post id always breaks ties in the same direction. ``label`` only for key label."""
+
+    key: Literal["id", "create_time", "label"] = "id"
+    descending: bool = False
+    label: str | None = None
+
+    def canonical(self) -> str:
+        name = f"label.{_quote_field(self.label or '')}" if self.key == "label" else self.key
+        return f"{name} desc" if self.descending else name
+
+
+ORDER_BY_ID = OrderBy()
+
+
+# --- the grammar --------------------------------------------------------------------------------------------
+
+# AIP-160's EBNF and precedence: expression (AND) > sequence (whitespace) > factor (OR) > term (NOT, -); plus
+# AIP-132's order_by. Keywords are reserved (NAME never matches AND/OR/NOT): `a AND AND b` is an error.
+_GRAMMAR = r"""
+?filter: expression
+?expression: sequence (_AND sequence)*
+?sequence: factor+
+?factor: term (_OR term)*
+?term: simple | _NOT simple -> negation | _MINUS simple -> negation
+?simple: restriction | _LPAR expression _RPAR
+restriction: member (COMPARATOR arg)?
+member: NAME (_DOT (NAME | STRING))*
+?arg: STRING | NUMBER | NAME
+order_by: order_item (_COMMA order_item)*
+order_item: member NAME?
+_AND: "AND"
+_OR: "OR"
+_NOT: "NOT"
+COMPARATOR: "<=" | ">=" | "!=" | "<" | ">" | "=" | ":"
+NAME: /(?!(?:AND|OR|NOT)(?![A-Za-z0-9_]))[A-Za-z_][A-Za-z0-9_]*/
+STRING: /"(?:[^"\\\n]|\\.)*"/ | /'(?:[^'\\\n]|\\.)*'/
+NUMBER: /[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?/
+_MINUS: "-"
+_LPAR: "("
+_RPAR: ")"
+_DOT: "."
+_COMMA: ","
+%ignore /[ \t\r\n]+/
+"""
+
+# Terminal names in plain words, in the order an "expected" list reads best.
+_WORDS = {
+    "NAME": "a field name",
+    "_NOT": "NOT",
+    "_MINUS": "'-'",
+    "_LPAR": "'('",
+    "COMPARATOR": "a comparison (=, !=, <, <=, >, >=, :)",
+    "STRING": "a quoted string",
+    "NUMBER": "a number",
+    "_DOT": "'.'",
+    "_AND": "AND",
+    "_OR": "OR",
+    "_RPAR": "')'",
+    "_COMMA": "','",
+    "$END": "the end",
+}
+_NAME_SHAPED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_KEYWORDS = frozenset({"AND", "OR", "NOT"})
+_INTEGER = re.compile(r"[+-]?\d+\Z")
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))\Z"
+)
+_ESCAPES = {"\\": "\\", '"': '"', "'": "'", "n": "\n", "t": "\t", "r": "\r"}
+
+
+@functools.cache
+def _parser() -> Lark:
+    return Lark(_GRAMMAR, start=["filter", "order_by"], parser="lalr", maybe_placeholders=False)
+
+
+def _invalid(field: str, column: int, what: str) -> InvalidArgument:
+    return InvalidArgument([FieldViolation(field, f"column {column}: {what}")])
+
+
+def _plain(terminals: set[str] | frozenset[str]) -> str:
+    words = [_WORDS.get(name, name) for name in _WORDS if name in terminals]
+    words += sorted(name for name in terminals if name not in _WORDS)
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _syntax_error(field: str, text: str, exc: UnexpectedInput) -> InvalidArgument:
+    """Lark's error in plain words: the 1-based column, what was found, what was expected there."""
+    if isinstance(exc, UnexpectedCharacters):
+        position = exc.pos_in_stream or 0
+        char = text[position] if position < len(text) else ""
+        if char and char in "\"'":
+            return _invalid(field, exc.column, "unterminated string (a quote without its closing quote)")
+        allowed = f"; expected {_plain(exc.allowed)}" if exc.allowed else ""
+        return _invalid(field, exc.column, f"unexpected character {char!r}{allowed}")
+    if isinstance(exc, UnexpectedToken):
+        token = exc.token
+        expected: set[str] = set(exc.accepts or exc.expected)
+        at_end = token.type == "$END"
+        column = len(text) + 1 if at_end else int(token.column or 1)
+        found = "the end of the text" if at_end else repr(str(token))
+        if token.type == "_RPAR" and expected == {"$END"}:
+            return _invalid(field, column, "')' without a matching '('")
+        return _invalid(field, column, f"expected {_plain(expected)}, found {found}")
+    return _invalid(field, int(getattr(exc, "column", 1) or 1), str(exc))
+
+
+def _unquote(field: str, token: Token) -> str:
+    """The text of a quoted STRING token; escapes: \\\\ \\" \\' \\n \\t \\r \\uXXXX."""
+    body, out, i = str(token)[1:-1], [], 0
+    while i < len(body):
+        char = body[i]
+        if char != "\\":
+            out.append(char)
+            i += 1
+            continue
+        column = int(token.column or 1) + 1 + i
+        escape = body[i + 1] if i + 1 < len(body) else ""
+        if escape in _ESCAPES:
+            out.append(_ESCAPES[escape])
+            i += 2
+        elif escape == "u" and re.fullmatch(r"[0-9A-Fa-f]{4}", body[i + 2 : i + 6]):
+            out.append(chr(int(body[i + 2 : i + 6], 16)))
+            i += 6
+        else:
+            raise _invalid(
+                field, column, f"unknown escape '\\{escape}' (use \\\\ \\\" \\' \\n \\t \\r \\uXXXX)"
+            )
+    return "".join(out)
+
+
+def _quote_field(name: str) -> str:
+    if _NAME_SHAPED.match(name) and name not in _KEYWORDS:
+        return name
+    escaped = name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return '"' + escaped.replace("\t", "\\t") + '"'
+
+
+def _path(field: str, member: Tree[Token]) -> list[str]:
+    return [_unquote(field, t) if t.type == "STRING" else str(t) for t in _tokens(member)]
+
+
+def _tokens(tree: Tree[Token]) -> Iterator[Token]:
+    return (child for child in tree.children if isinstance(child, Token))
+
+
+def _check_label(field: str, column: int, name: str, class_names: Sequence[str]) -> str:
+    if name in class_names:
+        return name
+    close = difflib.get_close_matches(name, list(class_names), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    classes = ", ".join(class_names)
+    raise _invalid(field, column, f"unknown label {name!r}{hint}; the model's classes are: {classes}")
+
+
+# --- filter -------------------------------------------------------------------------------------------------
+
+
+def parse_filter(text: str, class_names: Sequence[str]) -> Node | None:
+    """Parse an AIP-160 filter over posts; None for an empty (or blank) filter.
+
+    ``class_names`` are the labels a filter may name (the served model's classes).
+    Raises InvalidArgument (field ``filter``) naming the column and what was expected.
+    """
+    if len(text) > MAX_FILTER_LENGTH:
+        raise _invalid(
+            "filter", MAX_FILTER_LENGTH + 1, f"the filter is longer than {MAX_FILTER_LENGTH} characters"
+        )
+    if not text.strip():
+        return None
+    try:
+        tree = _parser().parse(text, start="filter")
+    except UnexpectedInput as exc:
+        raise _syntax_error("filter", text, exc) from None
+    _check_size(tree)
+    return _build(tree, class_names)
+
+
+def _check_size(tree: Tree[Token]) -> None:
+    """Depth and comparison caps, walked without recursion (a tree of 500 NOTs must not recurse)."""
+    comparisons = 0
+    stack: list[tuple[Tree[Token], int]] = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if node.data == "restriction":
+            comparisons += 1
+            if comparisons > MAX_COMPARISONS:
+                column = _first_column(node)
+                raise _invalid("filter", column, f"more than {MAX_COMPARISONS} comparisons in one filter")
+            continue
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise _invalid("filter", _first_column(node), f"nested deeper than {MAX_DEPTH} levels")
+        stack.extend((child, depth) for child in node.children if isinstance(child, Tree))
+
+
+def _first_column(tree: Tree[Token]) -> int:
+    node: Tree[Token] | Token = tree
+    while isinstance(node, Tree):
+        node = node.children[0]
+    return int(node.column or 1)
+
+
+def _build(tree: Tree[Token], class_names: Sequence[str]) -> Node:
+    if tree.data == "restriction":
+        return _restriction(tree, class_names)
+    operands = [_build(child, class_names) for child in tree.children if isinstance(child, Tree)]
+    if tree.data == "negation":
+        return Not(operands[0])
+    if tree.data == "factor":
+        return Or(tuple(_flatten(Or, operands)))
+    return And(tuple(_flatten(And, operands)))  # expression (AND) and sequence (implicit AND)
+
+
+def _flatten(kind: type[And] | type[Or], operands: list[Node]) -> Iterator[Node]:
+    for operand in operands:
+        if isinstance(operand, kind):
+            yield from operand.operands
+        else:
+            yield operand
+
+
+def _restriction(tree: Tree[Token], class_names: Sequence[str]) -> Node:
+    member = tree.children[0]
+    assert isinstance(member, Tree)
+    path = _path("filter", member)
+    column = _first_column(member)
+    comparator = str(tree.children[1]) if len(tree.children) > 1 else None
+    arg = tree.children[2] if len(tree.children) > 2 else None
+    assert arg is None or isinstance(arg, Token)
+    dotted = ".".join(path)
+    if path[0] == "label" and len(path) == 1:
+        if comparator not in ("=", ":") or arg is None or arg.type == "NUMBER":
+            raise _invalid("filter", column, 'label takes a class name: label = "dog" (or label.dog)')
+        name = _unquote("filter", arg) if arg.type == "STRING" else str(arg)
+        label = _check_label("filter", int(arg.column or column), name, class_names)
+        return LabelCompare(label, ">=", DEFAULT_MIN_LABEL_FRACTION)
+    if path[0] == "label" and len(path) == 2:
+        label = _check_label("filter", column + len("label."), path[1], class_names)
+        if comparator is None:
+            return LabelCompare(label, ">=", DEFAULT_MIN_LABEL_FRACTION)
+        assert arg is not None
+        return LabelCompare(label, _op(comparator, column, dotted), _fraction(arg, dotted))
+    if len(path) == 1 and path[0] in FIELDS:
+        if comparator is None or arg is None:
+            raise _invalid("filter", column, f"{dotted} needs a comparison, e.g. {_EXAMPLES[path[0]]}")
+        op = _op(comparator, column, dotted)
+        if path[0] == "create_time":
+            return FieldCompare("create_time", op, _timestamp(arg))
+        return FieldCompare("id" if path[0] == "id" else "user_id", op, _id(arg, dotted))
+    known = 'label (label = "dog"), label.<class>, id, user_id, create_time'
+    raise _invalid("filter", column, f"unknown field {dotted!r}; filterable fields: {known}")
+
+
+_EXAMPLES = {
+    "id": "id > 100",
+    "user_id": "user_id = 3",
+    "create_time": 'create_time > "2026-01-01T00:00:00Z"',
+}
+
+
+def _op(comparator: str, column: int, field: str) -> Op:
+    for op in _OPS:
+        if op == comparator:
+            return op
+    raise _invalid("filter", column, f"{field} takes =, !=, <, <=, > or >=, not {comparator!r}")
+
+
+def _fraction(arg: Token, field: str) -> float:
+    value = float(arg) if arg.type == "NUMBER" else math.nan
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise _invalid(
+            "filter", int(arg.column or 1), f"{field} compares with a fraction between 0 and 1, not {arg}"
+        )
+    return value
+
+
+def _id(arg: Token, field: str) -> int:
+    if arg.type != "NUMBER" or not _INTEGER.match(str(arg)):
+        raise _invalid("filter", int(arg.column or 1), f"{field} compares with an integer id, not {arg}")
+    value = int(str(arg))
+    if not 1 <= value <= MAX_ID:
+        raise _invalid("filter", int(arg.column or 1), f"{field} must be between 1 and {MAX_ID}, not {value}")
+    return value
+
+
+def _timestamp(arg: Token) -> datetime:
+    column = int(arg.column or 1)
+    text = _unquote("filter", arg) if arg.type == "STRING" else ""
+    match = _RFC3339.match(text)
+    wanted = 'an RFC 3339 timestamp in quotes, e.g. "2026-01-01T00:00:00Z"'
+    if match is None:
+        raise _invalid("filter", column, f"create_time compares with {wanted}, not {arg}")
+    year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
+    try:
+        offset = timedelta(0) if zulu else timedelta(hours=int(off_h), minutes=int(off_m))
+        if offset >= timedelta(hours=24):
+            raise ValueError("offset out of range")
+        zone = timezone(-offset if sign == "-" else offset)
+        micros = int((fraction or "0")[:6].ljust(6, "0"))
+        parts = (int(year), int(month), int(day), int(hour), int(minute), int(second), micros)
+        return datetime(*parts, tzinfo=zone).astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
+        raise _invalid("filter", column, f"create_time: {text!r} is not a valid timestamp ({exc})") from None
+
+
+# --- order_by -----------------------------------------------------------------------------------------------
+
+
+def parse_order_by(text: str, class_names: Sequence[str]) -> OrderBy:
+    """Parse an AIP-132 order: ``id`` (the default, also for ""), ``create_time``, ``label.<class>``, each
+    optionally followed by ``asc`` or ``desc``. Raises InvalidArgument (field ``order_by``)."""
+    if len(text) > MAX_ORDER_BY_LENGTH:
+        raise _invalid("order_by", MAX_ORDER_BY_LENGTH + 1, f"longer than {MAX_ORDER_BY_LENGTH} characters")
+    if not text.strip():
+        return ORDER_BY_ID
+    try:
+        tree = _parser().parse(text, start="order_by")
+    except UnexpectedInput as exc:
+        raise _syntax_error("order_by", text, exc) from None
+    items = [child for child in tree.children if isinstance(child, Tree)]
+    if len(items) > 1:
+        column = _first_column(items[1])
+        raise _invalid("order_by", column, "one sort field only (the post id always breaks ties)")
+    member, *direction = items[0].children
+    assert isinstance(member, Tree)
+    descending = False
+    if direction:
+        word = direction[0]
+        assert isinstance(word, Token)
+        if str(word).lower() not in ("asc", "desc"):
+            raise _invalid("order_by", int(word.column or 1), f"expected asc or desc, found {str(word)!r}")
+        descending = str(word).lower() == "desc"
+    path = _path("order_by", member)
+    column = _first_column(member)
+    if path in (["id"], ["create_time"]):
+        return OrderBy("id" if path == ["id"] else "create_time", descending)
+    if len(path) == 2 and path[0] == "label":
+        label = _check_label("order_by", column + len("label."), path[1], class_names)
+        return OrderBy("label", descending, label)
+    raise _invalid(
+        "order_by", column, f"cannot sort by {'.'.join(path)!r}; use id, create_time or label.<class>"
+    )
+
+
+# --- the existing request fields, the canonical text --------------------------------------------------------
+
+
+def legacy_filter(
+    label: str, min_label_fraction: float, user_id: int, class_names: Sequence[str]
+) -> Node | None:
+    """The tree of ListPosts' older fields (``label``; ``min_label_fraction``, 0 → 0.01; ``user_id``, 0 → any
+    user), to be combined with the parsed filter by ``all_of``. Raises InvalidArgument naming those fields."""
+    violations: list[FieldViolation] = []
+    nodes: list[Node] = []
+    if math.isnan(min_label_fraction) or not 0 <= min_label_fraction <= 1:
+        violations.append(FieldViolation("min_label_fraction", "must be between 0 and 1 (0 means 0.01)"))
+    if label:
+        if label not in class_names:
+            classes = ", ".join(class_names)
+            violations.append(
+                FieldViolation("label", f"unknown label {label!r}; the model's classes are: {classes}")
+            )
+        nodes.append(LabelCompare(label, ">=", min_label_fraction or DEFAULT_MIN_LABEL_FRACTION))
+    elif min_label_fraction:
+        violations.append(FieldViolation("min_label_fraction", "needs label"))
+    if not 0 <= user_id <= MAX_ID:
+        violations.append(FieldViolation("user_id", "must be a positive id, or 0 for every user"))
+    elif user_id:
+        nodes.append(FieldCompare("user_id", "=", user_id))
+    if violations:
+        raise InvalidArgument(violations)
+    return all_of(*nodes)
+
+
+def all_of(*nodes: Node | None) -> Node | None:
+    """The AND of the given trees (None ones skipped); None when there are none."""
+    present = list(_flatten(And, [node for node in nodes if node is not None]))
+    if not present:
+        return None
+    return present[0] if len(present) == 1 else And(tuple(present))
+
+
+def canonical_filter(node: Node | None) -> str:
+    """A filter text that parses back to ``node`` ("" for None): what page tokens are bound to."""
+    if node is None:
+        return ""
+    if isinstance(node, LabelCompare):
+        return f"label.{_quote_field(node.label)} {node.op} {node.fraction!r}"
+    if isinstance(node, FieldCompare):
+        if isinstance(node.value, datetime):
+            stamp = node.value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+            return f'{node.field} {node.op} "{stamp}"'
+        return f"{node.field} {node.op} {node.value}"
+    if isinstance(node, Not):
+        return f"NOT {_grouped(node.operand)}"
+    joiner = " AND " if isinstance(node, And) else " OR "
+    return joiner.join(_grouped(operand) for operand in node.operands)
+
+
+def _grouped(node: Node) -> str:
+    text = canonical_filter(node)
+    return f"({text})" if isinstance(node, And | Or) else text

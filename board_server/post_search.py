@@ -1,0 +1,289 @@
+"""The ListPosts query: a filter tree (board_server/post_filter.py) as SQL with bound parameters, an order
+and keyset paging. Like the repositories, it takes a Connection, never commits and returns rows.
+
+Labels are tested with correlated EXISTS subqueries on attachment_labels (post_id is copied there), so a
+post is never repeated however many of its photos match. Each page is one SELECT, which sees one snapshot on
+SQLite and on PostgreSQL; a re-tag replaces an attachment's labels in one transaction.
+
+Paging is by keyset: the cursor is the (sort key, post id) of a page's last row and the next page holds the
+rows strictly after it in the order. What that guarantees while other writers change labels:
+
+* ``id`` and ``create_time`` orders: a post's sort key never changes, so no post is returned twice, and a
+  post that matches the filter both before and after a re-tag is never skipped (its page sees one or the
+  other state, and both match).
+* ``label.X`` order: the key is the post's largest fraction of X (only posts with X in some photo are
+  listed). A post whose key did not change between two pages is returned exactly once; a post re-tagged to a
+  new key may move across the cursor, and is then returned twice or not at all — a ranking by a changing
+  value cannot be paged without a snapshot held across calls, which a stateless page token does not have.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    Select,
+    Table,
+    and_,
+    exists,
+    false,
+    not_,
+    or_,
+    select,
+    true,
+)
+
+from board_server.errors import FieldViolation, InvalidArgument
+from board_server.models import AttachmentLabel, Post
+from board_server.post_filter import (
+    MAX_ID,
+    And,
+    FieldCompare,
+    LabelCompare,
+    Node,
+    Not,
+    Op,
+    Or,
+    OrderBy,
+    canonical_filter,
+)
+
+_POSTS, _LABELS = (cast(Table, model.__table__) for model in (Post, AttachmentLabel))
+
+_COMPARE: dict[Op, Callable[[Any, Any], ColumnElement[bool]]] = {
+    "=": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page ended: the last post's id and its sort key (None for the id order)."""
+
+    post_id: int
+    key: float | datetime | None = None
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    """The rows of one page (the posts' columns; with a label order also ``sort_fraction``) and the cursor
+    of the next page, None on the last one."""
+
+    rows: Sequence[Row[Any]]
+    next_cursor: Cursor | None
+
+
+# --- the filter as SQL --------------------------------------------------------------------------------------
+
+
+def where_clause(node: Node, after: tuple[Op, int] | None = None) -> ColumnElement[bool]:
+    """The SQL condition on ``posts`` for a filter tree; every constant is a bound parameter.
+
+    ``after`` (e.g. ``(">", 1200)``) repeats the id order's keyset bound inside every label subquery:
+    redundant for the result, but PostgreSQL's merge joins then start at the cursor instead of scanning
+    the labels of every earlier post on each page.
+    """
+    if isinstance(node, And):
+        return and_(*(where_clause(operand, after) for operand in node.operands))
+    if isinstance(node, Or):
+        return _any_of(node, after)
+    if isinstance(node, Not):
+        return not_(where_clause(node.operand, after))
+    if isinstance(node, FieldCompare):
+        return _COMPARE[node.op](_POSTS.c[node.field], node.value)
+    return _label_clause(node, after)
+
+
+def _label_exists(condition: ColumnElement[bool], after: tuple[Op, int] | None) -> ColumnElement[bool]:
+    """Some label row of the post satisfies ``condition``."""
+    bound = [] if after is None else [_COMPARE[after[0]](_LABELS.c.post_id, after[1])]
+    return exists().where(_LABELS.c.post_id == _POSTS.c.id, condition, *bound).correlate(_POSTS)
+
+
+def _has(label: str, op: Op, fraction: float) -> ColumnElement[bool]:
+    return and_(_LABELS.c.name == label, _COMPARE[op](_LABELS.c.fraction, fraction))
+
+
+def _label_clause(node: LabelCompare, after: tuple[Op, int] | None) -> ColumnElement[bool]:
+    """``max(fraction of label over the post's photos, 0 when absent) op value`` as (NOT) EXISTS."""
+    label, value = node.label, node.fraction
+
+    def some(op: Op, fraction: float) -> ColumnElement[bool]:
+        return _label_exists(_has(label, op, fraction), after)
+
+    if node.op in (">=", ">"):
+        return true() if node.op == ">=" and value <= 0 else some(node.op, value)
+    if node.op == "<":
+        return false() if value <= 0 else not_(some(">=", value))
+    if node.op == "<=":
+        return not_(some(">", value))
+    equal = not_(some(">", 0.0)) if value <= 0 else and_(some("=", value), not_(some(">", value)))
+    return equal if node.op == "=" else not_(equal)
+
+
+def _any_of(node: Or, after: tuple[Op, int] | None) -> ColumnElement[bool]:
+    """OR; the labels that must be present (``label.a OR label.b >= 0.2``) become one EXISTS, which
+    PostgreSQL runs as a semi-join (an OR of EXISTS it can only run as hashed subplans over every post)."""
+    present = [
+        operand
+        for operand in node.operands
+        if isinstance(operand, LabelCompare) and operand.op in (">", ">=") and operand.fraction > 0
+    ]
+    if len(present) < 2:
+        return or_(*(where_clause(operand, after) for operand in node.operands))
+    merged = _label_exists(or_(*(_has(p.label, p.op, p.fraction) for p in present)), after)
+    rest = [where_clause(operand, after) for operand in node.operands if operand not in present]
+    return or_(merged, *rest)
+
+
+# --- order and keyset ---------------------------------------------------------------------------------------
+
+
+def search_posts(
+    conn: Connection, where: Node | None, order: OrderBy, cursor: Cursor | None, limit: int
+) -> SearchPage:
+    """Up to ``limit`` posts matching ``where`` in ``order``, strictly after ``cursor`` (None: from the
+    start), and the cursor of the next page. Raises ValueError for a limit below 1 or a cursor whose key
+    does not fit the order (``cursor_from_dict`` checks tokens before that)."""
+    rows = conn.execute(search_statement(where, order, cursor, limit)).all()
+    if len(rows) <= limit:
+        return SearchPage(rows, None)
+    last = rows[limit - 1]
+    if order.key == "id":
+        return SearchPage(rows[:limit], Cursor(int(last.id)))
+    key = last.create_time if order.key == "create_time" else float(last.sort_fraction)
+    return SearchPage(rows[:limit], Cursor(int(last.id), key))
+
+
+def search_statement(where: Node | None, order: OrderBy, cursor: Cursor | None, limit: int) -> Select[Any]:
+    """The SELECT behind ``search_posts`` (``limit`` + 1 rows: the extra one says a next page exists), for
+    EXPLAIN. Raises ValueError like ``search_posts``."""
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit}")
+    if cursor is not None:
+        _check_cursor(cursor, order)
+    post_id, created = _POSTS.c.id, _POSTS.c.create_time
+    after: tuple[Op, int] | None = None
+    if order.key == "label":
+        statement = _by_label(order, cursor)
+    elif order.key == "id":
+        statement = select(_POSTS).order_by(post_id.desc() if order.descending else post_id)
+        if cursor is not None:
+            beyond: Op = "<" if order.descending else ">"
+            after = (beyond, cursor.post_id)
+            statement = statement.where(_COMPARE[beyond](post_id, cursor.post_id))
+    else:
+        ordering = [created.desc(), post_id.desc()] if order.descending else [created, post_id]
+        statement = select(_POSTS).order_by(*ordering)
+        if cursor is not None:
+            statement = statement.where(_after_key(created, post_id, cursor, order.descending))
+    if where is not None:
+        statement = statement.where(where_clause(where, after))
+    return statement.limit(limit + 1)
+
+
+def _after_key(
+    key: ColumnElement[Any], post_id: ColumnElement[Any], cursor: Cursor, descending: bool
+) -> ColumnElement[bool]:
+    """(key, post_id) strictly after the cursor, written so that an index on ``key`` bounds the scan."""
+    value = cursor.key
+    if descending:
+        return and_(key <= value, or_(key < value, post_id < cursor.post_id))
+    return and_(key >= value, or_(key > value, post_id > cursor.post_id))
+
+
+def _by_label(order: OrderBy, cursor: Cursor | None) -> Select[Any]:
+    """Posts with ``order.label`` in some photo, by their largest fraction of it.
+
+    Walks the label's rows in fraction order (the index on (name, fraction, post_id)) and keeps each
+    post's best row only (no better row of the same post: a larger fraction, or an equal one on a lower
+    attachment id), so the LIMIT stops the walk after one page instead of aggregating every post first.
+    """
+    ranked, better = _LABELS.alias("ranked"), _LABELS.alias("better")
+    is_best = ~(
+        exists()
+        .where(
+            better.c.post_id == ranked.c.post_id,
+            better.c.name == ranked.c.name,
+            or_(
+                better.c.fraction > ranked.c.fraction,
+                and_(better.c.fraction == ranked.c.fraction, better.c.attachment_id < ranked.c.attachment_id),
+            ),
+        )
+        .correlate(ranked)
+    )
+    statement = (
+        select(*_POSTS.c, ranked.c.fraction.label("sort_fraction"))
+        .select_from(ranked.join(_POSTS, _POSTS.c.id == ranked.c.post_id))
+        .where(ranked.c.name == order.label, is_best)
+    )
+    if cursor is not None:
+        statement = statement.where(_after_key(ranked.c.fraction, ranked.c.post_id, cursor, order.descending))
+    fraction, post_id = ranked.c.fraction, ranked.c.post_id
+    ordering = [fraction.desc(), post_id.desc()] if order.descending else [fraction, post_id]
+    return statement.order_by(*ordering)
+
+
+# --- cursors and what a page token is bound to --------------------------------------------------------------
+
+
+def _check_cursor(cursor: Cursor, order: OrderBy) -> None:
+    wanted: type | None = {"id": None, "create_time": datetime, "label": float}[order.key]
+    fits = cursor.key is None if wanted is None else isinstance(cursor.key, wanted)
+    if not fits or not 1 <= cursor.post_id <= MAX_ID:
+        raise ValueError(f"cursor {cursor} does not fit the order {order.canonical()!r}")
+
+
+def cursor_to_dict(cursor: Cursor) -> dict[str, int | float | str]:
+    """JSON-ready form of a cursor, for a page token: ``{"id": 7}`` plus ``create_time`` (ISO 8601 text) or
+    ``fraction`` depending on the order."""
+    data: dict[str, int | float | str] = {"id": cursor.post_id}
+    if isinstance(cursor.key, datetime):
+        data["create_time"] = cursor.key.isoformat()
+    elif isinstance(cursor.key, float):
+        data["fraction"] = cursor.key
+    return data
+
+
+def cursor_from_dict(data: Mapping[str, object], order: OrderBy) -> Cursor:
+    """The cursor of ``cursor_to_dict``, checked against ``order``; InvalidArgument on ``page_token``."""
+    post_id = data.get("id")
+    try:
+        if not isinstance(post_id, int) or isinstance(post_id, bool):
+            raise ValueError("no post id")
+        if order.key == "create_time":
+            stamp = data.get("create_time")
+            if not isinstance(stamp, str):
+                raise ValueError("no create_time")
+            parsed = datetime.fromisoformat(stamp)
+            if parsed.tzinfo is None:
+                raise ValueError("create_time without a time zone")
+            cursor = Cursor(post_id, parsed)
+        elif order.key == "label":
+            fraction = data.get("fraction")
+            if not isinstance(fraction, int | float) or isinstance(fraction, bool):
+                raise ValueError("no fraction")
+            cursor = Cursor(post_id, float(fraction))
+        else:
+            cursor = Cursor(post_id)
+        _check_cursor(cursor, order)
+    except ValueError:
+        description = "is not a page token of this list; pass the next_page_token received"
+        raise InvalidArgument([FieldViolation("page_token", description)]) from None
+    return cursor
+
+
+def canonical_query(where: Node | None, order: OrderBy) -> str:
+    """The filter and the order as one canonical text: a page token is valid only for the same query."""
+    return f"filter={canonical_filter(where)}\norder_by={order.canonical()}"
