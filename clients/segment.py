@@ -1,12 +1,31 @@
 """Typed client for DeepLabv3 served by TorchServe: inference over gRPC or REST, management over REST.
 
-    tokens = TokenSource.from_key_file("var/torchserve/key_file.json")
+    tokens = TokenSource.from_key_file("var/torchserve/inference.key")   # or key_file.json
     client = SegmentClient(ServingEndpoints.local(), tokens)
     result = client.segment(Path("photo.jpg").read_bytes(), transport="grpc")
-    result.classes[0].name, result.mask_png
+    result.classes[0].name, result.mask_png, result.model["archive_sha256"]
+    client.describe()                     # the served model's identity, no image, no forward
 
-TorchServe's gRPC side answers OK for items our handler rejects (the per-item 4xx is dropped there), so every
-answer body is checked: a body ``{"error", "code"}`` becomes ``SegmentRejectedError`` on both transports.
+Every failure is one of these SegmentError subclasses, so a caller can tell a bad image from a sick server
+(TorchServe's answer over gRPC / REST in brackets):
+
+- SegmentRejectedError (status 400/413/415): the image is bad, too large or of an unsupported format
+  [INVALID_ARGUMENT, RESOURCE_EXHAUSTED, FAILED_PRECONDITION, or OK with an error body / 4xx JSON]; also a
+  request over TorchServe's max_request_size, refused before sending (``max_request_bytes``);
+- SegmentAuthError: the key is missing, wrong or expired [PERMISSION_DENIED / 400 InvalidKeyException];
+- SegmentTimeoutError: no answer in time [DEADLINE_EXCEEDED / read timeout];
+- SegmentUnavailableError: not reachable or no worker, ``reached`` False [UNAVAILABLE, INTERNAL "has no
+  worker" / connection refused, 503]; the handler failed before answering, ``reached`` True;
+- SegmentWorkerDiedError: the Python worker died with the request in flight [RESOURCE_EXHAUSTED "Worker
+  died." / 500 or 507 "Worker died."];
+- SegmentCancelledError: the call was cancelled, and not for its size [CANCELLED; TorchServe also cancels a
+  request over max_request_size, which this client does not send];
+- SegmentBadAnswerError: an answer that is not what the handler writes [OK with a malformed body];
+- SegmentServerError (base of the three above): any other server failure [INTERNAL, UNKNOWN / 5xx].
+
+TorchServe 0.12 gives a rejected image a non-OK gRPC status only when the handler raises (it does for a
+request alone in its batch, the default); a rejection that shared a batch still comes as OK with an error
+body ``{"error", "code", "status"}``, which both transports read as SegmentRejectedError.
 """
 
 from __future__ import annotations
@@ -14,7 +33,8 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,7 +56,7 @@ class SegmentError(Exception):
 
 
 class SegmentAuthError(SegmentError):
-    """TorchServe refused the token (missing, wrong or expired)."""
+    """TorchServe refused the token (missing, wrong or expired), or the key file cannot be read."""
 
 
 class SegmentTimeoutError(SegmentError):
@@ -44,11 +64,19 @@ class SegmentTimeoutError(SegmentError):
 
 
 class SegmentUnavailableError(SegmentError):
-    """TorchServe is not reachable, or has no worker for the model right now."""
+    """TorchServe cannot take the request now.
+
+    ``reached`` is False when the request never got to a worker (connection refused, no worker for the model:
+    nothing about the image is known) and True when the handler failed on it without answering.
+    """
+
+    def __init__(self, message: str, *, reached: bool = False) -> None:
+        super().__init__(message)
+        self.reached = reached
 
 
 class SegmentRejectedError(SegmentError):
-    """The handler rejected the image; ``status`` is its HTTP status (400/413), ``code`` a stable string."""
+    """The image cannot be segmented: ``status`` is the HTTP status (400/413/415), ``code`` a stable name."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(f"{status} {code}: {message}")
@@ -64,6 +92,18 @@ class SegmentServerError(SegmentError):
         super().__init__(f"{status}: {message}")
         self.status = status
         self.message = message
+
+
+class SegmentWorkerDiedError(SegmentServerError):
+    """TorchServe's Python worker died with the request in flight (killed, out of memory); it restarts."""
+
+
+class SegmentCancelledError(SegmentServerError):
+    """The call was cancelled (by the server or by closing the client) for another reason than its size."""
+
+
+class SegmentBadAnswerError(SegmentServerError):
+    """An answer that is not what the handler writes (not JSON, missing fields): retrying will not help."""
 
 
 @dataclass(frozen=True)
@@ -94,8 +134,12 @@ class ServingEndpoints:
 
 @dataclass(frozen=True)
 class TokenSource:
-    """TorchServe's inference and management keys: fixed strings, or re-read from key_file.json on every call
-    (so a key rotated with TorchServe's /token API is picked up without a restart)."""
+    """TorchServe keys: fixed strings, or re-read from a file on every call, so a key renewed by
+    ``seg_handler.launch`` (TorchServe's /token API) is picked up without a restart.
+
+    The file is either a plain key file holding only the inference key (``var/torchserve/inference.key``,
+    what the board is given) or TorchServe's own ``key_file.json`` with both keys.
+    """
 
     key_file: Path | None = None
     inference_key: str | None = None
@@ -106,12 +150,21 @@ class TokenSource:
         return cls(key_file=Path(path))
 
     def key(self, kind: Literal["inference", "management"]) -> str | None:
-        """The key of ``kind``; raises SegmentAuthError when the key file is unreadable."""
+        """The key of ``kind``; raises SegmentAuthError when the key file is unreadable or lacks it."""
         fixed = self.inference_key if kind == "inference" else self.management_key
         if fixed is not None or self.key_file is None:
             return fixed
         try:
-            return str(json.loads(self.key_file.read_text())[kind]["key"])
+            text = self.key_file.read_text().strip()
+            if not text.startswith("{"):  # a plain key file: the inference key alone
+                if kind != "inference":
+                    raise SegmentAuthError(
+                        f"{self.key_file} holds only the inference key, not the {kind} key"
+                    )
+                if not text or len(text.split()) != 1:
+                    raise ValueError("expected one key on one line")
+                return text
+            return str(json.loads(text)[kind]["key"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise SegmentAuthError(f"cannot read the {kind} key from {self.key_file}: {exc}") from exc
 
@@ -138,31 +191,47 @@ class Segmentation:
 
 
 def parse_answer(body: bytes) -> Segmentation:
-    """Turn a handler answer into a Segmentation; raises SegmentRejectedError for an error body."""
-    try:
-        payload = json.loads(body)
-    except ValueError as exc:
-        raise SegmentServerError("bad-answer", f"answer is not JSON: {body[:80]!r}") from exc
+    """Turn a handler answer into a Segmentation; raises SegmentRejectedError for an error body and
+    SegmentBadAnswerError for anything else that is not a segmentation."""
+    payload = _json_payload(body)
     raise_for_error_body(payload)
     try:
         return Segmentation(
             width=int(payload["width"]),
             height=int(payload["height"]),
             classes=[ClassShare(**c) for c in payload["classes"]],
-            mask_png=base64.b64decode(payload["mask"]),
+            mask_png=base64.b64decode(payload["mask"], validate=True),
             model=dict(payload.get("model", {})),
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise SegmentServerError("bad-answer", f"unexpected answer shape: {exc}") from exc
+        raise SegmentBadAnswerError("bad-answer", f"unexpected answer shape: {exc}") from exc
+
+
+def parse_identity(body: bytes) -> dict[str, Any]:
+    """The model identity from a ``describe`` answer ``{"model": {...}}``; raises like parse_answer."""
+    payload = _json_payload(body)
+    raise_for_error_body(payload)
+    model = payload.get("model") if isinstance(payload, Mapping) else None
+    if not isinstance(model, Mapping) or "arch" not in model:
+        raise SegmentBadAnswerError("bad-answer", f"not a model identity: {body[:80]!r}")
+    return dict(model)
 
 
 def raise_for_error_body(payload: object) -> None:
     """Raise SegmentRejectedError when ``payload`` is the handler's ``{"error", "code"}`` body."""
     if isinstance(payload, Mapping) and "error" in payload and "code" in payload:
         status = payload.get("status")
-        raise SegmentRejectedError(
-            int(status) if isinstance(status, int) else 400, str(payload["code"]), str(payload["error"])
-        )
+        code = int(status) if isinstance(status, int) else 400
+        if code >= 500:  # the handler's own failure (forward, postprocess), not the image's
+            raise SegmentServerError(code, f"{payload['code']}: {payload['error']}")
+        raise SegmentRejectedError(code, str(payload["code"]), str(payload["error"]))
+
+
+def _json_payload(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise SegmentBadAnswerError("bad-answer", f"answer is not JSON: {body[:80]!r}") from exc
 
 
 def _error_body(body: bytes) -> Any:
@@ -182,10 +251,14 @@ class SegmentClient:
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         channel_options: Sequence[tuple[str, Any]] = (),
+        max_request_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.endpoints = endpoints
         self.tokens = tokens
         self.timeout_s = timeout_s
+        # TorchServe's max_request_size: a larger image is refused here (413) instead of being sent to be
+        # cut off (gRPC CANCELLED, REST 413 with an empty body).
+        self.max_request_bytes = max_request_bytes
         # Extra gRPC channel options, e.g. a short max reconnect backoff for a long-lived background caller.
         self.channel_options = list(channel_options)
         self._http = requests.Session()
@@ -198,6 +271,7 @@ class SegmentClient:
         if self._channel is not None:
             self._channel.close()
             self._channel = None
+            self._predict = None
 
     def __enter__(self) -> SegmentClient:
         return self
@@ -207,8 +281,7 @@ class SegmentClient:
 
     # ------------------------------------------------------------------------------------------ inference
     def segment(self, image: bytes, *, transport: Transport = "grpc") -> Segmentation:
-        """Segment one image. Raises SegmentRejectedError (bad image), SegmentAuthError, SegmentTimeoutError,
-        SegmentUnavailableError or SegmentServerError."""
+        """Segment one image. Raises one of the SegmentError subclasses in the module docstring."""
         body = self.predict_raw(image, transport=transport, fmt="json")
         return parse_answer(body)
 
@@ -218,23 +291,58 @@ class SegmentClient:
         if body.startswith(b"\x89PNG"):
             return body
         raise_for_error_body(_error_body(body))
-        raise SegmentServerError("bad-answer", f"expected a PNG, got {body[:40]!r}")
+        raise SegmentBadAnswerError("bad-answer", f"expected a PNG, got {body[:40]!r}")
+
+    def describe(self, *, transport: Transport = "grpc") -> dict[str, Any]:
+        """The served model's identity ({arch, weights, sha256, untrained, archive_sha256}) without sending an
+        image or running a forward; raises like ``segment``."""
+        if transport == "grpc":
+            body = self._call_with_fresh_key(lambda key: self._grpc({"describe": b"1"}, key))
+        elif transport == "rest":
+            url = f"{self.endpoints.inference_url}/predictions/{self.endpoints.model_name}"
+            body = self._call_with_fresh_key(
+                lambda key: self._rest(url, {"Content-Type": "application/json"}, b'{"describe": true}', key)
+            )
+        else:
+            raise ValueError(f"transport must be 'grpc' or 'rest', got {transport!r}")
+        return parse_identity(body)
 
     def predict_raw(self, image: bytes, *, transport: Transport = "grpc", fmt: str = "json") -> bytes:
         """The answer body as sent by TorchServe; HTTP/gRPC failures raised as SegmentError subclasses."""
+        if transport not in ("grpc", "rest"):
+            raise ValueError(f"transport must be 'grpc' or 'rest', got {transport!r}")
+        if len(image) > self.max_request_bytes:
+            raise SegmentRejectedError(
+                413,
+                "request_too_large",
+                f"{len(image)} bytes is over TorchServe's max_request_size ({self.max_request_bytes})",
+            )
         if transport == "grpc":
-            return self._predict_grpc(image, fmt)
-        if transport == "rest":
-            return self._predict_rest(image, fmt)
-        raise ValueError(f"transport must be 'grpc' or 'rest', got {transport!r}")
-
-    def _predict_rest(self, image: bytes, fmt: str) -> bytes:
+            inputs = {"data": image, "format": fmt.encode()}
+            return self._call_with_fresh_key(lambda key: self._grpc(inputs, key))
         url = f"{self.endpoints.inference_url}/predictions/{self.endpoints.model_name}"
-        headers = {"Content-Type": "application/octet-stream", **self._bearer("inference")}
+        headers = {"Content-Type": "application/octet-stream"}
         if fmt == "png":
             headers["Accept"] = "image/png"
+        return self._call_with_fresh_key(lambda key: self._rest(url, headers, image, key))
+
+    def _call_with_fresh_key(self, call: Callable[[str | None], bytes]) -> bytes:
+        # The launcher renews the inference key before it expires and TorchServe drops the old key at once: a
+        # call that raced the renewal is refused, and is sent once more if the key file now holds another key.
+        key = self.tokens.key("inference")
         try:
-            response = self._http.post(url, data=image, headers=headers, timeout=self.timeout_s)
+            return call(key)
+        except SegmentAuthError:
+            fresh = self.tokens.key("inference")
+            if fresh == key:
+                raise
+            logger.info("the inference key was renewed during the call; sending it again with the new key")
+            return call(fresh)
+
+    def _rest(self, url: str, headers: Mapping[str, str], body: bytes, key: str | None) -> bytes:
+        auth = {"Authorization": f"Bearer {key}"} if key else {}
+        try:
+            response = self._http.post(url, data=body, headers={**headers, **auth}, timeout=self.timeout_s)
         except requests.Timeout as exc:
             raise SegmentTimeoutError(f"no answer from {url} within {self.timeout_s}s") from exc
         except requests.ConnectionError as exc:
@@ -244,17 +352,17 @@ class SegmentClient:
         self._raise_for_rest(response)
         raise AssertionError("unreachable")
 
-    def _predict_grpc(self, image: bytes, fmt: str) -> bytes:
+    def _grpc(self, inputs: Mapping[str, bytes], key: str | None) -> bytes:
         from clients.gen.torchserve import inference_pb2
 
         stub = self._inference_stub()
-        request = inference_pb2.PredictionsRequest(
-            model_name=self.endpoints.model_name, input={"data": image, "format": fmt.encode()}
-        )
+        request = inference_pb2.PredictionsRequest(model_name=self.endpoints.model_name, input=inputs)
+        metadata = [("authorization", f"Bearer {key}")] if key else []
         try:
-            response = stub.Predictions(request, timeout=self.timeout_s, metadata=self._metadata("inference"))
+            response = stub.Predictions(request, timeout=self.timeout_s, metadata=metadata)
         except grpc.RpcError as exc:
-            raise _from_rpc_error(exc, self.endpoints.grpc_inference_target) from exc
+            size = sum(len(v) for v in inputs.values())
+            raise _from_rpc_error(exc, self.endpoints.grpc_inference_target, size) from exc
         return bytes(response.prediction)
 
     def _inference_stub(self) -> Any:
@@ -264,7 +372,8 @@ class SegmentClient:
             self._channel = grpc.insecure_channel(
                 self.endpoints.grpc_inference_target,
                 options=[
-                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                    # The image plus the request's few fields.
+                    ("grpc.max_send_message_length", self.max_request_bytes + 64 * 1024),
                     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                     *self.channel_options,
                 ],
@@ -280,13 +389,14 @@ class SegmentClient:
         payload = self._management("GET", "/models")
         return list(payload.get("models", []))
 
-    def describe(self, model_name: str | None = None) -> list[dict[str, Any]]:
+    def describe_model(self, model_name: str | None = None) -> list[dict[str, Any]]:
         """TorchServe's description of each version of the model, workers (pid, status) included."""
         return list(self._management("GET", f"/models/{model_name or self.endpoints.model_name}"))
 
     def worker_pids(self, model_name: str | None = None) -> list[int]:
         """The pids of the model's workers, as the management API reports them."""
-        return [int(w["pid"]) for d in self.describe(model_name) for w in d.get("workers", []) if "pid" in w]
+        described = self.describe_model(model_name)
+        return [int(w["pid"]) for d in described for w in d.get("workers", []) if "pid" in w]
 
     def scale_workers(
         self, min_worker: int, max_worker: int | None = None, *, model_name: str | None = None
@@ -303,10 +413,10 @@ class SegmentClient:
 
     def _management(self, method: str, path: str, params: Mapping[str, str] | None = None) -> Any:
         url = f"{self.endpoints.management_url}{path}"
+        key = self.tokens.key("management")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
         try:
-            response = self._http.request(
-                method, url, params=params, headers=self._bearer("management"), timeout=self.timeout_s
-            )
+            response = self._http.request(method, url, params=params, headers=headers, timeout=self.timeout_s)
         except requests.Timeout as exc:
             raise SegmentTimeoutError(f"no answer from {url} within {self.timeout_s}s") from exc
         except requests.ConnectionError as exc:
@@ -316,14 +426,6 @@ class SegmentClient:
         return response.json()
 
     # ------------------------------------------------------------------------------------------ helpers
-    def _bearer(self, kind: Literal["inference", "management"]) -> dict[str, str]:
-        key = self.tokens.key(kind)
-        return {"Authorization": f"Bearer {key}"} if key else {}
-
-    def _metadata(self, kind: Literal["inference", "management"]) -> list[tuple[str, str]]:
-        key = self.tokens.key(kind)
-        return [("authorization", f"Bearer {key}")] if key else []
-
     @staticmethod
     def _raise_for_rest(response: requests.Response) -> None:
         payload = _error_body(response.content)
@@ -333,31 +435,74 @@ class SegmentClient:
             message = str(payload.get("message", message))
             if payload.get("type") == "InvalidKeyException":
                 raise SegmentAuthError(f"token refused: {message}")
-        if response.status_code in (401, 403):
+        status = response.status_code
+        if status in (401, 403):
             raise SegmentAuthError(f"token refused: {message}")
-        if response.status_code == 413:
-            raise SegmentRejectedError(413, "too_large", "request exceeds TorchServe's max_request_size")
-        if response.status_code == 503:
-            raise SegmentUnavailableError(f"503: {message}")
-        raise SegmentServerError(response.status_code, message)
+        if status == 413:  # refused by the frontend before the handler ran, with an empty body
+            raise SegmentRejectedError(
+                413, "request_too_large", "request exceeds TorchServe's max_request_size"
+            )
+        if _WORKER_DIED in message:
+            raise SegmentWorkerDiedError(status, message)
+        if _NO_WORKER in message:
+            raise SegmentUnavailableError(f"{status}: {message}")
+        if status == 503:
+            raise SegmentUnavailableError(f"{status}: {message}", reached=True)
+        raise SegmentServerError(status, message)
 
 
-def _from_rpc_error(exc: grpc.RpcError, target: str) -> SegmentError:
+_WORKER_DIED = "Worker died."
+_NO_WORKER = "has no worker to serve"
+# UNAVAILABLE for these never reached a worker (TorchServe down, restarting, or the connection cut).
+_TRANSPORT_FAILURE = re.compile(
+    r"failed to connect|connection refused|connect failed|socket closed|connection reset|broken pipe|"
+    r"network is unreachable|no route to host|dns resolution failed|goaway|keepalive",
+    re.IGNORECASE,
+)
+_HANDLER_DETAILS = re.compile(r"^([a-z][a-z0-9_]*): (.*)$", re.DOTALL)
+
+
+def _rejection(status: int, fallback_code: str, details: str) -> SegmentRejectedError:
+    # The handler raises PredictionException("<code>: <message>"): keep its code, e.g. "corrupt".
+    match = _HANDLER_DETAILS.match(details)
+    if match:
+        return SegmentRejectedError(status, match.group(1), match.group(2))
+    return SegmentRejectedError(status, fallback_code, details)
+
+
+# Codes that only ever mean one thing from TorchServe's inference API.
+_REJECTED_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_argument"),
+    grpc.StatusCode.FAILED_PRECONDITION: (415, "unsupported"),
+}
+
+
+def _from_rpc_error(exc: grpc.RpcError, target: str, request_bytes: int) -> SegmentError:
+    """Classify a failed gRPC Predictions call (see the list in the module docstring)."""
     code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-    details = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
+    raw = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
+    # TorchServe appends the Java exception's class on a second line.
+    details = raw.split("\n", 1)[0].strip()
+    error: SegmentError
     if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
-        return SegmentAuthError(f"token refused: {details}")
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return SegmentTimeoutError(f"no answer from {target} in time: {details}")
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return SegmentUnavailableError(f"{target}: {details}")
-    rejected = {
-        grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_argument"),
-        grpc.StatusCode.RESOURCE_EXHAUSTED: (413, "too_large"),
-        # TorchServe cancels a gRPC call whose request exceeds max_request_size.
-        grpc.StatusCode.CANCELLED: (413, "too_large"),
-    }
-    if code in rejected:
-        status, name = rejected[code]
-        return SegmentRejectedError(status, name, f"{code.name}: {details}")
-    return SegmentServerError(code.name, details)
+        error = SegmentAuthError(f"token refused: {details}")
+    elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        error = SegmentTimeoutError(f"no answer from {target} in time: {details}")
+    elif code == grpc.StatusCode.UNAVAILABLE:
+        reached = not _TRANSPORT_FAILURE.search(details)
+        error = SegmentUnavailableError(f"{target}: {details}", reached=reached)
+    elif _NO_WORKER in details:
+        error = SegmentUnavailableError(f"{target}: {details}")
+    elif code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        # The same code for a worker that died mid-request and for a too-large image: the details tell.
+        dead = _WORKER_DIED in details
+        error = SegmentWorkerDiedError(code.name, details) if dead else _rejection(413, "too_large", details)
+    elif code in _REJECTED_CODES:
+        error = _rejection(*_REJECTED_CODES[code], details)
+    elif code == grpc.StatusCode.CANCELLED:
+        # TorchServe also resets the stream of a request over its max_request_size, but the client refuses
+        # those before sending (max_request_bytes): this one was cancelled for another reason.
+        error = SegmentCancelledError(code.name, f"{details} (request of {request_bytes} bytes)")
+    else:
+        error = SegmentServerError(code.name, details)
+    return error

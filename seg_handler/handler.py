@@ -5,12 +5,14 @@ The logic is a chain of pure functions, unit-tested without a model server:
     bytes -> decode_image -> to_tensor -> (TorchScript forward, batched) -> logits_to_mask
           -> encode_png + class_stats -> response
 
-``SegmentationHandler`` only wires them into TorchServe's BaseHandler. Bad items are answered one by one
-with a 4xx status and a JSON body ``{"error", "code", "status", "model"}``: TorchServe's gRPC side drops
-per-item status codes (it answers OK with the body), so the body is what gRPC clients must look at.
+``SegmentationHandler`` only wires them into TorchServe's BaseHandler. Bad items are answered with a 4xx
+status and a JSON body ``{"error", "code", "status", "model"}`` over REST, and with a non-OK gRPC status over
+gRPC (see SegmentationHandler for how, and for the one case where gRPC still gets OK with the error body).
+An input named ``describe`` answers the model's identity alone (no image, no forward).
 
-This file is flattened into the archive root by torch-model-archiver, so it imports nothing from this
-repository and never imports torchvision (the worker must not need it).
+torch-model-archiver flattens this file and image_policy.py (packed as an extra file by training.export) into
+the archive root, so besides image_policy it imports nothing from this repository, and it never imports
+torchvision (the worker must not need it).
 """
 
 from __future__ import annotations
@@ -29,17 +31,23 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from PIL import Image, ImageFile, ImageOps, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, PngImagePlugin
+
+try:  # in the repository
+    from seg_handler import image_policy
+except ImportError:  # in a TorchServe worker: torch-model-archiver flattened both files into the archive root
+    import image_policy  # type: ignore[no-redef,import-not-found]
 
 logger = logging.getLogger(__name__)
 
-# Formats accepted by decode_image (Pillow's JPEG opener also takes the MPO files many phones write).
-# Naming them keeps Pillow from guessing: its TGA reader, for one, accepts almost any bytes.
-ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
+# The formats, the pixel limit and the typed rejection live in image_policy, shared with the board's upload
+# check; these names stay for the handler's callers.
+ImageRejectedError = image_policy.ImageRejectedError
+ALLOWED_FORMATS = image_policy.OPEN_FORMATS
+DEFAULT_MAX_PIXELS = image_policy.MAX_PIXELS
 DEFAULT_RESIZE = 520
 # Resize(520) alone would turn a 4000x8 strip into 260000x520; cap the long side like torchvision's max_size.
 DEFAULT_MAX_SIZE = 2 * DEFAULT_RESIZE
-DEFAULT_MAX_PIXELS = 40_000_000
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Upsampling works on horizontal strips so a 40 MP mask never needs 21 full-size float planes at once.
@@ -48,30 +56,19 @@ _UPSAMPLE_ELEMENTS_PER_STRIP = 16_000_000
 Mask = npt.NDArray[np.uint8]
 
 
-class ImageRejectedError(Exception):
-    """A request item that cannot be segmented; ``status`` is the HTTP status, ``code`` a stable string."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-    def body(self) -> dict[str, Any]:
-        return {"error": self.message, "code": self.code, "status": self.status}
-
-
 @dataclass(frozen=True)
 class ModelInfo:
     """What every answer says about the model that produced it (from model-meta.json)."""
 
     arch: str
     weights: str
-    sha256: str | None
+    sha256: str | None  # of the weights file the archive was built from (None: random weights)
     untrained: bool
     # From model-meta.json; empty for an archive without it, named from the logits at the first forward.
     class_names: tuple[str, ...] = ()
     input_size: int | None = None
+    # SHA-256 of the TorchScript program served: the exact identity of the model (re-tagging compares it).
+    archive_sha256: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +76,7 @@ class ModelInfo:
             "weights": self.weights,
             "sha256": self.sha256,
             "untrained": self.untrained,
+            "archive_sha256": self.archive_sha256,
         }
 
 
@@ -97,35 +95,17 @@ class HandlerSettings:
 def decode_image(data: bytes | bytearray, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode ``data`` into an RGB image as displayed (EXIF orientation applied, alpha over white).
 
-    Raises ImageRejectedError: 400 for empty input, non-images, unsupported formats, truncated or corrupt
-    files and zero dimensions; 413 for images over ``max_pixels`` (Pillow's bomb guard stays on).
+    The header checks are image_policy's (the board's upload check runs the same ones). Raises
+    ImageRejectedError: 400 for empty input, non-images, truncated or corrupt files (any bad PNG chunk CRC
+    included) and zero dimensions; 413 for images over ``max_pixels`` (Pillow's bomb guard stays on); 415 for
+    recognised formats we do not take (HEIC, ICO, ...).
     """
-    if not isinstance(data, bytes | bytearray):
-        raise ImageRejectedError(400, "not_an_image", f"expected image bytes, got {type(data).__name__}")
-    if len(data) == 0:
-        raise ImageRejectedError(400, "empty", "the request carries no image bytes")
     # Truncated files must fail, never be padded with grey.
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES must stay False")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            img = Image.open(io.BytesIO(bytes(data)), formats=ALLOWED_FORMATS)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageRejectedError(413, "too_large", f"image exceeds the pixel limit: {exc}") from exc
-        except UnidentifiedImageError as exc:
-            raise ImageRejectedError(
-                400, "not_an_image", f"not a supported image ({', '.join(ALLOWED_FORMATS)})"
-            ) from exc
-        except Exception as exc:  # Pillow raises many types for malformed headers
-            raise ImageRejectedError(400, "corrupt", f"cannot read the image header: {exc}") from exc
-        width, height = img.size
-        if width <= 0 or height <= 0:
-            raise ImageRejectedError(400, "zero_size", f"image has zero dimensions ({width}x{height})")
-        if width * height > max_pixels:
-            raise ImageRejectedError(
-                413, "too_large", f"image has {width * height} pixels, the limit is {max_pixels}"
-            )
+        img = image_policy.open_image(data, max_pixels)
         try:
             img.seek(0)  # GIF/TIFF/WebP: the first frame
             img.load()
@@ -327,18 +307,19 @@ def read_model_meta(path: str) -> ModelInfo:
         untrained=bool(meta.get("untrained", meta.get("sha256") is None)),
         class_names=tuple(str(n) for n in names),
         input_size=int(meta["input_size"]) if meta.get("input_size") else None,
+        # Archives exported before archive_sha256 existed carry the same hash as torchscript_sha256.
+        archive_sha256=meta.get("archive_sha256") or meta.get("torchscript_sha256"),
     )
 
 
 def handler_settings(section: Mapping[str, Any], input_size: int | None) -> HandlerSettings:
     """Settings from model-config.yaml's ``handler:`` section; the shorter-side size defaults to the
-    archive's ``input_size`` (model-meta.json), the long-side cap to twice that."""
+    archive's ``input_size`` (model-meta.json), the long-side cap to twice that. The pixel limit is
+    image_policy's, never the archive's: the board refuses uploads over the same limit."""
     resize = int(section.get("resize") or input_size or DEFAULT_RESIZE)
-    return HandlerSettings(
-        resize=resize,
-        max_size=int(section.get("max_size") or 2 * resize),
-        max_pixels=int(section.get("max_pixels") or DEFAULT_MAX_PIXELS),
-    )
+    if "max_pixels" in section:
+        logger.warning("ignoring handler.max_pixels in model-config.yaml; the limit is image_policy's")
+    return HandlerSettings(resize=resize, max_size=int(section.get("max_size") or 2 * resize))
 
 
 def response_format(item: Mapping[str, Any], accept: str | None) -> str:
@@ -368,26 +349,68 @@ def request_bytes(item: Mapping[str, Any]) -> bytes | bytearray:
     return value
 
 
+def is_describe_request(item: Mapping[str, Any]) -> bool:
+    """A request for the model's identity alone: an input named ``describe`` (gRPC input, multipart field)
+    or a JSON body with a ``describe`` key; it carries no image and runs no forward."""
+    body = item.get("body")
+    return "describe" in item or (isinstance(body, Mapping) and "describe" in body)
+
+
+def is_grpc_request(headers: Mapping[str, Any]) -> bool:
+    """True for a request that came over TorchServe's gRPC API.
+
+    The worker sees one header dict per request: per-input content types (dicts, under the input's name) and,
+    for REST only, the HTTP request headers (strings). gRPC requests carry no request-level headers.
+    """
+    return not any(isinstance(value, str | bytes | bytearray) for value in headers.values())
+
+
 # ------------------------------------------------------------------------------------------ TorchServe wiring
 
 try:  # the worker has ts; unit tests of the pure functions do not need it
     from ts.torch_handler.base_handler import BaseHandler
+    from ts.utils.util import PredictionException
 except ImportError:  # pragma: no cover - only without torchserve installed
     BaseHandler = object
+
+    class PredictionException(Exception):  # type: ignore[no-redef]  # noqa: N818 - TorchServe's name
+        def __init__(self, message: str, error_code: int = 500) -> None:
+            super().__init__(message)
+            self.message = message
+            self.error_code = error_code
 
 
 @dataclass
 class _Item:
     index: int
+    grpc: bool = False
     fmt: str = "json"
     width: int = 0
     height: int = 0
     tensor: torch.Tensor | None = None
     answer: bytes | str | None = None
+    rejected: ImageRejectedError | None = None
 
 
 class SegmentationHandler(BaseHandler):  # type: ignore[misc]
-    """Thin BaseHandler subclass: loads TorchScript + model-meta.json and wires the pure functions."""
+    """Thin BaseHandler subclass: loads TorchScript + model-meta.json and wires the pure functions.
+
+    Statuses. TorchServe 0.12 drops a per-item status over gRPC (the caller sees OK) and only maps a
+    PredictionException, which fails the whole batch, to a gRPC code. So a rejected item is answered:
+
+    - over REST: per item, with its HTTP status (400/413/415/500) and the JSON body ``{error, code, status,
+      model}``, whatever the batch;
+    - over gRPC, alone in its batch: by raising PredictionException("<code>: <message>", status), which the
+      caller sees as INVALID_ARGUMENT (400), RESOURCE_EXHAUSTED (413), FAILED_PRECONDITION (415) or
+      INTERNAL (500);
+    - over gRPC, sharing a batch with others: OK with the JSON error body, as before, because raising would
+      fail the valid requests of the batch too. clients/segment.py reads both forms.
+
+    model-config.yaml sets batchSize 1, so with the default configuration every gRPC rejection is a non-OK
+    status. On this CPU a batch of 4 takes as long as 4 single forwards, so batching buys no throughput; on a
+    GPU it does (one kernel launch for N images): raise batchSize there, and gRPC callers whose bad image
+    shares a batch get the OK-with-error-body form. Valid requests never fail because of a bad neighbour.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -410,23 +433,37 @@ class SegmentationHandler(BaseHandler):  # type: ignore[misc]
         # Pillow's guard stays on at our limit: it warns above it (an error in decode_image), refuses 2x.
         Image.MAX_IMAGE_PIXELS = self.settings.max_pixels
         self.initialized = True
-        logger.info("loaded %s (%s) with %s", self.model_info.arch, self.model_info.weights, self.settings)
+        logger.info(
+            "loaded %s (%s, archive sha256 %s) with %s; torch threads %d",
+            self.model_info.arch,
+            self.model_info.weights,
+            self.model_info.archive_sha256,
+            self.settings,
+            torch.get_num_threads(),
+        )
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[bytes | str]:
+        """Answer one batch; raises PredictionException for a lone gRPC request that is rejected."""
         self.context = context
         items = [self._prepare(i, item, context) for i, item in enumerate(data)]
-        pending = [it for it in items if it.answer is None]
         groups: dict[tuple[int, ...], list[_Item]] = {}
-        for it in pending:
-            assert it.tensor is not None
-            groups.setdefault(tuple(it.tensor.shape), []).append(it)
+        for it in items:
+            if it.answer is None and it.tensor is not None:
+                groups.setdefault(tuple(it.tensor.shape), []).append(it)
         for group in groups.values():
             self._segment(group, context)
+        if len(items) == 1 and items[0].grpc and items[0].rejected is not None:
+            rejected = items[0].rejected
+            raise PredictionException(f"{rejected.code}: {rejected.message}"[:500], rejected.status)
         return [it.answer if it.answer is not None else "" for it in items]
 
     def _prepare(self, index: int, item: dict[str, Any], context: Any) -> _Item:
-        out = _Item(index=index)
+        out = _Item(index=index, grpc=is_grpc_request(_headers(context, index)))
         try:
+            if is_describe_request(item):
+                out.answer = json.dumps({"model": self.model_info.as_dict()}, separators=(",", ":"))
+                context.set_response_content_type(index, "application/json")
+                return out
             out.fmt = response_format(item, _header(context, index, "accept"))
             img = decode_image(request_bytes(item), self.settings.max_pixels)
             out.width, out.height = img.size
@@ -481,6 +518,7 @@ class SegmentationHandler(BaseHandler):  # type: ignore[misc]
         body = {**exc.body(), "model": self.model_info.as_dict()}
         item.answer = json.dumps(body, separators=(",", ":"))
         item.tensor = None
+        item.rejected = exc
         context.set_response_status(exc.status, exc.message[:200], item.index)
         context.set_response_content_type(item.index, "application/json")
 
@@ -500,13 +538,19 @@ def handle(data: list[dict[str, Any]] | None, context: Any) -> list[bytes | str]
     return _service.handle(data, context)
 
 
+def _headers(context: Any, index: int) -> Mapping[str, Any]:
+    try:
+        headers = context.get_all_request_header(index)
+    except Exception:
+        return {}
+    return headers if isinstance(headers, Mapping) else {}
+
+
 def _header(context: Any, index: int, name: str) -> str | None:
     """A REST request header, matched case-insensitively (gRPC requests carry none)."""
-    try:
-        headers = context.get_all_request_header(index) or {}
-    except Exception:
-        return None
-    for key, value in headers.items():
+    for key, value in _headers(context, index).items():
         if str(key).lower() == name:
-            return bytes(value).decode("latin-1") if isinstance(value, bytes | bytearray) else str(value)
+            if isinstance(value, bytes | bytearray):
+                return bytes(value).decode("latin-1")
+            return value if isinstance(value, str) else None
     return None

@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_HANDLER = REPO_ROOT / "seg_handler" / "handler.py"
+# Modules the handler imports from the archive root (torch-model-archiver flattens extra files there).
+HANDLER_MODULES = (REPO_ROOT / "seg_handler" / "image_policy.py",)
 DEFAULT_CONFIG_FILE = REPO_ROOT / "seg_handler" / "model-config.yaml"
 METADATA_NAME = "model-meta.json"
 MODEL_VERSION = "1.0"
@@ -143,6 +145,8 @@ def build_metadata(built: BuiltModel, input_size: int, torchscript_sha256: str) 
         "num_classes": built.num_classes,
         "input_size": input_size,
         "torchscript_sha256": torchscript_sha256,
+        # The served model's identity: every answer carries it, and re-tagging compares it.
+        "archive_sha256": torchscript_sha256,
     }
 
 
@@ -183,7 +187,7 @@ def _run_archiver(
         "--handler",
         str(handler),
         "--extra-files",
-        str(metadata_file),
+        ",".join([str(metadata_file), *(str(m) for m in HANDLER_MODULES)]),
         "--export-path",
         str(export_dir),
         "--force",
@@ -225,6 +229,9 @@ def export_archive(
     handler = Path(handler)
     if not handler.is_file():
         raise ExportError(f"handler not found: {handler} (pass --handler PATH)")
+    missing = [str(m) for m in HANDLER_MODULES if not m.is_file()]
+    if missing:
+        raise ExportError(f"handler modules not found: {', '.join(missing)}")
     if config_file is not None and not Path(config_file).is_file():
         raise ExportError(f"model config not found: {config_file} (pass --config-file PATH)")
 
@@ -302,7 +309,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--handler", type=Path, default=DEFAULT_HANDLER)
     parser.add_argument("--config-file", type=Path, default=DEFAULT_CONFIG_FILE)
     parser.add_argument("--torchscript-out", type=Path, default=None, help="also keep the .pt here")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help="seeds random weights and the parity inputs: archives with different seeds differ (and so do "
+        "their archive_sha256)",
+    )
     parser.add_argument(
         "--parity-shapes",
         type=_parse_shapes,

@@ -9,7 +9,7 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class ValidImage:
 class BadInput:
     name: str
     data: bytes
-    status: int  # 400 or 413
+    status: int  # 400, 413 or 415
     content_type: str = "application/octet-stream"
 
 
@@ -126,6 +126,27 @@ def bomb_png(width: int, height: int) -> bytes:
     )
 
 
+def png_with_bad_crc(chunk: bytes, data: bytes | None = None) -> bytes:
+    """A valid PNG (a small noise image, with a tEXt chunk) whose first ``chunk`` has its CRC flipped; the
+    chunk's data is intact, so only a CRC check can tell."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "made by the test corpus")
+    png = bytearray(data if data is not None else encode(rgb(64, 48), "PNG", pnginfo=info))
+    offset = 8
+    while offset < len(png):
+        (length,) = struct.unpack_from(">I", png, offset)
+        if bytes(png[offset + 4 : offset + 8]) == chunk:
+            png[offset + 8 + length] ^= 0xFF
+            return bytes(png)
+        offset += 12 + length
+    raise ValueError(f"no {chunk!r} chunk")
+
+
+def heic_header() -> bytes:
+    """The first box of an iPhone HEIC file (ISO-BMFF ftyp, brand heic): recognised, not supported."""
+    return struct.pack(">I", 24) + b"ftypheic" + b"\x00\x00\x00\x00" + b"mif1heic" + b"\x00" * 64
+
+
 def _zip_bytes() -> bytes:
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w") as zf:
@@ -165,18 +186,24 @@ def bad_inputs(max_pixels: int = 40_000_000) -> list[BadInput]:
         BadInput("jpeg-garbage-after-soi", b"\xff\xd8\xff" + np.random.default_rng(2).bytes(500), 400),
         BadInput("png-signature-only", png[:8], 400),
         BadInput("png-truncated-half", png[: len(png) // 2], 400),
-        BadInput("png-bad-crc", bytes(bad_crc), 400),
+        BadInput("png-damaged-idat-data", bytes(bad_crc), 400),
+        BadInput("png-idat-bad-crc", png_with_bad_crc(b"IDAT"), 400),
+        BadInput("png-ihdr-bad-crc", png_with_bad_crc(b"IHDR"), 400),
+        BadInput("png-text-bad-crc", png_with_bad_crc(b"tEXt"), 400),
+        BadInput("png-iend-bad-crc", png_with_bad_crc(b"IEND"), 400),
         BadInput("png-no-pixel-data", png_header_only(64, 48), 400),
         BadInput("png-zero-width", png_header_only(0, 48), 400),
         BadInput("gif-truncated", gif[: len(gif) // 2], 400),
         BadInput("webp-truncated", webp[: len(webp) // 2], 400),
         BadInput("tiff-header-only", tiff[:8], 400),
         BadInput("bmp-truncated", bmp[:40], 400),
-        BadInput("ico-unsupported", encode(rgb(16, 16), "ICO"), 400),
-        BadInput("ppm-unsupported", encode(rgb(16, 16), "PPM"), 400),
+        BadInput("ico-unsupported", encode(rgb(16, 16), "ICO"), 415),
+        BadInput("ppm-unsupported", encode(rgb(16, 16), "PPM"), 415),
+        BadInput("sgi-unsupported", encode(rgb(16, 16), "SGI"), 415),
+        BadInput("heic-unsupported", heic_header(), 415),
+        # No reliable magic bytes: not told apart from random bytes.
         BadInput("tga-unsupported", encode(rgb(16, 16), "TGA"), 400),
         BadInput("pcx-unsupported", encode(rgb(16, 16), "PCX"), 400),
-        BadInput("sgi-unsupported", encode(rgb(16, 16), "SGI"), 400),
         BadInput("over-pixel-limit", bomb_png(side, side), 413),
         BadInput("decompression-bomb", bomb_png(20_000, 20_000), 413),
         BadInput("huge-declared-size", png_header_only(100_000, 100_000), 413),

@@ -14,8 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual spelling
 from PIL import Image
+from ts.utils.util import PredictionException
 
 from seg_handler import handler as h
+from seg_handler import image_policy
 from tests.serving import corpus
 
 
@@ -166,11 +168,17 @@ def test_class_stats_sum_to_pixel_count_sorted_descending() -> None:
 
 
 def test_mask_response_has_the_documented_shape_and_no_per_pixel_json() -> None:
-    model = h.ModelInfo(arch="a", weights="random", sha256=None, untrained=True)
+    model = h.ModelInfo(arch="a", weights="random", sha256=None, untrained=True, archive_sha256="c" * 64)
     answer = h.mask_response(np.full((3, 4), 7, dtype=np.uint8), model)
     assert set(answer) == {"width", "height", "classes", "mask", "model"}
     assert (answer["width"], answer["height"]) == (4, 3)
-    assert answer["model"] == {"arch": "a", "weights": "random", "sha256": None, "untrained": True}
+    assert answer["model"] == {
+        "arch": "a",
+        "weights": "random",
+        "sha256": None,
+        "untrained": True,
+        "archive_sha256": "c" * 64,
+    }
     decoded = Image.open(io.BytesIO(base64.b64decode(answer["mask"])))
     assert decoded.size == (4, 3)
 
@@ -195,7 +203,12 @@ def test_request_bytes_reads_data_or_body_and_refuses_text_and_json() -> None:
 def test_handler_settings_default_to_archive_input_size() -> None:
     assert h.handler_settings({}, None) == h.HandlerSettings(520, 1040, h.DEFAULT_MAX_PIXELS)
     assert h.handler_settings({}, 64) == h.HandlerSettings(64, 128, h.DEFAULT_MAX_PIXELS)
-    assert h.handler_settings({"resize": 100, "max_pixels": 5}, 64) == h.HandlerSettings(100, 200, 5)
+    assert h.handler_settings({"resize": 100}, 64) == h.HandlerSettings(100, 200, h.DEFAULT_MAX_PIXELS)
+
+
+def test_the_pixel_limit_is_image_policys_whatever_the_archive_says() -> None:
+    assert h.DEFAULT_MAX_PIXELS == image_policy.MAX_PIXELS
+    assert h.handler_settings({"max_pixels": 5}, 64).max_pixels == image_policy.MAX_PIXELS
 
 
 def test_read_model_meta(tmp_path: Path) -> None:
@@ -204,8 +217,21 @@ def test_read_model_meta(tmp_path: Path) -> None:
     meta = {"arch": "x", "weights": "w", "sha256": "ab", "untrained": False, "input_size": 64}
     (tmp_path / "m.json").write_text(json.dumps(meta))
     info = h.read_model_meta(str(tmp_path / "m.json"))
-    assert info.as_dict() == {"arch": "x", "weights": "w", "sha256": "ab", "untrained": False}
+    assert info.as_dict() == {
+        "arch": "x",
+        "weights": "w",
+        "sha256": "ab",
+        "untrained": False,
+        "archive_sha256": None,
+    }
     assert info.input_size == 64 and info.class_names == ()
+    # Archives exported before archive_sha256 carry the same hash as torchscript_sha256.
+    (tmp_path / "old.json").write_text(json.dumps({**meta, "torchscript_sha256": "cd"}))
+    assert h.read_model_meta(str(tmp_path / "old.json")).archive_sha256 == "cd"
+    (tmp_path / "new.json").write_text(
+        json.dumps({**meta, "torchscript_sha256": "cd", "archive_sha256": "cd"})
+    )
+    assert h.read_model_meta(str(tmp_path / "new.json")).as_dict()["archive_sha256"] == "cd"
 
 
 def test_read_model_meta_takes_class_names_from_the_archive(tmp_path: Path) -> None:
@@ -216,10 +242,16 @@ def test_read_model_meta_takes_class_names_from_the_archive(tmp_path: Path) -> N
     assert h.read_model_meta(str(tmp_path / "n.json")).class_names == ("class_0", "class_1", "class_2")
 
 
-class _FakeContext:
-    """The parts of TorchServe's Context the handler touches."""
+# What the worker sees as a request's headers: REST carries the HTTP headers (strings), gRPC only the
+# per-input content types (dicts).
+REST = {"Host": "127.0.0.1:8080", "Content-Type": "application/octet-stream"}
+GRPC: dict[str, Any] = {"data": {"content-type": None}}
 
-    def __init__(self, headers: list[dict[str, str]]) -> None:
+
+class _FakeContext:
+    """The parts of TorchServe's Context (TorchServe's, not ours) that the handler touches."""
+
+    def __init__(self, headers: list[dict[str, Any]]) -> None:
         self.headers = headers
         self.status: dict[int, int] = {}
         self.content_type: dict[int, str] = {}
@@ -258,7 +290,7 @@ def test_one_bad_item_never_fails_the_rest_of_the_batch() -> None:
         {"data": bytearray(other), "format": bytearray(b"png")},
         {"body": bytearray(good)},
     ]
-    context = _FakeContext([{}, {}, {}, {"Accept": "image/png"}])
+    context = _FakeContext([REST, REST, GRPC, {**REST, "Accept": "image/png"}])
     answers = _wired_handler().handle(data, context)
     assert context.status == {1: 400}
     first = json.loads(answers[0])
@@ -277,7 +309,7 @@ class _ClassThreeOfFive(torch.nn.Module):
 
 def _answer_classes(service: h.SegmentationHandler) -> list[str]:
     image = corpus.encode(corpus.rgb(30, 20), "PNG")
-    answers = service.handle([{"body": bytearray(image)}], _FakeContext([{}]))
+    answers = service.handle([{"body": bytearray(image)}], _FakeContext([REST]))
     return [c["name"] for c in json.loads(answers[0])["classes"]]
 
 
@@ -295,3 +327,58 @@ def test_class_names_from_the_archive_name_the_answer() -> None:
     service.model_info = replace(service.model_info, class_names=names)
     assert _answer_classes(service) == ["boat"]
     assert service.model_info.class_names == names
+
+
+def test_grpc_and_rest_requests_are_told_apart_by_their_headers() -> None:
+    assert h.is_grpc_request(GRPC) and h.is_grpc_request({})
+    assert not h.is_grpc_request(REST)
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "code"),
+    [
+        (b"not an image", 400, "not_an_image"),
+        (corpus.png_with_bad_crc(b"IDAT"), 400, "corrupt"),
+        (corpus.bomb_png(1100, 1000), 413, "too_large"),
+        (corpus.heic_header(), 415, "unsupported_format"),
+    ],
+)
+def test_a_lone_rejected_grpc_request_raises_prediction_exception_with_its_status(
+    data: bytes, status: int, code: str
+) -> None:
+    with pytest.raises(PredictionException) as raised:
+        _wired_handler().handle([{"data": bytearray(data)}], _FakeContext([GRPC]))
+    assert raised.value.error_code == status
+    assert raised.value.message.startswith(f"{code}: ")
+
+
+def test_a_lone_rejected_rest_request_keeps_its_per_item_status_and_json_body() -> None:
+    context = _FakeContext([REST])
+    answers = _wired_handler().handle([{"body": bytearray(b"<html>")}], context)
+    assert context.status == {0: 400}
+    assert json.loads(answers[0])["code"] == "not_an_image"
+
+
+def test_a_rejected_grpc_request_sharing_a_batch_gets_its_error_body_and_the_others_their_masks() -> None:
+    good = corpus.encode(corpus.rgb(30, 20), "PNG")
+    context = _FakeContext([GRPC, GRPC])
+    answers = _wired_handler().handle([{"data": bytearray(good)}, {"data": bytearray(b"junk")}], context)
+    assert json.loads(answers[0])["width"] == 30
+    assert json.loads(answers[1])["code"] == "not_an_image" and context.status == {1: 400}
+
+
+@pytest.mark.parametrize(
+    ("item", "headers"),
+    [
+        ({"describe": bytearray(b"1")}, GRPC),
+        ({"describe": bytearray(b"")}, REST),
+        ({"body": {"describe": True}}, REST),
+    ],
+)
+def test_describe_answers_the_model_identity_without_a_forward(item: dict[str, Any], headers: Any) -> None:
+    service = _wired_handler()
+    service.model_info = replace(service.model_info, archive_sha256="ab" * 32)
+    service.model = None  # a forward would fail
+    answers = service.handle([item], _FakeContext([headers]))
+    assert json.loads(answers[0]) == {"model": service.model_info.as_dict()}
+    assert json.loads(answers[0])["model"]["archive_sha256"] == "ab" * 32

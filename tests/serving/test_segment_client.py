@@ -10,10 +10,12 @@ import pytest
 
 from clients.segment import (
     SegmentAuthError,
+    SegmentBadAnswerError,
     SegmentRejectedError,
     SegmentServerError,
     TokenSource,
     parse_answer,
+    parse_identity,
 )
 
 
@@ -37,10 +39,28 @@ def test_answer_is_parsed_into_a_segmentation() -> None:
     assert result.classes[0].name == "background" and result.mask_png == b"\x89PNG..."
 
 
-@pytest.mark.parametrize("body", [b"not json", b'{"width": 1}'])
-def test_unexpected_answers_are_server_errors(body: bytes) -> None:
-    with pytest.raises(SegmentServerError):
+@pytest.mark.parametrize(
+    "body", [b"not json", b'{"width": 1}', b"[]", b'{"width":1,"height":1,"classes":[],"mask":"%%"}']
+)
+def test_malformed_answers_are_bad_answer_errors(body: bytes) -> None:
+    with pytest.raises(SegmentBadAnswerError):
         parse_answer(body)
+
+
+def test_a_handler_failure_body_is_a_server_error_not_a_rejection() -> None:
+    body = json.dumps({"error": "inference failed: boom", "code": "inference_failed", "status": 500})
+    with pytest.raises(SegmentServerError) as raised:
+        parse_answer(body.encode())
+    assert not isinstance(raised.value, SegmentRejectedError | SegmentBadAnswerError)
+    assert raised.value.status == 500
+
+
+def test_describe_answer_is_the_model_identity() -> None:
+    model = {"arch": "a", "weights": "w", "sha256": None, "untrained": True, "archive_sha256": "ab"}
+    assert parse_identity(json.dumps({"model": model}).encode()) == model
+    for body in (b"{}", b'{"model": 3}', b"nope"):
+        with pytest.raises(SegmentBadAnswerError):
+            parse_identity(body)
 
 
 def test_token_source_rereads_the_key_file(tmp_path: Path) -> None:
@@ -57,3 +77,15 @@ def test_token_source_rereads_the_key_file(tmp_path: Path) -> None:
 def test_unreadable_key_file_is_an_auth_error(tmp_path: Path) -> None:
     with pytest.raises(SegmentAuthError, match="cannot read"):
         TokenSource.from_key_file(tmp_path / "missing.json").key("inference")
+
+
+def test_a_plain_key_file_holds_the_inference_key_only(tmp_path: Path) -> None:
+    key_file = tmp_path / "inference.key"
+    key_file.write_text("AbC123xy\n")
+    tokens = TokenSource.from_key_file(key_file)
+    assert tokens.key("inference") == "AbC123xy"
+    with pytest.raises(SegmentAuthError, match="only the inference key"):
+        tokens.key("management")
+    key_file.write_text("")
+    with pytest.raises(SegmentAuthError, match="cannot read"):
+        tokens.key("inference")

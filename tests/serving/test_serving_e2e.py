@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,6 +16,7 @@ from PIL import Image
 from clients.gen.torchserve import inference_pb2, inference_pb2_grpc
 from clients.segment import (
     SegmentAuthError,
+    SegmentCancelledError,
     SegmentClient,
     SegmentRejectedError,
     ServingEndpoints,
@@ -50,7 +50,7 @@ def test_valid_image_gets_a_mask_of_its_displayed_size(
     assert sum(c.pixels for c in result.classes) == image.width * image.height
     assert {c.index for c in result.classes} == set(np.unique(mask).tolist())
     assert result.model["arch"] == "deeplabv3_mobilenet_v3_large" and result.model["untrained"] is True
-    assert set(result.model) == {"arch", "weights", "sha256", "untrained"}
+    assert set(result.model) == {"arch", "weights", "sha256", "untrained", "archive_sha256"}
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -96,19 +96,53 @@ def test_rest_status_codes_and_bodies_for_bad_inputs(torchserve: launch.ServeSet
         assert body["code"] and body["error"] and body["status"] == bad.status, bad.name
 
 
-def test_grpc_per_item_4xx_is_ok_status_with_error_body(torchserve: launch.ServeSettings) -> None:
-    """Measured TorchServe 0.12 behaviour that the README documents: gRPC says OK, the body says 400/413."""
+def test_grpc_rejections_are_non_ok_statuses_with_the_reason(torchserve: launch.ServeSettings) -> None:
+    """What grpcurl, Node or Go callers see: a code per kind of rejection, the reason in the details."""
     key = launch.read_keys(torchserve.key_file)["inference"]
+    cases = [
+        (b"hello", grpc.StatusCode.INVALID_ARGUMENT, "not_an_image"),
+        (corpus.png_with_bad_crc(b"IDAT"), grpc.StatusCode.INVALID_ARGUMENT, "corrupt"),
+        (corpus.bomb_png(20_000, 20_000), grpc.StatusCode.RESOURCE_EXHAUSTED, "too_large"),
+        (corpus.heic_header(), grpc.StatusCode.FAILED_PRECONDITION, "unsupported_format"),
+    ]
     with grpc.insecure_channel(torchserve.grpc_inference_target) as channel:
         stub = inference_pb2_grpc.InferenceAPIsServiceStub(channel)  # type: ignore[no-untyped-call]
         metadata = [("authorization", f"Bearer {key}")]
-        for data, status in ((b"hello", 400), (corpus.bomb_png(20_000, 20_000), 413)):
+        for data, code, name in cases:
             request = inference_pb2.PredictionsRequest(model_name="deeplabv3", input={"data": data})
-            response, call = stub.Predictions.with_call(request, metadata=metadata, timeout=60)
-            assert call.code() == grpc.StatusCode.OK
-            assert not response.HasField("status")
-            body = json.loads(response.prediction)
-            assert body["status"] == status and body["code"] and body["error"]
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.Predictions(request, metadata=metadata, timeout=60)
+            assert raised.value.code() == code, name
+            details = raised.value.details() or ""
+            assert details.startswith(f"{name}: "), details
+
+
+def test_a_request_over_max_request_size_is_refused_before_sending_and_a_cancel_is_not_too_large(
+    torchserve: launch.ServeSettings, endpoints: ServingEndpoints
+) -> None:
+    limit = int(launch.read_properties(torchserve.config_path.read_text())["max_request_size"])
+    oversize = bytes(limit + 1024)
+    tokens = TokenSource.from_key_file(torchserve.key_file)
+    with SegmentClient(endpoints, tokens, max_request_bytes=limit) as sized:
+        with pytest.raises(SegmentRejectedError) as rejected:
+            sized.segment(oversize)
+        assert (rejected.value.status, rejected.value.code) == (413, "request_too_large")
+    # Sent anyway, TorchServe cuts the stream (CANCELLED): a cancel, never read as a bad image.
+    with (
+        SegmentClient(endpoints, tokens, max_request_bytes=2 * limit) as unsized,
+        pytest.raises(SegmentCancelledError),
+    ):
+        unsized.segment(oversize)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_describe_names_the_served_model_without_an_image(
+    client: SegmentClient, torchserve: launch.ServeSettings, transport: Transport
+) -> None:
+    identity = client.describe(transport=transport)
+    meta = launch.archive_metadata(torchserve.model_store / torchserve.archive)
+    assert identity["archive_sha256"] == meta["archive_sha256"] and len(str(meta["archive_sha256"])) == 64
+    assert identity == client.segment(SMALL_VALID, transport=transport).model
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -232,7 +266,7 @@ def test_scaling_workers_through_the_management_api(client: SegmentClient) -> No
     client.scale_workers(2)
     after = client.worker_pids()
     assert len(after) == 2 and set(before) <= set(after)
-    assert all(w["status"] == "READY" for w in client.describe()[0]["workers"])
+    assert all(w["status"] == "READY" for w in client.describe_model()[0]["workers"])
     client.scale_workers(1)
     assert len(client.worker_pids()) == 1
     assert client.segment(SMALL_VALID).width == 12
