@@ -1,15 +1,11 @@
 """ListPosts' ``filter`` (AIP-160) and ``order_by`` (AIP-132): grammar, syntax tree, validation, errors.
 
-A filter is parsed by lark (LALR) into a small immutable tree (``Node``); board_server/post_search.py turns
-that tree into SQL with bound parameters. Nothing here touches the database.
-
-    filter      label = "dog"            label.dog            label.dog >= 0.2
-                label.person > 0.3 AND NOT label.car          (label.cat OR label.dog) AND user_id = 3
-                create_time > "2026-01-01T00:00:00Z"          id >= 100       -label.car
-    order_by    id (default) | id desc | create_time [asc|desc] | label.dog [asc|desc]
-
-Precedence follows AIP-160: NOT/- bind tightest, then OR, then AND (and whitespace, an implicit AND), so
-``a AND b OR c`` means ``a AND (b OR c)``.
+lark (LALR) parses the text; the tree it builds is checked and turned into a small immutable tree (``Node``)
+that board_server/post_search.py translates into SQL. Nothing here touches the database. The forms:
+``label = "dog"``, ``label.dog``, ``label.dog >= 0.2`` (also > < <= = !=), ``id``, ``user_id`` and
+``create_time`` (RFC 3339 text) comparisons, AND, OR, NOT, ``-``, parentheses, whitespace as an implicit
+AND; precedence as AIP-160 has it: NOT binds tightest, then OR, then AND, so ``a AND b OR c`` means
+``a AND (b OR c)``. ``order_by``: ``id`` (default), ``create_time``, ``label.<class>``, each ``asc``/``desc``.
 
 A label comparison is about the post's *largest* fraction of that class over its photos, a class absent
 from every photo counting as 0: ``label.dog >= 0.2`` holds when some photo is at least 20 % dog,
@@ -137,20 +133,11 @@ _COMMA: ","
 
 # Terminal names in plain words, in the order an "expected" list reads best.
 _WORDS = {
-    "NAME": "a field name",
-    "_NOT": "NOT",
-    "_MINUS": "'-'",
-    "_LPAR": "'('",
-    "COMPARATOR": "a comparison (=, !=, <, <=, >, >=, :)",
-    "STRING": "a quoted string",
-    "NUMBER": "a number",
-    "_DOT": "'.'",
-    "_AND": "AND",
-    "_OR": "OR",
-    "_RPAR": "')'",
-    "_COMMA": "','",
-    "$END": "the end",
-}
+    "value": "a value (a number or a quoted string)", "NAME": "a field name", "_NOT": "NOT", "_MINUS": "'-'",
+    "_LPAR": "'('", "COMPARATOR": "a comparison (=, !=, <, <=, >, >=, :)", "STRING": "a quoted string",
+    "NUMBER": "a number", "_DOT": "'.'", "_AND": "AND", "_OR": "OR", "_RPAR": "')'",
+    "DIRECTION": "asc or desc", "_COMMA": "','", "$END": "the end",
+}  # fmt: skip
 _NAME_SHAPED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _KEYWORDS = frozenset({"AND", "OR", "NOT"})
 _INTEGER = re.compile(r"[+-]?\d+\Z")
@@ -170,6 +157,8 @@ def _invalid(field: str, column: int, what: str) -> InvalidArgument:
 
 
 def _plain(terminals: set[str] | frozenset[str]) -> str:
+    if {"STRING", "NUMBER"} <= terminals:  # after a comparison: a value (NAME there is unquoted text)
+        terminals = (terminals - {"STRING", "NUMBER", "NAME"}) | {"value"}
     words = [_WORDS.get(name, name) for name in _WORDS if name in terminals]
     words += sorted(name for name in terminals if name not in _WORDS)
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
@@ -187,6 +176,8 @@ def _syntax_error(field: str, text: str, exc: UnexpectedInput) -> InvalidArgumen
     if isinstance(exc, UnexpectedToken):
         token = exc.token
         expected: set[str] = set(exc.accepts or exc.expected)
+        if field == "order_by" and "_COMMA" in expected and "NAME" in expected:
+            expected = (expected - {"NAME"}) | {"DIRECTION"}
         at_end = token.type == "$END"
         column = len(text) + 1 if at_end else int(token.column or 1)
         found = "the end of the text" if at_end else repr(str(token))
@@ -254,9 +245,7 @@ def parse_filter(text: str, class_names: Sequence[str]) -> Node | None:
     Raises InvalidArgument (field ``filter``) naming the column and what was expected.
     """
     if len(text) > MAX_FILTER_LENGTH:
-        raise _invalid(
-            "filter", MAX_FILTER_LENGTH + 1, f"the filter is longer than {MAX_FILTER_LENGTH} characters"
-        )
+        raise _invalid("filter", MAX_FILTER_LENGTH + 1, f"longer than {MAX_FILTER_LENGTH} characters")
     if not text.strip():
         return None
     try:
@@ -415,13 +404,11 @@ def parse_order_by(text: str, class_names: Sequence[str]) -> OrderBy:
         raise _invalid("order_by", column, "one sort field only (the post id always breaks ties)")
     member, *direction = items[0].children
     assert isinstance(member, Tree)
-    descending = False
-    if direction:
-        word = direction[0]
-        assert isinstance(word, Token)
-        if str(word).lower() not in ("asc", "desc"):
-            raise _invalid("order_by", int(word.column or 1), f"expected asc or desc, found {str(word)!r}")
-        descending = str(word).lower() == "desc"
+    if direction and str(direction[0]).lower() not in ("asc", "desc"):
+        found = direction[0]
+        assert isinstance(found, Token)
+        raise _invalid("order_by", int(found.column or 1), f"expected asc or desc, found {str(found)!r}")
+    descending = bool(direction) and str(direction[0]).lower() == "desc"
     path = _path("order_by", member)
     column = _first_column(member)
     if path in (["id"], ["create_time"]):
@@ -434,42 +421,7 @@ def parse_order_by(text: str, class_names: Sequence[str]) -> OrderBy:
     )
 
 
-# --- the existing request fields, the canonical text --------------------------------------------------------
-
-
-def legacy_filter(
-    label: str, min_label_fraction: float, user_id: int, class_names: Sequence[str]
-) -> Node | None:
-    """The tree of ListPosts' older fields (``label``; ``min_label_fraction``, 0 → 0.01; ``user_id``, 0 → any
-    user), to be combined with the parsed filter by ``all_of``. Raises InvalidArgument naming those fields."""
-    violations: list[FieldViolation] = []
-    nodes: list[Node] = []
-    if math.isnan(min_label_fraction) or not 0 <= min_label_fraction <= 1:
-        violations.append(FieldViolation("min_label_fraction", "must be between 0 and 1 (0 means 0.01)"))
-    if label:
-        if label not in class_names:
-            classes = ", ".join(class_names)
-            violations.append(
-                FieldViolation("label", f"unknown label {label!r}; the model's classes are: {classes}")
-            )
-        nodes.append(LabelCompare(label, ">=", min_label_fraction or DEFAULT_MIN_LABEL_FRACTION))
-    elif min_label_fraction:
-        violations.append(FieldViolation("min_label_fraction", "needs label"))
-    if not 0 <= user_id <= MAX_ID:
-        violations.append(FieldViolation("user_id", "must be a positive id, or 0 for every user"))
-    elif user_id:
-        nodes.append(FieldCompare("user_id", "=", user_id))
-    if violations:
-        raise InvalidArgument(violations)
-    return all_of(*nodes)
-
-
-def all_of(*nodes: Node | None) -> Node | None:
-    """The AND of the given trees (None ones skipped); None when there are none."""
-    present = list(_flatten(And, [node for node in nodes if node is not None]))
-    if not present:
-        return None
-    return present[0] if len(present) == 1 else And(tuple(present))
+# --- the canonical text -------------------------------------------------------------------------------------
 
 
 def canonical_filter(node: Node | None) -> str:
@@ -483,8 +435,9 @@ def canonical_filter(node: Node | None) -> str:
             stamp = node.value.astimezone(UTC).isoformat().replace("+00:00", "Z")
             return f'{node.field} {node.op} "{stamp}"'
         return f"{node.field} {node.op} {node.value}"
-    if isinstance(node, Not):
-        return f"NOT {_grouped(node.operand)}"
+    if isinstance(node, Not):  # AIP-160 has no NOT NOT: a negated negation goes in parentheses
+        inner = canonical_filter(node.operand)
+        return f"NOT ({inner})" if isinstance(node.operand, And | Or | Not) else f"NOT {inner}"
     joiner = " AND " if isinstance(node, And) else " OR "
     return joiner.join(_grouped(operand) for operand in node.operands)
 

@@ -19,6 +19,7 @@ rows strictly after it in the order. What that guarantees while other writers ch
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from sqlalchemy import (
 from board_server.errors import FieldViolation, InvalidArgument
 from board_server.models import AttachmentLabel, Post
 from board_server.post_filter import (
+    DEFAULT_MIN_LABEL_FRACTION,
     MAX_ID,
     And,
     FieldCompare,
@@ -235,7 +237,7 @@ def _by_label(order: OrderBy, cursor: Cursor | None) -> Select[Any]:
     return statement.order_by(*ordering)
 
 
-# --- cursors and what a page token is bound to --------------------------------------------------------------
+# --- the older request fields, cursors, what a page token is bound to ---------------------------------------
 
 
 def _check_cursor(cursor: Cursor, order: OrderBy) -> None:
@@ -282,6 +284,43 @@ def cursor_from_dict(data: Mapping[str, object], order: OrderBy) -> Cursor:
         description = "is not a page token of this list; pass the next_page_token received"
         raise InvalidArgument([FieldViolation("page_token", description)]) from None
     return cursor
+
+
+def legacy_filter(
+    label: str, min_label_fraction: float, user_id: int, class_names: Sequence[str]
+) -> Node | None:
+    """The tree of ListPosts' older fields (``label``; ``min_label_fraction``, 0 → 0.01; ``user_id``, 0 → any
+    user), to be combined with the parsed filter by ``all_of``. Raises InvalidArgument naming those fields."""
+    violations: list[FieldViolation] = []
+    nodes: list[Node] = []
+    if math.isnan(min_label_fraction) or not 0 <= min_label_fraction <= 1:
+        violations.append(FieldViolation("min_label_fraction", "must be between 0 and 1 (0 means 0.01)"))
+    if label:
+        if label not in class_names:
+            classes = ", ".join(class_names)
+            violations.append(
+                FieldViolation("label", f"unknown label {label!r}; the model's classes are: {classes}")
+            )
+        nodes.append(LabelCompare(label, ">=", min_label_fraction or DEFAULT_MIN_LABEL_FRACTION))
+    elif min_label_fraction:
+        violations.append(FieldViolation("min_label_fraction", "needs label"))
+    if not 0 <= user_id <= MAX_ID:
+        violations.append(FieldViolation("user_id", "must be a positive id, or 0 for every user"))
+    elif user_id:
+        nodes.append(FieldCompare("user_id", "=", user_id))
+    if violations:
+        raise InvalidArgument(violations)
+    return all_of(*nodes)
+
+
+def all_of(*nodes: Node | None) -> Node | None:
+    """The AND of the given trees (None ones skipped); None when there are none."""
+    present: list[Node] = []
+    for node in nodes:
+        present.extend(node.operands if isinstance(node, And) else [] if node is None else [node])
+    if not present:
+        return None
+    return present[0] if len(present) == 1 else And(tuple(present))
 
 
 def canonical_query(where: Node | None, order: OrderBy) -> str:
