@@ -1,66 +1,86 @@
-"""`board-server`: serve board.v1.BoardService (default) or `board-server migrate` the database and exit."""
+"""`board-server`: serve board.v1.BoardService (default), or work on its database and exit.
+
+board-server [flags]                          serve (see --help for every flag and its env variable)
+board-server migrate                          bring the schema to the newest revision
+board-server admin grant EMAIL                make the user an admin (admin revoke EMAIL: take it back)
+board-server admin set-password EMAIL         read a new password from stdin; ends the user's sessions
+"""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Sequence
-from types import FrameType
 
-from board_server.config import Settings, add_arguments, add_attachment_arguments, load_settings
+from board_server.config import Settings, add_arguments, load_settings
 
 logger = logging.getLogger("board_server")
 
+ADMIN_ACTIONS = ("grant", "revoke", "set-password")
+
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="board-server", description=__doc__)
-    parser.add_argument("command", nargs="?", choices=("serve", "migrate"), default="serve")
+    parser = argparse.ArgumentParser(
+        prog="board-server", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("command", nargs="?", choices=("serve", "migrate", "admin"), default="serve")
+    parser.add_argument("arguments", nargs="*", help="admin: ACTION EMAIL (grant, revoke, set-password)")
     add_arguments(parser)
-    add_attachment_arguments(parser)
     return parser
 
 
-def serve(settings: Settings) -> int:
-    """Run the server until SIGTERM/SIGINT, then drain in-flight calls for the grace period."""
-    from board_server.server import configure_audit_log, create_server
+def _read_password(email: str) -> str:
+    """The new password: asked twice without echo on a terminal, else the first line of stdin."""
+    if sys.stdin.isatty():
+        first = getpass.getpass(f"New password for {email}: ")
+        if getpass.getpass("Again: ") != first:
+            raise ValueError("the two passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
 
-    audit_handler = configure_audit_log(settings)
-    board = create_server(settings)
-    host = settings.address.rsplit(":", 1)[0]
-    # Tests and tools parse this line to learn the bound port (the address may say port 0).
-    logger.info("listening on %s:%d", host, board.port)
-    stopping = threading.Event()
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        logger.info(
-            "received %s; draining for up to %.1fs", signal.Signals(signum).name, settings.grace_seconds
-        )
-        stopping.set()
+def admin(settings: Settings, action: str, email: str) -> int:
+    """Run an admin action on the database; the exit status."""
+    from board_server.admin import grant_admin, set_password
+    from board_server.database import migrate, open_database
+    from board_server.processes import audit_file_handler, route_audit
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    stopping.wait()
-    board.stop(settings.grace_seconds)
-    audit_handler.close()
-    logger.info("stopped")
+    route_audit(audit_file_handler(settings))
+    database = open_database(settings)
+    try:
+        migrate(database.engine)
+        if action == "set-password":
+            user_id = set_password(database, email, _read_password(email))
+        else:
+            user_id = grant_admin(database, email, admin=action == "grant")
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 1
+    finally:
+        database.dispose()
+    logger.info("%s done for user %d", action, user_id)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
     try:
         settings = load_settings(args)
     except ValueError as exc:
         print(f"board-server: {exc}", file=sys.stderr)  # noqa: T201 - before logging is configured
         return 2
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    # Alembic announces every plugin at INFO; only its warnings matter here.
-    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
+    from board_server.processes import configure_logging, serve
+
+    configure_logging(settings.log_level)
+    if args.command == "admin":
+        if len(args.arguments) != 2 or args.arguments[0] not in ADMIN_ACTIONS:
+            parser.error(f"admin needs ACTION EMAIL, ACTION one of {', '.join(ADMIN_ACTIONS)}")
+        return admin(settings, args.arguments[0], args.arguments[1])
+    if args.arguments:
+        parser.error(f"unexpected arguments: {' '.join(args.arguments)}")
     if args.command == "migrate":
         from board_server.database import migrate, open_database
 
@@ -70,11 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             database.dispose()
         return 0
-    try:
-        return serve(settings)
-    except RuntimeError as exc:
-        logger.error("cannot start: %s", exc)
-        return 1
+    if not settings.auth:
+        logger.warning(
+            "AUTH IS OFF (--auth off): anyone who reaches %s may act as any user; for local development only",
+            settings.address,
+        )
+    return serve(settings)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import Connection, Row, Table, bindparam, delete, insert, select
+from sqlalchemy import Connection, Row, Table, bindparam, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from board_server.errors import AttachmentNotFound, PostNotFound
@@ -22,8 +22,22 @@ PENDING, TAGGED, FAILED = "PENDING", "TAGGED", "FAILED"
 _META = [c for c in _ATTACHMENTS.c if c.name not in ("data", "mask_png")]
 
 _READ_META = select(*_META).where(_ATTACHMENTS.c.id == bindparam("id"))
-_LIST_META = select(*_META).where(_ATTACHMENTS.c.post_id == bindparam("post_id")).order_by(_ATTACHMENTS.c.id)
+_LIST_META = (
+    select(*_META)
+    .where(_ATTACHMENTS.c.post_id == bindparam("post_id"), _ATTACHMENTS.c.id > bindparam("after"))
+    .order_by(_ATTACHMENTS.c.id)
+    .limit(bindparam("n"))
+)
 _POST_EXISTS = select(_POSTS.c.id).where(_POSTS.c.id == bindparam("id"))
+_POST_AUTHOR = select(_POSTS.c.user_id).where(_POSTS.c.id == bindparam("id"))
+# FOR UPDATE on PostgreSQL: two uploads to one post count the quota one after the other.
+_POST_AUTHOR_LOCKED = _POST_AUTHOR.with_for_update()
+_COUNT_OF_POST = select(func.count()).where(_ATTACHMENTS.c.post_id == bindparam("post_id"))
+_OWNER = (
+    select(_ATTACHMENTS.c.post_id, _POSTS.c.user_id, _ATTACHMENTS.c.status)
+    .join(_POSTS, _POSTS.c.id == _ATTACHMENTS.c.post_id)
+    .where(_ATTACHMENTS.c.id == bindparam("id"))
+)
 _INSERT = insert(_ATTACHMENTS).returning(*_META)
 _CONTENT = select(_ATTACHMENTS.c.data, _ATTACHMENTS.c.content_type).where(
     _ATTACHMENTS.c.id == bindparam("id")
@@ -46,6 +60,14 @@ def add_attachment(conn: Connection, values: dict[str, Any]) -> Row[Any]:
         raise
 
 
+_READ_MANY = select(*_META).where(_ATTACHMENTS.c.id.in_(bindparam("ids", expanding=True)))
+
+
+def read_attachments(conn: Connection, attachment_ids: Sequence[int]) -> Sequence[Row[Any]]:
+    """The metadata of those of ``attachment_ids`` that exist."""
+    return conn.execute(_READ_MANY, {"ids": list(attachment_ids)}).all() if attachment_ids else []
+
+
 def read_attachment(conn: Connection, attachment_id: int) -> Row[Any]:
     """The attachment's metadata (no bytes); raise AttachmentNotFound."""
     row = conn.execute(_READ_META, {"id": attachment_id}).first()
@@ -54,12 +76,32 @@ def read_attachment(conn: Connection, attachment_id: int) -> Row[Any]:
     return row
 
 
-def list_attachments(conn: Connection, post_id: int) -> Sequence[Row[Any]]:
-    """The post's attachments (metadata) ordered by id; raise PostNotFound."""
-    rows = conn.execute(_LIST_META, {"post_id": post_id}).all()
+def list_attachments(conn: Connection, post_id: int, after_id: int, limit: int) -> Sequence[Row[Any]]:
+    """Up to ``limit`` of the post's attachments (metadata) with id > ``after_id``; raise PostNotFound."""
+    rows = conn.execute(_LIST_META, {"post_id": post_id, "after": after_id, "n": limit}).all()
     if not rows and conn.execute(_POST_EXISTS, {"id": post_id}).first() is None:
         raise PostNotFound(post_id)
     return rows
+
+
+def post_author(conn: Connection, post_id: int, *, for_update: bool = False) -> int:
+    """The author of the post (row-locked on PostgreSQL with ``for_update``); raise PostNotFound."""
+    row = conn.execute(_POST_AUTHOR_LOCKED if for_update else _POST_AUTHOR, {"id": post_id}).first()
+    if row is None:
+        raise PostNotFound(post_id)
+    return int(row.user_id)
+
+
+def count_of_post(conn: Connection, post_id: int) -> int:
+    return int(conn.execute(_COUNT_OF_POST, {"post_id": post_id}).scalar_one())
+
+
+def owner(conn: Connection, attachment_id: int) -> tuple[int, int, str]:
+    """(post id, the post author's id, status) of the attachment; raise AttachmentNotFound."""
+    row = conn.execute(_OWNER, {"id": attachment_id}).first()
+    if row is None:
+        raise AttachmentNotFound(attachment_id)
+    return int(row.post_id), int(row.user_id), str(row.status)
 
 
 def read_labels(conn: Connection, attachment_ids: Sequence[int]) -> dict[int, list[tuple[str, float, int]]]:

@@ -10,17 +10,29 @@ from __future__ import annotations
 import io
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import Connection, Row
+
 from board_server import attachment_repository as repo
+from board_server import tagging_queue as queue
+from board_server.accounts import Accounts, Caller
 from board_server.database import Database
-from board_server.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from board_server.errors import (
+    AttachmentNotFound,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    ResourceExhausted,
+)
 from board_server.models import FILENAME_MAX
+from board_server.paging import Page, PageTokens, query_digest
 from board_server.records import PostRecord
-from board_server.service import Page, Violations, _page, audit_not_found, check_id, page_request
+from board_server.validation import Violations, check_id
+from board_server.watch import WatchHub
 
 audit = logging.getLogger("board.audit")
 
@@ -150,6 +162,17 @@ class AttachmentView:
     model_sha256: str
     model_untrained: bool
     attempts: int
+    retag_pending: bool = False
+    model_archive_sha256: str = ""
+
+    @property
+    def settled(self) -> bool:
+        """TAGGED or FAILED, with no re-tag queued: a watch ends here."""
+        return self.status in (repo.TAGGED, repo.FAILED) and not self.retag_pending
+
+    @property
+    def version(self) -> tuple[str, datetime, int, bool]:
+        return (self.status, self.update_time, self.attempts, self.retag_pending)
 
 
 def _view(row: Any, labels: Sequence[tuple[str, float, int]]) -> AttachmentView:
@@ -172,6 +195,8 @@ def _view(row: Any, labels: Sequence[tuple[str, float, int]]) -> AttachmentView:
         model_sha256=row.model_sha256 or "",
         model_untrained=bool(row.model_untrained),
         attempts=row.attempts,
+        retag_pending=bool(row.retag_pending),
+        model_archive_sha256=row.model_archive_sha256 or "",
     )
 
 
@@ -180,16 +205,45 @@ def _now() -> datetime:
 
 
 class AttachmentService:
-    """Add, read, list and delete attachments; ``on_added`` wakes the tagging worker after each upload."""
+    """Add, read, list, retry and delete attachments; ``on_added`` wakes the tagging worker after each upload.
 
-    def __init__(self, db: Database, max_bytes: int, on_added: Callable[[], None] | None = None) -> None:
+    Only the post's author (or an admin) adds, retries or deletes its attachments; a post holds at most
+    ``max_per_post`` of them.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        accounts: Accounts,
+        tokens: PageTokens,
+        *,
+        max_bytes: int,
+        max_per_post: int,
+        watch_poll_s: float = 0.5,
+        on_added: Callable[[], None] | None = None,
+    ) -> None:
         self._db = db
+        self._accounts = accounts
+        self._tokens = tokens
         self._max_bytes = max_bytes
+        self._max_per_post = max_per_post
         self._on_added = on_added
+        self.watchers: WatchHub[AttachmentView] = WatchHub(
+            self._read_many, lambda v: v.version, poll_s=watch_poll_s
+        )
 
-    @audit_not_found
-    def add_attachment(self, post_id: int, filename: str, content_type: str, data: bytes) -> AttachmentView:
-        """Store an image as PENDING; raise InvalidArgument, PostNotFound."""
+    async def add_attachment(
+        self,
+        caller: Caller,
+        post_id: int,
+        *,
+        filename: str,
+        content_type: str,
+        data: bytes,
+        traceparent: str | None = None,
+    ) -> AttachmentView:
+        """Store an image as PENDING; raise InvalidArgument, PostNotFound, PermissionDenied,
+        ResourceExhausted (the post is full)."""
         violations = Violations()
         violations.row_id("post_id", post_id)
         violations.text("filename", filename, FILENAME_MAX)
@@ -209,61 +263,137 @@ class AttachmentService:
             "next_attempt_time": now,
             "create_time": now,
             "update_time": now,
+            "traceparent": traceparent,
         }
-        row = self._db.write(lambda conn: repo.add_attachment(conn, values))
-        audit.info("Attachment created; id=%d; post_id=%d; bytes=%d", row.id, post_id, len(data))
+
+        def add(conn: Connection) -> Row[Any]:
+            author = repo.post_author(conn, post_id, for_update=True)
+            self._accounts.require_owner(caller, author, "this post's attachments")
+            if repo.count_of_post(conn, post_id) >= self._max_per_post:
+                raise ResourceExhausted(
+                    f"post {post_id} already has {self._max_per_post} attachments, the most a post may hold"
+                )
+            return repo.add_attachment(conn, values)
+
+        row = await self._db.run_write(add)
+        audit.info(
+            "Attachment created; id=%d; post_id=%d; bytes=%d; by=%s", row.id, post_id, len(data), caller.actor
+        )
         if self._on_added is not None:
             self._on_added()
         return _view(row, ())
 
-    @audit_not_found
-    def get_attachment(self, attachment_id: int) -> AttachmentView:
+    async def get_attachment(self, caller: Caller, attachment_id: int) -> AttachmentView:
         """Return the attachment with its labels; raise InvalidArgument, AttachmentNotFound."""
+        self._accounts.require_reader(caller)
         check_id("id", attachment_id)
-        with self._db.read() as conn:
+
+        def read(conn: Connection) -> AttachmentView:
             row = repo.read_attachment(conn, attachment_id)
-            labels = repo.read_labels(conn, [attachment_id])
-        return _view(row, labels.get(attachment_id, ()))
+            return _view(row, repo.read_labels(conn, [attachment_id]).get(attachment_id, ()))
 
-    @audit_not_found
-    def list_attachments(self, post_id: int) -> list[AttachmentView]:
-        """The post's attachments ordered by id; raise InvalidArgument, PostNotFound."""
-        check_id("post_id", post_id)
-        with self._db.read() as conn:
-            rows = repo.list_attachments(conn, post_id)
+        return await self._db.run_read(read)
+
+    async def watch_attachment(self, caller: Caller, attachment_id: int) -> AsyncIterator[AttachmentView]:
+        """The attachment now, then every change, until it is TAGGED or FAILED; raise InvalidArgument,
+        AttachmentNotFound (also when it is deleted while watched)."""
+        current = await self.get_attachment(caller, attachment_id)
+        yield current
+        if current.settled:
+            return
+        async for changed in self.watchers.changes(attachment_id, current):
+            yield changed
+            if changed.settled:
+                return
+        raise AttachmentNotFound(attachment_id)
+
+    async def _read_many(self, ids: Sequence[int]) -> dict[int, AttachmentView]:
+        def read(conn: Connection) -> dict[int, AttachmentView]:
+            rows = repo.read_attachments(conn, ids)
             labels = repo.read_labels(conn, [r.id for r in rows])
-        return [_view(r, labels.get(r.id, ())) for r in rows]
+            return {r.id: _view(r, labels.get(r.id, ())) for r in rows}
 
-    @audit_not_found
-    def get_content(self, attachment_id: int) -> tuple[bytes, str]:
+        return await self._db.run_read(read)
+
+    async def list_attachments(
+        self, caller: Caller, post_id: int, page_size: int, page_token: str
+    ) -> Page[AttachmentView]:
+        """One page of the post's attachments ordered by id; raise InvalidArgument, PostNotFound."""
+        self._accounts.require_reader(caller)
+        check_id("post_id", post_id)
+        query = str(post_id)
+        request = self._tokens.id_page("attachments", query, page_size, page_token)
+
+        def read(conn: Connection) -> list[AttachmentView]:
+            rows = repo.list_attachments(conn, post_id, request.after_id, request.size + 1)
+            labels = repo.read_labels(conn, [r.id for r in rows[: request.size]])
+            return [_view(r, labels.get(r.id, ())) for r in rows]
+
+        views = await self._db.run_read(read)
+        return self._tokens.cut("attachments", query, views, request, lambda a: a.id)
+
+    async def get_content(self, caller: Caller, attachment_id: int) -> tuple[bytes, str]:
         """The uploaded bytes and MIME type; raise InvalidArgument, AttachmentNotFound."""
+        self._accounts.require_reader(caller)
         check_id("id", attachment_id)
-        with self._db.read() as conn:
-            return repo.read_content(conn, attachment_id)
+        return await self._db.run_read(lambda conn: repo.read_content(conn, attachment_id))
 
-    @audit_not_found
-    def get_mask(self, attachment_id: int) -> bytes:
+    async def get_mask(self, caller: Caller, attachment_id: int) -> bytes:
         """The mask PNG; raise InvalidArgument, AttachmentNotFound, FailedPrecondition (not TAGGED yet)."""
+        self._accounts.require_reader(caller)
         check_id("id", attachment_id)
-        with self._db.read() as conn:
-            status, png = repo.read_mask(conn, attachment_id)
-        if status != repo.TAGGED or png is None:
+        status, png = await self._db.run_read(lambda conn: repo.read_mask(conn, attachment_id))
+        if png is None:
             raise FailedPrecondition(
                 f"attachment {attachment_id} is {status}; a mask exists once it is TAGGED"
             )
         return png
 
-    @audit_not_found
-    def delete_attachment(self, attachment_id: int) -> None:
-        """Delete the attachment with its labels and mask; raise InvalidArgument, AttachmentNotFound."""
+    async def delete_attachment(self, caller: Caller, attachment_id: int) -> None:
+        """Delete the attachment with its labels and mask; raise InvalidArgument, AttachmentNotFound,
+        PermissionDenied."""
         check_id("id", attachment_id)
-        self._db.write(lambda conn: repo.delete_attachment(conn, attachment_id))
-        audit.info("Attachment deleted; id=%d", attachment_id)
 
-    def list_posts_with_label(
-        self, label: str, min_fraction: float, user_id: int, page_size: int, page_token: str
+        def remove(conn: Connection) -> None:
+            _, author, _ = repo.owner(conn, attachment_id)
+            self._accounts.require_owner(caller, author, "this attachment")
+            repo.delete_attachment(conn, attachment_id)
+
+        await self._db.run_write(remove)
+        audit.info("Attachment deleted; id=%d; by=%s", attachment_id, caller.actor)
+
+    async def retry_attachment(self, caller: Caller, attachment_id: int) -> AttachmentView:
+        """Queue a FAILED attachment for tagging again; raise InvalidArgument, AttachmentNotFound,
+        PermissionDenied, FailedPrecondition (not FAILED)."""
+        check_id("id", attachment_id)
+
+        def requeue(conn: Connection) -> AttachmentView:
+            _, author, status = repo.owner(conn, attachment_id)
+            self._accounts.require_owner(caller, author, "this attachment")
+            if not queue.requeue_failed(conn, attachment_id, _now()):
+                raise FailedPrecondition(
+                    f"attachment {attachment_id} is {status}; only a FAILED one is retried"
+                )
+            return _view(repo.read_attachment(conn, attachment_id), ())
+
+        view = await self._db.run_write(requeue)
+        audit.info("Attachment queued again; id=%d; by=%s", attachment_id, caller.actor)
+        if self._on_added is not None:
+            self._on_added()
+        return view
+
+    async def list_posts_with_label(
+        self,
+        caller: Caller,
+        *,
+        label: str,
+        min_fraction: float,
+        user_id: int,
+        page_size: int,
+        page_token: str,
     ) -> Page[PostRecord]:
         """Posts with an attachment tagged ``label`` over ``min_fraction`` (0 → 1 %); InvalidArgument."""
+        self._accounts.require_reader(caller)
         violations = Violations()
         violations.text("label", label, LABEL_MAX)
         if math.isnan(min_fraction) or not 0 <= min_fraction <= 1:
@@ -272,11 +402,10 @@ class AttachmentService:
             violations.add("user_id", "must be a positive id, or 0 for every user")
         violations.raise_if_any()
         fraction = min_fraction or DEFAULT_MIN_LABEL_FRACTION
-        # The filter is part of the token's list name, so a token is only valid for the same filter.
-        resource = f"posts?label={label}&min={fraction!r}"
-        request = page_request(resource, user_id, page_size, page_token)
-        with self._db.read() as conn:
-            rows = repo.list_posts_with_label(
+        query = query_digest(label, fraction, user_id)
+        request = self._tokens.id_page("posts-by-label", query, page_size, page_token)
+        rows = await self._db.run_read(
+            lambda conn: repo.list_posts_with_label(
                 conn,
                 label=label,
                 min_fraction=fraction,
@@ -284,4 +413,5 @@ class AttachmentService:
                 after_id=request.after_id,
                 limit=request.size + 1,
             )
-        return _page(resource, user_id, rows, request, lambda p: p.id)
+        )
+        return self._tokens.cut("posts-by-label", query, rows, request, lambda p: p.id)

@@ -1,27 +1,53 @@
-"""Settings of the board server: one frozen dataclass, built from environment and flags in one function.
+"""Settings of the board server: one frozen dataclass, built from flags and environment in one function.
 
-Nothing else in the package reads the environment.
+Every option is declared once in ``OPTIONS`` (flag, environment variable, type, default, help): the parser,
+the precedence (a flag wins over its environment variable, which wins over the default) and the defaults all
+come from that table. Nothing else in the package reads the environment. OpenTelemetry's own ``OTEL_*``
+variables are read by its SDK; ``tracing_enabled`` only records whether they ask for traces.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_METRICS_ADDRESS = "127.0.0.1:9464"
 DEFAULT_DATABASE_FILE = Path("var") / "board.db"
 DEFAULT_AUDIT_LOG = Path("var") / "log" / "board-audit.log"
 # The least a tagging lease must exceed the segmentation call timeout by (the store after the call).
 LEASE_MARGIN_S = 5.0
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: a number of seconds, or with a unit: ``90s``, ``15m``, ``12h``, ``30d``."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30, 90s, 15m, 12h, 30d)")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def _on_off(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("on", "true", "1", "yes"):
+        return True
+    if value in ("off", "false", "0", "no"):
+        return False
+    raise ValueError(f"expected on or off, got {text!r}")
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything the server needs to start; see ``load_settings`` for where each value comes from."""
+    """Everything the server needs to start; see ``OPTIONS`` for where each value comes from."""
 
     address: str = DEFAULT_ADDRESS
     database_url: str = ""
@@ -29,14 +55,36 @@ class Settings:
     audit_log_max_bytes: int = 10 * 1024 * 1024
     audit_log_backups: int = 5
     log_level: str = "INFO"
-    # 8, not 16: fewer threads contend less for the GIL (bench.board GetPost c16 0.46-0.48x floor at 16
-    # threads, 0.50-0.62x at 8, on a quiet 2-core machine).
+    # Server processes sharing the port (SO_REUSEPORT); 0 in the table below means one per core.
+    processes: int = 1
+    # Threads for blocking database work of the event loop (PostgreSQL; SQLite reads run on the loop).
     worker_threads: int = 8
     max_message_bytes: int = 4 * 1024 * 1024
     grace_seconds: float = 10.0
     sqlite_busy_timeout_ms: int = 30_000
-    # Attachments and their tagging (issue 6); an empty target turns tagging off (uploads stay PENDING).
+    database_connect_timeout_s: float = 5.0
+    # Abuse limits (per process): concurrent calls beyond the cap get RESOURCE_EXHAUSTED at once.
+    max_concurrent_rpcs: int = 1000
+    max_streams_per_connection: int = 100
+    call_timeout_s: float = 30.0
+    keepalive_time_s: float = 60.0
+    keepalive_timeout_s: float = 20.0
+    min_client_ping_interval_s: float = 10.0
+    max_connection_idle_s: float = 300.0
+    max_connection_age_s: float = 1800.0
+    max_connection_age_grace_s: float = 30.0
+    health_check_interval_s: float = 2.0
+    # Accounts and transport security.
+    auth: bool = True
+    sign_up_open: bool = True
+    reads_need_sign_in: bool = False
+    token_lifetime_s: float = 30 * 86400.0
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    allow_plaintext: bool = False
+    # Attachments and their tagging; an empty target turns tagging off (uploads stay PENDING).
     max_attachment_bytes: int = 20 * 1024 * 1024
+    max_attachments_per_post: int = 20
     segmentation_target: str = ""
     segmentation_token_file: Path | None = None
     segmentation_model: str = "deeplabv3"
@@ -46,6 +94,10 @@ class Settings:
     tagging_backoff_max_s: float = 30.0
     tagging_max_attempts: int = 5
     tagging_lease_s: float = 0.0  # 0: the call timeout plus 30 s
+    # Observability.
+    metrics_address: str = DEFAULT_METRICS_ADDRESS  # "" turns the exporter off
+    tracing_enabled: bool = False
+    watch_poll_s: float = 0.5
 
     @property
     def tagging_lease_seconds(self) -> float:
@@ -57,85 +109,145 @@ class Settings:
         """Largest gRPC message: the configured limit, raised to fit an attachment plus 1 MiB of headroom."""
         return max(self.max_message_bytes, self.max_attachment_bytes + 1024 * 1024)
 
+    @property
+    def host(self) -> str:
+        return self.address.rsplit(":", 1)[0]
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its field, flag, environment variable, how to parse it and what the help says."""
+
+    field: str
+    flag: str
+    env: str
+    parse: Callable[[str], Any]
+    help: str
+    metavar: str | None = None
+
+
+def _path(text: str) -> Path:
+    return Path(text)
+
+
+def _optional_path(text: str) -> Path | None:
+    return Path(text) if text else None
+
+
+def _metrics_address(text: str) -> str:
+    return "" if text.strip().lower() in ("", "none", "off") else text.strip()
+
+
+def _sign_up(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("open", "closed"):
+        raise ValueError(f"sign-up must be open or closed, got {text!r}")
+    return value == "open"
+
+
+def _read_access(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("anyone", "signed-in"):
+        raise ValueError(f"read access must be anyone or signed-in, got {text!r}")
+    return value == "signed-in"
+
+
+# fmt: off
+OPTIONS: tuple[Option, ...] = (
+    Option("address", "--address", "BOARD_ADDRESS", str, "HOST:PORT to listen on"),
+    Option("database_url", "--database-url", "BOARD_DATABASE_URL", str,
+           f"SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db (default: {DEFAULT_DATABASE_FILE})"),
+    Option("audit_log_path", "--audit-log", "BOARD_AUDIT_LOG", _path, "audit log file, rotating"),
+    Option("log_level", "--log-level", "BOARD_LOG_LEVEL", str.upper, "DEBUG, INFO, WARNING, ..."),
+    Option("processes", "--processes", "BOARD_PROCESSES", int,
+           "server processes sharing the port (0: one per core)"),
+    Option("worker_threads", "--workers", "BOARD_WORKERS", int,
+           "threads for blocking database work (PostgreSQL; SQLite reads run on the event loop)"),
+    Option("max_message_bytes", "--max-message-bytes", "BOARD_MAX_MESSAGE_BYTES", int,
+           "largest message in bytes"),
+    Option("grace_seconds", "--grace", "BOARD_GRACE_SECONDS", parse_duration,
+           "time in-flight calls get on shutdown"),
+    Option("max_concurrent_rpcs", "--max-concurrent-rpcs", "BOARD_MAX_CONCURRENT_RPCS", int,
+           "calls in progress per process; more get RESOURCE_EXHAUSTED"),
+    Option("max_streams_per_connection", "--max-streams-per-connection",
+           "BOARD_MAX_STREAMS_PER_CONNECTION", int, "concurrent calls one connection may open"),
+    Option("call_timeout_s", "--call-timeout", "BOARD_CALL_TIMEOUT", parse_duration,
+           "server-side deadline of a unary call"),
+    Option("keepalive_time_s", "--keepalive-time", "BOARD_KEEPALIVE_TIME", parse_duration,
+           "ping a silent client after this long (finds dead peers)"),
+    Option("min_client_ping_interval_s", "--min-client-ping-interval", "BOARD_MIN_CLIENT_PING_INTERVAL",
+           parse_duration, "clients pinging more often than this are disconnected"),
+    Option("max_connection_idle_s", "--max-connection-idle", "BOARD_MAX_CONNECTION_IDLE", parse_duration,
+           "close a connection without calls after this long"),
+    Option("max_connection_age_s", "--max-connection-age", "BOARD_MAX_CONNECTION_AGE", parse_duration,
+           "ask clients to reconnect after this long (spreads load over replicas)"),
+    Option("health_check_interval_s", "--health-interval", "BOARD_HEALTH_INTERVAL", parse_duration,
+           "how often the database is checked for grpc.health.v1"),
+    Option("auth", "--auth", "BOARD_AUTH", _on_off, "on or off (off only on a loopback address)"),
+    Option("sign_up_open", "--sign-up", "BOARD_SIGN_UP", _sign_up, "open, or closed: admins create users"),
+    Option("reads_need_sign_in", "--read-access", "BOARD_READ_ACCESS", _read_access, "anyone or signed-in"),
+    Option("token_lifetime_s", "--token-lifetime", "BOARD_TOKEN_LIFETIME", parse_duration,
+           "access token lifetime, e.g. 30d"),
+    Option("tls_cert_file", "--tls-cert-file", "BOARD_TLS_CERT_FILE", _optional_path, "PEM certificates"),
+    Option("tls_key_file", "--tls-key-file", "BOARD_TLS_KEY_FILE", _optional_path, "PEM private key"),
+    Option("allow_plaintext", "--allow-plaintext", "BOARD_ALLOW_PLAINTEXT", _on_off,
+           "on: serve without TLS on a non-loopback address with auth on (a TLS proxy in front)"),
+    Option("max_attachment_bytes", "--max-attachment-bytes", "BOARD_MAX_ATTACHMENT_BYTES", int,
+           "largest attachment in bytes"),
+    Option("max_attachments_per_post", "--max-attachments-per-post", "BOARD_MAX_ATTACHMENTS_PER_POST", int,
+           "attachments one post may hold"),
+    Option("segmentation_target", "--segmentation-target", "BOARD_SEGMENTATION_TARGET", str,
+           "HOST:PORT of TorchServe's gRPC inference API; empty turns tagging off"),
+    Option("segmentation_token_file", "--segmentation-token-file", "BOARD_SEGMENTATION_TOKEN_FILE",
+           _optional_path, "file holding TorchServe's inference key, re-read on every call"),
+    Option("segmentation_model", "--segmentation-model", "BOARD_SEGMENTATION_MODEL", str,
+           "model name in TorchServe"),
+    Option("segmentation_timeout_s", "--segmentation-timeout", "BOARD_SEGMENTATION_TIMEOUT", parse_duration,
+           "deadline of one segmentation call"),
+    Option("tagging_workers", "--tagging-workers", "BOARD_TAGGING_WORKERS", int,
+           "concurrent tagging calls (spread over the processes)"),
+    Option("tagging_poll_s", "--tagging-poll", "BOARD_TAGGING_POLL_SECONDS", parse_duration,
+           "scan for work uploaded through other processes or replicas this often"),
+    Option("tagging_lease_s", "--tagging-lease", "BOARD_TAGGING_LEASE_SECONDS", parse_duration,
+           "how long a claimed attachment stays leased (0: the segmentation timeout + 30 s)"),
+    Option("tagging_max_attempts", "--tagging-max-attempts", "BOARD_TAGGING_MAX_ATTEMPTS", int,
+           "attempts at a transient failure (TorchServe 5xx, timeout, dead worker) before FAILED"),
+    Option("tagging_backoff_max_s", "--tagging-backoff-max", "BOARD_TAGGING_BACKOFF_MAX_SECONDS",
+           parse_duration, "longest wait between retries"),
+    Option("metrics_address", "--metrics-address", "BOARD_METRICS_ADDRESS", _metrics_address,
+           "HOST:PORT of the Prometheus /metrics endpoint, or none"),
+    Option("watch_poll_s", "--watch-poll", "BOARD_WATCH_POLL_SECONDS", parse_duration,
+           "how often WatchAttachment looks for changes made by other processes or replicas"),
+)
+# fmt: on
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the server flags to ``parser``; every flag defaults to None so env and defaults can fill in."""
-    parser.add_argument(
-        "--address", help=f"HOST:PORT to listen on (env BOARD_ADDRESS, default {DEFAULT_ADDRESS})"
-    )
-    parser.add_argument(
-        "--database-url",
-        help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db "
-        f"(env BOARD_DATABASE_URL, default sqlite file {DEFAULT_DATABASE_FILE})",
-    )
-    parser.add_argument(
-        "--audit-log", help=f"audit log file, rotating (env BOARD_AUDIT_LOG, default {DEFAULT_AUDIT_LOG})"
-    )
-    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ... (env BOARD_LOG_LEVEL, default INFO)")
-    parser.add_argument("--workers", type=int, help="gRPC worker threads (env BOARD_WORKERS, default 8)")
-    parser.add_argument(
-        "--max-message-bytes",
-        type=int,
-        help="largest request/response in bytes (env BOARD_MAX_MESSAGE_BYTES, default 4 MiB)",
-    )
-    parser.add_argument(
-        "--grace",
-        type=float,
-        help="seconds in-flight calls get to finish on shutdown (env BOARD_GRACE_SECONDS, default 10)",
-    )
+    """Add every server flag to ``parser``; each defaults to None so that env and defaults can fill in."""
+    defaults = Settings()
+    for option in OPTIONS:
+        default = getattr(defaults, option.field)
+        shown = "one per core" if option.field == "processes" else default
+        parser.add_argument(
+            option.flag,
+            dest=option.field,
+            default=None,
+            metavar=option.metavar,
+            help=f"{option.help} (env {option.env}; default {shown})",
+        )
 
 
-def add_attachment_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of attachments and their tagging worker; each defaults to None so env and defaults fill in."""
-    parser.add_argument(
-        "--max-attachment-bytes",
-        type=int,
-        help="largest attachment in bytes (env BOARD_MAX_ATTACHMENT_BYTES, default 20 MiB)",
-    )
-    parser.add_argument(
-        "--segmentation-target",
-        help="HOST:PORT of TorchServe's gRPC inference API; empty turns tagging off "
-        "(env BOARD_SEGMENTATION_TARGET)",
-    )
-    parser.add_argument(
-        "--segmentation-token-file",
-        help="TorchServe's key_file.json, re-read on every call (env BOARD_SEGMENTATION_TOKEN_FILE)",
-    )
-    parser.add_argument(
-        "--segmentation-model",
-        help="model name in TorchServe (env BOARD_SEGMENTATION_MODEL, default deeplabv3)",
-    )
-    parser.add_argument(
-        "--segmentation-timeout",
-        type=float,
-        help="seconds per segmentation call (env BOARD_SEGMENTATION_TIMEOUT, default 60)",
-    )
-    parser.add_argument(
-        "--tagging-workers", type=int, help="concurrent tagging calls (env BOARD_TAGGING_WORKERS, default 2)"
-    )
-    parser.add_argument(
-        "--tagging-poll",
-        type=float,
-        help="seconds between scans for pending work from other replicas (env BOARD_TAGGING_POLL_SECONDS, "
-        "default 2)",
-    )
-    parser.add_argument(
-        "--tagging-lease",
-        type=float,
-        help="seconds a claimed attachment stays leased to one replica (env BOARD_TAGGING_LEASE_SECONDS, "
-        "default the segmentation timeout + 30)",
-    )
-    parser.add_argument(
-        "--tagging-max-attempts",
-        type=int,
-        help="attempts at a transient failure (TorchServe 5xx, timeout, dead worker) before FAILED "
-        "(env BOARD_TAGGING_MAX_ATTEMPTS, default 5)",
-    )
-    parser.add_argument(
-        "--tagging-backoff-max",
-        type=float,
-        help="longest wait between retries in seconds (env BOARD_TAGGING_BACKOFF_MAX_SECONDS, default 30)",
-    )
+def _tracing_requested(env: Mapping[str, str]) -> bool:
+    if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return False
+    exporter = env.get("OTEL_TRACES_EXPORTER", "")
+    if exporter:
+        return exporter.lower() != "none"
+    return bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
 
 def load_settings(
@@ -146,68 +258,91 @@ def load_settings(
     """Build Settings: a flag wins over its environment variable, which wins over the default.
 
     Relative default paths are resolved against ``cwd`` (the working directory). Raises ValueError on a
-    malformed value (a non-numeric BOARD_WORKERS, an address without a port, ...).
+    malformed or unsafe value (a non-numeric BOARD_WORKERS, an address without a port, auth off on a public
+    address, ...), naming the setting.
     """
     env = os.environ if env is None else env
     base = Path.cwd() if cwd is None else cwd
     given = vars(args) if args is not None else {}
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        raw = given.get(option.field)
+        source = option.flag
+        if raw is None:
+            raw, source = env.get(option.env) or None, option.env
+        if raw is None:
+            continue
+        try:
+            values[option.field] = option.parse(str(raw))
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from exc
+    values.setdefault("database_url", f"sqlite:///{base / DEFAULT_DATABASE_FILE}")
+    audit = Path(values.get("audit_log_path", DEFAULT_AUDIT_LOG))
+    values["audit_log_path"] = audit if audit.is_absolute() else base / audit
+    if values.get("processes", 0) == 0:
+        values["processes"] = os.cpu_count() or 1
+    values["tracing_enabled"] = _tracing_requested(env)
+    known = {f.name for f in fields(Settings)}
+    settings = Settings(**{k: v for k, v in values.items() if k in known})
+    validate(settings)
+    return settings
 
-    def pick(flag: str, var: str) -> str | None:
-        value = given.get(flag)
-        if value is not None:
-            return str(value)
-        return env.get(var) or None
 
-    address = pick("address", "BOARD_ADDRESS") or DEFAULT_ADDRESS
-    if ":" not in address:
-        raise ValueError(f"address must be HOST:PORT, got {address!r}")
-    database_url = pick("database_url", "BOARD_DATABASE_URL") or f"sqlite:///{base / DEFAULT_DATABASE_FILE}"
-    audit = Path(pick("audit_log", "BOARD_AUDIT_LOG") or DEFAULT_AUDIT_LOG)
-    log_level = (pick("log_level", "BOARD_LOG_LEVEL") or "INFO").upper()
-    if not isinstance(logging.getLevelName(log_level), int):
-        raise ValueError(f"unknown log level {log_level!r}")
-    workers = int(pick("workers", "BOARD_WORKERS") or Settings.worker_threads)
-    max_bytes = int(pick("max_message_bytes", "BOARD_MAX_MESSAGE_BYTES") or 4 * 1024 * 1024)
-    grace = float(pick("grace", "BOARD_GRACE_SECONDS") or 10.0)
-    if workers < 1 or max_bytes < 1024 or grace < 0:
-        raise ValueError("workers must be >= 1, max message bytes >= 1024, grace >= 0")
-    max_attachment = int(pick("max_attachment_bytes", "BOARD_MAX_ATTACHMENT_BYTES") or 20 * 1024 * 1024)
-    token_file = pick("segmentation_token_file", "BOARD_SEGMENTATION_TOKEN_FILE")
-    seg_timeout = float(pick("segmentation_timeout", "BOARD_SEGMENTATION_TIMEOUT") or 60.0)
-    tagging_workers = int(pick("tagging_workers", "BOARD_TAGGING_WORKERS") or 2)
-    poll = float(pick("tagging_poll", "BOARD_TAGGING_POLL_SECONDS") or 2.0)
-    backoff_max = float(pick("tagging_backoff_max", "BOARD_TAGGING_BACKOFF_MAX_SECONDS") or 30.0)
-    max_attempts = int(pick("tagging_max_attempts", "BOARD_TAGGING_MAX_ATTEMPTS") or 5)
-    lease = float(pick("tagging_lease", "BOARD_TAGGING_LEASE_SECONDS") or 0.0)
-    if max_attachment < 1 or seg_timeout <= 0 or tagging_workers < 1 or poll <= 0 or backoff_max <= 0:
-        raise ValueError(
-            "max attachment bytes >= 1, segmentation timeout > 0, tagging workers >= 1, poll > 0, "
-            "backoff max > 0"
-        )
-    if max_attempts < 1:
-        raise ValueError("tagging max attempts must be >= 1")
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost; False for wildcard and every other address."""
+    name = host.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def validate(settings: Settings) -> None:
+    """Raise ValueError naming the first unusable or unsafe setting."""
+    s = settings
+    if ":" not in s.address:
+        raise ValueError(f"address must be HOST:PORT, got {s.address!r}")
+    if not isinstance(logging.getLevelName(s.log_level), int):
+        raise ValueError(f"unknown log level {s.log_level!r}")
+    checks = (
+        (s.processes >= 1, "processes must be >= 1"),
+        (s.worker_threads >= 1, "workers must be >= 1"),
+        (s.max_message_bytes >= 1024, "max message bytes must be >= 1024"),
+        (s.grace_seconds >= 0, "grace must be >= 0"),
+        (s.max_concurrent_rpcs >= 1, "max concurrent RPCs must be >= 1"),
+        (s.max_streams_per_connection >= 1, "max streams per connection must be >= 1"),
+        (s.call_timeout_s > 0, "call timeout must be > 0"),
+        (s.health_check_interval_s > 0, "health interval must be > 0"),
+        (s.token_lifetime_s >= 60, "token lifetime must be at least 60 s"),
+        (s.max_attachment_bytes >= 1, "max attachment bytes must be >= 1"),
+        (s.max_attachments_per_post >= 1, "max attachments per post must be >= 1"),
+        (s.segmentation_timeout_s > 0, "segmentation timeout must be > 0"),
+        (s.tagging_workers >= 1, "tagging workers must be >= 1"),
+        (s.tagging_poll_s > 0, "tagging poll must be > 0"),
+        (s.tagging_backoff_max_s > 0, "tagging backoff max must be > 0"),
+        (s.tagging_max_attempts >= 1, "tagging max attempts must be >= 1"),
+        (s.watch_poll_s > 0, "watch poll must be > 0"),
+        ((s.tls_cert_file is None) == (s.tls_key_file is None), "give both TLS certificate and key files"),
+    )  # fmt: skip
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
     # A lease shorter than a call would let a second replica take work that is still in flight.
-    if lease and lease < seg_timeout + LEASE_MARGIN_S:
+    if s.tagging_lease_s and s.tagging_lease_s < s.segmentation_timeout_s + LEASE_MARGIN_S:
         raise ValueError(
-            f"tagging lease ({lease:g}s) must exceed the segmentation timeout ({seg_timeout:g}s) by at "
-            f"least {LEASE_MARGIN_S:g}s, so that a call in flight never outlives its lease"
+            f"tagging lease ({s.tagging_lease_s:g}s) must exceed the segmentation timeout "
+            f"({s.segmentation_timeout_s:g}s) by at least {LEASE_MARGIN_S:g}s, so that a call in flight "
+            "never outlives its lease"
         )
-    return Settings(
-        address=address,
-        database_url=database_url,
-        audit_log_path=audit if audit.is_absolute() else base / audit,
-        log_level=log_level,
-        worker_threads=workers,
-        max_message_bytes=max_bytes,
-        grace_seconds=grace,
-        max_attachment_bytes=max_attachment,
-        segmentation_target=pick("segmentation_target", "BOARD_SEGMENTATION_TARGET") or "",
-        segmentation_token_file=Path(token_file) if token_file else None,
-        segmentation_model=pick("segmentation_model", "BOARD_SEGMENTATION_MODEL") or "deeplabv3",
-        segmentation_timeout_s=seg_timeout,
-        tagging_workers=tagging_workers,
-        tagging_poll_s=poll,
-        tagging_backoff_max_s=backoff_max,
-        tagging_max_attempts=max_attempts,
-        tagging_lease_s=lease,
-    )
+    if not s.auth and not is_loopback(s.host):
+        raise ValueError(
+            f"--auth off is for local development only: refused on {s.host!r}; listen on 127.0.0.1 or turn "
+            "auth on"
+        )
+    if s.auth and not s.tls and not s.allow_plaintext and not is_loopback(s.host):
+        raise ValueError(
+            f"refusing to accept passwords and tokens in plaintext on {s.host!r}: give --tls-cert-file and "
+            "--tls-key-file, or --allow-plaintext when a TLS proxy terminates in front of the board"
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from grpc_status import rpc_status
 
@@ -72,13 +72,42 @@ class DatabaseBusy(BoardError):  # noqa: N818 - domain names, as in the house st
     """The database could not take the write in time (lock contention beyond the busy timeout); retryable."""
 
 
+class DatabaseUnavailable(BoardError):  # noqa: N818 - domain names, as in the house style
+    """The database cannot be reached right now; retryable."""
+
+
+class Unauthenticated(BoardError):  # noqa: N818 - domain names, as in the house style
+    """The call needs a valid access token: none was given, or it is unknown, expired or revoked."""
+
+
+class PermissionDenied(BoardError):  # noqa: N818 - domain names, as in the house style
+    """The caller is known but may not do this (not the author, not an admin)."""
+
+
+class ResourceExhausted(BoardError):  # noqa: N818 - domain names, as in the house style
+    """A limit was reached (a quota, the sign-in limit); ``retry_after_s``: when to try again, if known."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+def excerpt(value: str, limit: int = 40) -> str:
+    """``value`` quoted for an error message, cut to ``limit`` characters: input is never echoed whole."""
+    return repr(value if len(value) <= limit else value[:limit] + "…")
+
+
 # The one mapping from domain errors to canonical codes; the most specific class wins (MRO order).
 STATUS_CODES: dict[type[BoardError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     DatabaseBusy: grpc.StatusCode.UNAVAILABLE,
+    DatabaseUnavailable: grpc.StatusCode.UNAVAILABLE,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
@@ -91,9 +120,14 @@ def status_code(error: BoardError) -> grpc.StatusCode:
 
 
 def to_grpc_status(error: BoardError) -> grpc.Status:
-    """Build the rich status (code, message, BadRequest details for InvalidArgument) for ``error``."""
+    """Build the rich status (code, message; BadRequest for InvalidArgument, RetryInfo when known)."""
     code = status_code(error)
     details: list[any_pb2.Any] = []
+    if isinstance(error, ResourceExhausted) and error.retry_after_s is not None:
+        seconds = max(1, int(error.retry_after_s + 0.999))
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=seconds)))
+        details.append(detail)
     if isinstance(error, InvalidArgument):
         bad_request = error_details_pb2.BadRequest(
             field_violations=[

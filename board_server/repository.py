@@ -17,8 +17,8 @@ from typing import Any, cast
 from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from board_server.errors import AlreadyExists, CommentNotFound, PostNotFound, UserNotFound
-from board_server.models import Comment, Post, User
+from board_server.errors import AlreadyExists, CommentNotFound, PostNotFound, UserNotFound, excerpt
+from board_server.models import Comment, DeploymentSecret, Post, User
 from board_server.records import CommentRecord, PostRecord, UserRecord
 
 _USERS, _POSTS, _COMMENTS = (cast(Table, model.__table__) for model in (User, Post, Comment))
@@ -37,22 +37,27 @@ def _is_foreign_key_violation(error: IntegrityError) -> bool:
 
 # --- users ------------------------------------------------------------------------------------------------
 
-_READ_USER = select(_USERS).where(_USERS.c.id == bindparam("id"))
+# Every column but the password hash, which never leaves the accounts code.
+_USER_COLUMNS = [c for c in _USERS.c if c.name != "password_hash"]
+_READ_USER = select(*_USER_COLUMNS).where(_USERS.c.id == bindparam("id"))
 # FOR SHARE on PostgreSQL: a post or comment being added keeps its author from being deleted under it.
 _LOCK_USER = select(_USERS.c.id).where(_USERS.c.id == bindparam("id")).with_for_update(read=True)
 _LIST_USERS = (
-    select(_USERS).where(_USERS.c.id > bindparam("after")).order_by(_USERS.c.id).limit(bindparam("n"))
+    select(*_USER_COLUMNS).where(_USERS.c.id > bindparam("after")).order_by(_USERS.c.id).limit(bindparam("n"))
 )
-_INSERT_USER = insert(_USERS).returning(*_USERS.c)
+_INSERT_USER = insert(_USERS).returning(*_USER_COLUMNS)
 
 
-def add_user(conn: Connection, name: str, email: str, now: datetime) -> UserRecord:
+def add_user(
+    conn: Connection, name: str, email: str, now: datetime, password_hash: str | None = None
+) -> UserRecord:
     """Insert a user; raise AlreadyExists if the email is taken (ignoring case)."""
+    values = {"name": name, "email": email, "create_time": now, "password_hash": password_hash}
     try:
-        row = conn.execute(_INSERT_USER, {"name": name, "email": email, "create_time": now}).one()
+        row = conn.execute(_INSERT_USER, values).one()
     except IntegrityError as exc:
         if _is_duplicate_email(exc):
-            raise AlreadyExists(f"a user with email {email!r} already exists") from exc
+            raise AlreadyExists(f"a user with email {excerpt(email)} already exists") from exc
         raise
     return cast(UserRecord, row)
 
@@ -78,12 +83,14 @@ def list_users(conn: Connection, after_id: int, limit: int) -> Sequence[UserReco
 
 def update_user(conn: Connection, user_id: int, values: Mapping[str, Any]) -> UserRecord:
     """Set ``values`` on the user; raise UserNotFound, AlreadyExists (email taken)."""
-    statement = update(_USERS).where(_USERS.c.id == user_id).values(**values).returning(*_USERS.c)
+    statement = update(_USERS).where(_USERS.c.id == user_id).values(**values).returning(*_USER_COLUMNS)
     try:
         row = conn.execute(statement).first()
     except IntegrityError as exc:
         if _is_duplicate_email(exc):
-            raise AlreadyExists(f"a user with email {values.get('email')!r} already exists") from exc
+            raise AlreadyExists(
+                f"a user with email {excerpt(str(values.get('email')))} already exists"
+            ) from exc
         raise
     if row is None:
         raise UserNotFound(user_id)
@@ -229,3 +236,19 @@ def delete_comment(conn: Connection, comment_id: int) -> None:
     """Delete the comment; raise CommentNotFound."""
     if conn.execute(delete(_COMMENTS).where(_COMMENTS.c.id == comment_id)).rowcount == 0:
         raise CommentNotFound(comment_id)
+
+
+# --- deployment secrets -----------------------------------------------------------------------------------
+
+_SECRETS = cast(Table, DeploymentSecret.__table__)
+_READ_SECRET = select(_SECRETS.c.value).where(_SECRETS.c.name == bindparam("name"))
+
+
+def read_secret(conn: Connection, name: str) -> bytes | None:
+    row = conn.execute(_READ_SECRET, {"name": name}).first()
+    return None if row is None else bytes(row.value)
+
+
+def add_secret(conn: Connection, name: str, value: bytes, now: datetime) -> None:
+    """Insert a secret; raise IntegrityError when another server created it first."""
+    conn.execute(insert(_SECRETS), {"name": name, "value": value, "create_time": now})

@@ -1,23 +1,34 @@
-"""Wiring of the board server: database, services, servicer, interceptors, health and reflection."""
+"""Wiring of one board server process: database, services, servicer, interceptor, health and reflection.
+
+The server is grpc.aio: every call is a coroutine on one event loop, so idle streams and slow uploads cost
+memory, not threads, and nobody waits for a thread pool to free up. Abuse limits are gRPC's own: at most
+``max_concurrent_rpcs`` calls in progress (RESOURCE_EXHAUSTED beyond), ``max_streams_per_connection`` per
+connection, keepalive pings that find dead peers and refuse clients that ping too often, idle connections
+closed and old ones asked to reconnect, and a server-side deadline per call (board_server/interceptors.py).
+Several such processes can share the port (board_server/processes.py).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import logging.handlers
-import time
-from collections.abc import Callable
-from concurrent import futures
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+import socket
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE_NAME
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
+from board_server.accounts import Accounts
 from board_server.attachments import AttachmentService
 from board_server.config import Settings
-from board_server.database import Database, migrate, open_database
-from board_server.errors import BoardError, to_grpc_status
+from board_server.database import Database, open_database
+from board_server.interceptors import BoardInterceptor, CallObserver
+from board_server.paging import load_page_tokens
 from board_server.service import Board
 from board_server.servicer import BoardServicer
 from board_server.tagging import TaggingWorker, build_tagging_worker
@@ -26,127 +37,166 @@ from clients.gen.board.v1 import board_pb2, board_pb2_grpc
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = board_pb2.DESCRIPTOR.services_by_name["BoardService"].full_name
-AUDIT_FORMAT = "| %(asctime)s | %(levelname)s | %(message)s | %(filename)s | %(funcName)s |"
-
-if TYPE_CHECKING:
-    _ServerInterceptor = grpc.ServerInterceptor[Any, Any]
-else:  # grpc's runtime class is not generic; only its stubs are.
-    _ServerInterceptor = grpc.ServerInterceptor
 
 
-class ErrorMappingInterceptor(_ServerInterceptor):
-    """Turns domain errors into their statuses and anything unexpected into a logged, generic INTERNAL."""
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        method = handler_call_details.method
-        behaviour = handler.unary_unary
-
-        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-            started = time.perf_counter()
-            try:
-                return behaviour(request, context)
-            except BoardError as exc:
-                logger.debug("%s: %s", method, exc.message)
-                context.abort_with_status(to_grpc_status(exc))
-            except Exception:
-                logger.exception("%s failed", method)
-                context.abort(grpc.StatusCode.INTERNAL, "internal error")
-            finally:
-                if logger.isEnabledFor(logging.DEBUG):
-                    logger.debug("%s took %.1f ms", method, (time.perf_counter() - started) * 1000)
-
-        return grpc.unary_unary_rpc_method_handler(
-            guarded,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-
-
-def configure_audit_log(settings: Settings) -> logging.Handler:
-    """Attach the rotating audit file to the ``board.audit`` logger; return the handler (to close it)."""
-    settings.audit_log_path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.handlers.RotatingFileHandler(
-        settings.audit_log_path,
-        maxBytes=settings.audit_log_max_bytes,
-        backupCount=settings.audit_log_backups,
-        encoding="utf-8",
-    )
-    handler.setFormatter(logging.Formatter(AUDIT_FORMAT))
-    audit = logging.getLogger("board.audit")
-    audit.setLevel(logging.INFO)
-    audit.addHandler(handler)
-    return handler
-
-
-def server_options(settings: Settings) -> list[tuple[str, Any]]:
-    """Channel options shared by the board server and the benchmark's echo floor."""
+def server_options(settings: Settings, *, reuse_port: bool = False) -> list[tuple[str, Any]]:
+    """Channel arguments of the board server (and of the benchmark's floor, to compare like with like)."""
+    ms = 1000
     return [
         # Large enough for an attachment of max_attachment_bytes plus the rest of the message.
         ("grpc.max_receive_message_length", settings.grpc_message_limit),
         ("grpc.max_send_message_length", settings.grpc_message_limit),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
+        # Find peers that vanished without closing (a pulled cable keeps a TCP connection forever).
+        ("grpc.keepalive_time_ms", int(settings.keepalive_time_s * ms)),
+        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_s * ms)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Keepalive enforcement: a client pinging more often than this gets GOAWAY after two strikes.
+        ("grpc.http2.min_ping_interval_without_data_ms", int(settings.min_client_ping_interval_s * ms)),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.max_connection_idle_ms", int(settings.max_connection_idle_s * ms)),
+        ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * ms)),
+        ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_s * ms)),
     ]
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the PEM files of the settings; None for plaintext."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    key, chain = settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes()
+    return grpc.ssl_server_credentials([(key, chain)])
 
 
 @dataclass
 class BoardServer:
-    """A started board server and what has to be released when it stops."""
+    """A started board server process and what has to be released when it stops."""
 
-    server: grpc.Server
+    server: grpc.aio.Server
     port: int
     database: Database
-    health: health.HealthServicer
+    health: health_aio.HealthServicer
+    accounts: Accounts
+    attachments: AttachmentService
     tagger: TaggingWorker | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    def stop(self, grace: float) -> None:
-        """Report NOT_SERVING, let in-flight calls finish for up to ``grace`` seconds, close the database."""
-        self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+    async def stop(self, grace: float) -> None:
+        """Report NOT_SERVING, let in-flight calls finish for up to ``grace`` seconds, release everything."""
+        await self.health.enter_graceful_shutdown()
+        for task in self._tasks:
+            task.cancel()
+        await self.server.stop(grace)
+        await self.attachments.watchers.close()
         if self.tagger is not None:
-            self.tagger.stop(timeout=grace)
+            await asyncio.get_running_loop().run_in_executor(None, self.tagger.stop, grace)
+        self.accounts.close()
         self.database.dispose()
 
 
-def create_server(settings: Settings) -> BoardServer:
-    """Open (and migrate) the database, build the gRPC server, bind and start it; return it with its port.
+async def watch_database(database: Database, health: health_aio.HealthServicer, interval_s: float) -> None:
+    """Keep grpc.health.v1 truthful: NOT_SERVING while the database cannot be reached, SERVING once it can."""
+    serving: bool | None = None
+    while True:
+        try:
+            async with asyncio.timeout(max(interval_s, 1.0) + 5.0):
+                await database.run_read(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
+            ok = True
+        except Exception as exc:
+            ok = False
+            if serving is not False:
+                logger.error("database unreachable: %s; health is NOT_SERVING", type(exc).__name__)
+        if ok != serving:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in ("", SERVICE_NAME):
+                await health.set(name, status)
+            if ok and serving is False:
+                logger.info("database reachable again; health is SERVING")
+            serving = ok
+        await asyncio.sleep(interval_s)
 
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """A bound (not listening) SO_REUSEPORT socket: picks port 0's number for every process, keeps it ours."""
+    family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    return sock
+
+
+async def create_server(
+    settings: Settings,
+    *,
+    port: int | None = None,
+    tagging_threads: int | None = None,
+    observers: tuple[CallObserver, ...] = (),
+) -> BoardServer:
+    """Open the (already migrated) database, build the aio server, bind and start it; return it.
+
+    ``port`` overrides the port of ``settings.address`` (processes sharing one port pass it, with
+    SO_REUSEPORT); ``tagging_threads`` overrides ``settings.tagging_workers`` (0: no tagging here).
     Raises RuntimeError if the address cannot be bound.
     """
     database = open_database(settings)
-    migrate(database.engine)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="board"),
-        interceptors=[ErrorMappingInterceptor()],
-        options=server_options(settings),
-        maximum_concurrent_rpcs=None,
-    )
-    tagger = build_tagging_worker(settings, database)
-    attachments = AttachmentService(
-        database, settings.max_attachment_bytes, on_added=tagger.wake if tagger is not None else None
-    )
-    servicer = BoardServicer(Board.over(database), attachments)
-    board_pb2_grpc.add_BoardServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
-        port = server.add_insecure_port(settings.address)
-    except RuntimeError:
+        tokens = load_page_tokens(database)
+        accounts = Accounts(
+            database,
+            auth=settings.auth,
+            reads_need_sign_in=settings.reads_need_sign_in,
+            token_lifetime=timedelta(seconds=settings.token_lifetime_s),
+        )
+    except BaseException:
         database.dispose()
         raise
-    if port == 0:
+    threads = settings.tagging_workers if tagging_threads is None else tagging_threads
+    tagger = build_tagging_worker(replace(settings, tagging_workers=threads), database) if threads else None
+    attachments = AttachmentService(
+        database,
+        accounts,
+        tokens,
+        max_bytes=settings.max_attachment_bytes,
+        max_per_post=settings.max_attachments_per_post,
+        watch_poll_s=settings.watch_poll_s,
+        on_added=tagger.wake if tagger is not None else None,
+    )
+    board = Board.over(database, accounts, tokens, sign_up_open=settings.sign_up_open)
+    interceptor = BoardInterceptor(
+        SERVICE_NAME, accounts, call_timeout_s=settings.call_timeout_s, observers=observers
+    )
+    shared = port is not None
+    server = grpc.aio.server(
+        interceptors=[interceptor],
+        options=server_options(settings, reuse_port=shared),
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
+    board_pb2_grpc.add_BoardServiceServicer_to_server(BoardServicer(board, attachments), server)  # type: ignore[no-untyped-call]
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
+    address = f"{settings.host}:{port}" if shared else settings.address
+    credentials = server_credentials(settings)
+    try:
+        bound = (
+            server.add_secure_port(address, credentials)
+            if credentials is not None
+            else server.add_insecure_port(address)
+        )
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        accounts.close()
         database.dispose()
-        raise RuntimeError(f"could not bind {settings.address}")
-    server.start()
+        raise RuntimeError(f"could not bind {address}")
+    await server.start()
     if tagger is not None:
         tagger.start()
-    return BoardServer(server=server, port=port, database=database, health=health_servicer, tagger=tagger)
+    started = BoardServer(server, bound, database, health, accounts, attachments, tagger)
+    started._tasks.append(
+        asyncio.create_task(watch_database(database, health, settings.health_check_interval_s), name="health")
+    )
+    return started

@@ -1,55 +1,30 @@
-"""Use cases of the board: one transaction each, validation, and the audit log.
+"""Use cases of the board: one transaction each, validation, who may do what, and the audit log.
 
-Every create/update/delete is written to the audit logger ``board.audit`` at INFO after its commit, every
-not-found at WARNING, with this module's file and the use case's function name in the record.
+Every use case takes the ``Caller`` (board_server/accounts.py) first. Every create/update/delete is written to
+the audit logger ``board.audit`` at INFO after its commit, naming the actor (``by=user:7``); reads never are,
+so no read can push history out of the audit log.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import functools
-import hashlib
-import hmac
-import json
 import logging
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Generic, ParamSpec, TypeVar
 
 from sqlalchemy import Connection
 
+from board_server import account_repository as accounts_repo
 from board_server import repository
+from board_server.accounts import Accounts, Caller
 from board_server.database import Database
-from board_server.errors import FieldViolation, InvalidArgument, NotFound
-from board_server.models import (
-    COMMENT_CONTENT_MAX,
-    EMAIL_MAX,
-    NAME_MAX,
-    POST_CONTENT_MAX,
-    TITLE_MAX,
-)
+from board_server.errors import FieldViolation, InvalidArgument, PermissionDenied, Unauthenticated
+from board_server.models import COMMENT_CONTENT_MAX, NAME_MAX, POST_CONTENT_MAX, TITLE_MAX
+from board_server.paging import Page, PageTokens
 from board_server.records import CommentRecord, PostRecord, UserRecord
+from board_server.validation import Violations, check_id
 
 audit = logging.getLogger("board.audit")
-
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
-EMAIL_PATTERN = re.compile(r"[^@\s\x00]+@[^@\s.\x00]+(\.[^@\s.\x00]+)+")
-IMMUTABLE_PATHS = frozenset({"id", "create_time", "update_time", "user_id", "post_id"})
-
-T = TypeVar("T")
-P = ParamSpec("P")
-
-
-@dataclass(frozen=True)
-class Page(Generic[T]):
-    """One page of a list: the rows and the token of the next page ("" on the last page)."""
-
-    items: Sequence[T]
-    next_page_token: str
 
 
 def _now() -> datetime:
@@ -61,192 +36,81 @@ def _later_than(previous: datetime) -> datetime:
     return max(_now(), previous + timedelta(microseconds=1))
 
 
-def audit_not_found(method: Callable[P, T]) -> Callable[P, T]:
-    """Write a WARNING audit line (naming ``method``) for every NotFound that ``method`` raises."""
-    code = method.__code__
-
-    @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return method(*args, **kwargs)
-        except NotFound as exc:
-            if audit.isEnabledFor(logging.WARNING):
-                record = audit.makeRecord(
-                    audit.name, logging.WARNING, code.co_filename, code.co_firstlineno, str(exc), (), None,
-                    func=method.__name__,
-                )  # fmt: skip
-                audit.handle(record)
-            raise
-
-    return wrapper
-
-
-# --- validation --------------------------------------------------------------------------------------------
-
-
-class Violations:
-    """Collects field violations; ``raise_if_any`` raises one InvalidArgument naming all of them."""
-
-    def __init__(self) -> None:
-        self.items: list[FieldViolation] = []
-
-    def add(self, field: str, description: str) -> None:
-        self.items.append(FieldViolation(field, description))
-
-    def text(self, field: str, value: str, max_len: int) -> None:
-        if not value.strip():
-            self.add(field, "must not be blank")
-        elif len(value) > max_len:
-            self.add(field, f"must be at most {max_len} characters (got {len(value)})")
-        elif "\x00" in value:  # PostgreSQL text cannot hold NUL
-            self.add(field, "must not contain NUL characters")
-
-    def email(self, field: str, value: str) -> None:
-        if len(value) > EMAIL_MAX:
-            self.add(field, f"must be at most {EMAIL_MAX} characters (got {len(value)})")
-        elif not EMAIL_PATTERN.fullmatch(value):
-            self.add(field, "must be an email address like name@example.org")
-
-    def row_id(self, field: str, value: int) -> None:
-        if value <= 0:
-            self.add(field, "must be a positive id")
-
-    def mask(self, field: str, paths: Sequence[str], mutable: frozenset[str]) -> list[str]:
-        """Check an update mask; return its paths without duplicates."""
-        if not paths:
-            self.add(field, "must name at least one field")
-        for path in paths:
-            if path in IMMUTABLE_PATHS:
-                self.add(field, f"{path!r} cannot be changed")
-            elif path not in mutable:
-                self.add(field, f"unknown field {path!r}; allowed: {', '.join(sorted(mutable))}")
-        return list(dict.fromkeys(paths))
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            raise InvalidArgument(self.items)
-
-
-def check_id(field: str, value: int) -> None:
-    """Raise InvalidArgument unless ``value`` is a positive id."""
-    violations = Violations()
-    violations.row_id(field, value)
-    violations.raise_if_any()
-
-
-# --- page tokens -------------------------------------------------------------------------------------------
-
-_TOKEN_VERSION = 1
-_TOKEN_KEY = b"board.v1 page token"
-_DIGEST_BYTES = 8
-
-
 @dataclass(frozen=True)
-class PageRequest:
-    """A validated list request: how many rows, and the id after which the page starts."""
+class UserView:
+    """A user as this caller may see them: email and admin flag only for the user and for admins."""
 
-    size: int
-    after_id: int
+    id: int
+    name: str
+    email: str
+    admin: bool
+    create_time: datetime
 
-
-def encode_page_token(resource: str, query: int, after_id: int) -> str:
-    """Opaque token for the page after ``after_id`` of the list ``resource`` filtered by ``query``."""
-    payload = json.dumps(
-        {"v": _TOKEN_VERSION, "r": resource, "q": query, "a": after_id}, separators=(",", ":")
-    )
-    data = payload.encode()
-    digest = hashlib.blake2b(data, key=_TOKEN_KEY, digest_size=_DIGEST_BYTES).digest()
-    return base64.urlsafe_b64encode(digest + data).decode().rstrip("=")
-
-
-def page_request(resource: str, query: int, page_size: int, page_token: str) -> PageRequest:
-    """Validate page_size/page_token of a list ``resource`` with filter ``query``; raise InvalidArgument."""
-    violations = Violations()
-    if page_size < 0:
-        violations.add("page_size", "must not be negative")
-    after_id = 0
-    if page_token:
-        decoded = _decode_page_token(resource, query, page_token)
-        if decoded is None:
-            violations.add(
-                "page_token", "is not a page token of this list; pass the next_page_token received"
-            )
-        else:
-            after_id = decoded
-    violations.raise_if_any()
-    size = DEFAULT_PAGE_SIZE if page_size == 0 else min(page_size, MAX_PAGE_SIZE)
-    return PageRequest(size=size, after_id=after_id)
-
-
-def _decode_page_token(resource: str, query: int, token: str) -> int | None:
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    except (binascii.Error, ValueError):
-        return None
-    digest, data = raw[:_DIGEST_BYTES], raw[_DIGEST_BYTES:]
-    expected = hashlib.blake2b(data, key=_TOKEN_KEY, digest_size=_DIGEST_BYTES).digest()
-    if len(digest) != _DIGEST_BYTES or not hmac.compare_digest(digest, expected):
-        return None
-    try:
-        payload = json.loads(data)
-    except ValueError:
-        return None
-    if not isinstance(payload, dict) or payload.get("v") != _TOKEN_VERSION:
-        return None
-    after = payload.get("a")
-    if payload.get("r") != resource or payload.get("q") != query or not isinstance(after, int) or after < 0:
-        return None
-    return after
-
-
-def _page(
-    resource: str, query: int, rows: Sequence[T], request: PageRequest, last_id: Callable[[T], int]
-) -> Page[T]:
-    """Cut the ``size + 1`` rows fetched into a page; the extra row only says that another page exists."""
-    if len(rows) > request.size:
-        items = rows[: request.size]
-        return Page(items, encode_page_token(resource, query, last_id(items[-1])))
-    return Page(rows, "")
+    @classmethod
+    def of(cls, user: UserRecord, caller: Caller) -> UserView:
+        private = caller.is_or_admin(user.id)
+        return cls(
+            user.id, user.name, user.email if private else "", user.admin and private, user.create_time
+        )
 
 
 # --- users -------------------------------------------------------------------------------------------------
 
 
 class UserService:
-    """Create, read, list, update and delete users."""
+    """Sign-up, read, list, update (name, email, password) and delete users."""
 
-    MUTABLE = frozenset({"name", "email"})
+    MUTABLE = frozenset({"name", "email", "password"})
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, accounts: Accounts, tokens: PageTokens, *, sign_up_open: bool) -> None:
         self._db = db
+        self._accounts = accounts
+        self._tokens = tokens
+        self._sign_up_open = sign_up_open
 
-    def create_user(self, name: str, email: str) -> UserRecord:
-        """Create a user; raise InvalidArgument, AlreadyExists."""
+    async def create_user(self, caller: Caller, name: str, email: str, password: str) -> UserView:
+        """Create a user; raise InvalidArgument, AlreadyExists, PermissionDenied (sign-up closed)."""
+        if not self._sign_up_open and not (caller.admin or caller.unrestricted):
+            if not caller.signed_in:
+                raise Unauthenticated("sign-up is closed on this server: an admin creates accounts")
+            raise PermissionDenied("sign-up is closed on this server: only admins create accounts")
         violations = Violations()
         violations.text("name", name, NAME_MAX)
         violations.email("email", email)
+        if password or self._accounts.auth:
+            violations.password("password", password, email)
         violations.raise_if_any()
-        user = self._db.write(lambda conn: repository.add_user(conn, name, email, _now()))
-        audit.info("User created; id=%d", user.id)
-        return user
+        password_hash = await self._accounts.hash_password(password) if password else None
+        user = await self._db.run_write(
+            lambda conn: repository.add_user(conn, name, email, _now(), password_hash)
+        )
+        audit.info("User created; id=%d; by=%s", user.id, caller.actor)
+        return UserView.of(user, Caller(user.id))  # whoever created it sees the email they sent
 
-    @audit_not_found
-    def get_user(self, user_id: int) -> UserRecord:
+    async def get_user(self, caller: Caller, user_id: int) -> UserView:
         """Return the user; raise InvalidArgument, UserNotFound."""
+        self._accounts.require_reader(caller)
         check_id("id", user_id)
-        with self._db.read() as conn:
-            return repository.read_user(conn, user_id)
+        user = await self._db.run_read(lambda conn: repository.read_user(conn, user_id))
+        return UserView.of(user, caller)
 
-    def list_users(self, page_size: int, page_token: str) -> Page[UserRecord]:
+    async def list_users(self, caller: Caller, page_size: int, page_token: str) -> Page[UserView]:
         """One page of users ordered by id; raise InvalidArgument on a bad size or token."""
-        request = page_request("users", 0, page_size, page_token)
-        with self._db.read() as conn:
-            rows = repository.list_users(conn, request.after_id, request.size + 1)
-        return _page("users", 0, rows, request, lambda u: u.id)
+        self._accounts.require_reader(caller)
+        request = self._tokens.id_page("users", "", page_size, page_token)
+        rows = await self._db.run_read(
+            lambda conn: repository.list_users(conn, request.after_id, request.size + 1)
+        )
+        page = self._tokens.cut("users", "", rows, request, lambda u: u.id)
+        return Page([UserView.of(u, caller) for u in page.items], page.next_page_token)
 
-    @audit_not_found
-    def update_user(self, user_id: int, paths: Sequence[str], name: str, email: str) -> UserRecord:
-        """Change the masked fields (name, email); raise InvalidArgument, UserNotFound, AlreadyExists."""
+    async def update_user(
+        self, caller: Caller, user_id: int, paths: Sequence[str], *, name: str, email: str, password: str
+    ) -> UserView:
+        """Change the masked fields; a new password revokes the user's other sessions.
+
+        Raises InvalidArgument, UserNotFound, AlreadyExists, PermissionDenied.
+        """
         violations = Violations()
         violations.row_id("user.id", user_id)
         paths = violations.mask("update_mask", paths, self.MUTABLE)
@@ -254,63 +118,108 @@ class UserService:
             violations.text("user.name", name, NAME_MAX)
         if "email" in paths:
             violations.email("user.email", email)
+        if "password" in paths:
+            violations.password("user.password", password, email)
         violations.raise_if_any()
+        self._accounts.require_owner(caller, user_id, "this account")
+        values: dict[str, object] = {
+            path: {"name": name, "email": email}[path] for path in paths if path != "password"
+        }
+        if "password" in paths:
+            values["password_hash"] = await self._accounts.hash_password(password)
+        # The caller's own session survives their password change; every other one ends now.
+        keep = caller.token_id if caller.user_id == user_id else None
 
-        values = {path: {"name": name, "email": email}[path] for path in paths}
-        user = self._db.write(lambda conn: repository.update_user(conn, user_id, values))
-        audit.info("User updated; id=%d; fields=%s", user.id, ",".join(paths))
-        return user
+        def change(conn: Connection) -> tuple[UserRecord, int]:
+            user = repository.update_user(conn, user_id, values)
+            revoked = accounts_repo.delete_tokens_of(conn, user_id, keep) if "password" in paths else 0
+            return user, revoked
 
-    @audit_not_found
-    def delete_user(self, user_id: int) -> None:
-        """Delete the user with their posts and comments, atomically; raise InvalidArgument, UserNotFound."""
+        user, revoked = await self._db.run_write(change)
+        audit.info("User updated; id=%d; fields=%s; by=%s", user.id, ",".join(paths), caller.actor)
+        if revoked:
+            audit.info("Sessions revoked; user_id=%d; count=%d; by=%s", user.id, revoked, caller.actor)
+        return UserView.of(user, caller)
+
+    async def delete_user(self, caller: Caller, user_id: int) -> None:
+        """Delete the user with their posts, comments and sessions; raise InvalidArgument, UserNotFound,
+        PermissionDenied."""
         check_id("id", user_id)
-        self._db.write(lambda conn: repository.delete_user(conn, user_id))
-        audit.info("User deleted; id=%d", user_id)
+        self._accounts.require_owner(caller, user_id, "this account")
+        await self._db.run_write(lambda conn: repository.delete_user(conn, user_id))
+        audit.info("User deleted; id=%d; by=%s", user_id, caller.actor)
+
+    async def sign_in(self, email: str, password: str) -> tuple[str, datetime, UserView]:
+        """Open a session: (access token, expiry, user); raise Unauthenticated, ResourceExhausted."""
+        violations = Violations()
+        violations.text("email", email, 254)
+        if not password:
+            violations.add("password", "must not be empty")
+        violations.raise_if_any()
+        session = await self._accounts.sign_in(email, password)
+        user = await self._db.run_read(lambda conn: repository.read_user(conn, session.user_id))
+        caller = Caller(session.user_id, session.admin)
+        audit.info("Signed in; user_id=%d; by=%s", session.user_id, caller.actor)
+        return session.token, session.expire_time, UserView.of(user, caller)
+
+    async def sign_out(self, caller: Caller) -> None:
+        await self._accounts.sign_out(caller)
+        audit.info("Signed out; user_id=%d; by=%s", caller.user_id or 0, caller.actor)
 
 
 # --- posts -------------------------------------------------------------------------------------------------
 
 
 class PostService:
-    """Create, read, list, update and delete posts."""
+    """Create, read, list, update and delete posts; only the author or an admin changes one."""
 
     MUTABLE = frozenset({"title", "content"})
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, accounts: Accounts, tokens: PageTokens) -> None:
         self._db = db
+        self._accounts = accounts
+        self._tokens = tokens
 
-    @audit_not_found
-    def create_post(self, user_id: int, title: str, content: str) -> PostRecord:
-        """Create a post; raise InvalidArgument, UserNotFound."""
+    async def create_post(self, caller: Caller, user_id: int, title: str, content: str) -> PostRecord:
+        """Create a post by the caller; raise InvalidArgument, Unauthenticated, PermissionDenied."""
         violations = Violations()
-        violations.row_id("user_id", user_id)
+        if user_id < 0:
+            violations.add("user_id", "must be your own id, or 0 for yourself")
         violations.text("title", title, TITLE_MAX)
         violations.text("content", content, POST_CONTENT_MAX)
         violations.raise_if_any()
-        post = self._db.write(lambda conn: repository.add_post(conn, user_id, title, content, _now()))
-        audit.info("Post created; id=%d; user_id=%d", post.id, user_id)
+        author = self._accounts.author_for_new(caller, user_id, "user_id")
+        check_id("user_id", author)
+        post = await self._db.run_write(
+            lambda conn: repository.add_post(conn, author, title, content, _now())
+        )
+        audit.info("Post created; id=%d; user_id=%d; by=%s", post.id, author, caller.actor)
         return post
 
-    @audit_not_found
-    def get_post(self, post_id: int) -> PostRecord:
+    async def get_post(self, caller: Caller, post_id: int) -> PostRecord:
         """Return the post; raise InvalidArgument, PostNotFound."""
+        self._accounts.require_reader(caller)
         check_id("id", post_id)
-        with self._db.read() as conn:
-            return repository.read_post(conn, post_id)
+        return await self._db.run_read(lambda conn: repository.read_post(conn, post_id))
 
-    def list_posts(self, user_id: int, page_size: int, page_token: str) -> Page[PostRecord]:
+    async def list_posts(
+        self, caller: Caller, user_id: int, page_size: int, page_token: str
+    ) -> Page[PostRecord]:
         """One page of posts ordered by id, of one user unless ``user_id`` is 0; raise InvalidArgument."""
+        self._accounts.require_reader(caller)
         if user_id < 0:
             raise InvalidArgument([FieldViolation("user_id", "must be a positive id, or 0 for every user")])
-        request = page_request("posts", user_id, page_size, page_token)
-        with self._db.read() as conn:
-            rows = repository.list_posts(conn, user_id, request.after_id, request.size + 1)
-        return _page("posts", user_id, rows, request, lambda p: p.id)
+        query = str(user_id)
+        request = self._tokens.id_page("posts", query, page_size, page_token)
+        rows = await self._db.run_read(
+            lambda conn: repository.list_posts(conn, user_id, request.after_id, request.size + 1)
+        )
+        return self._tokens.cut("posts", query, rows, request, lambda p: p.id)
 
-    @audit_not_found
-    def update_post(self, post_id: int, paths: Sequence[str], title: str, content: str) -> PostRecord:
-        """Change the masked fields (title, content); raise InvalidArgument, PostNotFound."""
+    async def update_post(
+        self, caller: Caller, post_id: int, paths: Sequence[str], title: str, content: str
+    ) -> PostRecord:
+        """Change the masked fields; raise InvalidArgument, PostNotFound, PermissionDenied."""
         violations = Violations()
         violations.row_id("post.id", post_id)
         paths = violations.mask("update_mask", paths, self.MUTABLE)
@@ -319,68 +228,86 @@ class PostService:
         if "content" in paths:
             violations.text("post.content", content, POST_CONTENT_MAX)
         violations.raise_if_any()
-
         values: dict[str, object] = {path: {"title": title, "content": content}[path] for path in paths}
 
         def change(conn: Connection) -> PostRecord:
             current = repository.read_post(conn, post_id, for_update=True)
+            self._accounts.require_owner(caller, current.user_id, "this post")
             values["update_time"] = _later_than(current.update_time)
             return repository.update_post(conn, post_id, values)
 
-        post = self._db.write(change)
-        audit.info("Post updated; id=%d; fields=%s", post.id, ",".join(paths))
+        post = await self._db.run_write(change)
+        audit.info("Post updated; id=%d; fields=%s; by=%s", post.id, ",".join(paths), caller.actor)
         return post
 
-    @audit_not_found
-    def delete_post(self, post_id: int) -> None:
-        """Delete the post with its comments, atomically; raise InvalidArgument, PostNotFound."""
+    async def delete_post(self, caller: Caller, post_id: int) -> None:
+        """Delete the post with its comments and attachments; raise InvalidArgument, PostNotFound,
+        PermissionDenied."""
         check_id("id", post_id)
-        self._db.write(lambda conn: repository.delete_post(conn, post_id))
-        audit.info("Post deleted; id=%d", post_id)
+
+        def remove(conn: Connection) -> None:
+            current = repository.read_post(conn, post_id, for_update=True)
+            self._accounts.require_owner(caller, current.user_id, "this post")
+            repository.delete_post(conn, post_id)
+
+        await self._db.run_write(remove)
+        audit.info("Post deleted; id=%d; by=%s", post_id, caller.actor)
 
 
 # --- comments ----------------------------------------------------------------------------------------------
 
 
 class CommentService:
-    """Create, read, list, update and delete comments."""
+    """Create, read, list, update and delete comments; only the author or an admin changes one."""
 
     MUTABLE = frozenset({"content"})
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, accounts: Accounts, tokens: PageTokens) -> None:
         self._db = db
+        self._accounts = accounts
+        self._tokens = tokens
 
-    @audit_not_found
-    def create_comment(self, post_id: int, user_id: int, content: str) -> CommentRecord:
-        """Create a comment; raise InvalidArgument, PostNotFound, UserNotFound."""
+    async def create_comment(self, caller: Caller, post_id: int, user_id: int, content: str) -> CommentRecord:
+        """Comment as the caller; raise InvalidArgument, PostNotFound, Unauthenticated, PermissionDenied."""
         violations = Violations()
         violations.row_id("post_id", post_id)
-        violations.row_id("user_id", user_id)
+        if user_id < 0:
+            violations.add("user_id", "must be your own id, or 0 for yourself")
         violations.text("content", content, COMMENT_CONTENT_MAX)
         violations.raise_if_any()
-        comment = self._db.write(lambda conn: repository.add_comment(conn, post_id, user_id, content, _now()))
-        audit.info("Comment created; id=%d; post_id=%d; user_id=%d", comment.id, post_id, user_id)
+        author = self._accounts.author_for_new(caller, user_id, "user_id")
+        check_id("user_id", author)
+        comment = await self._db.run_write(
+            lambda conn: repository.add_comment(conn, post_id, author, content, _now())
+        )
+        audit.info(
+            "Comment created; id=%d; post_id=%d; user_id=%d; by=%s", comment.id, post_id, author, caller.actor
+        )
         return comment
 
-    @audit_not_found
-    def get_comment(self, comment_id: int) -> CommentRecord:
+    async def get_comment(self, caller: Caller, comment_id: int) -> CommentRecord:
         """Return the comment; raise InvalidArgument, CommentNotFound."""
+        self._accounts.require_reader(caller)
         check_id("id", comment_id)
-        with self._db.read() as conn:
-            return repository.read_comment(conn, comment_id)
+        return await self._db.run_read(lambda conn: repository.read_comment(conn, comment_id))
 
-    @audit_not_found
-    def list_comments(self, post_id: int, page_size: int, page_token: str) -> Page[CommentRecord]:
+    async def list_comments(
+        self, caller: Caller, post_id: int, page_size: int, page_token: str
+    ) -> Page[CommentRecord]:
         """One page of the post's comments ordered by id; raise InvalidArgument, PostNotFound."""
+        self._accounts.require_reader(caller)
         check_id("post_id", post_id)
-        request = page_request("comments", post_id, page_size, page_token)
-        with self._db.read() as conn:
-            rows = repository.list_comments(conn, post_id, request.after_id, request.size + 1)
-        return _page("comments", post_id, rows, request, lambda c: c.id)
+        query = str(post_id)
+        request = self._tokens.id_page("comments", query, page_size, page_token)
+        rows = await self._db.run_read(
+            lambda conn: repository.list_comments(conn, post_id, request.after_id, request.size + 1)
+        )
+        return self._tokens.cut("comments", query, rows, request, lambda c: c.id)
 
-    @audit_not_found
-    def update_comment(self, comment_id: int, paths: Sequence[str], content: str) -> CommentRecord:
-        """Change the masked field (content); raise InvalidArgument, CommentNotFound."""
+    async def update_comment(
+        self, caller: Caller, comment_id: int, paths: Sequence[str], content: str
+    ) -> CommentRecord:
+        """Change the masked field (content); raise InvalidArgument, CommentNotFound, PermissionDenied."""
         violations = Violations()
         violations.row_id("comment.id", comment_id)
         paths = violations.mask("update_mask", paths, self.MUTABLE)
@@ -390,19 +317,25 @@ class CommentService:
 
         def change(conn: Connection) -> CommentRecord:
             current = repository.read_comment(conn, comment_id, for_update=True)
+            self._accounts.require_owner(caller, current.user_id, "this comment")
             values = {"content": content, "update_time": _later_than(current.update_time)}
             return repository.update_comment(conn, comment_id, values)
 
-        comment = self._db.write(change)
-        audit.info("Comment updated; id=%d; fields=%s", comment.id, ",".join(paths))
+        comment = await self._db.run_write(change)
+        audit.info("Comment updated; id=%d; fields=%s; by=%s", comment.id, ",".join(paths), caller.actor)
         return comment
 
-    @audit_not_found
-    def delete_comment(self, comment_id: int) -> None:
-        """Delete the comment; raise InvalidArgument, CommentNotFound."""
+    async def delete_comment(self, caller: Caller, comment_id: int) -> None:
+        """Delete the comment; raise InvalidArgument, CommentNotFound, PermissionDenied."""
         check_id("id", comment_id)
-        self._db.write(lambda conn: repository.delete_comment(conn, comment_id))
-        audit.info("Comment deleted; id=%d", comment_id)
+
+        def remove(conn: Connection) -> None:
+            current = repository.read_comment(conn, comment_id, for_update=True)
+            self._accounts.require_owner(caller, current.user_id, "this comment")
+            repository.delete_comment(conn, comment_id)
+
+        await self._db.run_write(remove)
+        audit.info("Comment deleted; id=%d; by=%s", comment_id, caller.actor)
 
 
 @dataclass(frozen=True)
@@ -414,5 +347,11 @@ class Board:
     comments: CommentService
 
     @classmethod
-    def over(cls, db: Database) -> Board:
-        return cls(users=UserService(db), posts=PostService(db), comments=CommentService(db))
+    def over(
+        cls, db: Database, accounts: Accounts, tokens: PageTokens, *, sign_up_open: bool = True
+    ) -> Board:
+        return cls(
+            users=UserService(db, accounts, tokens, sign_up_open=sign_up_open),
+            posts=PostService(db, accounts, tokens),
+            comments=CommentService(db, accounts, tokens),
+        )

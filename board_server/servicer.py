@@ -1,23 +1,27 @@
 # ruff: noqa: N802 - method names are the RPC names that grpc dispatches to.
 """Thin gRPC adapter: proto request → service call → proto response. Imports no SQLAlchemy.
 
-Errors are not handled here: domain exceptions travel up to the interceptor in server.py, which maps them.
+Errors are not handled here: domain exceptions travel up to the interceptor (board_server/interceptors.py),
+which maps them; the same interceptor has already put the authenticated caller in ``current_caller()``.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
 from board_server.attachments import AttachmentService, AttachmentView
-from board_server.errors import FailedPrecondition
-from board_server.records import CommentRecord, PostRecord, UserRecord
-from board_server.service import Board
+from board_server.interceptors import current_caller, traceparent
+from board_server.records import CommentRecord, PostRecord
+from board_server.service import Board, UserView
 from clients.gen.board.v1 import board_pb2, board_pb2_grpc
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
@@ -28,9 +32,13 @@ def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     )
 
 
-def user_to_proto(user: UserRecord) -> board_pb2.User:
+def user_to_proto(user: UserView) -> board_pb2.User:
     return board_pb2.User(
-        id=user.id, name=user.name, email=user.email, create_time=_timestamp(user.create_time)
+        id=user.id,
+        name=user.name,
+        email=user.email,
+        admin=user.admin,
+        create_time=_timestamp(user.create_time),
     )
 
 
@@ -78,6 +86,7 @@ def attachment_to_proto(item: AttachmentView) -> board_pb2.Attachment:
         update_time=_timestamp(item.update_time),
         failure_reason=item.failure_reason,
         attempts=item.attempts,
+        retag_pending=item.retag_pending,
     )
     if item.model_arch:
         message.model.CopyFrom(
@@ -86,162 +95,196 @@ def attachment_to_proto(item: AttachmentView) -> board_pb2.Attachment:
                 weights=item.model_weights,
                 sha256=item.model_sha256,
                 untrained=item.model_untrained,
+                archive_sha256=item.model_archive_sha256,
             )
         )
     return message
 
 
 class BoardServicer(board_pb2_grpc.BoardServiceServicer):
-    """board.v1.BoardService over the board's use cases."""
+    """board.v1.BoardService over the board's use cases (grpc.aio: every method is a coroutine)."""
 
-    def __init__(self, board: Board, attachments: AttachmentService | None = None) -> None:
+    def __init__(self, board: Board, attachments: AttachmentService) -> None:
         self._board = board
         self._attachments = attachments
 
-    # users
+    # users and sessions
 
-    def CreateUser(
-        self, request: board_pb2.CreateUserRequest, context: grpc.ServicerContext
-    ) -> board_pb2.User:
-        return user_to_proto(self._board.users.create_user(request.name, request.email))
+    async def CreateUser(self, request: board_pb2.CreateUserRequest, context: Context) -> board_pb2.User:
+        user = await self._board.users.create_user(
+            current_caller(), request.name, request.email, request.password
+        )
+        return user_to_proto(user)
 
-    def GetUser(self, request: board_pb2.GetUserRequest, context: grpc.ServicerContext) -> board_pb2.User:
-        return user_to_proto(self._board.users.get_user(request.id))
+    async def GetUser(self, request: board_pb2.GetUserRequest, context: Context) -> board_pb2.User:
+        return user_to_proto(await self._board.users.get_user(current_caller(), request.id))
 
-    def ListUsers(
-        self, request: board_pb2.ListUsersRequest, context: grpc.ServicerContext
+    async def ListUsers(
+        self, request: board_pb2.ListUsersRequest, context: Context
     ) -> board_pb2.ListUsersResponse:
-        page = self._board.users.list_users(request.page_size, request.page_token)
+        page = await self._board.users.list_users(current_caller(), request.page_size, request.page_token)
         return board_pb2.ListUsersResponse(
             users=[user_to_proto(u) for u in page.items], next_page_token=page.next_page_token
         )
 
-    def UpdateUser(
-        self, request: board_pb2.UpdateUserRequest, context: grpc.ServicerContext
-    ) -> board_pb2.User:
-        user = request.user
-        paths = list(request.update_mask.paths)
-        return user_to_proto(self._board.users.update_user(user.id, paths, user.name, user.email))
+    async def UpdateUser(self, request: board_pb2.UpdateUserRequest, context: Context) -> board_pb2.User:
+        user, paths = request.user, list(request.update_mask.paths)
+        updated = await self._board.users.update_user(
+            current_caller(), user.id, paths, name=user.name, email=user.email, password=user.password
+        )
+        return user_to_proto(updated)
 
-    def DeleteUser(
-        self, request: board_pb2.DeleteUserRequest, context: grpc.ServicerContext
-    ) -> empty_pb2.Empty:
-        self._board.users.delete_user(request.id)
+    async def DeleteUser(self, request: board_pb2.DeleteUserRequest, context: Context) -> empty_pb2.Empty:
+        await self._board.users.delete_user(current_caller(), request.id)
+        return empty_pb2.Empty()
+
+    async def SignIn(self, request: board_pb2.SignInRequest, context: Context) -> board_pb2.SignInResponse:
+        token, expire, user = await self._board.users.sign_in(request.email, request.password)
+        return board_pb2.SignInResponse(
+            access_token=token, expire_time=_timestamp(expire), user=user_to_proto(user)
+        )
+
+    async def SignOut(self, request: board_pb2.SignOutRequest, context: Context) -> empty_pb2.Empty:
+        await self._board.users.sign_out(current_caller())
         return empty_pb2.Empty()
 
     # posts
 
-    def CreatePost(
-        self, request: board_pb2.CreatePostRequest, context: grpc.ServicerContext
-    ) -> board_pb2.Post:
-        return post_to_proto(self._board.posts.create_post(request.user_id, request.title, request.content))
+    async def CreatePost(self, request: board_pb2.CreatePostRequest, context: Context) -> board_pb2.Post:
+        post = await self._board.posts.create_post(
+            current_caller(), request.user_id, request.title, request.content
+        )
+        return post_to_proto(post)
 
-    def GetPost(self, request: board_pb2.GetPostRequest, context: grpc.ServicerContext) -> board_pb2.Post:
-        return post_to_proto(self._board.posts.get_post(request.id))
+    async def GetPost(self, request: board_pb2.GetPostRequest, context: Context) -> board_pb2.Post:
+        return post_to_proto(await self._board.posts.get_post(current_caller(), request.id))
 
-    def ListPosts(
-        self, request: board_pb2.ListPostsRequest, context: grpc.ServicerContext
+    async def ListPosts(
+        self, request: board_pb2.ListPostsRequest, context: Context
     ) -> board_pb2.ListPostsResponse:
-        if request.label and self._attachments is not None:
-            page = self._attachments.list_posts_with_label(
-                request.label,
-                request.min_label_fraction,
-                request.user_id,
-                request.page_size,
-                request.page_token,
+        caller = current_caller()
+        if request.label:
+            page = await self._attachments.list_posts_with_label(
+                caller,
+                label=request.label,
+                min_fraction=request.min_label_fraction,
+                user_id=request.user_id,
+                page_size=request.page_size,
+                page_token=request.page_token,
             )
         else:
-            page = self._board.posts.list_posts(request.user_id, request.page_size, request.page_token)
+            page = await self._board.posts.list_posts(
+                caller, request.user_id, request.page_size, request.page_token
+            )
         return board_pb2.ListPostsResponse(
             posts=[post_to_proto(p) for p in page.items], next_page_token=page.next_page_token
         )
 
-    def UpdatePost(
-        self, request: board_pb2.UpdatePostRequest, context: grpc.ServicerContext
-    ) -> board_pb2.Post:
-        post = request.post
-        paths = list(request.update_mask.paths)
-        return post_to_proto(self._board.posts.update_post(post.id, paths, post.title, post.content))
+    async def UpdatePost(self, request: board_pb2.UpdatePostRequest, context: Context) -> board_pb2.Post:
+        post, paths = request.post, list(request.update_mask.paths)
+        updated = await self._board.posts.update_post(
+            current_caller(), post.id, paths, post.title, post.content
+        )
+        return post_to_proto(updated)
 
-    def DeletePost(
-        self, request: board_pb2.DeletePostRequest, context: grpc.ServicerContext
-    ) -> empty_pb2.Empty:
-        self._board.posts.delete_post(request.id)
+    async def DeletePost(self, request: board_pb2.DeletePostRequest, context: Context) -> empty_pb2.Empty:
+        await self._board.posts.delete_post(current_caller(), request.id)
         return empty_pb2.Empty()
 
     # comments
 
-    def CreateComment(
-        self, request: board_pb2.CreateCommentRequest, context: grpc.ServicerContext
+    async def CreateComment(
+        self, request: board_pb2.CreateCommentRequest, context: Context
     ) -> board_pb2.Comment:
-        comment = self._board.comments.create_comment(request.post_id, request.user_id, request.content)
+        comment = await self._board.comments.create_comment(
+            current_caller(), request.post_id, request.user_id, request.content
+        )
         return comment_to_proto(comment)
 
-    def GetComment(
-        self, request: board_pb2.GetCommentRequest, context: grpc.ServicerContext
-    ) -> board_pb2.Comment:
-        return comment_to_proto(self._board.comments.get_comment(request.id))
+    async def GetComment(self, request: board_pb2.GetCommentRequest, context: Context) -> board_pb2.Comment:
+        return comment_to_proto(await self._board.comments.get_comment(current_caller(), request.id))
 
-    def ListComments(
-        self, request: board_pb2.ListCommentsRequest, context: grpc.ServicerContext
+    async def ListComments(
+        self, request: board_pb2.ListCommentsRequest, context: Context
     ) -> board_pb2.ListCommentsResponse:
-        page = self._board.comments.list_comments(request.post_id, request.page_size, request.page_token)
+        page = await self._board.comments.list_comments(
+            current_caller(), request.post_id, request.page_size, request.page_token
+        )
         return board_pb2.ListCommentsResponse(
             comments=[comment_to_proto(c) for c in page.items], next_page_token=page.next_page_token
         )
 
-    def UpdateComment(
-        self, request: board_pb2.UpdateCommentRequest, context: grpc.ServicerContext
+    async def UpdateComment(
+        self, request: board_pb2.UpdateCommentRequest, context: Context
     ) -> board_pb2.Comment:
-        comment = request.comment
-        paths = list(request.update_mask.paths)
-        return comment_to_proto(self._board.comments.update_comment(comment.id, paths, comment.content))
+        comment, paths = request.comment, list(request.update_mask.paths)
+        updated = await self._board.comments.update_comment(
+            current_caller(), comment.id, paths, comment.content
+        )
+        return comment_to_proto(updated)
 
-    def DeleteComment(
-        self, request: board_pb2.DeleteCommentRequest, context: grpc.ServicerContext
+    async def DeleteComment(
+        self, request: board_pb2.DeleteCommentRequest, context: Context
     ) -> empty_pb2.Empty:
-        self._board.comments.delete_comment(request.id)
+        await self._board.comments.delete_comment(current_caller(), request.id)
         return empty_pb2.Empty()
 
     # attachments
 
-    def _attachment_service(self) -> AttachmentService:
-        if self._attachments is None:  # only when wired without attachments (e.g. a bench floor)
-            raise FailedPrecondition("attachments are not enabled on this server")
-        return self._attachments
-
-    def AddAttachment(
-        self, request: board_pb2.AddAttachmentRequest, context: grpc.ServicerContext
+    async def AddAttachment(
+        self, request: board_pb2.AddAttachmentRequest, context: Context
     ) -> board_pb2.Attachment:
-        item = self._attachment_service().add_attachment(
-            request.post_id, request.filename, request.content_type, request.data
+        item = await self._attachments.add_attachment(
+            current_caller(),
+            request.post_id,
+            filename=request.filename,
+            content_type=request.content_type,
+            data=request.data,
+            traceparent=traceparent(context),
         )
         return attachment_to_proto(item)
 
-    def GetAttachment(
-        self, request: board_pb2.GetAttachmentRequest, context: grpc.ServicerContext
+    async def GetAttachment(
+        self, request: board_pb2.GetAttachmentRequest, context: Context
     ) -> board_pb2.Attachment:
-        return attachment_to_proto(self._attachment_service().get_attachment(request.id))
+        return attachment_to_proto(await self._attachments.get_attachment(current_caller(), request.id))
 
-    def ListAttachments(
-        self, request: board_pb2.ListAttachmentsRequest, context: grpc.ServicerContext
+    async def ListAttachments(
+        self, request: board_pb2.ListAttachmentsRequest, context: Context
     ) -> board_pb2.ListAttachmentsResponse:
-        items = self._attachment_service().list_attachments(request.post_id)
-        return board_pb2.ListAttachmentsResponse(attachments=[attachment_to_proto(a) for a in items])
+        page = await self._attachments.list_attachments(
+            current_caller(), request.post_id, request.page_size, request.page_token
+        )
+        return board_pb2.ListAttachmentsResponse(
+            attachments=[attachment_to_proto(a) for a in page.items], next_page_token=page.next_page_token
+        )
 
-    def GetAttachmentContent(
-        self, request: board_pb2.GetAttachmentContentRequest, context: grpc.ServicerContext
+    async def GetAttachmentContent(
+        self, request: board_pb2.GetAttachmentContentRequest, context: Context
     ) -> board_pb2.GetAttachmentContentResponse:
-        data, content_type = self._attachment_service().get_content(request.id)
+        data, content_type = await self._attachments.get_content(current_caller(), request.id)
         return board_pb2.GetAttachmentContentResponse(data=data, content_type=content_type)
 
-    def GetAttachmentMask(
-        self, request: board_pb2.GetAttachmentMaskRequest, context: grpc.ServicerContext
+    async def GetAttachmentMask(
+        self, request: board_pb2.GetAttachmentMaskRequest, context: Context
     ) -> board_pb2.GetAttachmentMaskResponse:
-        return board_pb2.GetAttachmentMaskResponse(png=self._attachment_service().get_mask(request.id))
+        return board_pb2.GetAttachmentMaskResponse(
+            png=await self._attachments.get_mask(current_caller(), request.id)
+        )
 
-    def DeleteAttachment(
-        self, request: board_pb2.DeleteAttachmentRequest, context: grpc.ServicerContext
+    async def DeleteAttachment(
+        self, request: board_pb2.DeleteAttachmentRequest, context: Context
     ) -> empty_pb2.Empty:
-        self._attachment_service().delete_attachment(request.id)
+        await self._attachments.delete_attachment(current_caller(), request.id)
         return empty_pb2.Empty()
+
+    async def RetryAttachment(
+        self, request: board_pb2.RetryAttachmentRequest, context: Context
+    ) -> board_pb2.Attachment:
+        return attachment_to_proto(await self._attachments.retry_attachment(current_caller(), request.id))
+
+    async def WatchAttachment(
+        self, request: board_pb2.WatchAttachmentRequest, context: Context
+    ) -> AsyncIterator[board_pb2.Attachment]:
+        async for item in self._attachments.watch_attachment(current_caller(), request.id):
+            yield attachment_to_proto(item)

@@ -1,17 +1,19 @@
-"""A small typed client for board.v1.BoardService: one method per RPC, deadlines, clear exceptions.
+"""A small typed client for board.v1.BoardService: one method per RPC, deadlines, tokens, clear exceptions.
 
     with BoardClient("127.0.0.1:50051") as board:
-        ada = board.create_user("Ada", "ada@example.org")
-        for post in board.iter_posts(user_id=ada.id):
-            ...
+        board.create_user("Ada", "ada@example.org", password="correct horse battery")
+        board.sign_in("ada@example.org", "correct horse battery")   # later calls carry the token
+        post = board.create_post(0, "Hello", "First post")            # 0: as the signed-in user
+        for attachment in board.watch_attachment(7): ...
 
-Every failed call raises a BoardClientError subclass carrying the status code, the message and, for
-INVALID_ARGUMENT, the field violations (field → description) sent by the server.
+TLS: ``BoardClient(target, root_certificates=open("ca.pem", "rb").read())`` (or ``tls=True`` for the system
+roots). Every failed call raises a BoardClientError subclass carrying the status code, the message and, for
+INVALID_ARGUMENT, the field violations (field → description) sent by the server; RESOURCE_EXHAUSTED carries
+the server's RetryInfo delay when it sent one.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -39,12 +41,17 @@ class BoardClientError(Exception):
     """A call to the board failed; ``code`` is the gRPC status code."""
 
     def __init__(
-        self, code: grpc.StatusCode, message: str, violations: Sequence[FieldViolation] = ()
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        violations: Sequence[FieldViolation] = (),
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
         self.violations = list(violations)
+        self.retry_after = retry_after
 
 
 class InvalidArgumentError(BoardClientError):
@@ -67,12 +74,32 @@ class DeadlineExceededError(BoardClientError):
     """The call did not finish within its timeout."""
 
 
+class UnauthenticatedError(BoardClientError):
+    """No access token where one is needed, or an unknown, expired or revoked one; or a failed sign-in."""
+
+
+class PermissionDeniedError(BoardClientError):
+    """Signed in, but not allowed (only the author or an admin may do this)."""
+
+
+class ResourceExhaustedError(BoardClientError):
+    """A limit was reached; ``retry_after`` (seconds) says when to try again, when the server said so."""
+
+
+class FailedPreconditionError(BoardClientError):
+    """The resource is not in the state the call needs (e.g. the mask of an attachment not yet TAGGED)."""
+
+
 _ERRORS: dict[grpc.StatusCode, type[BoardClientError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
 }
 
 
@@ -84,7 +111,11 @@ def error_from_rpc(error: grpc.RpcError) -> BoardClientError:
     code: grpc.StatusCode = error.code()
     message: str = error.details() or ""
     violations: list[FieldViolation] = []
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    retry_after: float | None = None
+    try:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    except ValueError:  # details that do not match the code: keep the code and message
+        status = None
     if status is not None:
         for detail in status.details:
             if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
@@ -93,16 +124,27 @@ def error_from_rpc(error: grpc.RpcError) -> BoardClientError:
                 violations.extend(
                     FieldViolation(v.field, v.description) for v in bad_request.field_violations
                 )
-    return _ERRORS.get(code, BoardClientError)(code, message, violations)
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                detail.Unpack(retry)
+                retry_after = retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
+    return _ERRORS.get(code, BoardClientError)(code, message, violations, retry_after)
 
 
 @dataclass
 class BoardClient:
-    """Client of one board server; use as a context manager or call ``close()``."""
+    """Client of one board server; use as a context manager or call ``close()``.
+
+    ``token`` (an access token from ``sign_in``) goes with every call as ``authorization: Bearer``;
+    ``root_certificates`` (PEM) or ``tls=True`` (system roots) make the channel TLS.
+    """
 
     target: str = DEFAULT_TARGET
     timeout: float = DEFAULT_TIMEOUT
     options: Sequence[tuple[str, Any]] = field(default_factory=list)
+    token: str | None = None
+    root_certificates: bytes | None = None
+    tls: bool = False
 
     def __post_init__(self) -> None:
         # Attachments travel in one message: allow the server's default limit (20 MiB + headroom) both ways.
@@ -111,8 +153,19 @@ class BoardClient:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             *self.options,
         ]
-        self._channel = grpc.insecure_channel(self.target, options=options)
+        if self.tls or self.root_certificates is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
+            self._channel = grpc.secure_channel(self.target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(self.target, options=options)
         self._stub = board_pb2_grpc.BoardServiceStub(self._channel)  # type: ignore[no-untyped-call]
+
+    def __repr__(self) -> str:  # never show the token
+        return f"BoardClient(target={self.target!r}, signed_in={self.token is not None})"
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
     def __enter__(self) -> BoardClient:
         return self
@@ -129,7 +182,9 @@ class BoardClient:
         self, method: Callable[..., Any], request: Any, returns: type[Response], timeout: float | None
     ) -> Response:
         try:
-            response = method(request, timeout=self.timeout if timeout is None else timeout)
+            response = method(
+                request, timeout=self.timeout if timeout is None else timeout, metadata=self.metadata
+            )
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from None
         if not isinstance(response, returns):  # the generated stub is untyped; keep the promise honest
@@ -138,9 +193,24 @@ class BoardClient:
 
     # users
 
-    def create_user(self, name: str, email: str, *, timeout: float | None = None) -> board_pb2.User:
-        request = board_pb2.CreateUserRequest(name=name, email=email)
+    def create_user(
+        self, name: str, email: str, password: str = "", *, timeout: float | None = None
+    ) -> board_pb2.User:
+        """Sign up (the password is required while the server has auth on)."""
+        request = board_pb2.CreateUserRequest(name=name, email=email, password=password)
         return self._call(self._stub.CreateUser, request, board_pb2.User, timeout)
+
+    def sign_in(self, email: str, password: str, *, timeout: float | None = None) -> board_pb2.SignInResponse:
+        """Sign in; later calls of this client carry the new token. Returns the response (token, expiry)."""
+        request = board_pb2.SignInRequest(email=email, password=password)
+        response = self._call(self._stub.SignIn, request, board_pb2.SignInResponse, timeout)
+        self.token = response.access_token
+        return response
+
+    def sign_out(self, *, timeout: float | None = None) -> None:
+        """Revoke this client's token on the server and forget it."""
+        self._call(self._stub.SignOut, board_pb2.SignOutRequest(), empty_pb2.Empty, timeout)
+        self.token = None
 
     def get_user(self, user_id: int, *, timeout: float | None = None) -> board_pb2.User:
         return self._call(self._stub.GetUser, board_pb2.GetUserRequest(id=user_id), board_pb2.User, timeout)
@@ -161,12 +231,13 @@ class BoardClient:
         *,
         name: str | None = None,
         email: str | None = None,
+        password: str | None = None,
         paths: Sequence[str] | None = None,
         timeout: float | None = None,
     ) -> board_pb2.User:
         """Change the given fields; ``paths`` overrides the mask derived from which arguments are set."""
-        user = board_pb2.User(id=user_id, name=name or "", email=email or "")
-        mask = _mask(paths, name=name, email=email)
+        user = board_pb2.User(id=user_id, name=name or "", email=email or "", password=password or "")
+        mask = _mask(paths, name=name, email=email, password=password)
         request = board_pb2.UpdateUserRequest(user=user, update_mask=mask)
         return self._call(self._stub.UpdateUser, request, board_pb2.User, timeout)
 
@@ -192,26 +263,48 @@ class BoardClient:
         *,
         label: str = "",
         min_label_fraction: float = 0.0,
+        filter: str = "",
+        order_by: str = "",
+        with_attachments: bool = False,
         timeout: float | None = None,
     ) -> board_pb2.ListPostsResponse:
-        """One page of posts; with ``label``, only posts with an attachment tagged so (share >= min)."""
+        """One page of posts; ``filter`` (AIP-160, e.g. ``label.dog >= 0.2``) and ``order_by`` (AIP-132);
+        ``with_attachments`` returns each post's attachments with labels and model."""
         request = board_pb2.ListPostsRequest(
             user_id=user_id,
             page_size=page_size,
             page_token=page_token,
             label=label,
             min_label_fraction=min_label_fraction,
+            filter=filter,
+            order_by=order_by,
+            view=board_pb2.POST_VIEW_WITH_ATTACHMENTS if with_attachments else board_pb2.POST_VIEW_BASIC,
         )
         return self._call(self._stub.ListPosts, request, board_pb2.ListPostsResponse, timeout)
 
     def iter_posts(
-        self, user_id: int = 0, page_size: int = 0, *, label: str = "", min_label_fraction: float = 0.0
+        self,
+        user_id: int = 0,
+        page_size: int = 0,
+        *,
+        label: str = "",
+        min_label_fraction: float = 0.0,
+        filter: str = "",
+        order_by: str = "",
+        with_attachments: bool = False,
     ) -> Iterator[board_pb2.Post]:
-        """Every post (of ``user_id`` unless 0, with ``label`` if given), following next_page_token."""
+        """Every post matching the arguments (see ``list_posts``), following next_page_token."""
         return _follow_pages(
             lambda token: _page(
                 self.list_posts(
-                    user_id, page_size, token, label=label, min_label_fraction=min_label_fraction
+                    user_id,
+                    page_size,
+                    token,
+                    label=label,
+                    min_label_fraction=min_label_fraction,
+                    filter=filter,
+                    order_by=order_by,
+                    with_attachments=with_attachments,
                 ),
                 "posts",
             )
@@ -296,10 +389,23 @@ class BoardClient:
         request = board_pb2.GetAttachmentRequest(id=attachment_id)
         return self._call(self._stub.GetAttachment, request, board_pb2.Attachment, timeout)
 
+    def list_attachments_page(
+        self, post_id: int, page_size: int = 0, page_token: str = "", *, timeout: float | None = None
+    ) -> board_pb2.ListAttachmentsResponse:
+        request = board_pb2.ListAttachmentsRequest(
+            post_id=post_id, page_size=page_size, page_token=page_token
+        )
+        return self._call(self._stub.ListAttachments, request, board_pb2.ListAttachmentsResponse, timeout)
+
     def list_attachments(self, post_id: int, *, timeout: float | None = None) -> list[board_pb2.Attachment]:
-        request = board_pb2.ListAttachmentsRequest(post_id=post_id)
-        response = self._call(self._stub.ListAttachments, request, board_pb2.ListAttachmentsResponse, timeout)
-        return list(response.attachments)
+        """Every attachment of the post, following next_page_token."""
+        return list(
+            _follow_pages(
+                lambda token: _page(
+                    self.list_attachments_page(post_id, 0, token, timeout=timeout), "attachments"
+                )
+            )
+        )
 
     def get_attachment_content(
         self, attachment_id: int, *, timeout: float | None = None
@@ -320,18 +426,62 @@ class BoardClient:
         request = board_pb2.DeleteAttachmentRequest(id=attachment_id)
         self._call(self._stub.DeleteAttachment, request, empty_pb2.Empty, timeout)
 
-    def wait_for_tagging(
-        self, attachment_id: int, *, timeout: float = 120.0, interval: float = 0.2
-    ) -> board_pb2.Attachment:
-        """Poll until the attachment leaves PENDING; return it (TAGGED or FAILED). Raises TimeoutError."""
-        deadline = time.monotonic() + timeout
-        while True:
-            attachment = self.get_attachment(attachment_id)
-            if attachment.status != board_pb2.ATTACHMENT_STATUS_PENDING:
-                return attachment
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"attachment {attachment_id} still PENDING after {timeout}s")
-            time.sleep(interval)
+    def retry_attachment(self, attachment_id: int, *, timeout: float | None = None) -> board_pb2.Attachment:
+        """Queue a FAILED attachment for tagging again."""
+        request = board_pb2.RetryAttachmentRequest(id=attachment_id)
+        return self._call(self._stub.RetryAttachment, request, board_pb2.Attachment, timeout)
+
+    def get_attachment_preview(
+        self,
+        attachment_id: int,
+        *,
+        max_size: int = 0,
+        overlay: bool = False,
+        content_type: str = "",
+        timeout: float | None = None,
+    ) -> board_pb2.GetAttachmentPreviewResponse:
+        """A JPEG (or ``content_type="image/webp"``) preview, with the mask blended in if ``overlay``."""
+        request = board_pb2.GetAttachmentPreviewRequest(
+            id=attachment_id, max_size=max_size, overlay=overlay, content_type=content_type
+        )
+        return self._call(
+            self._stub.GetAttachmentPreview, request, board_pb2.GetAttachmentPreviewResponse, timeout
+        )
+
+    def retag_attachments(
+        self,
+        filter: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> board_pb2.RetagAttachmentsResponse:
+        """Queue matching attachments (default: stale ones) for tagging with the served model (admins)."""
+        request = board_pb2.RetagAttachmentsRequest(filter=filter)
+        return self._call(self._stub.RetagAttachments, request, board_pb2.RetagAttachmentsResponse, timeout)
+
+    def watch_attachment(
+        self, attachment_id: int, *, timeout: float = 300.0
+    ) -> Iterator[board_pb2.Attachment]:
+        """The attachment now and after every change, until TAGGED or FAILED (the server ends the stream)."""
+        request = board_pb2.WatchAttachmentRequest(id=attachment_id)
+        stream = self._stub.WatchAttachment(request, timeout=timeout, metadata=self.metadata)
+        try:
+            yield from stream
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
+        finally:
+            stream.cancel()
+
+    def wait_for_tagging(self, attachment_id: int, *, timeout: float = 120.0) -> board_pb2.Attachment:
+        """Watch until the attachment is TAGGED or FAILED; return it. Raises TimeoutError."""
+        last: board_pb2.Attachment | None = None
+        try:
+            for last in self.watch_attachment(attachment_id, timeout=timeout):
+                if last.status != board_pb2.ATTACHMENT_STATUS_PENDING and not last.retag_pending:
+                    return last
+        except DeadlineExceededError:
+            pass
+        state = "no answer" if last is None else board_pb2.AttachmentStatus.Name(last.status)
+        raise TimeoutError(f"attachment {attachment_id} not tagged after {timeout}s ({state})")
 
 
 Item = TypeVar("Item")

@@ -60,7 +60,7 @@ def start_board_server(
     name = f"board-{next(_names)}"
     audit = workdir / f"{name}-audit.log"
     workdir.mkdir(parents=True, exist_ok=True)
-    args = [str(BOARD_SERVER), "--address", "127.0.0.1:0", "--database-url", database_url]
+    args = [str(BOARD_SERVER), "--address", "127.0.0.1:0", "--database-url", database_url, "--auth", "off"]
     proc = processes.start([*args, "--audit-log", str(audit), *extra], name=name, cwd=workdir)
     found: list[int] = []
 

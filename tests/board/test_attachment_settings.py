@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from board_server.config import Settings, add_arguments, add_attachment_arguments, load_settings
+from board_server.config import Settings, add_arguments, load_settings
 
 
 def parse(argv: list[str], env: dict[str, str]) -> Settings:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    add_attachment_arguments(parser)
     return load_settings(parser.parse_args(argv), env=env, cwd=Path("/srv/board"))
 
 

@@ -20,10 +20,12 @@ BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def upgrade() -> None:
-    # Users created before accounts have no password hash: they cannot sign in until an admin sets one.
-    with op.batch_alter_table("users") as batch:
-        batch.add_column(sa.Column("password_hash", sa.String(255), nullable=True))
-        batch.add_column(sa.Column("admin", sa.Boolean(), nullable=False, server_default=sa.false()))
+    # Plain ADD COLUMNs, never batch mode: on SQLite a batch "move and copy" of users would drop the
+    # expression index on lower(email) and, with foreign keys on, cascade-delete every post when the old
+    # table is dropped. Users created before accounts have no password hash: they cannot sign in until an
+    # admin sets one.
+    op.add_column("users", sa.Column("password_hash", sa.String(255), nullable=True))
+    op.add_column("users", sa.Column("admin", sa.Boolean(), nullable=False, server_default=sa.false()))
     op.create_table(
         "access_tokens",
         sa.Column("id", BigId, primary_key=True, autoincrement=True),
@@ -85,15 +87,12 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("attachment_previews")
     op.drop_index("ix_attachments_retag", table_name="attachments")
-    with op.batch_alter_table("attachments") as batch:
-        batch.drop_column("traceparent")
-        batch.drop_column("model_archive_sha256")
-        batch.drop_column("retag_pending")
-        batch.drop_column("claim_token")
+    # ALTER TABLE ... DROP COLUMN (SQLite >= 3.35 and PostgreSQL), never a batch copy (see upgrade).
+    for column in ("traceparent", "model_archive_sha256", "retag_pending", "claim_token"):
+        op.execute(f"ALTER TABLE attachments DROP COLUMN {column}")
     op.drop_index("ix_posts_create_time", table_name="posts")
     op.drop_table("deployment_secrets")
     op.drop_table("sign_in_failures")
     op.drop_table("access_tokens")
-    with op.batch_alter_table("users") as batch:
-        batch.drop_column("admin")
-        batch.drop_column("password_hash")
+    for column in ("admin", "password_hash"):
+        op.execute(f"ALTER TABLE users DROP COLUMN {column}")
