@@ -1,16 +1,32 @@
-"""The tagging worker: background threads in the board server that send PENDING attachments to TorchServe over
-gRPC (the generated stubs, with the token; clients/segment.py) and store labels, mask and model provenance.
+"""The tagging worker: background threads in each board server process that send PENDING attachments (then
+queued re-tags) to TorchServe over gRPC (clients/segment.py, with the inference key) and store labels, mask
+and the model's identity.
 
 Nothing is lost when the model server is slow, down or restarting: the upload is already committed. Each
-attachment is claimed with a lease (attachment_repository.claim), so one replica of many tags it; a board that
-dies mid-call leaves a lease that expires, and any replica resumes the work. Failures:
+attachment is claimed with a lease and a fresh claim token (board_server/tagging_queue.py), so one worker of
+one process of one replica tags it, and only that claim can store an outcome; a process that dies mid-call
+leaves a lease that expires, and any worker resumes the work.
 
-- unavailable / timeout / token unreadable → retried with exponential backoff and jitter, without limit,
-  and the whole worker pauses as long (no hammering a server that is down);
-- the handler rejects the image (4xx body) → FAILED with the model's reason;
-- any other server error (INTERNAL, bad answer) → retried, FAILED after ``tagging_max_attempts`` attempts.
+Every outcome of the call is classified (``classify``), and the attachment's fate follows:
 
-Woken at once by an upload in this process, and every ``tagging_poll_s`` for work uploaded through others.
+| outcome | kind | what happens |
+| --- | --- | --- |
+| answer | ok | labels, mask and model identity stored, TAGGED |
+| image rejected (400/413/415) | rejected | FAILED at once with the model's reason |
+| malformed answer | bad_answer | FAILED at once (the same image gets the same answer) |
+| timeout | timeout | retried with backoff, FAILED after ``max_attempts`` |
+| worker died mid-request, 5xx/INTERNAL | server_error | retried with backoff, FAILED after ``max_attempts`` |
+| call cancelled (not for its size) | cancelled | retried with backoff, FAILED after ``max_attempts`` |
+| handler failed before answering | unavailable | retried with backoff, FAILED after ``max_attempts`` |
+| unreachable, no worker | unavailable | the worker pauses (growing with the outage), attempt given back |
+| key missing, wrong or expired | auth | logged as an error, the worker pauses, attempt given back |
+
+An attempt given back never brings the attachment nearer to FAILED: nothing was learned about the image, and
+an outage of any length ends with the work done. A claim whose earlier leases all expired without an outcome
+(an image that kills the process?) is FAILED once its attempts pass ``max_attempts``. Storing an outcome is
+retried with backoff and logged on every failure until the lease runs out; the next claim redoes the work.
+
+Woken at once by an upload in this process, and every ``poll_s`` for work uploaded through others.
 """
 
 from __future__ import annotations
@@ -23,7 +39,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Literal, Protocol
 
 from sqlalchemy import Connection
 
@@ -33,19 +51,95 @@ from board_server.database import Database
 from clients.segment import (
     Segmentation,
     SegmentAuthError,
+    SegmentBadAnswerError,
+    SegmentCancelledError,
+    SegmentError,
     SegmentRejectedError,
+    SegmentServerError,
     SegmentTimeoutError,
     SegmentUnavailableError,
+    SegmentWorkerDiedError,
 )
 
 logger = logging.getLogger(__name__)
 
 BASE_BACKOFF_S = 0.5
 _SCAN = 8
-
+_REASON_MAX = 900  # failure_reason holds 1000 characters
 
 # Image bytes → what the model found; raises clients.segment's errors.
 Segmenter = Callable[[bytes], Segmentation]
+
+
+class TaggingObserver(Protocol):
+    """What the worker reports as it goes, for metrics. Every method must return quickly and never raise."""
+
+    def call_outcome(self, kind: str) -> None:
+        """One segmentation call ended: ok, rejected, bad_answer, timeout, server_error, cancelled,
+        unavailable or auth."""
+
+    def retried(self) -> None:
+        """An attachment was rescheduled for another attempt."""
+
+    def lease_expired(self) -> None:
+        """A claim took over work whose previous lease had expired without an outcome."""
+
+    def tagged(self, seconds_since_upload: float) -> None:
+        """An upload was TAGGED (re-tags are not counted), this long after it was stored."""
+
+
+class NoObserver:
+    """The default observer: reports nothing."""
+
+    def call_outcome(self, kind: str) -> None:
+        pass
+
+    def retried(self) -> None:
+        pass
+
+    def lease_expired(self) -> None:
+        pass
+
+    def tagged(self, seconds_since_upload: float) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a failed call means for the attachment.
+
+    ``action``: ``fail`` now; ``retry`` later, the attempt counted; ``pause`` the whole worker and retry, the
+    attempt given back (the model server is unusable for every image alike).
+    """
+
+    kind: str
+    action: Literal["fail", "retry", "pause"]
+    reason: str
+
+
+# In order: the first matching class decides (subclasses before their bases).
+_VERDICTS: tuple[tuple[type[Exception], str, Literal["fail", "retry", "pause"], str], ...] = (
+    (SegmentBadAnswerError, "bad_answer", "fail", "malformed answer from the model server: "),
+    (SegmentAuthError, "auth", "pause", "the model server refused our key: "),
+    (SegmentTimeoutError, "timeout", "retry", "timeout: "),
+    (SegmentWorkerDiedError, "server_error", "retry", "the model server's worker died during the call: "),
+    (SegmentCancelledError, "cancelled", "retry", "the call was cancelled: "),
+    (SegmentServerError, "server_error", "retry", "model server error "),
+)
+
+
+def classify(exc: BaseException) -> Verdict:
+    """The verdict on a segmentation call that raised ``exc`` (see the table in the module docstring)."""
+    if isinstance(exc, SegmentRejectedError):
+        return Verdict("rejected", "fail", f"rejected by the model ({exc.status} {exc.code}): {exc.message}")
+    if isinstance(exc, SegmentUnavailableError):
+        if exc.reached:
+            return Verdict("unavailable", "retry", f"the model server failed on the image: {exc}")
+        return Verdict("unavailable", "pause", f"the model server is unavailable: {exc}")
+    for error_type, kind, action, prefix in _VERDICTS:
+        if isinstance(exc, error_type):
+            return Verdict(kind, action, f"{prefix}{exc}")
+    return Verdict("server_error", "retry", f"{type(exc).__name__}: {exc}")
 
 
 def backoff_seconds(attempt: int, cap: float, rng: random.Random | None = None) -> float:
@@ -56,6 +150,10 @@ def backoff_seconds(attempt: int, cap: float, rng: random.Random | None = None) 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _short(reason: str) -> str:
+    return reason if len(reason) <= _REASON_MAX else reason[: _REASON_MAX - 1] + "…"
 
 
 class TaggingWorker:
@@ -72,21 +170,25 @@ class TaggingWorker:
         backoff_max_s: float = 30.0,
         max_attempts: int = 5,
         on_close: Callable[[], None] | None = None,
+        observer: TaggingObserver | None = None,
     ) -> None:
+        # For people reading the table; the claim token, not this id, fences the writes.
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._db = db
         self._segment = segment
         self._threads_wanted = threads
         self._poll_s = poll_s
-        self._lease = timedelta(seconds=lease_s)
+        self._lease_s = lease_s
         self._backoff_max_s = backoff_max_s
         self._max_attempts = max_attempts
         self._on_close = on_close
+        self._observer: TaggingObserver = observer or NoObserver()
         self._stopping = threading.Event()
         self._changed = threading.Condition()
         self._generation = 0
-        self._pause_until = 0.0  # monotonic; set while the model server is unreachable
-        self._outage = 0  # consecutive unavailable answers
+        self._pause_lock = threading.Lock()
+        self._pause_until = 0.0  # monotonic; set while the model server is unusable
+        self._outage = 0  # consecutive pausing outcomes
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -118,9 +220,9 @@ class TaggingWorker:
             with self._changed:
                 generation = self._generation
             try:
-                attachment_id = None if self._paused() else self._claim_next()
-                if attachment_id is not None:
-                    self._tag(attachment_id)
+                claim = None if self._paused() else self._claim_next()
+                if claim is not None:
+                    self._tag(claim, time.monotonic() + self._lease_s)
                     continue
             except Exception:  # a database hiccup must not kill the thread; the lease covers the work
                 logger.exception("tagging loop error; retrying after the poll interval")
@@ -135,44 +237,40 @@ class TaggingWorker:
         remaining = self._pause_until - time.monotonic()
         return max(0.05, remaining) if remaining > 0 else self._poll_s
 
-    def _claim_next(self) -> int | None:
+    def _claim_next(self) -> queue.Claim | None:
         now = _now()
+        lease_until = now + timedelta(seconds=self._lease_s)
 
-        def take(conn: Connection) -> int | None:
-            return queue.claim_next(conn, self.worker_id, now, now + self._lease, _SCAN)
+        def take(conn: Connection) -> queue.Claim | None:
+            return queue.claim_next(conn, self.worker_id, now, lease_until, _SCAN)
 
-        claimed: int | None = self._db.write(take)
+        claimed: queue.Claim | None = self._db.write(take)
         return claimed
 
-    def _tag(self, attachment_id: int) -> None:
+    def _tag(self, claim: queue.Claim, lease_end: float) -> None:
+        attachment_id = claim.attachment_id
+        if claim.took_over:
+            self._observer.lease_expired()
+            logger.warning(
+                "attachment %d: the previous lease expired without an outcome; taking over (attempt %d)",
+                attachment_id,
+                claim.attempts,
+            )
+        if claim.attempts > self._max_attempts:
+            reason = f"gave up after {claim.attempts - 1} attempts whose leases expired without an outcome"
+            self._finish_failed(claim, lease_end, reason)
+            return
         with self._db.read() as conn:
-            found = queue.read_image(conn, attachment_id)
-        if found is None:
+            image = queue.read_image(conn, attachment_id)
+        if image is None:
             return  # deleted meanwhile
-        image, attempts = found
         try:
             answer = self._segment(image)
-        except SegmentRejectedError as exc:
-            if self._stopping.is_set():  # a call cancelled by shutdown is not the model's verdict
-                self._retry(attachment_id, attempts, f"interrupted by shutdown: {exc}", transient=True)
-                return
-            reason = f"rejected by the model ({exc.status} {exc.code}): {exc.message}"
-            self._write(lambda c: queue.finish_failed(c, attachment_id, self.worker_id, _now(), reason))
-            logger.info("attachment %d FAILED: %s", attachment_id, reason)
+        except Exception as exc:
+            self._call_failed(claim, lease_end, exc)
             return
-        except (SegmentUnavailableError, SegmentTimeoutError, SegmentAuthError) as exc:
-            self._retry(attachment_id, attempts, f"{type(exc).__name__}: {exc}", transient=True)
-            return
-        except Exception as exc:  # SegmentServerError or anything unexpected: bounded retries
-            reason = f"{type(exc).__name__}: {exc}"
-            if attempts >= self._max_attempts and not self._stopping.is_set():
-                failed = f"gave up after {attempts} attempts; last error {reason}"
-                self._write(lambda c: queue.finish_failed(c, attachment_id, self.worker_id, _now(), failed))
-                logger.warning("attachment %d FAILED: %s", attachment_id, failed)
-            else:
-                self._retry(attachment_id, attempts, reason, transient=False)
-            return
-        self._outage = 0
+        self._observer.call_outcome("ok")
+        self._outage_over()
         model = answer.model
         result = queue.TagResult(
             labels=[(c.name, float(c.fraction), int(c.pixels)) for c in answer.classes],
@@ -181,39 +279,162 @@ class TaggingWorker:
             weights=str(model.get("weights") or "unknown"),
             sha256=str(model["sha256"]) if model.get("sha256") else None,
             untrained=bool(model.get("untrained", True)),
+            archive_sha256=str(model["archive_sha256"]) if model.get("archive_sha256") else None,
         )
-        if self._write(lambda c: queue.finish_tagged(c, attachment_id, self.worker_id, _now(), result)):
+        token = claim.token
+        stored = self._store(
+            attachment_id,
+            "its labels",
+            lease_end,
+            lambda c: queue.finish_tagged(c, attachment_id, token, _now(), result),
+        )
+        if stored:
             logger.info(
-                "attachment %d TAGGED: %s",
+                "attachment %d TAGGED%s: %s",
                 attachment_id,
+                " again" if claim.retag else "",
                 ", ".join(f"{n} {f:.0%}" for n, f, _ in result.labels[:5]),
             )
-        else:
-            logger.warning("attachment %d: lease lost before the result was stored; dropped", attachment_id)
+            if not claim.retag:
+                self._observer.tagged((_now() - claim.create_time).total_seconds())
+        elif stored is False:
+            logger.warning(
+                "attachment %d: its claim was taken over before the labels were stored", attachment_id
+            )
 
-    def _retry(self, attachment_id: int, attempts: int, reason: str, *, transient: bool) -> None:
-        delay = backoff_seconds(attempts, self._backoff_max_s)
-        if transient:
-            # The server is down for everyone: pause the whole worker, growing with the outage.
+    def _call_failed(self, claim: queue.Claim, lease_end: float, exc: Exception) -> None:
+        verdict = classify(exc)
+        self._observer.call_outcome(verdict.kind)
+        if not isinstance(exc, SegmentError):
+            logger.error(
+                "attachment %d: unexpected error from the segmentation call",
+                claim.attachment_id,
+                exc_info=exc,
+            )
+        if verdict.action == "fail":
+            self._outage_over()  # the server answered
+            self._finish_failed(claim, lease_end, verdict.reason)
+            return
+        if self._stopping.is_set():  # a call cut short by our own shutdown says nothing about the image
+            self._reschedule(
+                claim, lease_end, 0.0, f"interrupted by shutdown: {verdict.reason}", counted=False
+            )
+            return
+        if verdict.action == "pause":
+            delay = self._pause()
+            self._reschedule(claim, lease_end, delay, verdict.reason, counted=False)
+            if verdict.kind == "auth":
+                logger.error(
+                    "TAGGING PAUSED for %.1fs: %s. Check --segmentation-token-file and that the launcher "
+                    "renewing TorchServe's keys runs (seg_handler.launch).",
+                    delay,
+                    verdict.reason,
+                )
+            else:
+                logger.warning("tagging paused for %.1fs: %s", delay, verdict.reason)
+            return
+        self._outage_over()
+        if claim.attempts >= self._max_attempts:
+            self._finish_failed(
+                claim, lease_end, f"gave up after {claim.attempts} attempts; last error: {verdict.reason}"
+            )
+            return
+        delay = backoff_seconds(claim.attempts, self._backoff_max_s)
+        if self._reschedule(claim, lease_end, delay, verdict.reason, counted=True):
+            logger.warning(
+                "attachment %d: attempt %d of %d failed (%s); retry in %.1fs",
+                claim.attachment_id,
+                claim.attempts,
+                self._max_attempts,
+                verdict.reason,
+                delay,
+            )
+
+    # --- outcomes, stored under the claim -----------------------------------------------------------------
+
+    def _finish_failed(self, claim: queue.Claim, lease_end: float, reason: str) -> None:
+        attachment_id, token, text = claim.attachment_id, claim.token, _short(reason)
+        stored = self._store(
+            attachment_id,
+            "its failure",
+            lease_end,
+            lambda c: queue.finish_failed(c, attachment_id, token, _now(), text),
+        )
+        if stored:
+            logger.warning(
+                "attachment %d FAILED%s: %s", attachment_id, " to re-tag" if claim.retag else "", text
+            )
+        elif stored is False:
+            logger.warning(
+                "attachment %d: its claim was taken over before the failure was stored", attachment_id
+            )
+
+    def _reschedule(
+        self, claim: queue.Claim, lease_end: float, delay: float, reason: str, *, counted: bool
+    ) -> bool:
+        attachment_id, token, text = claim.attachment_id, claim.token, _short(reason)
+        due = _now() + timedelta(seconds=delay)
+        stored = self._store(
+            attachment_id,
+            "its next attempt",
+            lease_end,
+            lambda c: queue.reschedule(c, attachment_id, token, due, text, count_attempt=counted),
+        )
+        if stored:
+            self._observer.retried()
+        elif stored is False:
+            logger.warning("attachment %d: its claim was taken over before it was rescheduled", attachment_id)
+        return bool(stored)
+
+    def _store(
+        self, attachment_id: int, what: str, lease_end: float, work: Callable[[Connection], bool]
+    ) -> bool | None:
+        """Run ``work`` until it commits: its result (False: the claim was lost), or None when the database
+        kept failing until the lease ran out (logged; the next claim redoes the work)."""
+        tries = 0
+        while True:
+            try:
+                return bool(self._db.write(work))
+            except Exception:
+                tries += 1
+                delay = backoff_seconds(tries, self._backoff_max_s)
+                if self._stopping.is_set() or time.monotonic() + delay >= lease_end:
+                    logger.exception(
+                        "attachment %d: could not store %s after %d tries; giving up as its lease runs out, "
+                        "it will be claimed and tried again",
+                        attachment_id,
+                        what,
+                        tries,
+                    )
+                    return None
+                logger.exception(
+                    "attachment %d: could not store %s (try %d); retrying in %.1fs",
+                    attachment_id,
+                    what,
+                    tries,
+                    delay,
+                )
+                time.sleep(delay)
+
+    # --- pausing while the model server is unusable -------------------------------------------------------
+
+    def _pause(self) -> float:
+        with self._pause_lock:
             self._outage += 1
             pause = backoff_seconds(self._outage, self._backoff_max_s)
             self._pause_until = max(self._pause_until, time.monotonic() + pause)
-            delay = min(delay, pause)
-        due = _now() + timedelta(seconds=delay)
-        self._write(lambda c: queue.reschedule(c, attachment_id, self.worker_id, due, reason))
-        logger.warning(
-            "attachment %d: attempt %d failed (%s); retry in %.1fs", attachment_id, attempts, reason, delay
-        )
+            return pause
 
-    def _write(self, work: Callable[..., bool]) -> bool:
-        try:
-            return bool(self._db.write(work))
-        except Exception:
-            logger.exception("could not record a tagging outcome; the lease will expire and it is retried")
-            return False
+    def _outage_over(self) -> None:
+        with self._pause_lock:
+            if self._outage:
+                logger.info("the model server answers again; tagging resumes")
+            self._outage = 0
 
 
-def build_tagging_worker(settings: Settings, db: Database) -> TaggingWorker | None:
+def build_tagging_worker(
+    settings: Settings, db: Database, *, observer: TaggingObserver | None = None
+) -> TaggingWorker | None:
     """The worker for ``settings``, or None (logged loudly) when no segmentation target is configured."""
     if not settings.segmentation_target:
         logger.warning(
@@ -244,12 +465,13 @@ def build_tagging_worker(settings: Settings, db: Database) -> TaggingWorker | No
 
     lease_s = settings.tagging_lease_seconds
     logger.info(
-        "tagging via TorchServe gRPC %s model %r (token file %s, timeout %.0fs, lease %.0fs)",
+        "tagging via TorchServe gRPC %s model %r (key file %s, timeout %.0fs, lease %.0fs, %d attempts)",
         settings.segmentation_target,
         settings.segmentation_model,
         token_file or "none",
         settings.segmentation_timeout_s,
         lease_s,
+        settings.tagging_max_attempts,
     )
     return TaggingWorker(
         db,
@@ -260,4 +482,5 @@ def build_tagging_worker(settings: Settings, db: Database) -> TaggingWorker | No
         backoff_max_s=settings.tagging_backoff_max_s,
         max_attempts=settings.tagging_max_attempts,
         on_close=client.close,
+        observer=observer,
     )
