@@ -63,6 +63,16 @@ def add_attachment(conn: Connection, values: dict[str, Any]) -> Row[Any]:
 _READ_MANY = select(*_META).where(_ATTACHMENTS.c.id.in_(bindparam("ids", expanding=True)))
 
 
+_STATUS_COUNTS = select(_ATTACHMENTS.c.status, func.count()).group_by(_ATTACHMENTS.c.status)
+_RETAGS_QUEUED = select(func.count()).where(_ATTACHMENTS.c.retag_pending.is_(True))
+
+
+def status_counts(conn: Connection) -> tuple[dict[str, int], int]:
+    """Attachments per status, and how many re-tags are queued."""
+    counts = {str(status): int(n) for status, n in conn.execute(_STATUS_COUNTS)}
+    return counts, int(conn.execute(_RETAGS_QUEUED).scalar_one())
+
+
 def read_attachments(conn: Connection, attachment_ids: Sequence[int]) -> Sequence[Row[Any]]:
     """The metadata of those of ``attachment_ids`` that exist."""
     return conn.execute(_READ_MANY, {"ids": list(attachment_ids)}).all() if attachment_ids else []

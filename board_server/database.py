@@ -76,6 +76,8 @@ class GroupCommitWriter:
         self._engine = engine
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600) if lock_path is not None else None
+        # Told the size of every committed batch (metrics).
+        self.on_batch: Callable[[int], None] | None = None
         self._thread = threading.Thread(target=self._run, name="board-writer", daemon=True)
         self._thread.start()
 
@@ -147,6 +149,8 @@ class GroupCommitWriter:
             for job in batch:
                 job.future.set_exception(exc)
             return
+        if self.on_batch is not None:
+            self.on_batch(len(batch))
         for job, result, error in outcomes:
             if error is None:
                 job.future.set_result(result)

@@ -29,8 +29,10 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+from prometheus_client import CollectorRegistry
 
 from board_server.config import Settings
 
@@ -83,9 +85,22 @@ async def serve_until_signalled(
     signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
 ) -> None:
     """Serve in this process until one of ``signals``, then drain in-flight calls for the grace period."""
+    from board_server.metrics import BoardMetrics
     from board_server.server import create_server
 
-    board = await create_server(settings, port=port, tagging_threads=tagging_threads)
+    # One process: its own registry, served here; several: samples written for the supervisor to serve.
+    registry = CollectorRegistry() if settings.metrics_address and port is None else None
+    metrics = BoardMetrics(registry) if settings.metrics_address else None
+    board = await create_server(settings, port=port, tagging_threads=tagging_threads, metrics=metrics)
+    exporter = None
+    if registry is not None:
+        from board_server.metrics import serve_metrics
+
+        try:
+            exporter = serve_metrics(settings.metrics_address, registry, board.database)
+        except OSError as exc:
+            await board.stop(0)
+            raise RuntimeError(f"could not serve metrics on {settings.metrics_address}: {exc}") from exc
     on_ready(board.port)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -94,6 +109,9 @@ async def serve_until_signalled(
     await stopping.wait()
     logger.info("draining for up to %.1fs", settings.grace_seconds)
     await board.stop(settings.grace_seconds)
+    if exporter is not None:
+        exporter.shutdown()
+        exporter.server_close()
 
 
 # --- one process ---------------------------------------------------------------------------------------
@@ -222,6 +240,7 @@ class Supervisor:
         _, port_text = self.settings.address.rsplit(":", 1)
         reservation = reserve_port(self.settings.host, int(port_text))
         self.port = int(reservation.getsockname()[1])
+        metrics = _SupervisorMetrics(self.settings) if self.settings.metrics_address else None
         stop_requested = False
 
         def request_stop(signum: int, _frame: object) -> None:
@@ -230,6 +249,8 @@ class Supervisor:
 
         previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
+            if metrics is not None:
+                metrics.start()
             for index in range(self.settings.processes):
                 self._spawn(index)
             self._await_ready(set(self._children))
@@ -254,6 +275,8 @@ class Supervisor:
             for sig, old in previous.items():
                 signal.signal(sig, old)
             self._stop_children()
+            if metrics is not None:
+                metrics.stop()
             reservation.close()
             listener.stop()
             handler.close()
@@ -272,6 +295,10 @@ class Supervisor:
                 child.process.pid,
                 child.process.exitcode,
             )
+            if self.settings.metrics_address and child.process.pid is not None:
+                from board_server.metrics import mark_process_dead
+
+                mark_process_dead(child.process.pid)
             if len(self._deaths) > MAX_RESTARTS:
                 logger.error(
                     "server processes died %d times within %.0fs; giving up",
@@ -298,6 +325,41 @@ class Supervisor:
                 logger.warning("server process %d did not stop in time; killing it", child.index)
                 child.process.kill()
                 child.process.join(timeout=5)
+
+
+class _SupervisorMetrics:
+    """The /metrics endpoint of the supervisor: every server process's samples summed, database gauges."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._dir: str | None = None
+        self._server: Any = None
+        self._database: Any = None
+
+    def start(self) -> None:
+        """Prepare the samples folder (before any server process starts) and serve /metrics."""
+        from board_server.database import open_database
+        from board_server.metrics import multiprocess_registry, prepare_multiprocess_dir, serve_metrics
+
+        self._dir = prepare_multiprocess_dir()
+        self._database = open_database(replace(self._settings, worker_threads=1))
+        try:
+            self._server = serve_metrics(
+                self._settings.metrics_address, multiprocess_registry(self._dir), self._database
+            )
+        except OSError as exc:
+            raise RuntimeError(f"could not serve metrics on {self._settings.metrics_address}: {exc}") from exc
+
+    def stop(self) -> None:
+        from board_server.metrics import remove_multiprocess_dir
+
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._database is not None:
+            self._database.dispose()
+        if self._dir is not None:
+            remove_multiprocess_dir(self._dir)
 
 
 def serve(settings: Settings) -> int:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import grpc
@@ -27,7 +29,8 @@ from board_server.accounts import Accounts
 from board_server.attachments import AttachmentService
 from board_server.config import Settings
 from board_server.database import Database, open_database
-from board_server.interceptors import BoardInterceptor, CallObserver
+from board_server.interceptors import BoardInterceptor
+from board_server.metrics import BoardMetrics
 from board_server.paging import load_page_tokens
 from board_server.service import Board
 from board_server.servicer import BoardServicer
@@ -80,6 +83,7 @@ class BoardServer:
     accounts: Accounts
     attachments: AttachmentService
     tagger: TaggingWorker | None = None
+    metrics: BoardMetrics | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self, grace: float) -> None:
@@ -95,10 +99,20 @@ class BoardServer:
         self.database.dispose()
 
 
-async def watch_database(database: Database, health: health_aio.HealthServicer, interval_s: float) -> None:
-    """Keep grpc.health.v1 truthful: NOT_SERVING while the database cannot be reached, SERVING once it can."""
+async def watch_database(
+    database: Database,
+    health: health_aio.HealthServicer,
+    interval_s: float,
+    refresh_gauges: Callable[[], None] | None = None,
+) -> None:
+    """Keep grpc.health.v1 truthful: NOT_SERVING while the database cannot be reached, SERVING once it can.
+
+    Also refreshes the process's sampled gauges (connections in use, watchers) at the same pace.
+    """
     serving: bool | None = None
     while True:
+        if refresh_gauges is not None:
+            refresh_gauges()
         try:
             async with asyncio.timeout(max(interval_s, 1.0) + 5.0):
                 await database.run_read(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
@@ -119,6 +133,11 @@ async def watch_database(database: Database, health: health_aio.HealthServicer, 
         await asyncio.sleep(interval_s)
 
 
+def _refresh_gauges(metrics: BoardMetrics, database: Database, attachments: AttachmentService) -> None:
+    metrics.connections_in_use.set(database.engine.pool.checkedout())  # type: ignore[attr-defined]
+    metrics.watchers.set(attachments.watchers.watcher_count)
+
+
 def reserve_port(host: str, port: int) -> socket.socket:
     """A bound (not listening) SO_REUSEPORT socket: picks port 0's number for every process, keeps it ours."""
     family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0]
@@ -133,15 +152,17 @@ async def create_server(
     *,
     port: int | None = None,
     tagging_threads: int | None = None,
-    observers: tuple[CallObserver, ...] = (),
+    metrics: BoardMetrics | None = None,
 ) -> BoardServer:
     """Open the (already migrated) database, build the aio server, bind and start it; return it.
 
     ``port`` overrides the port of ``settings.address`` (processes sharing one port pass it, with
-    SO_REUSEPORT); ``tagging_threads`` overrides ``settings.tagging_workers`` (0: no tagging here).
-    Raises RuntimeError if the address cannot be bound.
+    SO_REUSEPORT); ``tagging_threads`` overrides ``settings.tagging_workers`` (0: no tagging here);
+    ``metrics`` records calls, tagging and commits. Raises RuntimeError if the address cannot be bound.
     """
     database = open_database(settings)
+    if metrics is not None and database.writer is not None:
+        database.writer.on_batch = metrics.committed
     try:
         tokens = load_page_tokens(database)
         accounts = Accounts(
@@ -154,7 +175,11 @@ async def create_server(
         database.dispose()
         raise
     threads = settings.tagging_workers if tagging_threads is None else tagging_threads
-    tagger = build_tagging_worker(replace(settings, tagging_workers=threads), database) if threads else None
+    tagger = (
+        build_tagging_worker(replace(settings, tagging_workers=threads), database, observer=metrics)
+        if threads
+        else None
+    )
     attachments = AttachmentService(
         database,
         accounts,
@@ -166,7 +191,10 @@ async def create_server(
     )
     board = Board.over(database, accounts, tokens, sign_up_open=settings.sign_up_open)
     interceptor = BoardInterceptor(
-        SERVICE_NAME, accounts, call_timeout_s=settings.call_timeout_s, observers=observers
+        SERVICE_NAME,
+        accounts,
+        call_timeout_s=settings.call_timeout_s,
+        observers=(metrics,) if metrics else (),
     )
     shared = port is not None
     server = grpc.aio.server(
@@ -195,8 +223,11 @@ async def create_server(
     await server.start()
     if tagger is not None:
         tagger.start()
-    started = BoardServer(server, bound, database, health, accounts, attachments, tagger)
+    started = BoardServer(server, bound, database, health, accounts, attachments, tagger, metrics)
+    refresh = None if metrics is None else partial(_refresh_gauges, metrics, database, attachments)
     started._tasks.append(
-        asyncio.create_task(watch_database(database, health, settings.health_check_interval_s), name="health")
+        asyncio.create_task(
+            watch_database(database, health, settings.health_check_interval_s, refresh), name="health"
+        )
     )
     return started
