@@ -30,7 +30,6 @@ from board_server.errors import BoardError, FieldViolation, InvalidArgument, Not
 logger = logging.getLogger(__name__)
 
 _CALLER: contextvars.ContextVar[Caller] = contextvars.ContextVar("board_caller", default=ANONYMOUS)
-_TRACEPARENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("board_traceparent", default=None)
 # Calls that never look at a token: a stale token kept by a client must not keep it from signing in again.
 _NO_AUTH = frozenset({"SignIn"})
 
@@ -40,11 +39,6 @@ Context = grpc.aio.ServicerContext[Any, Any]
 def current_caller() -> Caller:
     """The caller of the call being served (set by the interceptor)."""
     return _CALLER.get()
-
-
-def traceparent(context: Context) -> str | None:
-    """The W3C traceparent of the call being served, if it carried one."""
-    return _TRACEPARENT.get()
 
 
 class CallObserver(Protocol):
@@ -145,11 +139,11 @@ class BoardInterceptor(_ServerInterceptor):
                 ]
             )
         authorization = None
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization" and name not in _NO_AUTH:
-                authorization = value if isinstance(value, str) else ""
-            elif key == "traceparent" and isinstance(value, str):
-                _TRACEPARENT.set(value[:64])
+        if name not in _NO_AUTH:
+            for key, value in context.invocation_metadata() or ():
+                if key == "authorization":
+                    authorization = value if isinstance(value, str) else ""
+                    break
         _CALLER.set(await self._accounts.authenticate(authorization))
 
     def _unary(self, name: str, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:

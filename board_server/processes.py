@@ -88,6 +88,11 @@ async def serve_until_signalled(
     from board_server.metrics import BoardMetrics
     from board_server.server import create_server
 
+    tracer_provider = None
+    if settings.tracing_enabled:
+        from board_server.tracing import configure_tracing
+
+        tracer_provider = configure_tracing()
     # One process: its own registry, served here; several: samples written for the supervisor to serve.
     registry = CollectorRegistry() if settings.metrics_address and port is None else None
     metrics = BoardMetrics(registry) if settings.metrics_address else None
@@ -112,6 +117,8 @@ async def serve_until_signalled(
     if exporter is not None:
         exporter.shutdown()
         exporter.server_close()
+    if tracer_provider is not None:
+        tracer_provider.shutdown()
 
 
 # --- one process ---------------------------------------------------------------------------------------

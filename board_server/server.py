@@ -25,6 +25,7 @@ from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
+from board_server import tracing
 from board_server.accounts import Accounts
 from board_server.attachments import AttachmentService
 from board_server.config import Settings
@@ -198,7 +199,7 @@ async def create_server(
     )
     shared = port is not None
     server = grpc.aio.server(
-        interceptors=[interceptor],
+        interceptors=[*tracing.server_interceptors(), interceptor],
         options=server_options(settings, reuse_port=shared),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )

@@ -14,8 +14,9 @@ from typing import Any
 import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
+from board_server import tracing
 from board_server.attachments import AttachmentService, AttachmentView
-from board_server.interceptors import current_caller, traceparent
+from board_server.interceptors import current_caller
 from board_server.records import CommentRecord, PostRecord
 from board_server.service import Board, UserView
 from clients.gen.board.v1 import board_pb2, board_pb2_grpc
@@ -240,7 +241,7 @@ class BoardServicer(board_pb2_grpc.BoardServiceServicer):
             filename=request.filename,
             content_type=request.content_type,
             data=request.data,
-            traceparent=traceparent(context),
+            traceparent=tracing.current_traceparent(),
         )
         return attachment_to_proto(item)
 
