@@ -7,7 +7,6 @@ waits for the model.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -27,28 +26,20 @@ from board_server.errors import (
     FieldViolation,
     InvalidArgument,
     ResourceExhausted,
+    excerpt,
 )
 from board_server.models import FILENAME_MAX
 from board_server.paging import Page, PageTokens, query_digest
 from board_server.records import PostRecord
 from board_server.validation import Violations, check_id
 from board_server.watch import WatchHub
+from seg_handler import image_policy
 
 audit = logging.getLogger("board.audit")
 
 LABEL_MAX = 100
 DEFAULT_MIN_LABEL_FRACTION = 0.01
 
-# Magic bytes → MIME type; the formats the segmentation handler decodes.
-_SIGNATURES: tuple[tuple[bytes, str], ...] = (
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"GIF87a", "image/gif"),
-    (b"GIF89a", "image/gif"),
-    (b"II*\x00", "image/tiff"),
-    (b"MM\x00*", "image/tiff"),
-    (b"BM", "image/bmp"),
-)
 _ALIASES = {
     "image/jpg": "image/jpeg",
     "image/pjpeg": "image/jpeg",
@@ -57,26 +48,6 @@ _ALIASES = {
     "image/x-bmp": "image/bmp",
     "image/tif": "image/tiff",
 }
-# Pillow's format name for each type, to check that the header parses as what the magic bytes promise.
-_PIL_FORMATS = {
-    "image/jpeg": "JPEG",
-    "image/png": "PNG",
-    "image/gif": "GIF",
-    "image/tiff": "TIFF",
-    "image/bmp": "BMP",
-    "image/webp": "WEBP",
-}
-SUPPORTED_TYPES = tuple(sorted(_PIL_FORMATS))
-
-
-def sniff_type(data: bytes) -> str | None:
-    """The image MIME type announced by the first bytes of ``data``; None when it is no supported image."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    for magic, mime in _SIGNATURES:
-        if data.startswith(magic):
-            return mime
-    return None
 
 
 def normalise_content_type(value: str) -> str:
@@ -95,8 +66,8 @@ class ImageInfo:
 def inspect_image(data: bytes, content_type: str, max_bytes: int) -> ImageInfo:
     """Validate an upload and read its size from the header; raise InvalidArgument naming the fields.
 
-    Pillow only parses the header here (no pixel decode) and keeps its decompression-bomb guard: an image
-    claiming more than twice ``Image.MAX_IMAGE_PIXELS`` is refused.
+    The image rules (formats, MPO from phones, pixel limit, PNG chunk CRCs) are the segmentation handler's
+    own, from seg_handler/image_policy.py: what the board stores, the model can read.
     """
     violations = Violations()
     if not data:
@@ -104,34 +75,17 @@ def inspect_image(data: bytes, content_type: str, max_bytes: int) -> ImageInfo:
     elif len(data) > max_bytes:
         violations.add("data", f"must be at most {max_bytes} bytes (got {len(data)})")
     violations.raise_if_any()
-    sniffed = sniff_type(data)
-    if sniffed is None:
-        violations.add("data", f"is not a supported image; send one of {', '.join(SUPPORTED_TYPES)}")
-        violations.raise_if_any()
-    assert sniffed is not None
-    declared = normalise_content_type(content_type) if content_type else sniffed
-    if declared != sniffed:
-        violations.add("content_type", f"is {declared!r} but the data is {sniffed!r}")
-        violations.raise_if_any()
-
-    from PIL import Image, UnidentifiedImageError
-
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            pil_format = image.format
-    except Image.DecompressionBombError as exc:
-        raise InvalidArgument([FieldViolation("data", f"has too many pixels: {exc}")]) from exc
-    except UnidentifiedImageError as exc:
-        raise InvalidArgument([FieldViolation("data", f"is not a readable {sniffed} image")]) from exc
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise InvalidArgument([FieldViolation("data", f"is not a readable {sniffed} image: {exc}")]) from exc
-    if pil_format != _PIL_FORMATS[sniffed]:
-        violations.add("data", f"starts like {sniffed} but parses as {pil_format}")
-    if width < 1 or height < 1:
-        violations.add("data", f"has no pixels ({width}x{height})")
+        header = image_policy.inspect(data)
+    except image_policy.ImageRejectedError as exc:
+        raise InvalidArgument(
+            [FieldViolation("data", f"is not an image we take ({exc.code}): {exc.message}")]
+        ) from exc
+    declared = normalise_content_type(content_type) if content_type else header.mime
+    if declared != header.mime:
+        violations.add("content_type", f"is {excerpt(declared)} but the data is {header.mime!r}")
     violations.raise_if_any()
-    return ImageInfo(sniffed, int(width), int(height))
+    return ImageInfo(header.mime, header.width, header.height)
 
 
 @dataclass(frozen=True)
