@@ -4,6 +4,10 @@
     python -m seg_handler.launch stop
     python -m seg_handler.launch run --model-store model_store       # foreground, Ctrl-C stops both
 
+Whatever runs TorchServe renews its keys before they expire and keeps ``inference.key`` (the inference key
+alone) current for the board (seg_handler/keys.py): `run` in a thread, `start` in a detached `renew` process
+that `stop` stops.
+
 The Java frontend is started directly (the same command line `torchserve --start` builds, plus ``-ncs``)
 rather than through the ``torchserve`` script: that script keeps ONE pid file in /tmp for the whole machine,
 so two servers (tests beside `make serve`) refuse to start or stop each other. We own the pid, start it in a
@@ -25,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +37,8 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from seg_handler import keys
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +99,17 @@ class ServeSettings:
         return self.runtime_dir / "key_file.json"
 
     @property
+    def inference_key_file(self) -> Path:
+        """The inference key alone, kept current by the key renewer: what the board is given."""
+        return self.runtime_dir / "inference.key"
+
+    @property
     def pid_file(self) -> Path:
         return self.runtime_dir / "torchserve.pid"
+
+    @property
+    def renewer_pid_file(self) -> Path:
+        return self.runtime_dir / "renewer.pid"
 
     @property
     def log_file(self) -> Path:
@@ -247,6 +263,7 @@ def start(settings: ServeSettings) -> subprocess.Popen[bytes]:
         raise LaunchError(f"TorchServe already runs from {settings.runtime_dir} (pid {running}); `make stop`")
     settings.runtime_dir.mkdir(parents=True, exist_ok=True)
     settings.key_file.unlink(missing_ok=True)
+    settings.inference_key_file.unlink(missing_ok=True)
     settings.config_path.write_text(render_config(settings, CONFIG_TEMPLATE.read_text()))
     log = settings.log_file.open("ab")
     try:
@@ -265,6 +282,7 @@ def start(settings: ServeSettings) -> subprocess.Popen[bytes]:
     try:
         export_protos(settings.runtime_dir / "protos")
         wait_ready(settings, proc)
+        keys.write_inference_key(settings.inference_key_file, read_keys(settings.key_file)["inference"])
     except BaseException:
         stop_process(proc.pid)
         settings.pid_file.unlink(missing_ok=True)
@@ -306,14 +324,50 @@ def stop_process(pid: int, timeout: float = 20.0) -> None:
 
 
 def stop(settings: ServeSettings) -> bool:
-    """Stop the TorchServe started from ``settings.runtime_dir``; False when none was running."""
+    """Stop the key renewer and the TorchServe started from ``settings.runtime_dir``; False when no
+    TorchServe was running."""
+    keys.stop_detached(settings.renewer_pid_file)
     pid = _running_pid(settings)
     settings.pid_file.unlink(missing_ok=True)
     if pid is None:
         return False
     stop_process(pid)
     settings.key_file.unlink(missing_ok=True)
+    settings.inference_key_file.unlink(missing_ok=True)
     return True
+
+
+def key_renewer(settings: ServeSettings) -> keys.KeyRenewer:
+    """The renewer of the keys of the TorchServe configured in ``settings.runtime_dir``."""
+    props = read_properties(settings.config_path.read_text())
+    return keys.KeyRenewer(
+        settings.key_file,
+        settings.inference_key_file,
+        props.get("management_address", settings.management_url),
+        keys.lifetime_from_properties(props),
+    )
+
+
+def start_renewer(settings: ServeSettings) -> int:
+    """The detached `renew` process for a TorchServe started with ``start`` (`make serve`); its pid."""
+    return keys.start_detached(
+        settings.runtime_dir, settings.renewer_pid_file, settings.runtime_dir / "renewer.log"
+    )
+
+
+def renew_keys(settings: ServeSettings) -> int:
+    """Renew the keys of the TorchServe in ``settings.runtime_dir`` until it is gone or SIGTERM/SIGINT."""
+    stop_event = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda _signum, _frame: stop_event.set())
+    if _running_pid(settings) is None:
+        logger.error("no TorchServe runs from %s; nothing to renew", settings.runtime_dir)
+        return 1
+    renewer = key_renewer(settings)
+    logger.info("renewing TorchServe's keys in %s (lifetime %s)", settings.runtime_dir, renewer.lifetime)
+    renewer.run(stop_event, alive=lambda: _running_pid(settings) is not None)
+    logger.info("key renewer for %s stops", settings.runtime_dir)
+    return 0
 
 
 def _running_pid(settings: ServeSettings) -> int | None:
@@ -419,16 +473,16 @@ def describe_endpoints(settings: ServeSettings, board_address: str | None) -> st
     ]
     if board_address:
         lines.append(f"Board server gRPC           {board_address}")
-    key = settings.key_file
+    key = settings.inference_key_file
     grpc_body = (
         f'"{{\\"model_name\\":\\"{settings.model_name}\\",'
         '\\"input\\":{\\"data\\":\\"$(base64 -w0 photo.jpg)\\"}}"'
     )
     lines += [
-        f"Token key file              {key}",
+        f"Inference key file          {key}  (renewed before it expires; key_file.json has all keys)",
         "",
         "Try:",
-        f'  TOKEN=$(python -c \'import json;print(json.load(open("{key}"))["inference"]["key"])\')',
+        f"  TOKEN=$(cat {key})",
         f'  curl -s -H "Authorization: Bearer $TOKEN" -T photo.jpg {settings.inference_url}/predictions/'
         f"{settings.model_name} | head -c 300",
         f'  curl -s -H "Authorization: Bearer $TOKEN" -H "Accept: image/png" -T photo.jpg '
@@ -465,7 +519,7 @@ def _board_command(settings: ServeSettings) -> list[str] | None:
         "--segmentation-target",
         settings.grpc_inference_target,
         "--segmentation-token-file",
-        str(settings.key_file),
+        str(settings.inference_key_file),  # the inference key alone, never the management key
         "--segmentation-model",
         settings.model_name,
     ]
@@ -482,8 +536,11 @@ def run(settings: ServeSettings) -> int:
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     board: subprocess.Popen[bytes] | None = None
     torchserve: subprocess.Popen[bytes] | None = None
+    renewer: keys.RenewerThread | None = None
     try:
         torchserve = start(settings)
+        renewer = keys.RenewerThread(key_renewer(settings))
+        renewer.start()
         command = _board_command(settings)
         if command is None:
             logger.warning("board-server not installed; running TorchServe alone")
@@ -507,6 +564,8 @@ def run(settings: ServeSettings) -> int:
             signal.signal(sig, handler)
         if board is not None:
             stop_process(board.pid)
+        if renewer is not None:
+            renewer.stop()
         if torchserve is not None:
             stop(settings)
 
@@ -515,7 +574,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=("start", "stop", "run", "wait-ready", "config"))
+    parser.add_argument("command", choices=("start", "stop", "run", "wait-ready", "config", "renew"))
     parser.add_argument("--model-store", default=None, help="folder holding deeplabv3.mar (SEG_MODEL_STORE)")
     parser.add_argument("--runtime-dir", default=None, help="config, key file, logs (SEG_RUNTIME_DIR)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for READY")
@@ -529,6 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "start":
             start(settings)
+            start_renewer(settings)
             sys.stdout.write(weights_banner(settings) + "\n")
             sys.stdout.write(describe_endpoints(settings, None) + "\n`make stop` stops it.\n")
         elif args.command == "stop":
@@ -537,6 +597,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             wait_ready(settings)
         elif args.command == "config":
             sys.stdout.write(render_config(settings, CONFIG_TEMPLATE.read_text()))
+        elif args.command == "renew":
+            return renew_keys(settings)
         else:
             return run(replace(settings))
     except LaunchError as exc:

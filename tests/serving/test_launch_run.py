@@ -55,7 +55,7 @@ def test_run_starts_torchserve_and_board_and_sigterm_stops_both(
             "endpoints printed", lambda: "Ctrl-C stops everything" in processes.log_text("run"), timeout=240
         )
         printed = processes.log_text("run")
-        assert f"Token key file              {runtime / 'key_file.json'}" in printed
+        assert f"Inference key file          {runtime / 'inference.key'}" in printed
         assert f"127.0.0.1:{ports['GRPC_INFERENCE']}" in printed and f"127.0.0.1:{board_port}" in printed
         assert "grpcurl" in printed and "curl" in printed and "segment photo.jpg" in printed
         # The test archive has random weights: the banner says so and names the ways to real weights.
@@ -64,6 +64,14 @@ def test_run_starts_torchserve_and_board_and_sigterm_stops_both(
         wait_for("board server listening", lambda: _listening(board_port), timeout=60)
         assert _listening(ports["INFERENCE"]) and _listening(ports["GRPC_INFERENCE"])
         java_pid = int((runtime / "torchserve.pid").read_text())
+        # The board is handed the inference key alone (a plain file, owner-only), never key_file.json.
+        board_args = _board_arguments(board_port)
+        token_file = Path(board_args[board_args.index("--segmentation-token-file") + 1])
+        assert token_file == runtime / "inference.key"
+        assert not any("key_file.json" in arg for arg in board_args)
+        inference = json.loads((runtime / "key_file.json").read_text())["inference"]["key"]
+        assert token_file.read_text().strip() == inference
+        assert token_file.stat().st_mode & 0o077 == 0
 
         os.kill(proc.pid, signal.SIGTERM)  # the launcher itself, as Ctrl-C/systemd would
         assert proc.wait(timeout=90) == 0
@@ -74,6 +82,18 @@ def test_run_starts_torchserve_and_board_and_sigterm_stops_both(
         # Whatever happened above, never leave a TorchServe behind (it runs in its own process group).
         with contextlib.suppress(OSError, ValueError):
             launch.stop_process(int((runtime / "torchserve.pid").read_text()))
+
+
+def _board_arguments(port: int) -> list[str]:
+    """The command line of the board-server process listening on ``port`` (found in /proc)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            args = [a.decode() for a in (entry / "cmdline").read_bytes().split(b"\0") if a]
+            if any(a.endswith("board-server") for a in args[:2]) and f"127.0.0.1:{port}" in args:
+                return args
+    raise AssertionError(f"no board-server process on port {port}")
 
 
 def test_weights_banner_names_trained_weights_without_alarm(tmp_path: Path) -> None:
