@@ -20,12 +20,9 @@ from board_server.previews import (
     render_preview,
 )
 from seg_handler.handler import encode_png
+from training.model import VOC_CLASSES
 
-VOC = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-    "tvmonitor",
-)  # fmt: skip
+VOC = VOC_CLASSES
 DOG, PERSON = 12, 15
 # The published PASCAL VOC colours of these classes.
 DOG_RGB, PERSON_RGB = (64, 0, 128), (192, 128, 128)
