@@ -48,6 +48,7 @@ import logging
 import os
 import pwd
 import re
+import resource
 import secrets
 import shlex
 import shutil
@@ -434,17 +435,34 @@ class Load:
 
 @dataclass(frozen=True)
 class Run:
-    """One k6 run against one server: successful calls per second and latency of the measured phase."""
+    """One k6 run against one server: successful calls per second and latency of the measured phase, and
+    the CPU the server (its process tree) and k6 used over the whole run, in cores."""
 
     rps: float
     p50_ms: float
     p99_ms: float
     calls: int
     errors: int
+    server_cores: float
+    k6_cores: float
 
 
-def run_k6(load: Load, target: str, operation: str, concurrency: int) -> Run:
-    """Run bench/k6/board.js once; raise RuntimeError with k6's output when it fails."""
+def _cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU seconds of ``pids`` so far (processes that are gone count nothing)."""
+    total = 0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def run_k6(load: Load, server: Server, operation: str, concurrency: int) -> Run:
+    """Run bench/k6/board.js once against ``server``; raise RuntimeError with k6's output when it fails."""
+    target = server.target
     summary = load.work / "k6-summary.json"
     summary.unlink(missing_ok=True)
     env = {
@@ -462,9 +480,19 @@ def run_k6(load: Load, target: str, operation: str, concurrency: int) -> Run:
         "SUMMARY": str(summary),
     }
     cmd = [str(load.k6), "run", "--quiet", "--no-color", "--no-usage-report", "--address", "", str(K6_SCRIPT)]
+    pids = [p for proc in server.procs for p in (proc.pid, *_children(proc.pid))]
+    server_cpu, k6_cpu, started = (
+        _cpu_seconds(pids),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+        time.monotonic(),
+    )
     done = subprocess.run(
         cmd, env=env, capture_output=True, text=True, timeout=load.warmup + load.seconds + 120, check=False
     )
+    wall = time.monotonic() - started
+    server_cores = (_cpu_seconds(pids) - server_cpu) / wall
+    k6_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    k6_cores = (k6_after.ru_utime + k6_after.ru_stime - k6_cpu.ru_utime - k6_cpu.ru_stime) / wall
     if done.returncode != 0 or not summary.exists():
         raise RuntimeError(
             f"k6 failed ({done.returncode}) against {target}:\n{(done.stdout + done.stderr)[-3000:]}"
@@ -483,9 +511,9 @@ def run_k6(load: Load, target: str, operation: str, concurrency: int) -> Run:
             calls,
             done.stderr.strip()[-500:],
         )
-    return Run(
-        (calls - errors) / load.seconds, latency.get("p(50)", 0.0), latency.get("p(99)", 0.0), calls, errors
-    )
+    ok_rps = (calls - errors) / load.seconds
+    p50, p99 = latency.get("p(50)", 0.0), latency.get("p(99)", 0.0)
+    return Run(ok_rps, p50, p99, calls, errors, server_cores, k6_cores)
 
 
 def _side(runs: Sequence[Run]) -> dict[str, Any]:
@@ -495,6 +523,9 @@ def _side(runs: Sequence[Run]) -> dict[str, Any]:
         "p99_ms": summarize([round(r.p99_ms, 3) for r in runs]),
         "calls": sum(r.calls for r in runs),
         "errors": sum(r.errors for r in runs),
+        # Whole run (warm-up included): is the server CPU-bound, and how much of the machine k6 took.
+        "server_cores": summarize([round(r.server_cores, 2) for r in runs]),
+        "k6_cores": summarize([round(r.k6_cores, 2) for r in runs]),
     }
 
 
@@ -510,7 +541,7 @@ def measure_cell(
     got: dict[str, list[Run]] = {s.name: [] for s in servers}
     for _ in range(runs):
         for server in servers:
-            got[server.name].append(run_k6(load, server.target, operation, concurrency))
+            got[server.name].append(run_k6(load, server, operation, concurrency))
             server.check_alive()
     cell: dict[str, Any] = {"operation": operation, "concurrency": concurrency}
     for name, side in got.items():
@@ -575,9 +606,7 @@ def measure_database(
                 for op in args.operations
             ]
         logger.info("%s: %.0f s of mixed load at c16 before reading RSS", kind, args.mixed_seconds)
-        mixed = run_k6(
-            Load(args.k6, args.mixed_seconds, 0.0, work, ids_file, seeded), board.target, "mixed", 16
-        )
+        mixed = run_k6(Load(args.k6, args.mixed_seconds, 0.0, work, ids_file, seeded), board, "mixed", 16)
         board.check_alive()
         rss = process_tree_rss(board.pid)
     metrics = measure_metrics(database_url, args, features, load) if kind == "sqlite" else None
@@ -608,6 +637,7 @@ def measure_database(
         "rss": {
             "after": f"{args.mixed_seconds:.0f} s of mixed load at c16 ({MIX})",
             "mixed_rps": round(mixed.rps, 1),
+            "mixed_server_cores": round(mixed.server_cores, 2),
             "mixed_errors": mixed.errors,
             "idle_processes": rss_idle,
             "processes": rss,
@@ -636,7 +666,7 @@ def measure_metrics(
         runs: dict[str, list[Run]] = {"on": [], "off": []}
         for _ in range(args.runs):
             for name, server in (("on", on), ("off", off)):
-                runs[name].append(run_k6(load, server.target, "GetPost", 16))
+                runs[name].append(run_k6(load, server, "GetPost", 16))
                 server.check_alive()
     pairs = zip(runs["on"], runs["off"], strict=True)
     cost = summarize([round(1 - on.rps / off.rps, 4) if off.rps else 0.0 for on, off in pairs])
@@ -779,7 +809,7 @@ def print_table(table: Mapping[str, Any]) -> None:
     header = (
         f"{'operation':<11}{'c':>3}{'floor rps':>11}{'board rps':>11}  {'board/floor':<19}"
         + (f"{'/reuse-port floor':<19}" if reuse else "")
-        + f"{'p50 ms':>8}{'p99 ms':>8}{'errors':>8}"
+        + f"{'p50 ms':>8}{'p99 ms':>8}{'errors':>8}  cores: floor/board/k6"
     )
     print(header)
     print("-" * len(header))
@@ -789,7 +819,8 @@ def print_table(table: Mapping[str, Any]) -> None:
             f"{cell['board']['rps']['median']:>11.0f}  {_fmt(cell['ratio']):<19}"
             + (f"{_fmt(cell['ratio_reuseport']):<19}" if reuse else "")
             + f"{cell['board']['p50_ms']['median']:>8.2f}{cell['board']['p99_ms']['median']:>8.2f}"
-            f"{cell['board']['errors']:>8}"
+            f"{cell['board']['errors']:>8}  {cell['floor']['server_cores']['median']:.2f}/"
+            f"{cell['board']['server_cores']['median']:.2f}/{cell['board']['k6_cores']['median']:.2f}"
         )
     rss = table["rss"]
     each = ", ".join(f"{p['rss_mb']:.0f} ({p['role']})" for p in rss["processes"])

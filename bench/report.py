@@ -224,12 +224,13 @@ def render_board(result: Result) -> list[str]:
         "",
         f"Floor: {setup.get('floor', '?')}, answering {setup.get('floor_reply', '?')} "
         f"({', '.join(f'{k} {v:,} B' for k, v in (setup.get('reply_bytes') or {}).items())}). "
-        "Ratios are per round (board run / the floor run just before it): median (min–max).",
+        "Ratios are per round (board run / the floor run just before it): median (min–max). CPU cores: what "
+        "the server's processes and k6 used over a run (warm-up included), median.",
         "",
     ]
     header = ["operation", "c", "floor rps", "board rps", "board / floor"]
     header += ["board / reuse-port floor"] if reuse else []
-    header += ["board p50 ms", "board p99 ms", "errors"]
+    header += ["board p50 ms", "board p99 ms", "errors", "CPU cores: floor / board / k6"]
     rows = []
     for cell in cells:
         board, floor = cell.get("board") or {}, cell.get("floor") or {}
@@ -242,6 +243,10 @@ def render_board(result: Result) -> list[str]:
         ]
         row += [spread(cell.get("ratio_reuseport"))] if reuse else []
         row += [spread(board.get("p50_ms")), spread(board.get("p99_ms")), number(board.get("errors"))]
+        cores = [median(side.get("server_cores")) for side in (floor, board)] + [
+            median(board.get("k6_cores"))
+        ]
+        row += [" / ".join(number(c) for c in cores)]
         rows.append(row)
     lines += table(header, rows)
     rss = record.get("rss")
