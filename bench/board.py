@@ -1,10 +1,10 @@
 """Board benchmark: real `board-server` processes driven by k6 (Go) against empty gRPC floors, in one run.
 
-The load generator is k6 v1.1.0 (``k6/net/grpc``, the dev extra's ``.venv/bin/k6``), a compiled program, so
-the client's own cost is small and identical for every server it drives: bench/k6/board.js loads
-protos/board/v1/board.proto, opens one connection per virtual user and calls back to back (closed loop) for a
-warm-up and then the measured seconds, with ``discardResponseMessage`` so that decoding answers costs the
-client nothing.
+The load generator is k6 v1.1.0 (``k6/net/grpc``, the dev extra's ``.venv/bin/k6``), a compiled program whose
+cost per call is the same whichever server it drives (and is measured: the k6 CPU column). bench/k6/board.js
+loads protos/board/v1/board.proto, opens one connection per virtual user and calls back to back (closed
+loop) for a warm-up and then the measured seconds, with ``discardResponseMessage`` so that decoding answers
+costs the client nothing.
 
 **The floor** is the fastest thing a Python gRPC server can do with the same calls: an empty unary
 ``grpc.aio`` server in ONE process, with a generic handler registered for every unary method of
@@ -14,27 +14,38 @@ each method with a fixed byte string captured once from the board under test aft
 and not the alternatives:
 
 - echoing the request is not an answer k6 can decode for ListPosts (a ListPostsRequest's varint fields read
-  as a ListPostsResponse are malformed), and it would send back ~5 bytes where the board sends ~13 KB;
+  as a ListPostsResponse are malformed), and it would send back ~5 bytes where the board sends ~12 KB;
 - an empty message is valid, but then the floor never pays for carrying the answer (HTTP/2 framing, copies,
   flow control), so ListPosts' ratio would mostly measure bytes on the wire rather than the board's overhead.
 
 With the board's own answer the floor does the same transport work as the board, and the ratio is what the
 board's Python costs on top of it. ``--floor-reply empty`` measures against empty messages instead (recorded).
+One process uses at most one core (one event loop, one GIL); the board with ``--processes N`` may use N, so
+on this 2-core machine, where k6 needs part of a core too, the board can come close to or pass this floor.
 
 For context only, the same empty server also runs in as many SO_REUSEPORT processes as the board does
-(``--processes``): ratios against both floors are reported; the targets use the one-process floor. Floor
-and board runs alternate (floor, reuse-port floor, board, floor, ...) so that background load on this shared
-machine weighs on all of them; every cell runs ``--runs`` times (≥ 3 for a record) and reports the median
-and min–max of the per-run ratios, with p50/p99 latency.
+(``--processes``, default: cores): ratios against both floors are reported; the targets use the one-process
+floor. Floor and board runs alternate (floor, reuse-port floor, board, floor, ...) so that background load on
+this shared machine weighs on all of them; every cell runs ``--runs`` times (≥ 3 for a record) and reports the
+median and min–max of the per-run ratios (board run / the floor run of the same round), with p50/p99 latency
+and the CPU cores the server's process tree and k6 used.
 
-Cells: GetPost (random existing id of ``--posts`` seeded posts), CreatePost (signed in when the server has
-accounts; SQLite at the server's default synchronous=FULL), ListPosts (page_size 50), at concurrency 16 and 1;
-the board's RSS per process after ``--mixed-seconds`` of mixed load; metrics on vs off (GetPost c16). The
-same table on PostgreSQL (a throw-away cluster, fsync on) without targets. Figures go to stdout and, for full
-runs, to bench/results/board.json and board-postgres.json (bench/records.py).
+The board runs with its defaults (BOARD_* and OTEL_* variables removed from its environment), metrics on a
+free loopback port, plus ``--board-args``. Seeding goes through the generated stubs: a user with a password,
+SignIn, ``--posts`` posts; the token reaches k6 (env) and every call carries ``authorization: Bearer``. A
+server without accounts answers SignIn with UNIMPLEMENTED (or INTERNAL through an old error interceptor): the
+calls then carry no token and the results say ``"auth": false``.
+
+Cells: GetPost (random existing id of the seeded posts), CreatePost (SQLite at the server's default
+synchronous=FULL), ListPosts (page_size 50), at concurrency 16 and 1; the board's RSS (and PSS) per process
+after ``--mixed-seconds`` of mixed load; metrics on vs off (GetPost c16, two fresh boards on the seeded
+database, alternating). The same table on PostgreSQL (a throw-away cluster, fsync on) without targets.
+Figures go to stdout and, for full runs only, to bench/results/board.json and board-postgres.json
+(bench/records.py); ``python -m bench.report`` turns them into docs/benchmarks.md and the README summary.
 
     python -m bench.board                 # the record (about 15 minutes)
     python -m bench.board --quick         # a trial: 1 short run per cell, nothing written
+    python -m bench.board --databases sqlite --operations GetPost --concurrency 16 --board-args="--workers 4"
 """
 
 from __future__ import annotations
@@ -884,7 +895,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=os.cpu_count() or 1,
         help="board processes (its --processes) and reuse-port floor processes (default: cores)",
     )
-    parser.add_argument("--board-args", default="", help="extra board-server flags, e.g. '--workers 4'")
+    parser.add_argument(
+        "--board-args", default="", help="extra board-server flags, e.g. --board-args='--workers 4'"
+    )
     parser.add_argument(
         "--floor-reply",
         choices=("board", "empty"),
