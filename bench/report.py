@@ -222,7 +222,7 @@ def render_board(result: Result) -> list[str]:
         f"{setup.get('warmup_seconds', '?')} s warm-up; {setup.get('posts_seeded', '?')} seeded posts; "
         f"load generator {setup.get('load_generator', '?')}.",
         "",
-        f"Floor: {setup.get('floor', '?')}, answering {setup.get('floor_reply', '?')} "
+        f"Floor: {setup.get('floor', '?')}. It answers with {setup.get('floor_reply', '?')} "
         f"({', '.join(f'{k} {v:,} B' for k, v in (setup.get('reply_bytes') or {}).items())}). "
         "Ratios are per round (board run / the floor run just before it): median (min–max). CPU cores: what "
         "the server's processes and k6 used over a run (warm-up included), median.",
@@ -284,7 +284,9 @@ def render_board(result: Result) -> list[str]:
 def _percent(stat: Mapping[str, Any]) -> str:
     if "median" not in stat:
         return "—"
-    return f"{stat['median'] * 100:.1f} % ({stat['min'] * 100:.1f} – {stat['max'] * 100:.1f} %)"
+    if stat.get("min") == stat.get("max"):
+        return f"{stat['median'] * 100:.1f} %"
+    return f"{stat['median'] * 100:.1f} % ({stat['min'] * 100:.1f} to {stat['max'] * 100:.1f} %)"
 
 
 # --- any other bench: generic, tolerant --------------------------------------------------------------------
