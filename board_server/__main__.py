@@ -4,11 +4,14 @@ board-server [flags]                          serve (see --help for every flag a
 board-server migrate                          bring the schema to the newest revision
 board-server admin grant EMAIL                make the user an admin (admin revoke EMAIL: take it back)
 board-server admin set-password EMAIL         read a new password from stdin; ends the user's sessions
+board-server retag [--post-id N]              re-tag what another model than the served one labelled
+                                              (asks TorchServe: needs --segmentation-target)
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import getpass
 import logging
 import sys
@@ -25,8 +28,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="board-server", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", nargs="?", choices=("serve", "migrate", "admin"), default="serve")
+    parser.add_argument("command", nargs="?", choices=("serve", "migrate", "admin", "retag"), default="serve")
     parser.add_argument("arguments", nargs="*", help="admin: ACTION EMAIL (grant, revoke, set-password)")
+    parser.add_argument(
+        "--stale", action="store_true", help="retag: the stale ones (the default and only kind)"
+    )
+    parser.add_argument("--post-id", type=int, default=None, help="retag: only this post's attachments")
     add_arguments(parser)
     return parser
 
@@ -64,6 +71,40 @@ def admin(settings: Settings, action: str, email: str) -> int:
     return 0
 
 
+def retag(settings: Settings, post_id: int | None) -> int:
+    """Queue re-tags of the attachments labelled by another model than the served one; the exit status."""
+    from board_server.accounts import OPERATOR
+    from board_server.database import migrate, open_database
+    from board_server.errors import BoardError
+    from board_server.processes import audit_file_handler, route_audit
+    from board_server.retag import Retagging, make_segment_client
+    from board_server.served_model import ServedModels
+
+    if not settings.segmentation_target:
+        logger.error("retag needs --segmentation-target (env BOARD_SEGMENTATION_TARGET) to ask TorchServe")
+        return 2
+    route_audit(audit_file_handler(settings))
+    database = open_database(settings)
+    client = make_segment_client(settings)
+    try:
+        migrate(database.engine)
+        retagging = Retagging(database, ServedModels(database, settings.segmentation_model), client.describe)
+        count, model = asyncio.run(retagging.retag(OPERATOR, f"post_id = {post_id}" if post_id else "stale"))
+    except BoardError as exc:
+        logger.error("%s", exc.message)
+        return 1
+    finally:
+        client.close()
+        database.dispose()
+    logger.info(
+        "queued %d attachment(s) for re-tagging with %s (archive sha256 %s)",
+        count,
+        model.arch,
+        model.archive_sha256 or "unknown",
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
@@ -81,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return admin(settings, args.arguments[0], args.arguments[1])
     if args.arguments:
         parser.error(f"unexpected arguments: {' '.join(args.arguments)}")
+    if args.command == "retag":
+        return retag(settings, args.post_id)
     if args.command == "migrate":
         from board_server.database import migrate, open_database
 

@@ -50,6 +50,8 @@ class Caller:
     admin: bool = False
     token_id: int | None = None
     unrestricted: bool = False
+    # The audit log's name for a caller without a user (the `board-server` commands are the "operator").
+    label: str = "anonymous"
 
     @property
     def signed_in(self) -> bool:
@@ -59,7 +61,7 @@ class Caller:
     def actor(self) -> str:
         """How the audit log names the caller: ``user:7``, ``admin:1`` or ``anonymous``."""
         if self.user_id is None:
-            return "anonymous"
+            return self.label
         return f"{'admin' if self.admin else 'user'}:{self.user_id}"
 
     def is_or_admin(self, user_id: int) -> bool:
@@ -69,6 +71,7 @@ class Caller:
 
 ANONYMOUS = Caller()
 UNRESTRICTED = Caller(unrestricted=True)
+OPERATOR = Caller(unrestricted=True, label="operator")
 
 
 def token_digest(token: str) -> str:

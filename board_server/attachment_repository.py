@@ -5,16 +5,20 @@ queries live in board_server/tagging_queue.py.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Connection, Row, Table, bindparam, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from board_server.errors import AttachmentNotFound, PostNotFound
-from board_server.models import Attachment, AttachmentLabel, Post
+from board_server.models import Attachment, AttachmentLabel, AttachmentPreview, Post
 
-_ATTACHMENTS, _LABELS, _POSTS = (cast(Table, m.__table__) for m in (Attachment, AttachmentLabel, Post))
+_ATTACHMENTS, _LABELS, _POSTS, _PREVIEWS = (
+    cast(Table, m.__table__) for m in (Attachment, AttachmentLabel, Post, AttachmentPreview)
+)
 
 PENDING, TAGGED, FAILED = "PENDING", "TAGGED", "FAILED"
 
@@ -146,13 +150,50 @@ def delete_attachment(conn: Connection, attachment_id: int) -> None:
         raise AttachmentNotFound(attachment_id)
 
 
-def list_posts_with_label(
-    conn: Connection, *, label: str, min_fraction: float, user_id: int, after_id: int, limit: int
-) -> Sequence[Row[Any]]:
-    """Up to ``limit`` posts (of ``user_id`` unless 0) with id > ``after_id`` having an attachment tagged
-    ``label`` covering at least ``min_fraction`` of the image, ordered by id."""
-    matching = select(_LABELS.c.post_id).where(_LABELS.c.name == label, _LABELS.c.fraction >= min_fraction)
-    statement = select(_POSTS).where(_POSTS.c.id > after_id, _POSTS.c.id.in_(matching))
-    if user_id:
-        statement = statement.where(_POSTS.c.user_id == user_id)
-    return conn.execute(statement.order_by(_POSTS.c.id).limit(limit)).all()
+_OF_POSTS = (
+    select(*_META)
+    .where(_ATTACHMENTS.c.post_id.in_(bindparam("ids", expanding=True)))
+    .order_by(_ATTACHMENTS.c.post_id, _ATTACHMENTS.c.id)
+)
+
+
+def attachments_of_posts(conn: Connection, post_ids: Sequence[int]) -> Sequence[Row[Any]]:
+    """The metadata of every attachment of those posts, by post then id."""
+    return conn.execute(_OF_POSTS, {"ids": list(post_ids)}).all() if post_ids else []
+
+
+# --- the preview cache ------------------------------------------------------------------------------------
+
+_PREVIEW = select(_PREVIEWS.c.data, _PREVIEWS.c.width, _PREVIEWS.c.height).where(
+    _PREVIEWS.c.attachment_id == bindparam("id"),
+    _PREVIEWS.c.max_size == bindparam("size"),
+    _PREVIEWS.c.overlay == bindparam("overlay"),
+    _PREVIEWS.c.content_type == bindparam("kind"),
+)
+
+
+def read_preview(
+    conn: Connection, attachment_id: int, size: int, overlay: bool, kind: str
+) -> Row[Any] | None:
+    """The cached preview (data, width, height), or None."""
+    params = {"id": attachment_id, "size": size, "overlay": overlay, "kind": kind}
+    return cast("Row[Any] | None", conn.execute(_PREVIEW, params).first())
+
+
+def store_preview(
+    conn: Connection, attachment_id: int, *, size: int, overlay: bool, preview: Any, now: datetime
+) -> None:
+    """Cache a rendered preview; a concurrent render of the same one may have stored it first (kept)."""
+    values = {
+        "attachment_id": attachment_id,
+        "max_size": size,
+        "overlay": overlay,
+        "content_type": preview.content_type,
+        "data": preview.data,
+        "width": preview.width,
+        "height": preview.height,
+        "create_time": now,
+    }
+    # The same preview, rendered by another call at the same time, may be there already: keep it.
+    with contextlib.suppress(IntegrityError), conn.begin_nested():
+        conn.execute(insert(_PREVIEWS), values)

@@ -7,11 +7,13 @@ waits for the model.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import math
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection, Row
@@ -29,16 +31,15 @@ from board_server.errors import (
     excerpt,
 )
 from board_server.models import FILENAME_MAX
-from board_server.paging import Page, PageTokens, query_digest
-from board_server.records import PostRecord
+from board_server.paging import Page, PageTokens
+from board_server.previews import Preview, preview_options, render_preview
+from board_server.served_model import ServedModels
 from board_server.validation import Violations, check_id
 from board_server.watch import WatchHub
 from seg_handler import image_policy
 
 audit = logging.getLogger("board.audit")
 
-LABEL_MAX = 100
-DEFAULT_MIN_LABEL_FRACTION = 0.01
 
 _ALIASES = {
     "image/jpg": "image/jpeg",
@@ -173,6 +174,7 @@ class AttachmentService:
         *,
         max_bytes: int,
         max_per_post: int,
+        models: ServedModels,
         watch_poll_s: float = 0.5,
         on_added: Callable[[], None] | None = None,
     ) -> None:
@@ -182,6 +184,10 @@ class AttachmentService:
         self._max_bytes = max_bytes
         self._max_per_post = max_per_post
         self._on_added = on_added
+        self._models = models
+        # Rendering decodes whole photos: a few at a time, off the event loop (Pillow releases the GIL).
+        self._render_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="board-preview")
+        self._render_slots = asyncio.Semaphore(4)
         self.watchers: WatchHub[AttachmentView] = WatchHub(
             self._read_many, lambda v: v.version, poll_s=watch_poll_s
         )
@@ -336,36 +342,55 @@ class AttachmentService:
             self._on_added()
         return view
 
-    async def list_posts_with_label(
-        self,
-        caller: Caller,
-        *,
-        label: str,
-        min_fraction: float,
-        user_id: int,
-        page_size: int,
-        page_token: str,
-    ) -> Page[PostRecord]:
-        """Posts with an attachment tagged ``label`` over ``min_fraction`` (0 → 1 %); InvalidArgument."""
+    async def attachments_of_posts(
+        self, caller: Caller, post_ids: Sequence[int]
+    ) -> dict[int, list[AttachmentView]]:
+        """The attachments (with labels and model) of each of ``post_ids``, for ListPosts' full view."""
         self._accounts.require_reader(caller)
-        violations = Violations()
-        violations.text("label", label, LABEL_MAX)
-        if math.isnan(min_fraction) or not 0 <= min_fraction <= 1:
-            violations.add("min_label_fraction", "must be between 0 and 1 (0 means 0.01)")
-        if user_id < 0:
-            violations.add("user_id", "must be a positive id, or 0 for every user")
-        violations.raise_if_any()
-        fraction = min_fraction or DEFAULT_MIN_LABEL_FRACTION
-        query = query_digest(label, fraction, user_id)
-        request = self._tokens.id_page("posts-by-label", query, page_size, page_token)
-        rows = await self._db.run_read(
-            lambda conn: repo.list_posts_with_label(
-                conn,
-                label=label,
-                min_fraction=fraction,
-                user_id=user_id,
-                after_id=request.after_id,
-                limit=request.size + 1,
+
+        def read(conn: Connection) -> dict[int, list[AttachmentView]]:
+            rows = repo.attachments_of_posts(conn, post_ids)
+            labels = repo.read_labels(conn, [r.id for r in rows])
+            found: dict[int, list[AttachmentView]] = {}
+            for row in rows:
+                found.setdefault(row.post_id, []).append(_view(row, labels.get(row.id, ())))
+            return found
+
+        return await self._db.run_read(read) if post_ids else {}
+
+    async def get_preview(
+        self, caller: Caller, attachment_id: int, *, max_size: int, overlay: bool, content_type: str
+    ) -> Preview:
+        """A JPEG/WebP preview (mask blended in with ``overlay``), rendered once and then served from the
+        cache; raise InvalidArgument, AttachmentNotFound, FailedPrecondition (overlay before TAGGED)."""
+        self._accounts.require_reader(caller)
+        check_id("id", attachment_id)
+        size, kind = preview_options(max_size, content_type)
+        cached = await self._db.run_read(
+            lambda conn: repo.read_preview(conn, attachment_id, size, overlay, kind)
+        )
+        if cached is not None:
+            return Preview(bytes(cached.data), kind, int(cached.width), int(cached.height))
+
+        def sources(conn: Connection) -> tuple[bytes, bytes | None, str]:
+            data, _ = repo.read_content(conn, attachment_id)
+            status, mask = repo.read_mask(conn, attachment_id)
+            return data, mask, status
+
+        data, mask, status = await self._db.run_read(sources)
+        if overlay and mask is None:
+            raise FailedPrecondition(
+                f"attachment {attachment_id} is {status}; an overlay exists once it is TAGGED"
+            )
+        classes = await self._models.class_names()
+        async with self._render_slots:
+            preview: Preview = await asyncio.get_running_loop().run_in_executor(
+                self._render_pool,
+                partial(render_preview, data, mask if overlay else None, size, kind, classes),
+            )
+        await self._db.run_write(
+            lambda conn: repo.store_preview(
+                conn, attachment_id, size=size, overlay=overlay, preview=preview, now=datetime.now(UTC)
             )
         )
-        return self._tokens.cut("posts-by-label", query, rows, request, lambda p: p.id)
+        return preview

@@ -215,6 +215,14 @@ Index(
     AttachmentLabel.fraction,
     AttachmentLabel.post_id,
 )
+# ListPosts(filter=...): each label predicate is a covering lookup per post.
+Index(
+    "ix_attachment_labels_post_name_fraction",
+    AttachmentLabel.post_id,
+    AttachmentLabel.name,
+    AttachmentLabel.fraction,
+    AttachmentLabel.attachment_id,
+)
 
 
 class AttachmentPreview(Base):
@@ -232,3 +240,18 @@ class AttachmentPreview(Base):
     width: Mapped[int] = mapped_column(Integer())
     height: Mapped[int] = mapped_column(Integer())
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ServedModel(Base):
+    """The model TorchServe serves under ``name``, as it last described itself (for re-tags, filters)."""
+
+    __tablename__ = "served_models"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    arch: Mapped[str] = mapped_column(String(100))
+    weights: Mapped[str] = mapped_column(String(500))
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    archive_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    untrained: Mapped[bool] = mapped_column(Boolean())
+    class_names: Mapped[str] = mapped_column(Text())  # JSON list; index = the mask's pixel value
+    update_time: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -33,6 +33,8 @@ from board_server.database import Database, open_database
 from board_server.interceptors import BoardInterceptor
 from board_server.metrics import BoardMetrics
 from board_server.paging import load_page_tokens
+from board_server.retag import Retagging, make_segment_client
+from board_server.served_model import ServedModels
 from board_server.service import Board
 from board_server.servicer import BoardServicer
 from board_server.tagging import TaggingWorker, build_tagging_worker
@@ -181,16 +183,20 @@ async def create_server(
         if threads
         else None
     )
+    models = ServedModels(database, settings.segmentation_model)
     attachments = AttachmentService(
         database,
         accounts,
         tokens,
+        models=models,
         max_bytes=settings.max_attachment_bytes,
         max_per_post=settings.max_attachments_per_post,
         watch_poll_s=settings.watch_poll_s,
         on_added=tagger.wake if tagger is not None else None,
     )
-    board = Board.over(database, accounts, tokens, sign_up_open=settings.sign_up_open)
+    board = Board.over(database, accounts, tokens, models, sign_up_open=settings.sign_up_open)
+    describer = make_segment_client(settings) if settings.segmentation_target else None
+    retagging = Retagging(database, models, describer.describe if describer is not None else None)
     interceptor = BoardInterceptor(
         SERVICE_NAME,
         accounts,
@@ -203,7 +209,7 @@ async def create_server(
         options=server_options(settings, reuse_port=shared),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    board_pb2_grpc.add_BoardServiceServicer_to_server(BoardServicer(board, attachments), server)  # type: ignore[no-untyped-call]
+    board_pb2_grpc.add_BoardServiceServicer_to_server(BoardServicer(board, attachments, retagging), server)  # type: ignore[no-untyped-call]
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 from sqlalchemy import Connection
 
@@ -20,8 +21,18 @@ from board_server.accounts import Accounts, Caller
 from board_server.database import Database
 from board_server.errors import FieldViolation, InvalidArgument, PermissionDenied, Unauthenticated
 from board_server.models import COMMENT_CONTENT_MAX, NAME_MAX, POST_CONTENT_MAX, TITLE_MAX
-from board_server.paging import Page, PageTokens
+from board_server.paging import Page, PageTokens, query_digest
+from board_server.post_filter import parse_filter, parse_order_by
+from board_server.post_search import (
+    all_of,
+    canonical_query,
+    cursor_from_dict,
+    cursor_to_dict,
+    legacy_filter,
+    search_posts,
+)
 from board_server.records import CommentRecord, PostRecord, UserRecord
+from board_server.served_model import ServedModels
 from board_server.validation import Violations, check_id
 
 audit = logging.getLogger("board.audit")
@@ -171,14 +182,15 @@ class UserService:
 
 
 class PostService:
-    """Create, read, list, update and delete posts; only the author or an admin changes one."""
+    """Create, read, list (and search), update and delete posts; only the author or an admin changes one."""
 
     MUTABLE = frozenset({"title", "content"})
 
-    def __init__(self, db: Database, accounts: Accounts, tokens: PageTokens) -> None:
+    def __init__(self, db: Database, accounts: Accounts, tokens: PageTokens, models: ServedModels) -> None:
         self._db = db
         self._accounts = accounts
         self._tokens = tokens
+        self._models = models
 
     async def create_post(self, caller: Caller, user_id: int, title: str, content: str) -> PostRecord:
         """Create a post by the caller; raise InvalidArgument, Unauthenticated, PermissionDenied."""
@@ -203,18 +215,49 @@ class PostService:
         return await self._db.run_read(lambda conn: repository.read_post(conn, post_id))
 
     async def list_posts(
-        self, caller: Caller, user_id: int, page_size: int, page_token: str
+        self,
+        caller: Caller,
+        *,
+        user_id: int = 0,
+        page_size: int = 0,
+        page_token: str = "",
+        label: str = "",
+        min_label_fraction: float = 0.0,
+        filter_text: str = "",
+        order_by: str = "",
     ) -> Page[PostRecord]:
-        """One page of posts ordered by id, of one user unless ``user_id`` is 0; raise InvalidArgument."""
+        """One page of posts: of one user unless ``user_id`` is 0, matching the AIP-160 ``filter_text`` and
+        the older ``label``/``min_label_fraction`` (all ANDed), in ``order_by`` (AIP-132; id by default).
+
+        Raises InvalidArgument (a filter or order that does not parse or names an unknown class, a page
+        token of another query).
+        """
         self._accounts.require_reader(caller)
-        if user_id < 0:
-            raise InvalidArgument([FieldViolation("user_id", "must be a positive id, or 0 for every user")])
-        query = str(user_id)
-        request = self._tokens.id_page("posts", query, page_size, page_token)
-        rows = await self._db.run_read(
-            lambda conn: repository.list_posts(conn, user_id, request.after_id, request.size + 1)
+        if not (label or min_label_fraction or filter_text.strip() or order_by.strip()):
+            if user_id < 0:
+                raise InvalidArgument(
+                    [FieldViolation("user_id", "must be a positive id, or 0 for every user")]
+                )
+            query = str(user_id)
+            request = self._tokens.id_page("posts", query, page_size, page_token)
+            rows = await self._db.run_read(
+                lambda conn: repository.list_posts(conn, user_id, request.after_id, request.size + 1)
+            )
+            return self._tokens.cut("posts", query, rows, request, lambda p: p.id)
+        classes = await self._models.class_names()
+        where = all_of(
+            parse_filter(filter_text, classes), legacy_filter(label, min_label_fraction, user_id, classes)
         )
-        return self._tokens.cut("posts", query, rows, request, lambda p: p.id)
+        order = parse_order_by(order_by, classes)
+        binding = query_digest(canonical_query(where, order))
+        search = self._tokens.request("posts-search", binding, page_size, page_token)
+        cursor = cursor_from_dict(search.cursor, order) if search.cursor is not None else None
+        found = await self._db.run_read(lambda conn: search_posts(conn, where, order, cursor, search.size))
+        after = found.next_cursor
+        token = (
+            self._tokens.encode("posts-search", binding, cursor_to_dict(after)) if after is not None else ""
+        )
+        return Page(cast(Sequence[PostRecord], found.rows), token)
 
     async def update_post(
         self, caller: Caller, post_id: int, paths: Sequence[str], title: str, content: str
@@ -348,10 +391,16 @@ class Board:
 
     @classmethod
     def over(
-        cls, db: Database, accounts: Accounts, tokens: PageTokens, *, sign_up_open: bool = True
+        cls,
+        db: Database,
+        accounts: Accounts,
+        tokens: PageTokens,
+        models: ServedModels,
+        *,
+        sign_up_open: bool = True,
     ) -> Board:
         return cls(
             users=UserService(db, accounts, tokens, sign_up_open=sign_up_open),
-            posts=PostService(db, accounts, tokens),
+            posts=PostService(db, accounts, tokens, models),
             comments=CommentService(db, accounts, tokens),
         )

@@ -18,6 +18,7 @@ from board_server import tracing
 from board_server.attachments import AttachmentService, AttachmentView
 from board_server.interceptors import current_caller
 from board_server.records import CommentRecord, PostRecord
+from board_server.retag import Retagging
 from board_server.service import Board, UserView
 from clients.gen.board.v1 import board_pb2, board_pb2_grpc
 
@@ -105,9 +106,10 @@ def attachment_to_proto(item: AttachmentView) -> board_pb2.Attachment:
 class BoardServicer(board_pb2_grpc.BoardServiceServicer):
     """board.v1.BoardService over the board's use cases (grpc.aio: every method is a coroutine)."""
 
-    def __init__(self, board: Board, attachments: AttachmentService) -> None:
+    def __init__(self, board: Board, attachments: AttachmentService, retagging: Retagging) -> None:
         self._board = board
         self._attachments = attachments
+        self._retagging = retagging
 
     # users and sessions
 
@@ -164,22 +166,22 @@ class BoardServicer(board_pb2_grpc.BoardServiceServicer):
         self, request: board_pb2.ListPostsRequest, context: Context
     ) -> board_pb2.ListPostsResponse:
         caller = current_caller()
-        if request.label:
-            page = await self._attachments.list_posts_with_label(
-                caller,
-                label=request.label,
-                min_fraction=request.min_label_fraction,
-                user_id=request.user_id,
-                page_size=request.page_size,
-                page_token=request.page_token,
-            )
-        else:
-            page = await self._board.posts.list_posts(
-                caller, request.user_id, request.page_size, request.page_token
-            )
-        return board_pb2.ListPostsResponse(
-            posts=[post_to_proto(p) for p in page.items], next_page_token=page.next_page_token
+        page = await self._board.posts.list_posts(
+            caller,
+            user_id=request.user_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            label=request.label,
+            min_label_fraction=request.min_label_fraction,
+            filter_text=request.filter,
+            order_by=request.order_by,
         )
+        posts = [post_to_proto(p) for p in page.items]
+        if request.view == board_pb2.POST_VIEW_WITH_ATTACHMENTS and posts:
+            found = await self._attachments.attachments_of_posts(caller, [p.id for p in posts])
+            for post in posts:
+                post.attachments.extend(attachment_to_proto(a) for a in found.get(post.id, ()))
+        return board_pb2.ListPostsResponse(posts=posts, next_page_token=page.next_page_token)
 
     async def UpdatePost(self, request: board_pb2.UpdatePostRequest, context: Context) -> board_pb2.Post:
         post, paths = request.post, list(request.update_mask.paths)
@@ -289,3 +291,32 @@ class BoardServicer(board_pb2_grpc.BoardServiceServicer):
     ) -> AsyncIterator[board_pb2.Attachment]:
         async for item in self._attachments.watch_attachment(current_caller(), request.id):
             yield attachment_to_proto(item)
+
+    async def GetAttachmentPreview(
+        self, request: board_pb2.GetAttachmentPreviewRequest, context: Context
+    ) -> board_pb2.GetAttachmentPreviewResponse:
+        preview = await self._attachments.get_preview(
+            current_caller(),
+            request.id,
+            max_size=request.max_size,
+            overlay=request.overlay,
+            content_type=request.content_type,
+        )
+        return board_pb2.GetAttachmentPreviewResponse(
+            data=preview.data, content_type=preview.content_type, width=preview.width, height=preview.height
+        )
+
+    async def RetagAttachments(
+        self, request: board_pb2.RetagAttachmentsRequest, context: Context
+    ) -> board_pb2.RetagAttachmentsResponse:
+        count, model = await self._retagging.retag(current_caller(), request.filter)
+        return board_pb2.RetagAttachmentsResponse(
+            queued_count=count,
+            model=board_pb2.ModelProvenance(
+                arch=model.arch,
+                weights=model.weights,
+                sha256=model.sha256 or "",
+                untrained=model.untrained,
+                archive_sha256=model.archive_sha256 or "",
+            ),
+        )

@@ -264,6 +264,7 @@ def request_retag(
     now: datetime,
     *,
     attachment_id: int | None = None,
+    post_id: int | None = None,
     unless_archive_sha256: str | None = None,
 ) -> int:
     """Queue re-tags of TAGGED attachments (one, or all), skipping those already labelled by the model whose
@@ -272,6 +273,8 @@ def request_retag(
     conditions = [_A.status == TAGGED, _A.retag_pending == false()]
     if attachment_id is not None:
         conditions.append(_A.id == attachment_id)
+    if post_id is not None:
+        conditions.append(_A.post_id == post_id)
     if unless_archive_sha256 is not None:
         conditions.append(
             or_(_A.model_archive_sha256.is_(None), _A.model_archive_sha256 != unless_archive_sha256)
