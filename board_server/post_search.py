@@ -286,24 +286,28 @@ def cursor_from_dict(data: Mapping[str, object], order: OrderBy) -> Cursor:
     return cursor
 
 
-def legacy_filter(
-    label: str, min_label_fraction: float, user_id: int, class_names: Sequence[str]
-) -> Node | None:
-    """The tree of ListPosts' older fields (``label``; ``min_label_fraction``, 0 → 0.01; ``user_id``, 0 → any
-    user), to be combined with the parsed filter by ``all_of``. Raises InvalidArgument naming those fields."""
+LABEL_MAX = 100
+
+
+def legacy_filter(label: str, min_label_fraction: float, user_id: int) -> Node | None:
+    """The tree of ListPosts' older fields, to be combined with the parsed filter by ``all_of``: ``label``
+    (any text up to 100 characters, as before: a name no model uses finds nothing, and labels of an earlier
+    model stay searchable), ``min_label_fraction`` (with ``label``; 0 → 0.01), ``user_id`` (0 → any user).
+    Raises InvalidArgument naming those fields, with the messages they always had."""
     violations: list[FieldViolation] = []
     nodes: list[Node] = []
+    if label and not label.strip():
+        violations.append(FieldViolation("label", "must not be blank"))
+    elif len(label) > LABEL_MAX:
+        violations.append(
+            FieldViolation("label", f"must be at most {LABEL_MAX} characters (got {len(label)})")
+        )
+    elif "\x00" in label:
+        violations.append(FieldViolation("label", "must not contain NUL characters"))
     if math.isnan(min_label_fraction) or not 0 <= min_label_fraction <= 1:
         violations.append(FieldViolation("min_label_fraction", "must be between 0 and 1 (0 means 0.01)"))
-    if label:
-        if label not in class_names:
-            classes = ", ".join(class_names)
-            violations.append(
-                FieldViolation("label", f"unknown label {label!r}; the model's classes are: {classes}")
-            )
+    elif label:
         nodes.append(LabelCompare(label, ">=", min_label_fraction or DEFAULT_MIN_LABEL_FRACTION))
-    elif min_label_fraction:
-        violations.append(FieldViolation("min_label_fraction", "needs label"))
     if not 0 <= user_id <= MAX_ID:
         violations.append(FieldViolation("user_id", "must be a positive id, or 0 for every user"))
     elif user_id:

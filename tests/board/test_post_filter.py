@@ -389,20 +389,29 @@ def test_order_by_errors_name_the_column(text: str, message: str) -> None:
 
 
 def test_legacy_fields_become_a_tree_combined_by_and() -> None:
-    assert legacy_filter("", 0.0, 0, VOC) is None
-    assert legacy_filter("dog", 0.0, 0, VOC) == label("dog")
-    assert legacy_filter("dog", 0.3, 7, VOC) == And(
-        (label("dog", ">=", 0.3), FieldCompare("user_id", "=", 7))
-    )
-    combined = all_of(parse("label.cat OR label.cow"), legacy_filter("dog", 0.0, 7, VOC))
+    assert legacy_filter("", 0.0, 0) is None
+    assert legacy_filter("", 0.5, 0) is None  # min_label_fraction only counts with a label, as before
+    assert legacy_filter("dog", 0.0, 0) == label("dog")
+    assert legacy_filter("dog", 0.3, 7) == And((label("dog", ">=", 0.3), FieldCompare("user_id", "=", 7)))
+    combined = all_of(parse("label.cat OR label.cow"), legacy_filter("dog", 0.0, 7))
     assert combined == And((Or((label("cat"), label("cow"))), label("dog"), FieldCompare("user_id", "=", 7)))
     assert all_of(None, None) is None
 
 
-def test_legacy_fields_are_validated_each_under_its_name() -> None:
+def test_the_legacy_label_is_any_text_and_keeps_its_old_checks() -> None:
+    # Not checked against the model's classes: labels of an earlier model stay searchable, and a name no
+    # model uses finds nothing (as ListPosts(label=...) always did).
+    assert legacy_filter("no-such-class", 0.0, 0) == label("no-such-class")
+    assert canonical_filter(label("no-such-class")) == 'label."no-such-class" >= 0.01'
     with pytest.raises(InvalidArgument) as caught:
-        legacy_filter("unicorn", 1.5, -1, VOC)
-    fields = [v.field for v in caught.value.violations]
-    assert fields == ["min_label_fraction", "label", "user_id"]
-    with pytest.raises(InvalidArgument, match=re.escape("min_label_fraction: needs label")):
-        legacy_filter("", 0.5, 0, VOC)
+        legacy_filter("x" * 101, 1.5, -1)
+    assert [(v.field, v.description) for v in caught.value.violations] == [
+        ("label", "must be at most 100 characters (got 101)"),
+        ("min_label_fraction", "must be between 0 and 1 (0 means 0.01)"),
+        ("user_id", "must be a positive id, or 0 for every user"),
+    ]
+    for blank in ("  ", "\t"):
+        with pytest.raises(InvalidArgument, match=re.escape("label: must not be blank")):
+            legacy_filter(blank, 0.0, 0)
+    with pytest.raises(InvalidArgument, match="min_label_fraction"):
+        legacy_filter("dog", float("nan"), 0)
