@@ -1,7 +1,7 @@
 """The ListPosts query (board_server/post_search.py) on SQLite and on PostgreSQL: every filter and order of a
 table against a plain-Python reading of the same tree over the seeded rows (so both backends give the same
 answers), keyset paging through page tokens, paging while labels are re-tagged, and EXPLAIN showing index
-use. Seeded with Core inserts after ``migrate``; the index the search needs is created as INDEX_DDL."""
+use of the label index of migration 0004. Seeded with Core inserts after ``migrate``."""
 
 from __future__ import annotations
 
@@ -43,11 +43,6 @@ from board_server.post_search import (
 from tests.board.conftest import Backend
 
 CLASSES = ("background", "car", "cat", "cow", "dog", "person")
-# The index the search needs (to be added to models.py and a migration; created here meanwhile).
-INDEX_DDL = (
-    "CREATE INDEX IF NOT EXISTS ix_attachment_labels_post_name_fraction "
-    "ON attachment_labels (post_id, name, fraction, attachment_id)"
-)
 USERS, POSTS, ATTACHMENTS, LABELS = (
     cast(Table, m.__table__) for m in (User, Post, Attachment, AttachmentLabel)
 )
@@ -127,7 +122,6 @@ def _insert(conn: Connection, posts: dict[int, SeededPost]) -> None:
     if photos:
         conn.execute(insert(ATTACHMENTS), [_attachment(a, p.id) for p, a, _ in photos])
         conn.execute(insert(LABELS), [row for p, a, labels in photos for row in _label_rows(a, p.id, labels)])
-    conn.exec_driver_sql(INDEX_DDL)
 
 
 def _attachment(attachment_id: int, post_id: int) -> dict[str, Any]:
