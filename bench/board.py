@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import glob
 import json
 import logging
@@ -179,25 +180,33 @@ def process_tree_rss(pid: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _signal_until_gone(pid: int) -> None:
-    """SIGTERM ``pid``, give it 5 s, then SIGKILL."""
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot, None when it is gone or a zombie: with the pid,
+    an identity that a recycled pid does not share (pids wrap every few minutes on a busy machine)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    return None if fields[0] in "ZX" else fields[19]
+
+
+def _signal_until_gone(pid: int, started: str | None) -> None:
+    """SIGTERM ``pid`` while it is still the process that started at ``started``; SIGKILL it after 5 s."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
+        if started is None or _start_time(pid) != started:
             return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
+        while time.monotonic() < deadline and _start_time(pid) == started:
             time.sleep(0.1)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process (SIGKILL after 20 s), then whatever it started that outlived it, each by pid."""
-    descendants = _children(proc.pid)
+    """SIGTERM the process (SIGKILL after 20 s), then whatever it started that outlived it, each by pid and
+    start time."""
+    descendants = [(pid, _start_time(pid)) for pid in _children(proc.pid)]
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -205,8 +214,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    for pid in descendants:
-        _signal_until_gone(pid)
+    for pid, started in descendants:
+        _signal_until_gone(pid, started)
 
 
 def _start(args: Sequence[str], log_path: Path, env: Mapping[str, str], cwd: Path) -> subprocess.Popen[bytes]:
@@ -973,7 +982,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     sqlite = f"sqlite:///{work / 'board.db'}"
                     url = sqlite if kind == "sqlite" else stack.enter_context(postgres_cluster())
                 assert url is not None  # postgres_cluster yields None only without initdb, checked above
-                table = measure_database(kind, url, args, features, work)
+                try:
+                    table = measure_database(kind, url, args, features, work)
+                except (RuntimeError, grpc.RpcError):
+                    kept = Path(tempfile.mkdtemp(prefix="board-bench-logs-"))
+                    for log in work.glob("*.log"):
+                        shutil.copy(log, kept)
+                    logger.error("%s table failed; server logs kept in %s", kind, kept)
+                    raise
             table["notes"] += skipped if kind == "sqlite" else []
             table["targets"] = evaluate_targets(table) if kind == "sqlite" else []
             targets += table["targets"]
