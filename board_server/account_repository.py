@@ -12,6 +12,7 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Row, Table, bindparam, delete, func, insert, select, update
 
+from board_server.database import LeanQuery
 from board_server.models import AccessToken, SignInFailure, User
 
 _USERS, _TOKENS, _FAILURES = (cast(Table, m.__table__) for m in (User, AccessToken, SignInFailure))
@@ -20,7 +21,7 @@ _CREDENTIALS = select(_USERS.c.id, _USERS.c.password_hash, _USERS.c.admin).where
     func.lower(_USERS.c.email) == bindparam("email")
 )
 # One indexed lookup per authenticated call: the token's row joined with its user's admin flag.
-_IDENTITY = (
+_IDENTITY = LeanQuery(
     select(_TOKENS.c.id, _TOKENS.c.user_id, _TOKENS.c.expire_time, _USERS.c.admin)
     .join(_USERS, _USERS.c.id == _TOKENS.c.user_id)
     .where(_TOKENS.c.token_hash == bindparam("token_hash"))
@@ -61,7 +62,7 @@ def add_token(conn: Connection, user_id: int, token_hash: str, now: datetime, ex
 
 def token_identity(conn: Connection, token_hash: str) -> Row[Any] | None:
     """(id, user_id, expire_time, admin) of the token with this hash, or None (unknown or revoked)."""
-    return cast("Row[Any] | None", conn.execute(_IDENTITY, {"token_hash": token_hash}).first())
+    return cast("Row[Any] | None", _IDENTITY.first(conn, {"token_hash": token_hash}))
 
 
 def delete_token(conn: Connection, token_id: int) -> None:

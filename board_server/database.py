@@ -22,6 +22,7 @@ loop).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fcntl
 import logging
@@ -32,12 +33,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy import Boolean, Connection, Engine, Select, create_engine, event, make_url, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from board_server.config import Settings
@@ -111,7 +113,13 @@ class GroupCommitWriter:
                     stop = True
                     break
                 batch.append(job)
-            self._commit(batch)
+            # A caller that gave up before its write started (server-side deadline, cancelled call) has
+            # cancelled its future: that write is skipped. The rest are marked running, so they can no longer
+            # be cancelled and setting their outcome cannot raise (which killed this thread: every later
+            # write then hung).
+            batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
+            if batch:
+                self._commit(batch)
             if stop:
                 return
 
@@ -314,3 +322,66 @@ def migrate(engine: Engine) -> None:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
     logger.info("database schema at head (%s)", engine.url.render_as_string(hide_password=True))
+
+
+class LeanQuery:
+    """A Core SELECT that, on SQLite, runs on the bare sqlite3 connection: compiled once, rows as tuples.
+
+    SQLAlchemy's execution and row processing cost three to four times the query itself on a point read
+    (108 vs 24 µs per GetPost's read, measured); the hottest reads (a post, a page of posts, a token's
+    identity) take this path. Rows keep attribute access (named tuples) and the types the Core path gives:
+    UTC datetimes, booleans. On PostgreSQL it is the ordinary Core execution. Simple statements only:
+    named bind parameters, no expanding IN lists.
+    """
+
+    def __init__(self, statement: Select[Any]) -> None:
+        from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+        from board_server.models import UTCDateTime
+
+        self.statement = statement
+        compiled = statement.compile(dialect=sqlite_dialect.dialect())
+        self._sql = str(compiled)
+        self._names = tuple(compiled.positiontup or ())
+        # Parameters the compiler added itself (SQLite's OFFSET after a bound LIMIT) with their values.
+        self._defaults = {name: value for name, value in compiled.params.items() if value is not None}
+        columns = list(statement.selected_columns)
+        self._row: Any = collections.namedtuple("Row", [c.name for c in columns])  # type: ignore[misc]
+        self._convert: tuple[tuple[int, Callable[[Any], Any]], ...] = tuple(
+            (i, _utc_from_sqlite if isinstance(c.type, UTCDateTime) else bool)
+            for i, c in enumerate(columns)
+            if isinstance(c.type, UTCDateTime | Boolean)
+        )
+
+    def _rows(self, conn: Connection, params: dict[str, Any]) -> Any:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        defaults = self._defaults
+        return raw.execute(self._sql, tuple(params.get(name, defaults.get(name)) for name in self._names))
+
+    def _make(self, values: tuple[Any, ...]) -> Any:
+        if self._convert:
+            items = list(values)
+            for index, convert in self._convert:
+                if items[index] is not None:
+                    items[index] = convert(items[index])
+            values = tuple(items)
+        return self._row._make(values)
+
+    def first(self, conn: Connection, params: dict[str, Any]) -> Any:
+        """The first row (or None), like ``conn.execute(statement, params).first()``."""
+        if conn.dialect.name != "sqlite":
+            return conn.execute(self.statement, params).first()
+        values = self._rows(conn, params).fetchone()
+        return None if values is None else self._make(values)
+
+    def all(self, conn: Connection, params: dict[str, Any]) -> list[Any]:
+        """Every row, like ``conn.execute(statement, params).all()``."""
+        if conn.dialect.name != "sqlite":
+            return list(conn.execute(self.statement, params).all())
+        return [self._make(values) for values in self._rows(conn, params).fetchall()]
+
+
+def _utc_from_sqlite(text: str) -> datetime:
+    # What UTCDateTime stores on SQLite: naive ISO text in UTC.
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)

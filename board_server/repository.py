@@ -17,6 +17,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from board_server.database import LeanQuery
 from board_server.errors import AlreadyExists, CommentNotFound, PostNotFound, UserNotFound, excerpt
 from board_server.models import Comment, DeploymentSecret, Post, User
 from board_server.records import CommentRecord, PostRecord, UserRecord
@@ -39,10 +40,10 @@ def _is_foreign_key_violation(error: IntegrityError) -> bool:
 
 # Every column but the password hash, which never leaves the accounts code.
 _USER_COLUMNS = [c for c in _USERS.c if c.name != "password_hash"]
-_READ_USER = select(*_USER_COLUMNS).where(_USERS.c.id == bindparam("id"))
+_READ_USER = LeanQuery(select(*_USER_COLUMNS).where(_USERS.c.id == bindparam("id")))
 # FOR SHARE on PostgreSQL: a post or comment being added keeps its author from being deleted under it.
 _LOCK_USER = select(_USERS.c.id).where(_USERS.c.id == bindparam("id")).with_for_update(read=True)
-_LIST_USERS = (
+_LIST_USERS = LeanQuery(
     select(*_USER_COLUMNS).where(_USERS.c.id > bindparam("after")).order_by(_USERS.c.id).limit(bindparam("n"))
 )
 _INSERT_USER = insert(_USERS).returning(*_USER_COLUMNS)
@@ -64,7 +65,7 @@ def add_user(
 
 def read_user(conn: Connection, user_id: int) -> UserRecord:
     """Return the user; raise UserNotFound."""
-    row = conn.execute(_READ_USER, {"id": user_id}).first()
+    row = _READ_USER.first(conn, {"id": user_id})
     if row is None:
         raise UserNotFound(user_id)
     return cast(UserRecord, row)
@@ -78,7 +79,7 @@ def require_user(conn: Connection, user_id: int) -> None:
 
 def list_users(conn: Connection, after_id: int, limit: int) -> Sequence[UserRecord]:
     """Return up to ``limit`` users with id > ``after_id``, ordered by id."""
-    return cast(Sequence[UserRecord], conn.execute(_LIST_USERS, {"after": after_id, "n": limit}).all())
+    return cast(Sequence[UserRecord], _LIST_USERS.all(conn, {"after": after_id, "n": limit}))
 
 
 def update_user(conn: Connection, user_id: int, values: Mapping[str, Any]) -> UserRecord:
@@ -111,13 +112,13 @@ def delete_user(conn: Connection, user_id: int) -> None:
 
 # --- posts ------------------------------------------------------------------------------------------------
 
-_READ_POST = select(_POSTS).where(_POSTS.c.id == bindparam("id"))
-_READ_POST_FOR_UPDATE = _READ_POST.with_for_update()
+_READ_POST = LeanQuery(select(_POSTS).where(_POSTS.c.id == bindparam("id")))
+_READ_POST_FOR_UPDATE = _READ_POST.statement.with_for_update()
 _LOCK_POST = select(_POSTS.c.id).where(_POSTS.c.id == bindparam("id")).with_for_update(read=True)
-_LIST_ALL_POSTS = (
+_LIST_ALL_POSTS = LeanQuery(
     select(_POSTS).where(_POSTS.c.id > bindparam("after")).order_by(_POSTS.c.id).limit(bindparam("n"))
 )
-_LIST_USER_POSTS = (
+_LIST_USER_POSTS = LeanQuery(
     select(_POSTS)
     .where(_POSTS.c.user_id == bindparam("user_id"), _POSTS.c.id > bindparam("after"))
     .order_by(_POSTS.c.id)
@@ -141,7 +142,10 @@ def add_post(conn: Connection, user_id: int, title: str, content: str, now: date
 
 def read_post(conn: Connection, post_id: int, *, for_update: bool = False) -> PostRecord:
     """Return the post (row-locked on PostgreSQL with ``for_update``); raise PostNotFound."""
-    row = conn.execute(_READ_POST_FOR_UPDATE if for_update else _READ_POST, {"id": post_id}).first()
+    params = {"id": post_id}
+    row = (
+        conn.execute(_READ_POST_FOR_UPDATE, params).first() if for_update else _READ_POST.first(conn, params)
+    )
     if row is None:
         raise PostNotFound(post_id)
     return cast(PostRecord, row)
@@ -156,9 +160,9 @@ def require_post(conn: Connection, post_id: int) -> None:
 def list_posts(conn: Connection, user_id: int, after_id: int, limit: int) -> Sequence[PostRecord]:
     """Return up to ``limit`` posts with id > ``after_id`` (of ``user_id`` unless 0), ordered by id."""
     if user_id:
-        rows = conn.execute(_LIST_USER_POSTS, {"user_id": user_id, "after": after_id, "n": limit}).all()
+        rows = _LIST_USER_POSTS.all(conn, {"user_id": user_id, "after": after_id, "n": limit})
     else:
-        rows = conn.execute(_LIST_ALL_POSTS, {"after": after_id, "n": limit}).all()
+        rows = _LIST_ALL_POSTS.all(conn, {"after": after_id, "n": limit})
     return cast(Sequence[PostRecord], rows)
 
 
@@ -180,9 +184,9 @@ def delete_post(conn: Connection, post_id: int) -> None:
 
 # --- comments ---------------------------------------------------------------------------------------------
 
-_READ_COMMENT = select(_COMMENTS).where(_COMMENTS.c.id == bindparam("id"))
-_READ_COMMENT_FOR_UPDATE = _READ_COMMENT.with_for_update()
-_LIST_COMMENTS = (
+_READ_COMMENT = LeanQuery(select(_COMMENTS).where(_COMMENTS.c.id == bindparam("id")))
+_READ_COMMENT_FOR_UPDATE = _READ_COMMENT.statement.with_for_update()
+_LIST_COMMENTS = LeanQuery(
     select(_COMMENTS)
     .where(_COMMENTS.c.post_id == bindparam("post_id"), _COMMENTS.c.id > bindparam("after"))
     .order_by(_COMMENTS.c.id)
@@ -208,8 +212,12 @@ def add_comment(conn: Connection, post_id: int, user_id: int, content: str, now:
 
 def read_comment(conn: Connection, comment_id: int, *, for_update: bool = False) -> CommentRecord:
     """Return the comment (row-locked on PostgreSQL with ``for_update``); raise CommentNotFound."""
-    statement = _READ_COMMENT_FOR_UPDATE if for_update else _READ_COMMENT
-    row = conn.execute(statement, {"id": comment_id}).first()
+    params = {"id": comment_id}
+    row = (
+        conn.execute(_READ_COMMENT_FOR_UPDATE, params).first()
+        if for_update
+        else _READ_COMMENT.first(conn, params)
+    )
     if row is None:
         raise CommentNotFound(comment_id)
     return cast(CommentRecord, row)
@@ -217,7 +225,7 @@ def read_comment(conn: Connection, comment_id: int, *, for_update: bool = False)
 
 def list_comments(conn: Connection, post_id: int, after_id: int, limit: int) -> Sequence[CommentRecord]:
     """Return up to ``limit`` comments of the post with id > ``after_id``, ordered by id; PostNotFound."""
-    rows = conn.execute(_LIST_COMMENTS, {"post_id": post_id, "after": after_id, "n": limit}).all()
+    rows = _LIST_COMMENTS.all(conn, {"post_id": post_id, "after": after_id, "n": limit})
     if not rows and conn.execute(_POST_EXISTS, {"id": post_id}).first() is None:
         raise PostNotFound(post_id)
     return cast(Sequence[CommentRecord], rows)
