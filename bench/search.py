@@ -40,14 +40,10 @@ from board_server.database import Database, migrate, open_database
 from board_server.models import Attachment, AttachmentLabel, Base, Post, User
 from board_server.post_filter import OrderBy, parse_filter, parse_order_by
 from board_server.post_search import Cursor, search_posts
+from board_server.served_model import VOC_CLASSES
 
 logger = logging.getLogger("bench.search")
 
-VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-    "tvmonitor",
-)  # fmt: skip
 # Zipf-like popularity of the 20 object classes in photos people post (person first, sheep last).
 _POPULARITY = (
     "person", "car", "chair", "dog", "cat", "bottle", "tvmonitor", "diningtable", "sofa", "pottedplant",

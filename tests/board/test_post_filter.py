@@ -28,12 +28,9 @@ from board_server.post_filter import (
     parse_order_by,
 )
 from board_server.post_search import all_of, legacy_filter
+from board_server.served_model import VOC_CLASSES
 
-VOC = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-    "tvmonitor",
-)  # fmt: skip
+VOC = VOC_CLASSES
 PRESENT = DEFAULT_MIN_LABEL_FRACTION
 
 
