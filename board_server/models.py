@@ -203,7 +203,8 @@ class AttachmentLabel(Base):
         BigId, ForeignKey("attachments.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
     )
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
-    post_id: Mapped[int] = mapped_column(BigId, ForeignKey("posts.id", ondelete="CASCADE"), index=True)
+    # Indexed by ix_attachment_labels_post_name_fraction (post_id first), below.
+    post_id: Mapped[int] = mapped_column(BigId, ForeignKey("posts.id", ondelete="CASCADE"))
     fraction: Mapped[float] = mapped_column(Float())
     pixels: Mapped[int] = mapped_column(BigInteger())
 

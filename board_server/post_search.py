@@ -289,9 +289,7 @@ def cursor_from_dict(data: Mapping[str, object], order: OrderBy) -> Cursor:
 LABEL_MAX = 100
 
 
-def legacy_filter(
-    label: str, min_label_fraction: float, user_id: int, class_names: Sequence[str] = ()
-) -> Node | None:
+def legacy_filter(label: str, min_label_fraction: float, user_id: int) -> Node | None:
     """The tree of ListPosts' older fields, to be combined with the parsed filter by ``all_of``: ``label``
     (any text up to 100 characters, as before: a name no model uses finds nothing, and labels of an earlier
     model stay searchable), ``min_label_fraction`` (with ``label``; 0 → 0.01), ``user_id`` (0 → any user).

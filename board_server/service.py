@@ -245,9 +245,7 @@ class PostService:
             )
             return self._tokens.cut("posts", query, rows, request, lambda p: p.id)
         classes = await self._models.class_names()
-        where = all_of(
-            parse_filter(filter_text, classes), legacy_filter(label, min_label_fraction, user_id, classes)
-        )
+        where = all_of(parse_filter(filter_text, classes), legacy_filter(label, min_label_fraction, user_id))
         order = parse_order_by(order_by, classes)
         binding = query_digest(canonical_query(where, order))
         search = self._tokens.request("posts-search", binding, page_size, page_token)

@@ -399,7 +399,6 @@ def test_the_legacy_label_is_any_text_and_keeps_its_old_checks() -> None:
     # Not checked against the model's classes: labels of an earlier model stay searchable, and a name no
     # model uses finds nothing (as ListPosts(label=...) always did).
     assert legacy_filter("no-such-class", 0.0, 0) == label("no-such-class")
-    assert legacy_filter("no-such-class", 0.0, 0, VOC) == label("no-such-class")
     assert canonical_filter(label("no-such-class")) == 'label."no-such-class" >= 0.01'
     with pytest.raises(InvalidArgument) as caught:
         legacy_filter("x" * 101, 1.5, -1)

@@ -55,15 +55,17 @@ def upgrade() -> None:
         sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_index("ix_posts_create_time", "posts", ["create_time"])
-    with op.batch_alter_table("attachments") as batch:
-        # Fencing per claim: results are stored only under the claim token that took the lease.
-        batch.add_column(sa.Column("claim_token", sa.String(32), nullable=True))
-        # Re-tag queued: the row keeps its labels (and status TAGGED) until the new ones land.
-        batch.add_column(sa.Column("retag_pending", sa.Boolean(), nullable=False, server_default=sa.false()))
-        # Identity of the model behind the labels: SHA-256 of the served TorchScript program.
-        batch.add_column(sa.Column("model_archive_sha256", sa.String(64), nullable=True))
-        # W3C traceparent of the upload, so that tagging on any replica joins the upload's trace.
-        batch.add_column(sa.Column("traceparent", sa.String(64), nullable=True))
+    # Plain ADD COLUMNs again (see users above: a batch copy of attachments would cascade to its labels).
+    # Fencing per claim: results are stored only under the claim token that took the lease.
+    op.add_column("attachments", sa.Column("claim_token", sa.String(32), nullable=True))
+    # Re-tag queued: the row keeps its labels (and status TAGGED) until the new ones land.
+    op.add_column(
+        "attachments", sa.Column("retag_pending", sa.Boolean(), nullable=False, server_default=sa.false())
+    )
+    # Identity of the model behind the labels: SHA-256 of the served TorchScript program.
+    op.add_column("attachments", sa.Column("model_archive_sha256", sa.String(64), nullable=True))
+    # W3C traceparent of the upload, so that tagging on any replica joins the upload's trace.
+    op.add_column("attachments", sa.Column("traceparent", sa.String(64), nullable=True))
     op.create_index("ix_attachments_retag", "attachments", ["retag_pending", "next_attempt_time"])
     op.create_table(
         "attachment_previews",

@@ -37,8 +37,11 @@ def upgrade() -> None:
         "attachment_labels",
         ["post_id", "name", "fraction", "attachment_id"],
     )
+    # Its prefix serves every lookup by post_id (the cascade from posts included).
+    op.drop_index("ix_attachment_labels_post_id", table_name="attachment_labels")
 
 
 def downgrade() -> None:
+    op.create_index("ix_attachment_labels_post_id", "attachment_labels", ["post_id"])
     op.drop_index("ix_attachment_labels_post_name_fraction", table_name="attachment_labels")
     op.drop_table("served_models")
