@@ -158,3 +158,8 @@ def test_other_benches_render_whatever_keys_they_have(tmp_path: Path) -> None:
 def test_no_results_yet_says_so() -> None:
     section = report.render_summary([])
     assert "No benchmark results recorded yet" in section
+
+
+def test_committed_page_and_readme_section_are_what_the_results_say() -> None:
+    # Fails after a bench wrote bench/results/ without `python -m bench.report` (make bench runs both).
+    assert report.main(["--check"]) == 0
