@@ -19,9 +19,12 @@ and not the alternatives:
   flow control), so ListPosts' ratio would mostly measure bytes on the wire rather than the board's overhead.
 
 With the board's own answer the floor does the same transport work as the board, and the ratio is what the
-board's Python costs on top of it. ``--floor-reply empty`` measures against empty messages instead (recorded).
-One process uses at most one core (one event loop, one GIL); the board with ``--processes N`` may use N, so
-on this 2-core machine, where k6 needs part of a core too, the board can come close to or pass this floor.
+board's Python costs on top of it. The floor keeps grpc's default channel arguments and imports nothing of
+board_server (a half-edited board cannot break it); the board's own arguments (keepalive, message sizes,
+connection age, stream limits) do nothing measurable to one stream per connection over a few seconds.
+``--floor-reply empty`` measures against empty messages instead (recorded). One process uses at most one
+core (one event loop, one GIL); the board with ``--processes N`` may use N, so on this 2-core machine, where
+k6 needs part of a core too, the board can come close to or pass this floor.
 
 For context only, the same empty server also runs in as many SO_REUSEPORT processes as the board does
 (``--processes``, default: cores): ratios against both floors are reported; the targets use the one-process
