@@ -1,10 +1,13 @@
 """Console script `board`: the bulletin board from the command line.
 
-    board users create --name Ada --email ada@example.org
-    board posts list --user 3
+    board login --email ada@example.org          # password from a prompt (or stdin); token kept 0600
+    board posts create --title Hello --content "First post"
+    board posts list --filter 'label.dog >= 0.2' --order-by 'create_time desc' --with-attachments
     board --json comments get 7
 
-Human-readable tables by default, ``--json`` for machines. The server is ``--target`` (env BOARD_TARGET).
+Human-readable tables by default, ``--json`` for machines. The server is ``--target`` (env BOARD_TARGET);
+``--tls`` / ``--ca-file`` (env BOARD_TLS, BOARD_CA_FILE) for a TLS server. The access token comes from
+BOARD_TOKEN or from `board login`'s file (clients/credentials.py). Server text is printed literally.
 """
 
 from __future__ import annotations
@@ -13,45 +16,88 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
+from rich.table import Table
+from rich.text import Text
 
+from clients.account_cli import COMMANDS as ACCOUNT_COMMANDS
+from clients.account_cli import (
+    UsageError,
+    add_account_commands,
+    add_password_stdin,
+    read_password,
+    refused_password_flag,
+    run_account_command,
+)
 from clients.attachment_cli import COMMANDS as ATTACHMENT_COMMANDS
 from clients.attachment_cli import (
     add_attachment_commands,
-    print_attachments,
+    labels_text,
+    model_text,
     run_attachment_command,
+    status_text,
 )
 from clients.board import DEFAULT_TARGET, BoardClient, BoardClientError
+from clients.console_text import Output, join, literal, visible
+from clients.credentials import TOKEN_ENV, Credential, CredentialsError, find_credential
+from clients.gen.board.v1 import board_pb2
 
 RESOURCES = ("users", "posts", "comments")
+COLUMNS = {
+    "users": ["id", "name", "email", "admin", "create_time"],
+    "posts": ["id", "user_id", "title", "content", "create_time", "update_time"],
+    "comments": ["id", "post_id", "user_id", "content", "create_time", "update_time"],
+}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="board", description="Talk to a board.v1.BoardService server.")
+    parser = argparse.ArgumentParser(
+        prog="board", description="Talk to a board.v1.BoardService server.", allow_abbrev=False
+    )
     parser.add_argument(
         "--target", default=None, help=f"HOST:PORT of the server (env BOARD_TARGET, default {DEFAULT_TARGET})"
+    )
+    parser.add_argument(
+        "--tls", action="store_true", default=None, help="TLS with the system's roots (BOARD_TLS)"
+    )
+    parser.add_argument(
+        "--ca-file", type=Path, help="TLS with these PEM root certificates (env BOARD_CA_FILE)"
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call (default 10)")
     resources = parser.add_subparsers(dest="resource", required=True)
+    add_account_commands(resources)
 
     users = resources.add_parser("users", help="users").add_subparsers(dest="action", required=True)
-    create = users.add_parser("create", help="create a user")
+    create = users.add_parser(
+        "create", help="sign up (password: prompt, or stdin when piped)", allow_abbrev=False
+    )
     create.add_argument("--name", required=True)
     create.add_argument("--email", required=True)
+    add_password_stdin(create)
     _add_get_delete_list(users, "user")
-    update = users.add_parser("update", help="change a user's name and/or email")
+    update = users.add_parser(
+        "update", help="change a user's name, email and/or password", allow_abbrev=False
+    )
     update.add_argument("id", type=int)
     update.add_argument("--name")
     update.add_argument("--email")
+    update.add_argument(
+        "--change-password",
+        action="store_true",
+        help="ask for a new password (prompt, or stdin when piped); other sessions are signed out",
+    )
+    add_password_stdin(update)
 
     posts = resources.add_parser("posts", help="posts").add_subparsers(dest="action", required=True)
     create = posts.add_parser("create", help="create a post")
-    create.add_argument("--user", type=int, required=True, help="author's user id")
+    create.add_argument("--user", type=int, default=0, help="author's id (default 0: the signed-in user)")
     create.add_argument("--title", required=True)
     create.add_argument("--content", required=True)
     listing = _add_get_delete_list(posts, "post")
@@ -63,6 +109,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="with --label: least share of the photo (default 0.01)",
     )
+    listing.add_argument(
+        "--filter", default="", help="AIP-160 filter, e.g. 'label.dog >= 0.2 AND NOT label.car'"
+    )
+    listing.add_argument("--order-by", default="", help="e.g. 'create_time desc', 'label.dog desc'")
+    listing.add_argument(
+        "--with-attachments", action="store_true", help="each post's attachments, labels and model"
+    )
     update = posts.add_parser("update", help="change a post's title and/or content")
     update.add_argument("id", type=int)
     update.add_argument("--title")
@@ -71,7 +124,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     comments = resources.add_parser("comments", help="comments").add_subparsers(dest="action", required=True)
     create = comments.add_parser("create", help="comment on a post")
     create.add_argument("--post", type=int, required=True)
-    create.add_argument("--user", type=int, required=True)
+    create.add_argument("--user", type=int, default=0, help="author's id (default 0: the signed-in user)")
     create.add_argument("--content", required=True)
     listing = _add_get_delete_list(comments, "comment")
     listing.add_argument("--post", type=int, required=True, help="the post whose comments to list")
@@ -85,7 +138,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def _add_get_delete_list(actions: Any, noun: str) -> argparse.ArgumentParser:
     actions.add_parser("get", help=f"show one {noun}").add_argument("id", type=int)
     actions.add_parser("delete", help=f"delete a {noun}").add_argument("id", type=int)
-    listing: argparse.ArgumentParser = actions.add_parser("list", help=f"list {noun}s ordered by id")
+    listing: argparse.ArgumentParser = actions.add_parser("list", help=f"list {noun}s")
     listing.add_argument("--page-size", type=int, default=0, help="rows per page (0: server default 50)")
     listing.add_argument("--page-token", default="", help="next_page_token of the previous page")
     listing.add_argument("--all", action="store_true", help="follow next_page_token to the end")
@@ -108,7 +161,14 @@ def _rows_and_token(client: BoardClient, args: argparse.Namespace) -> tuple[list
 
         def fetch(token: str) -> tuple[Sequence[Message], str]:
             page = client.list_posts(
-                args.user, args.page_size, token, label=args.label, min_label_fraction=args.min_fraction
+                args.user,
+                args.page_size,
+                token,
+                label=args.label,
+                min_label_fraction=args.min_fraction,
+                filter=args.filter,
+                order_by=args.order_by,
+                with_attachments=args.with_attachments,
             )
             return page.posts, page.next_page_token
     else:
@@ -126,93 +186,208 @@ def _rows_and_token(client: BoardClient, args: argparse.Namespace) -> tuple[list
             return rows, token
 
 
-def run(client: BoardClient, args: argparse.Namespace) -> dict[str, Any] | list[dict[str, Any]] | None:
-    """Perform the action named by ``args``; return what to print (None for deletes)."""
+def run(client: BoardClient, args: argparse.Namespace) -> tuple[list[Message], str] | Message | None:
+    """Perform the users/posts/comments action named by ``args``: the rows and next page token of a list,
+    the message of a get/create/update, None for a delete."""
     resource, action = args.resource, args.action
     if action == "list":
-        rows, token = _rows_and_token(client, args)
-        return {resource: [_to_dict(r) for r in rows], "next_page_token": token}
+        return _rows_and_token(client, args)
     if action == "delete":
         {"users": client.delete_user, "posts": client.delete_post, "comments": client.delete_comment}[
             resource
         ](args.id)
         return None
-    result: Message
     if action == "get":
-        result = {"users": client.get_user, "posts": client.get_post, "comments": client.get_comment}[
-            resource
-        ](args.id)
-    elif resource == "users":
-        if action == "create":
-            result = client.create_user(args.name, args.email)
-        else:
-            result = client.update_user(args.id, name=args.name, email=args.email)
-    elif resource == "posts":
-        if action == "create":
-            result = client.create_post(args.user, args.title, args.content)
-        else:
-            result = client.update_post(args.id, title=args.title, content=args.content)
-    elif action == "create":
-        result = client.create_comment(args.post, args.user, args.content)
-    else:
-        result = client.update_comment(args.id, content=args.content)
-    return _to_dict(result)
+        getter: Callable[[int], Message] = {
+            "users": client.get_user,
+            "posts": client.get_post,
+            "comments": client.get_comment,
+        }[resource]
+        return getter(args.id)
+    return _write(client, args)
 
 
-def _print_human(args: argparse.Namespace, result: dict[str, Any] | list[dict[str, Any]] | None) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _write(client: BoardClient, args: argparse.Namespace) -> Message:
+    """Create or update a user, post or comment."""
+    resource, create = args.resource, args.action == "create"
+    if resource == "users":
+        if create:
+            password = read_password(from_stdin=args.password_stdin, confirm=True)
+            return client.create_user(args.name, args.email, password)
+        new_password = None
+        if args.change_password:
+            new_password = read_password(
+                from_stdin=args.password_stdin, confirm=True, prompt="New password: "
+            )
+        return client.update_user(args.id, name=args.name, email=args.email, password=new_password)
+    if resource == "posts":
+        if create:
+            return client.create_post(args.user, args.title, args.content)
+        return client.update_post(args.id, title=args.title, content=args.content)
+    if create:
+        return client.create_comment(args.post, args.user, args.content)
+    return client.update_comment(args.id, content=args.content)
 
-    console = Console()
+
+def print_result(
+    args: argparse.Namespace, result: tuple[list[Message], str] | Message | None, output: Output
+) -> None:
+    """The result of ``run``: JSON, or a table with every server string shown literally."""
+    noun = args.resource[:-1]
     if result is None:
-        console.print(f"deleted {args.resource[:-1]} {args.id}")
+        if output.json:
+            output.emit({})
+        else:
+            output.out.print(f"deleted {noun} {args.id}")
         return
-    rows = result[args.resource] if isinstance(result, dict) and args.action == "list" else [result]
-    columns = {
-        "users": ["id", "name", "email", "create_time"],
-        "posts": ["id", "user_id", "title", "content", "create_time", "update_time"],
-        "comments": ["id", "post_id", "user_id", "content", "create_time", "update_time"],
-    }[args.resource]
+    rows, token = result if isinstance(result, tuple) else ([result], "")
+    if output.json:
+        if isinstance(result, tuple):
+            output.emit({args.resource: [_to_dict(r) for r in rows], "next_page_token": token})
+        else:
+            output.emit(_to_dict(result))
+        return
+    with_attachments = bool(getattr(args, "with_attachments", False))
+    columns = COLUMNS[args.resource] + (["attachments"] if with_attachments else [])
     table = Table(*columns)
     for row in rows:
-        assert isinstance(row, dict)
-        table.add_row(*(str(row.get(c, "")) for c in columns))
-    console.print(table)
-    if isinstance(result, dict) and result.get("next_page_token"):
-        console.print(f"next page: --page-token {result['next_page_token']}")
+        values = _to_dict(row)
+        cells = [_cell(values.get(column, "")) for column in COLUMNS[args.resource]]
+        if with_attachments:
+            assert isinstance(row, board_pb2.Post)
+            cells.append(post_attachments_text(row))
+        table.add_row(*cells)
+    output.out.print(table)
+    if token:
+        output.out.print(join("next page: --page-token ", literal(token)))
+
+
+def _cell(value: Any) -> Text:
+    if isinstance(value, bool):
+        return Text("yes" if value else "")
+    return literal(value)
+
+
+def post_attachments_text(post: board_pb2.Post) -> Text:
+    """One line per attachment: ``#7 photo.jpg TAGGED: dog 31.0%, … (model)``, server text literal."""
+    lines = []
+    for attachment in post.attachments:
+        line = join(f"#{attachment.id} ", literal(attachment.filename), " ", status_text(attachment))
+        labels = labels_text(attachment)
+        if labels:
+            line.append_text(join(": ", labels))
+        model = model_text(attachment.model)
+        if model:
+            line.append_text(join(" (", model, ")"))
+        lines.append(line)
+    return Text("\n").join(lines)
+
+
+def _env_flag(env: Mapping[str, str], name: str) -> bool:
+    value = env.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise UsageError(f"{name} must be on or off, got {value!r}")
+
+
+def _connect(args: argparse.Namespace, env: Mapping[str, str], credential: Credential | None) -> BoardClient:
+    target = args.target or env.get("BOARD_TARGET") or DEFAULT_TARGET
+    ca_file = args.ca_file or (Path(env["BOARD_CA_FILE"]) if env.get("BOARD_CA_FILE") else None)
+    roots = None
+    if ca_file is not None:
+        try:
+            roots = ca_file.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read the CA file {ca_file}: {exc.strerror}") from None
+    tls = bool(args.tls) or _env_flag(env, "BOARD_TLS") or roots is not None
+    return BoardClient(
+        target,
+        timeout=args.timeout,
+        token=credential.token if credential is not None else None,
+        root_certificates=roots,
+        tls=tls,
+    )
+
+
+def _target(args: argparse.Namespace, env: Mapping[str, str]) -> str:
+    return str(args.target or env.get("BOARD_TARGET") or DEFAULT_TARGET)
+
+
+def _hint(exc: BoardClientError, args: argparse.Namespace, credential: Credential | None) -> str:
+    """What to do next, for the errors a person can act on."""
+    if exc.code != grpc.StatusCode.UNAUTHENTICATED or args.resource == "login":
+        return ""
+    if credential is None:
+        return "sign in first: board login"
+    if credential.from_env:
+        return f"sign in again: board login (and unset {TOKEN_ENV}, or set it to a new token)"
+    return "sign in again: board login"
+
+
+def _print_error(exc: BoardClientError, hint: str, output: Output) -> None:
+    if output.json:
+        error: dict[str, Any] = {
+            "code": exc.code.name,
+            "message": exc.message,
+            "field_violations": [{"field": v.field, "description": v.description} for v in exc.violations],
+        }
+        if exc.retry_after is not None:
+            error["retry_after_s"] = exc.retry_after
+        if hint:
+            error["hint"] = hint
+        print(json.dumps({"error": error}), file=sys.stderr)
+        return
+    print(f"error: {exc.code.name}: {visible(exc.message)}", file=sys.stderr)
+    for violation in exc.violations:
+        print(f"  {visible(violation.field)}: {visible(violation.description)}", file=sys.stderr)
+    if hint:
+        print(hint, file=sys.stderr)
 
 
 def board_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `board`; exit status 0 on success, 1 on a failed call, 2 on bad usage."""
-    args = get_args_parser().parse_args(argv)
-    target = args.target or os.environ.get("BOARD_TARGET") or DEFAULT_TARGET
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if refused_password_flag(arguments):
+        print(
+            "board: a password is never taken from a flag (shell history, ps): type it at the prompt, "
+            "or pipe it to --password-stdin",
+            file=sys.stderr,
+        )
+        return 2
+    args = get_args_parser().parse_args(arguments)
+    output = Output(json=args.json)
+    env = os.environ
+    credential: Credential | None = None
     try:
-        with BoardClient(target, timeout=args.timeout) as client:
-            if args.resource in ATTACHMENT_COMMANDS:
-                result = run_attachment_command(client, args)
-            else:
-                result = run(client, args)
-    except BoardClientError as exc:
-        if args.json:
-            error = {
-                "code": exc.code.name,
-                "message": exc.message,
-                "field_violations": [
-                    {"field": v.field, "description": v.description} for v in exc.violations
-                ],
-            }
-            print(json.dumps({"error": error}), file=sys.stderr)
-        else:
-            print(f"error: {exc.code.name}: {exc.message}", file=sys.stderr)
-            for violation in exc.violations:
-                print(f"  {violation.field}: {violation.description}", file=sys.stderr)
+        # login starts a new session: an old token (perhaps expired) must not go with SignIn.
+        if args.resource != "login":
+            credential = find_credential(_target(args, env), env)
+        with _connect(args, env, credential) as client:
+            return _dispatch(client, args, output, credential)
+    except UsageError as exc:
+        print(f"board: {exc}", file=sys.stderr)
+        return 2
+    except (CredentialsError, OSError) as exc:
+        print(f"board: {visible(str(exc))}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(result if result is not None else {}, indent=2))
-    elif args.resource in ATTACHMENT_COMMANDS:
-        print_attachments(result, args)
-    else:
-        _print_human(args, result)
+    except KeyboardInterrupt:
+        print("board: interrupted", file=sys.stderr)
+        return 130
+    except BoardClientError as exc:
+        _print_error(exc, _hint(exc, args, credential), output)
+        return 1
+
+
+def _dispatch(
+    client: BoardClient, args: argparse.Namespace, output: Output, credential: Credential | None
+) -> int:
+    if args.resource in ACCOUNT_COMMANDS:
+        return run_account_command(client, args, output, credential)
+    if args.resource in ATTACHMENT_COMMANDS:
+        return run_attachment_command(client, args, output)
+    print_result(args, run(client, args), output)
     return 0
 
 

@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageOps
-from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+from rich.text import Text
 
+from clients.console_text import join, literal, plain_console
 from clients.segment import (
     DEFAULT_KEY_FILE,
     DEFAULT_TIMEOUT_S,
@@ -44,14 +45,17 @@ def overlay(image_bytes: bytes, mask_png: bytes, alpha: float = 0.5) -> Image.Im
 
 
 def class_table(result: Segmentation, title: str) -> Table:
-    model = f"{result.model.get('arch', '?')}{', UNTRAINED' if result.model.get('untrained') else ''}"
-    table = Table(title=f"{title}  ({result.width}x{result.height}, {model})")
+    """The classes of one answer; the file name, model and class names are shown literally."""
+    model = join(
+        literal(result.model.get("arch", "?")), ", UNTRAINED" if result.model.get("untrained") else ""
+    )
+    table = Table(title=join(literal(title), f"  ({result.width}x{result.height}, ", model, ")"))
     table.add_column("index", justify="right")
     table.add_column("class")
     table.add_column("pixels", justify="right")
     table.add_column("fraction", justify="right")
     for share in result.classes:
-        table.add_row(str(share.index), share.name, f"{share.pixels:,}", f"{share.fraction:.2%}")
+        table.add_row(str(share.index), literal(share.name), f"{share.pixels:,}", f"{share.fraction:.2%}")
     return table
 
 
@@ -102,14 +106,14 @@ def _jobs(args: argparse.Namespace) -> list[tuple[Path, Path, Path | None]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    console = Console()
+    console = plain_console()
     endpoints = ServingEndpoints.local(
         args.host, args.inference_port, args.management_port, args.grpc_port, model_name=args.model
     )
     transport: Transport = args.transport
     jobs = _jobs(args)
     if not jobs:
-        console.print(f"[red]no images in {args.image}[/red]")
+        console.print(join("no images in ", literal(args.image)), style="red")
         return 2
     failures = 0
     tokens = TokenSource.from_key_file(args.key_file)
@@ -128,10 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 progress.console.print(class_table(result, source.name))
             except (SegmentError, OSError, ValueError) as exc:
                 failures += 1
-                progress.console.print(f"[red]{source}: {exc}[/red]")
+                progress.console.print(join(literal(source), ": ", literal(exc)), style="red")
             progress.advance(task)
     if failures:
-        console.print(f"[red]{failures} of {len(jobs)} failed[/red]")
+        console.print(Text(f"{failures} of {len(jobs)} failed", style="red"))
     return 1 if failures else 0
 
 

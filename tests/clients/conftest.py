@@ -1,0 +1,155 @@
+"""Fixtures for the console scripts: a real board server (auth on, the defaults) tagging through a fake model
+server, and ``cli``: `board` run in this process with its own config folder, stdin, env and captured output.
+
+The CLI runs in-process (``board_main``) because each run is then cheap on a shared machine; the tests that
+are about the process itself (argv, a terminal prompt without echo) run the installed `board` script.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clients.board import BoardClient
+from clients.cli import board_main
+from clients.gen.board.v1 import board_pb2
+from tests.board.conftest import RunningServer, start_board_server
+from tests.clients.fake_model import FakeModel, RunningFakeModel, serve_fake_model
+from tests.support import Processes
+
+# Columns: rich wraps table cells to the terminal's width, which would split the text the tests look for.
+WIDE = "1000"
+PASSWORD = "correct horse battery staple"
+# Auth on is the server's default; said here because these tests are about signed-in clients.
+AUTH_ON = ("--auth", "on")
+
+
+def new_email(prefix: str = "u") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}@example.org"
+
+
+@dataclass
+class Member:
+    """A signed-up user and a Python client signed in as them."""
+
+    client: BoardClient
+    user: board_pb2.User
+    password: str
+
+    @property
+    def id(self) -> int:
+        return int(self.user.id)
+
+    @property
+    def email(self) -> str:
+        return str(self.user.email)
+
+
+def sign_up(target: str, name: str = "Member", **client_options: Any) -> Member:
+    """A new user with a password (anonymous CreateUser), signed in through the Python client."""
+    client = BoardClient(target, timeout=20.0, **client_options)
+    try:
+        user = client.create_user(name, new_email(), PASSWORD)
+        client.sign_in(user.email, PASSWORD)
+    except BaseException:
+        client.close()
+        raise
+    return Member(client, user, PASSWORD)
+
+
+@dataclass(frozen=True)
+class Ran:
+    """What a `board` run printed and returned."""
+
+    code: int
+    out: str
+    err: str
+
+    @property
+    def both(self) -> str:
+        return self.out + self.err
+
+
+Cli = Callable[..., Ran]
+
+
+@pytest.fixture(scope="module")
+def fake_model_server() -> Iterator[RunningFakeModel]:
+    yield from serve_fake_model()
+
+
+@pytest.fixture
+def model(fake_model_server: RunningFakeModel) -> Iterator[FakeModel]:
+    """The fake model's answers for this test (reset afterwards)."""
+    model = fake_model_server.model
+    yield model
+    model.classes = {"dog": 0.6, "background": 0.4}
+    model.reject = None
+    model.hold.set()
+
+
+@pytest.fixture(scope="module")
+def board(
+    module_processes: Processes, tmp_path_factory: pytest.TempPathFactory, fake_model_server: RunningFakeModel
+) -> RunningServer:
+    """A board server with the default settings (auth on), tagging through the fake model server."""
+    workdir = tmp_path_factory.mktemp("board-cli")
+    return start_board_server(
+        module_processes,
+        f"sqlite:///{workdir / 'board.db'}",
+        workdir,
+        extra=(*AUTH_ON, "--segmentation-target", fake_model_server.target),
+    )
+
+
+@pytest.fixture
+def member(board: RunningServer) -> Iterator[Member]:
+    """A user of ``board`` with a password, signed in through the Python client (not through the CLI)."""
+    made = sign_up(board.target, "Ada")
+    yield made
+    made.client.close()
+
+
+def make_cli(
+    target: str, config_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Cli:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config_home))
+    monkeypatch.setenv("COLUMNS", WIDE)
+    monkeypatch.setenv("BOARD_TARGET", target)
+    for name in ("BOARD_TOKEN", "BOARD_TLS", "BOARD_CA_FILE"):
+        monkeypatch.delenv(name, raising=False)
+
+    def run(*args: object, stdin: str = "", env: dict[str, str] | None = None) -> Ran:
+        capsys.readouterr()
+        with monkeypatch.context() as scope:
+            scope.setattr(sys, "stdin", io.StringIO(stdin))
+            for name, value in (env or {}).items():
+                scope.setenv(name, value)
+            code = board_main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return Ran(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def cli(
+    board: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Cli:
+    """``cli(*args, stdin="", env={})``: `board ARGS` against ``board``, with a fresh config folder."""
+    return make_cli(board.target, tmp_path / "config", monkeypatch, capsys)
+
+
+@pytest.fixture
+def logged_in(cli: Cli, member: Member) -> Member:
+    """``member`` signed in through `board login` (the token in the CLI's file)."""
+    ran = cli("login", "--email", member.email, stdin=member.password + "\n")
+    assert ran.code == 0, ran.both
+    return member
