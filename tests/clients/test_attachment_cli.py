@@ -1,0 +1,267 @@
+"""`board attach --wait`, `attachments watch|retry|list|preview`, `posts list --filter …` and `board demo`,
+against a real board server (auth on) that tags through the fake model server.
+
+Steps that need server work still being wired (GetAttachmentPreview, ListPosts' filter, order_by and view)
+are marked xfail exactly when the server shows that signature (UNIMPLEMENTED, or the field ignored), and are
+checked in full as soon as it does not.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+from google.protobuf import timestamp_pb2
+from PIL import Image
+from rich.console import Console
+
+from clients.cli import post_attachments_text
+from clients.gen.board.v1 import board_pb2
+from tests.board.conftest import RunningServer
+from tests.clients.conftest import Cli, Member, Ran, sign_up
+from tests.clients.fake_model import FakeModel
+from tests.support import wait_for
+
+TAGGED = board_pb2.ATTACHMENT_STATUS_TAGGED
+METRICS = re.compile(r"metrics on (http://\S+/metrics)")
+
+
+def photo(path: Path, size: tuple[int, int] = (64, 48)) -> Path:
+    Image.new("RGB", size, (200, 120, 40)).save(path)
+    return path
+
+
+def png_bytes(size: tuple[int, int] = (64, 48)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (20, 120, 240)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def open_watchers(board: RunningServer) -> float:
+    """The server's board_watchers gauge (open WatchAttachment streams), from its /metrics."""
+    match = METRICS.search(board.log())
+    assert match, board.log()
+    with urllib.request.urlopen(match.group(1), timeout=10) as response:
+        text = response.read().decode()
+    found = re.search(r"^board_watchers(?:\{[^}]*\})? (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def xfail_unimplemented(ran: Ran, rpc: str) -> None:
+    if ran.code == 1 and "error: UNIMPLEMENTED" in ran.err:
+        pytest.xfail(f"{rpc} answers UNIMPLEMENTED on this server (not wired yet)")
+
+
+def test_attach_wait_streams_each_status_change(
+    cli: Cli, logged_in: Member, model: FakeModel, board: RunningServer, tmp_path: Path
+) -> None:
+    post = logged_in.client.create_post(0, "streamed", "attach --wait")
+    image = photo(tmp_path / "a.png")
+    model.hold.clear()  # the model answers only once the CLI is watching: the change must come by the stream
+    before = open_watchers(board)
+    done: list[Ran] = []
+    runner = threading.Thread(target=lambda: done.append(cli("attach", post.id, image, "--wait")))
+    runner.start()
+    try:
+        wait_for("the CLI's WatchAttachment stream", lambda: open_watchers(board) > before, timeout=60)
+    finally:
+        model.hold.set()
+        runner.join(timeout=120)
+    ran = done[0]
+    assert ran.code == 0, ran.both
+    lines = ran.out.splitlines()
+    pending = next(i for i, line in enumerate(lines) if re.fullmatch(r"#\d+ a\.png: PENDING", line))
+    tagged = next(
+        i for i, line in enumerate(lines) if line.startswith(lines[pending].split(":")[0] + ": TAGGED")
+    )
+    assert pending < tagged
+    assert "dog 60.0%, background 40.0% (deeplabv3_fake@ffffffffffff [random, UNTRAINED])" in lines[tagged]
+
+
+def test_attach_wait_json_prints_one_document_and_progress_on_stderr(
+    cli: Cli, logged_in: Member, tmp_path: Path
+) -> None:
+    post = logged_in.client.create_post(0, "json", "attach --wait --json")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photo(folder / "b.jpg"), photo(folder / "a.png")
+    ran = cli("--json", "attach", post.id, folder, "--wait")
+    assert ran.code == 0, ran.both
+    attached = json.loads(ran.out)["attachments"]
+    assert [a["filename"] for a in attached] == ["a.png", "b.jpg"]
+    assert {a["status"] for a in attached} == {"ATTACHMENT_STATUS_TAGGED"}
+    assert attached[0]["model"]["archive_sha256"] == "f" * 64
+    assert ": TAGGED" in ran.err  # the streamed progress, kept out of the JSON
+
+
+def test_watch_and_retry_a_failed_attachment(cli: Cli, logged_in: Member, model: FakeModel) -> None:
+    post = logged_in.client.create_post(0, "retry", "a failure, then a retry")
+    model.reject = "corrupt: the image is damaged"
+    added = logged_in.client.add_attachment(post.id, "broken.png", png_bytes())
+    watched = cli("attachments", "watch", added.id)
+    assert watched.code == 1  # watching ended, but not TAGGED
+    assert f"#{added.id} broken.png: FAILED: " in watched.out
+    assert "the image is damaged" in watched.out
+
+    model.reject = None
+    retried = cli("attachments", "retry", added.id, "--wait")
+    assert retried.code == 0, retried.both
+    assert f"#{added.id} broken.png: PENDING" in retried.out
+    assert f"#{added.id} broken.png: TAGGED: dog 60.0%" in retried.out
+
+    lines = cli("--json", "attachments", "watch", added.id).out.splitlines()
+    assert [json.loads(line)["status"] for line in lines] == ["ATTACHMENT_STATUS_TAGGED"]  # JSON Lines
+
+
+def test_watch_gives_up_after_its_timeout_and_says_why(cli: Cli, logged_in: Member, model: FakeModel) -> None:
+    post = logged_in.client.create_post(0, "slow", "the model takes its time")
+    model.hold.clear()
+    added = logged_in.client.add_attachment(post.id, "slow.png", png_bytes())
+    ran = cli("attachments", "watch", added.id, "--timeout", "1")
+    model.hold.set()
+    assert ran.code == 1
+    assert f"#{added.id} slow.png: PENDING" in ran.out
+    assert f"attachment {added.id} still PENDING after 1 s" in ran.err
+    assert logged_in.client.wait_for_tagging(added.id, timeout=60).status == TAGGED
+
+
+def test_attachments_list_pages(cli: Cli, logged_in: Member) -> None:
+    post = logged_in.client.create_post(0, "pages", "three photos")
+    ids = [logged_in.client.add_attachment(post.id, f"p{i}.png", png_bytes()).id for i in range(3)]
+    first = cli("--json", "attachments", "list", "--post", post.id, "--page-size", "2")
+    page = json.loads(first.out)
+    assert [int(a["id"]) for a in page["attachments"]] == ids[:2] and page["next_page_token"]
+    human = cli("attachments", "list", "--post", post.id, "--page-size", "2")
+    assert f"next page: --page-token {page['next_page_token']}" in human.out
+    rest = json.loads(
+        cli("--json", "attachments", "list", "--post", post.id, "--page-token", page["next_page_token"]).out
+    )
+    assert [int(a["id"]) for a in rest["attachments"]] == ids[2:] and rest["next_page_token"] == ""
+    every = json.loads(
+        cli("--json", "attachments", "list", "--post", post.id, "--page-size", "2", "--all").out
+    )
+    assert [int(a["id"]) for a in every["attachments"]] == ids
+
+
+def test_attachments_preview_saves_a_small_jpeg_or_webp(cli: Cli, logged_in: Member, tmp_path: Path) -> None:
+    post = logged_in.client.create_post(0, "preview", "a big photo")
+    added = logged_in.client.add_attachment(post.id, "big.png", png_bytes((200, 100)))
+    assert logged_in.client.wait_for_tagging(added.id, timeout=60).status == TAGGED
+    out = tmp_path / "out.jpg"
+    ran = cli("attachments", "preview", added.id, "-o", out, "--max-size", "50")
+    xfail_unimplemented(ran, "GetAttachmentPreview")
+    assert ran.code == 0, ran.both
+    with Image.open(out) as image:
+        assert image.format == "JPEG" and image.size == (50, 25)
+    assert f"saved a 50x25 image/jpeg preview of attachment {added.id}" in ran.out
+    webp = tmp_path / "overlay.webp"
+    as_json = cli("--json", "attachments", "preview", added.id, "-o", webp, "--overlay", "--webp")
+    assert as_json.code == 0, as_json.both
+    saved = json.loads(as_json.out)
+    assert saved["content_type"] == "image/webp" and saved["bytes"] == webp.stat().st_size
+    with Image.open(webp) as image:
+        assert image.format == "WEBP" and max(image.size) <= 512
+
+
+def test_posts_list_filter_and_order_by_reach_the_server(
+    cli: Cli, logged_in: Member, board: RunningServer
+) -> None:
+    other = sign_up(board.target, "Other")
+    try:
+        other.client.create_post(0, "not mine", "another author")
+    finally:
+        other.client.close()
+    mine = [logged_in.client.create_post(0, f"mine {i}", "for the filter").id for i in range(3)]
+    ran = cli(
+        "--json",
+        "posts",
+        "list",
+        "--filter",
+        f"user_id = {logged_in.id}",
+        "--order-by",
+        "create_time desc",
+        "--all",
+    )
+    xfail_unimplemented(ran, "ListPosts.filter")
+    assert ran.code == 0, ran.both
+    posts = json.loads(ran.out)["posts"]
+    if {p["user_id"] for p in posts} != {str(logged_in.id)}:
+        pytest.xfail("ListPosts ignores filter on this server (not wired yet)")
+    assert [int(p["id"]) for p in posts] == sorted(mine, reverse=True)
+    bad = cli("posts", "list", "--filter", "label.dog >=")
+    assert bad.code == 1 and "error: INVALID_ARGUMENT" in bad.err
+
+
+def test_posts_list_with_attachments_shows_labels_and_model(
+    cli: Cli, logged_in: Member, tmp_path: Path
+) -> None:
+    post = logged_in.client.create_post(0, "with photos", "view")
+    added = logged_in.client.add_attachment(post.id, "dog.png", png_bytes())
+    assert logged_in.client.wait_for_tagging(added.id, timeout=60).status == TAGGED
+    args = ("posts", "list", "--user", logged_in.id, "--with-attachments", "--all")
+    as_json = cli("--json", *args)
+    assert as_json.code == 0, as_json.both
+    listed = next(p for p in json.loads(as_json.out)["posts"] if int(p["id"]) == post.id)
+    if "attachments" not in listed:
+        pytest.xfail("ListPosts ignores view=POST_VIEW_WITH_ATTACHMENTS on this server (not wired yet)")
+    assert listed["attachments"][0]["labels"][0]["name"] == "dog"
+    human = cli(*args)
+    model = "(deeplabv3_fake@ffffffffffff [random, UNTRAINED])"
+    assert f"#{added.id} dog.png TAGGED: dog 60.0%, background 40.0% {model}" in human.out
+
+
+def test_post_attachments_text_names_each_attachment_labels_and_model() -> None:
+    post = board_pb2.Post(
+        id=3,
+        attachments=[
+            board_pb2.Attachment(
+                id=7,
+                filename="[b]dog\x1b[0m.jpg",
+                status=TAGGED,
+                labels=[
+                    board_pb2.Label(name="dog", fraction=0.31),
+                    board_pb2.Label(name="person", fraction=0.052),
+                ],
+                model=board_pb2.ModelProvenance(
+                    arch="deeplabv3_resnet101",
+                    weights="COCO_WITH_VOC_LABELS_V1",
+                    archive_sha256="0123456789abcdef",
+                ),
+                create_time=timestamp_pb2.Timestamp(seconds=1),
+            ),
+            board_pb2.Attachment(
+                id=8, filename="new.png", status=board_pb2.ATTACHMENT_STATUS_PENDING, retag_pending=False
+            ),
+        ],
+    )
+    buffer = io.StringIO()
+    Console(file=buffer, width=300).print(post_attachments_text(post))
+    assert buffer.getvalue().splitlines() == [
+        "#7 [b]dog\\x1b[0m.jpg TAGGED: dog 31.0%, person 5.2% "
+        "(deeplabv3_resnet101@0123456789ab [COCO_WITH_VOC_LABELS_V1])",
+        "#8 new.png PENDING",
+    ]
+
+
+def test_demo_signs_up_tags_searches_and_signs_out(cli: Cli, tmp_path: Path) -> None:
+    ran = cli("--json", "demo", "--limit", "2")
+    assert ran.code == 0, ran.both
+    result = json.loads(ran.out)
+    assert {a["status"] for a in result["attachments"]} == {"ATTACHMENT_STATUS_TAGGED"}
+    assert result["post_id"] in [int(p) for p in result["posts_by_label"]["dog"]]
+    assert "signed up and signed in as Demo" in ran.err
+    assert "signed out of the demo account" in ran.err
+    assert not (tmp_path / "config" / "board" / "token").exists()  # the demo's session is not kept
+
+
+def test_demo_runs_as_the_signed_in_user(cli: Cli, logged_in: Member) -> None:
+    ran = cli("--json", "demo", "--limit", "1")
+    assert ran.code == 0, ran.both
+    assert json.loads(ran.out)["user_id"] == logged_in.id
+    assert "signed up" not in ran.err
+    assert cli("whoami").code == 0  # still signed in: the demo signs out only what it signed in
