@@ -1,6 +1,13 @@
 'use strict';
 // A small promise-based client for board.v1.BoardService that loads protos/board/v1/board.proto at run
 // time (no generated code), so it always speaks the contract in the repository.
+//
+//   const client = new BoardClient('127.0.0.1:50051');                 // or { rootCerts } for TLS
+//   await client.call('CreateUser', { name, email, password });         // sign-up is anonymous
+//   await client.signIn(email, password);                               // later calls carry the token
+//   const tagged = await client.waitForTagging(attachmentId);           // WatchAttachment, no polling
+//
+// The access token goes with every call as `authorization: Bearer <token>` metadata; it is never logged.
 
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
@@ -8,6 +15,7 @@ const protoLoader = require('@grpc/proto-loader');
 
 const PROTO_ROOT = path.resolve(__dirname, '..', '..', 'protos');
 const PROTO_FILE = 'board/v1/board.proto';
+const PENDING = 'ATTACHMENT_STATUS_PENDING';
 
 function loadBoardPackage() {
   const definition = protoLoader.loadSync(PROTO_FILE, {
@@ -30,24 +38,93 @@ class BoardError extends Error {
   }
 }
 
+// The channel credentials: TLS with `rootCerts` (PEM Buffer) or the system roots (`tls: true`), else plaintext.
+function channelCredentials({ rootCerts = null, tls = false } = {}) {
+  if (rootCerts || tls) return grpc.credentials.createSsl(rootCerts ?? null);
+  return grpc.credentials.createInsecure();
+}
+
+// Settled: TAGGED or FAILED with no re-tag queued; WatchAttachment's stream ends there.
+function settled(attachment) {
+  return attachment.status !== PENDING && !attachment.retag_pending;
+}
+
 class BoardClient {
-  constructor(target, { timeoutMs = 10000, credentials = grpc.credentials.createInsecure() } = {}) {
+  constructor(target, { timeoutMs = 10000, token = null, rootCerts = null, tls = false, credentials = null } = {}) {
     const pkg = loadBoardPackage();
+    this.target = target;
     this.timeoutMs = timeoutMs;
-    this.stub = new pkg.BoardService(target, credentials, {
+    this.token = token;
+    this.stub = new pkg.BoardService(target, credentials ?? channelCredentials({ rootCerts, tls }), {
       'grpc.max_send_message_length': 64 * 1024 * 1024,
       'grpc.max_receive_message_length': 64 * 1024 * 1024,
     });
   }
 
-  call(method, request) {
+  metadata() {
+    const metadata = new grpc.Metadata();
+    if (this.token) metadata.set('authorization', `Bearer ${this.token}`);
+    return metadata;
+  }
+
+  call(method, request, { timeoutMs = this.timeoutMs } = {}) {
     return new Promise((resolve, reject) => {
-      const deadline = new Date(Date.now() + this.timeoutMs);
-      this.stub[method](request, { deadline }, (err, response) => {
+      const deadline = new Date(Date.now() + timeoutMs);
+      this.stub[method](request, this.metadata(), { deadline }, (err, response) => {
         if (err) reject(new BoardError(err));
         else resolve(response);
       });
     });
+  }
+
+  // Sign in; later calls carry the new token. Resolves to the SignInResponse (token, expiry, user).
+  async signIn(email, password) {
+    const response = await this.call('SignIn', { email, password });
+    this.token = response.access_token;
+    return response;
+  }
+
+  // Revoke this client's token on the server and forget it.
+  async signOut() {
+    await this.call('SignOut', {});
+    this.token = null;
+  }
+
+  // A server-streaming call as an async iterator of messages; errors reject as BoardError. Leaving the loop
+  // early cancels the call.
+  async *stream(method, request, { timeoutMs = this.timeoutMs } = {}) {
+    const call = this.stub[method](request, this.metadata(), { deadline: new Date(Date.now() + timeoutMs) });
+    let ended = false;
+    try {
+      for await (const message of call) yield message;
+      ended = true;
+    } catch (err) {
+      ended = true;
+      throw err.code !== undefined ? new BoardError(err) : err;
+    } finally {
+      if (!ended) {
+        call.on('error', () => {}); // the CANCELLED status of our own cancel is expected
+        call.cancel();
+      }
+    }
+  }
+
+  // Watch an attachment (WatchAttachment: its state now, then each change) until TAGGED or FAILED; resolves
+  // to the last state. `onUpdate` sees every state. Rejects with a BoardError DEADLINE_EXCEEDED whose `last`
+  // holds the last state seen when `timeoutMs` passes first.
+  async waitForTagging(id, { timeoutMs = 120000, onUpdate = () => {} } = {}) {
+    let last = null;
+    try {
+      for await (const attachment of this.stream('WatchAttachment', { id }, { timeoutMs })) {
+        last = attachment;
+        onUpdate(attachment);
+        if (settled(attachment)) return attachment;
+      }
+    } catch (err) {
+      if (err instanceof BoardError) err.last = last;
+      throw err;
+    }
+    return last; // the server ended the stream without a settled state (e.g. the attachment was deleted)
   }
 
   close() {
@@ -55,4 +132,4 @@ class BoardClient {
   }
 }
 
-module.exports = { BoardClient, BoardError, loadBoardPackage, grpc };
+module.exports = { BoardClient, BoardError, channelCredentials, loadBoardPackage, settled, grpc };

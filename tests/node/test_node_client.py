@@ -1,4 +1,8 @@
-"""The Node.js client (clients/node) against a real board server: `node --test` and the flow script."""
+"""The Node.js client (clients/node) against real board servers with accounts on: `node --test` and the flow
+script. The board tags uploads through the fake model server of tests/clients (TorchServe's gRPC inference
+API in miniature), so the flow's WatchAttachment sees PENDING become TAGGED and its overlay preview has a
+mask; a second server serves TLS with a test CA (trustme) for the TLS test.
+"""
 
 from __future__ import annotations
 
@@ -6,49 +10,107 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
+from PIL import Image
 
-from tests.board.conftest import start_board_server
+from tests.board.conftest import RunningServer, start_board_server
+from tests.clients.fake_model import RunningFakeModel, serve_fake_model
 from tests.support import REPO_ROOT, Processes
 
 NODE_DIR = REPO_ROOT / "clients" / "node"
+AUTH_ON = ("--auth", "on")  # the server's default, said because these tests are about signed-in clients
 
 pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
 
 
-def _node(args: list[str], target: str) -> subprocess.CompletedProcess[str]:
+@pytest.fixture
+def fake_model() -> Iterator[RunningFakeModel]:
+    yield from serve_fake_model()
+
+
+def _tagging_server(processes: Processes, workdir: Path, model: RunningFakeModel) -> RunningServer:
+    return start_board_server(
+        processes,
+        f"sqlite:///{workdir / 'board.db'}",
+        workdir,
+        extra=(*AUTH_ON, "--segmentation-target", model.target),
+    )
+
+
+def _node(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
         pytest.fail("clients/node/node_modules missing: run `make node` (make test does)")
     return subprocess.run(
         ["node", *args],
         cwd=NODE_DIR,
-        env={**os.environ, "BOARD_TARGET": target},
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
         check=False,
     )
 
 
-def test_node_test_suite_passes_against_real_server(processes: Processes, tmp_path: Path) -> None:
-    server = start_board_server(processes, f"sqlite:///{tmp_path / 'board.db'}", tmp_path)
-    result = _node(["--test", "test/"], server.target)
+def test_node_test_suite_passes_against_real_servers(
+    processes: Processes, tmp_path: Path, fake_model: RunningFakeModel
+) -> None:
+    server = _tagging_server(processes, tmp_path / "plain", fake_model)
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    cert_file, key_file, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    ca.cert_pem.write_to_path(str(ca_file))
+    tls = start_board_server(
+        processes,
+        f"sqlite:///{tmp_path / 'tls.db'}",
+        tmp_path / "tls",
+        extra=(*AUTH_ON, "--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file)),
+    )
+    result = _node(
+        ["--test", "test/"],
+        {
+            "BOARD_TARGET": server.target,
+            "BOARD_TLS_TARGET": f"localhost:{tls.port}",
+            "BOARD_CA_FILE": str(ca_file),
+        },
+    )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert re.search(r"^# pass 2$", result.stdout, re.MULTILINE), result.stdout
+    assert re.search(r"^# pass 5$", result.stdout, re.MULTILINE), result.stdout
     assert re.search(r"^# skipped 0$", result.stdout, re.MULTILINE), result.stdout
+    assert re.search(r"^# todo 0$", result.stdout, re.MULTILINE), result.stdout
 
 
-def test_node_flow_script_prints_the_created_post(processes: Processes, tmp_path: Path) -> None:
-    server = start_board_server(processes, f"sqlite:///{tmp_path / 'board.db'}", tmp_path)
-    result = _node(["flow.js", "--target", server.target], server.target)
+def test_node_flow_script_signs_up_watches_previews_and_filters(
+    processes: Processes, tmp_path: Path, fake_model: RunningFakeModel
+) -> None:
+    server = _tagging_server(processes, tmp_path, fake_model)
+    preview = tmp_path / "preview.jpg"
+    result = _node(["flow.js", "--target", server.target, "--preview", str(preview)], {})
     assert result.returncode == 0, result.stderr
-    expected = r'^post   #1 "Hello from Node.js" by user #1$'
-    assert re.search(expected, result.stdout, re.MULTILINE), result.stdout
-    assert "listed 1 post(s) of user #1" in result.stdout
-    # Tagging is off on this server, so the attachment stays PENDING.
-    assert "attach #1 tiny.png 4x3 PENDING" in result.stdout, result.stdout
+    out = result.stdout
+    assert re.search(r"^user   #1 Grace <grace-\S+@example\.org>$", out, re.MULTILINE), out
+    assert re.search(r"^signed in until \d{4}-\d\d-\d\dT", out, re.MULTILINE), out
+    assert re.search(r'^post   #1 "Hello from Node\.js" by user #1$', out, re.MULTILINE), out
+    assert "listed 1 post(s) of user #1" in out
+    assert re.search(r"^watch  #1 (PENDING -> )*TAGGED$", out, re.MULTILINE), out
+    expected = (
+        "attach #1 tiny.png 4x3 TAGGED: dog 60.0%, background 40.0% (model deeplabv3_fake@ffffffffffff)"
+    )
+    assert expected in out, out
+    assert re.search(
+        rf"^preview 4x3 image/jpeg \(\d+ bytes\) saved to {re.escape(str(preview))}$", out, re.M
+    ), out
+    assert 'filter "user_id = 1" order "create_time desc": 1 post(s): #1 (1 attachment(s))' in out
+    with Image.open(preview) as image:
+        assert image.format == "JPEG" and image.size == (4, 3)
     # The server saw the same data: read it back with the Python client.
     with server.client() as client:
-        assert client.get_post(1).title == "Hello from Node.js"
+        post = client.get_post(1)
+        assert post.title == "Hello from Node.js" and post.user_id == 1
+        assert client.get_attachment(1).status == 2  # TAGGED
+    assert "password" not in out.lower() and "token" not in out.lower()
