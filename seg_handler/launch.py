@@ -263,7 +263,8 @@ def start(settings: ServeSettings) -> subprocess.Popen[bytes]:
         raise LaunchError(f"TorchServe already runs from {settings.runtime_dir} (pid {running}); `make stop`")
     settings.runtime_dir.mkdir(parents=True, exist_ok=True)
     settings.key_file.unlink(missing_ok=True)
-    settings.inference_key_file.unlink(missing_ok=True)
+    # inference.key stays until the new key replaces it (a board reading it meanwhile finds TorchServe down,
+    # not a missing file to complain about).
     settings.config_path.write_text(render_config(settings, CONFIG_TEMPLATE.read_text()))
     log = settings.log_file.open("ab")
     try:
@@ -282,7 +283,6 @@ def start(settings: ServeSettings) -> subprocess.Popen[bytes]:
     try:
         export_protos(settings.runtime_dir / "protos")
         wait_ready(settings, proc)
-        keys.write_inference_key(settings.inference_key_file, read_keys(settings.key_file)["inference"])
     except BaseException:
         stop_process(proc.pid)
         settings.pid_file.unlink(missing_ok=True)
@@ -300,6 +300,8 @@ def wait_ready(settings: ServeSettings, proc: subprocess.Popen[bytes] | None = N
                 f"TorchServe exited with {proc.returncode}; see {settings.log_file}\n{_tail(settings)}"
             )
         try:
+            # The new inference key for the board as soon as TorchServe has written it.
+            keys.write_inference_key(settings.inference_key_file, read_keys(settings.key_file)["inference"])
             workers = model_status(settings)
             if any(w.get("status") == "READY" for w in workers):
                 return

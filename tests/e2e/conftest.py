@@ -82,19 +82,40 @@ def running_torchserve(torchserve: TorchServe) -> TorchServe:
     return torchserve
 
 
-def tagging_flags(serve: TorchServe, *, lease_s: float = 40.0) -> tuple[str, ...]:
-    """board-server flags that wire it to ``serve`` with quick polling and short backoff for tests."""
+def tagging_flags(
+    serve: TorchServe,
+    *,
+    lease_s: float = 40.0,
+    timeout_s: float = 30.0,
+    max_attempts: int = 5,
+    workers: int = 2,
+) -> tuple[str, ...]:
+    """board-server flags that wire it to ``serve`` as `make run` does (the inference key file alone), with
+    quick polling and short backoff for tests. The lease must exceed the call timeout by 5 s."""
     return (
         "--segmentation-target", serve.grpc_target,
-        "--segmentation-token-file", str(serve.key_file),
-        "--segmentation-timeout", "30",
+        "--segmentation-token-file", str(serve.settings.inference_key_file),
+        "--segmentation-timeout", f"{timeout_s:g}",
         "--tagging-poll", "0.3",
         "--tagging-backoff-max", "1",
-        "--tagging-lease", str(lease_s),
+        "--tagging-lease", f"{lease_s:g}",
+        "--tagging-max-attempts", str(max_attempts),
+        "--tagging-workers", str(workers),
     )  # fmt: skip
 
 
 def start_tagging_board(
-    processes: Processes, serve: TorchServe, database_url: str, workdir: Path, *, lease_s: float = 40.0
+    processes: Processes,
+    serve: TorchServe,
+    database_url: str,
+    workdir: Path,
+    *,
+    lease_s: float = 40.0,
+    timeout_s: float = 30.0,
+    max_attempts: int = 5,
+    workers: int = 2,
 ) -> RunningServer:
-    return start_board_server(processes, database_url, workdir, extra=tagging_flags(serve, lease_s=lease_s))
+    flags = tagging_flags(
+        serve, lease_s=lease_s, timeout_s=timeout_s, max_attempts=max_attempts, workers=workers
+    )
+    return start_board_server(processes, database_url, workdir, extra=flags)

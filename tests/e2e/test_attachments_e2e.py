@@ -123,8 +123,9 @@ def test_board_killed_with_pending_work_finishes_it_after_restart(
     running_torchserve: TorchServe, processes: Processes, tmp_path: Path
 ) -> None:
     url = f"sqlite:///{tmp_path / 'board.db'}"
-    # A short lease, so that work claimed by the killed process is taken over soon after the restart.
-    first = start_tagging_board(processes, running_torchserve, url, tmp_path, lease_s=3)
+    # A short lease (the call timeout + 5 s, the least the board accepts), so that work claimed by the killed
+    # process is taken over soon after the restart.
+    first = start_tagging_board(processes, running_torchserve, url, tmp_path, lease_s=8, timeout_s=3)
     with first.client() as client:
         post_id = new_post(client, "kill")
         ids = [client.add_attachment(post_id, f"{i}.jpg", photo(640, 480, seed=i)).id for i in range(8)]
@@ -132,7 +133,7 @@ def test_board_killed_with_pending_work_finishes_it_after_restart(
     with sqlite3.connect(tmp_path / "board.db") as db:
         (pending,) = db.execute("SELECT count(*) FROM attachments WHERE status = 'PENDING'").fetchone()
     assert pending > 0, "the kill came too late to leave work pending"
-    second = start_tagging_board(processes, running_torchserve, url, tmp_path, lease_s=3)
+    second = start_tagging_board(processes, running_torchserve, url, tmp_path, lease_s=8, timeout_s=3)
     with second.client() as client:
         done = [client.wait_for_tagging(i, timeout=90) for i in ids]
         assert [a.status for a in done] == [TAGGED] * 8, [a.failure_reason for a in done]
