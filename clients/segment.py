@@ -48,7 +48,8 @@ Transport = Literal["grpc", "rest"]
 # Match TorchServe's max_request_size/max_response_size in seg_handler/config.properties (64 MiB).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_TIMEOUT_S = 60.0
-DEFAULT_KEY_FILE = Path("var/torchserve/key_file.json")
+# The inference key alone, kept current by the launcher (`make run`/`make serve`); key_file.json works too.
+DEFAULT_KEY_FILE = Path("var/torchserve/inference.key")
 
 
 class SegmentError(Exception):

@@ -85,7 +85,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--key-file",
         type=Path,
         default=Path(os.environ.get("SEG_KEY_FILE", str(DEFAULT_KEY_FILE))),
-        help="TorchServe's key_file.json (printed by `make run`)",
+        help="the inference key file printed by `make run` (or TorchServe's key_file.json)",
     )
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per request")
     return parser
