@@ -1,11 +1,18 @@
-"""ListPosts' ``filter`` (AIP-160) and ``order_by`` (AIP-132): grammar, syntax tree, validation, errors.
+"""AIP-160 filters (ListPosts over posts, RetagAttachments over attachments) and ListPosts' AIP-132
+``order_by``: grammar, syntax tree, validation, errors.
 
-lark (LALR) parses the text; the tree it builds is checked and turned into a small immutable tree (``Node``)
-that board_server/post_search.py translates into SQL. Nothing here touches the database. The forms:
-``label = "dog"``, ``label.dog``, ``label.dog >= 0.2`` (also > < <= = !=), ``id``, ``user_id`` and
-``create_time`` (RFC 3339 text) comparisons, AND, OR, NOT, ``-``, parentheses, whitespace as an implicit
-AND; precedence as AIP-160 has it: NOT binds tightest, then OR, then AND, so ``a AND b OR c`` means
-``a AND (b OR c)``. ``order_by``: ``id`` (default), ``create_time``, ``label.<class>``, each ``asc``/``desc``.
+lark (LALR) parses the text; the tree it builds is checked against a ``Schema`` (the fields a filter may name
+and their kinds) and turned into a small immutable tree (``Node``) that board_server/post_search.py (posts)
+and board_server/retag.py (attachments) translate into SQL. Nothing here touches the database. The forms:
+``label = "dog"``, ``label.dog``, ``label.dog >= 0.2`` (also > < <= = !=), comparisons of the schema's
+fields, AND, OR, NOT, ``-``, parentheses, whitespace as an implicit AND; precedence as AIP-160 has it: NOT
+binds tightest, then OR, then AND, so ``a AND b OR c`` means ``a AND (b OR c)``. ``order_by``: ``id``
+(default), ``create_time``, ``label.<class>``, each ``asc``/``desc``.
+
+The schemas: ``POSTS`` (``id``, ``user_id``, ``create_time``) and ``ATTACHMENTS`` (``id``, ``post_id``,
+``create_time``, ``status = "FAILED"`` (= or != one of PENDING, TAGGED, FAILED), ``model.arch`` and
+``model.archive_sha256`` (= or != a string; "" for none), and the flag ``stale``: labelled by another model
+than the served one). Both take ``label``; over attachments it is about the attachment's own fraction.
 
 A label comparison is about the post's *largest* fraction of that class over its photos, a class absent
 from every photo counting as 0: ``label.dog >= 0.2`` holds when some photo is at least 20 % dog,
@@ -23,7 +30,7 @@ import difflib
 import functools
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Literal
@@ -41,8 +48,44 @@ MAX_ID = 2**63 - 1
 
 Op = Literal["=", "!=", "<", "<=", ">", ">="]
 _OPS: tuple[Op, ...] = ("=", "!=", "<", "<=", ">", ">=")
-FIELDS = ("id", "user_id", "create_time")
-Field = Literal["id", "user_id", "create_time"]
+FieldKind = Literal["id", "time", "status", "text", "flag"]
+STATUSES = ("PENDING", "TAGGED", "FAILED")
+MAX_TEXT_VALUE = 100
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What a filter may name besides labels: each field (dotted, e.g. ``model.arch``) and its kind.
+
+    ``id``: an integer id (= != < <= > >=); ``time``: an RFC 3339 timestamp in quotes; ``status``: = or != one
+    of ``STATUSES``; ``text``: = or != a string; ``flag``: a condition alone (``stale``, ``NOT stale``).
+    """
+
+    name: str
+    fields: tuple[tuple[str, FieldKind], ...]
+
+    def kind(self, field: str) -> FieldKind | None:
+        return dict(self.fields).get(field)
+
+    def describe(self) -> str:
+        names = [name for name, _ in self.fields]
+        return ", ".join(['label (label = "dog")', "label.<class>", *names])
+
+
+POSTS = Schema("posts", (("id", "id"), ("user_id", "id"), ("create_time", "time")))
+ATTACHMENTS = Schema(
+    "attachments",
+    (
+        ("stale", "flag"),
+        ("status", "status"),
+        ("id", "id"),
+        ("post_id", "id"),
+        ("create_time", "time"),
+        ("model.arch", "text"),
+        ("model.archive_sha256", "text"),
+    ),
+)
+FIELDS = tuple(name for name, _ in POSTS.fields)
 
 
 # --- the syntax tree ----------------------------------------------------------------------------------------
@@ -59,11 +102,12 @@ class LabelCompare:
 
 @dataclass(frozen=True)
 class FieldCompare:
-    """A post column (``id``, ``user_id``, ``create_time``) compared with a constant."""
+    """A field of the schema compared with a constant: a post's ``id``, ``user_id``, ``create_time``; an
+    attachment's ``status``, ``model.arch`` ... A flag is ``FieldCompare(name, "=", True)``."""
 
-    field: Field
+    field: str
     op: Op
-    value: int | datetime
+    value: int | datetime | str
 
 
 @dataclass(frozen=True)
@@ -214,7 +258,11 @@ def _unquote(field: str, token: Token) -> str:
 def _quote_field(name: str) -> str:
     if _NAME_SHAPED.match(name) and name not in _KEYWORDS:
         return name
-    escaped = name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return _quote_string(name)
+
+
+def _quote_string(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
     return '"' + escaped.replace("\t", "\\t") + '"'
 
 
@@ -238,8 +286,9 @@ def _check_label(field: str, column: int, name: str, class_names: Sequence[str])
 # --- filter -------------------------------------------------------------------------------------------------
 
 
-def parse_filter(text: str, class_names: Sequence[str]) -> Node | None:
-    """Parse an AIP-160 filter over posts; None for an empty (or blank) filter.
+def parse_filter(text: str, class_names: Sequence[str], schema: Schema = POSTS) -> Node | None:
+    """Parse an AIP-160 filter over the ``schema``'s resource (posts by default); None for an empty (or
+    blank) filter.
 
     ``class_names`` are the labels a filter may name (the served model's classes).
     Raises InvalidArgument (field ``filter``) naming the column and what was expected.
@@ -253,7 +302,7 @@ def parse_filter(text: str, class_names: Sequence[str]) -> Node | None:
     except UnexpectedInput as exc:
         raise _syntax_error("filter", text, exc) from None
     _check_size(tree)
-    return _build(tree, class_names)
+    return _build(tree, class_names, schema)
 
 
 def _check_size(tree: Tree[Token]) -> None:
@@ -281,10 +330,10 @@ def _first_column(tree: Tree[Token]) -> int:
     return int(node.column or 1)
 
 
-def _build(tree: Tree[Token], class_names: Sequence[str]) -> Node:
+def _build(tree: Tree[Token], class_names: Sequence[str], schema: Schema) -> Node:
     if tree.data == "restriction":
-        return _restriction(tree, class_names)
-    operands = [_build(child, class_names) for child in tree.children if isinstance(child, Tree)]
+        return _restriction(tree, class_names, schema)
+    operands = [_build(child, class_names, schema) for child in tree.children if isinstance(child, Tree)]
     if tree.data == "negation":
         return Not(operands[0])
     if tree.data == "factor":
@@ -300,7 +349,7 @@ def _flatten(kind: type[And] | type[Or], operands: list[Node]) -> Iterator[Node]
             yield operand
 
 
-def _restriction(tree: Tree[Token], class_names: Sequence[str]) -> Node:
+def _restriction(tree: Tree[Token], class_names: Sequence[str], schema: Schema) -> Node:
     member = tree.children[0]
     assert isinstance(member, Tree)
     path = _path("filter", member)
@@ -308,35 +357,66 @@ def _restriction(tree: Tree[Token], class_names: Sequence[str]) -> Node:
     comparator = str(tree.children[1]) if len(tree.children) > 1 else None
     arg = tree.children[2] if len(tree.children) > 2 else None
     assert arg is None or isinstance(arg, Token)
-    dotted = ".".join(path)
-    if path[0] == "label" and len(path) == 1:
+    if path[0] == "label" and len(path) <= 2:
+        return _label_restriction(path, column, comparator, arg, class_names)
+    return _field_restriction(".".join(path), column, comparator, arg, schema)
+
+
+def _label_restriction(
+    path: list[str], column: int, comparator: str | None, arg: Token | None, class_names: Sequence[str]
+) -> LabelCompare:
+    if len(path) == 1:
         if comparator not in ("=", ":") or arg is None or arg.type == "NUMBER":
             raise _invalid("filter", column, 'label takes a class name: label = "dog" (or label.dog)')
         name = _unquote("filter", arg) if arg.type == "STRING" else str(arg)
         label = _check_label("filter", int(arg.column or column), name, class_names)
         return LabelCompare(label, ">=", DEFAULT_MIN_LABEL_FRACTION)
-    if path[0] == "label" and len(path) == 2:
-        label = _check_label("filter", column + len("label."), path[1], class_names)
-        if comparator is None:
-            return LabelCompare(label, ">=", DEFAULT_MIN_LABEL_FRACTION)
-        assert arg is not None
-        return LabelCompare(label, _op(comparator, column, dotted), _fraction(arg, dotted))
-    if len(path) == 1 and path[0] in FIELDS:
-        if comparator is None or arg is None:
-            raise _invalid("filter", column, f"{dotted} needs a comparison, e.g. {_EXAMPLES[path[0]]}")
-        op = _op(comparator, column, dotted)
-        if path[0] == "create_time":
-            return FieldCompare("create_time", op, _timestamp(arg))
-        return FieldCompare("id" if path[0] == "id" else "user_id", op, _id(arg, dotted))
-    known = 'label (label = "dog"), label.<class>, id, user_id, create_time'
-    raise _invalid("filter", column, f"unknown field {dotted!r}; filterable fields: {known}")
+    label = _check_label("filter", column + len("label."), path[1], class_names)
+    if comparator is None:
+        return LabelCompare(label, ">=", DEFAULT_MIN_LABEL_FRACTION)
+    assert arg is not None
+    dotted = ".".join(path)
+    return LabelCompare(label, _op(comparator, column, dotted), _fraction(arg, dotted))
 
 
-_EXAMPLES = {
-    "id": "id > 100",
-    "user_id": "user_id = 3",
-    "create_time": 'create_time > "2026-01-01T00:00:00Z"',
+def _field_restriction(
+    field: str, column: int, comparator: str | None, arg: Token | None, schema: Schema
+) -> Node:
+    kind = schema.kind(field)
+    if kind is None:
+        raise _invalid("filter", column, f"unknown field {field!r}; filterable fields: {schema.describe()}")
+    if kind == "flag":
+        return _flag(field, column, comparator, arg)
+    if comparator is None or arg is None:
+        raise _invalid("filter", column, f"{field} needs a comparison, e.g. {_EXAMPLES[kind](field)}")
+    op = _op(comparator, column, field)
+    if kind == "time":
+        return FieldCompare(field, op, _timestamp(arg, field))
+    if kind == "id":
+        return FieldCompare(field, op, _id(arg, field))
+    if op not in ("=", "!="):
+        raise _invalid("filter", column, f"{field} takes = or !=, not {op!r}")
+    return FieldCompare(field, op, _status(arg, field) if kind == "status" else _text(arg, field))
+
+
+_EXAMPLES: dict[FieldKind, Callable[[str], str]] = {
+    "id": lambda field: f"{field} > 100" if field == "id" else f"{field} = 3",
+    "time": lambda field: f'{field} > "2026-01-01T00:00:00Z"',
+    "status": lambda field: f'{field} = "FAILED"',
+    "text": lambda field: f'{field} = "deeplabv3_resnet101"',
+    "flag": lambda field: field,
 }
+
+
+def _flag(field: str, column: int, comparator: str | None, arg: Token | None) -> Node:
+    """A flag alone (``stale``), or compared with true/false (``stale = false`` means ``NOT stale``)."""
+    flag = FieldCompare(field, "=", True)
+    if comparator is None:
+        return flag
+    wanted = None if arg is None else str(arg).lower()
+    if comparator not in ("=", "!=") or arg is None or arg.type != "NAME" or wanted not in ("true", "false"):
+        raise _invalid("filter", column, f"{field} stands alone ({field}, NOT {field}) or = true / false")
+    return flag if (comparator == "=") == (wanted == "true") else Not(flag)
 
 
 def _op(comparator: str, column: int, field: str) -> Op:
@@ -364,13 +444,32 @@ def _id(arg: Token, field: str) -> int:
     return value
 
 
-def _timestamp(arg: Token) -> datetime:
+def _status(arg: Token, field: str) -> str:
+    value = (_unquote("filter", arg) if arg.type == "STRING" else str(arg)).upper()
+    if value not in STATUSES:
+        wanted = ", ".join(f'"{s}"' for s in STATUSES)
+        raise _invalid("filter", int(arg.column or 1), f"{field} is one of {wanted}, not {arg}")
+    return value
+
+
+def _text(arg: Token, field: str) -> str:
+    """A quoted string or a bare name (AIP-160's unquoted text); "" stands for "none"."""
+    if arg.type == "NUMBER":
+        raise _invalid("filter", int(arg.column or 1), f"{field} compares with a string in quotes, not {arg}")
+    value = _unquote("filter", arg) if arg.type == "STRING" else str(arg)
+    if len(value) > MAX_TEXT_VALUE:
+        limit = f"at most {MAX_TEXT_VALUE} characters"
+        raise _invalid("filter", int(arg.column or 1), f"{field} compares with {limit}")
+    return value
+
+
+def _timestamp(arg: Token, field: str) -> datetime:
     column = int(arg.column or 1)
     text = _unquote("filter", arg) if arg.type == "STRING" else ""
     match = _RFC3339.match(text)
     wanted = 'an RFC 3339 timestamp in quotes, e.g. "2026-01-01T00:00:00Z"'
     if match is None:
-        raise _invalid("filter", column, f"create_time compares with {wanted}, not {arg}")
+        raise _invalid("filter", column, f"{field} compares with {wanted}, not {arg}")
     year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
     try:
         offset = timedelta(0) if zulu else timedelta(hours=int(off_h), minutes=int(off_m))
@@ -381,7 +480,7 @@ def _timestamp(arg: Token) -> datetime:
         parts = (int(year), int(month), int(day), int(hour), int(minute), int(second), micros)
         return datetime(*parts, tzinfo=zone).astimezone(UTC)
     except (ValueError, OverflowError) as exc:
-        raise _invalid("filter", column, f"create_time: {text!r} is not a valid timestamp ({exc})") from None
+        raise _invalid("filter", column, f"{field}: {text!r} is not a valid timestamp ({exc})") from None
 
 
 # --- order_by -----------------------------------------------------------------------------------------------
@@ -431,15 +530,23 @@ def canonical_filter(node: Node | None) -> str:
     if isinstance(node, LabelCompare):
         return f"label.{_quote_field(node.label)} {node.op} {node.fraction!r}"
     if isinstance(node, FieldCompare):
-        if isinstance(node.value, datetime):
-            stamp = node.value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-            return f'{node.field} {node.op} "{stamp}"'
-        return f"{node.field} {node.op} {node.value}"
+        return _field_text(node)
     if isinstance(node, Not):  # AIP-160 has no NOT NOT: a negated negation goes in parentheses
         inner = canonical_filter(node.operand)
         return f"NOT ({inner})" if isinstance(node.operand, And | Or | Not) else f"NOT {inner}"
     joiner = " AND " if isinstance(node, And) else " OR "
     return joiner.join(_grouped(operand) for operand in node.operands)
+
+
+def _field_text(node: FieldCompare) -> str:
+    if node.value is True:
+        return node.field  # a flag
+    if isinstance(node.value, datetime):
+        stamp = node.value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return f'{node.field} {node.op} "{stamp}"'
+    if isinstance(node.value, str):
+        return f"{node.field} {node.op} {_quote_string(node.value)}"
+    return f"{node.field} {node.op} {node.value}"
 
 
 def _grouped(node: Node) -> str:

@@ -1,5 +1,6 @@
-"""ListPosts' filter and order_by language (board_server/post_filter.py): trees, precedence, quoting, caps and
-the errors a caller reads. Pure functions: no database, no server."""
+"""The filter language (board_server/post_filter.py) of ListPosts (posts) and RetagAttachments
+(attachments), and ListPosts' order_by: trees, precedence, quoting, caps and the errors a caller reads. Pure
+functions: no database, no server."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from board_server.errors import InvalidArgument
 from board_server.post_filter import (
+    ATTACHMENTS,
     DEFAULT_MIN_LABEL_FRACTION,
     MAX_COMPARISONS,
     MAX_DEPTH,
@@ -332,6 +334,104 @@ def test_any_tree_round_trips_through_its_canonical_text(tree: Node) -> None:
     text = canonical_filter(tree)
     if len(text) <= MAX_FILTER_LENGTH:
         assert parse(text) == _flat(tree)
+
+
+# --- the attachments' schema (RetagAttachments) -------------------------------------------------------------
+
+STALE = FieldCompare("stale", "=", True)
+
+
+def parse_attachments(text: str) -> Node | None:
+    return parse_filter(text, VOC, ATTACHMENTS)
+
+
+def attachment_error_of(text: str) -> str:
+    with pytest.raises(InvalidArgument) as caught:
+        parse_attachments(text)
+    [violation] = caught.value.violations
+    assert violation.field == "filter"
+    return violation.description
+
+
+@pytest.mark.parametrize(
+    ("text", "tree"),
+    [
+        ("stale", STALE),
+        ("NOT stale", Not(STALE)),
+        ("stale = true", STALE),
+        ("stale = false", Not(STALE)),
+        ("stale != TRUE", Not(STALE)),
+        ('status = "FAILED"', FieldCompare("status", "=", "FAILED")),
+        ("status != tagged", FieldCompare("status", "!=", "TAGGED")),
+        ("post_id = 3", FieldCompare("post_id", "=", 3)),
+        ("id >= 10", FieldCompare("id", ">=", 10)),
+        (
+            'create_time < "2026-01-01T00:00:00Z"',
+            FieldCompare("create_time", "<", datetime(2026, 1, 1, tzinfo=UTC)),
+        ),
+        ('model.arch = "deeplabv3_resnet101"', FieldCompare("model.arch", "=", "deeplabv3_resnet101")),
+        ("model.arch != deeplabv3_resnet101", FieldCompare("model.arch", "!=", "deeplabv3_resnet101")),
+        ('model.archive_sha256 = ""', FieldCompare("model.archive_sha256", "=", "")),
+        ("label.dog > 0.2", label("dog", ">", 0.2)),
+        (
+            'stale AND post_id = 3 OR status = "FAILED"',
+            And((STALE, Or((FieldCompare("post_id", "=", 3), FieldCompare("status", "=", "FAILED"))))),
+        ),
+        (
+            '(stale OR status = "FAILED") AND NOT label.person',
+            And((Or((STALE, FieldCompare("status", "=", "FAILED"))), Not(label("person")))),
+        ),
+    ],
+)
+def test_each_attachment_form_parses_to_its_tree(text: str, tree: Node) -> None:
+    assert parse_attachments(text) == tree
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("user_id = 3", "column 1: unknown field 'user_id'; filterable fields: label (label = \"dog\"), "),
+        ("stale > 1", "column 1: stale stands alone (stale, NOT stale) or = true / false"),
+        ("stale = yes", "column 1: stale stands alone"),
+        ('status = "DONE"', 'column 10: status is one of "PENDING", "TAGGED", "FAILED", not "DONE"'),
+        ('status > "FAILED"', "column 1: status takes = or !=, not '>'"),
+        ("status", 'column 1: status needs a comparison, e.g. status = "FAILED"'),
+        ("post_id", "column 1: post_id needs a comparison, e.g. post_id = 3"),
+        ("post_id = 0", "column 11: post_id must be between 1 and 9223372036854775807, not 0"),
+        ("model.arch = 3", "column 14: model.arch compares with a string in quotes, not 3"),
+        ('model.arch < "a"', "column 1: model.arch takes = or !=, not '<'"),
+        ("model.weights = x", "column 1: unknown field 'model.weights'"),
+        (f'model.arch = "{"x" * 101}"', "column 14: model.arch compares with at most 100 characters"),
+        ("create_time > 2026", "column 15: create_time compares with an RFC 3339 timestamp in quotes"),
+        ("label.dgo", "column 7: unknown label 'dgo' (did you mean 'dog'?); the model's classes are:"),
+    ],
+)
+def test_attachment_fields_and_values_are_checked(text: str, message: str) -> None:
+    assert attachment_error_of(text).startswith(message)
+
+
+def test_the_schemas_keep_their_fields_apart() -> None:
+    assert "unknown field 'stale'" in error_of("stale")
+    assert "unknown field 'status'" in error_of('status = "FAILED"')
+    fields = attachment_error_of("title = x").split("filterable fields: ")[1]
+    assert fields == (
+        'label (label = "dog"), label.<class>, stale, status, id, post_id, create_time, model.arch, '
+        "model.archive_sha256"
+    )
+
+
+def test_attachment_filters_round_trip_through_their_canonical_text() -> None:
+    text = (
+        '(stale OR status = "failed") AND NOT stale = false AND model.arch != \'a "quoted" arch\' '
+        'AND model.archive_sha256 = "" AND post_id = 3 AND label.dog >= 0.2'
+    )
+    tree = parse_attachments(text)
+    canonical = canonical_filter(tree)
+    assert canonical == (
+        '(stale OR status = "FAILED") AND NOT (NOT stale) AND model.arch != "a \\"quoted\\" arch" AND '
+        'model.archive_sha256 = "" AND post_id = 3 AND label.dog >= 0.2'
+    )
+    assert parse_attachments(canonical) == tree
 
 
 # --- order_by -----------------------------------------------------------------------------------------------
