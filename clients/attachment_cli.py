@@ -4,6 +4,7 @@ board attach POST_ID photo.jpg [more.png ...] [--wait]   # --wait streams each s
 board attachments list --post 3 [--page-size N] [--all] | get 7 | delete 7 | watch 7 | retry 7 [--wait]
 board attachments content 7 -o photo.jpg | mask 7 -o mask.png
 board attachments preview 7 -o preview.jpg [--max-size 512] [--overlay] [--webp]
+board attachments retag [--filter 'post_id = 3']   # admins: re-tag with the served model (default: stale)
 board demo [--images DIR]       # signs up (or uses your sign-in), a post, a few photos, tags, search by label
 
 Every piece of server text (filenames, labels, failure reasons, model names) is printed literally
@@ -69,6 +70,12 @@ def add_attachment_commands(resources: Any) -> None:
     preview.add_argument("--max-size", type=int, default=0, help="longest side in pixels (0: server's 512)")
     preview.add_argument("--overlay", action="store_true", help="blend the mask in, with a legend")
     preview.add_argument("--webp", action="store_true", help="WebP instead of JPEG")
+    retag = actions.add_parser("retag", help="admins: queue attachments for tagging with the served model")
+    retag.add_argument(
+        "--filter",
+        default="",
+        help="e.g. 'status = \"FAILED\"', 'post_id = 3' (default: stale, another model)",
+    )
 
     demo = resources.add_parser(
         "demo", help="the newcomer's tour: sign up, post photos, wait for tags, search by label"
@@ -108,6 +115,7 @@ def run_attachment_command(client: BoardClient, args: argparse.Namespace, output
         "preview": _preview,
         "content": _save_bytes,
         "mask": _save_bytes,
+        "retag": _retag,
     }
     return handlers[args.action](client, args, output)
 
@@ -118,6 +126,19 @@ def _delete(client: BoardClient, args: argparse.Namespace, output: Output) -> in
         output.emit({})
     else:
         output.out.print(f"deleted attachment {args.id}")
+    return 0
+
+
+def _retag(client: BoardClient, args: argparse.Namespace, output: Output) -> int:
+    response = client.retag_attachments(args.filter)
+    if output.json:
+        output.emit(json_format.MessageToDict(response, preserving_proto_field_name=True))
+    else:
+        output.out.print(
+            join(
+                f"queued {response.queued_count} attachment(s) for tagging with ", model_text(response.model)
+            )
+        )
     return 0
 
 

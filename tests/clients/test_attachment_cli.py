@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import subprocess
 import threading
 import urllib.request
 from pathlib import Path
@@ -22,7 +23,7 @@ from rich.console import Console
 
 from clients.cli import post_attachments_text
 from clients.gen.board.v1 import board_pb2
-from tests.board.conftest import RunningServer
+from tests.board.conftest import BOARD_SERVER, RunningServer
 from tests.clients.conftest import Cli, Member, Ran, sign_up
 from tests.clients.fake_model import FakeModel
 from tests.support import wait_for
@@ -265,3 +266,33 @@ def test_demo_runs_as_the_signed_in_user(cli: Cli, logged_in: Member) -> None:
     assert json.loads(ran.out)["user_id"] == logged_in.id
     assert "signed up" not in ran.err
     assert cli("whoami").code == 0  # still signed in: the demo signs out only what it signed in
+
+
+def test_retag_is_for_admins_and_queues_what_the_filter_selects(
+    cli: Cli, logged_in: Member, board: RunningServer
+) -> None:
+    post = logged_in.client.create_post(0, "retag", "a model change")
+    added = logged_in.client.add_attachment(post.id, "r.png", png_bytes())
+    assert logged_in.client.wait_for_tagging(added.id, timeout=60).status == TAGGED
+    refused = cli("attachments", "retag", "--filter", f"post_id = {post.id}")
+    assert refused.code == 1 and "error: PERMISSION_DENIED" in refused.err
+
+    granted = subprocess.run(
+        [str(BOARD_SERVER), "admin", "grant", logged_in.email, "--database-url", board.database_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert granted.returncode == 0, granted.stderr
+    queued = cli("attachments", "retag", "--filter", f"post_id = {post.id}")
+    assert queued.code == 0, queued.both
+    assert (
+        "queued 1 attachment(s) for tagging with deeplabv3_fake@ffffffffffff [random, UNTRAINED]"
+        in queued.out
+    )
+    watched = cli("attachments", "watch", added.id)  # the re-tag lands; the stream ends once it has
+    assert watched.code == 0, watched.both
+    assert f"#{added.id} r.png: TAGGED" in watched.out
+    as_json = cli("--json", "attachments", "retag", "--filter", f'post_id = {post.id} AND status = "FAILED"')
+    assert json.loads(as_json.out)["model"]["arch"] == "deeplabv3_fake"
