@@ -1,4 +1,9 @@
-"""Board fixtures: real `board-server` subprocesses on port 0, over SQLite and over PostgreSQL.
+"""Board fixtures: real `board-server` subprocesses on port 0, over SQLite and over PostgreSQL, with accounts.
+
+Servers run with the defaults: auth on (a write needs a signed-in caller), reads open to anyone. The suite's
+accounts come from ``sign_up``: a fresh user with a password, signed in, whose BoardClient then sends the
+access token on every call. Admins are made the way an operator makes them: ``board-server admin grant EMAIL
+--database-url URL`` on the database itself.
 
 The PostgreSQL leg uses BOARD_TEST_POSTGRES_URL when set, otherwise starts a throw-away cluster (initdb +
 pg_ctl on a free port, trust auth, socket in a temporary folder; as the `postgres` user when run as root).
@@ -15,17 +20,108 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import Engine, create_engine
 
 from clients.board import BoardClient
-from tests.support import REPO_ROOT, Processes, free_port, wait_for
+from clients.gen.board.v1 import board_pb2
+from tests.support import REPO_ROOT, Processes, free_port
 
 BOARD_SERVER = REPO_ROOT / ".venv" / "bin" / "board-server"
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
+PASSWORD = "correct horse battery staple"
+
+
+def new_email(prefix: str = "u") -> str:
+    """An email no other test uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}@example.org"
+
+
+# --- accounts ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Member:
+    """A signed-up user and a client signed in as them (the token goes with every call)."""
+
+    client: BoardClient
+    user: board_pb2.User
+    password: str
+
+    @property
+    def id(self) -> int:
+        return int(self.user.id)
+
+    @property
+    def email(self) -> str:
+        return str(self.user.email)
+
+
+def sign_up(
+    target: str,
+    name: str = "Member",
+    *,
+    email: str | None = None,
+    password: str = PASSWORD,
+    timeout: float = 20.0,
+    **client_options: Any,
+) -> Member:
+    """Create a user with a password (CreateUser, anonymous sign-up) and sign in as them; return the Member.
+
+    ``client_options`` go to BoardClient (e.g. ``root_certificates`` for a TLS server).
+    """
+    board = BoardClient(target, timeout=timeout, **client_options)
+    try:
+        user = board.create_user(name, email or new_email(), password)
+        board.sign_in(user.email, password)
+    except BaseException:
+        board.close()
+        raise
+    return Member(board, user, password)
+
+
+def sign_in(target: str, email: str, password: str = PASSWORD, **client_options: Any) -> BoardClient:
+    """A new client with a new session of an existing user (another device, say)."""
+    board = BoardClient(target, timeout=20.0, **client_options)
+    try:
+        board.sign_in(email, password)
+    except BaseException:
+        board.close()
+        raise
+    return board
+
+
+def run_admin(
+    database_url: str, *args: str, stdin: str = "", workdir: Path | None = None, audit_log: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``board-server admin ARGS --database-url URL``: the operator's subcommands, on the database itself."""
+    command = [str(BOARD_SERVER), "admin", *args, "--database-url", database_url]
+    if audit_log is not None:
+        command += ["--audit-log", str(audit_log)]
+    return subprocess.run(
+        command, input=stdin, capture_output=True, text=True, timeout=60, check=False, cwd=workdir
+    )
+
+
+@contextmanager
+def database_engine(database_url: str) -> Iterator[Engine]:
+    """An engine on a server's database, for tests that read (or age) its rows behind the API's back."""
+    engine = create_engine(database_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+# --- servers -----------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -38,6 +134,8 @@ class RunningServer:
     database_url: str
     audit_log: Path
     processes: Processes
+    workdir: Path
+    _clients: list[BoardClient] = field(default_factory=list, repr=False)
 
     @property
     def target(self) -> str:
@@ -46,34 +144,71 @@ class RunningServer:
     def log(self) -> str:
         return self.processes.log_text(self.name)
 
-    def client(self, timeout: float = 20.0) -> BoardClient:
-        return BoardClient(self.target, timeout=timeout)
+    def client(self, timeout: float = 20.0, token: str | None = None) -> BoardClient:
+        """A client of this server: anonymous, or carrying ``token``."""
+        return BoardClient(self.target, timeout=timeout, token=token)
+
+    def sign_up(self, name: str = "Member", *, email: str | None = None) -> Member:
+        """A new user signed in on this server (see ``sign_up``)."""
+        return sign_up(self.target, name, email=email)
+
+    def admin(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        """Run ``board-server admin ARGS`` on this server's database, auditing to this server's audit log."""
+        return run_admin(
+            self.database_url, *args, stdin=stdin, workdir=self.workdir, audit_log=self.audit_log
+        )
+
+    def make_admin(self, name: str = "Admin") -> Member:
+        """A new user made an admin with ``board-server admin grant`` (their session sees it at once)."""
+        member = self.sign_up(name)
+        granted = self.admin("grant", member.email)
+        assert granted.returncode == 0, granted.stderr
+        return member
 
 
 _names = itertools.count()
 
 
 def start_board_server(
-    processes: Processes, database_url: str, workdir: Path, *, extra: tuple[str, ...] = ()
+    processes: Processes,
+    database_url: str,
+    workdir: Path,
+    *,
+    extra: tuple[str, ...] = (),
+    server_processes: int | None = 1,
 ) -> RunningServer:
-    """Start `board-server` on 127.0.0.1:0 and wait for its 'listening on' line; return it with its port."""
+    """Start `board-server` on 127.0.0.1:0 with the default settings (auth on) and wait for its 'listening on'
+    line; return it with its port.
+
+    ``server_processes`` is ``--processes`` (1 by default: cheap; None: the server's default of one process
+    per core). ``extra`` flags come last, so they win.
+    """
     name = f"board-{next(_names)}"
     audit = workdir / f"{name}-audit.log"
     workdir.mkdir(parents=True, exist_ok=True)
-    args = [str(BOARD_SERVER), "--address", "127.0.0.1:0", "--database-url", database_url, "--auth", "off"]
+    # Port 0 for the metrics too: many servers run side by side in the suite.
+    args = [
+        str(BOARD_SERVER),
+        "--address",
+        "127.0.0.1:0",
+        "--metrics-address",
+        "127.0.0.1:0",
+        "--database-url",
+        database_url,
+    ]
+    if server_processes is not None:
+        args += ["--processes", str(server_processes)]
     proc = processes.start([*args, "--audit-log", str(audit), *extra], name=name, cwd=workdir)
-    found: list[int] = []
-
-    def listening() -> bool:
+    deadline = time.monotonic() + 60
+    while not (match := LISTENING.search(processes.log_text(name))):
+        # A server that exits (a refused setting, a bug at start-up) fails the test at once, with its log.
         if proc.poll() is not None:
             raise RuntimeError(f"board-server exited with {proc.returncode}:\n{processes.log_text(name)}")
-        match = LISTENING.search(processes.log_text(name))
-        if match:
-            found.append(int(match.group(2)))
-        return bool(match)
-
-    wait_for(f"{name} to listen", listening, timeout=30)
-    return RunningServer(proc, name, found[0], database_url, audit, processes)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} did not say 'listening on' within 60 s:\n{processes.log_text(name)}")
+        time.sleep(0.05)
+    port = int(match.group(2))
+    return RunningServer(proc, name, port, database_url, audit, processes, workdir)
 
 
 # --- PostgreSQL --------------------------------------------------------------------------------------------
@@ -172,11 +307,53 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture(scope="session")
 def board_server(backend: Backend, session_processes: Processes) -> RunningServer:
-    """One server per backend, shared by the tests that only need a working board."""
-    return start_board_server(session_processes, backend.new_database_url(), backend.workdir)
+    """One server per backend, shared by the tests that only need a working board. It keeps the default
+    process count (one per core), so the multi-process path is what these tests go through."""
+    return start_board_server(
+        session_processes, backend.new_database_url(), backend.workdir, server_processes=None
+    )
+
+
+MemberFactory = Callable[..., Member]
+
+
+@pytest.fixture(scope="session")
+def admin(board_server: RunningServer) -> Iterator[Member]:
+    """An admin of the shared server (granted with ``board-server admin grant``)."""
+    made = board_server.make_admin()
+    yield made
+    made.client.close()
 
 
 @pytest.fixture
-def client(board_server: RunningServer) -> Iterator[BoardClient]:
+def members(board_server: RunningServer) -> Iterator[MemberFactory]:
+    """``members(name)``: a new signed-in user of the shared server; their clients are closed afterwards."""
+    made: list[Member] = []
+
+    def make(name: str = "Member", *, email: str | None = None) -> Member:
+        member = board_server.sign_up(name, email=email)
+        made.append(member)
+        return member
+
+    yield make
+    for member in made:
+        member.client.close()
+
+
+@pytest.fixture
+def member(members: MemberFactory) -> Member:
+    """A fresh user of the shared server, signed in."""
+    return members()
+
+
+@pytest.fixture
+def client(member: Member) -> BoardClient:
+    """The signed-in client of ``member``: writes are made as that user."""
+    return member.client
+
+
+@pytest.fixture
+def anonymous(board_server: RunningServer) -> Iterator[BoardClient]:
+    """A client of the shared server without a token."""
     with board_server.client() as board:
         yield board

@@ -1,10 +1,12 @@
 """Attachments through the gRPC API of a real board server (tagging off: uploads stay PENDING), on SQLite and
-PostgreSQL: storage, validation with field violations, size limits, cascades, and the label filter's rules."""
+PostgreSQL: storage, validation with field violations, size limits, cascades, and the label filter's rules.
+
+Uploads are made by the post's author, signed in (``author``); reads need no token (``client`` is anonymous).
+"""
 
 from __future__ import annotations
 
 import io
-import itertools
 from collections.abc import Iterator
 
 import grpc
@@ -13,22 +15,29 @@ from PIL import Image
 
 from clients.board import BoardClient, BoardClientError, InvalidArgumentError, NotFoundError
 from clients.gen.board.v1 import board_pb2
-from tests.board.conftest import Backend, start_board_server
+from tests.board.conftest import Backend, Member, RunningServer, start_board_server
 from tests.support import Processes
-
-_emails = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def client(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BoardClient]:
+def server(backend: Backend, module_processes: Processes) -> RunningServer:
     """This module's own server per backend: its attachment audit lines stay out of the shared one's."""
-    processes = Processes(tmp_path_factory.mktemp("attachments-logs"))
-    try:
-        server = start_board_server(processes, backend.new_database_url(), backend.workdir)
-        with server.client() as board:
-            yield board
-    finally:
-        processes.stop_all()
+    return start_board_server(module_processes, backend.new_database_url(), backend.workdir)
+
+
+@pytest.fixture
+def client(server: RunningServer) -> Iterator[BoardClient]:
+    """An anonymous reader of the module's server."""
+    with server.client() as board:
+        yield board
+
+
+@pytest.fixture
+def author(server: RunningServer) -> Iterator[Member]:
+    """A signed-in user of the module's server."""
+    member = server.sign_up("Ann")
+    yield member
+    member.client.close()
 
 
 def jpeg(size: tuple[int, int] = (64, 48)) -> bytes:
@@ -37,15 +46,14 @@ def jpeg(size: tuple[int, int] = (64, 48)) -> bytes:
     return buffer.getvalue()
 
 
-def new_post(client: BoardClient) -> tuple[int, int]:
-    user = client.create_user("Ann", f"ann-{next(_emails)}@example.org")
-    return user.id, client.create_post(user.id, "With photos", "see below").id
+def new_post(author: Member) -> int:
+    return author.client.create_post(0, "With photos", "see below").id
 
 
-def test_attachment_is_stored_pending_and_read_back(client: BoardClient) -> None:
-    _, post_id = new_post(client)
+def test_attachment_is_stored_pending_and_read_back(author: Member, client: BoardClient) -> None:
+    post_id = new_post(author)
     data = jpeg()
-    added = client.add_attachment(post_id, "sea.jpg", data, "image/jpeg")
+    added = author.client.add_attachment(post_id, "sea.jpg", data, "image/jpeg")
     assert added.status == board_pb2.ATTACHMENT_STATUS_PENDING
     assert (added.post_id, added.filename, added.content_type) == (post_id, "sea.jpg", "image/jpeg")
     assert (added.width, added.height, added.size_bytes) == (64, 48, len(data))
@@ -57,24 +65,24 @@ def test_attachment_is_stored_pending_and_read_back(client: BoardClient) -> None
     with pytest.raises(BoardClientError) as caught:
         client.get_attachment_mask(added.id)
     assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
-    client.delete_attachment(added.id)
+    author.client.delete_attachment(added.id)
     with pytest.raises(NotFoundError):
         client.get_attachment(added.id)
     assert client.list_attachments(post_id) == []
 
 
-def test_upload_over_the_old_4_mib_message_limit_is_accepted(client: BoardClient) -> None:
-    _, post_id = new_post(client)
+def test_upload_over_the_old_4_mib_message_limit_is_accepted(author: Member, client: BoardClient) -> None:
+    post_id = new_post(author)
     big = jpeg() + b"\x00" * (6 * 1024 * 1024)  # trailing bytes after EOI: still a JPEG header
-    added = client.add_attachment(post_id, "big.jpg", big)
+    added = author.client.add_attachment(post_id, "big.jpg", big)
     assert added.size_bytes == len(big)
     assert client.get_attachment_content(added.id).data == big
 
 
-def test_upload_over_the_attachment_limit_is_invalid_argument(client: BoardClient) -> None:
-    _, post_id = new_post(client)
+def test_upload_over_the_attachment_limit_is_invalid_argument(author: Member) -> None:
+    post_id = new_post(author)
     with pytest.raises(InvalidArgumentError) as caught:
-        client.add_attachment(post_id, "huge.jpg", jpeg() + b"\x00" * (20 * 1024 * 1024))
+        author.client.add_attachment(post_id, "huge.jpg", jpeg() + b"\x00" * (20 * 1024 * 1024))
     assert [v.field for v in caught.value.violations] == ["data"]
     assert "at most 20971520 bytes" in caught.value.violations[0].description
 
@@ -91,30 +99,30 @@ def test_upload_over_the_attachment_limit_is_invalid_argument(client: BoardClien
     ],
 )
 def test_bad_uploads_are_invalid_argument_with_field_violations(
-    client: BoardClient, filename: str, content_type: str, data: bytes | None, fields: list[str]
+    author: Member, filename: str, content_type: str, data: bytes | None, fields: list[str]
 ) -> None:
-    _, post_id = new_post(client)
+    post_id = new_post(author)
     with pytest.raises(InvalidArgumentError) as caught:
-        client.add_attachment(post_id, filename, jpeg() if data is None else data, content_type)
+        author.client.add_attachment(post_id, filename, jpeg() if data is None else data, content_type)
     assert [v.field for v in caught.value.violations] == fields
 
 
-def test_attachment_to_missing_post_is_not_found(client: BoardClient) -> None:
+def test_attachment_to_missing_post_is_not_found(author: Member, client: BoardClient) -> None:
     with pytest.raises(NotFoundError):
-        client.add_attachment(10**9, "a.jpg", jpeg())
+        author.client.add_attachment(10**9, "a.jpg", jpeg())
     with pytest.raises(NotFoundError):
         client.list_attachments(10**9)
 
 
-def test_attachments_go_with_their_post_and_their_user(client: BoardClient) -> None:
-    user_id, post_id = new_post(client)
-    on_post = client.add_attachment(post_id, "a.jpg", jpeg()).id
-    client.delete_post(post_id)
+def test_attachments_go_with_their_post_and_their_user(author: Member, client: BoardClient) -> None:
+    post_id = new_post(author)
+    on_post = author.client.add_attachment(post_id, "a.jpg", jpeg()).id
+    author.client.delete_post(post_id)
     with pytest.raises(NotFoundError):
         client.get_attachment(on_post)
-    second = client.create_post(user_id, "Again", "more photos").id
-    on_user = client.add_attachment(second, "b.jpg", jpeg()).id
-    client.delete_user(user_id)
+    second = author.client.create_post(0, "Again", "more photos").id
+    on_user = author.client.add_attachment(second, "b.jpg", jpeg()).id
+    author.client.delete_user(author.id)
     with pytest.raises(NotFoundError):
         client.get_attachment(on_user)
 

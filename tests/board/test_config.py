@@ -26,7 +26,12 @@ def test_defaults_live_under_the_working_directory(tmp_path: Path) -> None:
 
 
 def test_flag_beats_environment_beats_default(tmp_path: Path) -> None:
-    env = {"BOARD_ADDRESS": "0.0.0.0:7000", "BOARD_DATABASE_URL": "sqlite:///env.db", "BOARD_WORKERS": "3"}
+    env = {
+        "BOARD_ADDRESS": "0.0.0.0:7000",
+        "BOARD_ALLOW_PLAINTEXT": "on",  # a public address with auth on: TLS, or a proxy that terminates it
+        "BOARD_DATABASE_URL": "sqlite:///env.db",
+        "BOARD_WORKERS": "3",
+    }
     from_env = load_settings(parse(), env=env, cwd=tmp_path)
     assert (from_env.address, from_env.database_url, from_env.worker_threads) == (
         "0.0.0.0:7000",
@@ -38,8 +43,88 @@ def test_flag_beats_environment_beats_default(tmp_path: Path) -> None:
     assert from_flags.database_url == "sqlite:///env.db"
 
 
+def test_accounts_are_on_by_default(tmp_path: Path) -> None:
+    settings = load_settings(parse(), env={}, cwd=tmp_path)
+    assert settings.auth and settings.sign_up_open and not settings.reads_need_sign_in
+    assert settings.token_lifetime_s == 30 * 86400
+    assert not settings.tls and not settings.allow_plaintext
+
+
+def test_account_settings_from_flags_and_environment(tmp_path: Path) -> None:
+    env = {
+        "BOARD_SIGN_UP": "closed",
+        "BOARD_READ_ACCESS": "signed-in",
+        "BOARD_TOKEN_LIFETIME": "12h",
+        "BOARD_TLS_CERT_FILE": "/etc/board/cert.pem",
+        "BOARD_TLS_KEY_FILE": "/etc/board/key.pem",
+        "BOARD_ADDRESS": "0.0.0.0:443",
+    }
+    from_env = load_settings(parse(), env=env, cwd=tmp_path)
+    assert not from_env.sign_up_open and from_env.reads_need_sign_in
+    assert from_env.token_lifetime_s == 12 * 3600
+    assert from_env.tls_cert_file == Path("/etc/board/cert.pem") and from_env.tls
+    flags = parse("--sign-up", "open", "--read-access", "anyone", "--token-lifetime", "90s", "--auth", "off",
+                  "--address", "127.0.0.1:0")  # fmt: skip
+    from_flags = load_settings(flags, env=env, cwd=tmp_path)
+    assert from_flags.sign_up_open and not from_flags.reads_need_sign_in and not from_flags.auth
+    assert from_flags.token_lifetime_s == 90
+
+
 @pytest.mark.parametrize(
-    "argv", [("--address", "no-port"), ("--workers", "0"), ("--log-level", "LOUD"), ("--grace", "-1")]
+    ("argv", "env"),
+    [
+        (("--address", "0.0.0.0:7000"), {}),
+        (("--address", "[::]:7000"), {}),
+        (("--address", "10.1.2.3:7000"), {}),
+        ((), {"BOARD_ADDRESS": "0.0.0.0:7000"}),
+    ],
+)
+def test_public_address_with_auth_on_needs_tls_or_allow_plaintext(
+    tmp_path: Path, argv: tuple[str, ...], env: dict[str, str]
+) -> None:
+    with pytest.raises(ValueError, match="plaintext"):
+        load_settings(parse(*argv), env=env, cwd=tmp_path)
+    assert load_settings(parse(*argv, "--allow-plaintext", "on"), env=env, cwd=tmp_path).allow_plaintext
+    tls = ("--tls-cert-file", "cert.pem", "--tls-key-file", "key.pem")
+    assert load_settings(parse(*argv, *tls), env=env, cwd=tmp_path).tls
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:0", "127.8.9.10:7000", "[::1]:7000", "localhost:7000"])
+def test_loopback_needs_no_tls(tmp_path: Path, address: str) -> None:
+    settings = load_settings(parse("--address", address), env={}, cwd=tmp_path)
+    assert settings.auth and not settings.tls
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0:7000", "[::]:7000", "192.168.1.5:7000"])
+def test_auth_off_is_refused_on_a_public_address(tmp_path: Path, address: str) -> None:
+    with pytest.raises(ValueError, match="--auth off"):
+        load_settings(parse("--address", address, "--auth", "off"), env={}, cwd=tmp_path)
+    with pytest.raises(ValueError, match="--auth off"):  # not even behind TLS or a proxy
+        load_settings(
+            parse("--address", address, "--auth", "off", "--allow-plaintext", "on"),
+            env={"BOARD_TLS_CERT_FILE": "c.pem", "BOARD_TLS_KEY_FILE": "k.pem"},
+            cwd=tmp_path,
+        )
+    with pytest.raises(ValueError, match="--auth off"):
+        load_settings(parse("--address", address), env={"BOARD_AUTH": "off"}, cwd=tmp_path)
+    assert not load_settings(parse("--auth", "off"), env={}, cwd=tmp_path).auth  # loopback: allowed
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("--address", "no-port"),
+        ("--workers", "0"),
+        ("--log-level", "LOUD"),
+        ("--grace", "-1"),
+        ("--auth", "maybe"),
+        ("--sign-up", "invite-only"),
+        ("--read-access", "admins"),
+        ("--token-lifetime", "59s"),
+        ("--token-lifetime", "forever"),
+        ("--tls-cert-file", "cert.pem"),  # without its key
+        ("--tls-key-file", "key.pem"),  # without its certificate
+    ],
 )
 def test_malformed_setting_is_a_value_error(tmp_path: Path, argv: tuple[str, ...]) -> None:
     with pytest.raises(ValueError):

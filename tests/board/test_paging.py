@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import base64
-import uuid
 
 import pytest
 
 from clients.board import BoardClient, InvalidArgumentError
 from clients.gen.board.v1 import board_pb2
+from tests.board.conftest import PASSWORD, Member, new_email
 
 
 @pytest.fixture
-def author(client: BoardClient) -> board_pb2.User:
-    return client.create_user("Pager", f"p-{uuid.uuid4().hex[:12]}@example.org")
+def author(member: Member) -> board_pb2.User:
+    """The signed-in user behind ``client``: the posts and comments below are theirs."""
+    return member.user
 
 
 def test_page_size_defaults_to_50_and_caps_at_1000(client: BoardClient, author: board_pb2.User) -> None:
     for i in range(51):
-        client.create_post(author.id, f"t{i}", "c")
+        client.create_post(0, f"t{i}", "c")
     first = client.list_posts(user_id=author.id)
     assert len(first.posts) == 50 and first.next_page_token
     rest = client.list_posts(user_id=author.id, page_token=first.next_page_token)
@@ -52,7 +53,7 @@ def test_foreign_page_token_is_invalid_argument(client: BoardClient, token: str)
 
 def test_token_is_bound_to_its_list_and_filter(client: BoardClient, author: board_pb2.User) -> None:
     for i in range(3):
-        client.create_post(author.id, f"t{i}", "c")
+        client.create_post(0, f"t{i}", "c")
     token = client.list_posts(user_id=author.id, page_size=1).next_page_token
     with pytest.raises(InvalidArgumentError):
         client.list_posts(user_id=0, page_token=token)
@@ -61,7 +62,7 @@ def test_token_is_bound_to_its_list_and_filter(client: BoardClient, author: boar
 
 
 def test_paging_visits_every_row_once_while_rows_change(client: BoardClient, author: board_pb2.User) -> None:
-    original = [client.create_post(author.id, f"t{i}", "c").id for i in range(25)]
+    original = [client.create_post(0, f"t{i}", "c").id for i in range(25)]
     seen: list[int] = []
     deleted: set[int] = set()
     inserted: list[int] = []
@@ -80,7 +81,7 @@ def test_paging_visits_every_row_once_while_rows_change(client: BoardClient, aut
             client.delete_post(seen[0])
             deleted.add(seen[0])
         if page_number <= 3:
-            inserted.append(client.create_post(author.id, f"new{page_number}", "c").id)
+            inserted.append(client.create_post(0, f"new{page_number}", "c").id)
         if not (token := page.next_page_token):
             break
     assert len(seen) == len(set(seen)), "a row was returned twice"
@@ -91,12 +92,12 @@ def test_paging_visits_every_row_once_while_rows_change(client: BoardClient, aut
     assert set(inserted) <= set(seen)
 
 
-def test_list_users_pages_cover_new_users(client: BoardClient) -> None:
-    mine = {client.create_user("L", f"l-{uuid.uuid4().hex[:12]}@example.org").id for _ in range(7)}
+def test_list_users_pages_cover_new_users(anonymous: BoardClient) -> None:
+    mine = {anonymous.create_user("L", new_email("l"), PASSWORD).id for _ in range(7)}
     seen: list[int] = []
     token = ""
     while True:
-        page = client.list_users(page_size=3, page_token=token)
+        page = anonymous.list_users(page_size=3, page_token=token)
         seen.extend(u.id for u in page.users)
         if not (token := page.next_page_token):
             break
@@ -105,6 +106,6 @@ def test_list_users_pages_cover_new_users(client: BoardClient) -> None:
 
 
 def test_list_comments_pages(client: BoardClient, author: board_pb2.User) -> None:
-    post = client.create_post(author.id, "t", "c")
+    post = client.create_post(0, "t", "c")
     ids = [client.create_comment(post.id, author.id, f"c{i}").id for i in range(5)]
     assert [c.id for c in client.iter_comments(post.id, page_size=2)] == ids

@@ -1,14 +1,23 @@
-"""Posts and comments through the generated client: rules, masks, timestamps, cascades."""
+"""Posts and comments through the generated client: rules, masks, timestamps, cascades.
+
+``client`` is signed in as ``author``: what it creates is the author's (``user_id`` 0 means the caller).
+"""
 
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
 
-from clients.board import BoardClient, BoardClientError, InvalidArgumentError, NotFoundError
+from clients.board import (
+    BoardClient,
+    BoardClientError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from clients.gen.board.v1 import board_pb2
+from tests.board.conftest import Member, MemberFactory
 
 
 def fields(error: BoardClientError) -> set[str]:
@@ -16,15 +25,19 @@ def fields(error: BoardClientError) -> set[str]:
 
 
 @pytest.fixture
-def author(client: BoardClient) -> board_pb2.User:
-    return client.create_user("Author", f"a-{uuid.uuid4().hex[:12]}@example.org")
+def author(member: Member) -> board_pb2.User:
+    return member.user
 
 
-def test_create_post_sets_server_timestamps(client: BoardClient, author: board_pb2.User) -> None:
-    post = client.create_post(author.id, "Hello", "World")
+@pytest.mark.parametrize("as_user", ["zero", "own id"])
+def test_create_post_sets_author_and_server_timestamps(
+    client: BoardClient, author: board_pb2.User, anonymous: BoardClient, as_user: str
+) -> None:
+    post = client.create_post(0 if as_user == "zero" else author.id, "Hello", "World")
     assert (post.user_id, post.title, post.content) == (author.id, "Hello", "World")
     assert post.create_time == post.update_time and post.create_time.seconds > 0
     assert client.get_post(post.id) == post
+    assert anonymous.get_post(post.id) == post  # reads need no token
 
 
 @pytest.mark.parametrize(
@@ -44,9 +57,15 @@ def test_invalid_post_is_invalid_argument(
     assert fields(caught.value) == bad
 
 
-def test_post_for_missing_user_is_not_found(client: BoardClient) -> None:
-    with pytest.raises(NotFoundError):
-        client.create_post(10**12, "t", "c")
+def test_post_as_another_or_missing_user_is_permission_denied(
+    client: BoardClient, author: board_pb2.User, admin: Member
+) -> None:
+    for caller in (client, admin.client):  # not even an admin writes in someone else's name
+        with pytest.raises(PermissionDeniedError):
+            caller.create_post(10**12, "t", "c")
+    with pytest.raises(PermissionDeniedError):
+        admin.client.create_post(author.id, "t", "c")
+    assert [p.id for p in client.iter_posts(user_id=author.id)] == []
 
 
 def test_missing_post_is_not_found(client: BoardClient) -> None:
@@ -109,14 +128,17 @@ def test_immutable_comment_path_is_rejected(client: BoardClient, author: board_p
     assert fields(caught.value) == {"update_mask"}
 
 
-def test_comment_for_missing_post_or_user_is_not_found(client: BoardClient, author: board_pb2.User) -> None:
+def test_comment_for_missing_post_is_not_found_and_for_another_user_denied(
+    client: BoardClient, author: board_pb2.User
+) -> None:
     post = client.create_post(author.id, "Title", "Body")
     with pytest.raises(NotFoundError, match="Post not found"):
-        client.create_comment(10**12, author.id, "text")
-    with pytest.raises(NotFoundError, match="User not found"):
+        client.create_comment(10**12, 0, "text")
+    with pytest.raises(PermissionDeniedError):
         client.create_comment(post.id, 10**12, "text")
     with pytest.raises(NotFoundError):
         client.list_comments(10**12)
+    assert list(client.iter_comments(post.id)) == []
 
 
 @pytest.mark.parametrize(("content", "bad"), [("", {"content"}), ("x" * 2001, {"content"})])
@@ -129,10 +151,13 @@ def test_invalid_comment_is_invalid_argument(
     assert fields(caught.value) == bad
 
 
-def test_delete_post_removes_its_comments(client: BoardClient, author: board_pb2.User) -> None:
+def test_delete_post_removes_its_comments(
+    client: BoardClient, author: board_pb2.User, members: MemberFactory
+) -> None:
     doomed = client.create_post(author.id, "doomed", "text")
     kept_post = client.create_post(author.id, "kept", "text")
     gone = [client.create_comment(doomed.id, author.id, f"c{i}") for i in range(3)]
+    gone.append(members("Visitor").client.create_comment(doomed.id, 0, "someone else's, on the doomed post"))
     kept = client.create_comment(kept_post.id, author.id, "kept")
     client.delete_post(doomed.id)
     for comment in gone:

@@ -10,7 +10,6 @@ import sqlite3
 import subprocess
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,7 +17,16 @@ import grpc
 import pytest
 
 from clients.board import AlreadyExistsError, BoardClient, BoardClientError
-from tests.board.conftest import BOARD_SERVER, Backend, RunningServer, start_board_server
+from tests.board.conftest import (
+    BOARD_SERVER,
+    PASSWORD,
+    Backend,
+    Member,
+    RunningServer,
+    new_email,
+    sign_up,
+    start_board_server,
+)
 from tests.support import REPO_ROOT, Processes, wait_for
 
 GRPCURL = REPO_ROOT / ".venv" / "bin" / "grpcurl"
@@ -29,13 +37,13 @@ AUDIT_LINE = re.compile(
 )
 
 
-def email() -> str:
-    return f"r-{uuid.uuid4().hex[:12]}@example.org"
+def race_one_email(targets: list[str], attempts: int = 24) -> tuple[int, list[BoardClientError]]:
+    """Fire ``attempts`` sign-ups with one email (in varying case) at once; return successes, errors.
 
-
-def race_one_email(targets: list[str], attempts: int = 50) -> tuple[int, list[BoardClientError]]:
-    """Fire ``attempts`` CreateUsers with one email (in varying case) at once; return successes, errors."""
-    address = email()
+    Each sign-up hashes its password (argon2id, tenths of a second of CPU) before the insert, so a few dozen
+    are a real race without holding a small machine's cores for half a minute.
+    """
+    address = new_email("r")
     clients = [BoardClient(target, timeout=60) for target in targets]
     start = threading.Barrier(attempts)
 
@@ -43,7 +51,7 @@ def race_one_email(targets: list[str], attempts: int = 50) -> tuple[int, list[Bo
         variant = address.upper() if i % 2 else address
         start.wait()
         try:
-            clients[i % len(clients)].create_user(f"racer {i}", variant)
+            clients[i % len(clients)].create_user(f"racer {i}", variant, PASSWORD)
         except BoardClientError as exc:
             return exc
         return None
@@ -58,7 +66,7 @@ def race_one_email(targets: list[str], attempts: int = 50) -> tuple[int, list[Bo
     return attempts - len(errors), errors
 
 
-def test_fifty_concurrent_creates_with_one_email_give_one_success(board_server: RunningServer) -> None:
+def test_concurrent_sign_ups_with_one_email_give_one_success(board_server: RunningServer) -> None:
     successes, errors = race_one_email([board_server.target])
     assert successes == 1
     assert all(isinstance(e, AlreadyExistsError) for e in errors), {e.code for e in errors}
@@ -76,9 +84,14 @@ def test_race_across_two_server_processes_on_one_database(
 @pytest.mark.parametrize(
     "call",
     [
-        lambda c: c.create_user("nul\x00name", email()),
-        lambda c: c.create_user("Ada", "a\x00b@example.org"),
-        lambda c: c.create_user("ü" * 100, "ü@exämple.org"),
+        lambda c: c.create_user("nul\x00name", new_email(), PASSWORD),
+        lambda c: c.create_user("Ada", "a\x00b@example.org", PASSWORD),
+        lambda c: c.create_user("ü" * 100, "ü@exämple.org", PASSWORD),
+        lambda c: c.create_user("Ada", new_email(), "nul\x00" * 4),
+        lambda c: c.create_user("Ada", new_email(), "ü" * 1024),
+        lambda c: c.sign_in("nobody@example.org", "\x00" * 2000),
+        lambda c: c.sign_in("x" * 10_000, PASSWORD),
+        lambda c: c.update_user(2**63 - 1, password="new password 1"),
         lambda c: c.get_user(2**63 - 1),
         lambda c: c.get_user(-(2**63)),
         lambda c: c.list_posts(user_id=-5),
@@ -101,43 +114,72 @@ def test_odd_input_never_yields_unknown_or_internal(client: BoardClient, call: o
         assert exc.code not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL), exc
 
 
-def test_audit_log_records_changes_and_not_found(board_server: RunningServer, client: BoardClient) -> None:
-    user = client.create_user("Audited", email())
-    client.update_user(user.id, name="Audited Too")
-    missing = 10**12 + 42
-    with pytest.raises(BoardClientError):
-        client.get_user(missing)
-    post = client.create_post(user.id, "t", "c")
-    client.delete_post(post.id)
+def test_audit_log_names_the_actor_of_every_change_and_never_a_read(
+    board_server: RunningServer, anonymous: BoardClient, admin: Member
+) -> None:
+    address = new_email("audited")
+    user = anonymous.create_user("Audited", address, PASSWORD)  # sign-up: by anonymous
+    with board_server.client() as audited:
+        audited.sign_in(address, PASSWORD)
+        audited.update_user(user.id, name="Audited Too")
+        post = audited.create_post(0, "t", "c")
+        comment = audited.create_comment(post.id, 0, "c")
+        audited.delete_post(post.id)
+        moderated = audited.create_post(0, "moderated", "c")
+        admin.client.delete_post(moderated.id)  # by an admin: the admin is the actor
+        missing = 10**12 + 42
+        with pytest.raises(BoardClientError):
+            audited.get_user(missing)  # a read: never audited, even when it finds nothing
+        audited.get_user(user.id)
+        audited.sign_out()
+    granted = board_server.admin("grant", address)  # the operator, on the database
+    assert granted.returncode == 0, granted.stderr
 
-    def lines() -> list[str]:
-        return board_server.audit_log.read_text().splitlines()
-
+    me, boss = f"user:{user.id}", f"admin:{admin.id}"
     wanted = {
-        ("INFO", f"User created; id={user.id}", "create_user"),
-        ("INFO", f"User updated; id={user.id}; fields=name", "update_user"),
-        ("WARNING", f"User not found; id={missing}", "get_user"),
-        ("INFO", f"Post created; id={post.id}; user_id={user.id}", "create_post"),
-        ("INFO", f"Post deleted; id={post.id}", "delete_post"),
-    }
-    wait_for("audit lines", lambda: len(lines()) > 0, timeout=5)
-    parsed = set()
-    for line in lines():
-        match = AUDIT_LINE.match(line)
-        assert match, f"malformed audit line: {line!r}"
-        assert match["file"] == "service.py"
-        parsed.add((match["level"], match["message"], match["func"]))
-    assert wanted <= parsed
+        ("INFO", f"User created; id={user.id}; by=anonymous", "create_user"),
+        ("INFO", f"Signed in; user_id={user.id}; by={me}", "sign_in"),
+        ("INFO", f"User updated; id={user.id}; fields=name; by={me}", "update_user"),
+        ("INFO", f"Post created; id={post.id}; user_id={user.id}; by={me}", "create_post"),
+        ("INFO", f"Comment created; id={comment.id}; post_id={post.id}; user_id={user.id}; by={me}",
+         "create_comment"),
+        ("INFO", f"Post deleted; id={post.id}; by={me}", "delete_post"),
+        ("INFO", f"Post deleted; id={moderated.id}; by={boss}", "delete_post"),
+        ("INFO", f"Signed out; user_id={user.id}; by={me}", "sign_out"),
+        ("INFO", f"Admin granted; user_id={user.id}; by=operator", "grant_admin"),
+    }  # fmt: skip
+
+    def parsed() -> set[tuple[str, str, str]]:
+        lines = set()
+        for line in board_server.audit_log.read_text().splitlines():
+            match = AUDIT_LINE.match(line)
+            assert match, f"malformed audit line: {line!r}"
+            assert match["file"] in ("service.py", "attachments.py", "admin.py"), line
+            lines.add((match["level"], match["message"], match["func"]))
+        return lines
+
+    # Server processes hand their records to the supervisor, which writes the file: wait for the last one.
+    wait_for("the audit lines", lambda: wanted <= parsed(), timeout=20)
+    audit_text = board_server.audit_log.read_text()
+    assert str(missing) not in audit_text
+    assert not any(func.startswith(("get_", "list_")) for _, _, func in parsed())
+    assert PASSWORD not in audit_text
+    # The failed read went to the ordinary log (the server's stderr) instead.
+    wait_for("the not-found line", lambda: f"User not found; id={missing}" in board_server.log(), timeout=20)
 
 
-def grpcurl(*args: str, data: str | None = None) -> subprocess.CompletedProcess[str]:
+def grpcurl(
+    *args: str, data: str | None = None, token: str | None = None
+) -> subprocess.CompletedProcess[str]:
     extra = ["-d", data] if data is not None else []
+    if token is not None:
+        extra += ["-H", f"authorization: Bearer {token}"]
     return subprocess.run(
         [str(GRPCURL), "-plaintext", *extra, *args], capture_output=True, text=True, timeout=30, check=False
     )
 
 
-def test_grpcurl_lists_describes_calls_and_checks_health(board_server: RunningServer) -> None:
+def test_grpcurl_lists_describes_signs_in_calls_and_checks_health(board_server: RunningServer) -> None:
     target = board_server.target
     listed = grpcurl(target, "list")
     assert listed.returncode == 0, listed.stderr
@@ -146,17 +188,37 @@ def test_grpcurl_lists_describes_calls_and_checks_health(board_server: RunningSe
     described = grpcurl(target, "describe", "board.v1.BoardService")
     assert described.returncode == 0, described.stderr
     assert "rpc CreateUser ( .board.v1.CreateUserRequest ) returns ( .board.v1.User );" in described.stdout
+    assert "rpc SignIn ( .board.v1.SignInRequest ) returns ( .board.v1.SignInResponse );" in described.stdout
 
-    address = email()
-    created = grpcurl(
-        target, "board.v1.BoardService/CreateUser", data=json.dumps({"name": "Curl", "email": address})
-    )
+    address = new_email("curl")
+    sign_up_request = {"name": "Curl", "email": address, "password": PASSWORD}
+    created = grpcurl(target, "board.v1.BoardService/CreateUser", data=json.dumps(sign_up_request))
     assert created.returncode == 0, created.stderr
     user = json.loads(created.stdout)
     assert user["email"] == address and (user.get("createTime") or user.get("create_time"))
-    fetched = grpcurl(target, "board.v1.BoardService/GetUser", data=json.dumps({"id": user["id"]}))
+    assert "password" not in user
+
+    signed_in = grpcurl(
+        target, "board.v1.BoardService/SignIn", data=json.dumps({"email": address, "password": PASSWORD})
+    )
+    assert signed_in.returncode == 0, signed_in.stderr
+    session = json.loads(signed_in.stdout)
+    token = session.get("accessToken") or session["access_token"]
+    assert session["user"] == user
+
+    get_request = json.dumps({"id": user["id"]})
+    fetched = grpcurl(target, "board.v1.BoardService/GetUser", data=get_request, token=token)
     assert fetched.returncode == 0, fetched.stderr
     assert json.loads(fetched.stdout) == user
+    public = json.loads(grpcurl(target, "board.v1.BoardService/GetUser", data=get_request).stdout)
+    assert "email" not in public and public["name"] == "Curl"  # no token: no email
+
+    post_request = json.dumps({"title": "From grpcurl", "content": "with a bearer token"})
+    posted = grpcurl(target, "board.v1.BoardService/CreatePost", data=post_request, token=token)
+    assert posted.returncode == 0, posted.stderr
+    assert json.loads(posted.stdout).get("userId", json.loads(posted.stdout).get("user_id")) == user["id"]
+    anonymous_post = grpcurl(target, "board.v1.BoardService/CreatePost", data=post_request)
+    assert "Unauthenticated" in anonymous_post.stderr
 
     invalid = grpcurl(target, "board.v1.BoardService/CreateUser", data='{"name": "", "email": "x"}')
     assert "InvalidArgument" in invalid.stderr
@@ -167,49 +229,94 @@ def test_grpcurl_lists_describes_calls_and_checks_health(board_server: RunningSe
         assert json.loads(health.stdout) == {"status": "SERVING"}
 
 
-def run_cli(target: str, *args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    target: str, *args: str, token: str | None = None, home: Path
+) -> subprocess.CompletedProcess[str]:
+    # A private HOME: the CLI must not pick up a `board login` file of whoever runs the tests.
+    env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
+    env.pop("BOARD_TOKEN", None)
+    if token is not None:
+        env["BOARD_TOKEN"] = token
     return subprocess.run(
-        [str(BOARD_CLI), "--target", target, *args], capture_output=True, text=True, timeout=30, check=False
-    )
+        [str(BOARD_CLI), "--target", target, *args],
+        capture_output=True, text=True, timeout=30, check=False, env=env, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
 
 
-def test_cli_json_round_trip(board_server: RunningServer) -> None:
-    target, address = board_server.target, email()
-    created = run_cli(target, "--json", "users", "create", "--name", "Ada", "--email", address)
+def test_cli_json_round_trip(board_server: RunningServer, member: Member, tmp_path: Path) -> None:
+    target, token, home = board_server.target, member.client.token, tmp_path
+    created = run_cli(
+        target, "--json", "posts", "create", "--user", "0", "--title", "T", "--content", "C",
+        token=token, home=home,
+    )  # fmt: skip
     assert created.returncode == 0, created.stderr
-    user = json.loads(created.stdout)
-    assert user["name"] == "Ada" and user["email"] == address
-    post = json.loads(
-        run_cli(
-            target, "--json", "posts", "create", "--user", user["id"], "--title", "T", "--content", "C"
-        ).stdout
+    post = json.loads(created.stdout)
+    assert post["user_id"] == str(member.id)  # the token's user: the caller is the author
+    listed = json.loads(
+        run_cli(target, "--json", "posts", "list", "--user", str(member.id), home=home).stdout
     )
-    listed = json.loads(run_cli(target, "--json", "posts", "list", "--user", user["id"]).stdout)
     assert [p["id"] for p in listed["posts"]] == [post["id"]] and listed["next_page_token"] == ""
-    table = run_cli(target, "users", "get", user["id"])
-    assert table.returncode == 0 and address in table.stdout
+    # Reads need no token; the email is shown only to the user themself.
+    table = run_cli(target, "users", "get", str(member.id), home=home)
+    assert table.returncode == 0 and member.user.name in table.stdout and member.email not in table.stdout
+    own = run_cli(target, "users", "get", str(member.id), token=token, home=home)
+    assert own.returncode == 0 and member.email in own.stdout
 
-    duplicate = run_cli(target, "--json", "users", "create", "--name", "Ada", "--email", address.upper())
+    anonymous = run_cli(
+        target, "--json", "posts", "create", "--user", "0", "--title", "T", "--content", "C", home=home
+    )
+    assert anonymous.returncode == 1
+    assert json.loads(anonymous.stderr)["error"]["code"] == "UNAUTHENTICATED"
+    revoked = run_cli(target, "--json", "posts", "get", post["id"], token="not-a-token", home=home)
+    assert revoked.returncode == 1
+    assert json.loads(revoked.stderr)["error"]["code"] == "UNAUTHENTICATED"
+
+    taken = sign_up(target, "Taken")
+    taken.client.close()
+    duplicate = run_cli(
+        target,
+        "--json",
+        "users",
+        "update",
+        str(member.id),
+        "--email",
+        taken.email.upper(),
+        token=token,
+        home=home,
+    )
     assert duplicate.returncode == 1
     assert json.loads(duplicate.stderr)["error"]["code"] == "ALREADY_EXISTS"
-    invalid = run_cli(target, "--json", "users", "create", "--name", " ", "--email", "bad")
-    fields = {v["field"] for v in json.loads(invalid.stderr)["error"]["field_violations"]}
-    assert invalid.returncode == 1 and fields == {"name", "email"}
+    invalid = run_cli(
+        target,
+        "--json",
+        "users",
+        "update",
+        str(member.id),
+        "--name",
+        " ",
+        "--email",
+        "bad",
+        token=token,
+        home=home,
+    )
+    violations = {v["field"] for v in json.loads(invalid.stderr)["error"]["field_violations"]}
+    assert invalid.returncode == 1 and violations == {"user.name", "user.email"}
 
 
 def test_acknowledged_writes_survive_kill_9(backend: Backend, processes: Processes) -> None:
     server = start_board_server(processes, backend.new_database_url(), backend.workdir)
-    with server.client(timeout=5) as client:
-        author = client.create_user("Durable", email()).id
+    durable = server.sign_up("Durable")
+    durable.client.close()
+    author, token = durable.id, durable.client.token
     acknowledged: list[int] = []
     lock = threading.Lock()
     stop = threading.Event()
 
     def write() -> None:
-        with server.client(timeout=5) as client:
+        with server.client(timeout=5, token=token) as client:
             while not stop.is_set():
                 try:
-                    post = client.create_post(author, "durable", "x" * 200)
+                    post = client.create_post(0, "durable", "x" * 200)
                 except BoardClientError:
                     return  # the server is gone
                 with lock:
@@ -226,8 +333,9 @@ def test_acknowledged_writes_survive_kill_9(backend: Backend, processes: Process
         writer.join(timeout=10)
 
     restarted = start_board_server(processes, server.database_url, backend.workdir)
-    with restarted.client() as client:
+    with restarted.client(token=token) as client:
         stored = {p.id for p in client.iter_posts(user_id=author, page_size=1000)}
+        client.create_post(0, "after the crash", "the session lives in the database")
     missing = set(acknowledged) - stored
     assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged writes lost"
 
@@ -237,17 +345,18 @@ def test_sigterm_under_load_drains_and_keeps_every_acknowledged_write(
 ) -> None:
     # Shutdown does not depend on the database, so this runs once, on SQLite.
     server = start_board_server(processes, f"sqlite:///{tmp_path / 'drain.db'}", tmp_path)
-    with server.client() as client:
-        author = client.create_user("Bye", email()).id
+    bye = server.sign_up("Bye")
+    bye.client.close()
+    author, token = bye.id, bye.client.token
     acknowledged: list[int] = []
     failures: list[grpc.StatusCode] = []
     stop = threading.Event()
 
     def write() -> None:
-        with server.client(timeout=10) as client:
+        with server.client(timeout=10, token=token) as client:
             while not stop.is_set():
                 try:
-                    acknowledged.append(client.create_post(author, "drain", "x").id)
+                    acknowledged.append(client.create_post(0, "drain", "x").id)
                 except BoardClientError as exc:
                     failures.append(exc.code)
                     return
@@ -283,8 +392,8 @@ def test_migrate_subcommand_creates_schema(tmp_path: Path) -> None:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         mode = db.execute("PRAGMA journal_mode").fetchone()[0]
-    assert {"users", "posts", "comments", "alembic_version"} <= tables
-    assert "ix_users_email_lower" in indexes
+    assert {"users", "posts", "comments", "access_tokens", "sign_in_failures", "alembic_version"} <= tables
+    assert {"ix_users_email_lower", "ix_access_tokens_token_hash"} <= indexes
     assert mode == "wal"
 
 

@@ -1,8 +1,6 @@
-"""Users through the generated client: validation, not-found, duplicates, masks, cascades."""
+"""Users through the generated client: sign-up validation, not-found, duplicates, masks, cascades."""
 
 from __future__ import annotations
-
-import uuid
 
 import grpc
 import pytest
@@ -13,134 +11,154 @@ from clients.board import (
     BoardClientError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
+    UnauthenticatedError,
 )
-
-
-def email() -> str:
-    return f"u-{uuid.uuid4().hex[:12]}@example.org"
+from tests.board.conftest import PASSWORD, Member, MemberFactory, RunningServer, new_email
 
 
 def fields(error: BoardClientError) -> set[str]:
     return {v.field for v in error.violations}
 
 
-def test_create_and_get_user_round_trip(client: BoardClient) -> None:
-    address = email()
-    created = client.create_user("Ada Lovelace", address)
+def test_create_and_get_user_round_trip(anonymous: BoardClient, board_server: RunningServer) -> None:
+    address = new_email()
+    created = anonymous.create_user("Ada Lovelace", address, PASSWORD)
     assert created.id > 0 and created.name == "Ada Lovelace" and created.email == address
-    assert created.create_time.seconds > 0
-    assert client.get_user(created.id) == created
+    assert created.create_time.seconds > 0 and not created.admin
+    assert created.password == ""  # input only, never returned
+    # Anyone may read the user, without the email; the user, signed in, reads it whole.
+    assert anonymous.get_user(created.id).email == ""
+    with board_server.client() as ada:
+        ada.sign_in(address, PASSWORD)
+        assert ada.get_user(created.id) == created
 
 
 @pytest.mark.parametrize(
-    ("name", "address", "bad"),
+    ("name", "address", "password", "bad"),
     [
-        ("", "a@example.org", {"name"}),
-        ("   ", "a@example.org", {"name"}),
-        ("x" * 101, "a@example.org", {"name"}),
-        ("Ada", "not-an-email", {"email"}),
-        ("Ada", "a@b", {"email"}),
-        ("Ada", "a b@example.org", {"email"}),
-        ("Ada", "a@" + "x" * 250 + ".org", {"email"}),
-        ("", "", {"name", "email"}),
+        ("", "a@example.org", PASSWORD, {"name"}),
+        ("   ", "a@example.org", PASSWORD, {"name"}),
+        ("x" * 101, "a@example.org", PASSWORD, {"name"}),
+        ("Ada", "not-an-email", PASSWORD, {"email"}),
+        ("Ada", "a@b", PASSWORD, {"email"}),
+        ("Ada", "a b@example.org", PASSWORD, {"email"}),
+        ("Ada", "a@" + "x" * 250 + ".org", PASSWORD, {"email"}),
+        ("", "", PASSWORD, {"name", "email"}),
+        # With auth on, the password is required: 8 to 1,024 characters, not the email.
+        ("Ada", "a@example.org", "", {"password"}),
+        ("Ada", "a@example.org", "7 chars", {"password"}),
+        ("Ada", "a@example.org", "x" * 1025, {"password"}),
+        ("Ada", "ada@example.org", "ADA@example.org", {"password"}),
+        ("", "bad", "short", {"name", "email", "password"}),
     ],
 )
 def test_invalid_user_is_invalid_argument_with_field_violations(
-    client: BoardClient, name: str, address: str, bad: set[str]
+    anonymous: BoardClient, name: str, address: str, password: str, bad: set[str]
 ) -> None:
     with pytest.raises(InvalidArgumentError) as caught:
-        client.create_user(name, address)
+        anonymous.create_user(name, address, password)
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert fields(caught.value) == bad
+    assert not password or password not in caught.value.message  # never echoed
 
 
-def test_name_at_the_limit_is_accepted(client: BoardClient) -> None:
-    assert client.create_user("x" * 100, email()).name == "x" * 100
+def test_name_and_password_at_their_limits_are_accepted(anonymous: BoardClient) -> None:
+    assert anonymous.create_user("x" * 100, new_email(), "p" * 8).name == "x" * 100
+    assert anonymous.create_user("Long", new_email(), "p" * 1024).name == "Long"
 
 
-def test_duplicate_email_is_already_exists_ignoring_case(client: BoardClient) -> None:
-    address = email()
-    client.create_user("Ada", address)
+def test_duplicate_email_is_already_exists_ignoring_case(anonymous: BoardClient) -> None:
+    address = new_email()
+    anonymous.create_user("Ada", address, PASSWORD)
     with pytest.raises(AlreadyExistsError) as caught:
-        client.create_user("Other Ada", address.upper())
+        anonymous.create_user("Other Ada", address.upper(), PASSWORD)
     assert caught.value.code == grpc.StatusCode.ALREADY_EXISTS
 
 
-def test_missing_user_is_not_found(client: BoardClient) -> None:
+def test_missing_user_is_not_found(anonymous: BoardClient, client: BoardClient, admin: Member) -> None:
     with pytest.raises(NotFoundError):
-        client.get_user(10**12)
+        anonymous.get_user(10**12)
+    # Only the user or an admin may change an account: an admin learns that it is missing...
     with pytest.raises(NotFoundError):
+        admin.client.delete_user(10**12)
+    with pytest.raises(NotFoundError):
+        admin.client.update_user(10**12, name="x")
+    # ...anyone else is refused before the lookup, so nobody probes for ids by trying to delete them.
+    with pytest.raises(PermissionDeniedError):
         client.delete_user(10**12)
-    with pytest.raises(NotFoundError):
-        client.update_user(10**12, name="x")
+    with pytest.raises(UnauthenticatedError):
+        anonymous.update_user(10**12, name="x")
 
 
-def test_non_positive_id_is_invalid_argument(client: BoardClient) -> None:
+def test_non_positive_id_is_invalid_argument(anonymous: BoardClient) -> None:
     with pytest.raises(InvalidArgumentError) as caught:
-        client.get_user(0)
+        anonymous.get_user(0)
     assert fields(caught.value) == {"id"}
 
 
-def test_update_user_changes_only_masked_fields(client: BoardClient) -> None:
-    user = client.create_user("Ada", email())
+def test_update_user_changes_only_masked_fields(member: Member) -> None:
+    client, user = member.client, member.user
     renamed = client.update_user(user.id, name="Countess", paths=["name"])
     assert renamed.name == "Countess" and renamed.email == user.email
     assert renamed.create_time == user.create_time
-    new_address = email()
+    new_address = new_email()
     moved = client.update_user(user.id, name="ignored", email=new_address, paths=["email"])
     assert moved.name == "Countess" and moved.email == new_address
     assert client.get_user(user.id) == moved
 
 
-@pytest.mark.parametrize("path", ["id", "create_time"])
-def test_immutable_user_path_is_rejected(client: BoardClient, path: str) -> None:
-    user = client.create_user("Ada", email())
+@pytest.mark.parametrize("path", ["id", "create_time", "admin"])
+def test_immutable_user_path_is_rejected(member: Member, path: str) -> None:
     with pytest.raises(InvalidArgumentError) as caught:
-        client.update_user(user.id, paths=[path])
+        member.client.update_user(member.id, paths=[path])
     assert fields(caught.value) == {"update_mask"}
-    assert client.get_user(user.id) == user
+    assert member.client.get_user(member.id) == member.user
 
 
 @pytest.mark.parametrize("paths", [[], ["nickname"], ["name", "bogus"]])
-def test_empty_or_unknown_mask_is_rejected(client: BoardClient, paths: list[str]) -> None:
-    user = client.create_user("Ada", email())
+def test_empty_or_unknown_mask_is_rejected(member: Member, paths: list[str]) -> None:
     with pytest.raises(InvalidArgumentError) as caught:
-        client.update_user(user.id, name="New", paths=paths)
+        member.client.update_user(member.id, name="New", paths=paths)
     assert "update_mask" in fields(caught.value)
 
 
-def test_update_to_taken_email_is_already_exists(client: BoardClient) -> None:
-    first, second = client.create_user("A", email()), client.create_user("B", email())
+def test_update_to_taken_email_is_already_exists(member: Member, members: MemberFactory) -> None:
+    first = members("First")
     with pytest.raises(AlreadyExistsError):
-        client.update_user(second.id, email=first.email.upper())
+        member.client.update_user(member.id, email=first.email.upper())
 
 
-def test_update_with_invalid_value_is_rejected(client: BoardClient) -> None:
-    user = client.create_user("Ada", email())
+def test_update_with_invalid_value_is_rejected(member: Member) -> None:
     with pytest.raises(InvalidArgumentError) as caught:
-        client.update_user(user.id, name=" ", email="nope")
-    assert fields(caught.value) == {"user.name", "user.email"}
+        member.client.update_user(member.id, name=" ", email="nope", password="short")
+    assert fields(caught.value) == {"user.name", "user.email", "user.password"}
 
 
-def test_delete_user_removes_their_posts_and_comments(client: BoardClient) -> None:
-    author, other = client.create_user("Author", email()), client.create_user("Other", email())
-    own_post = client.create_post(author.id, "mine", "text")
-    other_post = client.create_post(other.id, "theirs", "text")
-    on_own = client.create_comment(own_post.id, other.id, "other on mine")
-    by_author = client.create_comment(other_post.id, author.id, "mine on theirs")
-    kept = client.create_comment(other_post.id, other.id, "stays")
+def test_delete_user_removes_their_posts_comments_and_sessions(
+    members: MemberFactory, anonymous: BoardClient
+) -> None:
+    author, other = members("Author"), members("Other")
+    own_post = author.client.create_post(0, "mine", "text")
+    other_post = other.client.create_post(0, "theirs", "text")
+    on_own = other.client.create_comment(own_post.id, 0, "other on mine")
+    by_author = author.client.create_comment(other_post.id, 0, "mine on theirs")
+    kept = other.client.create_comment(other_post.id, 0, "stays")
 
-    client.delete_user(author.id)
+    author.client.delete_user(author.id)
 
     for lookup, row_id in [
-        (client.get_user, author.id),
-        (client.get_post, own_post.id),
-        (client.get_comment, on_own.id),
-        (client.get_comment, by_author.id),
+        (anonymous.get_user, author.id),
+        (anonymous.get_post, own_post.id),
+        (anonymous.get_comment, on_own.id),
+        (anonymous.get_comment, by_author.id),
     ]:
         with pytest.raises(NotFoundError):
             lookup(row_id)
-    assert client.get_comment(kept.id) == kept
-    assert [p.id for p in client.iter_posts(user_id=author.id)] == []
+    assert anonymous.get_comment(kept.id) == kept
+    assert [p.id for p in anonymous.iter_posts(user_id=author.id)] == []
+    # The account's sessions went with it: its token is refused, even for a read.
+    with pytest.raises(UnauthenticatedError):
+        author.client.get_post(other_post.id)
     # The email is free again.
-    client.create_user("Again", author.email)
+    anonymous.create_user("Again", author.email, PASSWORD)
