@@ -59,15 +59,20 @@ class Processes:
 
     @staticmethod
     def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0, sig: int = signal.SIGTERM) -> None:
-        """Signal the process group of ``proc``, wait, then SIGKILL what is left."""
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                logger.warning("pid %d ignored signal %d; killing", proc.pid, sig)
-        # Whatever is left in the group (children that outlived their parent) goes too.
+        """Signal the process group of ``proc``, wait, then SIGKILL what is left of the group.
+
+        The group is only signalled while its leader is unreaped (alive or a zombie): a reaped leader's pid
+        may already belong to someone else's new process group (pids wrap within minutes under the suite's
+        load), and a stale killpg would stop an unrelated server.
+        """
+        if proc.returncode is not None:
+            return  # reaped earlier (by a test's wait): its group id is no longer ours to signal
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        if not _exited_unreaped(proc.pid, timeout):
+            logger.warning("pid %d ignored signal %d; killing", proc.pid, sig)
+        # Whatever is left in the group (children that outlived their parent) goes too; the zombie leader
+        # still holds the id, so the group is ours.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -77,6 +82,20 @@ class Processes:
         for proc in reversed(self._procs):
             self.stop(proc)
         self._procs.clear()
+
+
+def _exited_unreaped(pid: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for ``pid`` to exit, leaving it a zombie (not reaped); True if it exited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+        except ChildProcessError:
+            return True  # not our child any more (already reaped)
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 def wait_for(predicate_desc: str, predicate: object, timeout: float, interval: float = 0.1) -> None:
