@@ -46,7 +46,8 @@ SERVICE_NAME = board_pb2.DESCRIPTOR.services_by_name["BoardService"].full_name
 
 
 def server_options(settings: Settings, *, reuse_port: bool = False) -> list[tuple[str, Any]]:
-    """Channel arguments of the board server (and of the benchmark's floor, to compare like with like)."""
+    """Channel arguments of the board server: message limits, stream caps, keepalive and its enforcement,
+    connection idle and age limits (bench/board.py's floor keeps gRPC's defaults; see its docstring)."""
     ms = 1000
     return [
         # Large enough for an attachment of max_attachment_bytes plus the rest of the message.
