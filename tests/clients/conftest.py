@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from clients.board import BoardClient
 from clients.cli import board_main
@@ -78,6 +79,25 @@ class Ran:
 
 
 Cli = Callable[..., Ran]
+
+
+def start_tls_board(processes: Processes, workdir: Path) -> tuple[RunningServer, Path]:
+    """A board server (auth on) serving TLS with a certificate for localhost from a throw-away CA (trustme);
+    the server and the CA's PEM file. Reach it as ``localhost:PORT``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    cert_file, key_file, ca_file = workdir / "cert.pem", workdir / "key.pem", workdir / "ca.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    ca.cert_pem.write_to_path(str(ca_file))
+    server = start_board_server(
+        processes,
+        f"sqlite:///{workdir / 'tls.db'}",
+        workdir,
+        extra=(*AUTH_ON, "--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file)),
+    )
+    return server, ca_file
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
-import trustme
 
 from clients.board import BoardClient, UnauthenticatedError
 from clients.credentials import token_file
-from tests.board.conftest import RunningServer, start_board_server
-from tests.clients.conftest import AUTH_ON, PASSWORD, Cli, Member, Ran, make_cli, new_email, sign_up
+from tests.board.conftest import RunningServer
+from tests.clients.conftest import PASSWORD, Cli, Member, Ran, make_cli, new_email, sign_up, start_tls_board
 from tests.support import REPO_ROOT, Processes
 
 BOARD = REPO_ROOT / ".venv" / "bin" / "board"
@@ -195,18 +194,7 @@ def test_a_stored_token_goes_only_to_the_target_that_issued_it(
 def test_tls_with_a_ca_file_flag_or_environment(
     processes: Processes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    cert_file, key_file, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
-    cert.private_key_pem.write_to_path(str(key_file))
-    ca.cert_pem.write_to_path(str(ca_file))
-    server = start_board_server(
-        processes,
-        f"sqlite:///{tmp_path / 'board.db'}",
-        tmp_path,
-        extra=(*AUTH_ON, "--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file)),
-    )
+    server, ca_file = start_tls_board(processes, tmp_path / "tls")
     target = f"localhost:{server.port}"
     member = sign_up(target, "Tess", root_certificates=ca_file.read_bytes())
     member.client.close()

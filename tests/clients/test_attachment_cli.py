@@ -43,6 +43,16 @@ def png_bytes(size: tuple[int, int] = (64, 48)) -> bytes:
     return buffer.getvalue()
 
 
+def tagged_photo(
+    member: Member, title: str, filename: str, size: tuple[int, int] = (64, 48)
+) -> tuple[int, int]:
+    """A new post of ``member`` with one photo, once the model has tagged it: (post id, attachment id)."""
+    post = member.client.create_post(0, title, "a tagged photo")
+    added = member.client.add_attachment(post.id, filename, png_bytes(size))
+    assert member.client.wait_for_tagging(added.id, timeout=60).status == TAGGED
+    return post.id, added.id
+
+
 def open_watchers(board: RunningServer) -> float:
     """The server's board_watchers gauge (open WatchAttachment streams), from its /metrics."""
     match = METRICS.search(board.log())
@@ -150,18 +160,16 @@ def test_attachments_list_pages(cli: Cli, logged_in: Member) -> None:
 
 
 def test_attachments_preview_saves_a_small_jpeg_or_webp(cli: Cli, logged_in: Member, tmp_path: Path) -> None:
-    post = logged_in.client.create_post(0, "preview", "a big photo")
-    added = logged_in.client.add_attachment(post.id, "big.png", png_bytes((200, 100)))
-    assert logged_in.client.wait_for_tagging(added.id, timeout=60).status == TAGGED
+    _, attachment_id = tagged_photo(logged_in, "preview", "big.png", (200, 100))
     out = tmp_path / "out.jpg"
-    ran = cli("attachments", "preview", added.id, "-o", out, "--max-size", "50")
+    ran = cli("attachments", "preview", attachment_id, "-o", out, "--max-size", "50")
     xfail_unimplemented(ran, "GetAttachmentPreview")
     assert ran.code == 0, ran.both
     with Image.open(out) as image:
         assert image.format == "JPEG" and image.size == (50, 25)
-    assert f"saved a 50x25 image/jpeg preview of attachment {added.id}" in ran.out
+    assert f"saved a 50x25 image/jpeg preview of attachment {attachment_id}" in ran.out
     webp = tmp_path / "overlay.webp"
-    as_json = cli("--json", "attachments", "preview", added.id, "-o", webp, "--overlay", "--webp")
+    as_json = cli("--json", "attachments", "preview", attachment_id, "-o", webp, "--overlay", "--webp")
     assert as_json.code == 0, as_json.both
     saved = json.loads(as_json.out)
     assert saved["content_type"] == "image/webp" and saved["bytes"] == webp.stat().st_size
@@ -201,19 +209,17 @@ def test_posts_list_filter_and_order_by_reach_the_server(
 def test_posts_list_with_attachments_shows_labels_and_model(
     cli: Cli, logged_in: Member, tmp_path: Path
 ) -> None:
-    post = logged_in.client.create_post(0, "with photos", "view")
-    added = logged_in.client.add_attachment(post.id, "dog.png", png_bytes())
-    assert logged_in.client.wait_for_tagging(added.id, timeout=60).status == TAGGED
+    post_id, attachment_id = tagged_photo(logged_in, "with photos", "dog.png")
     args = ("posts", "list", "--user", logged_in.id, "--with-attachments", "--all")
     as_json = cli("--json", *args)
     assert as_json.code == 0, as_json.both
-    listed = next(p for p in json.loads(as_json.out)["posts"] if int(p["id"]) == post.id)
+    listed = next(p for p in json.loads(as_json.out)["posts"] if int(p["id"]) == post_id)
     if "attachments" not in listed:
         pytest.xfail("ListPosts ignores view=POST_VIEW_WITH_ATTACHMENTS on this server (not wired yet)")
     assert listed["attachments"][0]["labels"][0]["name"] == "dog"
     human = cli(*args)
     model = "(deeplabv3_fake@ffffffffffff [random, UNTRAINED])"
-    assert f"#{added.id} dog.png TAGGED: dog 60.0%, background 40.0% {model}" in human.out
+    assert f"#{attachment_id} dog.png TAGGED: dog 60.0%, background 40.0% {model}" in human.out
 
 
 def test_post_attachments_text_names_each_attachment_labels_and_model() -> None:
@@ -271,10 +277,8 @@ def test_demo_runs_as_the_signed_in_user(cli: Cli, logged_in: Member) -> None:
 def test_retag_is_for_admins_and_queues_what_the_filter_selects(
     cli: Cli, logged_in: Member, board: RunningServer
 ) -> None:
-    post = logged_in.client.create_post(0, "retag", "a model change")
-    added = logged_in.client.add_attachment(post.id, "r.png", png_bytes())
-    assert logged_in.client.wait_for_tagging(added.id, timeout=60).status == TAGGED
-    refused = cli("attachments", "retag", "--filter", f"post_id = {post.id}")
+    post_id, attachment_id = tagged_photo(logged_in, "retag", "r.png")
+    refused = cli("attachments", "retag", "--filter", f"post_id = {post_id}")
     assert refused.code == 1 and "error: PERMISSION_DENIED" in refused.err
 
     granted = subprocess.run(
@@ -285,14 +289,14 @@ def test_retag_is_for_admins_and_queues_what_the_filter_selects(
         check=False,
     )
     assert granted.returncode == 0, granted.stderr
-    queued = cli("attachments", "retag", "--filter", f"post_id = {post.id}")
+    queued = cli("attachments", "retag", "--filter", f"post_id = {post_id}")
     assert queued.code == 0, queued.both
     assert (
         "queued 1 attachment(s) for tagging with deeplabv3_fake@ffffffffffff [random, UNTRAINED]"
         in queued.out
     )
-    watched = cli("attachments", "watch", added.id)  # the re-tag lands; the stream ends once it has
+    watched = cli("attachments", "watch", attachment_id)  # the re-tag lands; the stream ends once it has
     assert watched.code == 0, watched.both
-    assert f"#{added.id} r.png: TAGGED" in watched.out
-    as_json = cli("--json", "attachments", "retag", "--filter", f'post_id = {post.id} AND status = "FAILED"')
+    assert f"#{attachment_id} r.png: TAGGED" in watched.out
+    as_json = cli("--json", "attachments", "retag", "--filter", f'post_id = {post_id} AND status = "FAILED"')
     assert json.loads(as_json.out)["model"]["arch"] == "deeplabv3_fake"

@@ -14,15 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trustme
 from PIL import Image
 
 from tests.board.conftest import RunningServer, start_board_server
+from tests.clients.conftest import AUTH_ON, start_tls_board
 from tests.clients.fake_model import RunningFakeModel, serve_fake_model
 from tests.support import REPO_ROOT, Processes
 
 NODE_DIR = REPO_ROOT / "clients" / "node"
-AUTH_ON = ("--auth", "on")  # the server's default, said because these tests are about signed-in clients
 
 pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
 
@@ -59,18 +58,7 @@ def test_node_test_suite_passes_against_real_servers(
     processes: Processes, tmp_path: Path, fake_model: RunningFakeModel
 ) -> None:
     server = _tagging_server(processes, tmp_path / "plain", fake_model)
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost")
-    cert_file, key_file, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
-    cert.private_key_pem.write_to_path(str(key_file))
-    ca.cert_pem.write_to_path(str(ca_file))
-    tls = start_board_server(
-        processes,
-        f"sqlite:///{tmp_path / 'tls.db'}",
-        tmp_path / "tls",
-        extra=(*AUTH_ON, "--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file)),
-    )
+    tls, ca_file = start_tls_board(processes, tmp_path / "tls")
     result = _node(
         ["--test", "test/"],
         {
