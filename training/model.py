@@ -4,6 +4,11 @@ Weights sources (one explicit option, never a silent fallback):
 
 - ``pretrained``: torchvision's COCO_WITH_VOC_LABELS weights through its weights enum and the TORCH_HOME cache
   (offline once the file is in ``$TORCH_HOME/hub/checkpoints/``).
+
+Provenance is checked, not taken from a file name: weights are recorded as ``pretrained:<enum>`` only when the
+file's SHA-256 starts with the hash prefix torchvision publishes in its file name (e.g. ``586e9e4e`` in
+``deeplabv3_resnet101_coco-586e9e4e.pth``). torch.hub checks that prefix only while downloading, so a file put
+into the cache by hand, or any other file, is recorded as a ``checkpoint`` with its own SHA-256.
 - ``imagenet-backbone``: ImageNet backbone only, the rest randomly initialised (training from scratch).
 - a path: a checkpoint written by ``training.train`` or a plain state_dict file.
 - ``random``: everything randomly initialised (seed the RNG first for reproducibility).
@@ -70,9 +75,9 @@ class WeightsError(RuntimeError):
 class Provenance:
     """Where a model's weights came from, recorded in checkpoints and in the exported archive's metadata."""
 
-    source: (
-        str  # "pretrained:COCO_WITH_VOC_LABELS_V1", "checkpoint", "state_dict", "imagenet-backbone", "random"
-    )
+    # "pretrained:COCO_WITH_VOC_LABELS_V1" (verified against torchvision's published hash), "checkpoint",
+    # "state_dict", "imagenet-backbone", "random"
+    source: str
     weights_file: str | None
     sha256: str | None
     untrained: bool
@@ -154,6 +159,18 @@ def cached_weights_path(weights_enum: Any) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
+def published_hash_prefix(filename: str) -> str | None:
+    """The SHA-256 prefix torchvision publishes in a weights file name (``…-586e9e4e.pth``), or None."""
+    found = torch.hub.HASH_REGEX.search(filename)
+    return found.group(1) if found and len(found.group(1)) >= 8 else None
+
+
+def matches_published_hash(sha256: str, published_filename: str) -> bool:
+    """True when ``sha256`` starts with the hash prefix published in ``published_filename``."""
+    prefix = published_hash_prefix(published_filename)
+    return prefix is not None and sha256.startswith(prefix)
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -194,13 +211,27 @@ def _build_pretrained(arch: str, aux_loss: bool) -> tuple[nn.Module, Provenance]
     path = cached_weights_path(weights)
     if not aux_loss:
         model.aux_classifier = None  # type: ignore[assignment]
-    provenance = Provenance(
-        source=f"pretrained:{weights.name}",
-        weights_file=path.name,
-        sha256=file_sha256(path) if path.is_file() else None,
-        untrained=False,
-    )
-    return model, provenance
+    return model, _checked_provenance(path, weights, otherwise="checkpoint", weights_file=path.name)
+
+
+def _checked_provenance(path: Path, weights: Any, *, otherwise: str, weights_file: str) -> Provenance:
+    """``pretrained:<enum>`` when ``path`` is torchvision's published file for ``weights`` (its name, and a
+    SHA-256 starting with the prefix in that name); else ``otherwise`` with the file's own SHA-256 (loudly
+    when the name alone matched)."""
+    published = cached_weights_path(weights).name
+    sha256 = file_sha256(path) if path.is_file() else None
+    named_alike = path.name == published
+    if named_alike and sha256 is not None and matches_published_hash(sha256, published):
+        return Provenance(f"pretrained:{weights.name}", path.name, sha256, untrained=False)
+    if named_alike:
+        _loud_warning(
+            [
+                f"{path} is named like torchvision's {weights.name} weights, but its sha256",
+                f"{sha256} does not start with the published {published_hash_prefix(published)}:",
+                f"these are NOT those weights. Recorded as a {otherwise} with its own sha256.",
+            ]
+        )
+    return Provenance(otherwise, weights_file, sha256, untrained=False)
 
 
 def _build_imagenet_backbone(arch: str, num_classes: int, aux_loss: bool) -> tuple[nn.Module, Provenance]:
@@ -322,7 +353,9 @@ def _build_from_file(arch: str, path: Path, aux_loss: bool) -> BuiltModel:
     else:
         class_names = tuple(f"class_{index}" for index in range(num_classes))
         logger.warning("%s carries no class names; using %s..", path, ", ".join(class_names[:3]))
-    provenance = Provenance(source=source, weights_file=str(path), sha256=file_sha256(path), untrained=False)
+    provenance = _checked_provenance(
+        path, pretrained_weights_enum(arch), otherwise=source, weights_file=str(path)
+    )
     return BuiltModel(model, arch, class_names, provenance, checkpoint)
 
 

@@ -35,6 +35,7 @@ META_KEYS = {
     "num_classes",
     "input_size",
     "torchscript_sha256",
+    "archive_sha256",
 }
 
 
@@ -85,6 +86,7 @@ def test_archive_manifest_names_model_handler_and_files(exported: Exported) -> N
         "MAR-INF/MANIFEST.json",
         "deeplabv3.pt",
         "handler.py",
+        "image_policy.py",  # imported by the real handler from the archive root
         METADATA_NAME,
         "model-config.yaml",
     }
@@ -97,6 +99,8 @@ def test_archive_manifest_names_model_handler_and_files(exported: Exported) -> N
     }
     assert handler == exported.handler.read_bytes()
     assert config == exported.config.read_bytes()
+    with zipfile.ZipFile(mar) as archive:
+        assert archive.read("image_policy.py") == (REPO_ROOT / "seg_handler" / "image_policy.py").read_bytes()
     # Only the archive lands in the model store: TorchServe would try to load anything else there.
     assert sorted(p.name for p in mar.parent.iterdir()) == ["deeplabv3.mar"]
 
@@ -113,6 +117,7 @@ def test_metadata_records_untrained_random_weights(exported: Exported) -> None:
     assert meta["class_names"] == list(VOC_CLASSES) and meta["num_classes"] == 21
     assert meta["input_size"] == 520
     assert meta["torchscript_sha256"] == hashlib.sha256(torchscript).hexdigest()
+    assert meta["archive_sha256"] == meta["torchscript_sha256"]  # the identity every answer carries
     assert meta == exported.result.metadata
     assert torchscript == (exported.tmp / "deeplabv3.pt").read_bytes()
 
@@ -199,6 +204,7 @@ def test_cli_rerun_overwrites_the_archive_with_the_same_torchscript_hash(exporte
         meta = json.loads(archive.read(METADATA_NAME))
     # Same inputs, another process: byte-identical TorchScript.
     assert meta["torchscript_sha256"] == exported.result.torchscript_sha256
+    assert meta["archive_sha256"] == exported.result.torchscript_sha256
     assert f"archive:      {mar}" in proc.stdout
     assert "max |Δlogit|" in proc.stdout and "argmax agreement" in proc.stdout
 
@@ -226,3 +232,17 @@ def test_failed_parity_stops_before_the_archive(
 def test_missing_handler_is_named(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match=r"handler not found: .*nope\.py"):
         export_archive(ARCH, "random", tmp_path, handler=tmp_path / "nope.py")
+
+
+def test_random_archives_with_different_seeds_have_different_identities(exported: Exported) -> None:
+    other = export_archive(
+        ARCH,
+        "random",
+        exported.tmp / "seed-1",
+        handler=exported.handler,
+        config_file=exported.config,
+        parity_shapes=SMALL_SHAPES,
+        seed=1,
+    )
+    assert other.metadata["archive_sha256"] != exported.result.metadata["archive_sha256"]
+    assert other.metadata["weights"] == "random" and other.metadata["untrained"] is True

@@ -17,7 +17,10 @@ from training.model import (
     backbone_weights_enum,
     build_model,
     cached_weights_path,
+    file_sha256,
+    matches_published_hash,
     pretrained_weights_enum,
+    published_hash_prefix,
 )
 
 ARCH = "deeplabv3_mobilenet_v3_large"  # the small one; the loading paths are the same for every arch
@@ -64,22 +67,48 @@ def test_unknown_arch_is_rejected() -> None:
         build_model("deeplabv3_vgg")
 
 
-def test_pretrained_loads_from_the_torch_home_cache_offline(torch_home: Path) -> None:
+def test_a_file_named_like_torchvisions_weights_is_a_checkpoint_unless_its_hash_matches(
+    torch_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     source = build_model(ARCH, weights="random", aux_loss=True).model.state_dict()
     cached = cached_weights_path(pretrained_weights_enum(ARCH))
     assert cached == torch_home / "hub" / "checkpoints" / "deeplabv3_mobilenet_v3_large-fc3c493d.pth"
     cached.parent.mkdir(parents=True)
-    torch.save(source, cached)
+    torch.save(source, cached)  # random weights under torchvision's name: the name alone proves nothing
 
-    built = build_model(ARCH, weights="pretrained")
+    with caplog.at_level(logging.WARNING, logger="training.model"):
+        built = build_model(ARCH, weights="pretrained")
 
-    assert built.provenance.source == "pretrained:COCO_WITH_VOC_LABELS_V1"
-    assert not built.provenance.untrained
-    assert built.provenance.weights_file == cached.name
-    assert built.provenance.sha256 == hashlib.sha256(cached.read_bytes()).hexdigest()
+    sha256 = hashlib.sha256(cached.read_bytes()).hexdigest()
+    assert not sha256.startswith("fc3c493d")
+    assert (built.provenance.source, built.provenance.sha256) == ("checkpoint", sha256)
+    assert not built.provenance.untrained and built.provenance.weights_file == cached.name
+    assert "NOT those weights" in caplog.text and sha256 in caplog.text
     assert built.class_names == VOC_CLASSES
     expected = {k: v for k, v in source.items() if not k.startswith("aux_classifier.")}
     assert _equal_state(built.model.state_dict(), expected)  # the aux head is dropped unless asked for
+
+
+def test_the_sha256_must_start_with_the_prefix_torchvision_publishes_in_the_name(tmp_path: Path) -> None:
+    weights = tmp_path / "weights.pth"
+    torch.save(build_model(ARCH, weights="random").model.state_dict(), weights)
+    sha256 = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert file_sha256(weights) == sha256
+    assert matches_published_hash(sha256, f"deeplabv3_mobilenet_v3_large-{sha256[:8]}.pth")
+    assert matches_published_hash(sha256, f"deeplabv3_resnet101_coco-{sha256[:12]}.pth")
+    other = "0" * 8 if not sha256.startswith("0" * 8) else "f" * 8
+    assert not matches_published_hash(sha256, f"deeplabv3_mobilenet_v3_large-{other}.pth")
+    assert not matches_published_hash(sha256, "deeplabv3_mobilenet_v3_large.pth")  # nothing published
+    assert published_hash_prefix("deeplabv3_resnet101_coco-586e9e4e.pth") == "586e9e4e"
+    assert published_hash_prefix(cached_weights_path(pretrained_weights_enum(ARCH)).name) == "fc3c493d"
+
+
+def test_a_weights_file_passed_by_path_keeps_its_kind_and_sha256_whatever_its_name(tmp_path: Path) -> None:
+    named = tmp_path / "deeplabv3_mobilenet_v3_large-fc3c493d.pth"
+    torch.save(build_model(ARCH, weights="random").model.state_dict(), named)
+    built = build_model(ARCH, weights=named)
+    assert built.provenance.source == "state_dict"
+    assert built.provenance.sha256 == hashlib.sha256(named.read_bytes()).hexdigest()
 
 
 def test_pretrained_with_other_class_count_keeps_backbone_and_reheads(torch_home: Path) -> None:
@@ -124,7 +153,8 @@ def test_auto_uses_the_cached_pretrained_file(torch_home: Path) -> None:
 
     built = build_model(ARCH, weights="auto")
 
-    assert built.provenance.source == "pretrained:COCO_WITH_VOC_LABELS_V1"
+    # A file the test wrote, so not torchvision's: used, and recorded as what it is.
+    assert built.provenance.source == "checkpoint"
     assert not built.provenance.untrained
 
 
