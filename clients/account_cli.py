@@ -62,11 +62,14 @@ def refused_password_flag(argv: list[str]) -> bool:
     return any(arg == "--password" or arg.startswith("--password=") for arg in argv)
 
 
-def read_password(*, from_stdin: bool, confirm: bool = False, prompt: str = "Password: ") -> str:
-    """The password: the first line of stdin when asked to or when stdin is not a terminal, else a prompt
-    without echo (twice with ``confirm``). Raises UsageError when the two typed passwords differ."""
-    if from_stdin or not sys.stdin.isatty():
+def read_password(*, from_stdin: bool = False, confirm: bool = False, prompt: str = "Password: ") -> str:
+    """The password: the first line of stdin when it is not a terminal or when ``from_stdin`` (read without
+    echo from a terminal), else a prompt without echo, twice with ``confirm``. Raises UsageError when the two
+    typed passwords differ."""
+    if not sys.stdin.isatty():
         return sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    if from_stdin:
+        return getpass.getpass("")
     password = getpass.getpass(prompt)
     if confirm and getpass.getpass("Repeat the password: ") != password:
         raise UsageError("the passwords do not match")

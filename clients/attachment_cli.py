@@ -315,7 +315,7 @@ def status_line(attachment: board_pb2.Attachment) -> Text:
 def status_text(attachment: board_pb2.Attachment) -> Text:
     text = Text(status_name(attachment))
     if attachment.status == PENDING and attachment.attempts:
-        text.append(f" (attempt {attachment.attempts + 1})")
+        text.append(f" (attempts so far: {attachment.attempts})")
     if attachment.retag_pending:
         text.append(", re-tag queued")
     if attachment.failure_reason:

@@ -372,8 +372,8 @@ def board_main(argv: Sequence[str] | None = None) -> int:
     except (CredentialsError, OSError) as exc:
         print(f"board: {visible(str(exc))}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("board: interrupted", file=sys.stderr)
+    except (KeyboardInterrupt, EOFError):  # Ctrl-C anywhere, Ctrl-D at a prompt
+        print("\nboard: interrupted", file=sys.stderr)
         return 130
     except BoardClientError as exc:
         _print_error(exc, _hint(exc, args, credential), output)
