@@ -99,8 +99,11 @@ class UserService:
         return UserView.of(user, Caller(user.id))  # whoever created it sees the email they sent
 
     async def get_user(self, caller: Caller, user_id: int) -> UserView:
-        """Return the user; raise InvalidArgument, UserNotFound."""
+        """Return the user (``0``: the signed-in caller); raise InvalidArgument, UserNotFound,
+        Unauthenticated (``0`` without a token)."""
         self._accounts.require_reader(caller)
+        if user_id == 0 and not (caller.unrestricted and caller.user_id is None):
+            user_id = self._accounts.require_signed_in(caller, "asking who you are")
         check_id("id", user_id)
         user = await self._db.run_read(lambda conn: repository.read_user(conn, user_id))
         return UserView.of(user, caller)
