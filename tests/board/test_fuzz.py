@@ -243,6 +243,8 @@ FILTERS = (
     'model.arch = "deeplabv3_resnet101"', "(" * 5_000 + "label.dog" + ")" * 5000,
     "NOT " * 5_000 + "label.dog", "label." + "d" * 1_000, " AND ".join(["label.dog"] * 2_000), "label.dog >",
     "\x00", "label.\x00", 'title = "\x00"', "))((", "OR", "label.dog = = 1", "user_id: 3", "label.*",
+    'create_time > "0001-01-01T00:00:00+14:00"', 'create_time < "9999-12-31T23:59:59-14:00"',
+    "label.dog > 1e308", "user_id = 99999999999999999999", 'create_time > "2026-01-01"',
 )  # fmt: skip
 ORDERS = (
     "id", "id desc", "create_time desc", "create_time asc", "label.dog desc", "label.dog", "title",
