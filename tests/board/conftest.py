@@ -13,6 +13,7 @@ Without PostgreSQL binaries it is skipped with the reason, unless BOARD_TEST_REQ
 from __future__ import annotations
 
 import glob
+import io
 import itertools
 import os
 import pwd
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from sqlalchemy import Engine, create_engine
 
 from clients.board import BoardClient
@@ -43,6 +45,13 @@ PASSWORD = "correct horse battery staple"
 def new_email(prefix: str = "u") -> str:
     """An email no other test uses."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}@example.org"
+
+
+def tiny_png() -> bytes:
+    """A small valid PNG: an attachment the server accepts."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 6), (200, 30, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 # --- accounts ----------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ refused call leaves every row as it was, an allowed one changes some.
 
 from __future__ import annotations
 
-import io
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,7 +15,6 @@ from typing import Any
 
 import grpc
 import pytest
-from PIL import Image
 from sqlalchemy import Engine, MetaData, Table, select, update
 
 from clients.board import BoardClient, BoardClientError
@@ -30,6 +28,7 @@ from tests.board.conftest import (
     new_email,
     sign_in,
     start_board_server,
+    tiny_png,
 )
 from tests.support import Processes
 
@@ -39,12 +38,6 @@ DENIED = grpc.StatusCode.PERMISSION_DENIED
 ROLES = ("anonymous", "another user", "the owner", "an admin")
 # The tables a board call can change: a refused call must leave all of them as they were.
 WATCHED = ("users", "access_tokens", "posts", "comments", "attachments", "attachment_labels")
-
-
-def png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 6), (200, 30, 30)).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 @dataclass
@@ -104,7 +97,7 @@ RULES = [
     Rule("CreateComment as the caller", lambda c, t: c.create_comment(t.post.id, 0, "c"), ANY_SIGNED_IN),
     Rule("UpdateComment", lambda c, t: c.update_comment(t.comment.id, content="edited"), OWNER_OR_ADMIN),
     Rule("DeleteComment", lambda c, t: c.delete_comment(t.comment.id), OWNER_OR_ADMIN),
-    Rule("AddAttachment", lambda c, t: c.add_attachment(t.post.id, "a.png", png()), OWNER_OR_ADMIN),
+    Rule("AddAttachment", lambda c, t: c.add_attachment(t.post.id, "a.png", tiny_png()), OWNER_OR_ADMIN),
     Rule("DeleteAttachment", lambda c, t: c.delete_attachment(t.attachment.id), OWNER_OR_ADMIN),
     Rule(
         "RetryAttachment",
@@ -134,7 +127,7 @@ class World:
             self._clients.append(owner.client)
         post = owner.client.create_post(0, "Owned", "by the owner")
         comment = owner.client.create_comment(post.id, 0, "the owner's comment")
-        attachment = owner.client.add_attachment(post.id, "owned.png", png())
+        attachment = owner.client.add_attachment(post.id, "owned.png", tiny_png())
         if rule.failed_attachment:
             attachments = next(t for t in self.tables if t.name == "attachments")
             with self.engine.begin() as conn:
