@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import signal
 import sqlite3
@@ -22,9 +23,10 @@ from PIL import Image
 
 from clients.board import BoardClient
 from clients.gen.board.v1 import board_pb2
+from seg_handler import launch
 from tests.board.conftest import RunningServer
 from tests.e2e.conftest import TorchServe, start_tagging_board
-from tests.support import REPO_ROOT, Processes
+from tests.support import REPO_ROOT, Processes, wait_for
 
 PENDING = board_pb2.ATTACHMENT_STATUS_PENDING
 TAGGED = board_pb2.ATTACHMENT_STATUS_TAGGED
@@ -44,7 +46,10 @@ def photo(width: int, height: int, seed: int = 0, fmt: str = "JPEG") -> bytes:
 
 
 def new_post(client: BoardClient, tag: str) -> int:
-    user = client.create_user("Tess", f"tess-{tag}-{time.monotonic_ns()}@example.org")
+    """A new user's post; ``client`` is left signed in as that user (it may attach photos to the post)."""
+    password = "correct horse battery staple"
+    user = client.create_user("Tess", f"tess-{tag}-{time.monotonic_ns()}@example.org", password)
+    client.sign_in(user.email, password)
     return client.create_post(user.id, f"Photos {tag}", "Tagged by the model server").id
 
 
@@ -75,6 +80,13 @@ def test_upload_is_tagged_with_labels_provenance_and_a_mask_of_its_size(
         assert sum(x.pixels for x in tagged.labels) == 97 * 61
         assert tagged.model.arch == "deeplabv3_mobilenet_v3_large"
         assert tagged.model.untrained is True
+        # Stored with the served model's exact identity (what re-tagging compares).
+        served = launch.archive_metadata(running_torchserve.settings.model_store / "deeplabv3.mar")
+        with sqlite3.connect(board.database_url.removeprefix("sqlite:///")) as db:
+            (stored,) = db.execute(
+                "SELECT model_archive_sha256 FROM attachments WHERE id = ?", (added.id,)
+            ).fetchone()
+        assert stored == served["archive_sha256"] and len(stored) == 64
         mask = Image.open(io.BytesIO(client.get_attachment_mask(added.id)))
         assert (mask.format, mask.size) == ("PNG", (97, 61))
         content = client.get_attachment_content(added.id)
@@ -108,11 +120,14 @@ def test_upload_while_torchserve_is_down_is_tagged_once_it_is_back(
     torchserve.stop()
     with board.client() as client:
         post_id = new_post(client, "outage")
+        paused = board.log().count("tagging paused")
         added = client.add_attachment(post_id, "later.png", photo(50, 40, seed=5, fmt="PNG"))
-        time.sleep(2.0)  # several attempts against a closed port
+        wait_for(
+            "calls against the closed port", lambda: board.log().count("tagging paused") >= paused + 2, 60
+        )
         waiting = client.get_attachment(added.id)
         assert waiting.status == PENDING
-        assert waiting.attempts >= 1
+        assert waiting.attempts == 0  # an outage gives its attempts back
         torchserve.start()  # same ports, new token: the board reconnects and re-reads the key file
         tagged = client.wait_for_tagging(added.id, timeout=60)
     assert tagged.status == TAGGED, tagged.failure_reason
@@ -140,9 +155,10 @@ def test_board_killed_with_pending_work_finishes_it_after_restart(
         assert len(client.list_attachments(post_id)) == 8
 
 
-def _board_cli(board: RunningServer, *args: str) -> dict[str, Any]:
+def _board_cli(board: RunningServer, *args: str, token: str | None = None) -> dict[str, Any]:
     command = [str(REPO_ROOT / ".venv" / "bin" / "board"), "--target", board.target, "--json", *args]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    env = {**os.environ, "BOARD_TOKEN": token} if token else None  # signed in as the post's author
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False, env=env)
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout)
     return result
@@ -155,14 +171,15 @@ def test_board_cli_attach_wait_and_list_by_label(
     (tmp_path / "b.jpg").write_bytes(photo(70, 50, seed=12))
     with board.client() as client:
         post_id = new_post(client, "cli")
-    attached = _board_cli(board, "attach", str(post_id), str(tmp_path), "--wait")["attachments"]
+        token = client.token
+    attached = _board_cli(board, "attach", str(post_id), str(tmp_path), "--wait", token=token)["attachments"]
     assert [a["filename"] for a in attached] == ["a.png", "b.jpg"]
     assert {a["status"] for a in attached} == {"ATTACHMENT_STATUS_TAGGED"}
     top = attached[0]["labels"][0]["name"]
-    listed = _board_cli(board, "posts", "list", "--label", top, "--all")["posts"]
+    listed = _board_cli(board, "posts", "list", "--label", top, "--all", token=token)["posts"]
     assert post_id in [int(p["id"]) for p in listed]
     mask = tmp_path / "mask.png"
-    _board_cli(board, "attachments", "mask", str(attached[0]["id"]), "--out", str(mask))
+    _board_cli(board, "attachments", "mask", str(attached[0]["id"]), "--out", str(mask), token=token)
     assert Image.open(mask).size == (60, 40)
 
 
