@@ -85,6 +85,9 @@ def test_public_address_with_auth_on_needs_tls_or_allow_plaintext(
     with pytest.raises(ValueError, match="plaintext"):
         load_settings(parse(*argv), env=env, cwd=tmp_path)
     assert load_settings(parse(*argv, "--allow-plaintext", "on"), env=env, cwd=tmp_path).allow_plaintext
+    assert load_settings(parse(*argv, "--allow-plaintext"), env=env, cwd=tmp_path).allow_plaintext  # alone
+    allowed = {**env, "BOARD_ALLOW_PLAINTEXT": "on"}
+    assert load_settings(parse(*argv), env=allowed, cwd=tmp_path).allow_plaintext
     tls = ("--tls-cert-file", "cert.pem", "--tls-key-file", "key.pem")
     assert load_settings(parse(*argv, *tls), env=env, cwd=tmp_path).tls
 
