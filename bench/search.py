@@ -1,19 +1,23 @@
 """Search benchmark: ListPosts' filter and order queries (board_server/post_search.py) on 100,000 tagged
 attachments, on SQLite and on PostgreSQL, against a floor measured in the same run (a plain page of 50 posts
-by id, no filter).
+by id, no filter); each twice: directly on the database, and through a real board server's ListPosts over
+gRPC (one client, one server process on the seeded database, reads as an anonymous caller).
 
 The seed is realistic rather than uniform: ~30,000 posts of 1,000 users, 1–5 photos each (100,000 in all),
 2–4 of the 20 non-background VOC classes per photo drawn with Zipf-like class weights (person, car, chair
 common; sheep, cow, aeroplane rare), each covering a skewed (Beta(0.7, 5)) share of the photo, plus the
 background row the tagger stores for the rest. Each cell pages through the first pages of a query (the next
 page's cursor from the last) and reports the p50 and p90 of a single page's latency; each run repeats that,
-and the cell keeps every run's figures (``summarize``). Target: p50 < 50 ms for a page of 50.
+and the cell keeps every run's figures (``summarize``). Target: p50 < 50 ms for a page of 50 (issue 13:
+the two-label filter page), on both backends, directly and through gRPC; ``targets`` in the results says
+which were met.
 
-    python -m bench.search [--runs 3] [--pages 20] [--postgres-url URL] [--no-postgres]
+    python -m bench.search [--runs 3] [--pages 20] [--postgres-url URL] [--no-postgres] [--no-grpc]
 
-The PostgreSQL leg uses --postgres-url (or BOARD_BENCH_POSTGRES_URL; its tables are dropped and re-made)
-or starts a throw-away cluster as bench/board.py does. The label index the queries use
-(ix_attachment_labels_post_name_fraction) comes with the migrations (0004).
+The SQLite database is kept in var/bench/search.db (--sqlite-path): a rerun finds the seed there and only
+measures. The PostgreSQL leg uses --postgres-url (or BOARD_BENCH_POSTGRES_URL; a database holding another
+seed is emptied and seeded again) or starts a throw-away cluster as bench/board.py does. The label index the
+queries use (ix_attachment_labels_post_name_fraction) comes with the migrations (0004).
 """
 
 from __future__ import annotations
@@ -26,21 +30,22 @@ import random
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, insert, text
 
-from bench.board import postgres_cluster
-from bench.records import load_average, summarize, write_results
+from bench.board import board_executable, clean_env, postgres_cluster, running
+from bench.records import ROOT, load_average, summarize, write_results
 from board_server.config import Settings
 from board_server.database import Database, migrate, open_database
 from board_server.models import Attachment, AttachmentLabel, Base, Post, User
 from board_server.post_filter import OrderBy, parse_filter, parse_order_by
 from board_server.post_search import Cursor, search_posts
 from board_server.served_model import VOC_CLASSES
+from clients.board import BoardClient
 
 logger = logging.getLogger("bench.search")
 
@@ -52,6 +57,9 @@ _POPULARITY = (
 INDEX = "ix_attachment_labels_post_name_fraction (post_id, name, fraction, attachment_id), migration 0004"
 TARGET_MS = 50.0
 PAGE = 50
+MAX_PAGE = 1000  # ListPosts' largest page: deep cells reach their first row in pages of this size
+TARGET_CELL = "two labels, by id"  # issue 13's figure: a two-label filter page of 50 posts
+SQLITE_PATH = ROOT / "var" / "bench" / "search.db"
 # (cell name, filter, order_by, rows skipped before the first timed page); the floor comes first. The deep
 # cells start mid-list: a keyset page must cost the same at row 1,500 as at row 1.
 CELLS: tuple[tuple[str, str, str, int], ...] = (
@@ -201,30 +209,90 @@ def time_pages(db: Database, filter_text: str, order_text: str, pages: int, skip
     return timings
 
 
+# Times ``pages`` pages of one cell: (filter, order_by, pages, rows skipped first) -> milliseconds each.
+PageTimer = Callable[[str, str, int, int], list[float]]
+
+
+def time_rpc_pages(
+    client: BoardClient, filter_text: str, order_text: str, pages: int, skip: int = 0
+) -> list[float]:
+    """``time_pages`` through ListPosts: milliseconds of each call for a page of 50, each with the previous
+    page's token, the first after ``skip`` rows (read untimed in pages of up to 1000)."""
+    start, skipped = "", 0
+    while skipped < skip:
+        size = min(MAX_PAGE, skip - skipped)
+        skipping = client.list_posts(
+            page_size=size, page_token=start, filter=filter_text, order_by=order_text
+        )
+        start, skipped = skipping.next_page_token, skipped + size
+    token, timings = start, []
+    for _ in range(pages):
+        began = time.perf_counter()
+        page = client.list_posts(page_size=PAGE, page_token=token, filter=filter_text, order_by=order_text)
+        timings.append((time.perf_counter() - began) * 1000)
+        token = page.next_page_token or start  # after the last page: start again
+    return timings
+
+
 def run_backend(name: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Seed (unless the database holds the seed already), warm up, time every cell ``args.runs`` times."""
+    """Seed (unless the database holds the seed already), then time every cell directly and, unless
+    ``--no-grpc``, through a board server on the same database."""
     db = open_database(Settings(database_url=url))
     try:
-        return _measure(name, db, args)
+        ensure_seeded(name, db, args)
+        figures: dict[str, Any] = {"backend": name}
+        figures["cells"] = measure_cells(
+            f"{name} direct", lambda *cell: time_pages(db, *cell), args.runs, args.pages
+        )
     finally:
         db.dispose()
+    if not args.no_grpc:
+        with tempfile.TemporaryDirectory(prefix="board-bench-search-server-") as work:
+            figures["grpc"] = {
+                "server": "board-server --processes 1 (defaults otherwise), one BoardClient, anonymous reads",
+                "cells": _measure_grpc(name, url, Path(work), args),
+            }
+    return figures
 
 
-def _measure(name: str, db: Database, args: argparse.Namespace) -> dict[str, Any]:
+def ensure_seeded(name: str, db: Database, args: argparse.Namespace) -> None:
+    """Migrate; seed unless the database already holds this many posts and attachments."""
     migrate(db.engine)
     with db.read() as conn:
+        posts = conn.execute(text("SELECT count(*) FROM posts")).scalar_one()
         existing = conn.execute(text("SELECT count(*) FROM attachments")).scalar_one()
-    if existing != args.attachments:
-        db.write(_drop_rows)
-        began = time.perf_counter()
-        counts = seed(db, args.posts, args.attachments, random.Random(args.seed))
-        logger.info("%s: seeded %s in %.1f s", name, counts, time.perf_counter() - began)
+    if (posts, existing) == (args.posts, args.attachments):
+        logger.info("%s: the seed is there already (%d posts, %d attachments)", name, posts, existing)
+        return
+    db.write(_drop_rows)
+    began = time.perf_counter()
+    counts = seed(db, args.posts, args.attachments, random.Random(args.seed))
+    logger.info("%s: seeded %s in %.1f s", name, counts, time.perf_counter() - began)
+
+
+def _measure_grpc(name: str, url: str, work: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    command = [
+        str(board_executable()), "--address", "127.0.0.1:0", "--database-url", url, "--processes", "1",
+        "--metrics-address", "none", "--audit-log", str(work / "audit.log"), "--grace", "2",
+    ]  # fmt: skip
+    with running(f"board-{name}", command, work, clean_env()) as server:
+        with BoardClient(server.target, timeout=60) as client:
+            cells = measure_cells(
+                f"{name} gRPC", lambda *cell: time_rpc_pages(client, *cell), args.runs, args.pages
+            )
+        server.check_alive()
+    return cells
+
+
+def measure_cells(name: str, timer: PageTimer, runs: int, pages: int) -> list[dict[str, Any]]:
+    """Every cell of CELLS, ``runs`` times ``pages`` pages after 3 warm-up pages; p50/p90 of each run, the
+    ratio of each cell's median p50 to the floor's, and whether it meets the target."""
     cells: list[dict[str, Any]] = []
     for cell, filter_text, order_text, skip in CELLS:
-        time_pages(db, filter_text, order_text, 3, skip)  # warm caches and the statement cache
+        timer(filter_text, order_text, 3, skip)  # warm caches and the statement cache
         p50s, p90s = [], []
-        for _ in range(args.runs):
-            timings = time_pages(db, filter_text, order_text, args.pages, skip)
+        for _ in range(runs):
+            timings = timer(filter_text, order_text, pages, skip)
             p50s.append(round(statistics.median(timings), 3))
             p90s.append(round(statistics.quantiles(timings, n=10)[-1], 3))
         cells.append(
@@ -234,7 +302,7 @@ def _measure(name: str, db: Database, args: argparse.Namespace) -> dict[str, Any
                 "order_by": order_text,
                 "skipped_rows": skip,
                 "page_size": PAGE,
-                "pages_per_run": args.pages,
+                "pages_per_run": pages,
                 "p50_ms": summarize(p50s),
                 "p90_ms": summarize(p90s),
             }
@@ -244,7 +312,26 @@ def _measure(name: str, db: Database, args: argparse.Namespace) -> dict[str, Any
     for figures in cells:
         figures["ratio_to_floor"] = round(figures["p50_ms"]["median"] / floor, 2) if floor else None
         figures["meets_target"] = figures["p50_ms"]["median"] < TARGET_MS
-    return {"backend": name, "cells": cells}
+    return cells
+
+
+def targets(backends: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 13's target per backend and path: the two-label page's median p50 under 50 ms."""
+    rows = []
+    for backend in backends:
+        paths = [("direct", backend["cells"])]
+        if "grpc" in backend:
+            paths.append(("gRPC ListPosts", backend["grpc"]["cells"]))
+        for path, cells in paths:
+            [cell] = [c for c in cells if c["cell"] == TARGET_CELL]
+            rows.append(
+                {
+                    "target": f"{backend['backend']} {path}: {TARGET_CELL} p50 < {TARGET_MS:g} ms",
+                    "value": cell["p50_ms"]["median"],
+                    "met": cell["meets_target"],
+                }
+            )
+    return rows
 
 
 def _drop_rows(conn: Connection) -> None:
@@ -275,6 +362,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--postgres-url", default="", help="else BOARD_BENCH_POSTGRES_URL, else a fresh cluster"
     )
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--no-grpc", action="store_true", help="only the direct leg (no board server)")
+    parser.add_argument(
+        "--sqlite-path",
+        type=Path,
+        default=SQLITE_PATH,
+        help="kept between runs (default var/bench/search.db)",
+    )
     parser.add_argument(
         "--out", type=Path, default=None, help="results file (default bench/results/search.json)"
     )
@@ -284,8 +378,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> None:
     load_before = load_average()
     backends, skipped = [], []
-    with tempfile.TemporaryDirectory(prefix="board-bench-search-") as work:
-        backends.append(run_backend("sqlite", f"sqlite:///{Path(work) / 'search.db'}", args))
+    args.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    backends.append(run_backend("sqlite", f"sqlite:///{args.sqlite_path.resolve()}", args))
     if args.no_postgres:
         skipped.append("postgresql: --no-postgres")
     else:
@@ -294,14 +388,18 @@ def main(args: argparse.Namespace) -> None:
                 skipped.append("postgresql: no initdb (apt-get install postgresql) and no URL given")
             else:
                 backends.append(run_backend("postgresql", url, args))
+    met = targets(backends)
     payload = {
         "target_p50_ms": TARGET_MS,
         "seed": {"posts": args.posts, "attachments": args.attachments, "seed": args.seed},
         "index": INDEX,
         "backends": backends,
+        "targets": met,
         "skipped": skipped,
     }
     path = write_results("search", payload, load_before=load_before, out=args.out)
+    for row in met:
+        logger.info("%s: %.2f ms, %s", row["target"], row["value"], "met" if row["met"] else "NOT met")
     logger.info("load average before %s, after %s; results in %s", load_before, load_average(), path)
 
 
