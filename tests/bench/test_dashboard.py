@@ -16,8 +16,8 @@ import ts
 import yaml
 from PIL import Image
 
-from bench import dashboard
-from bench.dashboard import Samples, bucket_quantile, parse_exposition
+from bench import dashboard_panels, dashboard_render
+from bench.dashboard_samples import Samples, bucket_quantile, load_samples, parse_exposition, save_samples
 from clients.board import NotFoundError
 from tests.board.conftest import sign_up as board_sign_up
 from tests.board.conftest import start_board_server
@@ -74,7 +74,7 @@ def expressions_by_row() -> dict[str, list[str]]:
 
 
 def test_dashboard_json_is_what_the_panels_generate() -> None:
-    generated = json.loads(json.dumps(dashboard.grafana_dashboard()))
+    generated = json.loads(json.dumps(dashboard_render.grafana_dashboard()))
     assert dashboard_json() == generated, "run python -m bench.dashboard --write-grafana"
 
 
@@ -191,6 +191,22 @@ def _png() -> bytes:
 # --- the arithmetic and the picture ------------------------------------------------------------------------
 
 
+def test_exposition_names_stay_as_on_the_wire() -> None:
+    text = "\n".join(
+        [
+            "# TYPE Requests2XX counter",
+            'Requests2XX{Level="Host",Hostname="vm",} 12.0',
+            'x_bucket{le="+Inf",path="a\\\\b \\"q\\" \\n"} 3 1700000000000',
+            "board_watchers 0.0",
+        ]
+    )
+    assert parse_exposition(text) == [
+        ("Requests2XX", {"Level": "Host", "Hostname": "vm"}, 12.0),
+        ("x_bucket", {"le": "+Inf", "path": 'a\\b "q" \n'}, 3.0),
+        ("board_watchers", {}, 0.0),
+    ]
+
+
 def test_rate_is_counter_increase_over_time_and_survives_a_reset() -> None:
     samples = Samples()
     for at, value in ((0, 0.0), (10, 10.0), (20, 30.0), (30, 5.0)):  # reset between 20 and 30
@@ -265,21 +281,21 @@ def test_renderer_draws_the_panels_from_a_small_samples_file(tmp_path: Path) -> 
         )
     samples.meta["model"] = {"name": "deeplabv3", "arch": "deeplabv3_mobilenet_v3_large", "untrained": True}
     path = tmp_path / "samples.json"
-    dashboard.save_samples(samples, path)
-    loaded = dashboard.load_samples(path)
+    save_samples(samples, path)
+    loaded = load_samples(path)
 
-    panels = {panel.title: panel for row in dashboard.PANELS for panel in row.panels}
-    rate = dict(dashboard.panel_lines(panels["RPC rate by method"], loaded, window_s=5))
+    panels = {panel.title: panel for row in dashboard_panels.PANELS for panel in row.panels}
+    rate = dict(dashboard_panels.panel_lines(panels["RPC rate by method"], loaded, window_s=5))
     assert rate["GetPost"][1:] == [2.0, 2.0, 2.0]
-    errors = dict(dashboard.panel_lines(panels["Errors by code (non-OK)"], loaded, window_s=5))
+    errors = dict(dashboard_panels.panel_lines(panels["Errors by code (non-OK)"], loaded, window_s=5))
     assert errors["NOT_FOUND"][1:] == [0.2, 0.2, 0.2]
-    p50 = dict(dashboard.panel_lines(panels["Latency p50 by method"], loaded, window_s=5))
+    p50 = dict(dashboard_panels.panel_lines(panels["Latency p50 by method"], loaded, window_s=5))
     assert p50["GetPost"][1] == pytest.approx(0.001)
-    backlog = dict(dashboard.panel_lines(panels["Tagging backlog"], loaded, window_s=5))
+    backlog = dict(dashboard_panels.panel_lines(panels["Tagging backlog"], loaded, window_s=5))
     assert backlog["queue"] == [3, 2, 1, 0]
 
     picture = tmp_path / "dashboard.png"
-    dashboard.render(loaded, picture, window_s=5)
+    dashboard_render.render(loaded, picture, window_s=5)
     with Image.open(picture) as image:
         assert image.format == "PNG"
         assert image.width > 1000 and image.height > 1000
