@@ -162,3 +162,15 @@ def test_delete_user_removes_their_posts_comments_and_sessions(
         author.client.get_post(other_post.id)
     # The email is free again.
     anonymous.create_user("Again", author.email, PASSWORD)
+
+
+@pytest.mark.parametrize("change_email", [False, True])
+def test_a_new_password_must_not_be_the_email(member: Member, change_email: bool) -> None:
+    """Also when the email is not in the same update: the password is compared with the account's email."""
+    address = new_email() if change_email else member.email
+    with pytest.raises(InvalidArgumentError) as caught:
+        member.client.update_user(
+            member.id, password=address.upper(), email=address if change_email else None
+        )
+    assert fields(caught.value) == {"user.password"}
+    member.client.get_user(member.id)  # the session is untouched
