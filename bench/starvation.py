@@ -17,7 +17,7 @@ to run), each time ``--calls`` GetPost and ``--calls`` Health.Check calls, inter
 figures are p50/p99 in milliseconds per run, with the median and min–max over ``--runs`` runs
 (bench/records.py), written to bench/results/starvation.json.
 
-    python -m bench.starvation                   # the record: 3 runs, 32 idle + 8 half-sent, 1 process
+    python -m bench.starvation                   # the record: 5 runs, 32 idle + 8 half-sent, 1 process
     python -m bench.starvation --runs 1 --calls 50 --out /tmp/s.json   # a trial
 """
 
@@ -381,8 +381,8 @@ def abused_run(
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.starvation", description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=3, help="runs, each without and with abusers (>= 3)")
-    parser.add_argument("--calls", type=int, default=500, help="calls of each RPC per measurement")
+    parser.add_argument("--runs", type=int, default=5, help="runs, each without and with abusers (>= 3)")
+    parser.add_argument("--calls", type=int, default=2000, help="calls of each RPC per measurement")
     parser.add_argument("--idle", type=int, default=32, help="idle reflection streams")
     parser.add_argument("--slow", type=int, default=8, help="half-sent uploads")
     parser.add_argument("--processes", type=int, default=1, help="board server processes")
