@@ -374,11 +374,15 @@ def _legend(template: str, labels: dict[str, str]) -> str:
     return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""), template)
 
 
+def target_lines(target: Target, samples: Samples, window_s: float) -> list[tuple[str, Values]]:
+    """One query's lines (legend, values per scrape), as Grafana would draw them from Prometheus."""
+    by: tuple[str, ...] = getattr(target.query, "by", ())
+    return [
+        (_legend(target.legend, dict(zip(by, key, strict=True))), values)
+        for key, values in sorted(target.query.evaluate(samples, window_s).items())
+    ]
+
+
 def panel_lines(panel: Panel, samples: Samples, window_s: float) -> list[tuple[str, Values]]:
-    """The panel's lines (legend, values per scrape), as Grafana would draw them from Prometheus."""
-    lines = []
-    for target in panel.targets:
-        by: tuple[str, ...] = getattr(target.query, "by", ())
-        for key, values in sorted(target.query.evaluate(samples, window_s).items()):
-            lines.append((_legend(target.legend, dict(zip(by, key, strict=True))), values))
-    return lines
+    """Every line of the panel, its queries in order."""
+    return [line for target in panel.targets for line in target_lines(target, samples, window_s)]

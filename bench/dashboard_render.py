@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from pathlib import Path
 from typing import Any
 
-from bench.dashboard_panels import PANEL_HEIGHT, Panel, Row, layout, panel_lines
+from bench.dashboard_panels import PANEL_HEIGHT, Panel, Row, layout, target_lines
 from bench.dashboard_samples import Samples
 
 OUT_DIR = Path(__file__).resolve().parent.parent / "docs" / "dashboard"
@@ -161,14 +162,22 @@ def _draw_panel(ax: Any, panel: Panel, samples: Samples, window_s: float, width:
     start = samples.times[0] if samples.times else 0.0
     minutes = [(t - start) / 60 for t in samples.times]
     ax.set_title(panel.title, fontsize=11, loc="left")
-    lines = panel_lines(panel, samples, window_s)
-    for legend, values in lines:
-        ax.plot(minutes, values, linewidth=1.4, label=legend)
+    lines = []
+    for index, target in enumerate(panel.targets):
+        for legend, values in target_lines(target, samples, window_s):
+            # Later queries thinner and dashed over the first: equal lines (queue = PENDING) both show.
+            style = (
+                {"linewidth": 1.4, "linestyle": "--"}
+                if index
+                else {"linewidth": 2.4 if len(panel.targets) > 1 else 1.6}
+            )
+            ax.plot(minutes, values, label=legend, **style)
+            lines += [v for v in values if math.isfinite(v)]
     ax.set_ylabel(_UNITS.get(panel.unit, ""), fontsize=8)
     if panel.log_scale:
         ax.set_yscale("log")
     else:
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, max(lines, default=0) * 1.12 or 1)  # headroom: a flat line off the frame
     ax.grid(alpha=0.3)
     ax.tick_params(labelsize=8)
     if not lines:
@@ -195,8 +204,14 @@ def _notes(meta: dict[str, Any], window_s: float) -> str:
         [
             f"{meta.get('seconds', '?')} s of load from {load.get('users', '?')} users through the board,",
             f"scraped every {meta.get('interval_s', '?')} s; rates over {window_s:g} s ($__rate_interval).",
-            f"calls made: {load.get('calls', '?')} ({codes})",
+            f"calls made: {load.get('calls', '?')}",
+            f"  {codes}",
             f"photos attached: {load.get('photos', '?')}, tagged: {load.get('tagged', '?')}",
+            "",
+            "TorchServe 0.12 counts ts_inference_latency_microseconds",
+            "and ts_queue_latency_microseconds for REST predictions",
+            "only; the board's are gRPC, hence the gauges in",
+            "'Prediction and queue time'.",
             "",
             "docs/dashboard/board.json holds the same panels",
             "for Grafana; regenerate this picture with",
