@@ -136,11 +136,14 @@ def test_read_access_signed_in_makes_every_read_need_a_token(members_only: Runni
             "GetPost": lambda c: c.get_post(post.id),
             "ListPosts": lambda c: c.list_posts(),
             "ListPosts by label": lambda c: c.list_posts(label="dog"),
+            "ListPosts filtered": lambda c: c.list_posts(filter=f"user_id = {member.id}", order_by="id desc"),
+            "ListPosts with attachments": lambda c: c.list_posts(with_attachments=True),
             "GetComment": lambda c: c.get_comment(comment.id),
             "ListComments": lambda c: c.list_comments(post.id),
             "GetAttachment": lambda c: c.get_attachment(attachment.id),
             "ListAttachments": lambda c: c.list_attachments_page(post.id),
             "GetAttachmentContent": lambda c: c.get_attachment_content(attachment.id),
+            "GetAttachmentPreview": lambda c: c.get_attachment_preview(attachment.id),
             "WatchAttachment": lambda c: next(iter(c.watch_attachment(attachment.id, timeout=20))),
         }
         for name, read in reads.items():
