@@ -172,6 +172,13 @@ class RawGrpcConnection:
                 self._pending.pop(stream_id, None)
         self._flush()
 
+    def ping(self, count: int = 1) -> None:
+        """Send ``count`` PING frames at once (a client that pings too often, for keepalive enforcement)."""
+        with self._lock:
+            for i in range(count):
+                self.conn.ping(i.to_bytes(8, "big"))
+            self._flush()
+
     def reset(self, stream: RawStream) -> None:
         """Cancel ``stream`` (RST_STREAM CANCEL), as a client giving up would."""
         with self._lock:

@@ -149,6 +149,31 @@ def test_streams_beyond_the_per_connection_limit_are_refused(processes: Processe
         connection.close()
 
 
+def test_a_client_pinging_too_often_is_sent_away(sqlite_server: RunningServer) -> None:
+    connection = RawGrpcConnection(sqlite_server.target)
+    try:
+        assert connection.wait(lambda: connection.remote_max_concurrent_streams > 0, timeout=GENEROUS)
+        for _ in range(5):
+            connection.ping(4)  # far more often than --min-client-ping-interval (10 s) allows
+            if connection.wait(lambda: connection.goaway is not None, timeout=1):
+                break
+        assert connection.wait(lambda: connection.goaway is not None, timeout=GENEROUS)
+        assert connection.goaway == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    finally:
+        connection.close()
+    assert health_status(sqlite_server.target) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_an_idle_connection_is_closed_after_max_connection_idle(processes: Processes, tmp_path: Path) -> None:
+    server = serve(processes, f"sqlite:///{tmp_path / 'board.db'}", tmp_path, "--max-connection-idle", "1s")
+    connection = RawGrpcConnection(server.target)  # connected, no call: idle
+    try:
+        ended = lambda: connection.goaway is not None or connection.closed  # noqa: E731
+        assert connection.wait(ended, timeout=GENEROUS)  # GOAWAY (gRPC 1.85 sends INTERNAL_ERROR) or close
+    finally:
+        connection.close()
+
+
 # --- server-side deadline ----------------------------------------------------------------------------------
 
 
