@@ -89,7 +89,9 @@ def retag(settings: Settings, post_id: int | None) -> int:
     try:
         migrate(database.engine)
         retagging = Retagging(database, ServedModels(database, settings.segmentation_model), client.describe)
-        count, model = asyncio.run(retagging.retag(OPERATOR, f"post_id = {post_id}" if post_id else "stale"))
+        count, model = asyncio.run(
+            retagging.retag(OPERATOR, f"stale AND post_id = {post_id}" if post_id else "stale")
+        )
     except BoardError as exc:
         logger.error("%s", exc.message)
         return 1

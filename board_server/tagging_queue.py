@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Table,
     and_,
@@ -266,11 +267,16 @@ def request_retag(
     attachment_id: int | None = None,
     post_id: int | None = None,
     unless_archive_sha256: str | None = None,
+    where: ColumnElement[bool] | None = None,
 ) -> int:
     """Queue re-tags of TAGGED attachments (one, or all), skipping those already labelled by the model whose
     archive SHA-256 is ``unless_archive_sha256``; their status and labels stay until the new labels land.
-    Returns how many were queued."""
-    conditions = [_A.status == TAGGED, _A.retag_pending == false()]
+    ``where`` (a condition on the attachments table, e.g. RetagAttachments' filter) chooses among the TAGGED
+    and FAILED ones instead. Returns how many were queued."""
+    status = _A.status == TAGGED if where is None else _A.status.in_((TAGGED, FAILED))
+    conditions = [status, _A.retag_pending == false()]
+    if where is not None:
+        conditions.append(where)
     if attachment_id is not None:
         conditions.append(_A.id == attachment_id)
     if post_id is not None:
@@ -282,6 +288,12 @@ def request_retag(
     statement = (
         update(_ATTACHMENTS)
         .where(*conditions)
-        .values(retag_pending=True, attempts=0, next_attempt_time=now, failure_reason=None)
+        .values(
+            retag_pending=True,
+            attempts=0,
+            next_attempt_time=now,
+            # A FAILED one keeps saying why it failed until the re-tag lands.
+            failure_reason=case((_A.status == FAILED, _A.failure_reason), else_=None),
+        )
     )
     return int(conn.execute(statement).rowcount)
