@@ -1,17 +1,22 @@
-"""Serving benchmark: in-process TorchScript forward (the floor) vs the same model through TorchServe.
+"""Serving benchmark: the handler's whole pipeline in one process (the floor) vs the model through TorchServe.
 
-One run builds the archive with `python -m training.export` (520 px, random weights unless --weights), starts
-TorchServe with our config on free ports, and for a 520x520 JPEG measures:
+One invocation builds the archive with `python -m training.export` (deeplabv3_mobilenet_v3_large, 520 px,
+random weights unless --weights), starts TorchServe with our config on free ports, and for a 520x520 JPEG
+measures, in ``--runs`` runs (default 3) that each take the floor and the served paths in turn:
 
-- the floor: TorchScript forward of the already-preprocessed [1,3,520,520] tensor in this process;
-- REST and gRPC through TorchServe at concurrency 1 and 8: p50/p99 latency, throughput, and e2e/forward
-  (target <= 1.10 at concurrency 1);
-- response bytes vs TorchServe's stock ``image_segmenter`` (target <= 1 %) on the same image and model: the
-  stock handler's steps and encoding run in-process (it cannot be served: its base class needs captum).
+- the floor: our SegmentationHandler's ``handle`` with TorchServe's own Context, in this process, with the
+  worker's torch threads: decode → to_tensor → TorchScript forward → logits_to_mask → PNG + JSON, i.e. all
+  the worker does for a request except receiving it and sending the answer;
+- REST and gRPC through TorchServe at concurrency 1 (the three paths taking turns call by call, so that they
+  see the same machine load): p50 latency and its ratio to the floor (target <= 1.10);
+- REST and gRPC at concurrency 8 against the floor's rate (one request after the other in this process):
+  throughput ratio (target >= 0.90).
 
-Figures go to stdout and bench/results/serving.json.
+Each cell is the median and min–max of the runs (bench/records.py); bench/results/serving.json keeps every run
+with the machine facts and load. ``--sweep`` adds gRPC c1/c8 for workers x torch threads per worker, each
+against the floor with the same threads and against the best floor of the sweep.
 
-    python -m bench.serving [--requests 10] [--arch deeplabv3_mobilenet_v3_large] [--sweep]
+    python -m bench.serving [--runs 3] [--requests 12] [--sweep]
 """
 
 from __future__ import annotations
@@ -21,8 +26,7 @@ import contextlib
 import io
 import json
 import logging
-import os
-import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -39,6 +43,7 @@ import torch
 import yaml
 from PIL import Image, ImageDraw
 
+from bench.records import load_average, summarize, write_results
 from clients.segment import SegmentClient, ServingEndpoints, TokenSource, Transport
 from seg_handler import handler, launch
 from training.model import VOC_CLASSES
@@ -46,11 +51,12 @@ from training.model import VOC_CLASSES
 logger = logging.getLogger("bench.serving")
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results" / "serving.json"
 SIZE = 520
-CONCURRENCY = (1, 8)
-RATIO_TARGET = 1.10
+RATIO_C1_MAX = 1.10
+RATIO_C8_MIN = 0.90
 BYTES_TARGET = 0.01
+TRANSPORTS: tuple[Transport, ...] = ("rest", "grpc")
+_TORCH_THREADS = re.compile(r"torch threads (\d+)")
 
 
 def bench_image() -> bytes:
@@ -68,83 +74,10 @@ def bench_image() -> bytes:
     return out.getvalue()
 
 
-def structured_mask_bytes() -> int:
-    """Response bytes of our JSON answer for a realistic 520x520 mask (a few blobs of 3 classes).
-
-    A randomly initialised model answers an almost uniform mask, whose PNG is unrealistically small; this is
-    the size a trained model's answer has for a typical scene.
-    """
-    img = Image.new("L", (SIZE, SIZE), 0)
-    draw = ImageDraw.Draw(img)
-    draw.ellipse((60, 80, 300, 400), fill=15)
-    draw.polygon([(320, 470), (400, 180), (480, 470)], fill=12)
-    draw.rectangle((10, 430, 200, 515), fill=18)
-    mask = np.asarray(img, dtype=np.uint8)
-    info = handler.ModelInfo(
-        arch="deeplabv3_mobilenet_v3_large",
-        weights="x" * 40,
-        sha256="0" * 64,
-        untrained=False,
-        class_names=VOC_CLASSES,
-    )
-    return len(json.dumps(handler.mask_response(mask, info), separators=(",", ":")).encode())
-
-
 def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
     return ordered[index]
-
-
-def measure(
-    call: Callable[[], object], concurrency: int, requests_total: int, warmup: int
-) -> dict[str, float]:
-    """Run ``call`` ``requests_total`` times from ``concurrency`` threads: latency (ms), throughput (rps)."""
-    for _ in range(warmup):
-        call()
-    latencies: list[float] = []
-
-    def timed(_: int) -> None:
-        start = time.perf_counter()
-        call()
-        latencies.append((time.perf_counter() - start) * 1000)
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        list(pool.map(timed, range(requests_total)))
-    elapsed = time.perf_counter() - start
-    return {
-        "requests": requests_total,
-        "min_ms": round(min(latencies), 1),
-        "p50_ms": round(statistics.median(latencies), 1),
-        "p99_ms": round(percentile(latencies, 99), 1),
-        "rps": round(requests_total / elapsed, 3),
-    }
-
-
-def measure_interleaved(
-    calls: dict[str, Callable[[], object]], rounds: int, warmup: int
-) -> dict[str, dict[str, float]]:
-    """Concurrency 1, the paths taking turns call by call, so that they all see the same machine load."""
-    for _ in range(warmup):
-        for call in calls.values():
-            call()
-    latencies: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            latencies[name].append((time.perf_counter() - start) * 1000)
-    return {
-        name: {
-            "requests": rounds,
-            "min_ms": round(min(values), 1),
-            "p50_ms": round(statistics.median(values), 1),
-            "p99_ms": round(percentile(values, 99), 1),
-            "rps": round(1000 * len(values) / sum(values), 3),
-        }
-        for name, values in latencies.items()
-    }
 
 
 def build_archive(store: Path, arch: str, weights: str, config_file: Path | None = None) -> None:
@@ -186,13 +119,87 @@ def torchserve_on_free_ports(
         launch.stop_process(proc.pid)
 
 
-def load_torchscript(store: Path) -> torch.jit.ScriptModule:
-    with zipfile.ZipFile(store / "deeplabv3.mar") as mar:
-        manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
-        data = mar.read(manifest["model"]["serializedFile"])
-    model = torch.jit.load(io.BytesIO(data), map_location="cpu")  # type: ignore[no-untyped-call]
-    model.eval()
-    return model  # type: ignore[no-any-return]
+class InProcessPipeline:
+    """The floor: the archive's handler run in this process exactly as a worker runs it for one request
+    (TorchServe's own Context and RequestProcessor, our SegmentationHandler.handle), without the IPC."""
+
+    def __init__(self, mar: Path, workdir: Path, torch_threads: int) -> None:
+        from ts.context import Context
+
+        model_dir = workdir / "model"
+        with zipfile.ZipFile(mar) as archive:
+            archive.extractall(model_dir)
+        manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
+        config = yaml.safe_load((model_dir / "model-config.yaml").read_text()) or {}
+        # The worker's threads first; initialize applies model-config's handler.torch_threads, if any, on top.
+        torch.set_num_threads(torch_threads)
+        self.context = Context(manifest["model"]["modelName"], str(model_dir), manifest, 1, None, "bench")
+        self.context.model_yaml_config = config
+        self.handler = handler.SegmentationHandler()
+        self.handler.initialize(self.context)
+        self.torch_threads = torch.get_num_threads()
+
+    def __call__(self, image: bytes) -> bytes | str:
+        from ts.context import RequestProcessor
+
+        # What a gRPC request looks like to the handler: per-input content types, no request headers.
+        self.context.request_processor = [RequestProcessor({"data": {"content-type": None}})]
+        answers = self.handler.handle(
+            [{"data": bytearray(image), "format": bytearray(b"json")}], self.context
+        )
+        return answers[0]
+
+
+def worker_torch_threads(settings: launch.ServeSettings) -> int:
+    """The torch threads the worker reported when it loaded the model (its log line)."""
+    log = settings.runtime_dir / "logs" / "model_log.log"
+    found = _TORCH_THREADS.findall(log.read_text(errors="replace")) if log.is_file() else []
+    if not found:
+        raise RuntimeError(f"the worker did not report its torch threads in {log}")
+    return int(found[-1])
+
+
+def timed(call: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    call()
+    return (time.perf_counter() - start) * 1000
+
+
+def interleaved_c1(calls: dict[str, Callable[[], object]], requests: int) -> dict[str, float]:
+    """p50 latency (ms) of each path at concurrency 1, the paths taking turns call by call."""
+    latencies: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(requests):
+        for name, call in calls.items():
+            latencies[name].append(timed(call))
+    return {name: statistics.median(values) for name, values in latencies.items()}
+
+
+def rate(call: Callable[[], object], concurrency: int, total: int) -> float:
+    """Requests per second for ``total`` calls from ``concurrency`` threads."""
+    start = time.perf_counter()
+    if concurrency == 1:
+        for _ in range(total):
+            call()
+    else:
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            list(pool.map(lambda _i: call(), range(total)))
+    return total / (time.perf_counter() - start)
+
+
+def measure_run(
+    pipeline: Callable[[], object], served: dict[str, Callable[[], object]], requests: int
+) -> dict[str, float]:
+    """One run: c1 p50 of the floor and each served path (interleaved), then the floor's rate and c8 rates."""
+    p50 = interleaved_c1({"pipeline": pipeline, **served}, requests)
+    floor_rps = rate(pipeline, 1, requests)
+    figures = {"pipeline_p50_ms": p50["pipeline"], "pipeline_rps": floor_rps}
+    for name, call in served.items():
+        figures[f"{name}_c1_p50_ms"] = p50[name]
+        figures[f"{name}_c1_ratio"] = p50[name] / p50["pipeline"]
+        served_rps = rate(call, 8, 2 * requests)
+        figures[f"{name}_c8_rps"] = served_rps
+        figures[f"{name}_c8_ratio"] = served_rps / floor_rps
+    return figures
 
 
 def stock_response_bytes(model: torch.jit.ScriptModule, image: bytes) -> int:
@@ -222,147 +229,169 @@ def stock_response_bytes(model: torch.jit.ScriptModule, image: bytes) -> int:
     return len(json.dumps(answer[0], indent=2).encode("utf-8"))
 
 
+def structured_mask_bytes() -> int:
+    """Response bytes of our JSON answer for a realistic 520x520 mask (a few blobs of 3 classes): a randomly
+    initialised model answers an almost uniform mask, whose PNG is unrealistically small."""
+    img = Image.new("L", (SIZE, SIZE), 0)
+    draw = ImageDraw.Draw(img)
+    draw.ellipse((60, 80, 300, 400), fill=15)
+    draw.polygon([(320, 470), (400, 180), (480, 470)], fill=12)
+    draw.rectangle((10, 430, 200, 515), fill=18)
+    mask = np.asarray(img, dtype=np.uint8)
+    info = handler.ModelInfo(
+        arch="deeplabv3_mobilenet_v3_large", weights="x" * 40, sha256="0" * 64, untrained=False,
+        class_names=VOC_CLASSES, archive_sha256="0" * 64,
+    )  # fmt: skip
+    return len(json.dumps(handler.mask_response(mask, info), separators=(",", ":")).encode())
+
+
+def response_bytes(client: SegmentClient, pipeline: InProcessPipeline, image: bytes) -> dict[str, Any]:
+    stock = stock_response_bytes(pipeline.handler.model, image)
+    ours = len(client.predict_raw(image, transport="rest"))
+    structured = structured_mask_bytes()
+    return {
+        "ours_json": ours,
+        "ours_json_structured_mask": structured,
+        "stock_image_segmenter": stock,
+        "stock_how": "stock image_segmenter steps run in-process (captum missing, so not served)",
+        "ratio_structured_vs_stock": round(structured / stock, 5),
+        "met": structured / stock <= BYTES_TARGET,
+    }
+
+
+def summarize_runs(runs: list[dict[str, float]]) -> dict[str, Any]:
+    return {key: summarize([round(run[key], 4) for run in runs]) for key in runs[0]}
+
+
+def targets_of(cells: dict[str, Any]) -> dict[str, Any]:
+    targets: dict[str, Any] = {}
+    for transport in TRANSPORTS:
+        c1 = cells[f"{transport}_c1_ratio"]["median"]
+        c8 = cells[f"{transport}_c8_ratio"]["median"]
+        targets[f"{transport}_c1_p50_vs_pipeline"] = {
+            "value": c1,
+            "max": RATIO_C1_MAX,
+            "met": c1 <= RATIO_C1_MAX,
+        }
+        targets[f"{transport}_c8_rps_vs_pipeline"] = {
+            "value": c8,
+            "min": RATIO_C8_MIN,
+            "met": c8 >= RATIO_C8_MIN,
+        }
+    return targets
+
+
+def _caller(client: SegmentClient, image: bytes, transport: Transport) -> Callable[[], object]:
+    def call() -> bytes:
+        return client.predict_raw(image, transport=transport)
+
+    return call
+
+
+def serve_and_measure(
+    store: Path, workdir: Path, image: bytes, args: argparse.Namespace, *, transports: Sequence[Transport]
+) -> tuple[list[dict[str, float]], dict[str, Any]]:
+    """Start TorchServe on ``store``, build the matching floor, run ``args.runs`` runs; (runs, facts)."""
+    with torchserve_on_free_ports(store, workdir / "torchserve") as (settings, endpoints):
+        threads = worker_torch_threads(settings)
+        pipeline = InProcessPipeline(store / "deeplabv3.mar", workdir, threads)
+        tokens = TokenSource.from_key_file(settings.inference_key_file)
+        with SegmentClient(endpoints, tokens, timeout_s=300) as client:
+            served: dict[str, Callable[[], object]] = {t: _caller(client, image, t) for t in transports}
+            for _ in range(2):  # warm-up: worker, channels, caches
+                pipeline(image)
+                for call in served.values():
+                    call()
+            runs = []
+            for index in range(args.runs):
+                run = measure_run(lambda: pipeline(image), served, args.requests)
+                logger.info("run %d: %s", index + 1, {k: round(v, 3) for k, v in run.items()})
+                runs.append(run)
+            facts = {
+                "worker_torch_threads": threads,
+                "floor_torch_threads": pipeline.torch_threads,
+                "response_bytes": response_bytes(client, pipeline, image) if "rest" in transports else None,
+            }
+    return runs, facts
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    load_before = os.getloadavg()
     image = bench_image()
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         work = Path(tmp)
         store = work / "store"
-        store.mkdir()
         logger.info("exporting %s (%s) at %d px", args.arch, args.weights, SIZE)
         build_archive(store, args.arch, args.weights)
-        model = load_torchscript(store)
-        stock_bytes = stock_response_bytes(model, image)
-
-        # The floor: forward of the tensor our handler would build, in this process.
-        tensor = handler.to_tensor(handler.decode_image(image), SIZE, 2 * SIZE)[None]
-
-        def forward() -> None:
-            with torch.inference_mode():
-                model(tensor)
-
-        figures: dict[str, Any] = {"forward": {}, "rest": {}, "grpc": {}}
-        with (
-            torchserve_on_free_ports(store, work / "torchserve") as (settings, endpoints),
-            SegmentClient(endpoints, TokenSource.from_key_file(settings.key_file), timeout_s=300) as client,
-        ):
-            ours_bytes = {t: len(client.predict_raw(image, transport=t)) for t in ("rest", "grpc")}
-            png_bytes = len(client.segment_png(image, transport="rest"))
-            single = measure_interleaved(
-                {
-                    "forward": forward,
-                    "rest": lambda: client.predict_raw(image, transport="rest"),
-                    "grpc": lambda: client.predict_raw(image, transport="grpc"),
-                },
-                rounds=args.requests,
-                warmup=2,
-            )
-            for name, result in single.items():
-                figures[name]["1"] = result
-                logger.info("%s c=1: %s", name, result)
-            for transport in ("rest", "grpc"):
-                chosen: Transport = "rest" if transport == "rest" else "grpc"
-
-                def call(chosen: Transport = chosen) -> None:
-                    client.predict_raw(image, transport=chosen)
-
-                result = measure(call, 8, 2 * args.requests, warmup=0)
-                figures[transport]["8"] = result
-                logger.info("%s c=8: %s", transport, result)
-        forward_p50 = figures["forward"]["1"]["p50_ms"]
-        for transport in ("rest", "grpc"):
-            for concurrency in CONCURRENCY:
-                entry = figures[transport][str(concurrency)]
-                # At c=8 the floor is still one forward at a time: the 2-core CPU is the limit either way.
-                entry["ratio_p50_vs_forward"] = round(entry["p50_ms"] / forward_p50, 3)
-                # The fastest call of each path is the least disturbed by other load on the machine.
-                entry["ratio_min_vs_forward"] = round(entry["min_ms"] / figures["forward"]["1"]["min_ms"], 3)
-                entry["rps_vs_forward"] = round(entry["rps"] / figures["forward"]["1"]["rps"], 3)
-        structured = structured_mask_bytes()
-        figures["response_bytes"] = {
-            "ours_json_rest": ours_bytes["rest"],
-            "ours_json_grpc_prediction": ours_bytes["grpc"],
-            "ours_png_rest": png_bytes,
-            "ours_json_structured_mask": structured,
-            "stock_image_segmenter_rest": stock_bytes,
-            "stock_how": "stock image_segmenter steps run in-process (captum missing, so not served)",
-            "ratio_ours_vs_stock": round(ours_bytes["rest"] / stock_bytes, 5) if stock_bytes else None,
-            "ratio_structured_vs_stock": round(structured / stock_bytes, 5) if stock_bytes else None,
-        }
-    c1 = [figures[t]["1"]["ratio_p50_vs_forward"] for t in ("rest", "grpc")]
-    c1_min = [figures[t]["1"]["ratio_min_vs_forward"] for t in ("rest", "grpc")]
-    bytes_ratio = figures["response_bytes"]["ratio_structured_vs_stock"]
-    figures["targets"] = {
-        "ratio_c1_max": RATIO_TARGET,
-        "ratio_c1_met": all(r <= RATIO_TARGET for r in c1),
-        "ratio_c1_min_met": all(r <= RATIO_TARGET for r in c1_min),
-        "bytes_ratio_max": BYTES_TARGET,
-        "bytes_ratio_met": bytes_ratio is not None and bytes_ratio <= BYTES_TARGET,
+        runs, facts = serve_and_measure(store, work, image, args, transports=TRANSPORTS)
+    cells = summarize_runs(runs)
+    return {
+        "cells": cells,
+        "runs": runs,
+        "targets": targets_of(cells),
+        **facts,
+        "setup": {
+            "arch": args.arch,
+            "weights": args.weights,
+            "image": f"{SIZE}x{SIZE} JPEG, {len(image)} bytes",
+            "requests_per_run": {"c1": args.requests, "c8": 2 * args.requests, "floor_rate": args.requests},
+            "model_config": yaml.safe_load((ROOT / "seg_handler" / "model-config.yaml").read_text()),
+            "device": "cpu",
+        },
     }
-    figures["setup"] = {
-        "arch": args.arch,
-        "weights": args.weights,
-        "image": f"{SIZE}x{SIZE} JPEG, {len(image)} bytes",
-        "model_config": yaml.safe_load((ROOT / "seg_handler" / "model-config.yaml").read_text()),
-        "torch_threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "machine": platform.platform(),
-        "device": "cpu",
-        "loadavg_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    return figures
 
 
 def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """gRPC throughput at concurrency 8 for batchSize x workers, each batch size in its own archive."""
+    """gRPC c1 p50 and c8 rate for workers x torch threads per worker, each against its own floor."""
     image = bench_image()
-    template = (ROOT / "seg_handler" / "model-config.yaml").read_text()
+    template = yaml.safe_load((ROOT / "seg_handler" / "model-config.yaml").read_text())
     rows: list[dict[str, Any]] = []
-    for batch_size in args.sweep_batch_sizes:
-        with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
-            work = Path(tmp)
-            store = work / "store"
-            store.mkdir()
-            config = work / "model-config.yaml"
-            lines = [
-                f"batchSize: {batch_size}" if ln.startswith("batchSize:") else ln
-                for ln in template.splitlines()
-            ]
-            config.write_text("\n".join(lines) + "\n")
-            build_archive(store, args.arch, args.weights, config_file=config)
-            with torchserve_on_free_ports(store, work / "torchserve") as (settings, endpoints):
-                tokens = TokenSource.from_key_file(settings.key_file)
-                with SegmentClient(endpoints, tokens, timeout_s=300) as client:
-                    for workers in args.sweep_workers:
-                        client.scale_workers(workers)
-                        result = measure(lambda: client.predict_raw(image), 8, 2 * args.requests, warmup=2)
-                        row = {"batchSize": batch_size, "workers": workers, **result}
-                        logger.info("sweep %s", row)
-                        rows.append(row)
+    for threads in args.sweep_threads:
+        for workers in args.sweep_workers:
+            with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
+                work = Path(tmp)
+                config = dict(template, minWorkers=workers, maxWorkers=workers)
+                config["handler"] = dict(template.get("handler") or {}, torch_threads=threads)
+                (work / "model-config.yaml").write_text(yaml.safe_dump(config))
+                build_archive(work / "store", args.arch, args.weights, config_file=work / "model-config.yaml")
+                runs, facts = serve_and_measure(work / "store", work, image, args, transports=("grpc",))
+            cells = summarize_runs(runs)
+            row = {"workers": workers, "torch_threads": facts["worker_torch_threads"], "cells": cells}
+            logger.info("sweep workers=%d threads=%d: %s", workers, threads, cells["grpc_c8_ratio"])
+            rows.append(row)
+    best_floor = max(row["cells"]["pipeline_rps"]["median"] for row in rows)
+    for row in rows:
+        row["grpc_c8_rps_vs_best_floor"] = round(row["cells"]["grpc_c8_rps"]["median"] / best_floor, 3)
     return rows
 
 
 def print_table(figures: dict[str, Any]) -> None:
-    print(
-        f"{'path':<10}{'conc':>5}{'min ms':>10}{'p50 ms':>10}{'p99 ms':>10}{'rps':>8}"
-        f"{'min/fwd':>9}{'p50/fwd':>9}{'rps/fwd':>9}"
-    )
-    for name in ("forward", "rest", "grpc"):
-        for concurrency, entry in sorted(figures[name].items()):
-            ratio = entry.get("ratio_p50_vs_forward", 1.0)
-            min_ratio = entry.get("ratio_min_vs_forward", 1.0)
-            rps_ratio = entry.get("rps_vs_forward", 1.0)
-            print(
-                f"{name:<10}{concurrency:>5}{entry['min_ms']:>10.1f}{entry['p50_ms']:>10.1f}{entry['p99_ms']:>10.1f}"
-                f"{entry['rps']:>8.2f}{min_ratio:>9.3f}{ratio:>9.3f}{rps_ratio:>9.3f}"
-            )
-    print("response bytes:", json.dumps(figures["response_bytes"]))
-    print("targets:", json.dumps(figures["targets"]))
-    print("load average (1 min) before/after:", figures["setup"]["loadavg_1m_before_after"])
-    for row in figures.get("sweep_grpc_c8", []):
-        print(f"sweep batchSize={row['batchSize']} workers={row['workers']}: ", end="")
-        print(f"{row['rps']:.2f} rps, p50 {row['p50_ms']} ms")
+    cells = figures["cells"]
+
+    def cell(key: str, fmt: str = ".3f") -> str:
+        c = cells[key]
+        return f"{c['median']:{fmt}} ({c['min']:{fmt}}–{c['max']:{fmt}})"
+
+    print(f"floor: handler pipeline in-process, {figures['floor_torch_threads']} torch threads "
+          f"(worker: {figures['worker_torch_threads']})")  # fmt: skip
+    print(f"  p50 {cell('pipeline_p50_ms', '.1f')} ms, rate {cell('pipeline_rps')} rps")
+    for transport in TRANSPORTS:
+        latency, ratio = cell(f"{transport}_c1_p50_ms", ".1f"), cell(f"{transport}_c1_ratio")
+        print(f"{transport:>5} c1 p50 {latency} ms  ratio {ratio}")
+        print(
+            f"{transport:>5} c8 rate {cell(f'{transport}_c8_rps')} rps  ratio {cell(f'{transport}_c8_ratio')}"
+        )
+    for name, target in figures["targets"].items():
+        bound = f"<= {target['max']}" if "max" in target else f">= {target['min']}"
+        print(f"target {name}: {target['value']:.3f} {bound}: {'met' if target['met'] else 'NOT met'}")
+    if figures.get("response_bytes"):
+        print("response bytes:", json.dumps(figures["response_bytes"]))
+    for row in figures.get("sweep_grpc", []):
+        c = {key: value["median"] for key, value in row["cells"].items()}
+        print(
+            f"sweep workers={row['workers']} threads={row['torch_threads']}: "
+            f"c1 {c['grpc_c1_p50_ms']:.0f} ms (x{c['grpc_c1_ratio']:.3f}), c8 {c['grpc_c8_rps']:.2f} rps "
+            f"(x{c['grpc_c8_ratio']:.3f} own floor, x{row['grpc_c8_rps_vs_best_floor']:.3f} best floor)"
+        )
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -371,24 +400,27 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--arch", default="deeplabv3_mobilenet_v3_large")
     parser.add_argument("--weights", default="random", help="training.export --weights (random: no download)")
-    parser.add_argument("--requests", type=int, default=10, help="timed requests at c=1 (twice that at c=8)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--sweep", action="store_true", help="also sweep batchSize x workers (gRPC, c=8)")
-    parser.add_argument("--sweep-batch-sizes", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--runs", type=int, default=3, help="runs, each measuring the floor and the paths")
+    parser.add_argument("--requests", type=int, default=12, help="calls per path per run at c1 (2x at c8)")
+    parser.add_argument("--sweep", action="store_true", help="also gRPC for workers x torch threads")
     parser.add_argument("--sweep-workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--sweep-threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--name", default="serving", help="results file bench/results/<name>.json")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = get_args_parser().parse_args(argv)
+    if args.runs < 1 or args.requests < 2:
+        raise SystemExit("--runs must be >= 1 and --requests >= 2")
+    load_before = load_average()
     figures = run(args)
     if args.sweep:
-        figures["sweep_grpc_c8"] = sweep(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(figures, indent=2) + "\n")
+        figures["sweep_grpc"] = sweep(args)
+    path = write_results(args.name, figures, load_before=load_before)
     print_table(figures)
-    print(f"written to {args.out}")
+    print(f"load average before {load_before}, after {load_average()}; written to {path}")
     return 0
 
 

@@ -87,6 +87,8 @@ class HandlerSettings:
     resize: int = DEFAULT_RESIZE
     max_size: int = DEFAULT_MAX_SIZE
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # torch intra-op threads of the worker; 0 keeps torch's default (one per physical core).
+    torch_threads: int = 0
 
 
 # ------------------------------------------------------------------------------------------ pure functions
@@ -319,7 +321,12 @@ def handler_settings(section: Mapping[str, Any], input_size: int | None) -> Hand
     resize = int(section.get("resize") or input_size or DEFAULT_RESIZE)
     if "max_pixels" in section:
         logger.warning("ignoring handler.max_pixels in model-config.yaml; the limit is image_policy's")
-    return HandlerSettings(resize=resize, max_size=int(section.get("max_size") or 2 * resize))
+    threads = int(section.get("torch_threads") or 0)
+    if threads < 0:
+        raise ValueError(f"handler.torch_threads must be >= 0, got {threads}")
+    return HandlerSettings(
+        resize=resize, max_size=int(section.get("max_size") or 2 * resize), torch_threads=threads
+    )
 
 
 def response_format(item: Mapping[str, Any], accept: str | None) -> str:
@@ -432,6 +439,8 @@ class SegmentationHandler(BaseHandler):  # type: ignore[misc]
         self.settings = handler_settings(section, self.model_info.input_size)
         # Pillow's guard stays on at our limit: it warns above it (an error in decode_image), refuses 2x.
         Image.MAX_IMAGE_PIXELS = self.settings.max_pixels
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
         self.initialized = True
         logger.info(
             "loaded %s (%s, archive sha256 %s) with %s; torch threads %d",

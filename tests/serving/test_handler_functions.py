@@ -206,6 +206,13 @@ def test_handler_settings_default_to_archive_input_size() -> None:
     assert h.handler_settings({"resize": 100}, 64) == h.HandlerSettings(100, 200, h.DEFAULT_MAX_PIXELS)
 
 
+def test_torch_threads_per_worker_come_from_the_archive_config() -> None:
+    assert h.handler_settings({}, 64).torch_threads == 0  # torch's default
+    assert h.handler_settings({"torch_threads": 1}, 64).torch_threads == 1
+    with pytest.raises(ValueError, match="torch_threads"):
+        h.handler_settings({"torch_threads": -1}, 64)
+
+
 def test_the_pixel_limit_is_image_policys_whatever_the_archive_says() -> None:
     assert h.DEFAULT_MAX_PIXELS == image_policy.MAX_PIXELS
     assert h.handler_settings({"max_pixels": 5}, 64).max_pixels == image_policy.MAX_PIXELS
