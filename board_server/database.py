@@ -28,6 +28,7 @@ import fcntl
 import logging
 import os
 import queue
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,10 +41,11 @@ from typing import Any, TypeVar
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Boolean, Connection, Engine, Select, create_engine, event, make_url, text
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.sql.dml import ReturningInsert
 
 from board_server.config import Settings
-from board_server.errors import DatabaseBusy
+from board_server.errors import DatabaseBusy, DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +57,19 @@ _MAX_BATCH = 64
 
 @contextmanager
 def _busy_is_unavailable() -> Iterator[None]:
-    """Lock contention beyond the busy timeout becomes DatabaseBusy (UNAVAILABLE, retryable)."""
+    """Lock contention beyond the busy timeout becomes DatabaseBusy, a database that cannot be reached (or
+    dropped the connection) DatabaseUnavailable: both UNAVAILABLE, retryable, never INTERNAL."""
     try:
         yield
-    except OperationalError as exc:
+    except DBAPIError as exc:
         text = str(exc.orig).lower()
-        if "locked" in text or "busy" in text:
+        if isinstance(exc, OperationalError) and ("locked" in text or "busy" in text):
             raise DatabaseBusy("the database is busy; retry the call") from exc
+        # PostgreSQL's operational errors are the transient kind (connection refused or lost, shutdown,
+        # too many connections); SQLite's are not (a missing table is a bug, and stays INTERNAL).
+        unreachable = isinstance(exc, OperationalError) and not isinstance(exc.orig, sqlite3.Error)
+        if unreachable or exc.connection_invalidated:
+            raise DatabaseUnavailable("the database cannot be reached; retry the call") from exc
         raise
 
 
@@ -325,16 +333,18 @@ def migrate(engine: Engine) -> None:
 
 
 class LeanQuery:
-    """A Core SELECT that, on SQLite, runs on the bare sqlite3 connection: compiled once, rows as tuples.
+    """A Core statement that, on SQLite, runs on the bare sqlite3 connection: compiled once, rows as tuples.
 
     SQLAlchemy's execution and row processing cost three to four times the query itself on a point read
-    (108 vs 24 µs per GetPost's read, measured); the hottest reads (a post, a page of posts, a token's
-    identity) take this path. Rows keep attribute access (named tuples) and the types the Core path gives:
-    UTC datetimes, booleans. On PostgreSQL it is the ordinary Core execution. Simple statements only:
-    named bind parameters, no expanding IN lists.
+    (108 vs 24 µs per GetPost's read, measured); the hottest statements (a post, a page of posts, a token's
+    identity, inserting a post) take this path. Rows keep attribute access (named tuples) and the types the
+    Core path gives: UTC datetimes, booleans; datetime parameters are stored as the Core path stores them.
+    On PostgreSQL it is the ordinary Core execution. Simple statements only: SELECTs or INSERT ... RETURNING
+    with named bind parameters, no expanding IN lists. Errors are the driver's own on SQLite
+    (sqlite3.IntegrityError), SQLAlchemy's on PostgreSQL.
     """
 
-    def __init__(self, statement: Select[Any]) -> None:
+    def __init__(self, statement: Select[Any] | ReturningInsert[Any]) -> None:
         from sqlalchemy.dialects import sqlite as sqlite_dialect
 
         from board_server.models import UTCDateTime
@@ -345,7 +355,10 @@ class LeanQuery:
         self._names = tuple(compiled.positiontup or ())
         # Parameters the compiler added itself (SQLite's OFFSET after a bound LIMIT) with their values.
         self._defaults = {name: value for name, value in compiled.params.items() if value is not None}
-        columns = list(statement.selected_columns)
+        self._stamps = frozenset(
+            name for name, bind in compiled.binds.items() if isinstance(bind.type, UTCDateTime)
+        )
+        columns = list(statement.exported_columns)
         self._row: Any = collections.namedtuple("Row", [c.name for c in columns])  # type: ignore[misc]
         self._convert: tuple[tuple[int, Callable[[Any], Any]], ...] = tuple(
             (i, _utc_from_sqlite if isinstance(c.type, UTCDateTime) else bool)
@@ -356,8 +369,12 @@ class LeanQuery:
     def _rows(self, conn: Connection, params: dict[str, Any]) -> Any:
         raw = conn.connection.driver_connection
         assert raw is not None
-        defaults = self._defaults
-        return raw.execute(self._sql, tuple(params.get(name, defaults.get(name)) for name in self._names))
+        defaults, stamps = self._defaults, self._stamps
+        values = tuple(
+            _utc_to_sqlite(params[name]) if name in stamps else params.get(name, defaults.get(name))
+            for name in self._names
+        )
+        return raw.execute(self._sql, values)
 
     def _make(self, values: tuple[Any, ...]) -> Any:
         if self._convert:
@@ -385,3 +402,9 @@ class LeanQuery:
 def _utc_from_sqlite(text: str) -> datetime:
     # What UTCDateTime stores on SQLite: naive ISO text in UTC.
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def _utc_to_sqlite(value: datetime) -> str:
+    # The text SQLAlchemy's SQLite DATETIME stores (always six fractional digits), so that rows written
+    # either way compare and sort alike.
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")

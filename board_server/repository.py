@@ -10,6 +10,7 @@ Grouped by resource (users, posts, comments) so that later resources add a secti
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
@@ -113,7 +114,7 @@ def delete_user(conn: Connection, user_id: int) -> None:
 # --- posts ------------------------------------------------------------------------------------------------
 
 _READ_POST = LeanQuery(select(_POSTS).where(_POSTS.c.id == bindparam("id")))
-_READ_POST_FOR_UPDATE = _READ_POST.statement.with_for_update()
+_READ_POST_FOR_UPDATE = select(_POSTS).where(_POSTS.c.id == bindparam("id")).with_for_update()
 _LOCK_POST = select(_POSTS.c.id).where(_POSTS.c.id == bindparam("id")).with_for_update(read=True)
 _LIST_ALL_POSTS = LeanQuery(
     select(_POSTS).where(_POSTS.c.id > bindparam("after")).order_by(_POSTS.c.id).limit(bindparam("n"))
@@ -124,7 +125,11 @@ _LIST_USER_POSTS = LeanQuery(
     .order_by(_POSTS.c.id)
     .limit(bindparam("n"))
 )
-_INSERT_POST = insert(_POSTS).returning(*_POSTS.c)
+_INSERT_POST = LeanQuery(
+    insert(_POSTS)
+    .values({c.name: bindparam(c.name) for c in _POSTS.c if c.name != "id"})
+    .returning(*_POSTS.c)
+)
 
 
 def add_post(conn: Connection, user_id: int, title: str, content: str, now: datetime) -> PostRecord:
@@ -133,9 +138,9 @@ def add_post(conn: Connection, user_id: int, title: str, content: str, now: date
     try:
         # The foreign key is the existence check (its only one, so a violation names the author): one
         # statement instead of two on the hottest write.
-        return cast(PostRecord, conn.execute(_INSERT_POST, values).one())
-    except IntegrityError as exc:
-        if _is_foreign_key_violation(exc):
+        return cast(PostRecord, _INSERT_POST.first(conn, values))
+    except (IntegrityError, sqlite3.IntegrityError) as exc:
+        if "foreign key" in str(getattr(exc, "orig", exc)).lower():
             raise UserNotFound(user_id) from exc
         raise
 
@@ -185,7 +190,7 @@ def delete_post(conn: Connection, post_id: int) -> None:
 # --- comments ---------------------------------------------------------------------------------------------
 
 _READ_COMMENT = LeanQuery(select(_COMMENTS).where(_COMMENTS.c.id == bindparam("id")))
-_READ_COMMENT_FOR_UPDATE = _READ_COMMENT.statement.with_for_update()
+_READ_COMMENT_FOR_UPDATE = select(_COMMENTS).where(_COMMENTS.c.id == bindparam("id")).with_for_update()
 _LIST_COMMENTS = LeanQuery(
     select(_COMMENTS)
     .where(_COMMENTS.c.post_id == bindparam("post_id"), _COMMENTS.c.id > bindparam("after"))
