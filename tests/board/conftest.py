@@ -21,23 +21,25 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from PIL import Image
 from sqlalchemy import Engine, create_engine
 
-from clients.board import BoardClient
+from clients.board import BoardClient, BoardClientError
 from clients.gen.board.v1 import board_pb2
 from tests.support import REPO_ROOT, Processes, free_port
 
 BOARD_SERVER = REPO_ROOT / ".venv" / "bin" / "board-server"
+GRPCURL = REPO_ROOT / ".venv" / "bin" / "grpcurl"
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
 PASSWORD = "correct horse battery staple"
 
@@ -81,13 +83,13 @@ def sign_up(
     email: str | None = None,
     password: str = PASSWORD,
     timeout: float = 20.0,
-    **client_options: Any,
+    root_certificates: bytes | None = None,
 ) -> Member:
     """Create a user with a password (CreateUser, anonymous sign-up) and sign in as them; return the Member.
 
-    ``client_options`` go to BoardClient (e.g. ``root_certificates`` for a TLS server).
+    ``root_certificates`` (PEM) for a TLS server.
     """
-    board = BoardClient(target, timeout=timeout, **client_options)
+    board = BoardClient(target, timeout=timeout, root_certificates=root_certificates)
     try:
         user = board.create_user(name, email or new_email(), password)
         board.sign_in(user.email, password)
@@ -97,9 +99,11 @@ def sign_up(
     return Member(board, user, password)
 
 
-def sign_in(target: str, email: str, password: str = PASSWORD, **client_options: Any) -> BoardClient:
+def sign_in(
+    target: str, email: str, password: str = PASSWORD, *, root_certificates: bytes | None = None
+) -> BoardClient:
     """A new client with a new session of an existing user (another device, say)."""
-    board = BoardClient(target, timeout=20.0, **client_options)
+    board = BoardClient(target, timeout=20.0, root_certificates=root_certificates)
     try:
         board.sign_in(email, password)
     except BaseException:
@@ -117,6 +121,43 @@ def run_admin(
         command += ["--audit-log", str(audit_log)]
     return subprocess.run(
         command, input=stdin, capture_output=True, text=True, timeout=60, check=False, cwd=workdir
+    )
+
+
+def at_once(
+    targets: Sequence[str], count: int, call: Callable[[BoardClient, int], object]
+) -> list[BoardClientError | None]:
+    """Make ``count`` calls ``call(client, n)`` released together, each on its own connection (spread over
+    ``targets``); return what each raised, or None."""
+    clients = [BoardClient(targets[n % len(targets)], timeout=60) for n in range(count)]
+    start = threading.Barrier(count)
+
+    def one(n: int) -> BoardClientError | None:
+        start.wait()
+        try:
+            call(clients[n], n)
+        except BoardClientError as exc:
+            return exc
+        return None
+
+    try:
+        with ThreadPoolExecutor(count) as pool:
+            return list(pool.map(one, range(count)))
+    finally:
+        for client in clients:
+            client.close()
+
+
+def grpcurl(
+    *args: str, data: str | None = None, token: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run grpcurl with ``args`` (transport flags first: ``-plaintext`` or ``-cacert FILE``), a JSON request
+    body and a bearer token."""
+    extra = ["-d", data] if data is not None else []
+    if token is not None:
+        extra += ["-H", f"authorization: Bearer {token}"]
+    return subprocess.run(
+        [str(GRPCURL), *extra, *args], capture_output=True, text=True, timeout=30, check=False
     )
 
 
@@ -144,7 +185,6 @@ class RunningServer:
     audit_log: Path
     processes: Processes
     workdir: Path
-    _clients: list[BoardClient] = field(default_factory=list, repr=False)
 
     @property
     def target(self) -> str:

@@ -10,7 +10,6 @@ import sqlite3
 import subprocess
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -23,13 +22,14 @@ from tests.board.conftest import (
     Backend,
     Member,
     RunningServer,
+    at_once,
+    grpcurl,
     new_email,
     sign_up,
     start_board_server,
 )
 from tests.support import REPO_ROOT, Processes, wait_for
 
-GRPCURL = REPO_ROOT / ".venv" / "bin" / "grpcurl"
 BOARD_CLI = REPO_ROOT / ".venv" / "bin" / "board"
 AUDIT_LINE = re.compile(
     r"^\| \d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \| (?P<level>[A-Z]+) \| (?P<message>.+) \| "
@@ -44,25 +44,11 @@ def race_one_email(targets: list[str], attempts: int = 24) -> tuple[int, list[Bo
     are a real race without holding a small machine's cores for half a minute.
     """
     address = new_email("r")
-    clients = [BoardClient(target, timeout=60) for target in targets]
-    start = threading.Barrier(attempts)
 
-    def attempt(i: int) -> BoardClientError | None:
-        variant = address.upper() if i % 2 else address
-        start.wait()
-        try:
-            clients[i % len(clients)].create_user(f"racer {i}", variant, PASSWORD)
-        except BoardClientError as exc:
-            return exc
-        return None
+    def sign_up_as(client: BoardClient, n: int) -> None:
+        client.create_user(f"racer {n}", address.upper() if n % 2 else address, PASSWORD)
 
-    try:
-        with ThreadPoolExecutor(attempts) as pool:
-            outcomes = list(pool.map(attempt, range(attempts)))
-    finally:
-        for client in clients:
-            client.close()
-    errors = [o for o in outcomes if o is not None]
+    errors = [e for e in at_once(targets, attempts, sign_up_as) if e is not None]
     return attempts - len(errors), errors
 
 
@@ -168,37 +154,32 @@ def test_audit_log_names_the_actor_of_every_change_and_never_a_read(
     wait_for("the not-found line", lambda: f"User not found; id={missing}" in board_server.log(), timeout=20)
 
 
-def grpcurl(
+def plaintext_grpcurl(
     *args: str, data: str | None = None, token: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    extra = ["-d", data] if data is not None else []
-    if token is not None:
-        extra += ["-H", f"authorization: Bearer {token}"]
-    return subprocess.run(
-        [str(GRPCURL), "-plaintext", *extra, *args], capture_output=True, text=True, timeout=30, check=False
-    )
+    return grpcurl("-plaintext", *args, data=data, token=token)
 
 
 def test_grpcurl_lists_describes_signs_in_calls_and_checks_health(board_server: RunningServer) -> None:
     target = board_server.target
-    listed = grpcurl(target, "list")
+    listed = plaintext_grpcurl(target, "list")
     assert listed.returncode == 0, listed.stderr
     assert {"board.v1.BoardService", "grpc.health.v1.Health"} <= set(listed.stdout.split())
 
-    described = grpcurl(target, "describe", "board.v1.BoardService")
+    described = plaintext_grpcurl(target, "describe", "board.v1.BoardService")
     assert described.returncode == 0, described.stderr
     assert "rpc CreateUser ( .board.v1.CreateUserRequest ) returns ( .board.v1.User );" in described.stdout
     assert "rpc SignIn ( .board.v1.SignInRequest ) returns ( .board.v1.SignInResponse );" in described.stdout
 
     address = new_email("curl")
     sign_up_request = {"name": "Curl", "email": address, "password": PASSWORD}
-    created = grpcurl(target, "board.v1.BoardService/CreateUser", data=json.dumps(sign_up_request))
+    created = plaintext_grpcurl(target, "board.v1.BoardService/CreateUser", data=json.dumps(sign_up_request))
     assert created.returncode == 0, created.stderr
     user = json.loads(created.stdout)
     assert user["email"] == address and (user.get("createTime") or user.get("create_time"))
     assert "password" not in user
 
-    signed_in = grpcurl(
+    signed_in = plaintext_grpcurl(
         target, "board.v1.BoardService/SignIn", data=json.dumps({"email": address, "password": PASSWORD})
     )
     assert signed_in.returncode == 0, signed_in.stderr
@@ -207,24 +188,26 @@ def test_grpcurl_lists_describes_signs_in_calls_and_checks_health(board_server: 
     assert session["user"] == user
 
     get_request = json.dumps({"id": user["id"]})
-    fetched = grpcurl(target, "board.v1.BoardService/GetUser", data=get_request, token=token)
+    fetched = plaintext_grpcurl(target, "board.v1.BoardService/GetUser", data=get_request, token=token)
     assert fetched.returncode == 0, fetched.stderr
     assert json.loads(fetched.stdout) == user
-    public = json.loads(grpcurl(target, "board.v1.BoardService/GetUser", data=get_request).stdout)
+    public = json.loads(plaintext_grpcurl(target, "board.v1.BoardService/GetUser", data=get_request).stdout)
     assert "email" not in public and public["name"] == "Curl"  # no token: no email
 
     post_request = json.dumps({"title": "From grpcurl", "content": "with a bearer token"})
-    posted = grpcurl(target, "board.v1.BoardService/CreatePost", data=post_request, token=token)
+    posted = plaintext_grpcurl(target, "board.v1.BoardService/CreatePost", data=post_request, token=token)
     assert posted.returncode == 0, posted.stderr
     assert json.loads(posted.stdout).get("userId", json.loads(posted.stdout).get("user_id")) == user["id"]
-    anonymous_post = grpcurl(target, "board.v1.BoardService/CreatePost", data=post_request)
+    anonymous_post = plaintext_grpcurl(target, "board.v1.BoardService/CreatePost", data=post_request)
     assert "Unauthenticated" in anonymous_post.stderr
 
-    invalid = grpcurl(target, "board.v1.BoardService/CreateUser", data='{"name": "", "email": "x"}')
+    invalid = plaintext_grpcurl(target, "board.v1.BoardService/CreateUser", data='{"name": "", "email": "x"}')
     assert "InvalidArgument" in invalid.stderr
 
     for service in ("", "board.v1.BoardService"):
-        health = grpcurl(target, "grpc.health.v1.Health/Check", data=json.dumps({"service": service}))
+        health = plaintext_grpcurl(
+            target, "grpc.health.v1.Health/Check", data=json.dumps({"service": service})
+        )
         assert health.returncode == 0, health.stderr
         assert json.loads(health.stdout) == {"status": "SERVING"}
 
@@ -257,10 +240,13 @@ def test_cli_json_round_trip(board_server: RunningServer, member: Member, tmp_pa
     )
     assert [p["id"] for p in listed["posts"]] == [post["id"]] and listed["next_page_token"] == ""
     # Reads need no token; the email is shown only to the user themself.
+    public = run_cli(target, "--json", "users", "get", str(member.id), home=home)
+    assert public.returncode == 0, public.stderr
+    assert json.loads(public.stdout)["name"] == member.user.name and member.email not in public.stdout
+    own = run_cli(target, "--json", "users", "get", str(member.id), token=token, home=home)
+    assert own.returncode == 0 and json.loads(own.stdout)["email"] == member.email
     table = run_cli(target, "users", "get", str(member.id), home=home)
-    assert table.returncode == 0 and member.user.name in table.stdout and member.email not in table.stdout
-    own = run_cli(target, "users", "get", str(member.id), token=token, home=home)
-    assert own.returncode == 0 and member.email in own.stdout
+    assert table.returncode == 0 and member.user.name in table.stdout
 
     anonymous = run_cli(
         target, "--json", "posts", "create", "--user", "0", "--title", "T", "--content", "C", home=home

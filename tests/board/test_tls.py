@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,13 +17,13 @@ from tests.board.conftest import (
     BOARD_SERVER,
     PASSWORD,
     RunningServer,
+    grpcurl,
     new_email,
     sign_up,
     start_board_server,
 )
-from tests.support import REPO_ROOT, Processes
+from tests.support import Processes
 
-GRPCURL = REPO_ROOT / ".venv" / "bin" / "grpcurl"
 _refused = itertools.count()
 
 
@@ -80,17 +79,6 @@ def test_a_client_that_does_not_speak_tls_with_this_ca_gets_nowhere(
         pytest.raises(UnavailableError),
     ):
         board.create_user("Nobody", new_email(), PASSWORD)
-
-
-def grpcurl(
-    *args: str, data: str | None = None, token: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    extra = ["-d", data] if data is not None else []
-    if token is not None:
-        extra += ["-H", f"authorization: Bearer {token}"]
-    return subprocess.run(
-        [str(GRPCURL), *extra, *args], capture_output=True, text=True, timeout=30, check=False
-    )
 
 
 def test_grpcurl_over_tls_with_the_test_ca_and_a_bearer_token(tls_server: RunningServer, pki: Pki) -> None:

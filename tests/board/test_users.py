@@ -91,10 +91,16 @@ def test_missing_user_is_not_found(anonymous: BoardClient, client: BoardClient, 
         anonymous.update_user(10**12, name="x")
 
 
-def test_non_positive_id_is_invalid_argument(anonymous: BoardClient) -> None:
+def test_negative_id_is_invalid_argument(anonymous: BoardClient) -> None:
     with pytest.raises(InvalidArgumentError) as caught:
-        anonymous.get_user(0)
+        anonymous.get_user(-1)
     assert fields(caught.value) == {"id"}
+
+
+def test_id_zero_is_the_caller(anonymous: BoardClient, member: Member) -> None:
+    assert member.client.get_user(0) == member.client.get_user(member.id)  # "who am I"
+    with pytest.raises(UnauthenticatedError):
+        anonymous.get_user(0)
 
 
 def test_update_user_changes_only_masked_fields(member: Member) -> None:
