@@ -14,7 +14,6 @@ import contextlib
 import io
 import sqlite3
 import threading
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,10 +33,9 @@ from clients.board import (
     ResourceExhaustedError,
 )
 from clients.gen.board.v1 import board_pb2
-from tests.board.conftest import Backend, RunningServer, start_board_server
+from tests.board.conftest import Backend, RunningServer, sign_up, start_board_server
 from tests.support import Processes, wait_for
 
-PASSWORD = "abuse-test-password"
 # A deadline that only a starved or queued call reaches: it turns a hang into a failure, it times nothing.
 GENEROUS = 20.0
 
@@ -48,13 +46,10 @@ def serve(processes: Processes, database_url: str, workdir: Path, *flags: str) -
     return start_board_server(processes, database_url, workdir, extra=extra)
 
 
-def sign_up(target: str) -> tuple[BoardClient, board_pb2.User]:
+def signed_in(target: str) -> tuple[BoardClient, board_pb2.User]:
     """A new user, signed in: the client sends the token with every call."""
-    client = BoardClient(target, timeout=GENEROUS, options=[("grpc.use_local_subchannel_pool", 1)])
-    email = f"abuse-{uuid.uuid4().hex[:12]}@example.org"
-    user = client.create_user("Abuse", email, PASSWORD)
-    client.sign_in(email, PASSWORD)
-    return client, user
+    member = sign_up(target, "Abuse", timeout=GENEROUS)
+    return member.client, member.user
 
 
 def jpeg() -> bytes:
@@ -81,7 +76,7 @@ def sqlite_server(processes: Processes, tmp_path: Path) -> RunningServer:
 
 def test_idle_streams_and_half_sent_uploads_starve_no_other_client(sqlite_server: RunningServer) -> None:
     target = sqlite_server.target
-    client, user = sign_up(target)
+    client, user = signed_in(target)
     with client:
         post = client.create_post(user.id, "still here", "served while others stall")
         metadata = (("authorization", f"Bearer {client.token}"),)
@@ -102,7 +97,7 @@ def test_calls_beyond_max_concurrent_rpcs_are_resource_exhausted_not_queued(
     processes: Processes, tmp_path: Path
 ) -> None:
     server = serve(processes, f"sqlite:///{tmp_path / 'board.db'}", tmp_path, "--max-concurrent-rpcs", "8")
-    client, user = sign_up(server.target)
+    client, user = signed_in(server.target)
     with client:
         post = client.create_post(user.id, "t", "c")
         with Abusers(server.target, idle=8, slow=0, post_id=post.id) as abusers:
@@ -204,10 +199,10 @@ def test_call_slowed_by_a_held_database_lock_gets_the_server_side_deadline(
     # Sign up where hashing a password has time (argon2 on a busy machine can take a second), then use the
     # session on a second server of the same database that gives every call 1 s.
     registrar = serve(processes, url, backend.workdir)
-    signed_in, user = sign_up(registrar.target)
-    signed_in.close()
+    registered, user = signed_in(registrar.target)
+    registered.close()
     server = serve(processes, url, backend.workdir, "--call-timeout", "1s")
-    with BoardClient(server.target, timeout=GENEROUS, token=signed_in.token) as client:
+    with BoardClient(server.target, timeout=GENEROUS, token=registered.token) as client:
         post = client.create_post(user.id, "before", "the lock")
         with database_locked(url):
             # The write (SQLite) or read (PostgreSQL) waits for the lock; the server gives up after 1 s.
@@ -229,7 +224,7 @@ def test_attachments_per_post_are_capped_and_listed_a_page_at_a_time(
     backend: Backend, processes: Processes
 ) -> None:
     server = serve(processes, backend.new_database_url(), backend.workdir, "--max-attachments-per-post", "3")
-    client, user = sign_up(server.target)
+    client, user = signed_in(server.target)
     with client:
         post = client.create_post(user.id, "photos", "three at most")
         ids = [client.add_attachment(post.id, f"p{i}.jpg", jpeg()).id for i in range(3)]
@@ -256,7 +251,7 @@ def test_concurrent_uploads_on_two_processes_never_pass_the_cap(
         processes, backend.new_database_url(), backend.workdir, "--processes", "2",
         "--max-attachments-per-post", "3",
     )  # fmt: skip
-    owner, user = sign_up(server.target)
+    owner, user = signed_in(server.target)
     with owner:
         post = owner.create_post(user.id, "race", "for three places")
         data = jpeg()
@@ -285,7 +280,7 @@ def test_concurrent_uploads_on_two_processes_never_pass_the_cap(
 
 
 def test_not_found_reads_write_nothing_to_the_audit_log(sqlite_server: RunningServer) -> None:
-    client, user = sign_up(sqlite_server.target)
+    client, user = signed_in(sqlite_server.target)
     with client:
         post = client.create_post(user.id, "audited", "a change")
         audit = sqlite_server.audit_log

@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ from PIL import Image
 
 from clients.board import BoardClient
 from clients.gen.board.v1 import board_pb2
-from tests.board.conftest import BOARD_SERVER, Backend, RunningServer, start_board_server
+from tests.board.conftest import BOARD_SERVER, PASSWORD, Backend, RunningServer, sign_up, start_board_server
 from tests.support import Processes
 
 SERVICE = board_pb2.DESCRIPTOR.services_by_name["BoardService"]
@@ -68,7 +67,6 @@ TRAILER_LIMIT = 8192  # bytes of all trailing metadata together
 ECHO_PREFIX = 64  # no input longer than this may come back whole in a message (its first 64 characters)
 EXAMPLES = int(os.environ.get("BOARD_FUZZ_EXAMPLES", "100"))
 GENEROUS = 60.0  # a deadline that only a hung call reaches
-PASSWORD = "fuzz-test-password"
 
 FUZZ = settings(
     max_examples=EXAMPLES,
@@ -118,13 +116,12 @@ def jpeg(size: tuple[int, int] = (24, 16)) -> bytes:
 JPEG = jpeg()
 
 
-def sign_up(target: str, name: str) -> tuple[str, board_pb2.User, str]:
+def signed_up(target: str, name: str) -> tuple[str, board_pb2.User, str]:
     """A new user signed in: (email, user, token)."""
-    email = f"fuzz-{uuid.uuid4().hex[:12]}@example.org"
-    with BoardClient(target, timeout=GENEROUS) as client:
-        user = client.create_user(name, email, PASSWORD)
-        token = client.sign_in(email, PASSWORD).access_token
-    return email, user, token
+    member = sign_up(target, name, timeout=GENEROUS)
+    member.client.close()
+    assert member.client.token is not None
+    return member.email, member.user, member.client.token
 
 
 def grant_admin(database_url: str, email: str, workdir: Path) -> None:
@@ -139,9 +136,9 @@ def grant_admin(database_url: str, email: str, workdir: Path) -> None:
 
 def build_world(server: RunningServer, backend: Backend) -> World:
     """Users (caller, other, admin, victims), their posts, comments, attachments, and issued page tokens."""
-    caller_email, caller, caller_token = sign_up(server.target, "Caller")
-    _, other, other_token = sign_up(server.target, "Other")
-    admin_email, admin, admin_token = sign_up(server.target, "Admin")
+    caller_email, caller, caller_token = signed_up(server.target, "Caller")
+    _, other, other_token = signed_up(server.target, "Other")
+    admin_email, admin, admin_token = signed_up(server.target, "Admin")
     grant_admin(server.database_url, admin_email, backend.workdir)
     image = jpeg()
     ids: dict[str, list[int]] = {"users": [caller.id, other.id, admin.id], "posts": [], "comments": []}
@@ -164,7 +161,7 @@ def build_world(server: RunningServer, backend: Backend) -> World:
                 target["comments"].append(comment.id)
                 target["attachments"].append(attachment.id)
         for _ in range(4):
-            victims["users"].append(sign_up(server.target, "Victim")[1].id)
+            victims["users"].append(signed_up(server.target, "Victim")[1].id)
         post_id = ids["posts"][0]
         page_tokens += [
             mine.list_users(page_size=1).next_page_token,

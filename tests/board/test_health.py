@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +22,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients.board import BoardClient, BoardClientError
-from tests.board.conftest import RunningServer, start_board_server
+from tests.board.conftest import PASSWORD, RunningServer, sign_up, start_board_server
 from tests.support import Processes, free_port, wait_for
 
-PASSWORD = "health-test-password"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 GENEROUS = 60.0
@@ -144,10 +142,8 @@ def test_health_follows_the_database_through_an_outage(
         processes, cluster.url, tmp_path,
         extra=("--auth", "on", "--processes", "1", "--metrics-address", "none", "--health-interval", "0.5"),
     )  # fmt: skip
-    client = BoardClient(server.target, timeout=GENEROUS)
-    email = f"h-{uuid.uuid4().hex[:12]}@example.org"
-    user = client.create_user("Healthy", email, PASSWORD)
-    client.sign_in(email, PASSWORD)
+    member = sign_up(server.target, "Healthy", timeout=GENEROUS)
+    client, user, email = member.client, member.user, member.email
     post = client.create_post(user.id, "before", "the outage")
     watchers = [Watcher(server.target), Watcher(server.target, "board.v1.BoardService")]
     for watcher in watchers:

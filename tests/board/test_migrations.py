@@ -15,7 +15,6 @@ import sqlite3
 import subprocess
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,10 +22,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients.board import BoardClient
-from tests.board.conftest import BOARD_SERVER, PostgresCluster, RunningServer, start_board_server
+from tests.board.conftest import BOARD_SERVER, PostgresCluster, RunningServer, sign_up, start_board_server
 from tests.support import Processes
 
-PASSWORD = "migration-password"
 SCHEMA_AT_HEAD = re.compile(r"database schema at head")
 FLAGS = ("--auth", "on", "--metrics-address", "none")
 
@@ -40,13 +38,11 @@ def assert_works(server: RunningServer) -> None:
     """Sign up, sign in, write, read and list; health SERVING."""
     import grpc
 
-    with BoardClient(server.target, timeout=60.0) as client:
-        email = f"m-{uuid.uuid4().hex[:12]}@example.org"
-        user = client.create_user("Migrated", email, PASSWORD)
-        client.sign_in(email, PASSWORD)
-        post = client.create_post(user.id, "after the start", "works")
+    member = sign_up(server.target, "Migrated", timeout=60.0)
+    with member.client as client:
+        post = client.create_post(member.id, "after the start", "works")
         assert client.get_post(post.id) == post
-        assert post.id in [p.id for p in client.list_posts(user_id=user.id).posts]
+        assert post.id in [p.id for p in client.list_posts(user_id=member.id).posts]
     with grpc.insecure_channel(server.target) as channel:
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=60)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
@@ -141,8 +137,12 @@ def start_together(
         return list(pool.map(start, range(count)))
 
 
-def assert_one_deployment(servers: list[RunningServer]) -> None:
-    """Each server works, and a page token issued by one is valid on every other (one shared key)."""
+def assert_come_up_together(
+    processes: Processes, database_url: str, workdir: Path, server_processes: int = 1
+) -> None:
+    """Three servers started at once on ``database_url`` each work, and a page token issued by one is valid
+    on every other (one shared deployment key); then they are stopped."""
+    servers = start_together(processes, database_url, workdir, 3, server_processes)
     for server in servers:
         assert_works(server)
     with BoardClient(servers[0].target) as first:
@@ -151,6 +151,8 @@ def assert_one_deployment(servers: list[RunningServer]) -> None:
     for server in servers[1:]:
         with BoardClient(server.target) as other:
             assert other.list_users(page_size=1, page_token=token).users
+    for server in servers:
+        Processes.stop(server.proc)
 
 
 @pytest.mark.parametrize("server_processes", [1, 2])
@@ -159,10 +161,7 @@ def test_servers_started_together_on_a_fresh_sqlite_file_all_come_up(
 ) -> None:
     for round_ in range(3):
         url = f"sqlite:///{tmp_path / f'fresh-{round_}.db'}"
-        servers = start_together(processes, url, tmp_path, 3, server_processes)
-        assert_one_deployment(servers)
-        for server in servers:
-            Processes.stop(server.proc)
+        assert_come_up_together(processes, url, tmp_path, server_processes)
 
 
 @pytest.mark.postgres
@@ -170,10 +169,7 @@ def test_servers_started_together_on_a_fresh_postgres_database_all_come_up(
     postgres_cluster: PostgresCluster, processes: Processes, tmp_path: Path
 ) -> None:
     for _ in range(2):
-        servers = start_together(processes, postgres_cluster.new_database(), tmp_path, 3, 1)
-        assert_one_deployment(servers)
-        for server in servers:
-            Processes.stop(server.proc)
+        assert_come_up_together(processes, postgres_cluster.new_database(), tmp_path)
 
 
 @pytest.mark.postgres

@@ -14,7 +14,6 @@ import hmac
 import json
 import secrets
 import sqlite3
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -22,10 +21,9 @@ from typing import Any
 import pytest
 
 from clients.board import BoardClient, BoardClientError, InvalidArgumentError
-from tests.board.conftest import Backend, RunningServer, start_board_server
+from tests.board.conftest import Backend, RunningServer, sign_up, start_board_server
 from tests.support import Processes
 
-PASSWORD = "page-token-password"
 VERSION = b"\x02"
 MAC_BYTES = 16
 
@@ -59,11 +57,8 @@ def jpeg() -> bytes:
 
 
 def signed_in(target: str) -> tuple[BoardClient, int]:
-    client = BoardClient(target, timeout=30.0)
-    email = f"tokens-{uuid.uuid4().hex[:12]}@example.org"
-    user = client.create_user("Pager", email, PASSWORD)
-    client.sign_in(email, PASSWORD)
-    return client, user.id
+    member = sign_up(target, "Pager", timeout=30.0)
+    return member.client, member.id
 
 
 @pytest.fixture(scope="module")

@@ -32,10 +32,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients.board import BoardClient, BoardClientError
-from tests.board.conftest import Backend, RunningServer, start_board_server
+from tests.board.conftest import Backend, RunningServer, sign_up, start_board_server
 from tests.support import Processes, wait_for
 
-PASSWORD = "process-model-password"
 GENEROUS = 60.0
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # each client its own TCP connection
 
@@ -84,11 +83,12 @@ def spread_clients(server: RunningServer, token: str, expected: int, at_least: i
     raise AssertionError(f"connections never reached every process: {connections_per_process(server)}")
 
 
-def sign_up(target: str) -> tuple[int, str]:
-    email = f"proc-{uuid.uuid4().hex[:12]}@example.org"
-    with BoardClient(target, timeout=GENEROUS) as client:
-        user = client.create_user("Writer", email, PASSWORD)
-        return user.id, client.sign_in(email, PASSWORD).access_token
+def sign_up_writer(target: str) -> tuple[int, str]:
+    """A new user signed in: (user id, access token)."""
+    member = sign_up(target, "Writer", timeout=GENEROUS)
+    member.client.close()
+    assert member.client.token is not None
+    return member.id, member.client.token
 
 
 def titles_of(target: str, user_id: int) -> Counter[str]:
@@ -111,7 +111,7 @@ def test_each_write_is_acknowledged_once_across_processes(
 ) -> None:
     server = serve(processes, backend.new_database_url(), backend.workdir, count)
     assert len(server_processes(server)) == count
-    user_id, token = sign_up(server.target)
+    user_id, token = sign_up_writer(server.target)
     with closing_all(spread_clients(server, token, count)) as clients:
         titles = [f"{uuid.uuid4().hex}-{i}" for i in range(400)]
 
@@ -131,7 +131,7 @@ def test_group_commit_across_processes_survives_kill_9_of_the_group(
 ) -> None:
     url = f"sqlite:///{tmp_path / 'board.db'}"
     server = serve(processes, url, tmp_path, 2)
-    user_id, token = sign_up(server.target)
+    user_id, token = sign_up_writer(server.target)
     acknowledged: list[str] = []
     attempted: set[str] = set()
     lock = threading.Lock()
@@ -200,7 +200,7 @@ def test_supervisor_restarts_a_killed_server_process_and_the_port_keeps_answerin
     assert "restarting it" in server.log()
     assert server.proc.poll() is None
     # The new process serves too.
-    user_id, token = sign_up(server.target)
+    user_id, token = sign_up_writer(server.target)
     with closing_all(spread_clients(server, token, 2)) as clients:
         new = (after - before).pop()
         assert connections_per_process(server)[new] >= 1
@@ -212,7 +212,7 @@ def test_sigterm_drains_every_process(processes: Processes, tmp_path: Path) -> N
     path = tmp_path / "board.db"
     server = serve(processes, f"sqlite:///{path}", tmp_path, 2)
     children = server_processes(server)
-    user_id, token = sign_up(server.target)
+    user_id, token = sign_up_writer(server.target)
     with closing_all(spread_clients(server, token, 2)) as clients:
         lock = sqlite3.connect(path, isolation_level=None)
         lock.execute("BEGIN IMMEDIATE")  # every write now waits for this lock, in both processes
