@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Row, Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Row, Table, bindparam, delete, func, insert, select, text, update
 
 from board_server.database import LeanQuery
 from board_server.models import AccessToken, SignInFailure, User
@@ -87,12 +87,23 @@ def failures_since(conn: Connection, email_lower: str, since: datetime) -> tuple
     return int(row[0]), row[1]
 
 
-def record_failure(conn: Connection, email_lower: str, now: datetime, forget_before: datetime) -> None:
-    """Count one failed sign-in, and forget this email's failures older than the window."""
-    conn.execute(
-        delete(_FAILURES).where(_FAILURES.c.email == email_lower, _FAILURES.c.attempt_time < forget_before)
-    )
+def count_attempt(
+    conn: Connection, email_lower: str, now: datetime, since: datetime, limit: int
+) -> tuple[bool, datetime | None]:
+    """Count a sign-in attempt as a failure (until a matching password clears it) unless the email already has
+    ``limit`` failures since ``since``: (counted, when the oldest of them was). Forgets older failures.
+
+    Attempts for one email take turns (SQLite: the one writer; PostgreSQL: an advisory lock on the email until
+    the transaction ends), so that attempts arriving together cannot all pass the limit.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(4242002, hashtext(:email))"), {"email": email_lower})
+    count, oldest = failures_since(conn, email_lower, since)
+    if count >= limit:
+        return False, oldest
+    conn.execute(delete(_FAILURES).where(_FAILURES.c.email == email_lower, _FAILURES.c.attempt_time < since))
     conn.execute(insert(_FAILURES), {"email": email_lower, "attempt_time": now})
+    return True, oldest
 
 
 def clear_failures(conn: Connection, email_lower: str) -> None:

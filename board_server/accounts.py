@@ -174,10 +174,14 @@ class Accounts:
         """Check the password and open a session; raise Unauthenticated or ResourceExhausted (too many)."""
         email_lower = email.strip().lower()
         now = datetime.now(UTC)
-        count, oldest = await self._db.run_read(
-            lambda conn: accounts_repo.failures_since(conn, email_lower, now - SIGN_IN_WINDOW)
+        # The attempt is counted as a failure BEFORE the password is checked (and forgiven when it matches):
+        # counting after the check let guesses sent all at once pass the limit together.
+        counted, oldest = await self._db.run_write(
+            lambda conn: accounts_repo.count_attempt(
+                conn, email_lower, now, now - SIGN_IN_WINDOW, SIGN_IN_FAILURE_LIMIT
+            )
         )
-        if count >= SIGN_IN_FAILURE_LIMIT:
+        if not counted:
             wait = (
                 (oldest + SIGN_IN_WINDOW - now).total_seconds() if oldest else SIGN_IN_WINDOW.total_seconds()
             )
@@ -189,10 +193,7 @@ class Accounts:
         stored = row.password_hash if row is not None and row.password_hash else None
         verified = await self._off_loop(lambda: self._verify(stored or self._decoy, password))
         if row is None or stored is None or not verified:
-            await self._db.run_write(
-                lambda conn: accounts_repo.record_failure(conn, email_lower, now, now - SIGN_IN_WINDOW)
-            )
-            raise Unauthenticated(BAD_CREDENTIALS)
+            raise Unauthenticated(BAD_CREDENTIALS)  # the attempt counted above stays a failure
         assert stored is not None
         user_id, admin = int(row.id), bool(row.admin)
         rehashed = await self._off_loop(lambda: self._rehash_if_needed(stored, password))

@@ -232,12 +232,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for option in OPTIONS:
         default = getattr(defaults, option.field)
         shown = "one per core" if option.field == "processes" else default
+        # An on/off option given alone means on: `--allow-plaintext` as well as `--allow-plaintext on`.
+        switch: dict[str, Any] = {"nargs": "?", "const": "on"} if option.parse is _on_off else {}
         parser.add_argument(
             option.flag,
             dest=option.field,
             default=None,
             metavar=option.metavar,
             help=f"{option.help} (env {option.env}; default {shown})",
+            **switch,
         )
 
 

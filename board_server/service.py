@@ -136,6 +136,11 @@ class UserService:
             violations.password("user.password", password, email)
         violations.raise_if_any()
         self._accounts.require_owner(caller, user_id, "this account")
+        if "password" in paths and "email" not in paths:
+            # Nor may the new password be the email the account keeps (the request's email is not set).
+            current = await self._db.run_read(lambda conn: repository.read_user(conn, user_id))
+            violations.password("user.password", password, current.email)
+            violations.raise_if_any()
         values: dict[str, object] = {
             path: {"name": name, "email": email}[path] for path in paths if path != "password"
         }
