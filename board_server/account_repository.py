@@ -81,6 +81,11 @@ def delete_expired_tokens(conn: Connection, now: datetime) -> int:
     return int(conn.execute(delete(_TOKENS).where(_TOKENS.c.expire_time < now)).rowcount)
 
 
+def delete_old_failures(conn: Connection, before: datetime) -> int:
+    """Forget failed sign-ins older than the limit's window, for every email (sprayed ones included)."""
+    return int(conn.execute(delete(_FAILURES).where(_FAILURES.c.attempt_time < before)).rowcount)
+
+
 def failures_since(conn: Connection, email_lower: str, since: datetime) -> tuple[int, datetime | None]:
     """How many failed sign-ins for the email since ``since``, and when the oldest of them was."""
     row = conn.execute(_FAILURES_SINCE, {"email": email_lower, "since": since}).one()

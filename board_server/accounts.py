@@ -223,6 +223,20 @@ class Accounts:
         except InvalidHashError:
             return None
 
+    async def housekeeping(self) -> None:
+        """Delete expired sessions and failed sign-ins older than the window (they only cost space)."""
+        now = datetime.now(UTC)
+
+        def sweep(conn: Connection) -> tuple[int, int]:
+            tokens = accounts_repo.delete_expired_tokens(conn, now)
+            return tokens, accounts_repo.delete_old_failures(conn, now - SIGN_IN_WINDOW)
+
+        tokens, failures = await self._db.run_write(sweep)
+        if tokens or failures:
+            logger.info(
+                "housekeeping: %d expired sessions and %d old failed sign-ins deleted", tokens, failures
+            )
+
     async def sign_out(self, caller: Caller) -> None:
         """Revoke the token of this call; raise Unauthenticated when the call carried none."""
         token_id = caller.token_id

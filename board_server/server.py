@@ -43,6 +43,7 @@ from clients.gen.board.v1 import board_pb2, board_pb2_grpc
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = board_pb2.DESCRIPTOR.services_by_name["BoardService"].full_name
+HOUSEKEEPING_INTERVAL_S = 600.0
 
 
 def server_options(settings: Settings, *, reuse_port: bool = False) -> list[tuple[str, Any]]:
@@ -134,6 +135,17 @@ async def watch_database(
             if ok and serving is False:
                 logger.info("database reachable again; health is SERVING")
             serving = ok
+        await asyncio.sleep(interval_s)
+
+
+async def keep_house(accounts: Accounts, interval_s: float) -> None:
+    """Sweep expired sessions and stale sign-in failures now and then (every process: the deletes are
+    idempotent, and cheap when there is nothing to delete)."""
+    while True:
+        try:
+            await accounts.housekeeping()
+        except Exception:  # the database may be away; the health check reports that
+            logger.warning("housekeeping failed; trying again later", exc_info=True)
         await asyncio.sleep(interval_s)
 
 
@@ -237,5 +249,8 @@ async def create_server(
         asyncio.create_task(
             watch_database(database, health, settings.health_check_interval_s, refresh), name="health"
         )
+    )
+    started._tasks.append(
+        asyncio.create_task(keep_house(accounts, HOUSEKEEPING_INTERVAL_S), name="housekeeping")
     )
     return started

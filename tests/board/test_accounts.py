@@ -48,7 +48,7 @@ from tests.board.conftest import (
     start_board_server,
     tiny_png,
 )
-from tests.support import Processes
+from tests.support import Processes, wait_for
 
 TOKENS, USERS, FAILURES = (cast(Table, model.__table__) for model in (AccessToken, User, SignInFailure))
 
@@ -375,6 +375,34 @@ def test_an_expired_token_is_unauthenticated(board_server: RunningServer, member
         assert expiring.sign_in(member.email, PASSWORD).access_token != token
         expiring.create_post(0, "t", "signed in again")
     member.client.get_user(member.id)  # the member's other session has its own expiry
+
+
+def test_expired_sessions_and_old_failures_are_swept_at_start(backend: Backend, processes: Processes) -> None:
+    url = backend.new_database_url()
+    first = start_board_server(processes, url, backend.workdir)
+    member = sign_up(first.target)
+    with sign_in(first.target, member.email) as stale:
+        token = stale.token
+    assert token
+    with database_engine(url) as engine, engine.begin() as conn:
+        long_ago = datetime.now(UTC) - SIGN_IN_WINDOW - timedelta(minutes=1)
+        conn.execute(update(TOKENS).where(TOKENS.c.token_hash == digest(token)).values(expire_time=long_ago))
+        conn.execute(
+            FAILURES.insert(),
+            [{"email": f"spray-{i}@example.org", "attempt_time": long_ago} for i in range(3)],
+        )
+    Processes.stop(first.proc)
+    second = start_board_server(processes, url, backend.workdir)  # sweeps at start, then every 10 minutes
+
+    def swept() -> bool:
+        with database_engine(url) as engine, engine.connect() as conn:
+            tokens = conn.execute(select(TOKENS.c.id).where(TOKENS.c.token_hash == digest(token))).all()
+            failures = conn.execute(select(FAILURES.c.id)).all()
+        return not tokens and not failures
+
+    wait_for("expired sessions and old failures deleted", swept, timeout=30)
+    with BoardClient(second.target, token=member.client.token) as kept:
+        assert kept.get_user(0).id == member.id  # a live session is kept
 
 
 def test_sign_in_reports_the_expiry_of_the_configured_lifetime(
