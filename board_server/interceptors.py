@@ -19,6 +19,7 @@ import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import grpc
@@ -148,31 +149,9 @@ class BoardInterceptor(_ServerInterceptor):
 
     def _unary(self, name: str, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def guarded(request: Any, context: Context) -> Any:
-            started = time.perf_counter()
-            for observer in self._observers:
-                observer.started(self._service, name)
-            code = grpc.StatusCode.OK
-            try:
-                async with asyncio.timeout(self._timeout):
-                    await self._enter(name, request, context)
-                    return await behaviour(request, context)
-            except BoardError as exc:
-                status = self._status_of(name, exc)
-                code = status.code
-                await context.abort(status.code, status.details, status.trailing_metadata)
-            except TimeoutError:
-                code = grpc.StatusCode.DEADLINE_EXCEEDED
-                logger.warning("%s gave up after %.1fs (server-side deadline)", name, self._timeout)
-                await context.abort(code, f"the server gave up after {self._timeout:g} s; retry later")
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except Exception:
-                code = grpc.StatusCode.INTERNAL
-                logger.exception("%s failed", name)
-                await context.abort(code, "internal error")
-            finally:
-                self._observe(name, code, started)
+            async with self._outcome(name, context), asyncio.timeout(self._timeout):
+                await self._enter(name, request, context)
+                return await behaviour(request, context)
 
         return guarded
 
@@ -180,29 +159,42 @@ class BoardInterceptor(_ServerInterceptor):
         self, name: str, behaviour: Callable[..., AsyncIterator[Any]]
     ) -> Callable[..., AsyncIterator[Any]]:
         async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
-            started = time.perf_counter()
-            for observer in self._observers:
-                observer.started(self._service, name)
-            code = grpc.StatusCode.OK
-            try:
+            async with self._outcome(name, context):
                 await self._enter(name, request, context)
                 async for item in behaviour(request, context):
                     yield item
-            except BoardError as exc:
-                status = self._status_of(name, exc)
-                code = status.code
-                await context.abort(status.code, status.details, status.trailing_metadata)
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except Exception:
-                code = grpc.StatusCode.INTERNAL
-                logger.exception("%s failed", name)
-                await context.abort(code, "internal error")
-            finally:
-                self._observe(name, code, started)
 
         return guarded
+
+    @asynccontextmanager
+    async def _outcome(self, name: str, context: Context) -> AsyncIterator[None]:
+        """Around one call: observers told of its start and end, every exception turned into its status."""
+        started = time.perf_counter()
+        for observer in self._observers:
+            observer.started(self._service, name)
+        code = grpc.StatusCode.OK
+        try:
+            yield
+        except BoardError as exc:
+            status = self._status_of(name, exc)
+            code = status.code
+            await context.abort(status.code, status.details, status.trailing_metadata)
+        except TimeoutError:
+            code = grpc.StatusCode.DEADLINE_EXCEEDED
+            logger.warning("%s gave up after %.1fs (server-side deadline)", name, self._timeout)
+            await context.abort(code, f"the server gave up after {self._timeout:g} s; retry later")
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN  # aborted on purpose further down
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            logger.exception("%s failed", name)
+            await context.abort(code, "internal error")
+        finally:
+            self._observe(name, code, started)
 
     @staticmethod
     def _status_of(name: str, exc: BoardError) -> grpc.Status:
