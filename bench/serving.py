@@ -5,12 +5,14 @@ random weights unless --weights), starts TorchServe with our config on free port
 measures, in ``--runs`` runs (default 3) that each take the floor and the served paths in turn:
 
 - the floor: our SegmentationHandler's ``handle`` with TorchServe's own Context, in this process, with the
-  worker's torch threads: decode → to_tensor → TorchScript forward → logits_to_mask → PNG + JSON, i.e. all
-  the worker does for a request except receiving it and sending the answer;
+  worker's torch threads and OpenMP settings (launch.WORKER_ENV): decode → to_tensor → TorchScript forward →
+  logits_to_mask → PNG + JSON, i.e. all the worker does for a request except receiving it and answering;
 - REST and gRPC through TorchServe at concurrency 1 (the three paths taking turns call by call, so that they
   see the same machine load): p50 latency and its ratio to the floor (target <= 1.10);
 - REST and gRPC at concurrency 8 against the floor's rate (one request after the other in this process):
-  throughput ratio (target >= 0.90).
+  throughput ratio (target >= 0.90), and the CPU time per request of TorchServe's worker, its Java frontend
+  and this client beside the pipeline's own: where a served request's time goes (CPU time hardly moves with
+  other load on the machine; wall time does).
 
 Each cell is the median and min–max of the runs (bench/records.py); bench/results/serving.json keeps every run
 with the machine facts and load. ``--sweep`` adds gRPC c1/c8 for workers x torch threads per worker, each
@@ -26,7 +28,9 @@ import contextlib
 import io
 import json
 import logging
+import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -159,6 +163,56 @@ def worker_torch_threads(settings: launch.ServeSettings) -> int:
     return int(found[-1])
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) ``pid`` has used; 0 for a process that is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def child_pids(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if (
+                entry.name.isdigit()
+                and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent
+            ):
+                found.append(int(entry.name))
+    return found
+
+
+def own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class CpuMeter:
+    """CPU seconds per request spent by TorchServe's workers, its Java frontend and this client (the bench
+    process, while only the client runs in it): where a served request's time goes besides the pipeline.
+    CPU time, unlike wall time, hardly moves with other load on a shared machine."""
+
+    def __init__(self, frontend_pid: int) -> None:
+        self.frontend = frontend_pid
+
+    def measure(self, work: Callable[[], int]) -> dict[str, float]:
+        workers = child_pids(self.frontend)
+        before = {pid: process_cpu_s(pid) for pid in (self.frontend, *workers)}
+        client = own_cpu_s()
+        requests = work()
+        after = {pid: process_cpu_s(pid) for pid in before}
+        return {
+            "worker": 1000 * sum(after[p] - before[p] for p in workers) / requests,
+            "frontend": 1000 * (after[self.frontend] - before[self.frontend]) / requests,
+            "client": 1000 * (own_cpu_s() - client) / requests,
+        }
+
+
 def timed(call: Callable[[], object]) -> float:
     start = time.perf_counter()
     call()
@@ -187,18 +241,32 @@ def rate(call: Callable[[], object], concurrency: int, total: int) -> float:
 
 
 def measure_run(
-    pipeline: Callable[[], object], served: dict[str, Callable[[], object]], requests: int
+    pipeline: Callable[[], object], served: dict[str, Callable[[], object]], requests: int, cpu: CpuMeter
 ) -> dict[str, float]:
-    """One run: c1 p50 of the floor and each served path (interleaved), then the floor's rate and c8 rates."""
+    """One run: c1 p50 of the floor and each served path (interleaved), then the floor's rate and c8 rates,
+    with the CPU each process spent per request."""
     p50 = interleaved_c1({"pipeline": pipeline, **served}, requests)
+    floor_cpu = own_cpu_s()
     floor_rps = rate(pipeline, 1, requests)
-    figures = {"pipeline_p50_ms": p50["pipeline"], "pipeline_rps": floor_rps}
+    figures = {
+        "pipeline_p50_ms": p50["pipeline"],
+        "pipeline_rps": floor_rps,
+        "pipeline_cpu_ms": 1000 * (own_cpu_s() - floor_cpu) / requests,
+    }
     for name, call in served.items():
         figures[f"{name}_c1_p50_ms"] = p50[name]
         figures[f"{name}_c1_ratio"] = p50[name] / p50["pipeline"]
-        served_rps = rate(call, 8, 2 * requests)
-        figures[f"{name}_c8_rps"] = served_rps
-        figures[f"{name}_c8_ratio"] = served_rps / floor_rps
+        rates: list[float] = []
+
+        def c8(call: Callable[[], object] = call, rates: list[float] = rates) -> int:
+            rates.append(rate(call, 8, 2 * requests))
+            return 2 * requests
+
+        spent = cpu.measure(c8)
+        figures[f"{name}_c8_rps"] = rates[0]
+        figures[f"{name}_c8_ratio"] = rates[0] / floor_rps
+        for process, ms in spent.items():
+            figures[f"{name}_c8_cpu_ms_{process}"] = ms
     return figures
 
 
@@ -294,6 +362,7 @@ def serve_and_measure(
     """Start TorchServe on ``store``, build the matching floor, run ``args.runs`` runs; (runs, facts)."""
     with torchserve_on_free_ports(store, workdir / "torchserve") as (settings, endpoints):
         threads = worker_torch_threads(settings)
+        cpu = CpuMeter(int(settings.pid_file.read_text()))
         pipeline = InProcessPipeline(store / "deeplabv3.mar", workdir, threads)
         tokens = TokenSource.from_key_file(settings.inference_key_file)
         with SegmentClient(endpoints, tokens, timeout_s=300) as client:
@@ -304,7 +373,7 @@ def serve_and_measure(
                     call()
             runs = []
             for index in range(args.runs):
-                run = measure_run(lambda: pipeline(image), served, args.requests)
+                run = measure_run(lambda: pipeline(image), served, args.requests, cpu)
                 logger.info("run %d: %s", index + 1, {k: round(v, 3) for k, v in run.items()})
                 runs.append(run)
             facts = {
@@ -377,9 +446,14 @@ def print_table(figures: dict[str, Any]) -> None:
     for transport in TRANSPORTS:
         latency, ratio = cell(f"{transport}_c1_p50_ms", ".1f"), cell(f"{transport}_c1_ratio")
         print(f"{transport:>5} c1 p50 {latency} ms  ratio {ratio}")
-        print(
-            f"{transport:>5} c8 rate {cell(f'{transport}_c8_rps')} rps  ratio {cell(f'{transport}_c8_ratio')}"
+        throughput, ratio = cell(f"{transport}_c8_rps"), cell(f"{transport}_c8_ratio")
+        print(f"{transport:>5} c8 rate {throughput} rps  ratio {ratio}")
+        spent = ", ".join(
+            f"{process} {cells[f'{transport}_c8_cpu_ms_{process}']['median']:.0f}"
+            for process in ("worker", "frontend", "client")
         )
+        pipeline_cpu = cells["pipeline_cpu_ms"]["median"]
+        print(f"{'':>5} c8 CPU ms per request: {spent} (the pipeline in-process: {pipeline_cpu:.0f})")
     for name, target in figures["targets"].items():
         bound = f"<= {target['max']}" if "max" in target else f">= {target['min']}"
         print(f"target {name}: {target['value']:.3f} {bound}: {'met' if target['met'] else 'NOT met'}")
@@ -409,8 +483,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_with_the_workers_environment(argv: Sequence[str]) -> None:
+    """Run this benchmark again with the OpenMP settings TorchServe's workers get (launch.WORKER_ENV) when
+    this process lacks them: the floor must run the pipeline as a worker does, and libgomp reads them once,
+    when torch loads. Returns only when they are already set."""
+    missing = {key: value for key, value in launch.WORKER_ENV.items() if key not in os.environ}
+    if missing:
+        logger.info("running again with the workers' environment %s", missing)
+        command = [sys.executable, "-m", "bench.serving", *argv]
+        os.execve(sys.executable, command, {**os.environ, **missing})  # noqa: S606 - this same benchmark
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    run_with_the_workers_environment(sys.argv[1:] if argv is None else argv)
     args = get_args_parser().parse_args(argv)
     if args.runs < 1 or args.requests < 2:
         raise SystemExit("--runs must be >= 1 and --requests >= 2")

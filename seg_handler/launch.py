@@ -46,6 +46,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_TEMPLATE = Path(__file__).resolve().parent / "config.properties"
 DEFAULT_RUNTIME_DIR = REPO_ROOT / "var" / "torchserve"
 MODEL_NAME = "deeplabv3"
+# Environment of TorchServe's Python workers, under whatever the caller's environment sets. TorchServe applies
+# no OpenMP settings to a worker, and libgomp's default spin-waits between torch's parallel regions: measured
+# with the 520 px pipeline (bench/serving.py) on the shared 2-core box under load, 2 torch threads then spent
+# ~1,200 ms of CPU per request instead of ~310 ms and took 1.7 s instead of 0.43 s, and the spinning starves
+# the Java frontend, the board and any other worker. PASSIVE sleeps instead. On a GPU the forward runs on
+# the device and this matters little.
+WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 class LaunchError(RuntimeError):
@@ -275,7 +282,7 @@ def start(settings: ServeSettings) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            env={**os.environ, "LOG_LOCATION": str(settings.runtime_dir / "logs")},
+            env={**WORKER_ENV, **os.environ, "LOG_LOCATION": str(settings.runtime_dir / "logs")},
         )
     finally:
         log.close()
@@ -315,14 +322,22 @@ def wait_ready(settings: ServeSettings, proc: subprocess.Popen[bytes] | None = N
 
 
 def stop_process(pid: int, timeout: float = 20.0) -> None:
-    """SIGTERM the process group of ``pid`` (Java and its Python workers), then SIGKILL what is left."""
+    """SIGTERM the process group of ``pid`` (Java and its Python workers), then SIGKILL what is left.
+
+    The group is SIGKILLed only while its id is certainly still ours: the leader alive, or our child kept a
+    zombie (not reaped) until then, or other members of the group still running (they pin the id). A pid
+    whose group is gone may already lead someone else's new group, and must not be signalled.
+    """
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and _running(pid):
         time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+    if _running(pid) or _is_zombie_child(pid) or _group_members(pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reap our zombie, now that the group is down
 
 
 def stop(settings: ServeSettings) -> bool:
@@ -378,6 +393,38 @@ def _running_pid(settings: ServeSettings) -> int | None:
     except (OSError, ValueError):
         return None
     return pid if _alive(pid) and _is_torchserve(pid) else None
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie child of ours is left unreaped, holding its group id)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _is_zombie_child(pid)
+
+
+def _is_zombie_child(pid: int) -> bool:
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return False
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Processes (other than ``pgid`` itself) in process group ``pgid``."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != pgid:
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid:
+                members.append(int(entry.name))
+    return members
 
 
 def _alive(pid: int) -> bool:

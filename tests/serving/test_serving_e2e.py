@@ -260,6 +260,19 @@ def test_segment_cli_writes_masks_and_overlays_for_a_directory(
     assert Image.open(single).size == (16, 16)
 
 
+def test_workers_wait_passively_between_torch_parallel_regions(client: SegmentClient) -> None:
+    """launch.WORKER_ENV reaches the Python worker: libgomp's spin-waiting would burn the cores the
+    frontend and the board need (bench/serving.py measured it)."""
+    (pid,) = client.worker_pids()
+    environ = dict(
+        entry.split(b"=", 1)
+        for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if b"=" in entry
+    )
+    for key, value in launch.WORKER_ENV.items():
+        assert environ.get(key.encode()) == value.encode(), key
+
+
 def test_scaling_workers_through_the_management_api(client: SegmentClient) -> None:
     """Last on purpose: it changes the worker set the pid checks above rely on."""
     before = client.worker_pids()
