@@ -26,12 +26,23 @@ class BoardError(Exception):
         self.message = message
 
 
+# At most this many field violations travel in an error (message and BadRequest): a request with a thousand
+# bad mask paths must not get a thousand lines back (the answer would grow with the input).
+MAX_VIOLATIONS = 10
+
+
 class InvalidArgument(BoardError):  # noqa: N818 - domain names, as in the house style
-    """The request is malformed; ``violations`` names each offending field."""
+    """The request is malformed; ``violations`` names each offending field (repeats dropped, at most
+    MAX_VIOLATIONS of them; the message says how many more there were)."""
 
     def __init__(self, violations: list[FieldViolation]) -> None:
-        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations) or "invalid argument")
-        self.violations = violations
+        unique = list(dict.fromkeys(violations))
+        kept = unique[:MAX_VIOLATIONS]
+        message = "; ".join(f"{v.field}: {v.description}" for v in kept) or "invalid argument"
+        if len(unique) > len(kept):
+            message += f"; and {len(unique) - len(kept)} more"
+        super().__init__(message)
+        self.violations = kept
 
 
 class NotFound(BoardError):  # noqa: N818 - domain names, as in the house style

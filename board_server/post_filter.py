@@ -37,7 +37,7 @@ from typing import Literal
 
 from lark import Lark, Token, Tree, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
-from board_server.errors import FieldViolation, InvalidArgument
+from board_server.errors import FieldViolation, InvalidArgument, excerpt
 
 DEFAULT_MIN_LABEL_FRACTION = 0.01
 MAX_FILTER_LENGTH = 1000
@@ -200,6 +200,12 @@ def _invalid(field: str, column: int, what: str) -> InvalidArgument:
     return InvalidArgument([FieldViolation(field, f"column {column}: {what}")])
 
 
+def _cut(token: Token) -> str:
+    """A token of the request as written, cut to 40 characters: input is never echoed whole."""
+    text = str(token)
+    return text if len(text) <= 40 else text[:40] + "…"
+
+
 def _plain(terminals: set[str] | frozenset[str]) -> str:
     if {"STRING", "NUMBER"} <= terminals:  # after a comparison: a value (NAME there is unquoted text)
         terminals = (terminals - {"STRING", "NUMBER", "NAME"}) | {"value"}
@@ -224,7 +230,7 @@ def _syntax_error(field: str, text: str, exc: UnexpectedInput) -> InvalidArgumen
             expected = (expected - {"NAME"}) | {"DIRECTION"}
         at_end = token.type == "$END"
         column = len(text) + 1 if at_end else int(token.column or 1)
-        found = "the end of the text" if at_end else repr(str(token))
+        found = "the end of the text" if at_end else excerpt(str(token))
         if token.type == "_RPAR" and expected == {"$END"}:
             return _invalid(field, column, "')' without a matching '('")
         return _invalid(field, column, f"expected {_plain(expected)}, found {found}")
@@ -280,7 +286,7 @@ def _check_label(field: str, column: int, name: str, class_names: Sequence[str])
     close = difflib.get_close_matches(name, list(class_names), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     classes = ", ".join(class_names)
-    raise _invalid(field, column, f"unknown label {name!r}{hint}; the model's classes are: {classes}")
+    raise _invalid(field, column, f"unknown label {excerpt(name)}{hint}; the model's classes are: {classes}")
 
 
 # --- filter -------------------------------------------------------------------------------------------------
@@ -384,7 +390,8 @@ def _field_restriction(
 ) -> Node:
     kind = schema.kind(field)
     if kind is None:
-        raise _invalid("filter", column, f"unknown field {field!r}; filterable fields: {schema.describe()}")
+        known = schema.describe()
+        raise _invalid("filter", column, f"unknown field {excerpt(field)}; filterable fields: {known}")
     if kind == "flag":
         return _flag(field, column, comparator, arg)
     if comparator is None or arg is None:
@@ -430,17 +437,23 @@ def _fraction(arg: Token, field: str) -> float:
     value = float(arg) if arg.type == "NUMBER" else math.nan
     if not (math.isfinite(value) and 0.0 <= value <= 1.0):
         raise _invalid(
-            "filter", int(arg.column or 1), f"{field} compares with a fraction between 0 and 1, not {arg}"
+            "filter",
+            int(arg.column or 1),
+            f"{field} compares with a fraction between 0 and 1, not {_cut(arg)}",
         )
     return value
 
 
 def _id(arg: Token, field: str) -> int:
     if arg.type != "NUMBER" or not _INTEGER.match(str(arg)):
-        raise _invalid("filter", int(arg.column or 1), f"{field} compares with an integer id, not {arg}")
+        raise _invalid(
+            "filter", int(arg.column or 1), f"{field} compares with an integer id, not {_cut(arg)}"
+        )
     value = int(str(arg))
     if not 1 <= value <= MAX_ID:
-        raise _invalid("filter", int(arg.column or 1), f"{field} must be between 1 and {MAX_ID}, not {value}")
+        raise _invalid(
+            "filter", int(arg.column or 1), f"{field} must be between 1 and {MAX_ID}, not {_cut(arg)}"
+        )
     return value
 
 
@@ -448,14 +461,16 @@ def _status(arg: Token, field: str) -> str:
     value = (_unquote("filter", arg) if arg.type == "STRING" else str(arg)).upper()
     if value not in STATUSES:
         wanted = ", ".join(f'"{s}"' for s in STATUSES)
-        raise _invalid("filter", int(arg.column or 1), f"{field} is one of {wanted}, not {arg}")
+        raise _invalid("filter", int(arg.column or 1), f"{field} is one of {wanted}, not {_cut(arg)}")
     return value
 
 
 def _text(arg: Token, field: str) -> str:
     """A quoted string or a bare name (AIP-160's unquoted text); "" stands for "none"."""
     if arg.type == "NUMBER":
-        raise _invalid("filter", int(arg.column or 1), f"{field} compares with a string in quotes, not {arg}")
+        raise _invalid(
+            "filter", int(arg.column or 1), f"{field} compares with a string in quotes, not {_cut(arg)}"
+        )
     value = _unquote("filter", arg) if arg.type == "STRING" else str(arg)
     if len(value) > MAX_TEXT_VALUE:
         limit = f"at most {MAX_TEXT_VALUE} characters"
@@ -469,7 +484,7 @@ def _timestamp(arg: Token, field: str) -> datetime:
     match = _RFC3339.match(text)
     wanted = 'an RFC 3339 timestamp in quotes, e.g. "2026-01-01T00:00:00Z"'
     if match is None:
-        raise _invalid("filter", column, f"{field} compares with {wanted}, not {arg}")
+        raise _invalid("filter", column, f"{field} compares with {wanted}, not {_cut(arg)}")
     year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
     try:
         offset = timedelta(0) if zulu else timedelta(hours=int(off_h), minutes=int(off_m))
@@ -480,7 +495,8 @@ def _timestamp(arg: Token, field: str) -> datetime:
         parts = (int(year), int(month), int(day), int(hour), int(minute), int(second), micros)
         return datetime(*parts, tzinfo=zone).astimezone(UTC)
     except (ValueError, OverflowError) as exc:
-        raise _invalid("filter", column, f"{field}: {text!r} is not a valid timestamp ({exc})") from None
+        shown = excerpt(text)
+        raise _invalid("filter", column, f"{field}: {shown} is not a valid timestamp ({exc})") from None
 
 
 # --- order_by -----------------------------------------------------------------------------------------------
@@ -506,7 +522,8 @@ def parse_order_by(text: str, class_names: Sequence[str]) -> OrderBy:
     if direction and str(direction[0]).lower() not in ("asc", "desc"):
         found = direction[0]
         assert isinstance(found, Token)
-        raise _invalid("order_by", int(found.column or 1), f"expected asc or desc, found {str(found)!r}")
+        shown = excerpt(str(found))
+        raise _invalid("order_by", int(found.column or 1), f"expected asc or desc, found {shown}")
     descending = bool(direction) and str(direction[0]).lower() == "desc"
     path = _path("order_by", member)
     column = _first_column(member)
@@ -516,7 +533,7 @@ def parse_order_by(text: str, class_names: Sequence[str]) -> OrderBy:
         label = _check_label("order_by", column + len("label."), path[1], class_names)
         return OrderBy("label", descending, label)
     raise _invalid(
-        "order_by", column, f"cannot sort by {'.'.join(path)!r}; use id, create_time or label.<class>"
+        "order_by", column, f"cannot sort by {excerpt('.'.join(path))}; use id, create_time or label.<class>"
     )
 
 

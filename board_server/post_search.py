@@ -23,7 +23,7 @@ import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -271,7 +271,9 @@ def cursor_from_dict(data: Mapping[str, object], order: OrderBy) -> Cursor:
             parsed = datetime.fromisoformat(stamp)
             if parsed.tzinfo is None:
                 raise ValueError("create_time without a time zone")
-            cursor = Cursor(post_id, parsed)
+            # In UTC here, where a time that has no UTC equivalent (year 1 at +14:00) is refused, instead of
+            # an OverflowError when the query binds it.
+            cursor = Cursor(post_id, parsed.astimezone(UTC))
         elif order.key == "label":
             fraction = data.get("fraction")
             if not isinstance(fraction, int | float) or isinstance(fraction, bool):
@@ -280,7 +282,7 @@ def cursor_from_dict(data: Mapping[str, object], order: OrderBy) -> Cursor:
         else:
             cursor = Cursor(post_id)
         _check_cursor(cursor, order)
-    except ValueError:
+    except (ValueError, OverflowError):
         description = "is not a page token of this list; pass the next_page_token received"
         raise InvalidArgument([FieldViolation("page_token", description)]) from None
     return cursor
