@@ -71,6 +71,11 @@ def _busy_is_unavailable() -> Iterator[None]:
         if unreachable or exc.connection_invalidated:
             raise DatabaseUnavailable("the database cannot be reached; retry the call") from exc
         raise
+    except sqlite3.OperationalError as exc:  # the lean path (LeanQuery) raises the driver's own errors
+        text = str(exc).lower()
+        if "locked" in text or "busy" in text:
+            raise DatabaseBusy("the database is busy; retry the call") from exc
+        raise
 
 
 @dataclass
