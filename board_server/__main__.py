@@ -77,8 +77,9 @@ def retag(settings: Settings, post_id: int | None) -> int:
     from board_server.database import migrate, open_database
     from board_server.errors import BoardError
     from board_server.processes import audit_file_handler, route_audit
-    from board_server.retag import Retagging, make_segment_client
+    from board_server.retag import Retagging
     from board_server.served_model import ServedModels
+    from board_server.tagging import make_segment_client
 
     if not settings.segmentation_target:
         logger.error("retag needs --segmentation-target (env BOARD_SEGMENTATION_TARGET) to ask TorchServe")

@@ -176,14 +176,14 @@ class AttachmentService:
         max_per_post: int,
         models: ServedModels,
         watch_poll_s: float = 0.5,
-        on_added: Callable[[], None] | None = None,
     ) -> None:
         self._db = db
         self._accounts = accounts
         self._tokens = tokens
         self._max_bytes = max_bytes
         self._max_per_post = max_per_post
-        self._on_added = on_added
+        # Told after each upload (wakes this process's tagging worker).
+        self.on_added: Callable[[], None] | None = None
         self._models = models
         # Rendering decodes whole photos: a few at a time, off the event loop (Pillow releases the GIL).
         self._render_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="board-preview")
@@ -239,8 +239,8 @@ class AttachmentService:
         audit.info(
             "Attachment created; id=%d; post_id=%d; bytes=%d; by=%s", row.id, post_id, len(data), caller.actor
         )
-        if self._on_added is not None:
-            self._on_added()
+        if self.on_added is not None:
+            self.on_added()
         return _view(row, ())
 
     async def get_attachment(self, caller: Caller, attachment_id: int) -> AttachmentView:
@@ -338,8 +338,8 @@ class AttachmentService:
 
         view = await self._db.run_write(requeue)
         audit.info("Attachment queued again; id=%d; by=%s", attachment_id, caller.actor)
-        if self._on_added is not None:
-            self._on_added()
+        if self.on_added is not None:
+            self.on_added()
         return view
 
     async def attachments_of_posts(

@@ -29,7 +29,6 @@ from board_server import served_model
 from board_server import tagging_queue as queue
 from board_server.accounts import Caller
 from board_server.attachment_repository import TAGGED
-from board_server.config import Settings
 from board_server.database import Database
 from board_server.errors import FailedPrecondition, PermissionDenied, Unauthenticated
 from board_server.models import Attachment, AttachmentLabel
@@ -70,27 +69,6 @@ _COMPARE: dict[Op, Callable[[Any, Any], ColumnElement[bool]]] = {
     ">": operator.gt,
     ">=": operator.ge,
 }
-
-
-def make_segment_client(settings: Settings) -> Any:
-    """A SegmentClient for TorchServe's gRPC inference API of ``settings`` (tagging and describe)."""
-    from clients.segment import SegmentClient, ServingEndpoints, TokenSource
-
-    endpoints = ServingEndpoints(
-        inference_url="",
-        management_url="",
-        grpc_inference_target=settings.segmentation_target,
-        model_name=settings.segmentation_model,
-    )
-    token_file = settings.segmentation_token_file
-    tokens = TokenSource.from_key_file(token_file) if token_file else TokenSource()
-    return SegmentClient(
-        endpoints,
-        tokens,
-        timeout_s=settings.segmentation_timeout_s,
-        # Reconnect within ~2 s after TorchServe comes back (gRPC's default backoff grows to 120 s).
-        channel_options=[("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)],
-    )
 
 
 def parse_retag_filter(text: str, class_names: Sequence[str]) -> Node:

@@ -33,11 +33,11 @@ from board_server.database import Database, open_database
 from board_server.interceptors import BoardInterceptor
 from board_server.metrics import BoardMetrics
 from board_server.paging import load_page_tokens
-from board_server.retag import Retagging, make_segment_client
+from board_server.retag import Retagging
 from board_server.served_model import ServedModels
 from board_server.service import Board
 from board_server.servicer import BoardServicer
-from board_server.tagging import TaggingWorker, build_tagging_worker
+from board_server.tagging import TaggingWorker, build_tagging_worker, make_segment_client
 from clients.gen.board.v1 import board_pb2, board_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -190,12 +190,6 @@ async def create_server(
     except BaseException:
         database.dispose()
         raise
-    threads = settings.tagging_workers if tagging_threads is None else tagging_threads
-    tagger = (
-        build_tagging_worker(replace(settings, tagging_workers=threads), database, observer=metrics)
-        if threads
-        else None
-    )
     models = ServedModels(database, settings.segmentation_model)
     attachments = AttachmentService(
         database,
@@ -205,8 +199,19 @@ async def create_server(
         max_bytes=settings.max_attachment_bytes,
         max_per_post=settings.max_attachments_per_post,
         watch_poll_s=settings.watch_poll_s,
-        on_added=tagger.wake if tagger is not None else None,
     )
+    threads = settings.tagging_workers if tagging_threads is None else tagging_threads
+    tagger = None
+    if threads:
+        # Uploads wake the worker at once; the worker's stored outcomes wake this process's watchers.
+        tagger = build_tagging_worker(
+            replace(settings, tagging_workers=threads),
+            database,
+            observer=metrics,
+            on_change=attachments.watchers.poke,
+        )
+    if tagger is not None:
+        attachments.on_added = tagger.wake
     board = Board.over(database, accounts, tokens, models, sign_up_open=settings.sign_up_open)
     describer = make_segment_client(settings) if settings.segmentation_target else None
     retagging = Retagging(database, models, describer.describe if describer is not None else None)

@@ -46,6 +46,7 @@ from typing import Literal, Protocol
 from sqlalchemy import Connection
 
 from board_server import tagging_queue as queue
+from board_server import tracing
 from board_server.config import Settings
 from board_server.database import Database
 from clients.segment import (
@@ -53,12 +54,15 @@ from clients.segment import (
     SegmentAuthError,
     SegmentBadAnswerError,
     SegmentCancelledError,
+    SegmentClient,
     SegmentError,
     SegmentRejectedError,
     SegmentServerError,
     SegmentTimeoutError,
     SegmentUnavailableError,
     SegmentWorkerDiedError,
+    ServingEndpoints,
+    TokenSource,
 )
 
 logger = logging.getLogger(__name__)
@@ -171,6 +175,7 @@ class TaggingWorker:
         max_attempts: int = 5,
         on_close: Callable[[], None] | None = None,
         observer: TaggingObserver | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         # For people reading the table; the claim token, not this id, fences the writes.
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -183,6 +188,8 @@ class TaggingWorker:
         self._max_attempts = max_attempts
         self._on_close = on_close
         self._observer: TaggingObserver = observer or NoObserver()
+        # Told after every stored outcome (WatchAttachment streams in this process look at once).
+        self._on_change = on_change
         self._stopping = threading.Event()
         self._changed = threading.Condition()
         self._generation = 0
@@ -220,9 +227,10 @@ class TaggingWorker:
             with self._changed:
                 generation = self._generation
             try:
+                asked = time.time_ns()
                 claim = None if self._paused() else self._claim_next()
                 if claim is not None:
-                    self._tag(claim, time.monotonic() + self._lease_s)
+                    self._traced_tag(claim, asked, time.monotonic() + self._lease_s)
                     continue
             except Exception:  # a database hiccup must not kill the thread; the lease covers the work
                 logger.exception("tagging loop error; retrying after the poll interval")
@@ -246,6 +254,18 @@ class TaggingWorker:
 
         claimed: queue.Claim | None = self._db.write(take)
         return claimed
+
+    def _traced_tag(self, claim: queue.Claim, asked_ns: int, lease_end: float) -> None:
+        """``_tag`` inside a span that joins the upload's trace: claim, the TorchServe call (a gRPC client
+        span of the instrumentation, its context sent in the call's metadata) and store below it."""
+        attributes = {"attachment.id": claim.attachment_id, "attempt": claim.attempts, "retag": claim.retag}
+        with tracing.span("tag attachment", traceparent=claim.traceparent, **attributes):
+            tracing.recorded_span("claim", asked_ns, time.time_ns(), worker=self.worker_id)
+            try:
+                self._tag(claim, lease_end)
+            finally:
+                if self._on_change is not None:
+                    self._on_change()
 
     def _tag(self, claim: queue.Claim, lease_end: float) -> None:
         attachment_id = claim.attachment_id
@@ -282,12 +302,13 @@ class TaggingWorker:
             archive_sha256=str(model["archive_sha256"]) if model.get("archive_sha256") else None,
         )
         token = claim.token
-        stored = self._store(
-            attachment_id,
-            "its labels",
-            lease_end,
-            lambda c: queue.finish_tagged(c, attachment_id, token, _now(), result),
-        )
+        with tracing.span("store", labels=len(result.labels)):
+            stored = self._store(
+                attachment_id,
+                "its labels",
+                lease_end,
+                lambda c: queue.finish_tagged(c, attachment_id, token, _now(), result),
+            )
         if stored:
             logger.info(
                 "attachment %d TAGGED%s: %s",
@@ -432,18 +453,8 @@ class TaggingWorker:
             self._outage = 0
 
 
-def build_tagging_worker(
-    settings: Settings, db: Database, *, observer: TaggingObserver | None = None
-) -> TaggingWorker | None:
-    """The worker for ``settings``, or None (logged loudly) when no segmentation target is configured."""
-    if not settings.segmentation_target:
-        logger.warning(
-            "TAGGING IS OFF: BOARD_SEGMENTATION_TARGET (--segmentation-target) is not set; attachments are "
-            "stored and stay PENDING until a board server with a target runs"
-        )
-        return None
-    from clients.segment import SegmentClient, ServingEndpoints, TokenSource
-
+def make_segment_client(settings: Settings) -> SegmentClient:
+    """A SegmentClient for TorchServe's gRPC inference API of ``settings`` (tagging, describe)."""
     endpoints = ServingEndpoints(
         inference_url="",
         management_url="",
@@ -452,13 +463,31 @@ def build_tagging_worker(
     )
     token_file = settings.segmentation_token_file
     tokens = TokenSource.from_key_file(token_file) if token_file else TokenSource()
-    client = SegmentClient(
+    return SegmentClient(
         endpoints,
         tokens,
         timeout_s=settings.segmentation_timeout_s,
         # Reconnect within ~2 s after TorchServe comes back (gRPC's default backoff grows to 120 s).
         channel_options=[("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)],
     )
+
+
+def build_tagging_worker(
+    settings: Settings,
+    db: Database,
+    *,
+    observer: TaggingObserver | None = None,
+    on_change: Callable[[], None] | None = None,
+) -> TaggingWorker | None:
+    """The worker for ``settings``, or None (logged loudly) when no segmentation target is configured."""
+    if not settings.segmentation_target:
+        logger.warning(
+            "TAGGING IS OFF: BOARD_SEGMENTATION_TARGET (--segmentation-target) is not set; attachments are "
+            "stored and stay PENDING until a board server with a target runs"
+        )
+        return None
+    client = make_segment_client(settings)
+    token_file = settings.segmentation_token_file
 
     def segment(image: bytes) -> Segmentation:
         return client.segment(image, transport="grpc")
@@ -483,4 +512,5 @@ def build_tagging_worker(
         max_attempts=settings.tagging_max_attempts,
         on_close=client.close,
         observer=observer,
+        on_change=on_change,
     )

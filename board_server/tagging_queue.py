@@ -69,6 +69,7 @@ class Claim:
     retag: bool  # a re-tag of an attachment that keeps its status and labels until the new ones land
     took_over: bool  # the previous claim's lease had expired without an outcome (its worker died or hung)
     create_time: datetime
+    traceparent: str | None = None  # the upload's trace, which the tagging joins
 
 
 def _free(now: Any) -> Any:
@@ -76,7 +77,7 @@ def _free(now: Any) -> Any:
 
 
 _NOW: Any = bindparam("now")
-_SCAN_COLUMNS = (_A.id, _A.attempts, _A.lease_until, _A.create_time)
+_SCAN_COLUMNS = (_A.id, _A.attempts, _A.lease_until, _A.create_time, _A.traceparent)
 _DUE = (
     select(*_SCAN_COLUMNS)
     .where(_A.status == PENDING, _A.next_attempt_time <= _NOW, _free(_NOW))
@@ -134,6 +135,7 @@ def claim_next(
                     retag=retag,
                     took_over=row.lease_until is not None,
                     create_time=row.create_time,
+                    traceparent=row.traceparent,
                 )
     return None
 

@@ -86,3 +86,11 @@ def span(name: str, *, traceparent: str | None = None, **attributes: Any) -> Ite
     tracer = trace.get_tracer(TRACER_NAME)
     with tracer.start_as_current_span(name, context=parent, attributes=attributes or None):
         yield
+
+
+def recorded_span(name: str, start_ns: int, end_ns: int, **attributes: Any) -> None:
+    """A span under the current one for something that already happened between the two times (ns)."""
+    if not enabled():
+        return
+    tracer = trace.get_tracer(TRACER_NAME)
+    tracer.start_span(name, start_time=start_ns, attributes=attributes or None).end(end_time=end_ns)
