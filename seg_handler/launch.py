@@ -75,6 +75,7 @@ class ServeSettings:
     archive: str = "deeplabv3.mar"
     ready_timeout_s: float = 180.0
     board_address: str = "127.0.0.1:50051"
+    board_metrics_address: str = "127.0.0.1:9464"
     extra_properties: tuple[tuple[str, str], ...] = ()
 
     @property
@@ -168,6 +169,7 @@ def build_settings(args: argparse.Namespace, env: Mapping[str, str]) -> ServeSet
         grpc_management_port=int(pick(None, "SEG_GRPC_MANAGEMENT_PORT", str(base.grpc_management_port))),
         ready_timeout_s=float(pick(getattr(args, "timeout", None), "SEG_READY_TIMEOUT", "180")),
         board_address=env.get("BOARD_ADDRESS", base.board_address),
+        board_metrics_address=env.get("BOARD_METRICS_ADDRESS", base.board_metrics_address),
     )
 
 
@@ -521,7 +523,9 @@ def describe_endpoints(settings: ServeSettings, board_address: str | None) -> st
         f"TorchServe gRPC management  {settings.grpc_management_target}",
     ]
     if board_address:
-        lines.append(f"Board server gRPC           {board_address}")
+        lines.append(f"Board server gRPC           {board_address}  (accounts on; reflection for grpcurl)")
+        if settings.board_metrics_address.lower() not in ("", "none", "off"):
+            lines.append(f"Board metrics               http://{settings.board_metrics_address}/metrics")
     key = settings.inference_key_file
     grpc_body = (
         f'"{{\\"model_name\\":\\"{settings.model_name}\\",'
@@ -545,12 +549,22 @@ def describe_endpoints(settings: ServeSettings, board_address: str | None) -> st
         f"--management-port {settings.management_port}",
     ]
     if board_address:
+        board = f"board --target {board_address}"
         lines += [
-            f"  board --target {board_address} demo                       # photos in, labels out",
-            f"  board --target {board_address} attach POST_ID photo.jpg --wait",
-            f"  board --target {board_address} posts list --label dog",
-            '  printf \'{"post_id":1,"filename":"photo.jpg","data":"%s"}\' "$(base64 -w0 photo.jpg)" |',
-            f"    grpcurl -plaintext -d @ {board_address} board.v1.BoardService/AddAttachment",
+            "",
+            "Sign in to the board (writes need an account; passwords are asked, never given as flags):",
+            f"  {board} users create --name Ada --email ada@example.org",
+            f"  {board} login --email ada@example.org        # keeps the token in ~/.config/board/token",
+            f"  {board} whoami",
+            f"  {board} demo                                 # photos in, labels out (signs up if needed)",
+            f"  {board} posts create --title Hello --content 'First post'",
+            f"  {board} attach POST_ID photo.jpg --wait",
+            f"  {board} posts list --filter 'label.dog >= 0.2' --with-attachments",
+            '  BOARD=$(grpcurl -plaintext -d \'{"email":"ada@example.org","password":"..."}\' '
+            f"{board_address} board.v1.BoardService/SignIn | python3 -c 'import json,sys; "
+            'print(json.load(sys.stdin)["accessToken"])\')',
+            f'  grpcurl -plaintext -H "authorization: Bearer $BOARD" -d \'{{"id": 0}}\' {board_address} '
+            "board.v1.BoardService/GetUser",
         ]
     return "\n".join(lines)
 
@@ -571,6 +585,8 @@ def _board_command(settings: ServeSettings) -> list[str] | None:
         str(settings.inference_key_file),  # the inference key alone, never the management key
         "--segmentation-model",
         settings.model_name,
+        "--metrics-address",
+        settings.board_metrics_address,
     ]
 
 

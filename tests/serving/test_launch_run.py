@@ -41,10 +41,11 @@ def test_run_starts_torchserve_and_board_and_sigterm_stops_both(
         name: free_port()
         for name in ("INFERENCE", "MANAGEMENT", "METRICS", "GRPC_INFERENCE", "GRPC_MANAGEMENT")
     }
-    board_port = free_port()
+    board_port, metrics_port = free_port(), free_port()
     env = {f"SEG_{name}_PORT": str(port) for name, port in ports.items()}
     env |= {
         "BOARD_ADDRESS": f"127.0.0.1:{board_port}",
+        "BOARD_METRICS_ADDRESS": f"127.0.0.1:{metrics_port}",
         "BOARD_DATABASE_URL": f"sqlite:///{tmp_path / 'board.db'}",
         "BOARD_AUDIT_LOG": str(tmp_path / "audit.log"),
     }
@@ -58,11 +59,15 @@ def test_run_starts_torchserve_and_board_and_sigterm_stops_both(
         assert f"Inference key file          {runtime / 'inference.key'}" in printed
         assert f"127.0.0.1:{ports['GRPC_INFERENCE']}" in printed and f"127.0.0.1:{board_port}" in printed
         assert "grpcurl" in printed and "curl" in printed and "segment photo.jpg" in printed
+        # Where the board's metrics are, and how to get an account and sign in.
+        assert f"http://127.0.0.1:{metrics_port}/metrics" in printed
+        assert "users create" in printed and " login " in printed and "SignIn" in printed
         # The test archive has random weights: the banner says so and names the ways to real weights.
         assert "(deeplabv3_mobilenet_v3_large) is UNTRAINED: weights 'random'" in printed
         assert "TORCH_HOME" in printed and "make model MODEL_WEIGHTS=" in printed
         wait_for("board server listening", lambda: _listening(board_port), timeout=60)
         assert _listening(ports["INFERENCE"]) and _listening(ports["GRPC_INFERENCE"])
+        wait_for("board metrics served", lambda: _listening(metrics_port), timeout=60)
         java_pid = int((runtime / "torchserve.pid").read_text())
         # The board is handed the inference key alone (a plain file, owner-only), never key_file.json.
         board_args = _board_arguments(board_port)
