@@ -30,6 +30,7 @@ from board_server.accounts import Accounts
 from board_server.attachments import AttachmentService
 from board_server.config import Settings
 from board_server.database import Database, open_database
+from board_server.errors import BoardError
 from board_server.interceptors import BoardInterceptor
 from board_server.metrics import BoardMetrics
 from board_server.paging import load_page_tokens
@@ -149,6 +150,21 @@ async def keep_house(accounts: Accounts, interval_s: float) -> None:
         await asyncio.sleep(interval_s)
 
 
+async def learn_served_model(retagging: Retagging, retry_s: float = 30.0) -> None:
+    """Ask TorchServe once which model (and classes) it serves, so filters know the served classes; retried
+    until TorchServe answers (it may start after the board)."""
+    while True:
+        try:
+            model = await retagging.refresh()
+        except BoardError:
+            await asyncio.sleep(retry_s)
+            continue
+        logger.info(
+            "TorchServe serves %s (%s), %d classes", model.arch, model.weights, len(model.class_names)
+        )
+        return
+
+
 def _refresh_gauges(metrics: BoardMetrics, database: Database, attachments: AttachmentService) -> None:
     metrics.connections_in_use.set(database.engine.pool.checkedout())  # type: ignore[attr-defined]
     metrics.watchers.set(attachments.watchers.watcher_count)
@@ -258,4 +274,6 @@ async def create_server(
     started._tasks.append(
         asyncio.create_task(keep_house(accounts, HOUSEKEEPING_INTERVAL_S), name="housekeeping")
     )
+    if describer is not None:
+        started._tasks.append(asyncio.create_task(learn_served_model(retagging), name="served-model"))
     return started

@@ -295,8 +295,8 @@ class SegmentClient:
         raise SegmentBadAnswerError("bad-answer", f"expected a PNG, got {body[:40]!r}")
 
     def describe(self, *, transport: Transport = "grpc") -> dict[str, Any]:
-        """The served model's identity ({arch, weights, sha256, untrained, archive_sha256}) without sending an
-        image or running a forward; raises like ``segment``."""
+        """The served model's identity ({arch, weights, sha256, untrained, archive_sha256, class_names})
+        without sending an image or running a forward; raises like ``segment``."""
         if transport == "grpc":
             body = self._call_with_fresh_key(lambda key: self._grpc({"describe": b"1"}, key))
         elif transport == "rest":

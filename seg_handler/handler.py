@@ -470,7 +470,10 @@ class SegmentationHandler(BaseHandler):  # type: ignore[misc]
         out = _Item(index=index, grpc=is_grpc_request(_headers(context, index)))
         try:
             if is_describe_request(item):
-                out.answer = json.dumps({"model": self.model_info.as_dict()}, separators=(",", ":"))
+                # The identity, plus the class names (a mask's values, in order): what re-tagging and
+                # filters need to know about the served model.
+                described = {**self.model_info.as_dict(), "class_names": list(self.model_info.class_names)}
+                out.answer = json.dumps({"model": described}, separators=(",", ":"))
                 context.set_response_content_type(index, "application/json")
                 return out
             out.fmt = response_format(item, _header(context, index, "accept"))

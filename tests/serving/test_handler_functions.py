@@ -387,5 +387,6 @@ def test_describe_answers_the_model_identity_without_a_forward(item: dict[str, A
     service.model_info = replace(service.model_info, archive_sha256="ab" * 32)
     service.model = None  # a forward would fail
     answers = service.handle([item], _FakeContext([headers]))
-    assert json.loads(answers[0]) == {"model": service.model_info.as_dict()}
+    described = {**service.model_info.as_dict(), "class_names": list(service.model_info.class_names)}
+    assert json.loads(answers[0]) == {"model": described}
     assert json.loads(answers[0])["model"]["archive_sha256"] == "ab" * 32

@@ -142,6 +142,8 @@ def test_describe_names_the_served_model_without_an_image(
     identity = client.describe(transport=transport)
     meta = launch.archive_metadata(torchserve.model_store / torchserve.archive)
     assert identity["archive_sha256"] == meta["archive_sha256"] and len(str(meta["archive_sha256"])) == 64
+    # The classes a mask's values stand for, in order, as the archive names them.
+    assert identity.pop("class_names") == meta["class_names"]
     assert identity == client.segment(SMALL_VALID, transport=transport).model
 
 
