@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from board_server.errors import FieldViolation, InvalidArgument
+from seg_handler import image_policy
 
 logger = logging.getLogger(__name__)
 
@@ -197,14 +198,5 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 @functools.cache
 def _voc_palette() -> list[int]:
-    """The PASCAL VOC colour map, 256 entries as [r, g, b, ...]: the bits of the class index spread over the
-    channels from the high bit down (the same map as the tagger's mask PNGs; seg_handler cannot be imported
-    here, it loads torch)."""
-    palette: list[int] = []
-    for index in range(256):
-        rgb = [0, 0, 0]
-        for bit in range(8):
-            for channel in range(3):
-                rgb[channel] |= ((index >> (bit * 3 + channel)) & 1) << (7 - bit)
-        palette.extend(rgb)
-    return palette
+    """The PASCAL VOC colour map of the tagger's mask PNGs (seg_handler.image_policy: torch-free)."""
+    return image_policy.voc_palette()

@@ -218,19 +218,7 @@ def _class_of_max(logits: torch.Tensor) -> Mask:
     return torch.max(logits, dim=0).indices.to(torch.uint8).numpy()
 
 
-def voc_palette(num_colors: int = 256) -> list[int]:
-    """The PASCAL VOC colour map as a flat [r, g, b, ...] list of ``num_colors`` entries."""
-    palette: list[int] = []
-    for index in range(num_colors):
-        r = g = b = 0
-        c = index
-        for shift in range(7, -1, -1):
-            r |= ((c >> 0) & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        palette += [r, g, b]
-    return palette
+voc_palette = image_policy.voc_palette
 
 
 @functools.cache

@@ -185,3 +185,19 @@ def inspect(data: bytes | bytearray, max_pixels: int = MAX_PIXELS) -> ImageHeade
 
 def _allowed_names() -> str:
     return ", ".join(name for name in MIME_TYPES if name != "MPO")
+
+
+def voc_palette(num_colors: int = 256) -> list[int]:
+    """The PASCAL VOC colour map as a flat [r, g, b, ...] list of ``num_colors`` entries: the colours of the
+    masks the handler writes, the previews the board blends and the training data's palette PNGs."""
+    palette: list[int] = []
+    for index in range(num_colors):
+        r = g = b = 0
+        c = index
+        for shift in range(7, -1, -1):
+            r |= ((c >> 0) & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette += [r, g, b]
+    return palette

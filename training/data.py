@@ -20,6 +20,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from seg_handler import image_policy
+
 IGNORE_INDEX = 255
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -241,14 +243,4 @@ def pad_collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[tor
 
 def voc_palette() -> list[int]:
     """The PASCAL VOC colour map (256 RGB triples, flattened) used for palette mask PNGs."""
-    palette: list[int] = []
-    for label in range(256):
-        red = green = blue = 0
-        value = label
-        for shift in range(7, -1, -1):
-            red |= ((value >> 0) & 1) << shift
-            green |= ((value >> 1) & 1) << shift
-            blue |= ((value >> 2) & 1) << shift
-            value >>= 3
-        palette += [red, green, blue]
-    return palette
+    return image_policy.voc_palette()
