@@ -29,15 +29,19 @@ from __future__ import annotations
 import difflib
 import functools
 import math
+import operator
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from lark import Lark, Token, Tree, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
 from board_server.errors import FieldViolation, InvalidArgument, excerpt
+
+if TYPE_CHECKING:  # the parser needs no SQLAlchemy; the comparison map only names its type
+    from sqlalchemy import ColumnElement
 
 DEFAULT_MIN_LABEL_FRACTION = 0.01
 MAX_FILTER_LENGTH = 1000
@@ -48,6 +52,15 @@ MAX_ID = 2**63 - 1
 
 Op = Literal["=", "!=", "<", "<=", ">", ">="]
 _OPS: tuple[Op, ...] = ("=", "!=", "<", "<=", ">", ">=")
+# Each comparison as a function of two operands (a SQL column and a bound value, in the search queries).
+COMPARE: dict[Op, Callable[[Any, Any], ColumnElement[bool]]] = {
+    "=": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
 FieldKind = Literal["id", "time", "status", "text", "flag"]
 STATUSES = ("PENDING", "TAGGED", "FAILED")
 MAX_TEXT_VALUE = 100

@@ -20,8 +20,7 @@ rows strictly after it in the order. What that guarantees while other writers ch
 from __future__ import annotations
 
 import math
-import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -44,6 +43,7 @@ from sqlalchemy import (
 from board_server.errors import FieldViolation, InvalidArgument
 from board_server.models import AttachmentLabel, Post
 from board_server.post_filter import (
+    COMPARE,
     DEFAULT_MIN_LABEL_FRACTION,
     MAX_ID,
     And,
@@ -58,15 +58,6 @@ from board_server.post_filter import (
 )
 
 _POSTS, _LABELS = (cast(Table, model.__table__) for model in (Post, AttachmentLabel))
-
-_COMPARE: dict[Op, Callable[[Any, Any], ColumnElement[bool]]] = {
-    "=": operator.eq,
-    "!=": operator.ne,
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-}
 
 
 @dataclass(frozen=True)
@@ -103,18 +94,18 @@ def where_clause(node: Node, after: tuple[Op, int] | None = None) -> ColumnEleme
     if isinstance(node, Not):
         return not_(where_clause(node.operand, after))
     if isinstance(node, FieldCompare):
-        return _COMPARE[node.op](_POSTS.c[node.field], node.value)
+        return COMPARE[node.op](_POSTS.c[node.field], node.value)
     return _label_clause(node, after)
 
 
 def _label_exists(condition: ColumnElement[bool], after: tuple[Op, int] | None) -> ColumnElement[bool]:
     """Some label row of the post satisfies ``condition``."""
-    bound = [] if after is None else [_COMPARE[after[0]](_LABELS.c.post_id, after[1])]
+    bound = [] if after is None else [COMPARE[after[0]](_LABELS.c.post_id, after[1])]
     return exists().where(_LABELS.c.post_id == _POSTS.c.id, condition, *bound).correlate(_POSTS)
 
 
 def _has(label: str, op: Op, fraction: float) -> ColumnElement[bool]:
-    return and_(_LABELS.c.name == label, _COMPARE[op](_LABELS.c.fraction, fraction))
+    return and_(_LABELS.c.name == label, COMPARE[op](_LABELS.c.fraction, fraction))
 
 
 def _label_clause(node: LabelCompare, after: tuple[Op, int] | None) -> ColumnElement[bool]:
@@ -184,7 +175,7 @@ def search_statement(where: Node | None, order: OrderBy, cursor: Cursor | None, 
         if cursor is not None:
             beyond: Op = "<" if order.descending else ">"
             after = (beyond, cursor.post_id)
-            statement = statement.where(_COMPARE[beyond](post_id, cursor.post_id))
+            statement = statement.where(COMPARE[beyond](post_id, cursor.post_id))
     else:
         ordering = [created.desc(), post_id.desc()] if order.descending else [created, post_id]
         statement = select(_POSTS).order_by(*ordering)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import operator
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -34,6 +33,7 @@ from board_server.errors import FailedPrecondition, PermissionDenied, Unauthenti
 from board_server.models import Attachment, AttachmentLabel
 from board_server.post_filter import (
     ATTACHMENTS,
+    COMPARE,
     And,
     FieldCompare,
     LabelCompare,
@@ -61,14 +61,6 @@ _COLUMNS = {
     "model.archive_sha256": _A.model_archive_sha256,
 }
 _TEXT_FIELDS = ("model.arch", "model.archive_sha256")
-_COMPARE: dict[Op, Callable[[Any, Any], ColumnElement[bool]]] = {
-    "=": operator.eq,
-    "!=": operator.ne,
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-}
 
 
 def parse_retag_filter(text: str, class_names: Sequence[str]) -> Node:
@@ -99,7 +91,7 @@ def attachment_where(node: Node, served_archive_sha256: str | None) -> ColumnEle
     column: Any = _COLUMNS[node.field]
     if node.field in _TEXT_FIELDS:
         column = func.coalesce(column, "")  # NULL ("none") compares as "", and NOT stays two-valued
-    return _COMPARE[node.op](column, node.value)
+    return COMPARE[node.op](column, node.value)
 
 
 def _label_clause(node: LabelCompare) -> ColumnElement[bool]:
@@ -107,7 +99,7 @@ def _label_clause(node: LabelCompare) -> ColumnElement[bool]:
     label, value = node.label, node.fraction
 
     def some(op: Op, fraction: float) -> ColumnElement[bool]:
-        condition = _COMPARE[op](_LABELS.c.fraction, fraction)
+        condition = COMPARE[op](_LABELS.c.fraction, fraction)
         found = exists().where(_LABELS.c.attachment_id == _A.id, _LABELS.c.name == label, condition)
         return found.correlate(_ATTACHMENTS)
 
