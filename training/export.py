@@ -5,7 +5,9 @@
 The TorchScript module takes a float32 ``[N,3,H,W]`` tensor, already ImageNet-normalised, and returns the
 ``out`` logits ``[N,num_classes,H,W]`` (no aux head). It loads with plain ``torch.jit.load``, no torchvision.
 The archive carries ``model-meta.json`` (arch, weights provenance, class names, input size, TorchScript
-sha256) that the handler reads from its model dir.
+sha256) that the handler reads from its model dir. ``--class-names-file`` (a JSON array of strings, index 0
+first) names the classes: for ``random`` and ``imagenet-backbone`` weights it also sets how many there are;
+for other weights it renames the model's classes and must name exactly as many.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +152,38 @@ def build_metadata(built: BuiltModel, input_size: int, torchscript_sha256: str) 
     }
 
 
+def read_class_names(path: Path) -> tuple[str, ...]:
+    """The class names in ``path``: a JSON array of distinct, non-empty strings, index 0 first.
+
+    JSON, not one name a line, so that a name may hold any character. Raises ExportError naming the problem.
+    """
+    try:
+        names = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ExportError(f"cannot read class names from {path}: {exc}") from exc
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise ExportError(f"{path} must hold a JSON array of non-empty strings, one per class")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ExportError(f"{path} names a class more than once: {', '.join(map(repr, repeated))}")
+    return tuple(names)
+
+
+def _build(arch: str, weights: str | Path, class_names: Sequence[str] | None) -> BuiltModel:
+    if class_names is None:
+        return build_model(arch, weights=weights, aux_loss=False)
+    names = tuple(class_names)
+    if str(weights) in ("random", "imagenet-backbone"):  # a new head: as many classes as names
+        return build_model(arch, len(names), weights, aux_loss=False, class_names=names)
+    built = build_model(arch, weights=weights, aux_loss=False)
+    if built.num_classes != len(names):
+        raise ExportError(
+            f"{len(names)} class names for a model of {built.num_classes} classes (weights {weights}); "
+            "only random or imagenet-backbone weights take a new number of classes"
+        )
+    return replace(built, class_names=names)
+
+
 def _save_torchscript(module: torch.jit.ScriptModule, path: Path) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -217,13 +251,18 @@ def export_archive(
     torchscript_out: Path | None = None,
     parity_shapes: Sequence[tuple[int, int, int, int]] | None = None,
     seed: int = DEFAULT_SEED,
+    class_names: Sequence[str] | None = None,
 ) -> ExportResult:
     """Export ``arch`` with ``weights`` to ``out_dir/<model_name>.mar``, atomically replacing an old one.
+
+    ``class_names`` (None: the model's own) name the classes in ``model-meta.json``; with ``random`` or
+    ``imagenet-backbone`` weights they also set the number of classes, otherwise they must match it.
 
     Raises:
         ValueError: unknown ``arch``.
         WeightsError: the weights cannot be loaded.
-        ExportError: handler/config missing, parity check failed, or torch-model-archiver failed.
+        ExportError: handler/config missing, class names that do not fit the model, parity check failed, or
+            torch-model-archiver failed.
     """
     started = time.perf_counter()
     handler = Path(handler)
@@ -237,7 +276,7 @@ def export_archive(
 
     # Seed before building so `random` weights, and hence the TorchScript file, are reproducible.
     torch.manual_seed(seed)
-    built = build_model(arch, weights=weights, aux_loss=False)
+    built = _build(arch, weights, class_names)
     eager = built.model.eval()
     scripted = to_torchscript(eager)
     shapes = tuple(parity_shapes or default_parity_shapes(input_size))
@@ -317,6 +356,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "their archive_sha256)",
     )
     parser.add_argument(
+        "--class-names-file",
+        type=Path,
+        default=None,
+        help="JSON array of class names, index 0 first (default: the model's own); with random or "
+        "imagenet-backbone weights it also sets the number of classes",
+    )
+    parser.add_argument(
         "--parity-shapes",
         type=_parse_shapes,
         default=None,
@@ -337,6 +383,7 @@ def _parse_shapes(text: str) -> tuple[tuple[int, int, int, int], ...]:
 
 def main(args: argparse.Namespace) -> int:
     try:
+        class_names = read_class_names(args.class_names_file) if args.class_names_file else None
         result = export_archive(
             args.arch,
             args.weights,
@@ -348,6 +395,7 @@ def main(args: argparse.Namespace) -> int:
             torchscript_out=args.torchscript_out,
             parity_shapes=args.parity_shapes,
             seed=args.seed,
+            class_names=class_names,
         )
     except (WeightsError, ExportError) as exc:
         logger.error("%s", exc)

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,9 @@ from training.export import (
     ExportError,
     ExportResult,
     export_archive,
+    get_args_parser,
+    main,
+    read_class_names,
 )
 from training.model import VOC_CLASSES, SegmentationLogits, build_model
 
@@ -246,3 +250,70 @@ def test_random_archives_with_different_seeds_have_different_identities(exported
     )
     assert other.metadata["archive_sha256"] != exported.result.metadata["archive_sha256"]
     assert other.metadata["weights"] == "random" and other.metadata["untrained"] is True
+
+
+def test_class_names_file_names_and_counts_the_classes_of_random_weights(
+    exported: Exported, tmp_path: Path
+) -> None:
+    names = ["sky", "[bold]x[/] \x1b[31mred\x1b[0m", "ok\rEVIL", "🐕‍🦺 שלום"]  # any text, even line breaks
+    names_file = tmp_path / "classes.json"
+    names_file.write_text(json.dumps(names), encoding="utf-8")
+    args = get_args_parser().parse_args(
+        [
+            "--arch", ARCH, "--weights", "random", "--out", str(tmp_path / "store"),
+            "--handler", str(exported.handler), "--config-file", str(exported.config),
+            "--torchscript-out", str(tmp_path / "named.pt"), "--parity-shapes", "1x3x40x40",
+            "--class-names-file", str(names_file),
+        ]
+    )  # fmt: skip
+    assert main(args) == 0
+    with zipfile.ZipFile(tmp_path / "store" / "deeplabv3.mar") as archive:
+        meta = json.loads(archive.read(METADATA_NAME))
+    assert meta["class_names"] == names and meta["num_classes"] == 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated; TorchServe still runs it
+        module = torch.jit.load(str(tmp_path / "named.pt"))  # type: ignore[no-untyped-call]
+    with torch.inference_mode():
+        assert module(torch.zeros(1, 3, 40, 40)).shape == (1, 4, 40, 40)  # a head of four classes
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        ('{"0": "sky"}', "JSON array of non-empty strings"),
+        ("[]", "JSON array of non-empty strings"),
+        ('["sky", ""]', "JSON array of non-empty strings"),
+        ('["sky", 3]', "JSON array of non-empty strings"),
+        ('["sky", "sea", "sky"]', "names a class more than once: 'sky'"),
+        ("sky\nsea\n", "cannot read class names"),
+    ],
+)
+def test_a_bad_class_names_file_is_refused(tmp_path: Path, content: str, error: str) -> None:
+    names_file = tmp_path / "classes.json"
+    names_file.write_text(content, encoding="utf-8")
+    with pytest.raises(ExportError, match=error):
+        read_class_names(names_file)
+
+
+def test_class_names_rename_the_classes_of_a_state_dict_and_must_match_them(
+    exported: Exported, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    state_dict = tmp_path / "weights.pth"
+    torch.save(build_model(ARCH, num_classes=3, weights="random").model.state_dict(), state_dict)
+    store = tmp_path / "store"
+    with pytest.raises(ExportError, match="2 class names for a model of 3 classes"):
+        export_archive(ARCH, state_dict, store, handler=exported.handler, class_names=["a", "b"])
+    assert not (store / "deeplabv3.mar").exists()
+
+    renamed = export_archive(
+        ARCH,
+        state_dict,
+        store,
+        handler=exported.handler,
+        config_file=exported.config,
+        parity_shapes=SMALL_SHAPES[:1],
+        class_names=["sky", "sea", "sand"],
+    )
+    assert renamed.metadata["class_names"] == ["sky", "sea", "sand"]  # not class_0..class_2
+    assert renamed.metadata["weights"] == "state_dict"
