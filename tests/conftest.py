@@ -9,6 +9,9 @@ import pytest
 
 from tests.support import Processes
 
+# The session TorchServe and the boards tagging through it, shared by tests/e2e, tests/clients and tests/node.
+pytest_plugins = ["tests.torchserve_fixtures"]
+
 
 def _guarded(log_dir: Path) -> Iterator[Processes]:
     guard = Processes(log_dir)

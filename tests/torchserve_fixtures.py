@@ -1,0 +1,137 @@
+"""One real TorchServe for the whole session, shared by every room that tags through it (tests/e2e,
+tests/clients, tests/node; tests/serving keeps its own): registered by tests/conftest.py as a plugin.
+
+TorchServe runs on fixed free ports, so tests may stop and start it (an outage, a held PENDING attachment) and
+boards reconnect to the same address; ``running_torchserve`` starts it again if an earlier test left it
+stopped. Boards are wired to it over gRPC with the inference key file, as `make run` wires them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from seg_handler import launch
+from tests.board.conftest import RunningServer, start_board_server
+from tests.support import REPO_ROOT, Processes
+
+TEST_INPUT_SIZE = 64  # small network input: cheap forwards on a CPU; masks still come at full image size
+TEST_ARCH = "deeplabv3_mobilenet_v3_large"
+
+
+@dataclass
+class TorchServe:
+    """One TorchServe on fixed free ports, so that boards reconnect to the same address after a restart."""
+
+    settings: launch.ServeSettings
+    proc: subprocess.Popen[bytes] | None = field(default=None)
+
+    @property
+    def grpc_target(self) -> str:
+        return self.settings.grpc_inference_target
+
+    @property
+    def key_file(self) -> Path:
+        return self.settings.key_file
+
+    @property
+    def archive_metadata(self) -> dict[str, object]:
+        """The served archive's model-meta.json (arch, weights, class_names, archive_sha256, ...)."""
+        return launch.archive_metadata(self.settings.model_store / self.settings.archive)
+
+    def start(self) -> None:
+        if self.proc is None:
+            self.proc = launch.start(self.settings)
+
+    def stop(self) -> None:
+        """Stop the Java frontend and its workers by process group (pid), like a crash or a redeploy."""
+        if self.proc is not None:
+            launch.stop_process(self.proc.pid)
+            self.proc.wait(timeout=10)
+            self.proc = None
+            self.settings.pid_file.unlink(missing_ok=True)
+
+
+def export_test_archive(store: Path, *options: str) -> Path:
+    """``store`` with deeplabv3.mar from `python -m training.export` (mobilenet_v3_large, random weights,
+    input 64) and any further export ``options``; returns ``store``."""
+    command = [
+        sys.executable, "-m", "training.export", "--arch", TEST_ARCH, "--weights", "random",
+        "--out", str(store), "--input-size", str(TEST_INPUT_SIZE), *options,
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, f"training.export failed:\n{done.stdout}\n{done.stderr}"
+    return store
+
+
+@pytest.fixture(scope="session")
+def e2e_model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """deeplabv3.mar from `python -m training.export` (mobilenet_v3_large, random weights, input 64)."""
+    return export_test_archive(tmp_path_factory.mktemp("e2e_model_store"))
+
+
+@pytest.fixture(scope="session")
+def torchserve(e2e_model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
+    """TorchServe with token auth on free loopback ports; tests may stop and start it (same ports)."""
+    settings = launch.isolated_settings(
+        e2e_model_store, tmp_path_factory.mktemp("e2e_torchserve"), ready_timeout_s=240
+    )
+    serve = TorchServe(settings)
+    serve.start()
+    try:
+        yield serve
+    finally:
+        serve.stop()
+
+
+@pytest.fixture
+def running_torchserve(torchserve: TorchServe) -> TorchServe:
+    """The session TorchServe, started again if an earlier test left it stopped."""
+    torchserve.start()
+    return torchserve
+
+
+def tagging_flags(
+    serve: TorchServe,
+    *,
+    lease_s: float = 40.0,
+    timeout_s: float = 30.0,
+    max_attempts: int = 5,
+    workers: int = 2,
+) -> tuple[str, ...]:
+    """board-server flags that wire it to ``serve`` as `make run` does (the inference key file alone), with
+    quick polling and short backoff for tests. The lease must exceed the call timeout by 5 s."""
+    return (
+        "--segmentation-target", serve.grpc_target,
+        "--segmentation-token-file", str(serve.settings.inference_key_file),
+        "--segmentation-timeout", f"{timeout_s:g}",
+        "--tagging-poll", "0.3",
+        "--tagging-backoff-max", "1",
+        "--tagging-lease", f"{lease_s:g}",
+        "--tagging-max-attempts", str(max_attempts),
+        "--tagging-workers", str(workers),
+    )  # fmt: skip
+
+
+def start_tagging_board(
+    processes: Processes,
+    serve: TorchServe,
+    database_url: str,
+    workdir: Path,
+    *,
+    lease_s: float = 40.0,
+    timeout_s: float = 30.0,
+    max_attempts: int = 5,
+    workers: int = 2,
+    extra: tuple[str, ...] = (),
+) -> RunningServer:
+    """A board server (auth on) tagging through ``serve``; ``extra`` flags come last, so they win."""
+    flags = tagging_flags(
+        serve, lease_s=lease_s, timeout_s=timeout_s, max_attempts=max_attempts, workers=workers
+    )
+    return start_board_server(processes, database_url, workdir, extra=(*flags, *extra))
