@@ -1,5 +1,10 @@
-"""Fixtures for the console scripts: a real board server (auth on, the defaults) tagging through a fake model
-server, and ``cli``: `board` run in this process with its own config folder, stdin, env and captured output.
+"""Fixtures for the console scripts: a real board server (auth on, the defaults), and ``cli``: `board` run in
+this process with its own config folder, stdin, env and captured output.
+
+The conftest's ``board`` tags nothing (no segmentation target: uploads stay PENDING); modules that need
+tagging override it with a board tagging through the session TorchServe of tests/torchserve_fixtures.py
+(a real archive from training.export behind the real handler), and compare what the CLI prints with what the
+served archive says (``shown_labels``, ``shown_model``).
 
 The CLI runs in-process (``board_main``) because each run is then cheap on a shared machine; the tests that
 are about the process itself (argv, a terminal prompt without echo) run the installed `board` script.
@@ -22,8 +27,8 @@ from clients.board import BoardClient
 from clients.cli import board_main
 from clients.gen.board.v1 import board_pb2
 from tests.board.conftest import RunningServer, start_board_server
-from tests.clients.fake_model import FakeModel, RunningFakeModel, serve_fake_model
 from tests.support import Processes
+from tests.torchserve_fixtures import TorchServe
 
 # Columns: rich wraps table cells to the terminal's width, which would split the text the tests look for.
 WIDE = "1000"
@@ -100,33 +105,28 @@ def start_tls_board(processes: Processes, workdir: Path) -> tuple[RunningServer,
     return server, ca_file
 
 
+def shown_labels(attachment: board_pb2.Attachment) -> str:
+    """The labels the server stored for ``attachment``, as the CLI shows plain names: ``dog 31.0%, cat 5.2%``
+    (the largest five)."""
+    shown = [f"{label.name} {label.fraction:.1%}" for label in attachment.labels[:5]]
+    if len(attachment.labels) > 5:
+        shown.append(f"+{len(attachment.labels) - 5} more")
+    return ", ".join(shown)
+
+
+def shown_model(serve: TorchServe) -> str:
+    """The identity of the archive ``serve`` serves, as the CLI shows it (``arch@sha256[:12] [weights,
+    UNTRAINED]``), from the archive's model-meta.json, not from the board."""
+    meta = serve.archive_metadata
+    details = [str(meta["weights"]), *(["UNTRAINED"] if meta["untrained"] else [])]
+    return f"{meta['arch']}@{str(meta['archive_sha256'])[:12]} [{', '.join(details)}]"
+
+
 @pytest.fixture(scope="module")
-def fake_model_server() -> Iterator[RunningFakeModel]:
-    yield from serve_fake_model()
-
-
-@pytest.fixture
-def model(fake_model_server: RunningFakeModel) -> Iterator[FakeModel]:
-    """The fake model's answers for this test (reset afterwards)."""
-    model = fake_model_server.model
-    yield model
-    model.classes = {"dog": 0.6, "background": 0.4}
-    model.reject = None
-    model.hold.set()
-
-
-@pytest.fixture(scope="module")
-def board(
-    module_processes: Processes, tmp_path_factory: pytest.TempPathFactory, fake_model_server: RunningFakeModel
-) -> RunningServer:
-    """A board server with the default settings (auth on), tagging through the fake model server."""
+def board(module_processes: Processes, tmp_path_factory: pytest.TempPathFactory) -> RunningServer:
+    """A board server with the default settings (auth on) that tags nothing: uploads stay PENDING."""
     workdir = tmp_path_factory.mktemp("board-cli")
-    return start_board_server(
-        module_processes,
-        f"sqlite:///{workdir / 'board.db'}",
-        workdir,
-        extra=(*AUTH_ON, "--segmentation-target", fake_model_server.target),
-    )
+    return start_board_server(module_processes, f"sqlite:///{workdir / 'board.db'}", workdir, extra=AUTH_ON)
 
 
 @pytest.fixture

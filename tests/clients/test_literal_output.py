@@ -1,13 +1,17 @@
 """Clients print, never interpret: server text reaches the terminal to the letter, controls made visible.
 
 Against a real board server (auth on) whose users wrote hostile titles, names, contents, comments and
-filenames, and whose model names hostile labels and failure reasons; plus the error path and `segment`.
+filenames; whose labels come from a real TorchServe serving an archive (training.export
+--class-names-file) whose class names are hostile; and whose failure reasons carry hostile text that
+TorchServe itself wrote back. Plus the error path and `segment` against the same TorchServe.
 """
 
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -23,8 +27,9 @@ from clients.segment import ClassShare, Segmentation
 from clients.segment_cli import class_table
 from clients.segment_cli import main as segment_main
 from tests.board.conftest import RunningServer
-from tests.clients.conftest import Cli, Member, sign_up
-from tests.clients.fake_model import FakeModel, RunningFakeModel
+from tests.clients.conftest import AUTH_ON, Cli, Member, make_cli, sign_up
+from tests.support import Processes
+from tests.torchserve_fixtures import TorchServe, export_test_archive, start_tagging_board
 
 # Each hostile text and what the terminal must show for it.
 HOSTILE = {
@@ -41,6 +46,28 @@ HOSTILE = {
 }
 RAW_CONTROLS = ("\x1b", "\x07", "\r", "\x9b")
 TAGGED = board_pb2.ATTACHMENT_STATUS_TAGGED
+FAILED = board_pb2.ATTACHMENT_STATUS_FAILED
+
+# A label is at most 100 characters (the board's column), and a model with random weights finds the same
+# class everywhere, whichever it is. So every class of the hostile archive is named with every kind of hostile
+# text at once (markup, emoji codes, CSI and OSC escapes, BEL, CR, C1 CSI, ZWJ emoji, right-to-left scripts),
+# in shorter forms than HOSTILE's, and whichever class the model finds shows them all.
+LABEL_PARTS = {
+    "[/x]": "[/x]",
+    "[bold]x[/]": "[bold]x[/]",
+    ":smile:": ":smile:",
+    "\x1b[31mred\x1b[0m": "\\x1b[31mred\\x1b[0m",
+    "\x1b]0;pwned\x07": "\\x1b]0;pwned\\x07",
+    "ok\rEVIL": "ok\\x0dEVIL",
+    "csi\x9b31m": "csi\\x9b31m",
+    "🐕‍🦺👍🏽": "🐕‍🦺👍🏽",
+    "שלום مرحبا": "שלום مرحبا",
+}
+HOSTILE_CLASSES = [f"{' '.join(LABEL_PARTS)} {index}" for index in range(3)]
+# A model name TorchServe does not serve: its error answer names it ("Model not found: NAME"), hostile text
+# and all.
+HOSTILE_MODEL = "[bold]no[/] \x1b[31mway\x1b[0m :smile:"
+HOSTILE_MODEL_SHOWN = "Model not found: [bold]no[/] \\x1b[31mway\\x1b[0m :smile:"
 
 
 def png(size: tuple[int, int] = (8, 6)) -> bytes:
@@ -49,11 +76,34 @@ def png(size: tuple[int, int] = (8, 6)) -> bytes:
     return buffer.getvalue()
 
 
-def assert_shown(output: str, texts: list[str] | None = None) -> None:
-    for raw in texts or list(HOSTILE):
-        assert HOSTILE[raw] in output, (raw, output)
+def assert_shown(output: str, texts: Mapping[str, str] = HOSTILE) -> None:
+    """Each of ``texts`` (raw → as shown) appears as shown in ``output``, and no raw control does."""
+    for raw, shown in texts.items():
+        assert shown in output, (raw, output)
     for control in RAW_CONTROLS:
         assert control not in output
+
+
+@pytest.fixture(scope="module")
+def hostile_torchserve(
+    torchserve: TorchServe, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TorchServe]:
+    """TorchServe serving an archive from training.export whose classes are HOSTILE_CLASSES, on the session
+    TorchServe's ports (stopped meanwhile, started again afterwards). While it runs, the tests of this module
+    use it, never ``running_torchserve``."""
+    folder = tmp_path_factory.mktemp("hostile_model")
+    names = folder / "classes.json"
+    names.write_text(json.dumps(HOSTILE_CLASSES), encoding="utf-8")
+    store = export_test_archive(folder / "store", "--class-names-file", str(names))
+    hostile = TorchServe(replace(torchserve.settings, model_store=store))
+    assert hostile.archive_metadata["class_names"] == HOSTILE_CLASSES
+    torchserve.stop()
+    try:
+        hostile.start()
+        yield hostile
+    finally:
+        hostile.stop()
+        torchserve.start()
 
 
 # --- the rendering functions -------------------------------------------------------------------------
@@ -157,26 +207,62 @@ def test_user_names_and_comments_are_shown_literally(board: RunningServer, cli: 
             named.client.close()
 
 
-def test_filenames_labels_and_failure_reasons_are_shown_literally(
-    cli: Cli, member: Member, model: FakeModel
+def test_filenames_and_labels_are_shown_literally(
+    hostile_torchserve: TorchServe,
+    processes: Processes,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    post = member.client.create_post(0, "photos", "hostile names")
-    model.classes = {raw: 0.1 for raw in HOSTILE}
-    tagged = [member.client.add_attachment(post.id, raw, png()) for raw in HOSTILE]
-    for attachment in tagged:
-        assert member.client.wait_for_tagging(attachment.id, timeout=60).status == TAGGED
+    board = start_tagging_board(
+        processes, hostile_torchserve, f"sqlite:///{tmp_path / 'labels.db'}", tmp_path, extra=AUTH_ON
+    )
+    cli = make_cli(board.target, tmp_path / "config", monkeypatch, capsys)
+    member = sign_up(board.target, "Ada")
+    try:
+        post = member.client.create_post(0, "photos", "hostile names")
+        added = [member.client.add_attachment(post.id, raw, png()) for raw in HOSTILE]
+        tagged = [member.client.wait_for_tagging(a.id, timeout=60) for a in added]
+    finally:
+        member.client.close()
+    assert {a.status for a in tagged} == {TAGGED}
+    assert all(a.labels and {x.name for x in a.labels} <= set(HOSTILE_CLASSES) for a in tagged)
     listed = cli("attachments", "list", "--post", post.id, "--all")
     assert listed.code == 0, listed.both
-    assert_shown(listed.out)
+    assert_shown(listed.out)  # the filenames
+    assert_shown(listed.out, LABEL_PARTS)
     got = cli("attachments", "get", tagged[0].id)
-    assert_shown(got.out)  # every label of one attachment
+    assert got.code == 0, got.both
+    assert_shown(got.out, LABEL_PARTS)  # every label of one attachment
+    for label in tagged[0].labels:
+        assert visible(label.name) in got.out
 
-    model.reject = "corrupt: [bold]no[/] \x1b[31mway\x1b[0m :smile:"
-    failed = member.client.add_attachment(post.id, "[/x].png", png())
+
+def test_failure_reasons_are_shown_literally(
+    hostile_torchserve: TorchServe,
+    processes: Processes,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A board that asks TorchServe for a model it does not serve, named with hostile text, and gives up after
+    # one attempt: TorchServe's error answer names that model, and the board keeps it in the reason.
+    board = start_tagging_board(
+        processes, hostile_torchserve, f"sqlite:///{tmp_path / 'failed.db'}", tmp_path, max_attempts=1,
+        extra=(*AUTH_ON, "--segmentation-model", HOSTILE_MODEL),
+    )  # fmt: skip
+    cli = make_cli(board.target, tmp_path / "config", monkeypatch, capsys)
+    member = sign_up(board.target, "Ada")
+    try:
+        post = member.client.create_post(0, "photos", "a hostile failure")
+        failed = member.client.add_attachment(post.id, "[/x].png", png())
+        assert member.client.wait_for_tagging(failed.id, timeout=60).status == FAILED
+    finally:
+        member.client.close()
     watched = cli("attachments", "watch", failed.id)
     assert watched.code == 1  # it ended FAILED
     assert "[/x].png: FAILED" in watched.out
-    assert "[bold]no[/] \\x1b[31mway\\x1b[0m :smile:" in watched.out
+    assert HOSTILE_MODEL_SHOWN in watched.out
     assert "\x1b" not in watched.out
 
 
@@ -192,8 +278,7 @@ def test_server_error_text_is_shown_literally(cli: Cli, logged_in: Member, tmp_p
 
 
 def test_segment_cli_prints_model_text_literally(
-    fake_model_server: RunningFakeModel,
-    model: FakeModel,
+    hostile_torchserve: TorchServe,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -203,18 +288,20 @@ def test_segment_cli_prints_model_text_literally(
     photos.mkdir()
     (photos / "[bold]a\x1b[31m.png").write_bytes(png())
     (photos / "b.png").write_bytes(png())
-    key = tmp_path / "inference.key"
-    key.write_text("not-checked-by-the-fake\n")
-    port = fake_model_server.target.rsplit(":", 1)[1]
-    model.classes = {raw: 0.1 for raw in HOSTILE}
-    args = ["--grpc", f"--grpc-port={port}", f"--key-file={key}", "--out", str(tmp_path / "masks")]
-    assert segment_main([str(photos), *args]) == 0
+    settings = hostile_torchserve.settings
+    args = [
+        "--grpc",
+        f"--grpc-port={settings.grpc_inference_port}",
+        f"--key-file={settings.inference_key_file}",
+    ]
+    assert segment_main([str(photos), *args, "--out", str(tmp_path / "masks")]) == 0
     printed = capsys.readouterr().out
-    assert_shown(printed)
+    assert_shown(printed, LABEL_PARTS)
     assert "[bold]a\\x1b[31m.png" in printed
 
-    model.reject = "corrupt: [red]bad[/] \x1b[2J"
-    assert segment_main([str(photos / "b.png"), *args[:-2], "--out", str(tmp_path / "b.mask.png")]) == 1
+    # TorchServe's answer for a model it does not serve names the model asked for.
+    out = str(tmp_path / "b.mask.png")
+    assert segment_main([str(photos / "b.png"), *args, "--model", HOSTILE_MODEL, "--out", out]) == 1
     printed = capsys.readouterr().out
-    assert "[red]bad[/] \\x1b[2J" in printed
+    assert HOSTILE_MODEL_SHOWN in printed
     assert "\x1b" not in printed

@@ -1,7 +1,7 @@
 """The Node.js client (clients/node) against real board servers with accounts on: `node --test` and the flow
-script. The board tags uploads through the fake model server of tests/clients (TorchServe's gRPC inference
-API in miniature), so the flow's WatchAttachment sees PENDING become TAGGED and its overlay preview has a
-mask; a second server serves TLS with a test CA (trustme) for the TLS test.
+script. The board tags uploads through the session TorchServe (tests/torchserve_fixtures.py: an archive from
+training.export behind the real handler), so the flow's WatchAttachment sees PENDING become TAGGED and its
+overlay preview has a mask; a second server serves TLS with a test CA (trustme) for the TLS test.
 """
 
 from __future__ import annotations
@@ -10,34 +10,23 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.board.conftest import RunningServer, start_board_server
+from tests.board.conftest import RunningServer
 from tests.clients.conftest import AUTH_ON, start_tls_board
-from tests.clients.fake_model import RunningFakeModel, serve_fake_model
 from tests.support import REPO_ROOT, Processes
+from tests.torchserve_fixtures import TorchServe, start_tagging_board
 
 NODE_DIR = REPO_ROOT / "clients" / "node"
 
 pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
 
 
-@pytest.fixture
-def fake_model() -> Iterator[RunningFakeModel]:
-    yield from serve_fake_model()
-
-
-def _tagging_server(processes: Processes, workdir: Path, model: RunningFakeModel) -> RunningServer:
-    return start_board_server(
-        processes,
-        f"sqlite:///{workdir / 'board.db'}",
-        workdir,
-        extra=(*AUTH_ON, "--segmentation-target", model.target),
-    )
+def _tagging_server(processes: Processes, workdir: Path, serve: TorchServe) -> RunningServer:
+    return start_tagging_board(processes, serve, f"sqlite:///{workdir / 'board.db'}", workdir, extra=AUTH_ON)
 
 
 def _node(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -55,9 +44,9 @@ def _node(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[s
 
 
 def test_node_test_suite_passes_against_real_servers(
-    processes: Processes, tmp_path: Path, fake_model: RunningFakeModel
+    processes: Processes, tmp_path: Path, running_torchserve: TorchServe
 ) -> None:
-    server = _tagging_server(processes, tmp_path / "plain", fake_model)
+    server = _tagging_server(processes, tmp_path / "plain", running_torchserve)
     tls, ca_file = start_tls_board(processes, tmp_path / "tls")
     result = _node(
         ["--test", "test/"],
@@ -74,9 +63,9 @@ def test_node_test_suite_passes_against_real_servers(
 
 
 def test_node_flow_script_signs_up_watches_previews_and_filters(
-    processes: Processes, tmp_path: Path, fake_model: RunningFakeModel
+    processes: Processes, tmp_path: Path, running_torchserve: TorchServe
 ) -> None:
-    server = _tagging_server(processes, tmp_path, fake_model)
+    server = _tagging_server(processes, tmp_path, running_torchserve)
     preview = tmp_path / "preview.jpg"
     result = _node(["flow.js", "--target", server.target, "--preview", str(preview)], {})
     assert result.returncode == 0, result.stderr
@@ -86,10 +75,12 @@ def test_node_flow_script_signs_up_watches_previews_and_filters(
     assert re.search(r'^post   #1 "Hello from Node\.js" by user #1$', out, re.MULTILINE), out
     assert "listed 1 post(s) of user #1" in out
     assert re.search(r"^watch  #1 (PENDING -> )*TAGGED$", out, re.MULTILINE), out
-    expected = (
-        "attach #1 tiny.png 4x3 TAGGED: dog 60.0%, background 40.0% (model deeplabv3_fake@ffffffffffff)"
-    )
-    assert expected in out, out
+    with server.client() as client:
+        attachment = client.get_attachment(1)
+    labels = ", ".join(f"{x.name} {100 * x.fraction:.1f}%" for x in attachment.labels)
+    meta = running_torchserve.archive_metadata
+    model = f"{meta['arch']}@{str(meta['archive_sha256'])[:12]}"  # the served archive's identity
+    assert labels and f"attach #1 tiny.png 4x3 TAGGED: {labels} (model {model})" in out, out
     assert re.search(
         rf"^preview 4x3 image/jpeg \(\d+ bytes\) saved to {re.escape(str(preview))}$", out, re.M
     ), out
