@@ -1,0 +1,236 @@
+"""The README's five-minute tour, run as written against real servers started the way `make run` starts them.
+
+The tour's commands are the fenced ```sh blocks between ``<!-- tour:start -->`` and ``<!-- tour:end -->``.
+They run in order, in one bash, in a private working directory laid out like the repository (``.venv`` and
+``clients`` linked, ``var/`` its own), against ``python -m seg_handler.launch run`` (what `make run` runs)
+with a small test archive. The only differences from a person at a terminal: the servers listen on free
+ports, so the default addresses in the commands are replaced with them (and ``BOARD_TARGET`` and
+``SEG_*_PORT`` point the CLIs there), the password arrives on stdin, and a generated picture stands in for
+``photo.jpg``. Nothing here depends on what `make run` prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image, ImageDraw
+
+from seg_handler import launch
+from tests.docs.markdown import fenced_blocks
+from tests.support import REPO_ROOT, Processes, free_port
+
+pytestmark = [
+    pytest.mark.torchserve,
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed"),
+]
+
+TOUR_START, TOUR_END = "<!-- tour:start -->", "<!-- tour:end -->"
+PASSWORD = "a tour password, 8+ characters"
+TEST_INPUT_SIZE = 64  # a small network input keeps each forward cheap on a CPU
+PORT_NAMES = ("INFERENCE", "MANAGEMENT", "METRICS", "GRPC_INFERENCE", "GRPC_MANAGEMENT")
+# Settings from the developer's shell must not reach these servers (a database URL, a token, traces, ...).
+FOREIGN_ENV_PREFIXES = ("BOARD_", "SEG_", "OTEL_")
+FOREIGN_ENV = ("XDG_CONFIG_HOME", "PROMETHEUS_MULTIPROC_DIR")
+
+
+def tour_script(readme: str) -> list[str]:
+    """The tour's ```sh blocks, in order."""
+    start, end = readme.find(TOUR_START), readme.find(TOUR_END)
+    assert 0 <= start < end, f"README.md has no {TOUR_START} … {TOUR_END} section"
+    blocks = fenced_blocks(readme[start:end], "sh")
+    assert blocks, "the tour has no ```sh blocks"
+    return blocks
+
+
+@dataclass(frozen=True)
+class Addresses:
+    """Where the servers of this test listen: the board, its metrics and TorchServe's five ports."""
+
+    board: str
+    board_metrics: str
+    torchserve_ports: dict[str, int]
+
+    def environment(self) -> dict[str, str]:
+        """What `make run`'s launcher and the CLIs read to find them."""
+        env = {f"SEG_{name}_PORT": str(port) for name, port in self.torchserve_ports.items()}
+        return env | {"BOARD_ADDRESS": self.board, "BOARD_METRICS_ADDRESS": self.board_metrics}
+
+    def replacements(self) -> dict[str, str]:
+        """The default address of each server (what a person's `make run` uses) → this test's address."""
+        default = launch.ServeSettings(model_store=Path("."))
+        ports = self.torchserve_ports
+        return {
+            default.board_address: self.board,
+            default.board_metrics_address: self.board_metrics,
+            f"{default.host}:{default.inference_port}": f"127.0.0.1:{ports['INFERENCE']}",
+            f"{default.host}:{default.management_port}": f"127.0.0.1:{ports['MANAGEMENT']}",
+            f"{default.host}:{default.metrics_port}": f"127.0.0.1:{ports['METRICS']}",
+            f"{default.host}:{default.grpc_inference_port}": f"127.0.0.1:{ports['GRPC_INFERENCE']}",
+            f"{default.host}:{default.grpc_management_port}": f"127.0.0.1:{ports['GRPC_MANAGEMENT']}",
+        }
+
+
+def at_these_addresses(command: str, addresses: Addresses) -> str:
+    for default, actual in addresses.replacements().items():
+        command = command.replace(default, actual)
+    return command
+
+
+@pytest.fixture(scope="module")
+def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """deeplabv3.mar with random weights, built by `python -m training.export` as `make model` does."""
+    store = tmp_path_factory.mktemp("tour-model-store")
+    command = [sys.executable, "-m", "training.export", "--arch", "deeplabv3_mobilenet_v3_large"]
+    command += ["--weights", "random", "--input-size", str(TEST_INPUT_SIZE), "--out", str(store)]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, f"training.export failed:\n{done.stdout}\n{done.stderr}"
+    return store
+
+
+def photo_jpeg() -> bytes:
+    """A small scene (sky, grass, a ball) standing in for the reader's photo."""
+    image = Image.new("RGB", (320, 240), (120, 170, 220))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, 170, 320, 240), fill=(60, 140, 60))
+    draw.ellipse((110, 90, 210, 200), fill=(120, 80, 40))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def repository_like(folder: Path) -> Path:
+    """A working directory laid out like the repository for the tour: the venv and clients, a private var/."""
+    folder.mkdir()
+    for name in (".venv", "clients"):
+        (folder / name).symlink_to(REPO_ROOT / name, target_is_directory=True)
+    (folder / "photo.jpg").write_bytes(photo_jpeg())
+    return folder
+
+
+def wait_until_serving(target: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 300) -> None:
+    """Until the board answers SERVING (TorchServe is READY before the launcher starts the board)."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service="board.v1.BoardService")
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"`launch run` exited with {proc.returncode}:\n{_tail(log)}")
+            with contextlib.suppress(grpc.RpcError):
+                answer = health.Check(request, timeout=2)
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            time.sleep(1)
+    pytest.fail(f"the board did not serve within {timeout:.0f}s:\n{_tail(log)}")
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _board_servers(address: str) -> list[int]:
+    """Pids of board-server processes started for ``address`` (found in /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                args = [a.decode() for a in (entry / "cmdline").read_bytes().split(b"\0") if a]
+                if any(a.endswith("board-server") for a in args[:2]) and address in args:
+                    found.append(int(entry.name))
+    return found
+
+
+@contextlib.contextmanager
+def make_run(work: Path, addresses: Addresses, processes: Processes) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m seg_handler.launch run` in ``work``, stopped with SIGTERM (Ctrl-C's path) afterwards; the
+    servers it started are stopped by pid even if it could not stop them itself."""
+    proc = processes.start([sys.executable, "-m", "seg_handler.launch", "run"], name="make-run", cwd=work)
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=120)
+        for pid in _board_servers(addresses.board):
+            launch.stop_process(pid)
+        with contextlib.suppress(OSError, ValueError):
+            launch.stop_process(int((work / "var" / "torchserve" / "torchserve.pid").read_text()))
+
+
+def test_the_readme_tour_runs_as_written(
+    model_store: Path, tmp_path: Path, processes: Processes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not (REPO_ROOT / "clients" / "node" / "node_modules" / "@grpc" / "grpc-js").is_dir():
+        pytest.fail("clients/node/node_modules missing: run `make node` (make test does)")
+    blocks = tour_script((REPO_ROOT / "README.md").read_text())
+    for name in list(os.environ):
+        if name.startswith(FOREIGN_ENV_PREFIXES) or name in FOREIGN_ENV:
+            monkeypatch.delenv(name)
+    work = repository_like(tmp_path / "repository")
+    addresses = Addresses(
+        board=f"127.0.0.1:{free_port()}",
+        board_metrics=f"127.0.0.1:{free_port()}",
+        torchserve_ports={name: free_port() for name in PORT_NAMES},
+    )
+    for name, value in addresses.environment().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SEG_MODEL_STORE", str(model_store))
+    monkeypatch.setenv("SEG_RUNTIME_DIR", str(work / "var" / "torchserve"))
+    monkeypatch.setenv("SEG_READY_TIMEOUT", "240")
+    monkeypatch.setenv("BOARD_PROCESSES", "2")  # the supervisor's path, as on any multi-core machine
+
+    steps = [
+        f"echo '>>> tour step {i}' >&2\n{at_these_addresses(block, addresses)}"
+        for i, block in enumerate(blocks, 1)
+    ]
+    script = "set -euo pipefail\n" + "\n".join(steps) + "\n"
+    home = tmp_path / "home"  # `board login` keeps its token under ~/.config
+    home.mkdir()
+    tour_env = os.environ | {"HOME": str(home), "BOARD_TARGET": addresses.board}
+
+    with make_run(work, addresses, processes) as proc:
+        wait_until_serving(addresses.board, proc, processes.log_dir / "make-run.log")
+        done = subprocess.run(
+            ["bash", "-c", script],
+            cwd=work,
+            env=tour_env,
+            input=PASSWORD + "\n",  # what the reader types at the tour's password prompt
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert done.returncode == 0, (
+            f"the tour failed (exit {done.returncode})\n--- stdout\n{done.stdout[-6000:]}\n"
+            f"--- stderr\n{done.stderr[-6000:]}\n--- make run\n{_tail(processes.log_dir / 'make-run.log')}"
+        )
+    # What the tour saved: the overlay preview and Node's preview (JPEG), the mask and its overlay (PNG).
+    for name in ("overlay.jpg", "node-preview.jpg"):
+        assert (work / name).read_bytes()[:3] == b"\xff\xd8\xff", name
+    for name in ("mask.png", "mask-overlay.png"):
+        assert (work / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert proc.returncode == 0, "`launch run` stops cleanly on SIGTERM"
+
+
+def test_the_tour_is_marked_and_uses_the_default_addresses() -> None:
+    """A person's `make run` listens on the default addresses; the tour must talk to those."""
+    script = "\n".join(tour_script((REPO_ROOT / "README.md").read_text()))
+    assert "127.0.0.1:50051" in script and "127.0.0.1:8080" in script
+    addresses = Addresses("127.0.0.1:1", "127.0.0.1:2", {name: 10 + i for i, name in enumerate(PORT_NAMES)})
+    assert "127.0.0.1:50051" not in at_these_addresses(script, addresses)
