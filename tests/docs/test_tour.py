@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw
 from seg_handler import launch
 from tests.docs.markdown import fenced_blocks
 from tests.support import REPO_ROOT, Processes, free_port
+from tests.torchserve_fixtures import export_test_archive
 
 pytestmark = [
     pytest.mark.torchserve,
@@ -40,7 +41,6 @@ pytestmark = [
 
 TOUR_START, TOUR_END = "<!-- tour:start -->", "<!-- tour:end -->"
 PASSWORD = "a tour password, 8+ characters"
-TEST_INPUT_SIZE = 64  # a small network input keeps each forward cheap on a CPU
 PORT_NAMES = ("INFERENCE", "MANAGEMENT", "METRICS", "GRPC_INFERENCE", "GRPC_MANAGEMENT")
 # Settings from the developer's shell must not reach these servers (a database URL, a token, traces, ...).
 FOREIGN_ENV_PREFIXES = ("BOARD_", "SEG_", "OTEL_")
@@ -92,13 +92,9 @@ def at_these_addresses(command: str, addresses: Addresses) -> str:
 
 @pytest.fixture(scope="module")
 def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """deeplabv3.mar with random weights, built by `python -m training.export` as `make model` does."""
-    store = tmp_path_factory.mktemp("tour-model-store")
-    command = [sys.executable, "-m", "training.export", "--arch", "deeplabv3_mobilenet_v3_large"]
-    command += ["--weights", "random", "--input-size", str(TEST_INPUT_SIZE), "--out", str(store)]
-    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, f"training.export failed:\n{done.stdout}\n{done.stderr}"
-    return store
+    """deeplabv3.mar with random weights, built by `python -m training.export` as `make model` does (its own
+    store: the session TorchServe's is left alone)."""
+    return export_test_archive(tmp_path_factory.mktemp("tour-model-store"))
 
 
 def photo_jpeg() -> bytes:
