@@ -506,7 +506,8 @@ def weights_banner(settings: ServeSettings) -> str:
             "!!     deeplabv3_resnet101_coco-586e9e4e.pth, and run `make model` (MODEL_WEIGHTS=auto);",
             "!!   - or your own checkpoint or state_dict:",
             "!!     `make model MODEL_WEIGHTS=/path/to/deeplabv3-voc2012.pt`;",
-            "!!   - or train one: python -m training.train --data-path VOCdevkit/VOC2012 ... (see README).",
+            "!!   - or train one: python -m training.train --data-path VOCdevkit/VOC2012 ... "
+            "(see docs/training.md).",
             rule,
         ]
     )
@@ -560,10 +561,12 @@ def describe_endpoints(settings: ServeSettings, board_address: str | None) -> st
             f"  {board} posts create --title Hello --content 'First post'",
             f"  {board} attach POST_ID photo.jpg --wait",
             f"  {board} posts list --filter 'label.dog >= 0.2' --with-attachments",
-            '  BOARD=$(grpcurl -plaintext -d \'{"email":"ada@example.org","password":"..."}\' '
-            f"{board_address} board.v1.BoardService/SignIn | python3 -c 'import json,sys; "
-            'print(json.load(sys.stdin)["accessToken"])\')',
-            f'  grpcurl -plaintext -H "authorization: Bearer $BOARD" -d \'{{"id": 0}}\' {board_address} '
+            "  # grpcurl: SignIn reads its JSON from stdin (the password stays out of ps), then the token:",
+            "  read -rsp 'Password: ' PASSWORD; echo",
+            '  TOKEN=$(printf \'{"email": "ada@example.org", "password": "%s"}\' "$PASSWORD" | '
+            f"grpcurl -plaintext -d @ {board_address} board.v1.BoardService/SignIn | "
+            "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')",
+            f'  grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d \'{{"id": 0}}\' {board_address} '
             "board.v1.BoardService/GetUser",
         ]
     return "\n".join(lines)
