@@ -447,6 +447,8 @@ class SegmentClient:
             raise SegmentWorkerDiedError(status, message)
         if _NO_WORKER in message:
             raise SegmentUnavailableError(f"{status}: {message}")
+        if _NO_MODEL in message:
+            raise SegmentUnavailableError(_no_model(message))
         if status == 503:
             raise SegmentUnavailableError(f"{status}: {message}", reached=True)
         raise SegmentServerError(status, message)
@@ -454,6 +456,13 @@ class SegmentClient:
 
 _WORKER_DIED = "Worker died."
 _NO_WORKER = "has no worker to serve"
+_NO_MODEL = "Model not found"
+
+
+def _no_model(details: str) -> str:
+    # A configuration error, not the image's: callers pause and retry instead of failing uploads one by one.
+    return f"{details}: TorchServe serves no model of that name (check the model name, --segmentation-model)"
+
 # UNAVAILABLE for these never reached a worker (TorchServe down, restarting, or the connection cut).
 _TRANSPORT_FAILURE = re.compile(
     r"failed to connect|connection refused|connect failed|socket closed|connection reset|broken pipe|"
@@ -494,6 +503,8 @@ def _from_rpc_error(exc: grpc.RpcError, target: str, request_bytes: int) -> Segm
         error = SegmentUnavailableError(f"{target}: {details}", reached=reached)
     elif _NO_WORKER in details:
         error = SegmentUnavailableError(f"{target}: {details}")
+    elif _NO_MODEL in details:
+        error = SegmentUnavailableError(f"{target}: {_no_model(details)}")
     elif code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         # The same code for a worker that died mid-request and for a too-large image: the details tell.
         dead = _WORKER_DIED in details

@@ -13,12 +13,15 @@ import json
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
 import grpc
 import pytest
 from PIL import Image
 from rich.console import Console
+from sqlalchemy import Table, update
 
+from board_server.models import Attachment
 from clients.board import BoardClientError, FieldViolation
 from clients.cli import _print_error
 from clients.console_text import Output, literal, plain_console, visible
@@ -26,7 +29,7 @@ from clients.gen.board.v1 import board_pb2
 from clients.segment import ClassShare, Segmentation
 from clients.segment_cli import class_table
 from clients.segment_cli import main as segment_main
-from tests.board.conftest import RunningServer
+from tests.board.conftest import RunningServer, database_engine, start_board_server
 from tests.clients.conftest import AUTH_ON, Cli, Member, make_cli, sign_up
 from tests.support import Processes
 from tests.torchserve_fixtures import TorchServe, export_test_archive, start_tagging_board
@@ -66,8 +69,10 @@ LABEL_PARTS = {
 HOSTILE_CLASSES = [f"{' '.join(LABEL_PARTS)} {index}" for index in range(3)]
 # A model name TorchServe does not serve: its error answer names it ("Model not found: NAME"), hostile text
 # and all.
+ATTACHMENTS = cast(Table, Attachment.__table__)
 HOSTILE_MODEL = "[bold]no[/] \x1b[31mway\x1b[0m :smile:"
 HOSTILE_MODEL_SHOWN = "Model not found: [bold]no[/] \\x1b[31mway\\x1b[0m :smile:"
+HOSTILE_MODEL_SHOWN_RAW = f"Model not found: {HOSTILE_MODEL}"
 
 
 def png(size: tuple[int, int] = (8, 6)) -> bytes:
@@ -239,24 +244,30 @@ def test_filenames_and_labels_are_shown_literally(
 
 
 def test_failure_reasons_are_shown_literally(
-    hostile_torchserve: TorchServe,
     processes: Processes,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # A board that asks TorchServe for a model it does not serve, named with hostile text, and gives up after
-    # one attempt: TorchServe's error answer names that model, and the board keeps it in the reason.
-    board = start_tagging_board(
-        processes, hostile_torchserve, f"sqlite:///{tmp_path / 'failed.db'}", tmp_path, max_attempts=1,
-        extra=(*AUTH_ON, "--segmentation-model", HOSTILE_MODEL),
-    )  # fmt: skip
+    # The reason is server text like any other (a model server's error, echoing what it was sent): it is
+    # written into the database here, as another replica's tagging worker would store it, because a real
+    # TorchServe answers a misnamed model by pausing tagging, not by failing the upload.
+    url = f"sqlite:///{tmp_path / 'failed.db'}"
+    board = start_board_server(processes, url, tmp_path, extra=AUTH_ON)
     cli = make_cli(board.target, tmp_path / "config", monkeypatch, capsys)
     member = sign_up(board.target, "Ada")
     try:
         post = member.client.create_post(0, "photos", "a hostile failure")
         failed = member.client.add_attachment(post.id, "[/x].png", png())
-        assert member.client.wait_for_tagging(failed.id, timeout=60).status == FAILED
+        with database_engine(url) as engine, engine.begin() as conn:
+            conn.execute(
+                update(ATTACHMENTS)
+                .where(ATTACHMENTS.c.id == failed.id)
+                .values(
+                    status="FAILED", failure_reason=f"model server error INTERNAL: {HOSTILE_MODEL_SHOWN_RAW}"
+                )
+            )
+        assert member.client.get_attachment(failed.id).status == FAILED
     finally:
         member.client.close()
     watched = cli("attachments", "watch", failed.id)

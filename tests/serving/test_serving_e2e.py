@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -19,6 +20,7 @@ from clients.segment import (
     SegmentCancelledError,
     SegmentClient,
     SegmentRejectedError,
+    SegmentUnavailableError,
     ServingEndpoints,
     TokenSource,
     Transport,
@@ -285,3 +287,18 @@ def test_scaling_workers_through_the_management_api(client: SegmentClient) -> No
     client.scale_workers(1)
     assert len(client.worker_pids()) == 1
     assert client.segment(SMALL_VALID).width == 12
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_model_name_torchserve_does_not_serve_is_unavailable_not_the_images_fault(
+    torchserve: launch.ServeSettings, endpoints: ServingEndpoints, transport: Transport
+) -> None:
+    # A misconfigured name must pause a caller's work (retried once fixed), never fail uploads one by one.
+    wrong = replace(endpoints, model_name="no-such-model")
+    tokens = TokenSource.from_key_file(torchserve.key_file)
+    with (
+        SegmentClient(wrong, tokens, timeout_s=60) as client,
+        pytest.raises(SegmentUnavailableError, match="check the model name") as raised,
+    ):
+        client.segment(SMALL_VALID, transport=transport)
+    assert not raised.value.reached
