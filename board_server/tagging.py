@@ -18,7 +18,7 @@ Every outcome of the call is classified (``classify``), and the attachment's fat
 | worker died mid-request, 5xx/INTERNAL | server_error | retried with backoff, FAILED after ``max_attempts`` |
 | call cancelled (not for its size) | cancelled | retried with backoff, FAILED after ``max_attempts`` |
 | handler failed before answering | unavailable | retried with backoff, FAILED after ``max_attempts`` |
-| unreachable, no worker, no such model | unavailable | the worker pauses (growing with the outage), attempt back |
+| unreachable, no worker, no such model | unavailable | the worker pauses (growing), attempt given back |
 | key missing, wrong or expired | auth | logged as an error, the worker pauses, attempt given back |
 
 An attempt given back never brings the attachment nearer to FAILED: nothing was learned about the image, and
