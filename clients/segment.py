@@ -463,6 +463,7 @@ def _no_model(details: str) -> str:
     # A configuration error, not the image's: callers pause and retry instead of failing uploads one by one.
     return f"{details}: TorchServe serves no model of that name (check the model name, --segmentation-model)"
 
+
 # UNAVAILABLE for these never reached a worker (TorchServe down, restarting, or the connection cut).
 _TRANSPORT_FAILURE = re.compile(
     r"failed to connect|connection refused|connect failed|socket closed|connection reset|broken pipe|"
