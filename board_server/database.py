@@ -93,6 +93,7 @@ class GroupCommitWriter:
         self._lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600) if lock_path is not None else None
         # Told the size of every committed batch (metrics).
         self.on_batch: Callable[[int], None] | None = None
+        self._conn: Connection | None = None  # the writer thread's, see _connection
         self._thread = threading.Thread(target=self._run, name="board-writer", daemon=True)
         self._thread.start()
 
@@ -109,6 +110,10 @@ class GroupCommitWriter:
     def close(self) -> None:
         self._jobs.put(None)
         self._thread.join(timeout=30)
+        if self._conn is not None:
+            with contextlib.suppress(SQLAlchemyError):
+                self._conn.close()
+            self._conn = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -158,7 +163,8 @@ class GroupCommitWriter:
         here, so the turn is handed on before the callers are woken)."""
         outcomes: list[tuple[_Job, Any, BaseException | None]] = []
         try:
-            with _busy_is_unavailable(), self._engine.begin() as conn:
+            conn = self._connection()
+            with _busy_is_unavailable(), conn.begin():
                 # SAVEPOINTs straight on the sqlite3 connection, inside SQLAlchemy's transaction: its nested
                 # transactions cost more CPU than the write they protect.
                 sqlite = conn.connection.driver_connection
@@ -178,6 +184,17 @@ class GroupCommitWriter:
         if self.on_batch is not None:
             self.on_batch(len(batch))
         return outcomes
+
+    def _connection(self) -> Connection:
+        """The writer thread's own connection, kept between batches (a pool checkout, its reset and its
+        return cost more than a small batch's statements); replaced when it broke."""
+        conn = self._conn
+        if conn is None or conn.closed or conn.invalidated:
+            if conn is not None:
+                with contextlib.suppress(SQLAlchemyError):
+                    conn.close()
+            conn = self._conn = self._engine.connect()
+        return conn
 
     @staticmethod
     def _settle(outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
