@@ -38,6 +38,10 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+# What the benches and bench.report write themselves: a change there is not a change to the code measured.
+_OUTPUTS = (":!bench/results", ":!docs/benchmarks.md", ":!README.md")
+
+
 def _git(*args: str) -> str:
     done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
     return done.stdout.strip()
@@ -83,7 +87,7 @@ def machine_facts() -> dict[str, Any]:
         "python": platform.python_version(),
         "versions": _versions(_VERSIONED),
         "git_sha": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", *_OUTPUTS)),
     }
 
 
