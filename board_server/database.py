@@ -80,8 +80,33 @@ def _busy_is_unavailable() -> Iterator[None]:
 
 @dataclass
 class _Job:
+    """A queued write and who waits for it: a thread (``future``) or a coroutine on ``loop`` (``waiter``)."""
+
     work: Callable[[Connection], Any]
-    future: Future[Any] = field(default_factory=Future)
+    future: Future[Any] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    waiter: asyncio.Future[Any] | None = None
+
+    def start(self) -> bool:
+        """Whether the write is still wanted; a thread's future can no longer be cancelled afterwards.
+
+        A coroutine's waiter is read from the writer thread: a cancellation racing this check lets the write
+        commit while the caller has already gone, as a cancellation after the check does in any case."""
+        if self.future is not None:
+            return self.future.set_running_or_notify_cancel()
+        return self.waiter is not None and not self.waiter.cancelled()
+
+
+def _settle_waiters(outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
+    """On the event loop: hand every coroutine its write's outcome (unless it stopped waiting)."""
+    for job, result, error in outcomes:
+        waiter = job.waiter
+        if waiter is None or waiter.done():
+            continue
+        if error is None:
+            waiter.set_result(result)
+        else:
+            waiter.set_exception(error)
 
 
 class GroupCommitWriter:
@@ -99,9 +124,18 @@ class GroupCommitWriter:
 
     def submit(self, work: Callable[[Connection], T]) -> Future[T]:
         """Queue ``work`` for the next batch; the future resolves once that batch is committed."""
-        job = _Job(work)
-        self._jobs.put(job)
-        return job.future
+        future: Future[T] = Future()
+        self._jobs.put(_Job(work, future=future))
+        return future
+
+    def submit_from_loop(self, work: Callable[[Connection], T]) -> asyncio.Future[T]:
+        """``submit`` for a coroutine: an asyncio future of the running loop, settled together with the rest
+        of its batch by one wake-up of the loop (a thread future per write, chained to an asyncio one, cost
+        a wake-up and two futures per write)."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[T] = loop.create_future()
+        self._jobs.put(_Job(work, loop=loop, waiter=waiter))
+        return waiter
 
     def write(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in the next batch; return its result once that batch is committed, or raise."""
@@ -144,7 +178,7 @@ class GroupCommitWriter:
         # A caller that gave up before its write started (server-side deadline, cancelled call) has cancelled
         # its future: that write is skipped. The rest are marked running, so they can no longer be cancelled
         # and setting their outcome cannot raise (which killed this thread: every later write then hung).
-        return [job for job in batch if job.future.set_running_or_notify_cancel()], stop
+        return [job for job in batch if job.start()], stop
 
     @contextmanager
     def _turn(self) -> Iterator[None]:
@@ -198,11 +232,19 @@ class GroupCommitWriter:
 
     @staticmethod
     def _settle(outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
-        for job, result, error in outcomes:
-            if error is None:
-                job.future.set_result(result)
-            else:
-                job.future.set_exception(error)
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Any, BaseException | None]]] = {}
+        for outcome in outcomes:
+            job, result, error = outcome
+            if job.loop is not None:
+                by_loop.setdefault(job.loop, []).append(outcome)
+            elif job.future is not None:
+                if error is None:
+                    job.future.set_result(result)
+                else:
+                    job.future.set_exception(error)
+        for loop, settled in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a loop closed while its writes committed: no one waits
+                loop.call_soon_threadsafe(_settle_waiters, settled)
 
 
 @dataclass
@@ -266,7 +308,7 @@ class Database:
     async def run_write(self, work: Callable[[Connection], T]) -> T:
         """``write(work)`` from the event loop, which keeps serving while the write commits."""
         if self.writer is not None:
-            return await asyncio.wrap_future(self.writer.submit(work))
+            return await self.writer.submit_from_loop(work)
         if self.executor is None:
             raise RuntimeError("PostgreSQL work needs the database executor")
         return await asyncio.get_running_loop().run_in_executor(self.executor, self.write, work)
