@@ -273,14 +273,14 @@ class Abusers:
     uploads: list[RawStream] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _added: list[RawGrpcConnection] = field(default_factory=list)  # for the pump to register
+    _added_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> None:
         """Open every connection and stream, then pump them in the background until ``stop``."""
         upload = half_sent_upload(self.post_id)[: self.sent_upload_bytes]
         for _ in range(self.idle):
-            connection = RawGrpcConnection(self.target)
-            self.connections.append(connection)
-            self.idle_streams.append(connection.open_stream(REFLECTION_METHOD))
+            self._open_idle()
         for _ in range(self.slow):
             connection = RawGrpcConnection(self.target)
             self.connections.append(connection)
@@ -290,11 +290,28 @@ class Abusers:
         self._thread = threading.Thread(target=self._pump, name="abusers", daemon=True)
         self._thread.start()
 
+    def _open_idle(self) -> RawGrpcConnection:
+        connection = RawGrpcConnection(self.target)
+        self.connections.append(connection)
+        self.idle_streams.append(connection.open_stream(REFLECTION_METHOD))
+        return connection
+
+    def add_idle(self) -> None:
+        """One more idle stream on a new connection, while the abusers run (the pump picks it up)."""
+        connection = self._open_idle()
+        with self._added_lock:
+            self._added.append(connection)
+
     def _pump(self) -> None:
         with selectors.DefaultSelector() as selector:
             for connection in self.connections:
                 selector.register(connection.sock, selectors.EVENT_READ, connection)
             while not self._stop.is_set():
+                with self._added_lock:
+                    added, self._added = self._added, []
+                for connection in added:
+                    with contextlib.suppress(KeyError):  # registered at the start already
+                        selector.register(connection.sock, selectors.EVENT_READ, connection)
                 for key, _ in selector.select(timeout=0.2):
                     connection = key.data
                     connection.receive()

@@ -103,13 +103,18 @@ def test_calls_beyond_max_concurrent_rpcs_are_resource_exhausted_not_queued(
         with Abusers(server.target, idle=8, slow=0, post_id=post.id) as abusers:
 
             def refused() -> bool:
+                # grpc.aio decides whether the next call is over the limit before that call arrives: an idle
+                # stream arriving just as one of our calls ends can be refused while a slot is free. Such a
+                # stream is replaced, until 8 hold the 8 slots.
+                for _ in range(8 - abusers.open_streams()):
+                    abusers.add_idle()
                 try:
                     client.get_post(post.id)
                 except ResourceExhaustedError:
                     return True
                 return False
 
-            wait_for("the 8 idle streams to take every slot", refused, timeout=GENEROUS)
+            wait_for("8 idle streams to take every slot", refused, timeout=GENEROUS)
             # A queued call would wait for a slot and end with DEADLINE_EXCEEDED instead.
             for _ in range(20):
                 with pytest.raises(ResourceExhaustedError):
@@ -117,7 +122,8 @@ def test_calls_beyond_max_concurrent_rpcs_are_resource_exhausted_not_queued(
             with pytest.raises(grpc.RpcError) as caught:
                 health_status(server.target)
             assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert abusers.open_streams() == 8
+            # The 8 that hold the slots stay open (any refused while the slots filled up are closed).
+            wait_for("8 open idle streams", lambda: abusers.open_streams() == 8, timeout=GENEROUS)
         # The abusers went away (their connections closed): the slots are free again.
         wait_for("a call to get through", lambda: client.get_post(post.id) == post, timeout=GENEROUS)
 
