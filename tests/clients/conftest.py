@@ -14,60 +14,23 @@ from __future__ import annotations
 
 import io
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trustme
 
-from clients.board import BoardClient
 from clients.cli import board_main
 from clients.gen.board.v1 import board_pb2
-from tests.board.conftest import RunningServer, start_board_server
+from tests.board.conftest import Member, RunningServer, sign_up, start_board_server
 from tests.support import Processes
 from tests.torchserve_fixtures import TorchServe
 
 # Columns: rich wraps table cells to the terminal's width, which would split the text the tests look for.
 WIDE = "1000"
-PASSWORD = "correct horse battery staple"
 # Auth on is the server's default; said here because these tests are about signed-in clients.
 AUTH_ON = ("--auth", "on")
-
-
-def new_email(prefix: str = "u") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}@example.org"
-
-
-@dataclass
-class Member:
-    """A signed-up user and a Python client signed in as them."""
-
-    client: BoardClient
-    user: board_pb2.User
-    password: str
-
-    @property
-    def id(self) -> int:
-        return int(self.user.id)
-
-    @property
-    def email(self) -> str:
-        return str(self.user.email)
-
-
-def sign_up(target: str, name: str = "Member", **client_options: Any) -> Member:
-    """A new user with a password (anonymous CreateUser), signed in through the Python client."""
-    client = BoardClient(target, timeout=20.0, **client_options)
-    try:
-        user = client.create_user(name, new_email(), PASSWORD)
-        client.sign_in(user.email, PASSWORD)
-    except BaseException:
-        client.close()
-        raise
-    return Member(client, user, PASSWORD)
 
 
 @dataclass(frozen=True)

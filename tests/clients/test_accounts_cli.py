@@ -20,8 +20,8 @@ import pytest
 
 from clients.board import BoardClient, UnauthenticatedError
 from clients.credentials import token_file
-from tests.board.conftest import RunningServer
-from tests.clients.conftest import PASSWORD, Cli, Member, Ran, make_cli, new_email, sign_up, start_tls_board
+from tests.board.conftest import PASSWORD, Member, RunningServer, new_email, sign_up
+from tests.clients.conftest import Cli, Ran, make_cli, start_tls_board
 from tests.support import REPO_ROOT, Processes
 
 BOARD = REPO_ROOT / ".venv" / "bin" / "board"

@@ -30,17 +30,8 @@ from rich.console import Console
 
 from clients.cli import post_attachments_text
 from clients.gen.board.v1 import board_pb2
-from tests.board.conftest import BOARD_SERVER, RunningServer
-from tests.clients.conftest import (
-    AUTH_ON,
-    Cli,
-    Member,
-    Ran,
-    make_cli,
-    shown_labels,
-    shown_model,
-    sign_up,
-)
+from tests.board.conftest import BOARD_SERVER, Member, RunningServer, sign_up
+from tests.clients.conftest import AUTH_ON, Cli, Ran, make_cli, shown_labels, shown_model
 from tests.support import Processes, wait_for
 from tests.torchserve_fixtures import TorchServe, start_tagging_board
 

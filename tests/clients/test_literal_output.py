@@ -29,8 +29,8 @@ from clients.gen.board.v1 import board_pb2
 from clients.segment import ClassShare, Segmentation
 from clients.segment_cli import class_table
 from clients.segment_cli import main as segment_main
-from tests.board.conftest import RunningServer, database_engine, start_board_server
-from tests.clients.conftest import AUTH_ON, Cli, Member, make_cli, sign_up
+from tests.board.conftest import Member, RunningServer, database_engine, sign_up, start_board_server
+from tests.clients.conftest import AUTH_ON, Cli, make_cli
 from tests.support import Processes
 from tests.torchserve_fixtures import TorchServe, export_test_archive, start_tagging_board
 
