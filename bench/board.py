@@ -61,14 +61,12 @@ import glob
 import json
 import logging
 import os
-import pwd
 import re
 import resource
 import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -82,7 +80,9 @@ from typing import Any
 
 import grpc
 
+from bench.postgres import postgres_bin, throwaway_cluster
 from bench.records import ROOT, load_average, summarize, write_results
+from seg_handler.launch import free_port
 
 logger = logging.getLogger("bench.board")
 
@@ -252,13 +252,6 @@ def running(
         yield Server(name, f"127.0.0.1:{port}", [proc], [log])
     finally:
         _stop(proc)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --- the floor ---------------------------------------------------------------------------------------------
@@ -704,55 +697,20 @@ def measure_metrics(
     }
 
 
-# --- PostgreSQL: a throw-away cluster, as tests/board/conftest.py makes one ---------------------------------
-
-
-def _postgres_bin() -> Path | None:
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).parent
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)
-    return Path(candidates[0]).parent if candidates else None
-
-
-def _as_postgres(args: list[str]) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
+# --- PostgreSQL ---------------------------------------------------------------------------------------------
 
 
 @contextmanager
 def postgres_cluster() -> Iterator[str | None]:
     """A fresh cluster on a free loopback port with its default durability (fsync on); yield a SQLAlchemy
     URL of an empty database, or None when no PostgreSQL binaries are installed. Stopped and removed after."""
-    bindir = _postgres_bin()
-    if bindir is None:
-        yield None
-        return
-    import psycopg
-
-    base = Path(tempfile.mkdtemp(prefix="board-bench-pg-"))
-    if os.geteuid() == 0:
-        owner = pwd.getpwnam("postgres")
-        os.chown(base, owner.pw_uid, owner.pw_gid)
-    data, port = base / "data", free_port()
-    pg_ctl = [str(bindir / "pg_ctl"), "-D", str(data)]
-    try:
-        initdb = [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]
-        subprocess.run(_as_postgres(initdb), check=True, capture_output=True)
-        options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c max_connections=300"
-        start = [*pg_ctl, "-o", options, "-l", str(base / "pg.log"), "-w", "start"]
-        subprocess.run(_as_postgres(start), check=True, capture_output=True)
-        dsn = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
-        with psycopg.connect(dsn, autocommit=True) as connection:
-            connection.execute("CREATE DATABASE board_bench")
-        logger.info("throw-away PostgreSQL cluster in %s, port %d", base, port)
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/board_bench"
-    finally:
-        stop = [*pg_ctl, "-m", "fast", "-w", "stop"]
-        stopped = subprocess.run(_as_postgres(stop), check=False, capture_output=True, text=True)
-        if stopped.returncode != 0 and (data / "postmaster.pid").exists():
-            logger.error("PostgreSQL did not stop (%s): %s", base, stopped.stderr.strip())
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+    with throwaway_cluster("board-bench-pg-", durable=True, max_connections=300) as cluster:
+        if cluster is None:
+            yield None
+            return
+        url = cluster.create_database("board_bench")
+        logger.info("throw-away PostgreSQL cluster in %s, port %d", cluster.base, cluster.port)
+        yield url
 
 
 # --- targets, table ----------------------------------------------------------------------------------------
@@ -968,7 +926,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.database_url:
         kinds = ["sqlite" if args.database_url.startswith("sqlite") else "postgresql"]
     skipped = []
-    if "postgresql" in kinds and not args.database_url and _postgres_bin() is None:
+    if "postgresql" in kinds and not args.database_url and postgres_bin() is None:
         skipped.append("PostgreSQL table not run: no initdb found (apt-get install postgresql)")
         kinds = [k for k in kinds if k != "postgresql"]
         print(f"\n== {skipped[-1]} ==")

@@ -12,15 +12,11 @@ Without PostgreSQL binaries it is skipped with the reason, unless BOARD_TEST_REQ
 
 from __future__ import annotations
 
-import glob
 import io
 import itertools
 import os
-import pwd
 import re
-import shutil
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -34,9 +30,10 @@ import pytest
 from PIL import Image
 from sqlalchemy import Engine, create_engine
 
+from bench.postgres import Cluster, throwaway_cluster
 from clients.board import BoardClient, BoardClientError
 from clients.gen.board.v1 import board_pb2
-from tests.support import REPO_ROOT, Processes, free_port
+from tests.support import REPO_ROOT, Processes
 
 BOARD_SERVER = REPO_ROOT / ".venv" / "bin" / "board-server"
 GRPCURL = REPO_ROOT / ".venv" / "bin" / "grpcurl"
@@ -263,70 +260,34 @@ def start_board_server(
 # --- PostgreSQL --------------------------------------------------------------------------------------------
 
 
-def _postgres_bin() -> Path | None:
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).parent
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)
-    return Path(candidates[0]).parent if candidates else None
-
-
 @dataclass
 class PostgresCluster:
-    """A throw-away cluster; ``new_database()`` gives each caller its own empty database."""
+    """A throw-away cluster (or the one BOARD_TEST_POSTGRES_URL names); ``new_database()`` gives each
+    caller its own empty database."""
 
-    host: str
-    port: int
-    owned: bool
+    cluster: Cluster | None
     base_url: str
     _count: itertools.count[int]
 
     def new_database(self) -> str:
-        if not self.owned:
+        if self.cluster is None:
             return self.base_url
-        import psycopg
-
-        name = f"board_{next(self._count)}"
-        with psycopg.connect(
-            f"host={self.host} port={self.port} user=postgres dbname=postgres", autocommit=True
-        ) as c:
-            c.execute(f"CREATE DATABASE {name}")
-        return f"postgresql+psycopg://postgres@{self.host}:{self.port}/{name}"
-
-
-def _as_postgres(args: list[str]) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
+        return self.cluster.create_database(f"board_{next(self._count)}")
 
 
 @pytest.fixture(scope="session")
 def postgres_cluster() -> Iterator[PostgresCluster]:
     url = os.environ.get("BOARD_TEST_POSTGRES_URL")
     if url:
-        yield PostgresCluster("", 0, False, url, itertools.count())
+        yield PostgresCluster(None, url, itertools.count())
         return
-    required = os.environ.get("BOARD_TEST_REQUIRE_POSTGRES") == "1"
-    bindir = _postgres_bin()
-    if bindir is None:
-        reason = "PostgreSQL leg: no initdb found (install postgresql or set BOARD_TEST_POSTGRES_URL)"
-        if required:
-            pytest.fail(reason + " but BOARD_TEST_REQUIRE_POSTGRES=1")
-        pytest.skip(reason)
-    base = Path(tempfile.mkdtemp(prefix="board-pg-"))
-    if os.geteuid() == 0:
-        pg = pwd.getpwnam("postgres")
-        os.chown(base, pg.pw_uid, pg.pw_gid)
-    data, port = base / "data", free_port()
-    initdb = [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"]
-    subprocess.run(_as_postgres(initdb), check=True, capture_output=True)
-    options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    pg_ctl = [str(bindir / "pg_ctl"), "-D", str(data)]
-    start = [*pg_ctl, "-o", options, "-l", str(base / "pg.log"), "-w", "start"]
-    subprocess.run(_as_postgres(start), check=True, capture_output=True)
-    try:
-        yield PostgresCluster("127.0.0.1", port, True, "", itertools.count())
-    finally:
-        subprocess.run(_as_postgres([*pg_ctl, "-m", "fast", "-w", "stop"]), check=False, capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+    with throwaway_cluster("board-pg-", durable=False) as cluster:
+        if cluster is None:
+            reason = "PostgreSQL leg: no initdb found (install postgresql or set BOARD_TEST_POSTGRES_URL)"
+            if os.environ.get("BOARD_TEST_REQUIRE_POSTGRES") == "1":
+                pytest.fail(reason + " but BOARD_TEST_REQUIRE_POSTGRES=1")
+            pytest.skip(reason)
+        yield PostgresCluster(cluster, "", itertools.count())
 
 
 # --- backends ----------------------------------------------------------------------------------------------

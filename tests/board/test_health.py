@@ -7,11 +7,6 @@ that need the database answer UNAVAILABLE, never INTERNAL; once it is back, SERV
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
-import subprocess
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,9 +16,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.postgres import Cluster, throwaway_cluster
 from clients.board import BoardClient, BoardClientError
 from tests.board.conftest import PASSWORD, RunningServer, sign_up, start_board_server
-from tests.support import Processes, free_port, wait_for
+from tests.support import Processes, wait_for
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -32,56 +28,13 @@ GENEROUS = 60.0
 pytestmark = pytest.mark.postgres
 
 
-def _as_postgres(args: list[str]) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
-
-
-@dataclass
-class OwnCluster:
-    """A PostgreSQL cluster of this test alone (the suite's shared one must not go down)."""
-
-    bindir: Path
-    base: Path
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _pg_ctl(self, *args: str) -> None:
-        command = [str(self.bindir / "pg_ctl"), "-D", str(self.base / "data"), *args]
-        subprocess.run(_as_postgres(command), check=True, capture_output=True, timeout=120)
-
-    def start(self) -> None:
-        options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._pg_ctl("-o", options, "-l", str(self.base / "pg.log"), "-w", "start")
-
-    def stop(self) -> None:
-        self._pg_ctl("-m", "fast", "-w", "stop")
-
-
 @pytest.fixture
-def cluster() -> Iterator[OwnCluster]:
-    found = shutil.which("initdb")
-    if found is None:
-        pytest.skip("no initdb: the health outage test needs PostgreSQL binaries")
-    base = Path(tempfile.mkdtemp(prefix="board-health-pg-"))
-    if os.geteuid() == 0:
-        postgres = pwd.getpwnam("postgres")
-        os.chown(base, postgres.pw_uid, postgres.pw_gid)
-    bindir = Path(found).parent
-    initdb = [str(bindir / "initdb"), "-D", str(base / "data"), "-A", "trust", "-U", "postgres", "--no-sync"]
-    subprocess.run(_as_postgres(initdb), check=True, capture_output=True, timeout=120)
-    own = OwnCluster(bindir, base, free_port())
-    own.start()
-    try:
+def cluster() -> Iterator[Cluster]:
+    """A PostgreSQL cluster of this test alone (the suite's shared one must not go down)."""
+    with throwaway_cluster("board-health-pg-", durable=False, stop_mode="immediate") as own:
+        if own is None:
+            pytest.skip("no initdb: the health outage test needs PostgreSQL binaries")
         yield own
-    finally:
-        subprocess.run(
-            _as_postgres([str(bindir / "pg_ctl"), "-D", str(base / "data"), "-m", "immediate", "stop"]),
-            check=False, capture_output=True, timeout=120,
-        )  # fmt: skip
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @dataclass
@@ -136,10 +89,10 @@ def code_of(call: Callable[[], object]) -> grpc.StatusCode:
 
 
 def test_health_follows_the_database_through_an_outage(
-    cluster: OwnCluster, processes: Processes, tmp_path: Path
+    cluster: Cluster, processes: Processes, tmp_path: Path
 ) -> None:
     server: RunningServer = start_board_server(
-        processes, cluster.url, tmp_path,
+        processes, cluster.url(), tmp_path,
         extra=("--auth", "on", "--processes", "1", "--metrics-address", "none", "--health-interval", "0.5"),
     )  # fmt: skip
     member = sign_up(server.target, "Healthy", timeout=GENEROUS)
