@@ -163,3 +163,25 @@ def test_no_results_yet_says_so() -> None:
 def test_committed_page_and_readme_section_are_what_the_results_say() -> None:
     # Fails after a bench wrote bench/results/ without `python -m bench.report` (make bench runs both).
     assert report.main(["--check"]) == 0
+
+
+def test_targets_with_values_and_limits_reach_the_summary_and_the_tally(tmp_path: Path) -> None:
+    serving = {
+        "targets": {
+            "rest_c1_p50_vs_pipeline": {"value": 1.0637, "max": 1.1, "met": True},
+            "grpc_c8_rps_vs_pipeline": {"value": 0.8, "min": 0.9, "met": False},
+        }
+    }
+    search = {"targets": [{"target": "sqlite two labels p50 < 50 ms", "value": 0.705, "met": True}]}
+    (tmp_path / "serving.json").write_text(json.dumps(serving))
+    (tmp_path / "search.json").write_text(json.dumps(search))
+    results = report.load_results(tmp_path)
+    section = report.render_summary(results)
+    assert "| rest_c1_p50_vs_pipeline | ≤ 1.100 | 1.064 | met |" in section
+    assert "| grpc_c8_rps_vs_pipeline | ≥ 0.900 | 0.800 | **not met** |" in section
+    assert "| sqlite two labels p50 < 50 ms |  | 0.705 | met |" in section
+    tally = report.target_tally(results)
+    assert "serving: 1 of 2 targets met (not met: grpc_c8_rps_vs_pipeline)" in tally
+    assert "search: 1 of 1 targets met" in tally
+    page = report.render_document(results)
+    assert "| rest_c1_p50_vs_pipeline | ≤ 1.100 | 1.064 | met |" in page
