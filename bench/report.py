@@ -388,10 +388,18 @@ TITLES = {
 # --- summary, document, README section ---------------------------------------------------------------------
 
 
+def is_sweep(result: Result) -> bool:
+    """A parameter sweep (``serving-sweep.json``): its runs chose a setting and its page stays, but its
+    targets are not the verdict on the code (the bench's own file is)."""
+    return result.name.endswith("-sweep")
+
+
 def target_tally(results: Sequence[Result]) -> str:
     """``board 3 of 6 targets met (…not met…); serving 2 of 3 …`` over every file with targets."""
     parts = []
     for result in results:
+        if is_sweep(result):
+            continue
         if result.name in RENDERERS:
             flags = [(str(t.get("target")), t.get("met")) for t in result.record.get("targets") or []]
         else:
@@ -436,6 +444,8 @@ def render_summary(results: Sequence[Result]) -> str:
     """The README section: every target's verdict with its source; the full tables live in the docs page."""
     rows: list[list[str]] = []
     for result in results:
+        if is_sweep(result):
+            continue
         source = short_provenance(result)
         if result.name == "board-postgres":
             for cell in result.record.get("cells") or []:

@@ -185,3 +185,12 @@ def test_targets_with_values_and_limits_reach_the_summary_and_the_tally(tmp_path
     assert "search: 1 of 1 targets met" in tally
     page = report.render_document(results)
     assert "| rest_c1_p50_vs_pipeline | ≤ 1.100 | 1.064 | met |" in page
+
+
+def test_a_sweep_keeps_its_page_but_gives_no_verdict(tmp_path: Path) -> None:
+    sweep = {"targets": {"rest_c1_p50_vs_pipeline": {"value": 2.0, "max": 1.1, "met": False}}}
+    (tmp_path / "serving-sweep.json").write_text(json.dumps(sweep))
+    results = report.load_results(tmp_path)
+    assert "rest_c1_p50_vs_pipeline" not in report.render_summary(results)
+    assert report.target_tally(results) == "no targets recorded yet"
+    assert "rest_c1_p50_vs_pipeline" in report.render_document(results)
