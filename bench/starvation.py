@@ -459,6 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     server.check_alive()
                 logger.info("run %d: %s", index + 1, run)
                 runs.append(run)
+    cells = {phase: _cells(runs, phase) for phase in ("quiet", "abused")}
     payload = {
         "setup": {
             "idle_streams": args.idle,
@@ -470,14 +471,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "database": "sqlite",
             "client": "one grpc Python channel, calls one at a time, GetPost and Health.Check interleaved",
         },
-        "quiet": _cells(runs, "quiet"),
-        "abused": _cells(runs, "abused"),
-        "targets": targets(_cells(runs, "abused")),
+        **cells,
+        "targets": targets(cells["abused"]),
         "runs": runs,
     }
     path = write_results("starvation", payload, load_before=load_before, out=args.out)
     for phase in ("quiet", "abused"):
-        for rpc, cell in _cells(runs, phase).items():
+        for rpc, cell in cells[phase].items():
             p99 = cell["p99_ms"]
             print(f"{phase:7} {rpc:13} p99 {p99['median']:.2f} ms ({p99['min']:.2f}-{p99['max']:.2f})")
     print(f"load average before {load_before}, written to {path}")

@@ -80,11 +80,10 @@ def _busy_is_unavailable() -> Iterator[None]:
 
 @dataclass
 class _Job:
-    """A queued write and who waits for it: a thread (``future``) or a coroutine on ``loop`` (``waiter``)."""
+    """A queued write and who waits for it: a thread (``future``) or a coroutine (``waiter``, of its loop)."""
 
     work: Callable[[Connection], Any]
     future: Future[Any] | None = None
-    loop: asyncio.AbstractEventLoop | None = None
     waiter: asyncio.Future[Any] | None = None
 
     def start(self) -> bool:
@@ -97,16 +96,18 @@ class _Job:
         return self.waiter is not None and not self.waiter.cancelled()
 
 
+def _deliver(future: Future[Any] | asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
+
+
 def _settle_waiters(outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
     """On the event loop: hand every coroutine its write's outcome (unless it stopped waiting)."""
     for job, result, error in outcomes:
-        waiter = job.waiter
-        if waiter is None or waiter.done():
-            continue
-        if error is None:
-            waiter.set_result(result)
-        else:
-            waiter.set_exception(error)
+        if job.waiter is not None and not job.waiter.done():
+            _deliver(job.waiter, result, error)
 
 
 class GroupCommitWriter:
@@ -132,9 +133,8 @@ class GroupCommitWriter:
         """``submit`` for a coroutine: an asyncio future of the running loop, settled together with the rest
         of its batch by one wake-up of the loop (a thread future per write, chained to an asyncio one, cost
         a wake-up and two futures per write)."""
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[T] = loop.create_future()
-        self._jobs.put(_Job(work, loop=loop, waiter=waiter))
+        waiter: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._jobs.put(_Job(work, waiter=waiter))
         return waiter
 
     def write(self, work: Callable[[Connection], T]) -> T:
@@ -235,13 +235,10 @@ class GroupCommitWriter:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Any, BaseException | None]]] = {}
         for outcome in outcomes:
             job, result, error = outcome
-            if job.loop is not None:
-                by_loop.setdefault(job.loop, []).append(outcome)
+            if job.waiter is not None:
+                by_loop.setdefault(job.waiter.get_loop(), []).append(outcome)
             elif job.future is not None:
-                if error is None:
-                    job.future.set_result(result)
-                else:
-                    job.future.set_exception(error)
+                _deliver(job.future, result, error)
         for loop, settled in by_loop.items():
             with contextlib.suppress(RuntimeError):  # a loop closed while its writes committed: no one waits
                 loop.call_soon_threadsafe(_settle_waiters, settled)

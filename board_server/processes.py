@@ -53,7 +53,7 @@ def configure_logging(level: str) -> None:
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
-def audit_file_handler(settings: Settings) -> logging.Handler:
+def audit_file_handler(settings: Settings) -> logging.handlers.RotatingFileHandler:
     """The rotating audit file (the one writer of it)."""
     settings.audit_log_path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.handlers.RotatingFileHandler(
@@ -98,7 +98,7 @@ class AuditRotator:
         while not self._stop.wait(self._interval_s):
             try:
                 if self._max_bytes and self._path.stat().st_size >= self._max_bytes:
-                    self._handler.doRollover()  # type: ignore[attr-defined]
+                    self._handler.doRollover()
             except OSError:
                 logger.warning("could not rotate the audit log %s", self._path, exc_info=True)
 
