@@ -1,5 +1,7 @@
-"""The SQLite group-commit writer as coroutines use it: one outcome per write, a failing write fails alone,
-a write whose caller gave up before its batch started is never applied."""
+"""The SQLite group-commit writer as coroutines and threads use it: one outcome per write, a failing write
+fails alone, a write whose caller gave up before its batch started is never applied, writers of two
+databases on one file (as two processes) and of threads and a loop interleave without losing or doubling a
+write, and a writer that does not take turns makes the loop's writes wait without stalling the loop."""
 
 from __future__ import annotations
 
@@ -75,10 +77,11 @@ def test_a_write_whose_caller_gave_up_before_its_batch_is_never_applied(database
         _raw(conn).execute("INSERT INTO t (v) VALUES ('first')")
 
     async def main() -> None:
-        first = asyncio.create_task(database.run_write(blocking))
-        await asyncio.to_thread(started.wait, 30)  # the writer thread is inside the first batch now
+        # A thread's write: the writer thread holds the turn inside it until released.
+        first = asyncio.create_task(asyncio.to_thread(database.write, blocking))
+        await asyncio.to_thread(started.wait, 30)
         abandoned = asyncio.create_task(database.run_write(insert("abandoned")))
-        await asyncio.sleep(0)  # queued behind the first batch
+        await asyncio.sleep(0)  # submitted; its batch waits for the turn
         abandoned.cancel()
         release.set()
         await first
@@ -89,3 +92,60 @@ def test_a_write_whose_caller_gave_up_before_its_batch_is_never_applied(database
 
     asyncio.run(main())
     assert values(database) == ["first", "after"]
+
+
+def test_loop_thread_and_other_writer_interleave_each_write_acknowledged_once(
+    database: Database, tmp_path: Path
+) -> None:
+    # A second Database on the same file takes turns with the first through the lock file, as a second
+    # server process does.
+    other = open_database(Settings(database_url=f"sqlite:///{tmp_path / 'board.db'}"))
+    try:
+
+        async def main() -> list[int]:
+            def from_threads(prefix: str, db: Database) -> list[int]:
+                return [db.write(insert(f"{prefix}{i}")) for i in range(100)]
+
+            threads = [
+                asyncio.to_thread(from_threads, "thread-a", database),
+                asyncio.to_thread(from_threads, "thread-b", other),
+            ]
+            loop_writes = [database.run_write(insert(f"loop{i}")) for i in range(300)]
+            other_loop = [other.run_write(insert(f"other-loop{i}")) for i in range(300)]
+            results = await asyncio.gather(*threads, *loop_writes, *other_loop)
+            ids: list[int] = []
+            for result in results:
+                ids.extend(result if isinstance(result, list) else [result])
+            return ids
+
+        ids = asyncio.run(main())
+    finally:
+        other.dispose()
+    expected = [f"{p}{i}" for p in ("thread-a", "thread-b") for i in range(100)]
+    expected += [f"{p}{i}" for p in ("loop", "other-loop") for i in range(300)]
+    assert len(ids) == len(set(ids)) == len(expected)
+    assert sorted(values(database)) == sorted(expected)
+
+
+def test_a_writer_that_takes_no_turn_makes_loop_writes_wait_while_the_loop_serves(
+    database: Database, tmp_path: Path
+) -> None:
+    # An sqlite3 shell, say: it holds SQLite's write lock without the board's turn.
+    outsider = sqlite3.connect(tmp_path / "board.db", isolation_level=None, check_same_thread=False)
+    outsider.execute("BEGIN IMMEDIATE")
+    try:
+
+        async def main() -> list[int]:
+            writes = [asyncio.create_task(database.run_write(insert(f"w{i}"))) for i in range(20)]
+            await asyncio.sleep(0.3)
+            assert not any(w.done() for w in writes)  # waiting for the lock, not failed
+            # The loop is not stalled: a read runs and a timer fires while the writes wait.
+            assert await database.run_read(lambda conn: _raw(conn).execute("SELECT 1").fetchone()) == (1,)
+            await asyncio.to_thread(outsider.execute, "ROLLBACK")
+            return await asyncio.gather(*writes)
+
+        ids = asyncio.run(main())
+    finally:
+        outsider.close()
+    assert len(set(ids)) == 20
+    assert sorted(values(database)) == sorted(f"w{i}" for i in range(20))
