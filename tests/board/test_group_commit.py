@@ -106,17 +106,16 @@ def test_loop_thread_and_other_writer_interleave_each_write_acknowledged_once(
             def from_threads(prefix: str, db: Database) -> list[int]:
                 return [db.write(insert(f"{prefix}{i}")) for i in range(100)]
 
-            threads = [
+            threads = asyncio.gather(
                 asyncio.to_thread(from_threads, "thread-a", database),
                 asyncio.to_thread(from_threads, "thread-b", other),
-            ]
-            loop_writes = [database.run_write(insert(f"loop{i}")) for i in range(300)]
-            other_loop = [other.run_write(insert(f"other-loop{i}")) for i in range(300)]
-            results = await asyncio.gather(*threads, *loop_writes, *other_loop)
-            ids: list[int] = []
-            for result in results:
-                ids.extend(result if isinstance(result, list) else [result])
-            return ids
+            )
+            loop_writes = asyncio.gather(
+                *(database.run_write(insert(f"loop{i}")) for i in range(300)),
+                *(other.run_write(insert(f"other-loop{i}")) for i in range(300)),
+            )
+            from_a, from_b = await threads
+            return [*from_a, *from_b, *await loop_writes]
 
         ids = asyncio.run(main())
     finally:
