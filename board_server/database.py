@@ -238,24 +238,24 @@ class _LoopWrites:
         """On the loop, holding the turn: run the pending writes and hand the open transaction to the
         committer thread, which commits it and gives the turn back."""
         writer = self._writer
+        transaction: RootTransaction | None = None
+        outcomes: Outcomes = []
         try:
             batch: list[_Job] = []
             while self._pending and len(batch) < _MAX_BATCH:
                 job = self._pending.popleft()
                 if job.start():  # a caller that gave up (deadline, cancelled call) is skipped
                     batch.append(job)
-            try:
-                conn, transaction = writer.begin(self.connection) if batch else (None, None)
-            except DatabaseBusy:  # see _LOOP_BUSY_TIMEOUT_MS
-                writer.commit_later(self, functools.partial(writer.commit, writer.patient, batch))
-                return
-            except Exception as exc:
-                writer.turn.give()
-                self._settle(writer.failed("BEGIN", batch, exc))
-                return
-            outcomes: Outcomes = []
-            if conn is not None and transaction is not None:
-                transaction, outcomes = writer.apply(conn, transaction, batch)
+            if batch:
+                try:
+                    conn, transaction = writer.begin(self.connection)
+                except DatabaseBusy:  # see _LOOP_BUSY_TIMEOUT_MS
+                    writer.commit_later(self, functools.partial(writer.commit, writer.patient, batch))
+                    return
+                except Exception as exc:
+                    outcomes = writer.failed("BEGIN", batch, exc)
+                else:
+                    transaction, outcomes = writer.apply(conn, transaction, batch)
         except BaseException:
             writer.turn.give()
             raise
