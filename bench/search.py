@@ -1,4 +1,4 @@
-"""Search benchmark: ListPosts' filter and order queries (board_server/post_search.py) on 100,000 tagged
+"""Search benchmark: ListPosts' filter and order queries (board_server/query/post_search.py) on 100,000 tagged
 attachments, on SQLite and on PostgreSQL, against a floor measured in the same run (a plain page of 50 posts
 by id, no filter); each twice: directly on the database, and through a real board server's ListPosts over
 gRPC (one client, one server process on the seeded database, reads as an anonymous caller).
@@ -39,13 +39,12 @@ from sqlalchemy import Connection, Table, insert, text
 
 from bench.board import board_executable, clean_env, postgres_cluster, running
 from bench.records import ROOT, load_average, summarize, write_results
-from board_server.config import Settings
-from board_server.database import Database, migrate, open_database
-from board_server.models import Attachment, AttachmentLabel, Base, Post, User
-from board_server.post_filter import OrderBy, parse_filter, parse_order_by
-from board_server.post_search import Cursor, search_posts
-from board_server.served_model import VOC_CLASSES
+from board_server.query.filter import OrderBy, parse_filter, parse_order_by
+from board_server.query.post_search import Cursor, search_posts
+from board_server.storage.engine import Database, migrate, open_database
+from board_server.storage.tables import Attachment, AttachmentLabel, Base, Post, User
 from clients.board import BoardClient
+from seg_handler.image_policy import VOC_CLASSES
 
 logger = logging.getLogger("bench.search")
 
@@ -237,7 +236,7 @@ def time_rpc_pages(
 def run_backend(name: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
     """Seed (unless the database holds the seed already), then time every cell directly and, unless
     ``--no-grpc``, through a board server on the same database."""
-    db = open_database(Settings(database_url=url))
+    db = open_database(url)
     try:
         ensure_seeded(name, db, args)
         figures: dict[str, Any] = {"backend": name}

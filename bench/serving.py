@@ -50,7 +50,7 @@ from PIL import Image, ImageDraw
 from bench.records import load_average, summarize, write_results
 from clients.segment import SegmentClient, ServingEndpoints, TokenSource, Transport
 from seg_handler import handler, launch
-from training.model import VOC_CLASSES
+from seg_handler.image_policy import VOC_CLASSES
 
 logger = logging.getLogger("bench.serving")
 

@@ -17,7 +17,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from board_server.config import Settings, add_arguments, load_settings
+from board_server.runtime.config import Settings, add_arguments, load_settings
 
 logger = logging.getLogger("board_server")
 
@@ -50,12 +50,13 @@ def _read_password(email: str) -> str:
 
 def admin(settings: Settings, action: str, email: str) -> int:
     """Run an admin action on the database; the exit status."""
-    from board_server.admin import grant_admin, set_password
-    from board_server.database import migrate, open_database
-    from board_server.processes import audit_file_handler, route_audit
+    from board_server.domain.admin import grant_admin, set_password
+    from board_server.runtime.assemble import database_for
+    from board_server.runtime.logs import audit_file_handler, route_audit
+    from board_server.storage.engine import migrate
 
     route_audit(audit_file_handler(settings))
-    database = open_database(settings)
+    database = database_for(settings)
     try:
         migrate(database.engine)
         if action == "set-password":
@@ -73,39 +74,60 @@ def admin(settings: Settings, action: str, email: str) -> int:
 
 def retag(settings: Settings, post_id: int | None) -> int:
     """Queue re-tags of the attachments labelled by another model than the served one; the exit status."""
-    from board_server.accounts import OPERATOR
-    from board_server.database import migrate, open_database
-    from board_server.errors import BoardError
-    from board_server.processes import audit_file_handler, route_audit
-    from board_server.retag import Retagging
-    from board_server.served_model import ServedModels
-    from board_server.tagging import make_segment_client
+    from board_server.core.errors import BoardError
+    from board_server.domain.accounts import OPERATOR
+    from board_server.runtime.assemble import build_board
+    from board_server.runtime.logs import audit_file_handler, route_audit
 
     if not settings.segmentation_target:
         logger.error("retag needs --segmentation-target (env BOARD_SEGMENTATION_TARGET) to ask TorchServe")
         return 2
     route_audit(audit_file_handler(settings))
-    database = open_database(settings)
-    client = make_segment_client(settings)
+    migrate_database(settings)
+    parts = build_board(settings, tagging_threads=0)
     try:
-        migrate(database.engine)
-        retagging = Retagging(database, ServedModels(database, settings.segmentation_model), client.describe)
         count, model = asyncio.run(
-            retagging.retag(OPERATOR, f"stale AND post_id = {post_id}" if post_id else "stale")
+            parts.board.retagging.retag(OPERATOR, f"stale AND post_id = {post_id}" if post_id else "stale")
         )
     except BoardError as exc:
         logger.error("%s", exc.message)
         return 1
     finally:
-        client.close()
-        database.dispose()
+        parts.close()
     logger.info(
         "queued %d attachment(s) for re-tagging with %s (archive sha256 %s)",
         count,
-        model.arch,
-        model.archive_sha256 or "unknown",
+        model.identity.arch,
+        model.identity.archive_sha256 or "unknown",
     )
     return 0
+
+
+def migrate_database(settings: Settings) -> None:
+    """Bring the database of ``settings`` to the newest schema (before any process serves it)."""
+    from board_server.runtime.assemble import database_for
+    from board_server.storage.engine import migrate
+
+    database = database_for(settings)
+    try:
+        migrate(database.engine)
+    finally:
+        database.dispose()
+
+
+def serve(settings: Settings) -> int:
+    """Migrate, then serve with ``settings.processes`` processes; the exit status."""
+    from board_server.runtime.serve import serve_single
+    from board_server.runtime.supervisor import Supervisor
+
+    migrate_database(settings)
+    if settings.processes == 1:
+        try:
+            return serve_single(settings)
+        except RuntimeError as exc:
+            logger.error("cannot start: %s", exc)
+            return 1
+    return Supervisor(settings).run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"board-server: {exc}", file=sys.stderr)  # noqa: T201 - before logging is configured
         return 2
-    from board_server.processes import configure_logging, serve
+    from board_server.runtime.logs import configure_logging
 
     configure_logging(settings.log_level)
     if args.command == "admin":
@@ -128,13 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "retag":
         return retag(settings, args.post_id)
     if args.command == "migrate":
-        from board_server.database import migrate, open_database
-
-        database = open_database(settings)
-        try:
-            migrate(database.engine)
-        finally:
-            database.dispose()
+        migrate_database(settings)
         return 0
     if not settings.auth:
         logger.warning(

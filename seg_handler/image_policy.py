@@ -187,6 +187,15 @@ def _allowed_names() -> str:
     return ", ".join(name for name in MIME_TYPES if name != "MPO")
 
 
+# PASCAL VOC 2012, background first: the index of a class is its value in a mask. The one list of the
+# product's classes (training builds the model with it, the board names labels and legends with it).
+VOC_CLASSES: tuple[str, ...] = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
+)  # fmt: skip
+
+
 def voc_palette(num_colors: int = 256) -> list[int]:
     """The PASCAL VOC colour map as a flat [r, g, b, ...] list of ``num_colors`` entries: the colours of the
     masks the handler writes, the previews the board blends and the training data's palette PNGs."""

@@ -32,36 +32,14 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from seg_handler.image_policy import VOC_CLASSES
+
 logger = logging.getLogger(__name__)
 
 ARCHS = ("deeplabv3_resnet101", "deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large")
 DEFAULT_ARCH = "deeplabv3_resnet101"
 WEIGHT_CHOICES = ("auto", "pretrained", "imagenet-backbone", "random")
 
-# PASCAL VOC 2012, background first; the order is the label index in the masks.
-VOC_CLASSES: tuple[str, ...] = (
-    "background",
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-)
 
 # Without a timeout urllib waits forever on a black-holed network; a download this slow fails anyway.
 DOWNLOAD_SOCKET_TIMEOUT_S = 60.0

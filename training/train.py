@@ -36,6 +36,7 @@ from rich.progress import (
 from torch import nn
 from torch.utils.data import DataLoader
 
+from seg_handler.image_policy import VOC_CLASSES
 from training.data import (
     IGNORE_INDEX,
     DatasetError,
@@ -46,7 +47,7 @@ from training.data import (
 )
 from training.evaluate import evaluate, metrics_table
 from training.metrics import SegmentationMetrics
-from training.model import ARCHS, DEFAULT_ARCH, VOC_CLASSES, WEIGHT_CHOICES, WeightsError, build_model
+from training.model import ARCHS, DEFAULT_ARCH, WEIGHT_CHOICES, WeightsError, build_model
 
 logger = logging.getLogger(__name__)
 

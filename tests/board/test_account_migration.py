@@ -16,7 +16,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, Engine, MetaData, select, text
 
 import board_server
-from board_server.accounts import BAD_CREDENTIALS
+from board_server.domain.accounts import BAD_CREDENTIALS
 from clients.board import (
     AlreadyExistsError,
     NotFoundError,

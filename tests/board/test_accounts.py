@@ -21,10 +21,9 @@ import pytest
 from argon2 import PasswordHasher
 from sqlalchemy import Connection, Engine, MetaData, Table, select, update
 
-from board_server.accounts import BAD_CREDENTIALS, SIGN_IN_FAILURE_LIMIT, SIGN_IN_WINDOW, Accounts
-from board_server.config import Settings
-from board_server.database import migrate, open_database
-from board_server.models import AccessToken, SignInFailure, User
+from board_server.domain.accounts import BAD_CREDENTIALS, SIGN_IN_FAILURE_LIMIT, SIGN_IN_WINDOW, Accounts
+from board_server.storage.engine import migrate, open_database
+from board_server.storage.tables import AccessToken, SignInFailure, User
 from clients.board import (
     BoardClient,
     BoardClientError,
@@ -506,10 +505,10 @@ def test_the_bearer_scheme_is_case_insensitive(board_server: RunningServer, memb
 
 def test_the_cost_of_the_token_check_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """µs per ``Accounts.authenticate`` with a valid token on SQLite: a figure for the record, no assert."""
-    from board_server import account_repository as accounts_repo
-    from board_server import repository
+    from board_server.storage import sessions as accounts_repo
+    from board_server.storage import users as user_rows
 
-    database = open_database(Settings(database_url=f"sqlite:///{tmp_path / 'cost.db'}"))
+    database = open_database(f"sqlite:///{tmp_path / 'cost.db'}")
     accounts = Accounts(database, auth=True, reads_need_sign_in=False, token_lifetime=timedelta(days=30))
     try:
         migrate(database.engine)
@@ -522,7 +521,7 @@ def test_the_cost_of_the_token_check_in_process(tmp_path: Path, capsys: pytest.C
                 # Tables with some rows, like a board in use: 1,000 users with 5 sessions each.
                 for n in range(1000):
                     email = "timed@example.org" if n == 0 else new_email()
-                    user = repository.add_user(conn, "Timed", email, now, password_hash)
+                    user = user_rows.add_user(conn, "Timed", email, now, password_hash)
                     for _ in range(5):
                         digest_of_other = hashlib.sha256(uuid.uuid4().bytes).hexdigest()
                         accounts_repo.add_token(conn, user.id, digest_of_other, now, now + timedelta(days=1))

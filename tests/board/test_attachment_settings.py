@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from board_server.config import Settings, add_arguments, load_settings
+from board_server.runtime.config import Settings, add_arguments, load_settings
 
 
 def parse(argv: list[str], env: dict[str, str]) -> Settings:

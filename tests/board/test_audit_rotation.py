@@ -8,8 +8,8 @@ import logging
 import multiprocessing
 from pathlib import Path
 
-from board_server.config import Settings
-from board_server.processes import AuditRotator, audit_append_handler
+from board_server.runtime.config import Settings
+from board_server.runtime.logs import AuditRotator, audit_append_handler
 
 LINES = 3000  # per writer process: ~3 rotations at MAX_BYTES, fewer than the backups kept
 MAX_BYTES = 200_000

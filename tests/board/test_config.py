@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from board_server.config import Settings, add_arguments, load_settings
-from board_server.database import migrate, open_database
+from board_server.runtime.config import add_arguments, load_settings
+from board_server.storage.engine import migrate, open_database
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -135,7 +135,7 @@ def test_malformed_setting_is_a_value_error(tmp_path: Path, argv: tuple[str, ...
 
 
 def test_sqlite_connections_are_configured_for_a_server(tmp_path: Path) -> None:
-    database = open_database(Settings(database_url=f"sqlite:///{tmp_path / 'nested' / 'b.db'}"))
+    database = open_database(f"sqlite:///{tmp_path / 'nested' / 'b.db'}")
     try:
         migrate(database.engine)
         with database.read() as conn:

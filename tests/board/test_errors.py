@@ -1,4 +1,4 @@
-"""The one interceptor of board calls (board_server/interceptors.py BoardInterceptor) on an in-process
+"""The one interceptor of board calls (board_server/api/interceptors.py BoardInterceptor) on an in-process
 grpc.aio server, with real Accounts on a real (migrated) SQLite database, in front of handlers that fail on
 purpose: domain errors map to their codes with details, anything else is a generic INTERNAL with the
 traceback in the log, undecodable requests are INVALID_ARGUMENT, a slow call meets the server-side deadline,
@@ -18,11 +18,8 @@ from typing import Any
 import grpc
 import pytest
 
-from board_server import repository
-from board_server.accounts import Accounts
-from board_server.config import Settings
-from board_server.database import Database, migrate, open_database
-from board_server.errors import (
+from board_server.api.interceptors import BoardInterceptor, current_caller
+from board_server.core.errors import (
     MAX_VIOLATIONS,
     AlreadyExists,
     DatabaseBusy,
@@ -35,7 +32,9 @@ from board_server.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
-from board_server.interceptors import BoardInterceptor, current_caller
+from board_server.domain.accounts import Accounts
+from board_server.storage import users as user_rows
+from board_server.storage.engine import Database, migrate, open_database
 from clients.board import BoardClientError, InvalidArgumentError, ResourceExhaustedError, error_from_rpc
 from clients.gen.board.v1 import board_pb2
 
@@ -89,7 +88,7 @@ class Recorder:
 @pytest.fixture(scope="module")
 def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
     path = tmp_path_factory.mktemp("interceptor") / "board.db"
-    db = open_database(Settings(database_url=f"sqlite:///{path}"))
+    db = open_database(f"sqlite:///{path}")
     migrate(db.engine)
     yield db
     db.dispose()
@@ -228,7 +227,7 @@ def test_unexpected_exception_is_logged_and_answered_generic_internal(
         error = await faulty.failure("Bug")
         assert error.message == "internal error" and not error.violations
 
-    with caplog.at_level(logging.ERROR, logger="board_server.interceptors"):
+    with caplog.at_level(logging.ERROR, logger="board_server.api.interceptors"):
         run(database, scenario)
     assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in caplog.records)
     assert all("secret detail" not in r.getMessage() or r.exc_info for r in caplog.records)
@@ -245,7 +244,7 @@ def test_not_found_goes_to_the_ordinary_log_never_the_audit_log(
         run(database, scenario)
     not_found = [r for r in caplog.records if "Post not found; id=7" in r.getMessage()]
     assert len(not_found) == 20
-    assert {r.name for r in not_found} == {"board_server.interceptors"}
+    assert {r.name for r in not_found} == {"board_server.api.interceptors"}
     assert not [r for r in caplog.records if r.name == "board.audit"]
 
 
@@ -279,7 +278,7 @@ def test_tokens_become_callers(database: Database) -> None:
         email = f"i-{datetime.now(UTC).timestamp()}@example.org"
         hashed = await faulty.accounts.hash_password(PASSWORD)
         user = await database.run_write(
-            lambda conn: repository.add_user(conn, "Inter", email, datetime.now(UTC), hashed)
+            lambda conn: user_rows.add_user(conn, "Inter", email, datetime.now(UTC), hashed)
         )
         session = await faulty.accounts.sign_in(email, PASSWORD)
         assert await faulty.call("Caller", token=session.token) == str(user.id).encode()

@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Connection
 
-from board_server.config import Settings
-from board_server.database import Database, open_database
+from board_server.storage.engine import Database, open_database
 
 
 @pytest.fixture
 def database(tmp_path: Path) -> Iterator[Database]:
-    db = open_database(Settings(database_url=f"sqlite:///{tmp_path / 'board.db'}"))
+    db = open_database(f"sqlite:///{tmp_path / 'board.db'}")
     with db.engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL UNIQUE)")
     try:
@@ -99,7 +98,7 @@ def test_loop_thread_and_other_writer_interleave_each_write_acknowledged_once(
 ) -> None:
     # A second Database on the same file takes turns with the first through the lock file, as a second
     # server process does.
-    other = open_database(Settings(database_url=f"sqlite:///{tmp_path / 'board.db'}"))
+    other = open_database(f"sqlite:///{tmp_path / 'board.db'}")
     try:
 
         async def main() -> list[int]:

@@ -1,4 +1,4 @@
-"""The filter language (board_server/post_filter.py) of ListPosts (posts) and RetagAttachments
+"""The filter language (board_server/query/filter.py) of ListPosts (posts) and RetagAttachments
 (attachments), and ListPosts' order_by: trees, precedence, quoting, caps and the errors a caller reads. Pure
 functions: no database, no server."""
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from board_server.errors import InvalidArgument
-from board_server.post_filter import (
+from board_server.core.errors import InvalidArgument
+from board_server.query.filter import (
     ATTACHMENTS,
     DEFAULT_MIN_LABEL_FRACTION,
     MAX_COMPARISONS,
@@ -29,8 +29,8 @@ from board_server.post_filter import (
     parse_filter,
     parse_order_by,
 )
-from board_server.post_search import all_of, legacy_filter
-from board_server.served_model import VOC_CLASSES
+from board_server.query.post_search import all_of, legacy_filter
+from seg_handler.image_policy import VOC_CLASSES
 
 VOC = VOC_CLASSES
 PRESENT = DEFAULT_MIN_LABEL_FRACTION

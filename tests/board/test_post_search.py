@@ -1,7 +1,7 @@
-"""The ListPosts query (board_server/post_search.py) on SQLite and on PostgreSQL: every filter and order of a
-table against a plain-Python reading of the same tree over the seeded rows (so both backends give the same
-answers), keyset paging through page tokens, paging while labels are re-tagged, and EXPLAIN showing index
-use of the label index of migration 0004. RetagAttachments' filter over attachments (board_server/retag.py)
+"""The ListPosts query (board_server/query/post_search.py) on SQLite and on PostgreSQL: every filter and
+order of a table against a plain-Python reading of the same tree over the seeded rows (so both backends give
+the same answers), keyset paging through page tokens, paging while labels are re-tagged, and EXPLAIN showing
+index use of the label index of migration 0004. RetagAttachments' filter over attachments (query/sql.py)
 the same way: a table of filters against a Python reading, bound constants, what a re-tag request queues.
 Seeded with Core inserts after ``migrate``."""
 
@@ -18,11 +18,10 @@ from typing import Any, cast
 import pytest
 from sqlalchemy import Connection, Table, delete, insert, select
 
-from board_server.config import Settings
-from board_server.database import Database, migrate, open_database
-from board_server.errors import InvalidArgument
-from board_server.models import Attachment, AttachmentLabel, Post, User
-from board_server.post_filter import (
+from board_server.core.errors import InvalidArgument
+from board_server.domain.retag import parse_retag_filter
+from board_server.query import sql
+from board_server.query.filter import (
     And,
     FieldCompare,
     LabelCompare,
@@ -34,7 +33,7 @@ from board_server.post_filter import (
     parse_filter,
     parse_order_by,
 )
-from board_server.post_search import (
+from board_server.query.post_search import (
     Cursor,
     canonical_query,
     cursor_from_dict,
@@ -42,8 +41,9 @@ from board_server.post_search import (
     search_posts,
     search_statement,
 )
-from board_server.retag import attachment_where, parse_retag_filter
-from board_server.tagging_queue import request_retag
+from board_server.storage.engine import Database, migrate, open_database
+from board_server.storage.tables import Attachment, AttachmentLabel, Post, User
+from board_server.storage.tagging_queue import request_retag
 from tests.board.conftest import Backend
 
 CLASSES = ("background", "car", "cat", "cow", "dog", "person")
@@ -150,7 +150,7 @@ def _label_rows(attachment_id: int, post_id: int, labels: dict[str, float]) -> l
 
 
 def fresh_database(backend: Backend) -> Database:
-    db = open_database(Settings(database_url=backend.new_database_url()))
+    db = open_database(backend.new_database_url())
     migrate(db.engine)
     return db
 
@@ -512,7 +512,7 @@ def test_canonical_filter_of_the_table_is_stable() -> None:
         assert parse_filter(canonical_filter(tree), CLASSES) == tree
 
 
-# --- RetagAttachments' filter: the attachments' schema as SQL (board_server/retag.py) -----------------------
+# --- RetagAttachments' filter: the attachments' schema as SQL (query/sql.py) ------------------------------
 
 SERVED, OTHER = "b" * 64, "a" * 64
 ARCHES = (None, "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large")
@@ -635,7 +635,11 @@ def test_every_attachment_filter_selects_the_reference_rows(
 ) -> None:
     node = parse_retag_filter(filter_text, CLASSES)
     with attachments.db.read() as conn:
-        found = conn.execute(select(ATTACHMENTS.c.id).where(attachment_where(node, served))).scalars().all()
+        found = (
+            conn.execute(select(ATTACHMENTS.c.id).where(sql.where_clause(node, sql.attachments(served))))
+            .scalars()
+            .all()
+        )
     wanted = [i.id for i in attachments.items.values() if attachment_matches(node, i, served)]
     assert sorted(found) == wanted
 
@@ -650,11 +654,13 @@ def test_an_attachment_filter_binds_every_constant(attachments: SeededAttachment
     node = parse_retag_filter(text, CLASSES)
     with attachments.db.read() as conn:
         compiled = (
-            select(ATTACHMENTS.c.id).where(attachment_where(node, SERVED)).compile(dialect=conn.dialect)
+            select(ATTACHMENTS.c.id)
+            .where(sql.where_clause(node, sql.attachments(SERVED)))
+            .compile(dialect=conn.dialect)
         )
-    sql = str(compiled)
+    text_sql = str(compiled)
     for constant in ("DROP TABLE", "77", "0.625", SERVED, "TAGGED", "dog"):
-        assert constant not in sql
+        assert constant not in text_sql
     assert {"x'; DROP TABLE posts; --", 77, 0.625, SERVED, "TAGGED", "dog"} <= set(compiled.params.values())
 
 
@@ -680,7 +686,9 @@ def test_a_retag_queues_the_chosen_tagged_and_failed_attachments_once(backend: B
             conn.execute(insert(ATTACHMENTS), rows)
 
         db.write(write)
-        where = attachment_where(parse_retag_filter('stale OR status != "TAGGED"', CLASSES), SERVED)
+        where = sql.where_clause(
+            parse_retag_filter('stale OR status != "TAGGED"', CLASSES), sql.attachments(SERVED)
+        )
         assert db.write(lambda conn: request_retag(conn, START, where=where)) == 2
         assert db.write(lambda conn: request_retag(conn, START, where=where)) == 0
         with db.read() as conn:
@@ -701,7 +709,7 @@ def test_a_retag_queues_the_chosen_tagged_and_failed_attachments_once(backend: B
 
 def test_an_attachment_label_is_read_through_the_primary_key(attachments: SeededAttachments) -> None:
     node = parse_retag_filter("stale AND label.dog > 0.1", CLASSES)
-    statement = select(ATTACHMENTS.c.id).where(attachment_where(node, SERVED))
+    statement = select(ATTACHMENTS.c.id).where(sql.where_clause(node, sql.attachments(SERVED)))
     with attachments.db.read() as conn:
         compiled = statement.compile(dialect=conn.dialect)
         if conn.dialect.name != "sqlite":

@@ -1,5 +1,5 @@
-"""Attachment previews (board_server/previews.py): size, format, orientation, modes, overlay colours and the
-legend, checked by decoding what render_preview encodes."""
+"""Attachment previews (board_server/domain/previews.py): size, format, orientation, modes, overlay colours
+and the legend, checked by decoding what render_preview encodes."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageStat
 
-from board_server.errors import InvalidArgument
-from board_server.previews import (
+from board_server.core.errors import InvalidArgument
+from board_server.domain.previews import (
     DEFAULT_MAX_SIZE,
     OVERLAY_ALPHA,
     Preview,
@@ -20,7 +20,7 @@ from board_server.previews import (
     render_preview,
 )
 from seg_handler.handler import encode_png
-from training.model import VOC_CLASSES
+from seg_handler.image_policy import VOC_CLASSES
 
 VOC = VOC_CLASSES
 DOG, PERSON = 12, 15
@@ -211,7 +211,7 @@ def test_many_classes_on_a_short_preview_end_with_a_summary_row() -> None:
 def test_a_mask_of_another_size_is_resized_nearest_neighbour_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="board_server.previews"):
+    with caplog.at_level(logging.WARNING, logger="board_server.domain.previews"):
         preview = render_preview(photo(), mask((50, 25), [((25, 0, 50, 25), DOG)]), 512, "image/jpeg", VOC)
     assert "mask is (50, 25) but the displayed image is (200, 100)" in caplog.text
     image = decoded(preview)

@@ -20,9 +20,8 @@ import pytest
 from PIL import Image, ImageChops, ImageStat
 from sqlalchemy import Table, select, update
 
-from board_server.config import Settings
-from board_server.database import Database, open_database
-from board_server.models import AttachmentPreview
+from board_server.storage.engine import Database, open_database
+from board_server.storage.tables import AttachmentPreview
 from clients.board import (
     BoardClient,
     FailedPreconditionError,
@@ -35,7 +34,7 @@ from tests.board.test_search_rpc import tag_directly
 PREVIEWS = cast(Table, AttachmentPreview.__table__)
 GREY = (128, 128, 128)
 DOG, DOG_COLOUR = 12, (64, 0, 128)  # the VOC class index and its colour in the VOC palette
-ALPHA = 0.45  # board_server.previews.OVERLAY_ALPHA
+ALPHA = 0.45  # board_server.domain.previews.OVERLAY_ALPHA
 
 
 def encoded(image: Image.Image, fmt: str = "JPEG", **options: object) -> bytes:
@@ -69,7 +68,7 @@ def uploader(board_server: RunningServer) -> Iterator[Member]:
 @pytest.fixture(scope="module")
 def database(board_server: RunningServer) -> Iterator[Database]:
     """The server's database, for reading the cache rows."""
-    db = open_database(Settings(database_url=board_server.database_url))
+    db = open_database(board_server.database_url)
     yield db
     db.dispose()
 

@@ -8,14 +8,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from board_server.config import Settings
-from board_server.database import migrate, open_database
-from board_server.models import Base
+from board_server.storage.engine import migrate, open_database
+from board_server.storage.tables import Base
 from tests.board.conftest import Backend
 
 
 def test_migrations_match_the_models(backend: Backend) -> None:
-    database = open_database(Settings(database_url=backend.new_database_url()))
+    database = open_database(backend.new_database_url())
     try:
         migrate(database.engine)
         migrate(database.engine)  # idempotent

@@ -23,12 +23,11 @@ import pytest
 from PIL import Image
 from sqlalchemy import Connection, Table, insert, update
 
-from board_server.config import Settings
-from board_server.database import open_database
-from board_server.models import Attachment, AttachmentLabel
-from board_server.served_model import VOC_CLASSES
+from board_server.storage.engine import open_database
+from board_server.storage.tables import Attachment, AttachmentLabel
 from clients.board import BoardClient, InvalidArgumentError
 from clients.gen.board.v1 import board_pb2
+from seg_handler.image_policy import VOC_CLASSES
 from tests.board.conftest import Member, RunningServer
 
 ATTACHMENTS, LABELS = (cast(Table, m.__table__) for m in (Attachment, AttachmentLabel))
@@ -55,7 +54,7 @@ def tag_directly(
 ) -> None:
     """Mark the attachment TAGGED with ``labels`` (name → fraction), the model's identity and ``mask_png``
     in one transaction, as the tagger's finish_tagged does (no TorchServe in these tests)."""
-    db = open_database(Settings(database_url=database_url))
+    db = open_database(database_url)
     try:
 
         def write(conn: Connection) -> None:

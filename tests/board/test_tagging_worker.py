@@ -22,11 +22,13 @@ import pytest
 from PIL import Image
 from sqlalchemy import Connection, Table, insert, select, text, update
 
-from board_server import tagging_queue as queue
-from board_server.config import Settings
-from board_server.database import Database, migrate, open_database
-from board_server.models import Attachment, AttachmentLabel, AttachmentPreview, Post, User
-from board_server.tagging import Segmenter, TaggingWorker, backoff_seconds, classify
+from board_server.core.records import ModelIdentity, ServedModel, TagResult
+from board_server.storage import tagging_queue as queue
+from board_server.storage.engine import Database, migrate, open_database
+from board_server.storage.tables import Attachment, AttachmentLabel, AttachmentPreview, Post, User
+from board_server.tagging.backend import tag_result
+from board_server.tagging.outcomes import backoff_seconds, classify
+from board_server.tagging.worker import TaggingWorker
 from clients.segment import (
     ClassShare,
     Segmentation,
@@ -94,7 +96,7 @@ class Recorder:
 
 @pytest.fixture
 def database(tmp_path: Path) -> Iterator[Database]:
-    db = open_database(Settings(database_url=f"sqlite:///{tmp_path / 'board.db'}", worker_threads=4))
+    db = open_database(f"sqlite:///{tmp_path / 'board.db'}", threads=4)
     migrate(db.engine)
     try:
         yield db
@@ -153,6 +155,29 @@ def labels(database: Database, attachment_id: int) -> list[tuple[str, float]]:
         return [(r.name, r.fraction) for r in found]
 
 
+# A segmentation call as the tests script it: what TorchServe's client answers or raises.
+Segmenter = Callable[[bytes], Segmentation]
+
+
+class ScriptedBackend:
+    """The inference backend with a scripted model server behind it: answers converted as the TorchServe
+    backend converts them."""
+
+    target = "scripted"
+
+    def __init__(self, segment: Segmenter) -> None:
+        self._segment = segment
+
+    def segment(self, image: bytes) -> TagResult:
+        return tag_result(self._segment(image))
+
+    def describe(self) -> ServedModel:
+        raise NotImplementedError("the worker never describes")
+
+    def close(self) -> None:
+        pass
+
+
 def start_worker(
     database: Database,
     segment: Segmenter,
@@ -164,7 +189,7 @@ def start_worker(
 ) -> TaggingWorker:
     worker = TaggingWorker(
         database,
-        segment,
+        ScriptedBackend(segment),
         threads=threads,
         poll_s=0.05,
         lease_s=lease_s,
@@ -281,7 +306,7 @@ def test_a_refused_key_pauses_loudly_and_is_retried_until_it_works(
     database: Database, post_id: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     refused = [SegmentAuthError("token refused: Token Authorization failed")] * 4
-    with caplog.at_level(logging.ERROR, logger="board_server.tagging"):
+    with caplog.at_level(logging.ERROR, logger="board_server.tagging.worker"):
         found, observer = tag_one(
             database, failing(refused, answer({"cat": 1.0})), post_id, "TAGGED", max_attempts=2
         )
@@ -351,7 +376,7 @@ def test_a_failure_to_store_the_result_is_retried_and_logged(
     )
     worker = start_worker(database, lambda _image: answer({"dog": 1.0}))
     try:
-        with caplog.at_level(logging.ERROR, logger="board_server.tagging"):
+        with caplog.at_level(logging.ERROR, logger="board_server.tagging.worker"):
             attachment_id = upload(database, post_id)
             worker.wake()
 
@@ -419,7 +444,7 @@ def test_an_expired_lease_is_resumed_and_the_old_claim_can_no_longer_write(
         worker.stop()
     assert found.attempts == 2 and observer.expired == 1
     # The first claim's late outcomes are refused, whoever sends them: fencing is per claim, not per process.
-    late = queue.TagResult([("cat", 1.0, 1)], b"", "a", "w", None, True)
+    late = TagResult([("cat", 1.0, 1)], b"", ModelIdentity("a", "w", None, None, True))
     now = datetime.now(UTC)
     assert not database.write(lambda c: queue.finish_tagged(c, attachment_id, stale, now, late))
     assert not database.write(lambda c: queue.finish_failed(c, attachment_id, stale, now, "late"))
@@ -435,7 +460,7 @@ def test_two_claims_from_one_process_are_fenced_apart(database: Database, post_i
     now = datetime.now(UTC)
     second = _claim(database, "host:1:worker", now)
     assert second is not None and second.took_over and first != second.token
-    result = queue.TagResult([("cat", 1.0, 1)], b"", "a", "w", None, True, "b" * 64)
+    result = TagResult([("cat", 1.0, 1)], b"", ModelIdentity("a", "w", None, "b" * 64, True))
     assert not database.write(lambda c: queue.finish_tagged(c, attachment_id, first, now, result))
     assert database.write(lambda c: queue.finish_tagged(c, attachment_id, second.token, now, result))
 
@@ -480,7 +505,7 @@ def test_claims_beyond_the_attempt_limit_fail_without_calling_the_model(
     assert failed.failure_reason == "gave up after 3 attempts whose leases expired without an outcome"
 
 
-def _tag_directly(database: Database, attachment_id: int, result: queue.TagResult) -> None:
+def _tag_directly(database: Database, attachment_id: int, result: TagResult) -> None:
     now = datetime.now(UTC)
     claim = _claim(database, "direct", now)
     assert claim is not None and claim.attachment_id == attachment_id
@@ -490,8 +515,8 @@ def _tag_directly(database: Database, attachment_id: int, result: queue.TagResul
 def test_a_retag_keeps_the_old_labels_until_the_new_ones_replace_them(
     database: Database, post_id: int
 ) -> None:
-    old = queue.TagResult(
-        [("cat", 0.7, 840), ("background", 0.3, 360)], png(), "arch", "w", None, True, "1" * 64
+    old = TagResult(
+        [("cat", 0.7, 840), ("background", 0.3, 360)], png(), ModelIdentity("arch", "w", None, "1" * 64, True)
     )
     retagged = upload(database, post_id)
     _tag_directly(database, retagged, old)
@@ -515,7 +540,7 @@ def test_a_retag_keeps_the_old_labels_until_the_new_ones_replace_them(
     assert (during.status, during.retag_pending, during.model_archive_sha256) == ("TAGGED", True, "1" * 64)
     assert labels(database, retagged) == [("cat", 0.7), ("background", 0.3)]
 
-    new = queue.TagResult([("dog", 1.0, 1200)], png(), "arch", "w", None, True, "2" * 64)
+    new = TagResult([("dog", 1.0, 1200)], png(), ModelIdentity("arch", "w", None, "2" * 64, True))
     assert database.write(lambda c: queue.finish_tagged(c, retagged, second.token, now, new))
     after = row(database, retagged)
     assert (after.status, after.retag_pending, after.model_archive_sha256) == ("TAGGED", False, "2" * 64)
@@ -527,7 +552,9 @@ def test_a_retag_keeps_the_old_labels_until_the_new_ones_replace_them(
 def test_a_failed_retag_keeps_the_attachment_tagged_with_its_labels(database: Database, post_id: int) -> None:
     attachment_id = upload(database, post_id)
     _tag_directly(
-        database, attachment_id, queue.TagResult([("cat", 1.0, 1200)], png(), "a", "w", None, True, "1" * 64)
+        database,
+        attachment_id,
+        TagResult([("cat", 1.0, 1200)], png(), ModelIdentity("a", "w", None, "1" * 64, True)),
     )
     now = datetime.now(UTC)
     assert database.write(lambda c: queue.request_retag(c, now, attachment_id=attachment_id)) == 1

@@ -21,7 +21,7 @@ import grpc
 import pytest
 from sqlalchemy import Table, update
 
-from board_server.models import Attachment
+from board_server.storage.tables import Attachment
 from clients.board import BoardClient, DeadlineExceededError, NotFoundError
 from clients.gen.board.v1 import board_pb2, board_pb2_grpc
 from tests.board.conftest import (

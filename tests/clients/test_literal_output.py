@@ -21,7 +21,7 @@ from PIL import Image
 from rich.console import Console
 from sqlalchemy import Table, update
 
-from board_server.models import Attachment
+from board_server.storage.tables import Attachment
 from clients.board import BoardClientError, FieldViolation
 from clients.cli import _print_error
 from clients.console_text import Output, literal, plain_console, visible

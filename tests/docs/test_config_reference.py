@@ -1,8 +1,8 @@
-"""docs/operations.md's configuration reference is what board_server/config.py says."""
+"""docs/operations.md's configuration reference is what board_server/runtime/config.py says."""
 
 from __future__ import annotations
 
-from board_server.config import OPTIONS
+from board_server.runtime.config import OPTIONS
 from tests.docs import config_reference
 
 

@@ -47,7 +47,7 @@ from tests.e2e.conftest import TEST_INPUT_SIZE, TorchServe, tagging_flags
 from tests.support import REPO_ROOT, Processes, wait_for
 
 SEED_B = 7  # the session archive (A) is exported with training.export's default seed, 0
-PRESENT = 0.01  # what a bare label.X means (board_server.post_filter.DEFAULT_MIN_LABEL_FRACTION)
+PRESENT = 0.01  # what a bare label.X means (board_server.query.filter.DEFAULT_MIN_LABEL_FRACTION)
 TAGGED = board_pb2.ATTACHMENT_STATUS_TAGGED
 
 Labels = dict[str, float]

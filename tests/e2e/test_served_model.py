@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from board_server.served_model import read
+from board_server.storage.served_models import read
 from clients.board import InvalidArgumentError
 from seg_handler import launch
 from tests.board.conftest import database_engine, sign_up
@@ -29,7 +29,7 @@ def test_the_board_records_the_served_model_and_filters_use_its_classes(
     def recorded() -> bool:
         with database_engine(url) as engine, engine.connect() as conn:
             model = read(conn, "deeplabv3")
-        return model is not None and model.archive_sha256 == meta["archive_sha256"]
+        return model is not None and model.identity.archive_sha256 == meta["archive_sha256"]
 
     wait_for("the served model recorded", recorded, timeout=60)
     with database_engine(url) as engine, engine.connect() as conn:

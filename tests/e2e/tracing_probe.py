@@ -23,10 +23,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from PIL import Image
 
-from board_server import tracing
-from board_server.config import Settings
-from board_server.database import migrate, open_database
-from board_server.server import create_server
+from board_server.runtime import tracing
+from board_server.runtime.assemble import build_board, database_for, start_board
+from board_server.runtime.config import Settings
+from board_server.storage.engine import migrate
 from clients.board import BoardClient
 from clients.gen.board.v1 import board_pb2
 
@@ -65,10 +65,10 @@ async def run(args: argparse.Namespace) -> int:
         tagging_workers=1,
         tagging_poll_s=0.3,
     )
-    database = open_database(settings)
+    database = database_for(settings)
     migrate(database.engine)
     database.dispose()
-    board = await create_server(settings)
+    board = await start_board(build_board(settings))
     try:
         attachment_id, status = await asyncio.to_thread(upload_and_wait, f"127.0.0.1:{board.port}")
     finally:

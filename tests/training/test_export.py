@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from seg_handler.image_policy import VOC_CLASSES
 from tests.support import REPO_ROOT
 from training.export import (
     METADATA_NAME,
@@ -25,7 +26,7 @@ from training.export import (
     main,
     read_class_names,
 )
-from training.model import VOC_CLASSES, SegmentationLogits, build_model
+from training.model import SegmentationLogits, build_model
 
 ARCH = "deeplabv3_mobilenet_v3_large"
 SMALL_SHAPES = ((1, 3, 64, 64), (2, 3, 48, 72))

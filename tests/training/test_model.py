@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import torch
 
+from seg_handler.image_policy import VOC_CLASSES
 from training.model import (
-    VOC_CLASSES,
     WeightsError,
     backbone_weights_enum,
     build_model,

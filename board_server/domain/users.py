@@ -1,0 +1,163 @@
+"""Users and sessions: sign-up, read, list, update (name, email, password), delete, sign in and out.
+
+Every create/update/delete is written to the audit logger ``board.audit`` at INFO after its commit, naming
+the actor (``by=user:7``); reads never are, so no read can push history out of the audit log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection
+
+from board_server.core.limits import NAME_MAX
+from board_server.core.records import UserRecord
+from board_server.domain.accounts import Accounts, Caller
+from board_server.domain.clock import now
+from board_server.domain.paging import Page, PageTokens
+from board_server.domain.validation import Violations, check_id
+from board_server.storage import sessions
+from board_server.storage import users as user_rows
+from board_server.storage.engine import Database
+
+audit = logging.getLogger("board.audit")
+
+
+@dataclass(frozen=True)
+class UserView:
+    """A user as this caller may see them: email and admin flag only for the user and for admins."""
+
+    id: int
+    name: str
+    email: str
+    admin: bool
+    create_time: datetime
+
+    @classmethod
+    def of(cls, user: UserRecord, caller: Caller) -> UserView:
+        private = caller.is_or_admin(user.id)
+        return cls(
+            user.id, user.name, user.email if private else "", user.admin and private, user.create_time
+        )
+
+
+# --- users -------------------------------------------------------------------------------------------------
+
+
+class UserService:
+    """Sign-up, read, list, update (name, email, password) and delete users."""
+
+    MUTABLE = frozenset({"name", "email", "password"})
+
+    def __init__(self, db: Database, accounts: Accounts, tokens: PageTokens, *, sign_up_open: bool) -> None:
+        self._db = db
+        self._accounts = accounts
+        self._tokens = tokens
+        self._sign_up_open = sign_up_open
+
+    async def create_user(self, caller: Caller, name: str, email: str, password: str) -> UserView:
+        """Create a user; raise InvalidArgument, AlreadyExists, PermissionDenied (sign-up closed)."""
+        if not self._sign_up_open:
+            self._accounts.require_admin(caller, "creating accounts (sign-up is closed on this server)")
+        violations = Violations()
+        violations.text("name", name, NAME_MAX)
+        violations.email("email", email)
+        if password or self._accounts.auth:
+            violations.password("password", password, email)
+        violations.raise_if_any()
+        password_hash = await self._accounts.hash_password(password) if password else None
+        user = await self._db.run_write(
+            lambda conn: user_rows.add_user(conn, name, email, now(), password_hash)
+        )
+        audit.info("User created; id=%d; by=%s", user.id, caller.actor)
+        return UserView.of(user, Caller(user.id))  # whoever created it sees the email they sent
+
+    async def get_user(self, caller: Caller, user_id: int) -> UserView:
+        """Return the user (``0``: the signed-in caller); raise InvalidArgument, UserNotFound,
+        Unauthenticated (``0`` without a token)."""
+        self._accounts.require_reader(caller)
+        if user_id == 0 and not (caller.unrestricted and caller.user_id is None):
+            user_id = self._accounts.require_signed_in(caller, "asking who you are")
+        check_id("id", user_id)
+        user = await self._db.run_read(lambda conn: user_rows.read_user(conn, user_id))
+        return UserView.of(user, caller)
+
+    async def list_users(self, caller: Caller, page_size: int, page_token: str) -> Page[UserView]:
+        """One page of users ordered by id; raise InvalidArgument on a bad size or token."""
+        self._accounts.require_reader(caller)
+        request = self._tokens.id_page("users", "", page_size, page_token)
+        rows = await self._db.run_read(
+            lambda conn: user_rows.list_users(conn, request.after_id, request.size + 1)
+        )
+        page = self._tokens.cut("users", "", rows, request, lambda u: u.id)
+        return Page([UserView.of(u, caller) for u in page.items], page.next_page_token)
+
+    async def update_user(
+        self, caller: Caller, user_id: int, paths: Sequence[str], *, name: str, email: str, password: str
+    ) -> UserView:
+        """Change the masked fields; a new password revokes the user's other sessions.
+
+        Raises InvalidArgument, UserNotFound, AlreadyExists, PermissionDenied.
+        """
+        violations = Violations()
+        violations.row_id("user.id", user_id)
+        paths = violations.mask("update_mask", paths, self.MUTABLE)
+        if "name" in paths:
+            violations.text("user.name", name, NAME_MAX)
+        if "email" in paths:
+            violations.email("user.email", email)
+        if "password" in paths:
+            violations.password("user.password", password, email)
+        violations.raise_if_any()
+        self._accounts.require_owner(caller, user_id, "this account")
+        if "password" in paths and "email" not in paths:
+            # Nor may the new password be the email the account keeps (the request's email is not set).
+            current = await self._db.run_read(lambda conn: user_rows.read_user(conn, user_id))
+            violations.password("user.password", password, current.email)
+            violations.raise_if_any()
+        values: dict[str, object] = {
+            path: {"name": name, "email": email}[path] for path in paths if path != "password"
+        }
+        if "password" in paths:
+            values["password_hash"] = await self._accounts.hash_password(password)
+        # The caller's own session survives their password change; every other one ends now.
+        keep = caller.token_id if caller.user_id == user_id else None
+
+        def change(conn: Connection) -> tuple[UserRecord, int]:
+            user = user_rows.update_user(conn, user_id, values)
+            revoked = sessions.delete_tokens_of(conn, user_id, keep) if "password" in paths else 0
+            return user, revoked
+
+        user, revoked = await self._db.run_write(change)
+        audit.info("User updated; id=%d; fields=%s; by=%s", user.id, ",".join(paths), caller.actor)
+        if revoked:
+            audit.info("Sessions revoked; user_id=%d; count=%d; by=%s", user.id, revoked, caller.actor)
+        return UserView.of(user, caller)
+
+    async def delete_user(self, caller: Caller, user_id: int) -> None:
+        """Delete the user with their posts, comments and sessions; raise InvalidArgument, UserNotFound,
+        PermissionDenied."""
+        check_id("id", user_id)
+        self._accounts.require_owner(caller, user_id, "this account")
+        await self._db.run_write(lambda conn: user_rows.delete_user(conn, user_id))
+        audit.info("User deleted; id=%d; by=%s", user_id, caller.actor)
+
+    async def sign_in(self, email: str, password: str) -> tuple[str, datetime, UserView]:
+        """Open a session: (access token, expiry, user); raise Unauthenticated, ResourceExhausted."""
+        violations = Violations()
+        violations.text("email", email, 254)
+        if not password:
+            violations.add("password", "must not be empty")
+        violations.raise_if_any()
+        session = await self._accounts.sign_in(email, password)
+        user = await self._db.run_read(lambda conn: user_rows.read_user(conn, session.user_id))
+        caller = Caller(session.user_id, session.admin)
+        audit.info("Signed in; user_id=%d; by=%s", session.user_id, caller.actor)
+        return session.token, session.expire_time, UserView.of(user, caller)
+
+    async def sign_out(self, caller: Caller) -> None:
+        await self._accounts.sign_out(caller)
+        audit.info("Signed out; user_id=%d; by=%s", caller.user_id or 0, caller.actor)

@@ -1,0 +1,81 @@
+"""Request validation shared by the use cases: collect field violations, raise one InvalidArgument.
+
+Messages name the field and the rule; they never echo more than a short excerpt of what was sent.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+from board_server.core.errors import FieldViolation, InvalidArgument, excerpt
+from board_server.core.limits import EMAIL_MAX
+
+EMAIL_PATTERN = re.compile(r"[^@\s\x00]+@[^@\s.\x00]+(\.[^@\s.\x00]+)+")
+IMMUTABLE_PATHS = frozenset({"id", "create_time", "update_time", "user_id", "post_id"})
+PASSWORD_MIN, PASSWORD_MAX = 8, 1024
+
+
+class Violations:
+    """Collects field violations; ``raise_if_any`` raises one InvalidArgument naming all of them."""
+
+    def __init__(self) -> None:
+        self.items: list[FieldViolation] = []
+
+    def add(self, field: str, description: str) -> None:
+        self.items.append(FieldViolation(field, description))
+
+    def text(self, field: str, value: str, max_len: int) -> None:
+        if not value.strip():
+            self.add(field, "must not be blank")
+        elif len(value) > max_len:
+            self.add(field, f"must be at most {max_len} characters (got {len(value)})")
+        elif "\x00" in value:  # PostgreSQL text cannot hold NUL
+            self.add(field, "must not contain NUL characters")
+
+    def email(self, field: str, value: str) -> None:
+        if len(value) > EMAIL_MAX:
+            self.add(field, f"must be at most {EMAIL_MAX} characters (got {len(value)})")
+        elif not EMAIL_PATTERN.fullmatch(value):
+            self.add(field, "must be an email address like name@example.org")
+
+    def password(self, field: str, value: str, email: str) -> None:
+        if len(value) < PASSWORD_MIN:
+            self.add(field, f"must be at least {PASSWORD_MIN} characters")
+        elif len(value) > PASSWORD_MAX:
+            self.add(field, f"must be at most {PASSWORD_MAX} characters")
+        elif "\x00" in value:
+            self.add(field, "must not contain NUL characters")
+        elif email and value.strip().lower() == email.strip().lower():
+            self.add(field, "must not be the email address")
+
+    def row_id(self, field: str, value: int) -> None:
+        if value <= 0:
+            self.add(field, "must be a positive id")
+
+    def fraction(self, field: str, value: float) -> None:
+        if math.isnan(value) or not 0 <= value <= 1:
+            self.add(field, "must be between 0 and 1")
+
+    def mask(self, field: str, paths: Sequence[str], mutable: frozenset[str]) -> list[str]:
+        """Check an update mask; return its paths without duplicates."""
+        if not paths:
+            self.add(field, "must name at least one field")
+        for path in paths:
+            if path in IMMUTABLE_PATHS:
+                self.add(field, f"{excerpt(path)} cannot be changed")
+            elif path not in mutable:
+                self.add(field, f"unknown field {excerpt(path)}; allowed: {', '.join(sorted(mutable))}")
+        return list(dict.fromkeys(paths))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise InvalidArgument(self.items)
+
+
+def check_id(field: str, value: int) -> None:
+    """Raise InvalidArgument unless ``value`` is a positive id."""
+    violations = Violations()
+    violations.row_id(field, value)
+    violations.raise_if_any()

@@ -1,0 +1,210 @@
+"""Prometheus metrics of the board on ``--metrics-address`` (default 127.0.0.1:9464, ``none`` turns them off).
+
+Names gRPC users already know (go-grpc-prometheus / py-grpc-prometheus):
+
+    grpc_server_started_total{grpc_type,grpc_service,grpc_method}
+    grpc_server_handled_total{grpc_type,grpc_service,grpc_method,grpc_code}
+    grpc_server_handling_seconds{grpc_type,grpc_service,grpc_method}         histogram
+
+and the board's own: ``board_attachments{status}`` (counted in the database at every scrape, so each
+replica reports the same truth), ``board_tagging_queue`` (uploads waiting + re-tags queued),
+``board_tagging_latency_seconds`` (upload → TAGGED), ``board_torchserve_calls_total{outcome}`` (ok,
+rejected, unavailable, timeout, auth, server_error, bad_answer, ...), ``board_tagging_retries_total``,
+``board_tagging_lease_expiries_total``, ``board_db_connections_in_use``, ``board_group_commit_batch_size``,
+``board_watchers``.
+
+Several server processes: prometheus-client's multiprocess mode. The supervisor points
+``PROMETHEUS_MULTIPROC_DIR`` at a fresh folder before it starts them, every process writes its samples
+there (memory-mapped files), and the supervisor alone serves /metrics, summing them (gauges: live sum).
+One process: an ordinary registry served from that process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from board_server.core.records import AttachmentStatus
+from board_server.storage.attachments import status_counts
+from board_server.storage.engine import Database
+
+logger = logging.getLogger(__name__)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_TAGGING_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+class BoardMetrics:
+    """Every metric a server process records; a CallObserver, TaggingObserver and commit-batch observer."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        labels = ("grpc_type", "grpc_service", "grpc_method")
+        self.started_total = Counter(
+            "grpc_server_started_total", "RPCs started on the server.", labels, registry=registry
+        )
+        self.handled_total = Counter(
+            "grpc_server_handled_total",
+            "RPCs completed on the server, regardless of success or failure.",
+            (*labels, "grpc_code"),
+            registry=registry,
+        )
+        self.handling_seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Response latency of RPCs handled by the server.",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.torchserve_calls = Counter(
+            "board_torchserve_calls_total",
+            "Segmentation calls to TorchServe by outcome.",
+            ("outcome",),
+            registry=registry,
+        )
+        self.tagging_retries = Counter(
+            "board_tagging_retries_total",
+            "Tagging attempts rescheduled after a transient failure.",
+            registry=registry,
+        )
+        self.lease_expiries = Counter(
+            "board_tagging_lease_expiries_total",
+            "Claims whose lease ran out before their result was stored.",
+            registry=registry,
+        )
+        self.tagging_latency = Histogram(
+            "board_tagging_latency_seconds",
+            "Time from upload to TAGGED.",
+            buckets=_TAGGING_BUCKETS,
+            registry=registry,
+        )
+        self.connections_in_use = Gauge(
+            "board_db_connections_in_use",
+            "Database connections checked out of the pool.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.commit_batch = Histogram(
+            "board_group_commit_batch_size",
+            "Writes committed together by one SQLite group commit (one fsync).",
+            buckets=_BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.watchers = Gauge(
+            "board_watchers", "Open WatchAttachment streams.", registry=registry, multiprocess_mode="livesum"
+        )
+        self._children: dict[tuple[str, str, str], Any] = {}
+
+    # --- CallObserver ---------------------------------------------------------------------------------
+
+    def _child(self, kind: str, service: str, method: str, code: str = "") -> Any:
+        key = (service, method, code or kind)
+        child = self._children.get(key)
+        if child is None:
+            grpc_type = "server_stream" if method == "WatchAttachment" else "unary"
+            if kind == "started":
+                child = self.started_total.labels(grpc_type, service, method)
+            elif kind == "seconds":
+                child = self.handling_seconds.labels(grpc_type, service, method)
+            else:
+                child = self.handled_total.labels(grpc_type, service, method, code)
+            self._children[key] = child
+        return child
+
+    def started(self, service: str, method: str) -> None:
+        self._child("started", service, method).inc()
+
+    def handled(self, service: str, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        self._child("handled", service, method, code.name).inc()
+        self._child("seconds", service, method).observe(seconds)
+
+    # --- TaggingObserver -----------------------------------------------------------------------------
+
+    def call_outcome(self, kind: str) -> None:
+        self.torchserve_calls.labels(kind).inc()
+
+    def retried(self) -> None:
+        self.tagging_retries.inc()
+
+    def lease_expired(self) -> None:
+        self.lease_expiries.inc()
+
+    def tagged(self, seconds_since_upload: float) -> None:
+        self.tagging_latency.observe(seconds_since_upload)
+
+    # --- the rest --------------------------------------------------------------------------------------
+
+    def committed(self, batch_size: int) -> None:
+        self.commit_batch.observe(batch_size)
+
+
+class DatabaseCollector(Collector):
+    """Gauges counted in the database at scrape time: attachments by status, the tagging queue."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            counts, retags = self._db.query(status_counts)
+        except Exception:
+            logger.warning("metrics: the database could not be counted", exc_info=True)
+            return
+        by_status = GaugeMetricFamily(
+            "board_attachments", "Attachments by tagging status.", labels=["status"]
+        )
+        for status in AttachmentStatus:
+            by_status.add_metric([status.value], counts.get(status, 0))
+        yield by_status
+        yield GaugeMetricFamily(
+            "board_tagging_queue",
+            "Attachments waiting for the tagging worker (uploads PENDING plus re-tags queued).",
+            value=counts.get(AttachmentStatus.PENDING, 0) + retags,
+        )
+
+
+def prepare_multiprocess_dir() -> str:
+    """A fresh folder for the server processes' samples; set in the environment they inherit."""
+    path = tempfile.mkdtemp(prefix="board-metrics-")
+    os.environ[MULTIPROC_ENV] = path
+    return path
+
+
+def remove_multiprocess_dir(path: str) -> None:
+    os.environ.pop(MULTIPROC_ENV, None)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def mark_process_dead(pid: int) -> None:
+    """Drop a dead server process's live gauges (its counters and histograms stay in the sums)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def serve_metrics(address: str, registry: CollectorRegistry, db: Database) -> Any:
+    """Serve ``registry`` plus the database gauges as /metrics on ``address``; return the HTTP server."""
+    registry.register(DatabaseCollector(db))
+    host, port = address.rsplit(":", 1)
+    server, _thread = start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+    logger.info("metrics on http://%s:%d/metrics", host, server.server_address[1])
+    return server
+
+
+def multiprocess_registry(path: str) -> CollectorRegistry:
+    """A registry summing the samples that every server process writes under ``path``."""
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    return registry

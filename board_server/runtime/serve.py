@@ -1,0 +1,83 @@
+"""Serving in this process: build, bind and start the board, wait for a stop signal, drain, release."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry
+
+from board_server.runtime.config import Settings
+from board_server.runtime.logs import audit_file_handler, route_audit
+
+logger = logging.getLogger("board_server")
+
+
+async def serve_until_signalled(
+    settings: Settings,
+    *,
+    port: int | None,
+    tagging_threads: int,
+    on_ready: Callable[[int], None],
+    signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
+) -> None:
+    """Serve in this process until one of ``signals``, then drain in-flight calls for the grace period."""
+    from board_server.runtime.assemble import build_board, start_board
+    from board_server.runtime.metrics import BoardMetrics
+
+    tracer_provider = None
+    if settings.tracing_enabled:
+        from board_server.runtime.tracing import configure_tracing
+
+        tracer_provider = configure_tracing()
+    # One process: its own registry, served here; several: samples written for the supervisor to serve.
+    registry = CollectorRegistry() if settings.metrics_address and port is None else None
+    metrics = BoardMetrics(registry) if settings.metrics_address else None
+    board = await start_board(
+        build_board(settings, tagging_threads=tagging_threads, metrics=metrics), port=port
+    )
+    exporter = None
+    if registry is not None:
+        from board_server.runtime.metrics import serve_metrics
+
+        try:
+            exporter = serve_metrics(settings.metrics_address, registry, board.database)
+        except OSError as exc:
+            await board.stop(0)
+            raise RuntimeError(f"could not serve metrics on {settings.metrics_address}: {exc}") from exc
+    on_ready(board.port)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in signals:
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    logger.info("draining for up to %.1fs", settings.grace_seconds)
+    await board.stop(settings.grace_seconds)
+    if exporter is not None:
+        exporter.shutdown()
+        exporter.server_close()
+    if tracer_provider is not None:
+        tracer_provider.shutdown()
+
+
+def serve_single(settings: Settings) -> int:
+    """Serve in this very process (``--processes 1``)."""
+    handler = audit_file_handler(settings)
+    route_audit(handler)
+
+    def ready(port: int) -> None:
+        # Tests and tools parse this line to learn the bound port (the address may say port 0).
+        logger.info("listening on %s:%d", settings.host, port)
+
+    try:
+        asyncio.run(
+            serve_until_signalled(
+                settings, port=None, tagging_threads=settings.tagging_workers, on_ready=ready
+            )
+        )
+    finally:
+        handler.close()
+    logger.info("stopped")
+    return 0

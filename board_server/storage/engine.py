@@ -1,0 +1,204 @@
+"""The board's database: an engine, how reads and writes run on it, and migrations.
+
+SQLite is tuned for a server (WAL, synchronous=FULL, foreign keys): reads run in autocommit on a connection
+kept per thread, writes through group commit (storage/group_commit.py). PostgreSQL runs each write in its
+own transaction; the event loop hands PostgreSQL work to a small thread pool so that a network round trip
+never stalls it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from board_server.storage.errors import busy_is_unavailable
+from board_server.storage.group_commit import GroupCommitWriter
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_WRITE_OPTION = "board_write"
+
+
+@dataclass
+class Database:
+    """The engine and how reads and writes are run on it."""
+
+    engine: Engine
+    writer: GroupCommitWriter | None = None
+    # PostgreSQL: blocking database work of the event loop runs here (one thread per pooled connection).
+    executor: ThreadPoolExecutor | None = None
+    # SQLite reads keep one connection per thread (a pool checkout per call costs more than a point read);
+    # reads run in autocommit mode, so a kept connection holds no snapshot between calls.
+    _reader: threading.local = field(default_factory=threading.local, repr=False)
+    _readers: list[Connection] = field(default_factory=list, repr=False)
+    _readers_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A connection for queries only; nothing is committed."""
+        if self.writer is None:  # PostgreSQL: a pooled connection per call
+            with busy_is_unavailable(), self.engine.connect() as pooled:
+                yield pooled
+            return
+        conn: Connection | None = getattr(self._reader, "conn", None)
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self.engine.connect()
+            self._reader.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        try:
+            with busy_is_unavailable():
+                yield conn
+        finally:
+            try:
+                conn.rollback()  # ends SQLAlchemy's autobegun transaction; SQLite has none open on reads
+            except SQLAlchemyError:
+                logger.warning("dropping a broken read connection", exc_info=True)
+                self._reader.conn = None
+                with contextlib.suppress(SQLAlchemyError):
+                    conn.close()
+
+    def write(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work(conn)`` atomically and durably; return its result or raise its error."""
+        if self.writer is not None:
+            return self.writer.write(work)
+        with busy_is_unavailable(), self.engine.execution_options(**{_WRITE_OPTION: True}).begin() as conn:
+            return work(conn)
+
+    def query(self, work: Callable[[Connection], T]) -> T:
+        """Run the read-only ``work(conn)`` on a read connection; return its result."""
+        with self.read() as conn:
+            return work(conn)
+
+    async def run_read(self, work: Callable[[Connection], T]) -> T:
+        """``query(work)`` from the event loop: inline on SQLite, on the database threads on PostgreSQL."""
+        if self.executor is None:
+            return self.query(work)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self.query, work)
+
+    async def run_write(self, work: Callable[[Connection], T]) -> T:
+        """``write(work)`` from the event loop, which keeps serving while the write commits."""
+        if self.writer is not None:
+            return await self.writer.submit_from_loop(work)
+        if self.executor is None:
+            raise RuntimeError("PostgreSQL work needs the database executor")
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self.write, work)
+
+    async def probe(self) -> None:
+        """One round trip (SELECT 1) the way the event loop runs its reads; raises when it fails."""
+        await self.run_read(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
+
+    def ping(self) -> None:
+        """One round trip to the database (SELECT 1); raises when it cannot be reached."""
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+            conn.rollback()
+
+    def dispose(self) -> None:
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            with contextlib.suppress(SQLAlchemyError):
+                conn.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+        self.engine.dispose()
+
+
+def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Hand transaction control to SQLAlchemy's "begin" event below (pysqlite's own BEGIN is deferred).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        # The busy timeout first: switching a fresh file to WAL takes a lock that a second server, starting at
+        # the same moment, must wait for rather than fail on.
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        # FULL: an acknowledged commit is fsynced, so it survives kill -9 and power loss.
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(conn: Any) -> None:
+        # Reads stay in autocommit mode: one SELECT is atomic by itself (see the module docstring).
+        if conn.get_execution_options().get(_WRITE_OPTION, False):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def open_database(
+    url: str,
+    *,
+    threads: int = 8,
+    busy_timeout_ms: int = 30_000,
+    connect_timeout_s: float = 5.0,
+    on_batch: Callable[[int], None] | None = None,
+) -> Database:
+    """Create the engine for ``url`` (creating an SQLite file's folder if needed).
+
+    ``threads``: database threads of the event loop on PostgreSQL (one pooled connection each);
+    ``busy_timeout_ms``: how long an SQLite writer waits for a writer that does not take turns;
+    ``connect_timeout_s``: how long a PostgreSQL connection attempt may take; ``on_batch``: told the size of
+    every committed SQLite batch (metrics).
+    """
+    parsed = make_url(url)
+    kwargs: dict[str, Any] = {"pool_pre_ping": False}
+    is_sqlite = parsed.get_backend_name() == "sqlite"
+    lock_path: Path | None = None
+    if is_sqlite:
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            lock_path = Path(f"{parsed.database}-writer.lock")
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout_ms / 1000}
+    else:
+        # A database that cannot be reached must fail a call (and the health check) in seconds, not hang.
+        kwargs["connect_args"] = {"connect_timeout": max(1, round(connect_timeout_s))}
+    # One connection per database thread, so a request never waits for a pooled connection.
+    kwargs["pool_size"] = threads
+    # SQLite: every thread that reads keeps its connection (gRPC workers, tagging threads), so the number of
+    # threads bounds the connections, not the pool; PostgreSQL: a few beyond one per thread.
+    kwargs["max_overflow"] = -1 if is_sqlite else 4
+    engine = create_engine(parsed, **kwargs)
+    if is_sqlite:
+        _configure_sqlite(engine, busy_timeout_ms)
+        writer = GroupCommitWriter(engine.execution_options(**{_WRITE_OPTION: True}), lock_path, on_batch)
+        return Database(engine=engine, writer=writer)
+    executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="board-db")
+    return Database(engine=engine, executor=executor)
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision in ONE transaction (idempotent, atomic, serialized).
+
+    Every step commits together or not at all, so a crash at any point of the first start leaves the previous
+    schema, and a restart simply runs again. Servers starting together take turns: PostgreSQL through an
+    advisory lock, SQLite through BEGIN IMMEDIATE (its write lock, with DDL being transactional there too);
+    the second one then finds the schema at head and does nothing.
+    """
+    package = Path(__file__).resolve().parent
+    config = Config(str(package / "alembic.ini"))
+    config.set_main_option("script_location", str(package / "migrations"))
+    with busy_is_unavailable(), engine.execution_options(**{_WRITE_OPTION: True}).begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(4242001)")
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+    logger.info("database schema at head (%s)", engine.url.render_as_string(hide_password=True))

@@ -1,0 +1,88 @@
+"""The lean read path: a Core statement that, on SQLite, runs on the bare sqlite3 connection."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Boolean, Connection, Select
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.sql.dml import ReturningInsert
+
+from board_server.storage.tables import UTCDateTime
+
+
+class LeanQuery:
+    """A Core statement that, on SQLite, runs on the bare sqlite3 connection: compiled once, rows as tuples.
+
+    SQLAlchemy's execution and row processing cost several times the query itself on a point read, so the
+    hottest statements (a post, a page of posts, a token's identity, inserting a post) take this path. Rows
+    keep attribute access (named tuples) and the types the Core path gives: UTC datetimes, booleans;
+    datetime parameters are stored as the Core path stores them.
+    On PostgreSQL it is the ordinary Core execution. Simple statements only: SELECTs or INSERT ... RETURNING
+    with named bind parameters, no expanding IN lists. Errors are the driver's own on SQLite
+    (sqlite3.IntegrityError), SQLAlchemy's on PostgreSQL.
+    """
+
+    def __init__(self, statement: Select[Any] | ReturningInsert[Any]) -> None:
+        self.statement = statement
+        compiled = statement.compile(dialect=sqlite_dialect.dialect())
+        self._sql = str(compiled)
+        self._names = tuple(compiled.positiontup or ())
+        # Parameters the compiler added itself (SQLite's OFFSET after a bound LIMIT) with their values.
+        self._defaults = {name: value for name, value in compiled.params.items() if value is not None}
+        self._stamps = frozenset(
+            name for name, bind in compiled.binds.items() if isinstance(bind.type, UTCDateTime)
+        )
+        columns = list(statement.exported_columns)
+        self._row: Any = collections.namedtuple("Row", [c.name for c in columns])  # type: ignore[misc]
+        self._convert: tuple[tuple[int, Callable[[Any], Any]], ...] = tuple(
+            (i, _utc_from_sqlite if isinstance(c.type, UTCDateTime) else bool)
+            for i, c in enumerate(columns)
+            if isinstance(c.type, UTCDateTime | Boolean)
+        )
+
+    def _rows(self, conn: Connection, params: dict[str, Any]) -> Any:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        defaults, stamps = self._defaults, self._stamps
+        values = tuple(
+            _utc_to_sqlite(params[name]) if name in stamps else params.get(name, defaults.get(name))
+            for name in self._names
+        )
+        return raw.execute(self._sql, values)
+
+    def _make(self, values: tuple[Any, ...]) -> Any:
+        if self._convert:
+            items = list(values)
+            for index, convert in self._convert:
+                if items[index] is not None:
+                    items[index] = convert(items[index])
+            values = tuple(items)
+        return self._row._make(values)
+
+    def first(self, conn: Connection, params: dict[str, Any]) -> Any:
+        """The first row (or None), like ``conn.execute(statement, params).first()``."""
+        if conn.dialect.name != "sqlite":
+            return conn.execute(self.statement, params).first()
+        values = self._rows(conn, params).fetchone()
+        return None if values is None else self._make(values)
+
+    def all(self, conn: Connection, params: dict[str, Any]) -> list[Any]:
+        """Every row, like ``conn.execute(statement, params).all()``."""
+        if conn.dialect.name != "sqlite":
+            return list(conn.execute(self.statement, params).all())
+        return [self._make(values) for values in self._rows(conn, params).fetchall()]
+
+
+def _utc_from_sqlite(text: str) -> datetime:
+    # What UTCDateTime stores on SQLite: naive ISO text in UTC.
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def _utc_to_sqlite(value: datetime) -> str:
+    # The text SQLAlchemy's SQLite DATETIME stores (always six fractional digits), so that rows written
+    # either way compare and sort alike.
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
