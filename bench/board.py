@@ -82,7 +82,7 @@ import grpc
 
 from bench.postgres import postgres_bin, throwaway_cluster
 from bench.records import ROOT, load_average, summarize, write_results
-from seg_handler.launch import free_port
+from seg_handler.launcher.processes import free_port
 
 logger = logging.getLogger("bench.board")
 

@@ -43,7 +43,7 @@ from bench.serving import bench_image, build_archive, torchserve_on_free_ports
 from clients.board import BoardClient
 from clients.gen.board.v1 import board_pb2
 from clients.segment import SegmentClient, TokenSource
-from seg_handler import launch
+from seg_handler import launcher as launch
 
 logger = logging.getLogger("bench.e2e")
 

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from seg_handler.launch import free_port
+from seg_handler.launcher.processes import free_port
 
 logger = logging.getLogger(__name__)
 

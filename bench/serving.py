@@ -49,7 +49,8 @@ from PIL import Image, ImageDraw
 
 from bench.records import load_average, summarize, write_results
 from clients.segment import SegmentClient, ServingEndpoints, TokenSource, Transport
-from seg_handler import handler, launch
+from seg_handler import handler
+from seg_handler import launcher as launch
 from training.model import VOC_CLASSES
 
 logger = logging.getLogger("bench.serving")
