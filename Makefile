@@ -84,7 +84,7 @@ serve: proto $(MAR)  ## start TorchServe with model_store/deeplabv3.mar and wait
 stop:  ## stop the TorchServe started by `make serve`
 	@test -x $(PY) && $(PY) -m seg_handler.launcher stop || true
 
-run: proto $(MAR)  ## start TorchServe and the board server together; Ctrl-C stops both
+run: proto node $(MAR)  ## start TorchServe and the board (and install the Node client); Ctrl-C stops both
 	$(PY) -m seg_handler.launcher run --model-store $(MODEL_STORE)
 
 migrate: proto  ## apply database migrations (BOARD_DATABASE_URL or the default SQLite file)

@@ -225,3 +225,19 @@ def test_the_tour_is_marked_and_uses_the_default_addresses() -> None:
     assert "127.0.0.1:50051" in script and "127.0.0.1:8080" in script
     addresses = Addresses("127.0.0.1:1", "127.0.0.1:2", {name: 10 + i for i, name in enumerate(PORT_NAMES)})
     assert "127.0.0.1:50051" not in at_these_addresses(script, addresses)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_run_installs_the_node_client_the_tour_uses() -> None:
+    """The tour runs `node clients/node/flow.js` after `make run` alone: `make run` must install it."""
+    dry_run = subprocess.run(
+        ["make", "-n", "-W", "clients/node/package-lock.json", "run"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert dry_run.returncode == 0, dry_run.stderr
+    assert "npm ci --prefix clients/node" in dry_run.stdout
+    assert "node clients/node/flow.js" in "\n".join(tour_script((REPO_ROOT / "README.md").read_text()))
