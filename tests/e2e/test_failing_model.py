@@ -24,7 +24,7 @@ from torch import nn
 
 from clients.gen.board.v1 import board_pb2
 from clients.segment import SegmentClient, SegmentServerError, ServingEndpoints, TokenSource
-from seg_handler import launch
+from seg_handler import launcher as launch
 from tests.e2e.conftest import TorchServe, start_tagging_board
 from tests.e2e.test_attachments_e2e import new_post, photo
 from tests.support import Processes, wait_for
@@ -68,17 +68,14 @@ def failing_archive(good: Path, into: Path) -> Path:
 def failing_torchserve(
     e2e_model_store: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TorchServe]:
+    """A TorchServe of its own serving the failing archive (the session's serves the working one)."""
     store = tmp_path_factory.mktemp("failing_model_store")
     failing_archive(e2e_model_store / "deeplabv3.mar", store / "deeplabv3.mar")
-    settings = launch.isolated_settings(
-        store, tmp_path_factory.mktemp("failing_torchserve"), ready_timeout_s=240
-    )
-    serve = TorchServe(settings)
+    runtime = tmp_path_factory.mktemp("failing_torchserve")
+    serve = TorchServe(launch.isolated_settings(store, runtime, ready_timeout_s=240))
     serve.start()
-    try:
-        yield serve
-    finally:
-        serve.stop()
+    yield serve  # the teardown runs whatever the tests did
+    serve.stop()
 
 
 def segment_client(serve: TorchServe) -> SegmentClient:
