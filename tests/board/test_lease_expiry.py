@@ -8,31 +8,22 @@ call is in flight for as long as the test needs (no model, no sleeps).
 
 from __future__ import annotations
 
-import re
 import signal
-import urllib.request
 from pathlib import Path
 
 from clients.gen.board.v1 import board_pb2
 from tests.board.conftest import RunningServer, start_board_server, tiny_png
 from tests.board.fake_torchserve import fake_torchserve
+from tests.board.prometheus import sample
 from tests.support import Processes
 
 FAILED = board_pb2.ATTACHMENT_STATUS_FAILED
-METRICS = re.compile(r"metrics on (http://\S+/metrics)")
 # The shortest lease the board allows beside a 3 s call timeout (the lease must exceed it by 5 s).
 TIMEOUT_S, LEASE_S = 3, 8
 
 
 def lease_expiries(board: RunningServer) -> float:
-    """``board_tagging_lease_expiries_total`` from the board's /metrics."""
-    found = METRICS.search(board.log())
-    assert found, board.log()
-    with urllib.request.urlopen(found.group(1), timeout=10) as response:
-        text = response.read().decode()
-    sample = re.search(r"^board_tagging_lease_expiries_total (\S+)$", text, re.MULTILINE)
-    assert sample, text
-    return float(sample.group(1))
+    return sample(board, "board_tagging_lease_expiries_total")
 
 
 def test_a_lease_left_by_a_killed_board_expires_and_is_counted_by_the_board_that_takes_over(

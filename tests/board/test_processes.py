@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import sqlite3
 import threading
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -35,10 +33,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients.board import BoardClient, BoardClientError
 from tests.board.conftest import Backend, RunningServer, sign_up, start_board_server
+from tests.board.prometheus import sample
 from tests.support import Processes, wait_for
 
 GENEROUS = 60.0
-METRICS = re.compile(r"metrics on (http://\S+/metrics)")
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # each client its own TCP connection
 
 
@@ -49,16 +47,6 @@ def serve(
     extra: tuple[str, ...] = ("--auth", "on", "--processes", str(count), "--grace", "20")
     extra += () if metrics else ("--metrics-address", "none")
     return start_board_server(processes, database_url, workdir, extra=extra)
-
-
-def calls_started(server: RunningServer, method: str) -> float:
-    """``grpc_server_started_total`` of ``method``, summed over the server processes by the supervisor."""
-    found = METRICS.search(server.log())
-    assert found, server.log()
-    with urllib.request.urlopen(found.group(1), timeout=10) as response:
-        text = response.read().decode()
-    pattern = rf'^grpc_server_started_total{{[^}}]*grpc_method="{method}"[^}}]*}} (\S+)$'
-    return sum(float(value) for value in re.findall(pattern, text, re.MULTILINE))
 
 
 def server_processes(server: RunningServer) -> list[psutil.Process]:
@@ -243,7 +231,9 @@ def test_sigterm_drains_every_process(processes: Processes, tmp_path: Path) -> N
                 in_servers = len(calls)
                 wait_for(
                     "the calls in the servers",
-                    lambda: calls_started(server, "CreatePost") >= in_servers,
+                    lambda: (
+                        sample(server, "grpc_server_started_total", grpc_method="CreatePost") >= in_servers
+                    ),
                     GENEROUS,
                 )
                 assert not any(call.done() for call in calls)

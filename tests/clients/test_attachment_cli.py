@@ -19,7 +19,6 @@ import random
 import re
 import subprocess
 import threading
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -30,12 +29,12 @@ from rich.console import Console
 from clients.cli import post_attachments_text
 from clients.gen.board.v1 import board_pb2
 from tests.board.conftest import BOARD_SERVER, Member, RunningServer, sign_up
+from tests.board.prometheus import sample
 from tests.clients.conftest import AUTH_ON, Cli, Ran, make_cli, shown_labels, shown_model
 from tests.support import Processes, wait_for
 from tests.torchserve_fixtures import TorchServe, start_tagging_board
 
 TAGGED = board_pb2.ATTACHMENT_STATUS_TAGGED
-METRICS = re.compile(r"metrics on (http://\S+/metrics)")
 
 
 @pytest.fixture(scope="module")
@@ -80,13 +79,8 @@ def tagged_photo(
 
 
 def open_watchers(board: RunningServer) -> float:
-    """The server's board_watchers gauge (open WatchAttachment streams), from its /metrics."""
-    match = METRICS.search(board.log())
-    assert match, board.log()
-    with urllib.request.urlopen(match.group(1), timeout=10) as response:
-        text = response.read().decode()
-    found = re.search(r"^board_watchers(?:\{[^}]*\})? (\S+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
+    """The server's board_watchers gauge (open WatchAttachment streams)."""
+    return sample(board, "board_watchers")
 
 
 def test_attach_wait_streams_each_status_change(
