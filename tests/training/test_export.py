@@ -287,38 +287,36 @@ def test_parity_within_both_limits_is_exported(tmp_path: Path, monkeypatch: pyte
     assert (store / "deeplabv3.mar").is_file()
 
 
-def test_logits_further_apart_than_the_limit_are_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+PARITY_FAILED = f"TorchScript parity failed for {ARCH}: "
+
+
+@pytest.mark.parametrize(
+    ("differs", "refusal"),
+    [
+        # Every pixel keeps its class: only the logit criterion fails.
+        pytest.param(
+            ScriptedDiffers(shift=2e-4),
+            PARITY_FAILED + "max |Δlogit| 0.0002 (limit 0.0001), argmax agreement 1.000000 (min 0.9999)",
+            id="logits-past-the-limit",
+        ),
+        # Logits 2e-5 apart, within the limit: only the argmax criterion fails (2 pixels of 10,000 differ).
+        pytest.param(
+            ScriptedDiffers(flips=2),
+            PARITY_FAILED + "max |Δlogit| 2e-05 (limit 0.0001), argmax agreement 0.999800 (min 0.9999)",
+            id="argmax-under-the-bar",
+        ),
+        pytest.param(
+            ScriptedDiffers(crop=1),
+            "scripted output shape (1, 2, 99, 100) != eager (1, 2, 100, 100)",
+            id="another-output-shape",
+        ),
+    ],
+)
+def test_each_parity_criterion_alone_refuses_the_export(
+    differs: ScriptedDiffers, refusal: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Every pixel keeps its class: only the logit criterion fails.
-    store, export = export_differing(ScriptedDiffers(shift=2e-4), tmp_path, monkeypatch)
-    expected = (
-        f"TorchScript parity failed for {ARCH}: max |Δlogit| 0.0002 (limit 0.0001), "
-        "argmax agreement 1.000000 (min 0.9999)"
-    )
-    with pytest.raises(ExportError, match=re.escape(expected)):
-        export()
-    assert not (store / "deeplabv3.mar").exists()
-
-
-def test_more_pixels_of_another_class_than_allowed_are_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Logits 2e-5 apart, within the limit: only the argmax criterion fails (2 pixels of 10,000 differ).
-    store, export = export_differing(ScriptedDiffers(flips=2), tmp_path, monkeypatch)
-    expected = (
-        f"TorchScript parity failed for {ARCH}: max |Δlogit| 2e-05 (limit 0.0001), "
-        "argmax agreement 0.999800 (min 0.9999)"
-    )
-    with pytest.raises(ExportError, match=re.escape(expected)):
-        export()
-    assert not (store / "deeplabv3.mar").exists()
-
-
-def test_an_output_of_another_shape_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store, export = export_differing(ScriptedDiffers(crop=1), tmp_path, monkeypatch)
-    expected = "scripted output shape (1, 2, 99, 100) != eager (1, 2, 100, 100)"
-    with pytest.raises(ExportError, match=re.escape(expected)):
+    store, export = export_differing(differs, tmp_path, monkeypatch)
+    with pytest.raises(ExportError, match=re.escape(refusal)):
         export()
     assert not (store / "deeplabv3.mar").exists()
 
