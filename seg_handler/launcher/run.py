@@ -41,9 +41,10 @@ def run(settings: ServeSettings) -> int:
     stop_requested = False
 
     def request_stop(signum: int, _frame: object) -> None:
-        nonlocal stop_requested
+        nonlocal starting, stop_requested
         stop_requested = True
-        if starting:
+        if starting:  # once: a second Ctrl-C must not break off the clean-up the first one started
+            starting = False
             raise _StopWhileStartingError
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}

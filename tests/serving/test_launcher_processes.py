@@ -1,5 +1,6 @@
-"""seg_handler/launcher/processes.py and sockets.py with small real processes: the 'listening on' wait,
-stopping by process group (and not once the leader is reaped), and which process took a connection."""
+"""The launcher's process code with small real processes: the 'listening on' wait, stopping by process group
+(and not once the leader is reaped), which process took a connection, and the board's start that `run` waits
+on before its banner."""
 
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ import socket
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from seg_handler.launcher import processes
+from seg_handler.launcher import board, processes
+from seg_handler.launcher.settings import isolated_settings
 from seg_handler.launcher.sockets import accepting_process
 from tests.support import wait_for
 
@@ -115,3 +120,38 @@ def test_accepting_process_names_the_process_that_took_each_connection(tmp_path:
     finally:
         for proc in servers:
             processes.stop(proc)
+
+
+@pytest.mark.parametrize("board_processes", [1, 2])
+def test_board_start_returns_once_every_board_process_answers_serving(
+    board_processes: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `run` waits for before its banner, with one process and with the supervisor's two (no TorchServe:
+    the board serves without it and tags later)."""
+    monkeypatch.setenv("BOARD_PROCESSES", str(board_processes))
+    monkeypatch.setenv("BOARD_DATABASE_URL", f"sqlite:///{tmp_path / 'board.db'}")
+    monkeypatch.setenv("BOARD_AUDIT_LOG", str(tmp_path / "audit.log"))
+    settings = replace(
+        isolated_settings(tmp_path / "store", tmp_path / "runtime", ready_timeout_s=120),
+        board_address=f"127.0.0.1:{processes.free_port()}",
+        board_metrics_address="none",
+    )
+    started = board.start(settings)
+    assert started is not None, "board-server is installed in this environment"
+    try:
+        assert started.address == settings.board_address
+        log = settings.board_log_file.read_text()
+        assert ("processes, pids" in log) == (board_processes > 1)
+        # Every process said SERVING before start returned, so fresh connections are answered at once.
+        port = int(started.address.rsplit(":", 1)[1])
+        members = {started.proc.pid, *processes.group_members(started.proc.pid)}
+        for _ in range(4):
+            with grpc.insecure_channel(
+                started.address, options=[("grpc.use_local_subchannel_pool", 1)]
+            ) as ch:
+                request = health_pb2.HealthCheckRequest(service=board.SERVICE)
+                answer = health_pb2_grpc.HealthStub(ch).Check(request, timeout=5, wait_for_ready=False)
+                assert answer.status == health_pb2.HealthCheckResponse.SERVING
+                assert accepting_process(port, members) is not None
+    finally:
+        processes.stop(started.proc)
