@@ -79,13 +79,13 @@ model: proto  ## export TorchScript + build model_store/deeplabv3.mar (MODEL_ARC
 	$(PY) -m training.export --arch $(MODEL_ARCH) --weights $(MODEL_WEIGHTS) --out $(MODEL_STORE)
 
 serve: proto $(MAR)  ## start TorchServe with model_store/deeplabv3.mar and wait until the model is ready
-	$(PY) -m seg_handler.launch start --model-store $(MODEL_STORE)
+	$(PY) -m seg_handler.launcher start --model-store $(MODEL_STORE)
 
 stop:  ## stop the TorchServe started by `make serve`
-	@test -x $(PY) && $(PY) -m seg_handler.launch stop || true
+	@test -x $(PY) && $(PY) -m seg_handler.launcher stop || true
 
-run: proto $(MAR)  ## start TorchServe and the board server together; Ctrl-C stops both
-	$(PY) -m seg_handler.launch run --model-store $(MODEL_STORE)
+run: proto node $(MAR)  ## start TorchServe and the board (and install the Node client); Ctrl-C stops both
+	$(PY) -m seg_handler.launcher run --model-store $(MODEL_STORE)
 
 migrate: proto  ## apply database migrations (BOARD_DATABASE_URL or the default SQLite file)
 	$(BIN)/board-server migrate

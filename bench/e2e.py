@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import statistics
 import subprocess
 import sys
@@ -43,13 +42,13 @@ from bench.serving import bench_image, build_archive, torchserve_on_free_ports
 from clients.board import BoardClient
 from clients.gen.board.v1 import board_pb2
 from clients.segment import SegmentClient, TokenSource
-from seg_handler import launch
+from seg_handler import launcher as launch
+from seg_handler.launcher import processes
 
 logger = logging.getLogger("bench.e2e")
 
 RATIO_MAX = 1.15
 CONCURRENCY = 8
-LISTENING = re.compile(r"listening on \S+:(\d+)")
 PASSWORD = "bench password, long enough"  # noqa: S105 - a throw-away user of a throw-away database
 # A measured call: when it started and when its result was there (epoch seconds, this machine's clock).
 Call = Callable[[], tuple[float, float]]
@@ -66,19 +65,12 @@ def start_board(serve: launch.ServeSettings, workdir: Path) -> tuple[subprocess.
         "--segmentation-target", serve.grpc_inference_target,
         "--segmentation-token-file", str(serve.inference_key_file),
     ]  # fmt: skip
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir
-        )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        match = LISTENING.search(log_path.read_text(errors="replace"))
-        if match:
-            return proc, int(match.group(1))
-        if proc.poll() is not None:
-            raise RuntimeError(f"board-server exited:\n{log_path.read_text(errors='replace')}")
-        time.sleep(0.1)
-    raise RuntimeError("board-server did not start")
+    proc = processes.start(command, log_path, cwd=workdir)
+    try:
+        return proc, processes.wait_listening(proc, log_path, timeout=60).port
+    except BaseException:
+        processes.stop(proc)
+        raise
 
 
 class PostSupply:
@@ -180,7 +172,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         logger.info("run %d: %s", index + 1, {k: round(v, 3) for k, v in measured.items()})
                         runs.append(measured)
             finally:
-                launch.stop_process(board_proc.pid)
+                processes.stop(board_proc)
     cells = {key: summarize([round(r[key], 4) for r in runs]) for key in runs[0]}
     targets = {
         name: {"value": cells[name]["median"], "max": RATIO_MAX, "met": cells[name]["median"] <= RATIO_MAX}

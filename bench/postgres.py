@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from seg_handler.launch import free_port
+from seg_handler.launcher.processes import free_port
 
 logger = logging.getLogger(__name__)
 
@@ -107,3 +107,16 @@ def throwaway_cluster(
     finally:
         if cluster.stop(stop_mode):
             shutil.rmtree(base, ignore_errors=True)
+
+
+@contextmanager
+def benchmark_database(database: str = "board_bench") -> Iterator[str | None]:
+    """A fresh cluster on a free loopback port with its default durability (fsync on); yield a SQLAlchemy
+    URL of an empty database, or None when no PostgreSQL binaries are installed. Stopped and removed after."""
+    with throwaway_cluster("board-bench-pg-", durable=True, max_connections=300) as cluster:
+        if cluster is None:
+            yield None
+            return
+        url = cluster.create_database(database)
+        logger.info("throw-away PostgreSQL cluster in %s, port %d", cluster.base, cluster.port)
+        yield url

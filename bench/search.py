@@ -16,8 +16,8 @@ which were met.
 
 The SQLite database is kept in var/bench/search.db (--sqlite-path): a rerun finds the seed there and only
 measures. The PostgreSQL leg uses --postgres-url (or BOARD_BENCH_POSTGRES_URL; a database holding another
-seed is emptied and seeded again) or starts a throw-away cluster as bench/board.py does. The label index the
-queries use (ix_attachment_labels_post_name_fraction) comes with the migrations (0004).
+seed is emptied and seeded again) or starts a throw-away cluster (bench/postgres.py) as bench/board.py does.
+The label index the queries use (ix_attachment_labels_post_name_fraction) comes with the migrations (0004).
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Table, insert, text
 
-from bench.board import board_executable, clean_env, postgres_cluster, running
+from bench.postgres import benchmark_database
 from bench.records import ROOT, load_average, summarize, write_results
+from bench.servers import board_executable, clean_env, running
 from board_server.query.filter import OrderBy, parse_filter, parse_order_by
 from board_server.query.post_search import Cursor, search_posts
 from board_server.storage.engine import Database, migrate, open_database
@@ -344,7 +345,7 @@ def _postgres(args: argparse.Namespace) -> Iterator[str | None]:
     if url:
         yield url
         return
-    with postgres_cluster() as made:
+    with benchmark_database() as made:
         yield made
 
 

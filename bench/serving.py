@@ -47,9 +47,11 @@ import torch
 import yaml
 from PIL import Image, ImageDraw
 
+from bench.procfs import cpu_seconds, descendants
 from bench.records import load_average, summarize, write_results
 from clients.segment import SegmentClient, ServingEndpoints, TokenSource, Transport
-from seg_handler import handler, launch
+from seg_handler import handler
+from seg_handler import launcher as launch
 from seg_handler.image_policy import VOC_CLASSES
 
 logger = logging.getLogger("bench.serving")
@@ -163,30 +165,6 @@ def worker_torch_threads(settings: launch.ServeSettings) -> int:
     return int(found[-1])
 
 
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) ``pid`` has used; 0 for a process that is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-
-
-def child_pids(parent: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            if (
-                entry.name.isdigit()
-                and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent
-            ):
-                found.append(int(entry.name))
-    return found
-
-
 def own_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -201,11 +179,11 @@ class CpuMeter:
         self.frontend = frontend_pid
 
     def measure(self, work: Callable[[], int]) -> dict[str, float]:
-        workers = child_pids(self.frontend)
-        before = {pid: process_cpu_s(pid) for pid in (self.frontend, *workers)}
+        workers = descendants(self.frontend)
+        before = {pid: cpu_seconds([pid]) for pid in (self.frontend, *workers)}
         client = own_cpu_s()
         requests = work()
-        after = {pid: process_cpu_s(pid) for pid in before}
+        after = {pid: cpu_seconds([pid]) for pid in before}
         return {
             "worker": 1000 * sum(after[p] - before[p] for p in workers) / requests,
             "frontend": 1000 * (after[self.frontend] - before[self.frontend]) / requests,

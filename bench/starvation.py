@@ -44,8 +44,10 @@ import h2.events
 import h2.exceptions
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.board import board_executable, clean_env, running, seed
 from bench.records import load_average, summarize, write_results
+from bench.seeding import seed
+from bench.servers import board_executable, clean_env, running
+from seg_handler.launcher.processes import wait_for
 
 logger = logging.getLogger("bench.starvation")
 
@@ -383,20 +385,12 @@ def measure_other_client(
     }
 
 
-def wait_until(description: str, predicate: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {description}")
-        time.sleep(0.05)
-
-
 def abused_run(
     target: str, seeded: Any, args: argparse.Namespace
 ) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
     """One measurement with the abusers open; also how many of their streams were open before and after."""
     with Abusers(target, args.idle, args.slow, seeded.post_ids[0], seeded.metadata) as abusers:
-        wait_until("the half-sent uploads to send their part", abusers.uploads_sent)
+        wait_for("the half-sent uploads to send their part", abusers.uploads_sent, timeout=60, interval=0.05)
         before = abusers.open_streams()
         figures = measure_other_client(target, seeded.post_ids, args.calls)
         after = abusers.open_streams()

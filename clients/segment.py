@@ -136,7 +136,7 @@ class ServingEndpoints:
 @dataclass(frozen=True)
 class TokenSource:
     """TorchServe keys: fixed strings, or re-read from a file on every call, so a key renewed by
-    ``seg_handler.launch`` (TorchServe's /token API) is picked up without a restart.
+    ``seg_handler.launcher`` (TorchServe's /token API) is picked up without a restart.
 
     The file is either a plain key file holding only the inference key (``var/torchserve/inference.key``,
     what the board is given) or TorchServe's own ``key_file.json`` with both keys.

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from seg_handler import launch
+from seg_handler import launcher as launch
 from tests.board.conftest import RunningServer, start_board_server
 from tests.support import REPO_ROOT, Processes
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from bench import report
-from bench.board import evaluate_targets
+from bench.board_figures import evaluate_targets
 from bench.records import summarize, write_results
 
 

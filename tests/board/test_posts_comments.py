@@ -5,10 +5,15 @@
 
 from __future__ import annotations
 
-import time
+import itertools
+from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import Table, update
 
+from board_server.storage.tables import Post
 from clients.board import (
     BoardClient,
     BoardClientError,
@@ -17,7 +22,9 @@ from clients.board import (
     PermissionDeniedError,
 )
 from clients.gen.board.v1 import board_pb2
-from tests.board.conftest import Member, MemberFactory
+from tests.board.conftest import Member, MemberFactory, RunningServer, database_engine
+
+POSTS = cast(Table, Post.__table__)
 
 
 def fields(error: BoardClientError) -> set[str]:
@@ -76,16 +83,35 @@ def test_missing_post_is_not_found(client: BoardClient) -> None:
         client.update_post(10**12, title="x")
 
 
+def assert_strictly_increasing(times: list[Timestamp]) -> None:
+    nanoseconds = [t.ToNanoseconds() for t in times]
+    assert all(a < b for a, b in itertools.pairwise(nanoseconds)), nanoseconds
+
+
 def test_update_post_advances_update_time_only(client: BoardClient, author: board_pb2.User) -> None:
+    # No pause between the writes: update_time must advance even within one tick of the clock.
     post = client.create_post(author.id, "Title", "Body")
-    time.sleep(0.01)
     updated = client.update_post(post.id, title="New title", content="ignored", paths=["title"])
     assert (updated.title, updated.content) == ("New title", "Body")
     assert updated.create_time == post.create_time
-    assert updated.update_time.ToDatetime() > post.update_time.ToDatetime()
     again = client.update_post(post.id, content="New body")
-    assert again.update_time.ToDatetime() > updated.update_time.ToDatetime()
-    assert client.get_post(post.id) == again
+    times = [post.update_time, updated.update_time, again.update_time]
+    times += [client.update_post(post.id, title=f"quick {i}").update_time for i in range(5)]
+    assert_strictly_increasing(times)
+    assert client.get_post(post.id).update_time == times[-1]
+
+
+def test_update_time_advances_past_a_clock_that_stepped_back(
+    board_server: RunningServer, client: BoardClient, author: board_pb2.User
+) -> None:
+    post = client.create_post(author.id, "Title", "Body")
+    # The last write's time is an hour ahead of the clock now, as after an NTP step back (or another
+    # replica's fast clock): the next update must still move update_time forward, not back to "now".
+    ahead = datetime.now(UTC) + timedelta(hours=1)
+    with database_engine(board_server.database_url) as engine, engine.begin() as conn:
+        conn.execute(update(POSTS).where(POSTS.c.id == post.id).values(update_time=ahead))
+    updated = client.update_post(post.id, title="after the step")
+    assert updated.update_time.ToDatetime(tzinfo=UTC) > ahead
 
 
 @pytest.mark.parametrize("path", ["id", "user_id", "create_time", "update_time"])
@@ -109,10 +135,9 @@ def test_comment_lifecycle(client: BoardClient, author: board_pb2.User) -> None:
     comment = client.create_comment(post.id, author.id, "First!")
     assert (comment.post_id, comment.user_id, comment.content) == (post.id, author.id, "First!")
     assert client.get_comment(comment.id) == comment
-    time.sleep(0.01)
-    edited = client.update_comment(comment.id, content="Second?")
+    edited = client.update_comment(comment.id, content="Second?")  # at once: update_time advances anyway
     assert edited.content == "Second?" and edited.create_time == comment.create_time
-    assert edited.update_time.ToDatetime() > comment.update_time.ToDatetime()
+    assert_strictly_increasing([comment.update_time, edited.update_time])
     assert [c.id for c in client.iter_comments(post.id)] == [comment.id]
     client.delete_comment(comment.id)
     with pytest.raises(NotFoundError):

@@ -33,14 +33,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients.board import BoardClient, BoardClientError
 from tests.board.conftest import Backend, RunningServer, sign_up, start_board_server
+from tests.board.prometheus import sample
 from tests.support import Processes, wait_for
 
 GENEROUS = 60.0
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # each client its own TCP connection
 
 
-def serve(processes: Processes, database_url: str, workdir: Path, count: int) -> RunningServer:
-    extra = ("--auth", "on", "--processes", str(count), "--metrics-address", "none", "--grace", "20")
+def serve(
+    processes: Processes, database_url: str, workdir: Path, count: int, *, metrics: bool = False
+) -> RunningServer:
+    """``count`` server processes; /metrics on a free port with ``metrics``, else none."""
+    extra: tuple[str, ...] = ("--auth", "on", "--processes", str(count), "--grace", "20")
+    extra += () if metrics else ("--metrics-address", "none")
     return start_board_server(processes, database_url, workdir, extra=extra)
 
 
@@ -210,7 +215,7 @@ def test_supervisor_restarts_a_killed_server_process_and_the_port_keeps_answerin
 
 def test_sigterm_drains_every_process(processes: Processes, tmp_path: Path) -> None:
     path = tmp_path / "board.db"
-    server = serve(processes, f"sqlite:///{path}", tmp_path, 2)
+    server = serve(processes, f"sqlite:///{path}", tmp_path, 2, metrics=True)
     children = server_processes(server)
     user_id, token = sign_up_writer(server.target)
     with closing_all(spread_clients(server, token, 2)) as clients:
@@ -222,7 +227,15 @@ def test_sigterm_drains_every_process(processes: Processes, tmp_path: Path) -> N
                     pool.submit(c.create_post, user_id, f"in flight {i}", "drained", timeout=GENEROUS)
                     for i, c in enumerate(clients)
                 ]
-                time.sleep(2)  # let the calls reach the servers (they cannot finish: the lock is held)
+                # Every call has reached a server process (and cannot finish: the lock is held).
+                in_servers = len(calls)
+                wait_for(
+                    "the calls in the servers",
+                    lambda: (
+                        sample(server, "grpc_server_started_total", grpc_method="CreatePost") >= in_servers
+                    ),
+                    GENEROUS,
+                )
                 assert not any(call.done() for call in calls)
                 os.kill(server.proc.pid, signal.SIGTERM)  # the supervisor alone: it must tell the others
                 wait_for("the drain to begin", lambda: "draining" in server.log(), GENEROUS)

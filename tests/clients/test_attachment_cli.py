@@ -7,9 +7,8 @@ board stored (read back with the Python client) and with the served archive's id
 an attachment held PENDING, it stops TorchServe (the board pauses tagging, keeps the work) and starts it
 again.
 
-Steps that need server work still being wired (GetAttachmentPreview, ListPosts' filter, order_by and view)
-are marked xfail exactly when the server shows that signature (UNIMPLEMENTED, or the field ignored), and are
-checked in full as soon as it does not.
+Every RPC and field the CLI sends is served (GetAttachmentPreview, ListPosts' filter, order_by and view), so
+each is checked in full: a server that answers UNIMPLEMENTED or ignores a field fails its test.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ import random
 import re
 import subprocess
 import threading
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -31,12 +29,12 @@ from rich.console import Console
 from clients.cli import post_attachments_text
 from clients.gen.board.v1 import board_pb2
 from tests.board.conftest import BOARD_SERVER, Member, RunningServer, sign_up
+from tests.board.prometheus import sample
 from tests.clients.conftest import AUTH_ON, Cli, Ran, make_cli, shown_labels, shown_model
 from tests.support import Processes, wait_for
 from tests.torchserve_fixtures import TorchServe, start_tagging_board
 
 TAGGED = board_pb2.ATTACHMENT_STATUS_TAGGED
-METRICS = re.compile(r"metrics on (http://\S+/metrics)")
 
 
 @pytest.fixture(scope="module")
@@ -81,18 +79,8 @@ def tagged_photo(
 
 
 def open_watchers(board: RunningServer) -> float:
-    """The server's board_watchers gauge (open WatchAttachment streams), from its /metrics."""
-    match = METRICS.search(board.log())
-    assert match, board.log()
-    with urllib.request.urlopen(match.group(1), timeout=10) as response:
-        text = response.read().decode()
-    found = re.search(r"^board_watchers(?:\{[^}]*\})? (\S+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
-
-
-def xfail_unimplemented(ran: Ran, rpc: str) -> None:
-    if ran.code == 1 and "error: UNIMPLEMENTED" in ran.err:
-        pytest.xfail(f"{rpc} answers UNIMPLEMENTED on this server (not wired yet)")
+    """The server's board_watchers gauge (open WatchAttachment streams)."""
+    return sample(board, "board_watchers")
 
 
 def test_attach_wait_streams_each_status_change(
@@ -236,7 +224,6 @@ def test_attachments_preview_saves_a_small_jpeg_or_webp(
     _, attachment_id = tagged_photo(logged_in, "preview", "big.png", (200, 100))
     out = tmp_path / "out.jpg"
     ran = cli("attachments", "preview", attachment_id, "-o", out, "--max-size", "50")
-    xfail_unimplemented(ran, "GetAttachmentPreview")
     assert ran.code == 0, ran.both
     with Image.open(out) as image:
         assert image.format == "JPEG" and image.size == (50, 25)
@@ -269,11 +256,10 @@ def test_posts_list_filter_and_order_by_reach_the_server(
         "create_time desc",
         "--all",
     )
-    xfail_unimplemented(ran, "ListPosts.filter")
     assert ran.code == 0, ran.both
     posts = json.loads(ran.out)["posts"]
-    if {p["user_id"] for p in posts} != {str(logged_in.id)}:
-        pytest.xfail("ListPosts ignores filter on this server (not wired yet)")
+    # Only this user's posts (the filter reached the server), newest first (so did order_by).
+    assert {p["user_id"] for p in posts} == {str(logged_in.id)}
     assert [int(p["id"]) for p in posts] == sorted(mine, reverse=True)
     bad = cli("posts", "list", "--filter", "label.dog >=")
     assert bad.code == 1 and "error: INVALID_ARGUMENT" in bad.err
@@ -287,8 +273,7 @@ def test_posts_list_with_attachments_shows_labels_and_model(
     as_json = cli("--json", *args)
     assert as_json.code == 0, as_json.both
     listed = next(p for p in json.loads(as_json.out)["posts"] if int(p["id"]) == post_id)
-    if "attachments" not in listed:
-        pytest.xfail("ListPosts ignores view=POST_VIEW_WITH_ATTACHMENTS on this server (not wired yet)")
+    assert "attachments" in listed, listed  # view=POST_VIEW_WITH_ATTACHMENTS reached the server
     attachment = logged_in.client.get_attachment(attachment_id)
     assert [x["name"] for x in listed["attachments"][0]["labels"]] == [x.name for x in attachment.labels]
     human = cli(*args)

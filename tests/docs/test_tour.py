@@ -2,11 +2,12 @@
 
 The tour's commands are the fenced ```sh blocks between ``<!-- tour:start -->`` and ``<!-- tour:end -->``.
 They run in order, in one bash, in a private working directory laid out like the repository (``.venv`` and
-``clients`` linked, ``var/`` its own), against ``python -m seg_handler.launch run`` (what `make run` runs)
+``clients`` linked, ``var/`` its own), against ``python -m seg_handler.launcher run`` (what `make run` runs)
 with a small test archive. The only differences from a person at a terminal: the servers listen on free
 ports, so the default addresses in the commands are replaced with them (and ``BOARD_TARGET`` and
 ``SEG_*_PORT`` point the CLIs there), the password arrives on stdin, and a generated picture stands in for
-``photo.jpg``. Nothing here depends on what `make run` prints.
+``photo.jpg``. Like a person, the tour starts when `make run` says "Ctrl-C stops everything" (its promise that
+everything answers by then), and depends on nothing else it prints.
 """
 
 from __future__ import annotations
@@ -23,12 +24,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image, ImageDraw
 
-from seg_handler import launch
+from seg_handler import launcher
 from tests.docs.markdown import fenced_blocks
 from tests.support import REPO_ROOT, Processes, free_port
 from tests.torchserve_fixtures import export_test_archive
@@ -71,7 +70,7 @@ class Addresses:
 
     def replacements(self) -> dict[str, str]:
         """The default address of each server (what a person's `make run` uses) → this test's address."""
-        default = launch.ServeSettings(model_store=Path("."))
+        default = launcher.ServeSettings(model_store=Path("."))
         ports = self.torchserve_ports
         return {
             default.board_address: self.board,
@@ -117,21 +116,16 @@ def repository_like(folder: Path) -> Path:
     return folder
 
 
-def wait_until_serving(target: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 300) -> None:
-    """Until the board answers SERVING (TorchServe is READY before the launcher starts the board)."""
+def wait_until_announced(proc: subprocess.Popen[bytes], log: Path, timeout: float = 300) -> None:
+    """Until `make run` says "Ctrl-C stops everything": the moment a person starts pasting."""
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        request = health_pb2.HealthCheckRequest(service="board.v1.BoardService")
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"`launch run` exited with {proc.returncode}:\n{_tail(log)}")
-            with contextlib.suppress(grpc.RpcError):
-                answer = health.Check(request, timeout=2)
-                if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            time.sleep(1)
-    pytest.fail(f"the board did not serve within {timeout:.0f}s:\n{_tail(log)}")
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"`launcher run` exited with {proc.returncode}:\n{_tail(log)}")
+        if "Ctrl-C stops everything" in log.read_text(errors="replace"):
+            return
+        time.sleep(0.1)
+    pytest.fail(f"`make run` did not announce itself within {timeout:.0f}s:\n{_tail(log)}")
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -153,9 +147,9 @@ def _board_servers(address: str) -> list[int]:
 
 @contextlib.contextmanager
 def make_run(work: Path, addresses: Addresses, processes: Processes) -> Iterator[subprocess.Popen[bytes]]:
-    """`python -m seg_handler.launch run` in ``work``, stopped with SIGTERM (Ctrl-C's path) afterwards; the
+    """`python -m seg_handler.launcher run` in ``work``, stopped with SIGTERM (Ctrl-C's path) afterwards; the
     servers it started are stopped by pid even if it could not stop them itself."""
-    proc = processes.start([sys.executable, "-m", "seg_handler.launch", "run"], name="make-run", cwd=work)
+    proc = processes.start([sys.executable, "-m", "seg_handler.launcher", "run"], name="make-run", cwd=work)
     try:
         yield proc
     finally:
@@ -164,16 +158,16 @@ def make_run(work: Path, addresses: Addresses, processes: Processes) -> Iterator
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=120)
         for pid in _board_servers(addresses.board):
-            launch.stop_process(pid)
+            launcher.stop_process(pid)
         with contextlib.suppress(OSError, ValueError):
-            launch.stop_process(int((work / "var" / "torchserve" / "torchserve.pid").read_text()))
+            launcher.stop_process(int((work / "var" / "torchserve" / "torchserve.pid").read_text()))
 
 
 def test_the_readme_tour_runs_as_written(
     model_store: Path, tmp_path: Path, processes: Processes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if not (REPO_ROOT / "clients" / "node" / "node_modules" / "@grpc" / "grpc-js").is_dir():
-        pytest.fail("clients/node/node_modules missing: run `make node` (make test does)")
+        pytest.fail("clients/node/node_modules missing: run `make node` (make run and make test do)")
     blocks = tour_script((REPO_ROOT / "README.md").read_text())
     for name in list(os.environ):
         if name.startswith(FOREIGN_ENV_PREFIXES) or name in FOREIGN_ENV:
@@ -201,7 +195,7 @@ def test_the_readme_tour_runs_as_written(
     tour_env = os.environ | {"HOME": str(home), "BOARD_TARGET": addresses.board}
 
     with make_run(work, addresses, processes) as proc:
-        wait_until_serving(addresses.board, proc, processes.log_dir / "make-run.log")
+        wait_until_announced(proc, processes.log_dir / "make-run.log")
         done = subprocess.run(
             ["bash", "-c", script],
             cwd=work,
@@ -215,13 +209,14 @@ def test_the_readme_tour_runs_as_written(
         assert done.returncode == 0, (
             f"the tour failed (exit {done.returncode})\n--- stdout\n{done.stdout[-6000:]}\n"
             f"--- stderr\n{done.stderr[-6000:]}\n--- make run\n{_tail(processes.log_dir / 'make-run.log')}"
+            f"\n--- the board\n{_tail(work / 'var' / 'torchserve' / 'board.log')}"
         )
     # What the tour saved: the overlay preview and Node's preview (JPEG), the mask and its overlay (PNG).
     for name in ("overlay.jpg", "node-preview.jpg"):
         assert (work / name).read_bytes()[:3] == b"\xff\xd8\xff", name
     for name in ("mask.png", "mask-overlay.png"):
         assert (work / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
-    assert proc.returncode == 0, "`launch run` stops cleanly on SIGTERM"
+    assert proc.returncode == 0, "`launcher run` stops cleanly on SIGTERM"
 
 
 def test_the_tour_is_marked_and_uses_the_default_addresses() -> None:
@@ -230,3 +225,19 @@ def test_the_tour_is_marked_and_uses_the_default_addresses() -> None:
     assert "127.0.0.1:50051" in script and "127.0.0.1:8080" in script
     addresses = Addresses("127.0.0.1:1", "127.0.0.1:2", {name: 10 + i for i, name in enumerate(PORT_NAMES)})
     assert "127.0.0.1:50051" not in at_these_addresses(script, addresses)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_run_installs_the_node_client_the_tour_uses() -> None:
+    """The tour runs `node clients/node/flow.js` after `make run` alone: `make run` must install it."""
+    dry_run = subprocess.run(
+        ["make", "-n", "-W", "clients/node/package-lock.json", "run"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert dry_run.returncode == 0, dry_run.stderr
+    assert "npm ci --prefix clients/node" in dry_run.stdout
+    assert "node clients/node/flow.js" in "\n".join(tour_script((REPO_ROOT / "README.md").read_text()))

@@ -23,7 +23,7 @@ from PIL import Image
 
 from clients.board import BoardClient
 from clients.gen.board.v1 import board_pb2
-from seg_handler import launch
+from seg_handler import launcher as launch
 from tests.board.conftest import RunningServer
 from tests.e2e.conftest import TorchServe, start_tagging_board
 from tests.support import REPO_ROOT, Processes, wait_for

@@ -41,7 +41,7 @@ from PIL import Image, ImageDraw
 from clients.board import BoardClient, InvalidArgumentError, PermissionDeniedError
 from clients.gen.board.v1 import board_pb2
 from clients.segment import SegmentClient, ServingEndpoints, TokenSource
-from seg_handler.launch import archive_metadata
+from seg_handler.launcher import archive_metadata
 from tests.board.conftest import BOARD_SERVER, RunningServer, start_board_server
 from tests.e2e.conftest import TEST_INPUT_SIZE, TorchServe, tagging_flags
 from tests.support import REPO_ROOT, Processes, wait_for

@@ -11,7 +11,7 @@ import pytest
 
 from board_server.storage.served_models import read
 from clients.board import InvalidArgumentError
-from seg_handler import launch
+from seg_handler import launcher as launch
 from tests.board.conftest import database_engine, sign_up
 from tests.e2e.conftest import TorchServe, start_tagging_board
 from tests.support import Processes, wait_for

@@ -26,7 +26,8 @@ import requests
 from clients.board import BoardClient
 from clients.gen.board.v1 import board_pb2
 from clients.segment import SegmentClient, ServingEndpoints, TokenSource
-from seg_handler import keys, launch
+from seg_handler import launcher as launch
+from seg_handler.launcher import keys
 from tests.board.conftest import RunningServer
 from tests.e2e.conftest import TorchServe, start_tagging_board
 from tests.e2e.test_attachments_e2e import new_post, photo

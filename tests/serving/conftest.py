@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from clients.segment import SegmentClient, ServingEndpoints, TokenSource
-from seg_handler import launch
+from seg_handler import launcher as launch
 from tests.support import REPO_ROOT
 
 # Small network input so each forward is cheap on a CPU; the handler still answers at full image size.

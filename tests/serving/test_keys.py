@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from seg_handler import keys
+from seg_handler.launcher import keys
 
 
 def key_file(path: Path, inference_expires: datetime, management_expires: datetime) -> Path:

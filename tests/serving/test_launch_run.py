@@ -1,4 +1,5 @@
-"""`python -m seg_handler.launch run` (`make run`): both servers up, endpoints printed, SIGTERM stops both."""
+"""`python -m seg_handler.launcher run` (`make run`): both servers up, endpoints printed only once every
+server answers, SIGTERM stops both."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import sys
 import zipfile
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from seg_handler import launch
+from seg_handler import launcher
 from tests.support import REPO_ROOT, Processes, free_port, wait_for
 
 pytestmark = [pytest.mark.torchserve, pytest.mark.slow]
@@ -33,7 +36,17 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
-def test_run_starts_torchserve_and_board_and_sigterm_stops_both(
+def _health(target: str) -> int:
+    """The board's health on a connection of its own, asked once: no waiting for it to come up."""
+    with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+        request = health_pb2.HealthCheckRequest(service="board.v1.BoardService")
+        status: int = (
+            health_pb2_grpc.HealthStub(channel).Check(request, timeout=5, wait_for_ready=False).status
+        )
+        return status
+
+
+def test_run_announces_both_servers_once_every_one_answers_and_sigterm_stops_both(
     model_store: Path, tmp_path: Path, processes: Processes
 ) -> None:
     runtime = tmp_path / "torchserve"
@@ -48,13 +61,23 @@ def test_run_starts_torchserve_and_board_and_sigterm_stops_both(
         "BOARD_METRICS_ADDRESS": f"127.0.0.1:{metrics_port}",
         "BOARD_DATABASE_URL": f"sqlite:///{tmp_path / 'board.db'}",
         "BOARD_AUDIT_LOG": str(tmp_path / "audit.log"),
+        "BOARD_PROCESSES": "2",  # the supervisor's path: every process must answer before the banner
     }
-    command = [sys.executable, "-m", "seg_handler.launch", "run", "--model-store", str(model_store)]
+    command = [sys.executable, "-m", "seg_handler.launcher", "run", "--model-store", str(model_store)]
     proc = processes.start([*command, "--runtime-dir", str(runtime)], name="run", env=env, cwd=REPO_ROOT)
+    board = f"127.0.0.1:{board_port}"
     try:
         wait_for(
-            "endpoints printed", lambda: "Ctrl-C stops everything" in processes.log_text("run"), timeout=240
+            "endpoints printed",
+            lambda: "Ctrl-C stops everything" in processes.log_text("run"),
+            timeout=240,
+            interval=0.02,
         )
+        # The moment the banner is there, the board answers SERVING at once, on fresh connections (which the
+        # kernel spreads over its two processes), and so does TorchServe: what a reader pastes now works.
+        at_banner = [_health(board) for _ in range(6)]
+        assert at_banner == [health_pb2.HealthCheckResponse.SERVING] * 6
+        assert _listening(ports["INFERENCE"]) and _listening(ports["GRPC_INFERENCE"])
         printed = processes.log_text("run")
         assert f"Inference key file          {runtime / 'inference.key'}" in printed
         assert f"127.0.0.1:{ports['GRPC_INFERENCE']}" in printed and f"127.0.0.1:{board_port}" in printed
@@ -65,8 +88,9 @@ def test_run_starts_torchserve_and_board_and_sigterm_stops_both(
         # The test archive has random weights: the banner says so and names the ways to real weights.
         assert "(deeplabv3_mobilenet_v3_large) is UNTRAINED: weights 'random'" in printed
         assert "TORCH_HOME" in printed and "make model MODEL_WEIGHTS=" in printed
-        wait_for("board server listening", lambda: _listening(board_port), timeout=60)
-        assert _listening(ports["INFERENCE"]) and _listening(ports["GRPC_INFERENCE"])
+        assert f"Logs                        {runtime / 'torchserve.out'}, {runtime / 'board.log'}" in printed
+        # The board logs to its file, not over the banner: the supervisor's line is there.
+        assert f"listening on 127.0.0.1:{board_port} (2 processes" in (runtime / "board.log").read_text()
         wait_for("board metrics served", lambda: _listening(metrics_port), timeout=60)
         java_pid = int((runtime / "torchserve.pid").read_text())
         # The board is handed the inference key alone (a plain file, owner-only), never key_file.json.
@@ -86,7 +110,7 @@ def test_run_starts_torchserve_and_board_and_sigterm_stops_both(
     finally:
         # Whatever happened above, never leave a TorchServe behind (it runs in its own process group).
         with contextlib.suppress(OSError, ValueError):
-            launch.stop_process(int((runtime / "torchserve.pid").read_text()))
+            launcher.stop_process(int((runtime / "torchserve.pid").read_text()))
 
 
 def _board_arguments(port: int) -> list[str]:
@@ -105,5 +129,5 @@ def test_weights_banner_names_trained_weights_without_alarm(tmp_path: Path) -> N
     meta = {"arch": "deeplabv3_resnet50", "weights": "state_dict", "sha256": "ab" * 32, "untrained": False}
     with zipfile.ZipFile(tmp_path / "deeplabv3.mar", "w") as mar:
         mar.writestr("model-meta.json", json.dumps(meta))
-    banner = launch.weights_banner(launch.ServeSettings(model_store=tmp_path))
+    banner = launcher.weights_banner(launcher.ServeSettings(model_store=tmp_path))
     assert banner == f"Model deeplabv3: deeplabv3_resnet50, weights state_dict (sha256 {'ab' * 32})"

@@ -26,7 +26,7 @@ from clients.segment import (
     Transport,
 )
 from clients.segment_cli import main as segment_main
-from seg_handler import launch
+from seg_handler import launcher as launch
 from tests.serving import corpus
 
 pytestmark = [pytest.mark.torchserve, pytest.mark.slow]

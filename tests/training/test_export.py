@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import textwrap
 import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from training.export import (
     main,
     read_class_names,
 )
-from training.model import SegmentationLogits, build_model
+from training.model import BuiltModel, Provenance, SegmentationLogits, build_model
 
 ARCH = "deeplabv3_mobilenet_v3_large"
 SMALL_SHAPES = ((1, 3, 64, 64), (2, 3, 48, 72))
@@ -232,6 +234,92 @@ def test_failed_parity_stops_before_the_archive(
             ARCH, "random", tmp_path / "store", handler=exported.handler, parity_shapes=SMALL_SHAPES
         )
     assert not (tmp_path / "store" / "deeplabv3.mar").exists()
+
+
+# --- the parity gate, one criterion at a time ---------------------------------------------------------------
+
+is_scripting = torch.jit.is_scripting  # type: ignore[attr-defined]  # (not in torch.jit's __all__)
+PARITY_SHAPE = (1, 3, 100, 100)  # 10,000 pixels: one pixel is exactly the 0.01 % the argmax bar allows
+
+
+class ScriptedDiffers(torch.nn.Module):
+    """Two-class logits that its TorchScript computes differently from its eager self.
+
+    Eager: class 1 wins every pixel by 1.0, except the first ``flips`` pixels of the first row, where it wins
+    by 1e-5. Scripted: every logit moved by ``shift``; class 0 wins those ``flips`` pixels by 1e-5 (a change
+    of 2e-5, far under the logit bar); ``crop`` rows fewer.
+    """
+
+    def __init__(self, *, shift: float = 0.0, flips: int = 0, crop: int = 0) -> None:
+        super().__init__()
+        self.shift = shift
+        self.flips = flips
+        self.crop = crop
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = torch.zeros(x.size(0), 2, x.size(2), x.size(3))
+        logits[:, 1] = 1.0
+        logits[0, 1, 0, : self.flips] = 1e-5
+        if is_scripting():  # the exported file, not the checkpoint
+            logits = logits + self.shift
+            logits[0, 0, 0, : self.flips] = self.shift + 2e-5
+            logits = logits[:, :, : x.size(2) - self.crop]
+        return {"out": logits}
+
+
+def export_differing(
+    model: ScriptedDiffers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, Callable[[], ExportResult]]:
+    """The model store, and an export of ``model`` (as if its checkpoint held it) into it."""
+    import training.export as export_module
+
+    built = BuiltModel(model, ARCH, ("sky", "sea"), Provenance("random", None, None, untrained=True))
+    monkeypatch.setattr(export_module, "_build", lambda *_: built)
+    store, handler = tmp_path / "store", _write_handler(tmp_path / "handler")
+    return store, lambda: export_archive(ARCH, "random", store, handler=handler, parity_shapes=[PARITY_SHAPE])
+
+
+def test_parity_within_both_limits_is_exported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Logits 7e-5 apart (limit 1e-4) and one pixel of 10,000 with another class (the most allowed).
+    store, export = export_differing(ScriptedDiffers(shift=5e-5, flips=1), tmp_path, monkeypatch)
+    parity = export().parity
+    assert parity.max_abs_diff == pytest.approx(7e-5, rel=1e-3)
+    assert parity.argmax_agreement == 0.9999 and parity.passed
+    assert (store / "deeplabv3.mar").is_file()
+
+
+PARITY_FAILED = f"TorchScript parity failed for {ARCH}: "
+
+
+@pytest.mark.parametrize(
+    ("differs", "refusal"),
+    [
+        # Every pixel keeps its class: only the logit criterion fails.
+        pytest.param(
+            ScriptedDiffers(shift=2e-4),
+            PARITY_FAILED + "max |Δlogit| 0.0002 (limit 0.0001), argmax agreement 1.000000 (min 0.9999)",
+            id="logits-past-the-limit",
+        ),
+        # Logits 2e-5 apart, within the limit: only the argmax criterion fails (2 pixels of 10,000 differ).
+        pytest.param(
+            ScriptedDiffers(flips=2),
+            PARITY_FAILED + "max |Δlogit| 2e-05 (limit 0.0001), argmax agreement 0.999800 (min 0.9999)",
+            id="argmax-under-the-bar",
+        ),
+        pytest.param(
+            ScriptedDiffers(crop=1),
+            "scripted output shape (1, 2, 99, 100) != eager (1, 2, 100, 100)",
+            id="another-output-shape",
+        ),
+    ],
+)
+def test_each_parity_criterion_alone_refuses_the_export(
+    differs: ScriptedDiffers, refusal: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, export = export_differing(differs, tmp_path, monkeypatch)
+    with pytest.raises(ExportError, match=re.escape(refusal)):
+        export()
+    assert not (store / "deeplabv3.mar").exists()
 
 
 def test_missing_handler_is_named(tmp_path: Path) -> None:

@@ -10,9 +10,9 @@ TorchServe 0.12 writes ``key_file.json`` (0600) into its working directory with 
 
 ``KeyRenewer`` renews each key when half of its lifetime is left and keeps ``inference.key`` (the inference
 key alone, mode 0600, replaced atomically) in step with key_file.json. The board reads that file on every call
-(``--segmentation-token-file``) and never sees the management or API key. ``seg_handler.launch run`` runs the
-renewer as a thread; ``launch start`` as a detached process (``launch renew``) tracked by ``renewer.pid`` and
-stopped by ``launch stop``; it also exits by itself once TorchServe is gone.
+(``--segmentation-token-file``) and never sees the management or API key. The launcher's ``run`` runs the
+renewer as a thread; its ``start`` as a detached process (``renew``) tracked by ``renewer.pid`` and stopped by
+its ``stop``; it also exits by itself once TorchServe is gone.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,6 +34,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from seg_handler.launcher import processes
+from seg_handler.launcher.settings import REPO_ROOT
+
 logger = logging.getLogger(__name__)
 
 KINDS = ("management", "inference")
@@ -44,6 +46,7 @@ RENEW_AT_REMAINING = 0.5
 MAX_SLEEP_S = 60.0
 RETRY_S = 2.0
 DEFAULT_LIFETIME_MIN = 60.0  # TorchServe's default token_expiration_min
+RENEWER_MODULE = "seg_handler.launcher"  # `python -m` this with `renew` runs a detached renewer
 
 
 class KeyRenewalError(RuntimeError):
@@ -167,7 +170,7 @@ class KeyRenewer:
 
 
 class RenewerThread:
-    """A KeyRenewer in a daemon thread of this process (``launch run``)."""
+    """A KeyRenewer in a daemon thread of this process (the launcher's ``run``)."""
 
     def __init__(self, renewer: KeyRenewer) -> None:
         self._stop = threading.Event()
@@ -189,18 +192,10 @@ def lifetime_from_properties(properties: dict[str, str]) -> timedelta:
 
 
 def start_detached(runtime_dir: Path, pid_file: Path, log_file: Path) -> int:
-    """Start ``python -m seg_handler.launch renew`` for ``runtime_dir`` in its own session; its pid, also
+    """Start ``python -m seg_handler.launcher renew`` for ``runtime_dir`` in its own session; its pid, also
     written to ``pid_file``. It exits by itself when the TorchServe of ``runtime_dir`` is gone."""
-    command = [sys.executable, "-m", "seg_handler.launch", "renew", "--runtime-dir", str(runtime_dir)]
-    with log_file.open("ab") as log:
-        proc = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=Path(__file__).resolve().parent.parent,
-        )
+    command = [sys.executable, "-m", RENEWER_MODULE, "renew", "--runtime-dir", str(runtime_dir)]
+    proc = processes.start(command, log_file, cwd=REPO_ROOT)
     pid_file.write_text(str(proc.pid))
     return proc.pid
 
@@ -227,7 +222,7 @@ def stop_detached(pid_file: Path, timeout: float = 10.0) -> bool:
 
 
 def is_renewer(pid: int) -> bool:
-    """True when ``pid`` is a live `seg_handler.launch renew` process."""
+    """True when ``pid`` is a live `seg_handler.launcher renew` process."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -237,4 +232,4 @@ def is_renewer(pid: int) -> bool:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
         return False
-    return b"seg_handler.launch" in cmdline and b"renew" in cmdline
+    return RENEWER_MODULE.encode() in cmdline and b"renew" in cmdline

@@ -1,0 +1,82 @@
+"""What /proc says about the servers under measurement: their process trees, memory and CPU time."""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first); None when ``pid`` is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (from /proc), depth first."""
+    parents: dict[int, list[int]] = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        fields = _stat_fields(int(stat.split("/")[2]))
+        if fields is not None:
+            parents.setdefault(int(fields[1]), []).append(int(stat.split("/")[2]))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User + system CPU seconds of ``pids`` so far (processes that are gone count nothing)."""
+    ticks = 0
+    for pid in pids:
+        fields = _stat_fields(pid)
+        if fields is not None:
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / _CLOCK_TICKS
+
+
+def _status_kb(path: Path, key: str) -> int:
+    for line in path.read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1])
+    return 0
+
+
+def _role(cmdline: str) -> str:
+    if "resource_tracker" in cmdline:
+        return "multiprocessing resource tracker"
+    return "worker" if "spawn_main" in cmdline or "fork" in cmdline else "child"
+
+
+def process_tree_rss(pid: int) -> list[dict[str, Any]]:
+    """RSS and PSS in MB of ``pid`` and each of its descendants, with their command lines. RSS counts pages
+    shared between forked processes in each of them; PSS splits them, so the PSS column sums honestly."""
+    rows = []
+    for member in [pid, *descendants(pid)]:
+        proc = Path(f"/proc/{member}")
+        try:
+            rss, pss = _status_kb(proc / "status", "VmRSS:"), _status_kb(proc / "smaps_rollup", "Pss:")
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        rows.append(
+            {
+                "pid": member,
+                "role": _role(cmdline) if member != pid else "main",
+                "rss_mb": round(rss / 1024, 1),
+                "pss_mb": round(pss / 1024, 1),
+                "cmd": cmdline[:120],
+            }
+        )
+    return rows

@@ -1,0 +1,82 @@
+"""The servers a benchmark measures: started in a process group of their own, awaited until they say where
+they listen, stopped with their group (seg_handler/launcher/processes.py, as `make run` and the tests do)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from seg_handler.launcher import processes
+
+
+@dataclass
+class Server:
+    """A started server process (or several, for the reuse-port floor) and where to reach it."""
+
+    name: str
+    target: str
+    procs: list[subprocess.Popen[bytes]]
+    logs: list[Path]
+
+    @property
+    def pid(self) -> int:
+        return self.procs[0].pid
+
+    def check_alive(self) -> None:
+        """Raise RuntimeError with the end of its log when any of its processes has exited."""
+        for proc, log in zip(self.procs, self.logs, strict=True):
+            if proc.poll() is not None:
+                tail = processes.log_tail(log)
+                raise RuntimeError(f"{self.name} (pid {proc.pid}) exited with {proc.returncode}:\n{tail}")
+
+
+@contextmanager
+def running(
+    name: str, args: Sequence[str], work: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> Iterator[Server]:
+    """Start a server that logs 'listening on HOST:PORT' (log in ``work``, run in ``cwd``, default ``work``);
+    yield it; stop it and its process group. Raises RuntimeError (StartError) when it does not start."""
+    log = work / f"{name}.log"
+    since = processes.log_size(log)
+    proc = processes.start(args, log, env=env, cwd=cwd or work)
+    try:
+        listening = processes.wait_listening(proc, log, timeout=120, since=since)
+        yield Server(name, f"127.0.0.1:{listening.port}", [proc], [log])
+    finally:
+        processes.stop(proc)
+
+
+@dataclass(frozen=True)
+class BoardFeatures:
+    """What the installed board-server offers (read from --help: the bench runs against old and new)."""
+
+    processes: bool
+    metrics: bool
+
+    @classmethod
+    def probe(cls, executable: Path) -> BoardFeatures:
+        """Raise SystemExit with its output when board-server cannot even print its help."""
+        done = subprocess.run([str(executable), "--help"], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"`board-server --help` failed ({done.returncode}):\n{done.stderr[-2000:]}")
+        return cls(processes="--processes" in done.stdout, metrics="--metrics-address" in done.stdout)
+
+
+def board_executable() -> Path:
+    """The virtualenv's `board-server` entry point (beside this Python), else the one on PATH."""
+    beside = Path(sys.executable).parent / "board-server"
+    found = beside if beside.exists() else shutil.which("board-server")
+    if not found:
+        raise SystemExit("board-server not found: run `make install`")
+    return Path(found)
+
+
+def clean_env() -> dict[str, str]:
+    """This environment without BOARD_* and OTEL_* variables: the board runs with its defaults."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("BOARD_", "OTEL_"))}

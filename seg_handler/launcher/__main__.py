@@ -1,0 +1,68 @@
+"""The launcher's command line (`make serve`, `make stop`, `make run`):
+
+    python -m seg_handler.launcher start --model-store model_store     # returns once the model is READY
+    python -m seg_handler.launcher stop
+    python -m seg_handler.launcher run --model-store model_store       # foreground, Ctrl-C stops both
+
+Whatever runs TorchServe renews its keys before they expire and keeps ``inference.key`` current for the board:
+`run` in a thread, `start` in a detached `renew` process that `stop` stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from seg_handler.launcher import renewal, torchserve
+from seg_handler.launcher.banner import describe_endpoints, weights_banner
+from seg_handler.launcher.run import run
+from seg_handler.launcher.settings import LaunchError, build_settings
+
+logger = logging.getLogger("seg_handler.launcher")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m seg_handler.launcher",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", choices=("start", "stop", "run", "wait-ready", "config", "renew"))
+    parser.add_argument("--model-store", default=None, help="folder holding deeplabv3.mar (SEG_MODEL_STORE)")
+    parser.add_argument("--runtime-dir", default=None, help="config, key file, logs (SEG_RUNTIME_DIR)")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for READY")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = get_args_parser().parse_args(argv)
+    settings = build_settings(args, os.environ)
+    try:
+        if args.command == "start":
+            torchserve.start(settings)
+            renewal.start_renewer(settings)
+            sys.stdout.write(weights_banner(settings) + "\n")
+            sys.stdout.write(describe_endpoints(settings, None) + "\n`make stop` stops it.\n")
+        elif args.command == "stop":
+            stopped = torchserve.stop(settings)
+            sys.stdout.write("TorchServe stopped.\n" if stopped else "TorchServe was not running.\n")
+        elif args.command == "wait-ready":
+            torchserve.wait_ready(settings)
+        elif args.command == "config":
+            sys.stdout.write(torchserve.render_config(settings, torchserve.CONFIG_TEMPLATE.read_text()))
+        elif args.command == "renew":
+            return renewal.renew_keys(settings)
+        else:
+            return run(settings)
+    except LaunchError as exc:
+        logger.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
