@@ -104,10 +104,19 @@ class RawGrpcConnection:
     Thread-safe: every h2 operation holds the connection's lock (a pump thread may service it meanwhile).
     """
 
-    def __init__(self, target: str, *, ignore_stream_limit: bool = False, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        ignore_stream_limit: bool = False,
+        timeout: float = 10.0,
+        source: str | None = None,
+    ) -> None:
         host, port = target.rsplit(":", 1)
         self.authority = target
-        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
+        # ``source``: the local address to connect from (127.0.0.2: another peer on the same machine).
+        bind = (source, 0) if source else None
+        self.sock = socket.create_connection((host, int(port)), timeout=timeout, source_address=bind)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.conn = _Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
         self.conn.ignore_stream_limit = ignore_stream_limit

@@ -100,7 +100,7 @@ def run_attachment_command(client: BoardClient, args: argparse.Namespace, output
     """Perform an attachment command and print its result; return the exit status."""
     if args.resource == "attach":
         added = [
-            client.add_attachment(args.post_id, path.name, path.read_bytes(), args.content_type)
+            client.upload_attachment(args.post_id, path.name, path.read_bytes(), args.content_type)
             for path in image_files(args.files)
         ]
         return _show_attachments(client, added, args, output)
@@ -416,7 +416,7 @@ def _demo_tour(client: BoardClient, args: argparse.Namespace, output: Output, st
     console.print(f"created post #{post.id}")
     added = []
     for name, data in _demo_images(args.images, args.limit):
-        attachment = client.add_attachment(post.id, name, data)
+        attachment = client.upload_attachment(post.id, name, data)
         console.print(
             join("attached ", status_line(attachment), f" ({attachment.width}x{attachment.height})")
         )

@@ -6,8 +6,12 @@
         post = board.create_post(0, "Hello", "First post")            # 0: as the signed-in user
         for attachment in board.watch_attachment(7): ...
 
-TLS: ``BoardClient(target, root_certificates=open("ca.pem", "rb").read())`` (or ``tls=True`` for the system
-roots). Every failed call raises a BoardClientError subclass carrying the status code, the message and, for
+TLS is the default for any target off this machine (the system's roots, or ``root_certificates=`` PEM
+bytes); a loopback target is plaintext. ``tls=False`` is plaintext anywhere (a trusted network, a TLS proxy
+on the client's side), ``tls=True`` TLS even on loopback. Images go up with ``upload_attachment`` (chunks of
+256 KiB over UploadAttachment; every request message of the board is at most 1 MiB).
+
+Every failed call raises a BoardClientError subclass carrying the status code, the message and, for
 INVALID_ARGUMENT, the field violations (field → description) sent by the server; RESOURCE_EXHAUSTED carries
 the server's RetryInfo delay when it sent one.
 """
@@ -22,11 +26,17 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import empty_pb2, field_mask_pb2
 
+from clients.channels import open_channel
 from clients.gen.board.v1 import board_pb2, board_pb2_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 10.0
+# Answers may carry a whole attachment (20 MiB by default on the server); requests stay under 1 MiB.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Bytes per UploadAttachment message: well under the board's 1 MiB per message, large enough to be cheap.
+UPLOAD_CHUNK_BYTES = 256 * 1024
+# An upload's deadline grows with its size: the call timeout plus this long per MiB (a slow link).
+UPLOAD_SECONDS_PER_MIB = 2.0
 
 Response = TypeVar("Response")
 
@@ -135,8 +145,9 @@ def error_from_rpc(error: grpc.RpcError) -> BoardClientError:
 class BoardClient:
     """Client of one board server; use as a context manager or call ``close()``.
 
-    ``token`` (an access token from ``sign_in``) goes with every call as ``authorization: Bearer``;
-    ``root_certificates`` (PEM) or ``tls=True`` (system roots) make the channel TLS.
+    ``token`` (an access token from ``sign_in``) goes with every call as ``authorization: Bearer``. The
+    channel is TLS unless the target is loopback (``tls=None``, the default); ``tls=False`` forces plaintext,
+    ``tls=True`` TLS; ``root_certificates`` (PEM) replace the system's roots.
     """
 
     target: str = DEFAULT_TARGET
@@ -144,20 +155,17 @@ class BoardClient:
     options: Sequence[tuple[str, Any]] = field(default_factory=list)
     token: str | None = None
     root_certificates: bytes | None = None
-    tls: bool = False
+    tls: bool | None = None
 
     def __post_init__(self) -> None:
-        # Attachments travel in one message: allow the server's default limit (20 MiB + headroom) both ways.
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             *self.options,
         ]
-        if self.tls or self.root_certificates is not None:
-            credentials = grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
-            self._channel = grpc.secure_channel(self.target, credentials, options=options)
-        else:
-            self._channel = grpc.insecure_channel(self.target, options=options)
+        self._channel = open_channel(
+            self.target, tls=self.tls, root_certificates=self.root_certificates, options=options
+        )
         self._stub = board_pb2_grpc.BoardServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     def __repr__(self) -> str:  # never show the token
@@ -379,11 +387,41 @@ class BoardClient:
         *,
         timeout: float | None = None,
     ) -> board_pb2.Attachment:
-        """Upload an image to a post; it comes back PENDING and is tagged in the background."""
+        """AddAttachment: an image in one message, so at most about 1 MiB (``upload_attachment`` takes any
+        size up to the server's limit); it comes back PENDING and is tagged in the background."""
         request = board_pb2.AddAttachmentRequest(
             post_id=post_id, filename=filename, content_type=content_type, data=data
         )
         return self._call(self._stub.AddAttachment, request, board_pb2.Attachment, timeout)
+
+    def upload_attachment(
+        self,
+        post_id: int,
+        filename: str,
+        data: bytes,
+        content_type: str = "",
+        *,
+        chunk_bytes: int = UPLOAD_CHUNK_BYTES,
+        timeout: float | None = None,
+    ) -> board_pb2.Attachment:
+        """UploadAttachment: the metadata (with the size), then ``data`` in chunks of ``chunk_bytes``; any
+        size up to the server's attachment limit. It comes back PENDING and is tagged in the background.
+        The default deadline is the client's timeout plus 2 s per MiB."""
+        if chunk_bytes < 1:
+            raise ValueError("chunk_bytes must be at least 1")
+        metadata = board_pb2.UploadAttachmentMetadata(
+            post_id=post_id, filename=filename, content_type=content_type, size_bytes=len(data)
+        )
+
+        def messages() -> Iterator[board_pb2.UploadAttachmentRequest]:
+            yield board_pb2.UploadAttachmentRequest(metadata=metadata)
+            view = memoryview(data)
+            for start in range(0, len(data), chunk_bytes):
+                yield board_pb2.UploadAttachmentRequest(chunk=bytes(view[start : start + chunk_bytes]))
+
+        if timeout is None:
+            timeout = self.timeout + UPLOAD_SECONDS_PER_MIB * len(data) / (1024 * 1024)
+        return self._call(self._stub.UploadAttachment, messages(), board_pb2.Attachment, timeout)
 
     def get_attachment(self, attachment_id: int, *, timeout: float | None = None) -> board_pb2.Attachment:
         request = board_pb2.GetAttachmentRequest(id=attachment_id)

@@ -5,9 +5,10 @@
     board posts list --filter 'label.dog >= 0.2' --order-by 'create_time desc' --with-attachments
     board --json comments get 7
 
-Human-readable tables by default, ``--json`` for machines. The server is ``--target`` (env BOARD_TARGET);
-``--tls`` / ``--ca-file`` (env BOARD_TLS, BOARD_CA_FILE) for a TLS server. The access token comes from
-BOARD_TOKEN or from `board login`'s file (clients/credentials.py). Server text is printed literally.
+Human-readable tables by default, ``--json`` for machines. The server is ``--target`` (env BOARD_TARGET),
+reached over TLS unless it is loopback (``--ca-file`` / BOARD_CA_FILE for a private CA, ``--tls`` for TLS on
+loopback too, ``--plaintext`` / BOARD_PLAINTEXT to opt out, as grpcurl's ``-plaintext``). The access token
+comes from BOARD_TOKEN or from `board login`'s file (clients/credentials.py). Server text is shown literally.
 """
 
 from __future__ import annotations
@@ -64,10 +65,16 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--target", default=None, help=f"HOST:PORT of the server (env BOARD_TARGET, default {DEFAULT_TARGET})"
     )
     parser.add_argument(
-        "--tls", action="store_true", default=None, help="TLS with the system's roots (BOARD_TLS)"
+        "--tls", action="store_true", default=None, help="TLS even to a loopback target (env BOARD_TLS)"
     )
     parser.add_argument(
         "--ca-file", type=Path, help="TLS with these PEM root certificates (env BOARD_CA_FILE)"
+    )
+    parser.add_argument(
+        "--plaintext",
+        action="store_true",
+        default=None,
+        help="no TLS, even to a remote target (env BOARD_PLAINTEXT; default: TLS unless loopback)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call (default 10)")
@@ -293,7 +300,7 @@ def _env_flag(env: Mapping[str, str], name: str) -> bool:
 
 
 def _connect(args: argparse.Namespace, env: Mapping[str, str], credential: Credential | None) -> BoardClient:
-    target = args.target or env.get("BOARD_TARGET") or DEFAULT_TARGET
+    target = _target(args, env)
     ca_file = args.ca_file or (Path(env["BOARD_CA_FILE"]) if env.get("BOARD_CA_FILE") else None)
     roots = None
     if ca_file is not None:
@@ -301,7 +308,11 @@ def _connect(args: argparse.Namespace, env: Mapping[str, str], credential: Crede
             roots = ca_file.read_bytes()
         except OSError as exc:
             raise UsageError(f"cannot read the CA file {ca_file}: {exc.strerror}") from None
-    tls = bool(args.tls) or _env_flag(env, "BOARD_TLS") or roots is not None
+    plaintext = bool(args.plaintext) or _env_flag(env, "BOARD_PLAINTEXT")
+    wants_tls = bool(args.tls) or _env_flag(env, "BOARD_TLS") or roots is not None
+    if plaintext and wants_tls:
+        raise UsageError("--plaintext (BOARD_PLAINTEXT) cannot go with --tls or --ca-file")
+    tls = False if plaintext else (True if wants_tls else None)  # None: TLS unless the target is loopback
     return BoardClient(
         target,
         timeout=args.timeout,

@@ -21,7 +21,10 @@ Every failure is one of these SegmentError subclasses, so a caller can tell a ba
 - SegmentCancelledError: the call was cancelled, and not for its size [CANCELLED; TorchServe also cancels a
   request over max_request_size, which this client does not send];
 - SegmentBadAnswerError: an answer that is not what the handler writes [OK with a malformed body];
-- SegmentServerError (base of the three above): any other server failure [INTERNAL, UNKNOWN / 5xx].
+- SegmentServerError (base of the three above): any other server failure [INTERNAL, UNKNOWN / 5xx];
+- SegmentInsecureTargetError: a gRPC call to a target off this machine without TLS (``root_certificates``)
+  and without ``allow_plaintext``: refused before connecting, so that the inference key never crosses a
+  network in plaintext.
 
 TorchServe 0.12 gives a rejected image a non-OK gRPC status only when the handler raises (it does for a
 request alone in its batch, the default); a rejection that shared a batch still comes as OK with an error
@@ -41,6 +44,8 @@ from typing import Any, Literal
 
 import grpc
 import requests
+
+from clients.channels import is_local_target, open_channel
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +106,10 @@ class SegmentWorkerDiedError(SegmentServerError):
 
 class SegmentCancelledError(SegmentServerError):
     """The call was cancelled (by the server or by closing the client) for another reason than its size."""
+
+
+class SegmentInsecureTargetError(SegmentError):
+    """A gRPC target off this machine without TLS: the inference key would cross the network in plaintext."""
 
 
 class SegmentBadAnswerError(SegmentServerError):
@@ -253,6 +262,8 @@ class SegmentClient:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         channel_options: Sequence[tuple[str, Any]] = (),
         max_request_bytes: int = MAX_MESSAGE_BYTES,
+        root_certificates: bytes | None = None,
+        allow_plaintext: bool = False,
     ) -> None:
         self.endpoints = endpoints
         self.tokens = tokens
@@ -262,6 +273,10 @@ class SegmentClient:
         self.max_request_bytes = max_request_bytes
         # Extra gRPC channel options, e.g. a short max reconnect backoff for a long-lived background caller.
         self.channel_options = list(channel_options)
+        # gRPC inference: TLS with these roots; without them plaintext, to a loopback target only unless
+        # ``allow_plaintext`` (a trusted network).
+        self.root_certificates = root_certificates
+        self.allow_plaintext = allow_plaintext
         self._http = requests.Session()
         self._channel: grpc.Channel | None = None
         self._predict: Any = None
@@ -370,8 +385,17 @@ class SegmentClient:
         if self._predict is None:
             from clients.gen.torchserve import inference_pb2_grpc
 
-            self._channel = grpc.insecure_channel(
-                self.endpoints.grpc_inference_target,
+            target = self.endpoints.grpc_inference_target
+            tls = self.root_certificates is not None
+            if not tls and not self.allow_plaintext and not is_local_target(target):
+                raise SegmentInsecureTargetError(
+                    f"refusing to send the inference key in plaintext to {target}: give root certificates "
+                    "(TLS), or allow plaintext on a network you trust"
+                )
+            self._channel = open_channel(
+                target,
+                tls=tls,
+                root_certificates=self.root_certificates,
                 options=[
                     # The image plus the request's few fields.
                     ("grpc.max_send_message_length", self.max_request_bytes + 64 * 1024),

@@ -1,7 +1,14 @@
-"""The one interceptor of the board's calls: decoding, who is calling, deadline, errors, and call observers.
+"""The one interceptor of the board's calls: per-client limits, decoding, who is calling, deadline, errors,
+and call observers.
 
 For every board.v1 method, once per method (the wrapped handler is cached):
 
+- every method takes its request as a stream (a unary request is a one-message stream on the wire, so
+  clients see no difference): the handler runs when the headers arrive, before any message, so that the
+  peer's and the user's calls in progress are counted from that moment (api/limits.py; RESOURCE_EXHAUSTED
+  beyond ``max_calls_per_peer``), the caller is authenticated from the headers before a byte of the body is
+  read, and a request that has not arrived within ``request_timeout_s`` ends the call (DEADLINE_EXCEEDED);
+  an upload's every message must arrive within it, and the whole upload within ``upload_timeout_s``;
 - requests that protobuf cannot decode (invalid UTF-8 in a string field, truncated bytes) are answered
   INVALID_ARGUMENT instead of the INTERNAL that gRPC would give;
 - the ``authorization`` metadata is turned into the ``Caller`` that ``current_caller()`` returns to the
@@ -19,12 +26,22 @@ import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import grpc
 from google.protobuf.message import DecodeError
 
+from board_server.api.limits import (
+    CallLimits,
+    CallsInProgress,
+    PeerIdentity,
+    RequestTimedOut,
+    limit_other,
+    messages_within,
+    peer_key,
+)
 from board_server.api.status import to_grpc_status
 from board_server.core.errors import BoardError, FieldViolation, InvalidArgument, NotFound
 from board_server.domain.accounts import ANONYMOUS, Accounts, Caller
@@ -79,7 +96,7 @@ else:  # grpc's runtime class is not generic; only its stubs are.
 
 
 class BoardInterceptor(_ServerInterceptor):
-    """See the module docstring. Only methods of ``service`` are wrapped; health and reflection pass."""
+    """See the module docstring. board.v1 gets all of it; health and reflection the peer limits alone."""
 
     def __init__(
         self,
@@ -87,12 +104,16 @@ class BoardInterceptor(_ServerInterceptor):
         accounts: Accounts,
         *,
         call_timeout_s: float,
+        limits: CallLimits,
         observers: Sequence[CallObserver] = (),
     ) -> None:
         self._prefix = f"/{service}/"
         self._service = service
         self._accounts = accounts
         self._timeout = call_timeout_s
+        self._limits = limits
+        self._peers = PeerIdentity(limits.trusted_proxies)
+        self._calls = CallsInProgress(limits.max_calls_per_peer)
         self._observers = tuple(observers)
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
@@ -106,32 +127,64 @@ class BoardInterceptor(_ServerInterceptor):
         if wrapped is not None:
             return wrapped
         handler = await continuation(handler_call_details)
-        if handler is None or not method.startswith(self._prefix):
+        if handler is None:
             return handler
-        wrapped = self._wrap(method[len(self._prefix) :], handler)
+        if method.startswith(self._prefix):
+            wrapped = self._wrap(method[len(self._prefix) :], handler)
+        else:
+            wrapped = limit_other(handler, self._peers, self._calls, self._limits.request_timeout_s)
         self._wrapped[method] = wrapped
         return wrapped
 
     def _wrap(self, name: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         deserialize = _safe(handler.request_deserializer)
+        serialize = handler.response_serializer
         if handler.unary_unary is not None:
-            unary = handler.unary_unary
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(name, unary),
-                request_deserializer=deserialize,
-                response_serializer=handler.response_serializer,
-            )
+            unary = self._unary(name, handler.unary_unary)
+            return grpc.stream_unary_rpc_method_handler(unary, deserialize, serialize)
         if handler.unary_stream is not None:
-            stream = cast(Callable[..., AsyncIterator[Any]], handler.unary_stream)
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(name, stream),
-                request_deserializer=deserialize,
-                response_serializer=handler.response_serializer,
-            )
-        return handler  # board.v1 has no client-streaming methods
+            stream = self._stream(name, cast(Callable[..., AsyncIterator[Any]], handler.unary_stream))
+            return grpc.stream_stream_rpc_method_handler(stream, deserialize, serialize)
+        if handler.stream_unary is not None:
+            upload = self._upload(name, handler.stream_unary)
+            return grpc.stream_unary_rpc_method_handler(upload, deserialize, serialize)
+        return handler  # board.v1 has no bidirectional methods
 
-    async def _enter(self, name: str, request: Any, context: Context) -> None:
-        """Checks before the servicer runs: the request decoded, the caller authenticated."""
+    # --- before the servicer runs ------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _admitted(self, name: str, context: Context) -> AsyncIterator[None]:
+        """From the headers alone: the peer's call counted, the caller authenticated (``current_caller()``
+        and ``Caller.peer``), the user's call counted; for the rest of the block."""
+        metadata = context.invocation_metadata()
+        peer = self._peers.identify(context.peer(), metadata)
+        with self._calls.held(peer_key(peer), "this address"):
+            authorization = None
+            if name not in _NO_AUTH:
+                for key, value in metadata or ():
+                    if key == "authorization":
+                        authorization = value if isinstance(value, str) else ""
+                        break
+            caller = replace(await self._accounts.authenticate(authorization), peer=peer)
+            _CALLER.set(caller)
+            with self._user_held(caller):
+                yield
+
+    def _user_held(self, caller: Caller) -> AbstractContextManager[None]:
+        if caller.user_id is None:
+            return nullcontext()
+        return self._calls.held(f"user:{caller.user_id}", "this user")
+
+    async def _request(self, name: str, requests: AsyncIterator[Any]) -> Any:
+        """The one message of a unary request, within the request timeout, decoded."""
+        messages = messages_within(requests, self._limits.request_timeout_s, every=False)
+        request = await anext(messages, None)
+        if request is None:
+            raise InvalidArgument([FieldViolation("request", "the call ended before its request message")])
+        self._check_decoded(name, request)
+        return request
+
+    def _check_decoded(self, name: str, request: Any) -> None:
         if isinstance(request, _Undecodable):
             raise InvalidArgument(
                 [
@@ -140,18 +193,17 @@ class BoardInterceptor(_ServerInterceptor):
                     )
                 ]
             )
-        authorization = None
-        if name not in _NO_AUTH:
-            for key, value in context.invocation_metadata() or ():
-                if key == "authorization":
-                    authorization = value if isinstance(value, str) else ""
-                    break
-        _CALLER.set(await self._accounts.authenticate(authorization))
+
+    # --- the three kinds of board.v1 method ----------------------------------------------------------------
 
     def _unary(self, name: str, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        async def guarded(request: Any, context: Context) -> Any:
-            async with self._outcome(name, context), asyncio.timeout(self._timeout):
-                await self._enter(name, request, context)
+        async def guarded(requests: AsyncIterator[Any], context: Context) -> Any:
+            async with (
+                self._outcome(name, context),
+                asyncio.timeout(self._timeout),
+                self._admitted(name, context),
+            ):
+                request = await self._request(name, requests)
                 return await behaviour(request, context)
 
         return guarded
@@ -159,17 +211,38 @@ class BoardInterceptor(_ServerInterceptor):
     def _stream(
         self, name: str, behaviour: Callable[..., AsyncIterator[Any]]
     ) -> Callable[..., AsyncIterator[Any]]:
-        async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
-            async with self._outcome(name, context):
-                await self._enter(name, request, context)
+        async def guarded(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+            async with self._outcome(name, context), self._admitted(name, context):
+                request = await self._request(name, requests)
                 async for item in behaviour(request, context):
                     yield item
 
         return guarded
 
+    def _upload(self, name: str, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def guarded(requests: AsyncIterator[Any], context: Context) -> Any:
+            timeout = self._limits.upload_timeout_s
+            async with (
+                self._outcome(name, context, timeout),
+                asyncio.timeout(timeout),
+                self._admitted(name, context),
+            ):
+                messages = messages_within(requests, self._limits.request_timeout_s, every=True)
+                return await behaviour(self._decoded(name, messages), context)
+
+        return guarded
+
+    async def _decoded(self, name: str, messages: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for message in messages:
+            self._check_decoded(name, message)
+            yield message
+
     @asynccontextmanager
-    async def _outcome(self, name: str, context: Context) -> AsyncIterator[None]:
-        """Around one call: observers told of its start and end, every exception turned into its status."""
+    async def _outcome(
+        self, name: str, context: Context, timeout_s: float | None = None
+    ) -> AsyncIterator[None]:
+        """Around one call: observers told of its start and end, every exception turned into its status
+        (``timeout_s``: the call's own deadline, when not the call timeout)."""
         started = time.perf_counter()
         for observer in self._observers:
             observer.started(self._service, name)
@@ -180,10 +253,14 @@ class BoardInterceptor(_ServerInterceptor):
             status = self._status_of(name, exc)
             code = status.code
             await context.abort(status.code, status.details, status.trailing_metadata)
+        except RequestTimedOut as exc:
+            code = grpc.StatusCode.DEADLINE_EXCEEDED
+            await context.abort(code, str(exc))
         except TimeoutError:
             code = grpc.StatusCode.DEADLINE_EXCEEDED
-            logger.warning("%s gave up after %.1fs (server-side deadline)", name, self._timeout)
-            await context.abort(code, f"the server gave up after {self._timeout:g} s; retry later")
+            seconds = self._timeout if timeout_s is None else timeout_s
+            logger.warning("%s gave up after %.1fs (server-side deadline)", name, seconds)
+            await context.abort(code, f"the server gave up after {seconds:g} s; retry later")
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise

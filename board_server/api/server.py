@@ -2,10 +2,12 @@
 grpc.health.v1, reflection) bound to a port, and a health status that tells the truth about the database.
 
 The server is grpc.aio: every call is a coroutine on one event loop, so idle streams and slow uploads cost
-memory, not threads. Abuse limits are gRPC's own: at most ``max_concurrent_rpcs`` calls in progress
-(RESOURCE_EXHAUSTED beyond), ``max_streams_per_connection`` per connection, keepalive pings that find dead
-peers and refuse clients that ping too often, idle connections closed and old ones asked to reconnect; the
-interceptor adds a server-side deadline per call. Several processes can share the port (SO_REUSEPORT).
+memory, not threads. gRPC's own limits: request messages of at most ``max_message_bytes`` (refused from their
+length prefix, before the body is read), at most ``max_concurrent_rpcs`` calls in progress (a memory
+backstop, RESOURCE_EXHAUSTED beyond), ``max_streams_per_connection`` per connection, keepalive pings that find
+dead peers and refuse clients that ping too often, idle connections closed and old ones asked to reconnect.
+The interceptor adds the limits per client (api/limits.py) and a server-side deadline per call. Several
+processes can share the port (SO_REUSEPORT).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 
 from board_server.api.interceptors import BoardInterceptor, CallObserver
+from board_server.api.limits import CallLimits
 from board_server.api.servicer import BoardServicer
 from board_server.domain.accounts import Accounts
 from board_server.domain.board import Board
@@ -39,9 +42,19 @@ class TransportSettings(Protocol):
     """What the gRPC transport reads of the settings (runtime/config.py's Settings has all of it)."""
 
     @property
-    def grpc_message_limit(self) -> int: ...
+    def grpc_receive_limit(self) -> int: ...
+    @property
+    def grpc_send_limit(self) -> int: ...
     @property
     def max_concurrent_rpcs(self) -> int: ...
+    @property
+    def max_calls_per_peer(self) -> int: ...
+    @property
+    def trusted_proxies(self) -> tuple[str, ...]: ...
+    @property
+    def request_timeout_s(self) -> float: ...
+    @property
+    def upload_timeout_s(self) -> float: ...
     @property
     def max_streams_per_connection(self) -> int: ...
     @property
@@ -69,9 +82,9 @@ def server_options(settings: TransportSettings, *, reuse_port: bool = False) -> 
     connection idle and age limits."""
     ms = 1000
     return [
-        # Large enough for an attachment of max_attachment_bytes plus the rest of the message.
-        ("grpc.max_receive_message_length", settings.grpc_message_limit),
-        ("grpc.max_send_message_length", settings.grpc_message_limit),
+        # Requests are small (uploads come in chunks); an answer may carry a whole attachment (its content).
+        ("grpc.max_receive_message_length", settings.grpc_receive_limit),
+        ("grpc.max_send_message_length", settings.grpc_send_limit),
         ("grpc.so_reuseport", 1 if reuse_port else 0),
         ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
         # Find peers that vanished without closing (a pulled cable keeps a TCP connection forever).
@@ -130,8 +143,14 @@ async def start_grpc(
 ) -> GrpcServer:
     """Bind board.v1, health and reflection on ``address`` and start serving; ``interceptors`` run before
     the board's own (tracing). Raises RuntimeError if the address cannot be bound."""
+    limits = CallLimits(
+        max_calls_per_peer=settings.max_calls_per_peer,
+        request_timeout_s=settings.request_timeout_s,
+        upload_timeout_s=settings.upload_timeout_s,
+        trusted_proxies=settings.trusted_proxies,
+    )
     interceptor = BoardInterceptor(
-        SERVICE_NAME, accounts, call_timeout_s=settings.call_timeout_s, observers=observers
+        SERVICE_NAME, accounts, call_timeout_s=settings.call_timeout_s, limits=limits, observers=observers
     )
     server = grpc.aio.server(
         interceptors=[*interceptors, interceptor],

@@ -23,6 +23,7 @@ from board_server.api.messages import (
     user_to_proto,
 )
 from board_server.core import spans
+from board_server.core.errors import FieldViolation, InvalidArgument
 from board_server.domain.board import Board
 from clients.gen.board.v1 import board_pb2, board_pb2_grpc
 
@@ -170,6 +171,30 @@ class BoardServicer(board_pb2_grpc.BoardServiceServicer):
             traceparent=spans.current_traceparent(),
         )
         return attachment_to_proto(item)
+
+    async def UploadAttachment(
+        self, request_iterator: AsyncIterator[board_pb2.UploadAttachmentRequest], context: Context
+    ) -> board_pb2.Attachment:
+        caller, uploads = current_caller(), self._board.uploads
+        uploads.require_uploader(caller)  # before a byte of the body is read
+        first = await anext(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "metadata":
+            raise InvalidArgument([FieldViolation("metadata", "the first message must carry the metadata")])
+        meta = first.metadata
+        upload = await uploads.begin(
+            caller,
+            meta.post_id,
+            filename=meta.filename,
+            content_type=meta.content_type,
+            size_bytes=meta.size_bytes,
+        )
+        async for message in request_iterator:
+            if message.WhichOneof("part") != "chunk":
+                raise InvalidArgument(
+                    [FieldViolation("chunk", "every message after the first carries a chunk")]
+                )
+            upload.add(message.chunk)
+        return attachment_to_proto(await upload.finish(traceparent=spans.current_traceparent()))
 
     async def GetAttachment(
         self, request: board_pb2.GetAttachmentRequest, context: Context

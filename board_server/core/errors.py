@@ -91,11 +91,15 @@ class PermissionDenied(BoardError):  # noqa: N818 - domain names, as in the hous
 
 
 class ResourceExhausted(BoardError):  # noqa: N818 - domain names, as in the house style
-    """A limit was reached (a quota, the sign-in limit); ``retry_after_s``: when to try again, if known."""
+    """A limit was reached (a quota, the sign-in limit); ``retry_after_s``: when to try again, if known;
+    ``subject``: whose quota it is (``peer:10.0.0.7``, ``user:3``), sent as a QuotaFailure violation."""
 
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, message: str, retry_after_s: float | None = None, *, subject: str | None = None
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.subject = subject
 
 
 def excerpt(value: str, limit: int = 40) -> str:

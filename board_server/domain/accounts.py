@@ -52,6 +52,8 @@ class Caller:
     unrestricted: bool = False
     # The audit log's name for a caller without a user (the `board-server` commands are the "operator").
     label: str = "anonymous"
+    # Where the call comes from: the client's address (api/limits.py), "" outside a call.
+    peer: str = ""
 
     @property
     def signed_in(self) -> bool:

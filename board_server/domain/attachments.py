@@ -187,12 +187,7 @@ class AttachmentService:
         }
 
         def add(conn: Connection) -> Row[Any]:
-            author = attachment_rows.post_author(conn, post_id, for_update=True)
-            self._accounts.require_owner(caller, author, "this post's attachments")
-            if attachment_rows.count_of_post(conn, post_id) >= self._max_per_post:
-                raise ResourceExhausted(
-                    f"post {post_id} already has {self._max_per_post} attachments, the most a post may hold"
-                )
+            self._require_room(conn, caller, post_id, for_update=True)
             return attachment_rows.add_attachment(conn, values)
 
         row = await self._db.run_write(add)
@@ -202,6 +197,21 @@ class AttachmentService:
         if self._on_added is not None:
             self._on_added()
         return _view(row, ())
+
+    def _require_room(self, conn: Connection, caller: Caller, post_id: int, *, for_update: bool) -> None:
+        """The post exists, the caller may add to it, and it has room; raise PostNotFound, Unauthenticated,
+        PermissionDenied, ResourceExhausted."""
+        author = attachment_rows.post_author(conn, post_id, for_update=for_update)
+        self._accounts.require_owner(caller, author, "this post's attachments")
+        if attachment_rows.count_of_post(conn, post_id) >= self._max_per_post:
+            raise ResourceExhausted(
+                f"post {post_id} already has {self._max_per_post} attachments, the most a post may hold"
+            )
+
+    async def check_room(self, caller: Caller, post_id: int) -> None:
+        """What ``add_attachment`` will check of the post, checked now (before an upload's bytes arrive);
+        raise like ``_require_room``. The add checks again, in its own transaction."""
+        await self._db.run_read(lambda conn: self._require_room(conn, caller, post_id, for_update=False))
 
     async def get_attachment(self, caller: Caller, attachment_id: int) -> AttachmentView:
         """Return the attachment with its labels; raise InvalidArgument, AttachmentNotFound."""

@@ -9,6 +9,7 @@ from board_server.domain.attachments import AttachmentService
 from board_server.domain.comments import CommentService
 from board_server.domain.posts import PostService
 from board_server.domain.retag import Retagging
+from board_server.domain.uploads import Uploads
 from board_server.domain.users import UserService
 
 
@@ -18,4 +19,5 @@ class Board:
     posts: PostService
     comments: CommentService
     attachments: AttachmentService
+    uploads: Uploads
     retagging: Retagging

@@ -24,6 +24,7 @@ from board_server.domain.paging import load_page_tokens
 from board_server.domain.posts import PostService
 from board_server.domain.retag import Retagging
 from board_server.domain.served_models import ServedModels
+from board_server.domain.uploads import Uploads
 from board_server.domain.users import UserService
 from board_server.runtime import tracing
 from board_server.runtime.config import Settings
@@ -57,19 +58,23 @@ def inference_backend(settings: Settings) -> InferenceBackend | None:
         )
         return None
     logger.info(
-        "tagging via TorchServe gRPC %s model %r (key file %s, timeout %.0fs, lease %.0fs, %d attempts)",
+        "tagging via TorchServe gRPC %s (%s) model %r (key file %s, timeout %.0fs, lease %.0fs, %d attempts)",
         settings.segmentation_target,
+        "TLS" if settings.segmentation_ca_file is not None else "plaintext",
         settings.segmentation_model,
         settings.segmentation_token_file or "none",
         settings.segmentation_timeout_s,
         settings.tagging_lease_seconds,
         settings.tagging_max_attempts,
     )
+    ca_file = settings.segmentation_ca_file
     return TorchServeBackend(
         settings.segmentation_target,
         settings.segmentation_model,
         token_file=settings.segmentation_token_file,
         timeout_s=settings.segmentation_timeout_s,
+        root_certificates=ca_file.read_bytes() if ca_file is not None else None,
+        allow_plaintext=settings.allow_plaintext_segmentation,
     )
 
 
@@ -142,6 +147,7 @@ def build_board(
         posts=PostService(database, accounts, tokens, models),
         comments=CommentService(database, accounts, tokens),
         attachments=attachments,
+        uploads=Uploads(attachments, accounts, max_bytes=settings.max_attachment_bytes),
         retagging=Retagging(database, accounts, models, backend),
     )
     return BoardParts(settings, database, accounts, board, backend, tagger, metrics)

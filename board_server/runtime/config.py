@@ -18,6 +18,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from clients.channels import is_local_target, is_loopback_host
+
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9464"
 DEFAULT_DATABASE_FILE = Path("var") / "board.db"
@@ -59,12 +61,18 @@ class Settings:
     processes: int = 1
     # Threads for blocking database work of the event loop (PostgreSQL; SQLite reads run on the loop).
     worker_threads: int = 8
-    max_message_bytes: int = 4 * 1024 * 1024
+    # The largest request message (an upload's chunks included); larger ones are refused at their first bytes.
+    max_message_bytes: int = 1024 * 1024
     grace_seconds: float = 10.0
     sqlite_busy_timeout_ms: int = 30_000
     database_connect_timeout_s: float = 5.0
-    # Abuse limits (per process): concurrent calls beyond the cap get RESOURCE_EXHAUSTED at once.
-    max_concurrent_rpcs: int = 1000
+    # Abuse limits (per process): concurrent calls beyond the cap get RESOURCE_EXHAUSTED at once. The global
+    # cap is a memory backstop well above one peer's share: fairness between peers is max_calls_per_peer's.
+    max_concurrent_rpcs: int = 2048
+    max_calls_per_peer: int = 64
+    trusted_proxies: tuple[str, ...] = ()
+    request_timeout_s: float = 10.0
+    upload_timeout_s: float = 300.0
     max_streams_per_connection: int = 100
     call_timeout_s: float = 30.0
     keepalive_time_s: float = 60.0
@@ -87,6 +95,8 @@ class Settings:
     max_attachments_per_post: int = 20
     segmentation_target: str = ""
     segmentation_token_file: Path | None = None
+    segmentation_ca_file: Path | None = None
+    allow_plaintext_segmentation: bool = False
     segmentation_model: str = "deeplabv3"
     segmentation_timeout_s: float = 60.0
     tagging_workers: int = 2
@@ -105,8 +115,13 @@ class Settings:
         return self.tagging_lease_s or self.segmentation_timeout_s + 30
 
     @property
-    def grpc_message_limit(self) -> int:
-        """Largest gRPC message: the configured limit, raised to fit an attachment plus 1 MiB of headroom."""
+    def grpc_receive_limit(self) -> int:
+        """Largest request message the server reads: ``max_message_bytes`` (uploads come in chunks)."""
+        return self.max_message_bytes
+
+    @property
+    def grpc_send_limit(self) -> int:
+        """Largest answer: an attachment's bytes (GetAttachmentContent) plus 1 MiB of headroom."""
         return max(self.max_message_bytes, self.max_attachment_bytes + 1024 * 1024)
 
     @property
@@ -149,6 +164,15 @@ def _sign_up(text: str) -> bool:
     return value == "open"
 
 
+def _networks(text: str) -> tuple[str, ...]:
+    """Comma-separated CIDRs or addresses, normalised: ``10.0.0.0/8, ::1`` → ('10.0.0.0/8', '::1/128')."""
+    found = []
+    for part in text.split(","):
+        if part.strip():
+            found.append(str(ipaddress.ip_network(part.strip(), strict=False)))
+    return tuple(found)
+
+
 def _read_access(text: str) -> bool:
     value = text.strip().lower()
     if value not in ("anyone", "signed-in"):
@@ -168,11 +192,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("worker_threads", "--workers", "BOARD_WORKERS", int,
            "threads for blocking database work (PostgreSQL; SQLite reads run on the event loop)"),
     Option("max_message_bytes", "--max-message-bytes", "BOARD_MAX_MESSAGE_BYTES", int,
-           "largest message in bytes"),
+           "largest request message in bytes (larger: RESOURCE_EXHAUSTED before it is read)"),
     Option("grace_seconds", "--grace", "BOARD_GRACE_SECONDS", parse_duration,
            "time in-flight calls get on shutdown"),
     Option("max_concurrent_rpcs", "--max-concurrent-rpcs", "BOARD_MAX_CONCURRENT_RPCS", int,
-           "calls in progress per process; more get RESOURCE_EXHAUSTED"),
+           "calls in progress per process, a memory backstop; more get RESOURCE_EXHAUSTED"),
+    Option("max_calls_per_peer", "--max-calls-per-peer", "BOARD_MAX_CALLS_PER_PEER", int,
+           "calls and streams in progress per client address, and per signed-in user (per process)"),
+    Option("trusted_proxies", "--trusted-proxies", "BOARD_TRUSTED_PROXIES", _networks,
+           "CIDRs of proxies whose x-forwarded-for names the client (comma-separated)"),
+    Option("request_timeout_s", "--request-timeout", "BOARD_REQUEST_TIMEOUT", parse_duration,
+           "a request (an upload: each message) must arrive within this long, or the call is ended"),
+    Option("upload_timeout_s", "--upload-timeout", "BOARD_UPLOAD_TIMEOUT", parse_duration,
+           "an UploadAttachment must be received and stored within this long"),
     Option("max_streams_per_connection", "--max-streams-per-connection",
            "BOARD_MAX_STREAMS_PER_CONNECTION", int, "concurrent calls one connection may open"),
     Option("call_timeout_s", "--call-timeout", "BOARD_CALL_TIMEOUT", parse_duration,
@@ -204,6 +236,11 @@ OPTIONS: tuple[Option, ...] = (
            "HOST:PORT of TorchServe's gRPC inference API; empty turns tagging off"),
     Option("segmentation_token_file", "--segmentation-token-file", "BOARD_SEGMENTATION_TOKEN_FILE",
            _optional_path, "file holding TorchServe's inference key, re-read on every call"),
+    Option("segmentation_ca_file", "--segmentation-ca-file", "BOARD_SEGMENTATION_CA_FILE", _optional_path,
+           "PEM root certificates: TLS to the segmentation target"),
+    Option("allow_plaintext_segmentation", "--allow-plaintext-segmentation",
+           "BOARD_ALLOW_PLAINTEXT_SEGMENTATION", _on_off,
+           "on: plaintext to a non-loopback segmentation target (the inference key crosses the network)"),
     Option("segmentation_model", "--segmentation-model", "BOARD_SEGMENTATION_MODEL", str,
            "model name in TorchServe"),
     Option("segmentation_timeout_s", "--segmentation-timeout", "BOARD_SEGMENTATION_TIMEOUT", parse_duration,
@@ -291,17 +328,6 @@ def load_settings(
     return settings
 
 
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and localhost; False for wildcard and every other address."""
-    name = host.strip("[]")
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 def validate(settings: Settings) -> None:
     """Raise ValueError naming the first unusable or unsafe setting."""
     s = settings
@@ -317,6 +343,9 @@ def validate(settings: Settings) -> None:
         (s.max_concurrent_rpcs >= 1, "max concurrent RPCs must be >= 1"),
         (s.max_streams_per_connection >= 1, "max streams per connection must be >= 1"),
         (s.call_timeout_s > 0, "call timeout must be > 0"),
+        (s.max_calls_per_peer >= 1, "max calls per peer must be >= 1"),
+        (s.request_timeout_s > 0, "request timeout must be > 0"),
+        (s.upload_timeout_s > 0, "upload timeout must be > 0"),
         (s.health_check_interval_s > 0, "health interval must be > 0"),
         (s.token_lifetime_s >= 60, "token lifetime must be at least 60 s"),
         (s.max_attachment_bytes >= 1, "max attachment bytes must be >= 1"),
@@ -339,13 +368,19 @@ def validate(settings: Settings) -> None:
             f"({s.segmentation_timeout_s:g}s) by at least {LEASE_MARGIN_S:g}s, so that a call in flight "
             "never outlives its lease"
         )
-    if not s.auth and not is_loopback(s.host):
+    if not s.auth and not is_loopback_host(s.host):
         raise ValueError(
             f"--auth off is for local development only: refused on {s.host!r}; listen on 127.0.0.1 or turn "
             "auth on"
         )
-    if s.auth and not s.tls and not s.allow_plaintext and not is_loopback(s.host):
+    if s.auth and not s.tls and not s.allow_plaintext and not is_loopback_host(s.host):
         raise ValueError(
             f"refusing to accept passwords and tokens in plaintext on {s.host!r}: give --tls-cert-file and "
             "--tls-key-file, or --allow-plaintext when a TLS proxy terminates in front of the board"
+        )
+    remote = [t.strip() for t in s.segmentation_target.split(",") if t.strip() and not is_local_target(t)]
+    if remote and s.segmentation_ca_file is None and not s.allow_plaintext_segmentation:
+        raise ValueError(
+            f"refusing to send the inference key in plaintext to {remote[0]!r}: give --segmentation-ca-file "
+            "(TLS), or --allow-plaintext-segmentation on a network you trust"
         )

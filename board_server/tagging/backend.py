@@ -47,9 +47,19 @@ def tag_result(answer: Segmentation) -> TagResult:
 
 
 class TorchServeBackend:
-    """TorchServe's gRPC inference API, authenticated with the inference key re-read from ``token_file``."""
+    """TorchServe's gRPC inference API, authenticated with the inference key re-read from ``token_file``;
+    TLS with ``root_certificates``, plaintext only to a loopback target unless ``allow_plaintext``."""
 
-    def __init__(self, target: str, model_name: str, *, token_file: Path | None, timeout_s: float) -> None:
+    def __init__(
+        self,
+        target: str,
+        model_name: str,
+        *,
+        token_file: Path | None,
+        timeout_s: float,
+        root_certificates: bytes | None = None,
+        allow_plaintext: bool = False,
+    ) -> None:
         self._target = target
         endpoints = ServingEndpoints(
             inference_url="", management_url="", grpc_inference_target=target, model_name=model_name
@@ -59,6 +69,8 @@ class TorchServeBackend:
             endpoints,
             tokens,
             timeout_s=timeout_s,
+            root_certificates=root_certificates,
+            allow_plaintext=allow_plaintext,
             # Reconnect within ~2 s after TorchServe comes back (gRPC's default backoff grows to 120 s).
             channel_options=[
                 ("grpc.initial_reconnect_backoff_ms", 200),

@@ -21,8 +21,9 @@ def test_defaults_leave_tagging_off_with_a_20_mib_limit() -> None:
     assert settings.segmentation_target == ""
     assert settings.segmentation_token_file is None
     assert settings.max_attachment_bytes == 20 * 1024 * 1024
-    # The gRPC limit follows the attachment limit (plus headroom), above the 4 MiB message default.
-    assert settings.grpc_message_limit == 21 * 1024 * 1024
+    # Requests are at most 1 MiB (uploads come in chunks); answers fit an attachment plus headroom.
+    assert settings.grpc_receive_limit == 1024 * 1024
+    assert settings.grpc_send_limit == 21 * 1024 * 1024
     assert (settings.tagging_workers, settings.tagging_poll_s, settings.tagging_lease_s) == (2, 2.0, 0.0)
 
 
@@ -32,6 +33,7 @@ def test_environment_configures_the_segmentation_target_and_token() -> None:
         "BOARD_SEGMENTATION_TOKEN_FILE": "/run/secrets/key_file.json",
         "BOARD_SEGMENTATION_MODEL": "seg",
         "BOARD_SEGMENTATION_TIMEOUT": "15",
+        "BOARD_SEGMENTATION_CA_FILE": "/run/secrets/torchserve-ca.pem",
         "BOARD_MAX_ATTACHMENT_BYTES": "1048576",
         "BOARD_TAGGING_WORKERS": "4",
         "BOARD_TAGGING_MAX_ATTEMPTS": "9",
@@ -42,7 +44,8 @@ def test_environment_configures_the_segmentation_target_and_token() -> None:
     assert settings.segmentation_token_file == Path("/run/secrets/key_file.json")
     assert (settings.segmentation_model, settings.segmentation_timeout_s) == ("seg", 15.0)
     assert settings.max_attachment_bytes == 1048576
-    assert settings.grpc_message_limit == 4 * 1024 * 1024  # the larger of the two
+    assert settings.segmentation_ca_file == Path("/run/secrets/torchserve-ca.pem")
+    assert settings.grpc_send_limit == 2 * 1024 * 1024  # the attachment plus 1 MiB
     assert (settings.tagging_workers, settings.tagging_max_attempts, settings.tagging_lease_s) == (4, 9, 45.0)
 
 
@@ -65,3 +68,23 @@ def test_flags_win_over_the_environment() -> None:
 def test_nonsense_values_are_refused(argv: list[str]) -> None:
     with pytest.raises(ValueError):
         parse(argv, {})
+
+
+@pytest.mark.parametrize("target", ["10.0.0.5:7070", "torchserve.internal:7070", "dns:///ts.example.org:443"])
+def test_a_remote_segmentation_target_needs_tls_or_an_explicit_plaintext_opt_in(target: str) -> None:
+    with pytest.raises(ValueError, match="inference key in plaintext") as refused:
+        parse(["--segmentation-target", target], {})
+    assert "--segmentation-ca-file" in str(refused.value)
+    assert parse(
+        ["--segmentation-target", target, "--segmentation-ca-file", "/ca.pem"], {}
+    ).segmentation_target
+    allowed = parse(["--segmentation-target", target, "--allow-plaintext-segmentation"], {})
+    assert allowed.allow_plaintext_segmentation
+    on_env = parse(["--segmentation-target", target], {"BOARD_ALLOW_PLAINTEXT_SEGMENTATION": "on"})
+    assert on_env.allow_plaintext_segmentation
+
+
+@pytest.mark.parametrize("target", ["127.0.0.1:7070", "localhost:7070", "[::1]:7070", "unix:/run/ts.sock"])
+def test_a_loopback_segmentation_target_may_stay_plaintext(target: str) -> None:
+    settings = parse(["--segmentation-target", target], {})
+    assert settings.segmentation_ca_file is None and not settings.allow_plaintext_segmentation

@@ -1,5 +1,6 @@
 """Attachments through the gRPC API of a real board server (tagging off: uploads stay PENDING), on SQLite and
-PostgreSQL: storage, validation with field violations, size limits, cascades, and the label filter's rules.
+PostgreSQL: storage, validation with field violations, size limits (one message of at most 1 MiB, larger images
+in chunks), cascades, and the label filter's rules. tests/board/test_uploads.py has UploadAttachment's rules.
 
 Uploads are made by the post's author, signed in (``author``); reads need no token (``client`` is anonymous).
 """
@@ -13,7 +14,13 @@ import grpc
 import pytest
 from PIL import Image
 
-from clients.board import BoardClient, BoardClientError, InvalidArgumentError, NotFoundError
+from clients.board import (
+    BoardClient,
+    BoardClientError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
 from clients.gen.board.v1 import board_pb2
 from tests.board.conftest import Backend, Member, RunningServer, start_board_server
 from tests.support import Processes
@@ -71,19 +78,28 @@ def test_attachment_is_stored_pending_and_read_back(author: Member, client: Boar
     assert client.list_attachments(post_id) == []
 
 
-def test_upload_over_the_old_4_mib_message_limit_is_accepted(author: Member, client: BoardClient) -> None:
+def test_an_image_over_one_mib_goes_up_in_chunks_and_comes_back_whole(
+    author: Member, client: BoardClient
+) -> None:
     post_id = new_post(author)
     big = jpeg() + b"\x00" * (6 * 1024 * 1024)  # trailing bytes after EOI: still a JPEG header
-    added = author.client.add_attachment(post_id, "big.jpg", big)
+    added = author.client.upload_attachment(post_id, "big.jpg", big)
     assert added.size_bytes == len(big)
     assert client.get_attachment_content(added.id).data == big
+
+
+def test_an_add_attachment_request_over_one_mib_is_resource_exhausted(author: Member) -> None:
+    post_id = new_post(author)
+    with pytest.raises(ResourceExhaustedError):
+        author.client.add_attachment(post_id, "big.jpg", jpeg() + b"\x00" * (1024 * 1024))
+    assert author.client.list_attachments(post_id) == []
 
 
 def test_upload_over_the_attachment_limit_is_invalid_argument(author: Member) -> None:
     post_id = new_post(author)
     with pytest.raises(InvalidArgumentError) as caught:
-        author.client.add_attachment(post_id, "huge.jpg", jpeg() + b"\x00" * (20 * 1024 * 1024))
-    assert [v.field for v in caught.value.violations] == ["data"]
+        author.client.upload_attachment(post_id, "huge.jpg", jpeg() + b"\x00" * (20 * 1024 * 1024))
+    assert [v.field for v in caught.value.violations] == ["metadata.size_bytes"]
     assert "at most 20971520 bytes" in caught.value.violations[0].description
 
 

@@ -113,6 +113,27 @@ def test_auth_off_is_refused_on_a_public_address(tmp_path: Path, address: str) -
     assert not load_settings(parse("--auth", "off"), env={}, cwd=tmp_path).auth  # loopback: allowed
 
 
+def test_every_limit_is_on_by_default(tmp_path: Path) -> None:
+    settings = load_settings(parse(), env={}, cwd=tmp_path)
+    assert settings.max_calls_per_peer == 64 and settings.trusted_proxies == ()
+    assert (settings.request_timeout_s, settings.upload_timeout_s) == (10.0, 300.0)
+    assert settings.grpc_receive_limit == 1024 * 1024
+    assert settings.max_concurrent_rpcs == 2048
+
+
+def test_limits_from_flags_and_environment(tmp_path: Path) -> None:
+    env = {"BOARD_TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.7, 2001:db8::/32", "BOARD_REQUEST_TIMEOUT": "3s"}
+    settings = load_settings(
+        parse("--max-calls-per-peer", "500", "--upload-timeout", "2m"), env=env, cwd=tmp_path
+    )
+    assert settings.trusted_proxies == ("10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32")
+    assert (settings.max_calls_per_peer, settings.request_timeout_s, settings.upload_timeout_s) == (
+        500,
+        3,
+        120,
+    )
+
+
 @pytest.mark.parametrize(
     "argv",
     [
@@ -127,6 +148,11 @@ def test_auth_off_is_refused_on_a_public_address(tmp_path: Path, address: str) -
         ("--token-lifetime", "forever"),
         ("--tls-cert-file", "cert.pem"),  # without its key
         ("--tls-key-file", "key.pem"),  # without its certificate
+        ("--max-calls-per-peer", "0"),
+        ("--request-timeout", "0"),
+        ("--upload-timeout", "0"),
+        ("--trusted-proxies", "10.0.0.0/33"),
+        ("--trusted-proxies", "proxy.internal"),
     ],
 )
 def test_malformed_setting_is_a_value_error(tmp_path: Path, argv: tuple[str, ...]) -> None:

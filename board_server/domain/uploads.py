@@ -1,0 +1,114 @@
+"""Chunked uploads (UploadAttachment): what can be refused is refused before the bytes it would cost.
+
+In order: the caller must be signed in before a byte of the body is read; the metadata (post, file name,
+declared size) is checked, and the post looked at (it exists, is the caller's, has room), before any chunk;
+the size limit holds while the chunks arrive, so an upload that grows past it is ended at that chunk. The
+assembled image then goes through ``AttachmentService.add_attachment`` like any other.
+"""
+
+from __future__ import annotations
+
+from board_server.core.errors import FieldViolation, InvalidArgument
+from board_server.core.limits import FILENAME_MAX
+from board_server.domain.accounts import Accounts, Caller
+from board_server.domain.attachments import AttachmentService, AttachmentView
+from board_server.domain.validation import Violations
+
+
+def _invalid(field: str, description: str) -> InvalidArgument:
+    return InvalidArgument([FieldViolation(field, description)])
+
+
+class Upload:
+    """One upload in progress: the bytes so far, held to the declared size and to the limit."""
+
+    def __init__(
+        self,
+        attachments: AttachmentService,
+        caller: Caller,
+        post_id: int,
+        *,
+        filename: str,
+        content_type: str,
+        declared: int,
+        max_bytes: int,
+    ) -> None:
+        self._attachments = attachments
+        self._caller = caller
+        self._post_id = post_id
+        self._filename = filename
+        self._content_type = content_type
+        self._declared = declared
+        self._max_bytes = max_bytes
+        self._data = bytearray()
+
+    @property
+    def received(self) -> int:
+        return len(self._data)
+
+    def add(self, chunk: bytes) -> None:
+        """Append ``chunk``; raise InvalidArgument once the image outgrows the limit or its declared size."""
+        size = len(self._data) + len(chunk)
+        if size > self._max_bytes:
+            raise _invalid("chunk", f"the image is larger than {self._max_bytes} bytes, the attachment limit")
+        if self._declared and size > self._declared:
+            raise _invalid("chunk", f"more bytes arrived than metadata.size_bytes said ({self._declared})")
+        self._data += chunk
+
+    async def finish(self, traceparent: str | None = None) -> AttachmentView:
+        """Store the assembled image (``AttachmentService.add_attachment``); raise InvalidArgument when fewer
+        bytes arrived than declared, and whatever the add raises."""
+        if self._declared and len(self._data) != self._declared:
+            raise _invalid(
+                "metadata.size_bytes", f"said {self._declared} bytes, but {len(self._data)} arrived"
+            )
+        return await self._attachments.add_attachment(
+            self._caller,
+            self._post_id,
+            filename=self._filename,
+            content_type=self._content_type,
+            data=bytes(self._data),
+            traceparent=traceparent,
+        )
+
+
+class Uploads:
+    """Starts chunked uploads for AttachmentService; images are at most ``max_bytes``."""
+
+    def __init__(self, attachments: AttachmentService, accounts: Accounts, *, max_bytes: int) -> None:
+        self._attachments = attachments
+        self._accounts = accounts
+        self._max_bytes = max_bytes
+
+    def require_uploader(self, caller: Caller) -> None:
+        """Before any byte of an upload is read: raise Unauthenticated for an anonymous caller (auth on)."""
+        if not caller.unrestricted:
+            self._accounts.require_signed_in(caller, "uploading")
+
+    async def begin(
+        self, caller: Caller, post_id: int, *, filename: str, content_type: str, size_bytes: int
+    ) -> Upload:
+        """Check the metadata and the post before any chunk; raise InvalidArgument (a field, or a declared
+        size over the limit), Unauthenticated, PostNotFound, PermissionDenied, ResourceExhausted (the post
+        is full)."""
+        self.require_uploader(caller)
+        violations = Violations()
+        violations.row_id("metadata.post_id", post_id)
+        violations.text("metadata.filename", filename, FILENAME_MAX)
+        if size_bytes < 0:
+            violations.add("metadata.size_bytes", "must not be negative (0: unknown)")
+        elif size_bytes > self._max_bytes:
+            violations.add(
+                "metadata.size_bytes", f"must be at most {self._max_bytes} bytes, the attachment limit"
+            )
+        violations.raise_if_any()
+        await self._attachments.check_room(caller, post_id)
+        return Upload(
+            self._attachments,
+            caller,
+            post_id,
+            filename=filename,
+            content_type=content_type,
+            declared=size_bytes,
+            max_bytes=self._max_bytes,
+        )
