@@ -3,6 +3,7 @@ they listen, stopped with their group (seg_handler/launcher/processes.py, as `ma
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -11,7 +12,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from board_server.runtime.config import add_arguments, load_settings
 from seg_handler.launcher import processes
 
 
@@ -80,3 +83,20 @@ def board_executable() -> Path:
 def clean_env() -> dict[str, str]:
     """This environment without BOARD_* and OTEL_* variables: the board runs with its defaults."""
     return {k: v for k, v in os.environ.items() if not k.startswith(("BOARD_", "OTEL_"))}
+
+
+# The settings that bound what one client may take of a board (docs/operations.md, "Limits").
+LIMIT_SETTINGS = (
+    "max_calls_per_peer", "request_timeout_s", "upload_timeout_s", "max_message_bytes", "max_concurrent_rpcs",
+    "max_streams_per_connection", "call_timeout_s", "trusted_proxies", "max_attachment_bytes",
+)  # fmt: skip
+
+
+def board_limits(flags: Sequence[str]) -> dict[str, Any]:
+    """The limits of a board started with ``flags`` (and no BOARD_* environment, as ``clean_env`` gives it):
+    what a bench records beside its figures. Flags that are not settings are ignored."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    known, _ = parser.parse_known_args(list(flags))
+    settings = load_settings(known, env={}, cwd=Path.cwd())
+    return {name: getattr(settings, name) for name in LIMIT_SETTINGS}

@@ -5,8 +5,11 @@ would not leave a call half-done on purpose:
 
 - **idle streams**: ``ServerReflectionInfo`` (bidirectional) opened with HEADERS and then nothing: no
   message, no END_STREAM, one connection each;
-- **half-sent uploads**: ``AddAttachment`` whose gRPC frame announces a multi-MB message and whose DATA
-  stops part-way (a slow phone on a bad network), one connection each.
+- **half-sent uploads**: ``UploadAttachment`` whose metadata announces a multi-MB image and whose first
+  chunk stops part-way (a slow phone on a bad network), one connection each.
+
+The abusers connect from ``--source`` (127.0.0.2), another peer than the measured client on 127.0.0.1, and
+the board runs with its defaults except a ``--request-timeout`` long enough to hold them through a run.
 
 A background thread keeps every abusive connection alive the way a real client would (answers PINGs and
 SETTINGS, takes WINDOW_UPDATEs) and records what the server did to each stream (RST_STREAM, trailers,
@@ -46,15 +49,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.records import load_average, summarize, write_results
 from bench.seeding import seed
-from bench.servers import board_executable, clean_env, running
+from bench.servers import board_executable, board_limits, clean_env, running
 from seg_handler.launcher.processes import wait_for
 
 logger = logging.getLogger("bench.starvation")
 
 REFLECTION_METHOD = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
-UPLOAD_METHOD = "/board.v1.BoardService/AddAttachment"
-ANNOUNCED_UPLOAD_BYTES = 8 * 1024 * 1024
-SENT_UPLOAD_BYTES = 1024 * 1024
+UPLOAD_METHOD = "/board.v1.BoardService/UploadAttachment"
+ANNOUNCED_UPLOAD_BYTES = 8 * 1024 * 1024  # the metadata's size_bytes
+CHUNK_BYTES = 512 * 1024  # the chunk message that stops half-way
 
 
 # --- raw HTTP/2 gRPC streams -------------------------------------------------------------------------------
@@ -83,6 +86,7 @@ class RawStream:
     grpc_status: str | None = None  # from the server's trailers (or a trailers-only answer)
     grpc_message: str = ""
     ended: bool = False  # the server ended its side
+    received: int = 0  # bytes of the server's messages so far
 
     @property
     def open(self) -> bool:
@@ -226,6 +230,8 @@ class RawGrpcConnection:
             stream.ended = True
         elif isinstance(event, h2.events.DataReceived):
             self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            if stream is not None:
+                stream.received += len(event.data)
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.goaway = int(event.error_code) if event.error_code is not None else 0
 
@@ -251,34 +257,41 @@ class RawGrpcConnection:
             self.closed = True
 
 
+def framed(message: bytes) -> bytes:
+    """One gRPC message as it travels in DATA frames: the prefix, then the message."""
+    return grpc_frame_prefix(len(message)) + message
+
+
 def half_sent_upload(post_id: int, announced: int = ANNOUNCED_UPLOAD_BYTES) -> bytes:
-    """A gRPC-framed AddAttachmentRequest of ``announced`` bytes (a JPEG header, then padding)."""
+    """What a stalled UploadAttachment has sent: its metadata (``announced`` bytes to come), then the first
+    half of a chunk message of CHUNK_BYTES (a JPEG header, then padding) whose rest never comes."""
     from clients.gen.board.v1 import board_pb2
 
-    head = b"\xff\xd8\xff\xe0" + b"\x00" * 16
-    request = board_pb2.AddAttachmentRequest(post_id=post_id, filename="slow.jpg", data=head)
-    size = len(request.SerializeToString())
-    # Grow the data until the whole message is exactly ``announced`` bytes (the varint length may grow).
-    padding = announced - size
-    while True:
-        request.data = head + b"\x00" * padding
-        size = len(request.SerializeToString())
-        if size == announced:
-            break
-        padding += announced - size
-    return grpc_frame_prefix(announced) + request.SerializeToString()
+    metadata = board_pb2.UploadAttachmentMetadata(post_id=post_id, filename="slow.jpg", size_bytes=announced)
+    head = b"\xff\xd8\xff\xe0" + b"\x00" * (CHUNK_BYTES - 4)
+    chunk = board_pb2.UploadAttachmentRequest(chunk=head).SerializeToString()
+    first = framed(board_pb2.UploadAttachmentRequest(metadata=metadata).SerializeToString())
+    return first + grpc_frame_prefix(len(chunk)) + chunk[: len(chunk) // 2]
 
 
 @dataclass
 class Abusers:
-    """Idle streams and half-sent uploads held open against one server, pumped by a background thread."""
+    """Idle streams and half-sent uploads held open against one server, pumped by a background thread.
+
+    ``idle`` connections each hold ``streams_per_connection`` streams of ``idle_method`` opened with HEADERS
+    alone; ``slow`` connections each hold one half-sent upload (with ``metadata``: a signed-in uploader).
+    ``source`` is the local address they connect from: 127.0.0.2 is another peer than a client on 127.0.0.1.
+    """
 
     target: str
     idle: int
     slow: int
     post_id: int
     metadata: Sequence[tuple[str, str]] = ()
-    sent_upload_bytes: int = SENT_UPLOAD_BYTES
+    source: str | None = None
+    idle_method: str = REFLECTION_METHOD
+    streams_per_connection: int = 1
+    sent_upload_bytes: int = 0  # set by start: what each half-sent upload sends
     connections: list[RawGrpcConnection] = field(default_factory=list)
     idle_streams: list[RawStream] = field(default_factory=list)
     uploads: list[RawStream] = field(default_factory=list)
@@ -289,11 +302,12 @@ class Abusers:
 
     def start(self) -> None:
         """Open every connection and stream, then pump them in the background until ``stop``."""
-        upload = half_sent_upload(self.post_id)[: self.sent_upload_bytes]
+        upload = half_sent_upload(self.post_id)
+        self.sent_upload_bytes = len(upload)
         for _ in range(self.idle):
             self._open_idle()
         for _ in range(self.slow):
-            connection = RawGrpcConnection(self.target)
+            connection = RawGrpcConnection(self.target, source=self.source)
             self.connections.append(connection)
             stream = connection.open_stream(UPLOAD_METHOD, self.metadata)
             self.uploads.append(stream)
@@ -302,13 +316,14 @@ class Abusers:
         self._thread.start()
 
     def _open_idle(self) -> RawGrpcConnection:
-        connection = RawGrpcConnection(self.target)
+        connection = RawGrpcConnection(self.target, source=self.source)
         self.connections.append(connection)
-        self.idle_streams.append(connection.open_stream(REFLECTION_METHOD))
+        for _ in range(self.streams_per_connection):
+            self.idle_streams.append(connection.open_stream(self.idle_method))
         return connection
 
     def add_idle(self) -> None:
-        """One more idle stream on a new connection, while the abusers run (the pump picks it up)."""
+        """One more idle connection with its streams, while the abusers run (the pump picks it up)."""
         connection = self._open_idle()
         with self._added_lock:
             self._added.append(connection)
@@ -332,6 +347,11 @@ class Abusers:
     def uploads_sent(self) -> bool:
         """True once every upload has sent all it is going to send (its partial message)."""
         return all(s.sent >= self.sent_upload_bytes for s in self.uploads)
+
+    def refused(self, status: grpc.StatusCode) -> int:
+        """Streams the server ended with ``status``."""
+        code = str(status.value[0])
+        return sum(1 for s in (*self.idle_streams, *self.uploads) if s.grpc_status == code)
 
     def open_streams(self) -> int:
         """Streams the server has neither reset nor ended, on connections it has not closed."""
@@ -398,7 +418,8 @@ def abused_run(
     target: str, seeded: Any, args: argparse.Namespace
 ) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
     """One measurement with the abusers open; also how many of their streams were open before and after."""
-    with Abusers(target, args.idle, args.slow, seeded.post_ids[0], seeded.metadata) as abusers:
+    abusers = Abusers(target, args.idle, args.slow, seeded.post_ids[0], seeded.metadata, source=args.source)
+    with abusers:
         wait_for("the half-sent uploads to send their part", abusers.uploads_sent, timeout=60, interval=0.05)
         before = abusers.open_streams()
         figures = measure_other_client(target, seeded.post_ids, args.calls)
@@ -413,6 +434,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--idle", type=int, default=32, help="idle reflection streams")
     parser.add_argument("--slow", type=int, default=8, help="half-sent uploads")
     parser.add_argument("--processes", type=int, default=1, help="board server processes")
+    parser.add_argument(
+        "--source", default="127.0.0.2", help="local address the abusers connect from (another peer)"
+    )
+    parser.add_argument(
+        "--request-timeout",
+        default="5m",
+        help="the board's --request-timeout: long enough that it does not end the abusers during a run",
+    )
     parser.add_argument("--out", type=Path, default=None, help="results file (default bench/results/)")
     return parser
 
@@ -442,10 +471,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="bench-starvation-") as tmp:
         work = Path(tmp)
+        flags = ["--processes", str(args.processes), "--request-timeout", args.request_timeout]
         command = [
             str(board_executable()), "--address", "127.0.0.1:0",
             "--database-url", f"sqlite:///{work / 'board.db'}", "--audit-log", str(work / "audit.log"),
-            "--processes", str(args.processes), "--metrics-address", "none", "--grace", "2",
+            "--metrics-address", "none", "--grace", "2", *flags,
         ]  # fmt: skip
         with running("board", command, work, clean_env()) as server:
             seeded = seed(server.target, 100)
@@ -468,11 +498,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "idle_streams": args.idle,
             "half_sent_uploads": args.slow,
             "announced_upload_bytes": ANNOUNCED_UPLOAD_BYTES,
-            "sent_upload_bytes": SENT_UPLOAD_BYTES,
+            "sent_upload_bytes": len(half_sent_upload(1)),
+            "abusers_from": args.source,
             "calls_per_rpc": args.calls,
             "processes": args.processes,
             "database": "sqlite",
-            "client": "one grpc Python channel, calls one at a time, GetPost and Health.Check interleaved",
+            "client": "one grpc Python channel on 127.0.0.1, calls one at a time, GetPost and Health.Check "
+            "interleaved",
+            "limits": board_limits(flags),
         },
         **cells,
         "targets": targets(cells["abused"]),

@@ -1,7 +1,8 @@
 """Abuse and limits against real board servers: idle and half-sent streams starve nobody, the concurrency
 and per-connection caps answer at once instead of queueing, the server-side deadline fires on a call that is
 slow for real (a database lock held by someone else), the attachment quota holds (also under concurrent
-uploads on two processes), and reads never write to the audit log.
+uploads on two processes), and reads never write to the audit log. The limits per client address and user,
+and the request timeout, are in test_peer_limits.py.
 
 The abusive clients speak HTTP/2 by hand (bench/starvation.py, which measures the same set-up); their
 streams are checked to be still open after the other client's calls, so that a server that coped by
@@ -71,16 +72,23 @@ def sqlite_server(processes: Processes, tmp_path: Path) -> RunningServer:
     return serve(processes, f"sqlite:///{tmp_path / 'board.db'}", tmp_path)
 
 
+# Long enough that the request timeout (10 s by default) ends none of the abusers while a test measures.
+HOLD = ("--request-timeout", "5m")
+
+
 # --- starvation --------------------------------------------------------------------------------------------
 
 
-def test_idle_streams_and_half_sent_uploads_starve_no_other_client(sqlite_server: RunningServer) -> None:
-    target = sqlite_server.target
+def test_idle_streams_and_half_sent_uploads_starve_no_other_client(
+    processes: Processes, tmp_path: Path
+) -> None:
+    target = serve(processes, f"sqlite:///{tmp_path / 'board.db'}", tmp_path, *HOLD).target
     client, user = signed_in(target)
     with client:
         post = client.create_post(user.id, "still here", "served while others stall")
         metadata = (("authorization", f"Bearer {client.token}"),)
-        with Abusers(target, idle=32, slow=8, post_id=post.id, metadata=metadata) as abusers:
+        abusers = Abusers(target, idle=32, slow=8, post_id=post.id, metadata=metadata, source="127.0.0.2")
+        with abusers:
             wait_for("the half-sent uploads to send their part", abusers.uploads_sent, timeout=60)
             assert abusers.open_streams() == 40
             for _ in range(100):
@@ -96,7 +104,8 @@ def test_idle_streams_and_half_sent_uploads_starve_no_other_client(sqlite_server
 def test_calls_beyond_max_concurrent_rpcs_are_resource_exhausted_not_queued(
     processes: Processes, tmp_path: Path
 ) -> None:
-    server = serve(processes, f"sqlite:///{tmp_path / 'board.db'}", tmp_path, "--max-concurrent-rpcs", "8")
+    url = f"sqlite:///{tmp_path / 'board.db'}"
+    server = serve(processes, url, tmp_path, "--max-concurrent-rpcs", "8", *HOLD)
     client, user = signed_in(server.target)
     with client:
         post = client.create_post(user.id, "t", "c")

@@ -1,0 +1,308 @@
+"""Limits per client against real board servers, the attackers on other loopback addresses (127.0.0.2, ...)
+speaking HTTP/2 by hand (bench/starvation.py): calls in progress per address and per signed-in user, the
+request timeout, and who the peer is behind a trusted proxy (x-forwarded-for).
+
+A stream opened with HEADERS alone is a call whose request has not arrived: the server holds it until the
+request timeout, counted against its peer from the first moment.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench.starvation import (
+    Abusers,
+    RawGrpcConnection,
+    RawStream,
+    framed,
+    half_sent_upload,
+    measure_other_client,
+)
+from board_server.api.limits import PeerIdentity, address_of, peer_key
+from clients.board import ResourceExhaustedError
+from clients.gen.board.v1 import board_pb2
+from tests.board.conftest import Member, RunningServer, sign_up, start_board_server, tiny_png
+from tests.support import Processes, wait_for
+
+GENEROUS = 20.0
+BOARD = "/board.v1.BoardService/"
+ATTACKER, OTHER_ATTACKER, PROXY = "127.0.0.2", "127.0.0.3", "127.0.0.4"
+OK, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED = (str(c.value[0]) for c in (
+    grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED
+))  # fmt: skip
+
+
+def serve(processes: Processes, tmp_path: Path, *flags: str) -> RunningServer:
+    """A board server with its defaults (one process), but ``flags``."""
+    extra = ("--processes", "1", "--metrics-address", "none", *flags)
+    return start_board_server(processes, f"sqlite:///{tmp_path / 'board.db'}", tmp_path, extra=extra)
+
+
+@pytest.fixture
+def connections() -> Iterator[list[RawGrpcConnection]]:
+    """Raw HTTP/2 connections a test opens; closed afterwards."""
+    opened: list[RawGrpcConnection] = []
+    yield opened
+    for connection in opened:
+        connection.close()
+
+
+def connect(opened: list[RawGrpcConnection], server: RunningServer, source: str) -> RawGrpcConnection:
+    connection = RawGrpcConnection(server.target, source=source)
+    opened.append(connection)
+    return connection
+
+
+def quota_failure(stream_or_error: RawStream | grpc.Call) -> list[str]:
+    """The subjects of the QuotaFailure sent with a refusal."""
+    if isinstance(stream_or_error, RawStream):
+        raise TypeError("a raw stream keeps no trailers but grpc-status and grpc-message")
+    trailers = dict(stream_or_error.trailing_metadata() or ())
+    status = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+    subjects = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+            failure = error_details_pb2.QuotaFailure()
+            detail.Unpack(failure)
+            subjects += [v.subject for v in failure.violations]
+    return subjects
+
+
+def held_watch(connection: RawGrpcConnection, member: Member, attachment_id: int) -> RawStream:
+    """A WatchAttachment of a PENDING attachment (tagging is off): a stream that stays open."""
+    metadata = (("authorization", f"Bearer {member.client.token}"),)
+    stream = connection.open_stream(BOARD + "WatchAttachment", metadata)
+    request = board_pb2.WatchAttachmentRequest(id=attachment_id).SerializeToString()
+    connection.send_partial(stream, framed(request))
+    return stream
+
+
+# --- per address -------------------------------------------------------------------------------------------
+
+
+def test_two_thousand_half_open_streams_from_one_address_leave_another_address_served(
+    processes: Processes, tmp_path: Path
+) -> None:
+    # The request timeout is long here, so that the attack holds for the whole measurement.
+    server = serve(processes, tmp_path, "--request-timeout", "5m")
+    member = sign_up(server.target, timeout=GENEROUS)
+    with member.client:
+        post = member.client.create_post(0, "still served", "while one address opens 2,000 streams")
+        abusers = Abusers(
+            server.target, idle=20, slow=0, post_id=post.id, source=ATTACKER,
+            idle_method=BOARD + "GetPost", streams_per_connection=100,
+        )  # fmt: skip
+        with abusers:
+            settled = lambda: abusers.refused(grpc.StatusCode.RESOURCE_EXHAUSTED) == 2000 - 64  # noqa: E731
+            wait_for("every stream past the 64th to be refused", settled, timeout=60)
+            figures = measure_other_client(server.target, [post.id], 300, timeout=GENEROUS)
+            assert figures["GetPost"]["p99_ms"] < 1000, figures
+            assert figures["Health.Check"]["p99_ms"] < 1000, figures
+            # The address's 64 calls are still held: the others were served beside them, not after them.
+            assert abusers.open_streams() == 64
+            refused = [s for s in abusers.idle_streams if s.grpc_status == RESOURCE_EXHAUSTED]
+            assert "64 calls are already in progress from this address" in refused[0].grpc_message
+
+
+def test_a_refused_call_says_whose_quota_and_when_to_retry(
+    processes: Processes, tmp_path: Path, connections: list[RawGrpcConnection]
+) -> None:
+    server = serve(processes, tmp_path, "--max-calls-per-peer", "2", "--request-timeout", "5m")
+    member = sign_up(server.target, timeout=GENEROUS)
+    with member.client as client:
+        post = client.create_post(0, "t", "c")
+        held = connect(connections, server, "127.0.0.1")
+        streams = [held.open_stream(BOARD + "GetPost") for _ in range(2)]  # two calls of 127.0.0.1 held
+
+        caught: list[ResourceExhaustedError] = []
+
+        def refused() -> bool:
+            try:
+                client.get_post(post.id)
+            except ResourceExhaustedError as exc:
+                caught.append(exc)
+            return bool(caught)
+
+        wait_for("the held calls to fill 127.0.0.1's share", refused, timeout=GENEROUS)
+        assert all(s.open for s in streams)
+        assert caught[0].retry_after == 1.0
+        with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError) as health:
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=GENEROUS)
+        assert isinstance(health.value, grpc.Call)
+        assert health.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert quota_failure(health.value) == ["peer:127.0.0.1"]
+        held.reset(streams[0])
+        wait_for("a call to get through", lambda: client.get_post(post.id) == post, timeout=GENEROUS)
+
+
+# --- per user ----------------------------------------------------------------------------------------------
+
+
+def test_a_user_has_at_most_the_cap_in_progress_from_any_number_of_addresses(
+    processes: Processes, tmp_path: Path, connections: list[RawGrpcConnection]
+) -> None:
+    server = serve(processes, tmp_path, "--max-calls-per-peer", "4")
+    member, other = (sign_up(server.target, name, timeout=GENEROUS) for name in ("Busy", "Other"))
+    with member.client as client, other.client:
+        post = client.create_post(0, "watched", "by four streams")
+        attachment = client.add_attachment(post.id, "a.png", tiny_png())
+        streams = [
+            held_watch(connect(connections, server, source), member, attachment.id)
+            for source in (ATTACKER, ATTACKER, OTHER_ATTACKER, PROXY)
+        ]
+        for connection, stream in zip(connections, streams, strict=True):
+            # Each watch has sent the attachment's state: admitted, and counted.
+            assert connection.wait(lambda: stream.received > 0, GENEROUS)  # noqa: B023
+        assert all(s.open for s in streams)
+        # Four streams of the user from three addresses: each address is under its cap, the user is at it.
+        with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError) as caught:
+            get_post = channel.unary_unary(
+                BOARD + "GetPost",
+                request_serializer=board_pb2.GetPostRequest.SerializeToString,
+                response_deserializer=board_pb2.Post.FromString,
+            )
+            get_post(board_pb2.GetPostRequest(id=post.id), metadata=client.metadata, timeout=GENEROUS)
+        assert isinstance(caught.value, grpc.Call)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert quota_failure(caught.value) == [f"user:{member.id}"]
+        assert "from this user" in (caught.value.details() or "")
+        # Anyone else, from the same address as the refused call, is served; so are anonymous reads.
+        assert other.client.get_post(post.id) == post
+        with server.client() as anonymous:
+            assert anonymous.get_post(post.id) == post
+        connections[0].reset(streams[0])
+        wait_for("the user's call to get through", lambda: client.get_post(post.id) == post, GENEROUS)
+
+
+# --- request timeout ---------------------------------------------------------------------------------------
+
+
+def test_a_stalled_request_is_ended_after_the_request_timeout(
+    processes: Processes, tmp_path: Path, connections: list[RawGrpcConnection]
+) -> None:
+    server = serve(processes, tmp_path, "--request-timeout", "1s")
+    member = sign_up(server.target, timeout=GENEROUS)
+    with member.client as client:
+        post = client.create_post(0, "t", "c")
+        connection = connect(connections, server, ATTACKER)
+        metadata = (("authorization", f"Bearer {client.token}"),)
+        headers_only = connection.open_stream(BOARD + "GetPost")
+        half_a_message = connection.open_stream(BOARD + "CreatePost", metadata)
+        request = board_pb2.CreatePostRequest(title="t", content="x" * 500).SerializeToString()
+        connection.send_partial(half_a_message, framed(request)[:200])
+        stalled_upload = connection.open_stream(BOARD + "UploadAttachment", metadata)
+        connection.send_partial(stalled_upload, half_sent_upload(post.id))
+        reflection = connection.open_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+        stalled = (headers_only, half_a_message, stalled_upload, reflection)
+        started = time.monotonic()
+        assert connection.wait(lambda: not any(s.open for s in stalled), timeout=GENEROUS)
+        assert time.monotonic() - started < 5
+        for stream in stalled:
+            assert stream.grpc_status == DEADLINE_EXCEEDED, stream
+        assert "did not arrive within 1 s" in headers_only.grpc_message
+        assert not connection.closed and connection.goaway is None  # the calls end, not the connection
+        assert client.get_post(post.id) == post  # whole requests are served as before
+        assert client.list_posts().posts
+
+
+def test_an_upload_that_keeps_coming_is_not_cut_off_by_the_request_timeout(
+    processes: Processes, tmp_path: Path
+) -> None:
+    server = serve(processes, tmp_path, "--request-timeout", "1s")
+    member = sign_up(server.target, timeout=GENEROUS)
+    with member.client as client:
+        post = client.create_post(0, "slow", "but steady")
+        data = tiny_png()
+
+        def steady() -> Iterator[board_pb2.UploadAttachmentRequest]:
+            metadata = board_pb2.UploadAttachmentMetadata(
+                post_id=post.id, filename="s.png", size_bytes=len(data)
+            )
+            yield board_pb2.UploadAttachmentRequest(metadata=metadata)
+            for i in range(4):  # 2 s in all, each message within the second
+                time.sleep(0.5)
+                yield board_pb2.UploadAttachmentRequest(
+                    chunk=data[i * len(data) // 4 : (i + 1) * len(data) // 4]
+                )
+
+        with grpc.insecure_channel(server.target) as channel:
+            upload = channel.stream_unary(
+                BOARD + "UploadAttachment",
+                request_serializer=board_pb2.UploadAttachmentRequest.SerializeToString,
+                response_deserializer=board_pb2.Attachment.FromString,
+            )
+            added = upload(steady(), metadata=client.metadata, timeout=GENEROUS)
+        assert added.size_bytes == len(data)
+
+
+# --- who the peer is ---------------------------------------------------------------------------------------
+
+
+def test_x_forwarded_for_counts_the_client_behind_a_trusted_proxy_and_is_ignored_from_anyone_else(
+    processes: Processes, tmp_path: Path, connections: list[RawGrpcConnection]
+) -> None:
+    server = serve(
+        processes, tmp_path, "--max-calls-per-peer", "2", "--request-timeout", "5m",
+        "--trusted-proxies", f"{PROXY}/32",
+    )  # fmt: skip
+    proxy = connect(connections, server, PROXY)
+    stranger = connect(connections, server, ATTACKER)
+
+    def held(connection: RawGrpcConnection, forwarded: str) -> RawStream:
+        return connection.open_stream(BOARD + "GetPost", (("x-forwarded-for", forwarded),))
+
+    def settle() -> None:
+        for connection in connections:
+            connection.wait(lambda: all(s.grpc_status for s in (third, forged, spoofed)), 1.0)
+
+    # Through the proxy: two calls of 203.0.113.7 (its own header said 198.51.100.1: the proxy appended the
+    # real address, and only the right-most address the proxy vouches for counts).
+    first = [held(proxy, "198.51.100.1, 203.0.113.7"), held(proxy, "203.0.113.7")]
+    third = held(proxy, "203.0.113.7")
+    someone_else = held(proxy, "203.0.113.8")
+    forged = held(proxy, "203.0.113.7, 127.0.0.4")  # a trusted hop on the right is skipped: still .7
+    # From an address that is not a trusted proxy the header is ignored: it is 127.0.0.2 that counts.
+    direct = [held(stranger, "203.0.113.50"), held(stranger, "203.0.113.51")]
+    spoofed = held(stranger, "203.0.113.52")
+    settle()
+    assert all(s.open for s in (*first, someone_else, *direct))
+    for refused in (third, forged, spoofed):
+        assert refused.grpc_status == RESOURCE_EXHAUSTED, refused
+    # The proxy's own calls (no header) are its own peer's, apart from its clients'.
+    own = [proxy.open_stream(BOARD + "GetPost") for _ in range(3)]
+    assert proxy.wait(lambda: own[2].grpc_status is not None, GENEROUS)
+    assert [s.open for s in own] == [True, True, False]
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "trusted", "expected"),
+    [
+        ("ipv4:10.0.0.9:5000", "203.0.113.7", (), "10.0.0.9"),  # no proxy trusted: the header is ignored
+        ("ipv4:10.0.0.9:5000", "203.0.113.7", ("192.0.2.0/24",), "10.0.0.9"),  # not from the proxy
+        ("ipv4:192.0.2.1:5000", "203.0.113.7", ("192.0.2.0/24",), "203.0.113.7"),
+        ("ipv4:192.0.2.1:5000", "1.1.1.1, 203.0.113.7, 192.0.2.5", ("192.0.2.0/24",), "203.0.113.7"),
+        ("ipv4:192.0.2.1:5000", "not-an-address", ("192.0.2.0/24",), "192.0.2.1"),
+        ("ipv4:192.0.2.1:5000", "192.0.2.9, 192.0.2.5", ("192.0.2.0/24",), "192.0.2.9"),  # all trusted
+        ("ipv4:192.0.2.1:5000", "", ("192.0.2.0/24",), "192.0.2.1"),  # a proxy's own call
+        ("ipv6:[2001:db8::1]:443", "[2001:db8:1::7]:9999", ("2001:db8::/64",), "2001:db8:1::7"),
+        ("unix:/run/board.sock", "203.0.113.7", ("192.0.2.0/24",), "unix:/run/board.sock"),
+    ],
+)
+def test_the_peer_is_the_address_a_trusted_proxy_vouches_for(
+    peer: str, forwarded: str, trusted: tuple[str, ...], expected: str
+) -> None:
+    metadata = [("x-forwarded-for", forwarded)] if forwarded else []
+    assert PeerIdentity(trusted).identify(peer, metadata) == expected
+
+
+def test_ipv6_peers_are_counted_per_slash_64() -> None:
+    assert peer_key("2001:db8:1:2:aaaa::1") == peer_key("2001:db8:1:2:bbbb::9") == "peer:2001:db8:1:2::/64"
+    assert peer_key("2001:db8:1:3::1") != peer_key("2001:db8:1:2::1")
+    assert peer_key("127.0.0.2") == "peer:127.0.0.2" and address_of("") == "unknown"
