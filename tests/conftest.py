@@ -37,3 +37,14 @@ def module_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proce
 def session_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
     """Process guard for servers shared by a whole session."""
     yield from _guarded(tmp_path_factory.mktemp("session-logs"))
+
+
+@pytest.fixture(scope="session")
+def photo_near_the_limit_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A PNG just under the default 20 MiB attachment limit (tests/board/conftest.photo_near_the_limit),
+    made once per session: the Python, CLI, Node and grpcurl uploads all send it."""
+    from tests.board.conftest import photo_near_the_limit
+
+    path = tmp_path_factory.mktemp("photo") / "near-the-limit.png"
+    path.write_bytes(photo_near_the_limit())
+    return path

@@ -53,6 +53,19 @@ def tiny_png() -> bytes:
     return buffer.getvalue()
 
 
+def photo_near_the_limit(limit: int = 20 * 1024 * 1024) -> bytes:
+    """A valid PNG of random pixels (stored without compression) just under ``limit`` bytes: the largest
+    photo the server's default attachment limit takes, give or take a few kB."""
+    width = 2560
+    height = (limit - 64 * 1024) // (width * 3)
+    noise = Image.frombytes("RGB", (width, height), os.urandom(width * height * 3))
+    buffer = io.BytesIO()
+    noise.save(buffer, "PNG", compress_level=0)
+    data = buffer.getvalue()
+    assert limit - 128 * 1024 < len(data) <= limit, len(data)
+    return data
+
+
 # --- accounts ----------------------------------------------------------------------------------------------
 
 
