@@ -2,20 +2,29 @@
 // A small promise-based client for board.v1.BoardService that loads protos/board/v1/board.proto at run
 // time (no generated code), so it always speaks the contract in the repository.
 //
-//   const client = new BoardClient('127.0.0.1:50051');                 // or { rootCerts } for TLS
+//   const client = new BoardClient('127.0.0.1:50051');                 // { rootCerts } for a private CA
 //   await client.call('CreateUser', { name, email, password });         // sign-up is anonymous
 //   await client.signIn(email, password);                               // later calls carry the token
-//   const tagged = await client.waitForTagging(attachmentId);           // WatchAttachment, no polling
+//   const added = await client.upload(postId, 'photo.jpg', bytes);      // UploadAttachment, in chunks
+//   const tagged = await client.waitForTagging(added.id);               // WatchAttachment, no polling
 //
 // The access token goes with every call as `authorization: Bearer <token>` metadata; it is never logged.
+// The channel is TLS unless the target is loopback (127.0.0.0/8, ::1, localhost, a Unix socket); `plaintext:
+// true` opts out (a trusted network), `tls: true` opts in on loopback too.
 
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 
+const net = require('node:net');
+
 const PROTO_ROOT = path.resolve(__dirname, '..', '..', 'protos');
 const PROTO_FILE = 'board/v1/board.proto';
 const PENDING = 'ATTACHMENT_STATUS_PENDING';
+// Bytes per UploadAttachment message: well under the board's 1 MiB per message.
+const UPLOAD_CHUNK_BYTES = 256 * 1024;
+// An upload's default deadline: the client's timeout plus this long per MiB (a slow link).
+const UPLOAD_MS_PER_MIB = 2000;
 
 function loadBoardPackage() {
   const definition = protoLoader.loadSync(PROTO_FILE, {
@@ -38,10 +47,24 @@ class BoardError extends Error {
   }
 }
 
-// The channel credentials: TLS with `rootCerts` (PEM Buffer) or the system roots (`tls: true`), else plaintext.
-function channelCredentials({ rootCerts = null, tls = false } = {}) {
-  if (rootCerts || tls) return grpc.credentials.createSsl(rootCerts ?? null);
-  return grpc.credentials.createInsecure();
+// True when a target stays on this machine: a loopback address, localhost or a Unix socket.
+function isLocalTarget(target) {
+  let name = String(target).trim();
+  if (name.startsWith('unix:') || name.startsWith('unix-abstract:')) return true;
+  if (name.includes('://')) name = name.split('://')[1].replace(/^\/+/, '');
+  const bare = name.replace(/^\[|\]$/g, '');
+  const host = net.isIP(bare) ? bare : name.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
+  if (host === 'localhost') return true;
+  if (net.isIPv4(host)) return host.startsWith('127.');
+  return net.isIPv6(host) && (host === '::1' || host === '0:0:0:0:0:0:0:1');
+}
+
+// The channel credentials: TLS unless the target is local (`plaintext: true` opts out, `tls: true` opts in
+// on loopback too), with `rootCerts` (PEM Buffer) or the system's roots.
+function channelCredentials({ target = '', rootCerts = null, tls = null, plaintext = false } = {}) {
+  if (plaintext && (tls || rootCerts)) throw new Error('plaintext cannot go with tls or rootCerts');
+  const secure = plaintext ? false : Boolean(tls || rootCerts || !isLocalTarget(target));
+  return secure ? grpc.credentials.createSsl(rootCerts ?? null) : grpc.credentials.createInsecure();
 }
 
 // Settled: TAGGED or FAILED with no re-tag queued; WatchAttachment's stream ends there.
@@ -50,12 +73,16 @@ function settled(attachment) {
 }
 
 class BoardClient {
-  constructor(target, { timeoutMs = 10000, token = null, rootCerts = null, tls = false, credentials = null } = {}) {
+  constructor(
+    target,
+    { timeoutMs = 10000, token = null, rootCerts = null, tls = null, plaintext = false, credentials = null } = {},
+  ) {
     const pkg = loadBoardPackage();
     this.target = target;
     this.timeoutMs = timeoutMs;
     this.token = token;
-    this.stub = new pkg.BoardService(target, credentials ?? channelCredentials({ rootCerts, tls }), {
+    const chosen = credentials ?? channelCredentials({ target, rootCerts, tls, plaintext });
+    this.stub = new pkg.BoardService(target, chosen, {
       'grpc.max_send_message_length': 64 * 1024 * 1024,
       'grpc.max_receive_message_length': 64 * 1024 * 1024,
     });
@@ -82,6 +109,27 @@ class BoardClient {
     const response = await this.call('SignIn', { email, password });
     this.token = response.access_token;
     return response;
+  }
+
+  // Attach an image to a post with UploadAttachment: the metadata (with the size), then `data` (a Buffer) in
+  // chunks of `chunkBytes`; any size up to the server's attachment limit. Resolves to the Attachment
+  // (PENDING); rejects with a BoardError. The default deadline grows with the size (2 s per MiB).
+  upload(postId, filename, data, { contentType = '', chunkBytes = UPLOAD_CHUNK_BYTES, timeoutMs = null } = {}) {
+    const ms = timeoutMs ?? this.timeoutMs + (UPLOAD_MS_PER_MIB * data.length) / (1024 * 1024);
+    const size = String(data.length);
+    const metadata = { post_id: String(postId), filename, content_type: contentType, size_bytes: size };
+    return new Promise((resolve, reject) => {
+      const deadline = new Date(Date.now() + ms);
+      const call = this.stub.UploadAttachment(this.metadata(), { deadline }, (err, response) => {
+        if (err) reject(new BoardError(err));
+        else resolve(response);
+      });
+      call.write({ metadata });
+      for (let start = 0; start < data.length; start += chunkBytes) {
+        call.write({ chunk: data.subarray(start, start + chunkBytes) });
+      }
+      call.end();
+    });
   }
 
   // Revoke this client's token on the server and forget it.
@@ -132,4 +180,4 @@ class BoardClient {
   }
 }
 
-module.exports = { BoardClient, BoardError, channelCredentials, loadBoardPackage, settled, grpc };
+module.exports = { BoardClient, BoardError, channelCredentials, isLocalTarget, loadBoardPackage, settled, grpc };

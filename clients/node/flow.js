@@ -4,7 +4,8 @@
 // read it back, attach a photo and watch it being tagged (WatchAttachment streams each change), fetch an
 // overlay preview (GetAttachmentPreview) and find the post again with a filter (ListPosts filter/order_by).
 // Usage: node flow.js [--target 127.0.0.1:50051] [--photo photo.jpg] [--preview out.jpg]
-//                     [--ca-file ca.pem | --tls] [--wait-seconds 120]
+//                     [--ca-file ca.pem | --tls | --plaintext] [--wait-seconds 120]
+// (TLS unless the target is loopback; --plaintext opts out)
 // (or BOARD_TARGET, BOARD_CA_FILE). A fresh account is made with a random password that is never shown.
 
 const crypto = require('node:crypto');
@@ -46,11 +47,9 @@ async function runFlow(
   });
   const listed = await client.call('ListPosts', { user_id: user.id, page_size: 10 });
   const fetched = await client.call('GetPost', { id: post.id });
-  const added = await client.call('AddAttachment', {
-    post_id: post.id,
-    filename: photo ? path.basename(photo) : 'tiny.png',
-    data: photo ? fs.readFileSync(photo) : TINY_PNG, // bytes travel as a Buffer
-  });
+  // UploadAttachment: the bytes travel as Buffers in chunks, so a photo up to the server's limit goes up.
+  const filename = photo ? path.basename(photo) : 'tiny.png';
+  const added = await client.upload(post.id, filename, photo ? fs.readFileSync(photo) : TINY_PNG);
 
   const updates = [];
   let attachment;
@@ -90,7 +89,8 @@ async function main(argv) {
   const waitMs = Number(option(argv, '--wait-seconds') ?? 120) * 1000;
   const client = new BoardClient(target, {
     rootCerts: caFile ? fs.readFileSync(caFile) : null,
-    tls: argv.includes('--tls'),
+    tls: argv.includes('--tls') || null,
+    plaintext: argv.includes('--plaintext'),
   });
   try {
     const result = await runFlow(client, { photo: option(argv, '--photo') ?? null, waitMs, log: console.log });

@@ -16,6 +16,7 @@ import io
 import itertools
 import os
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -51,6 +52,17 @@ def tiny_png() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (8, 6), (200, 30, 30)).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def non_loopback_address() -> str | None:
+    """An IPv4 address of this machine that is not loopback (where a route outward starts), or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the route
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if address.startswith("127.") else address
 
 
 def photo_near_the_limit(limit: int = 20 * 1024 * 1024) -> bytes:

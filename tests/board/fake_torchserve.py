@@ -34,9 +34,17 @@ REFUSAL = "corrupt: the fake model server refuses every image"
 
 
 class FakeTorchServe:
-    """A gRPC server on 127.0.0.1 with TorchServe's Predictions method; ``target`` is HOST:PORT."""
+    """A gRPC server with TorchServe's Predictions method on ``host`` (127.0.0.1), TLS with ``credentials``;
+    ``target`` is HOST:PORT."""
 
-    def __init__(self, *, hold: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        hold: bool = False,
+        host: str = "127.0.0.1",
+        credentials: grpc.ServerCredentials | None = None,
+    ) -> None:
+        self.host = host
         self._hold = hold
         self._released = threading.Event()
         self._calls = 0
@@ -50,11 +58,15 @@ class FakeTorchServe:
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE, {"Predictions": handler}),)
         )
-        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        address = f"{host}:0"
+        if credentials is None:
+            self.port = self._server.add_insecure_port(address)
+        else:
+            self.port = self._server.add_secure_port(address, credentials)
 
     @property
     def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def image_calls(self) -> int:
@@ -93,9 +105,11 @@ class FakeTorchServe:
 
 
 @contextmanager
-def fake_torchserve(*, hold: bool = False) -> Iterator[FakeTorchServe]:
+def fake_torchserve(
+    *, hold: bool = False, host: str = "127.0.0.1", credentials: grpc.ServerCredentials | None = None
+) -> Iterator[FakeTorchServe]:
     """A started FakeTorchServe, stopped (its held calls released) on exit."""
-    fake = FakeTorchServe(hold=hold)
+    fake = FakeTorchServe(hold=hold, host=host, credentials=credentials)
     fake.start()
     try:
         yield fake

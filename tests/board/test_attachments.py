@@ -1,5 +1,5 @@
 """Attachments through the gRPC API of a real board server (tagging off: uploads stay PENDING), on SQLite and
-PostgreSQL: storage, validation with field violations, size limits (one message of at most 1 MiB, larger images
+PostgreSQL: storage, validation with field violations, size limits (a message of at most 1 MiB, larger images
 in chunks), cascades, and the label filter's rules. tests/board/test_uploads.py has UploadAttachment's rules.
 
 Uploads are made by the post's author, signed in (``author``); reads need no token (``client`` is anonymous).

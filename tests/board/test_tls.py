@@ -1,6 +1,7 @@
 """Transport security of real servers: TLS with a test CA (trustme) for the Python client and grpcurl, and the
 start-up refusals: a public address with auth on needs TLS or --allow-plaintext; --auth off only on loopback,
-and announced there."""
+and announced there; the board's TorchServe client speaks TLS with --segmentation-ca-file and refuses a
+remote target in plaintext unless --allow-plaintext-segmentation."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 import trustme
 
 from clients.board import BoardClient, UnavailableError
+from clients.gen.board.v1 import board_pb2
 from tests.board.conftest import (
     BOARD_SERVER,
     PASSWORD,
@@ -21,7 +24,9 @@ from tests.board.conftest import (
     new_email,
     sign_up,
     start_board_server,
+    tiny_png,
 )
+from tests.board.fake_torchserve import fake_torchserve
 from tests.support import Processes
 
 _refused = itertools.count()
@@ -188,3 +193,36 @@ def test_auth_off_on_loopback_is_announced_and_lets_anyone_act_as_anyone(
         post = anyone.create_post(ada.id, "as Ada", "without signing in")
         assert post.user_id == ada.id
         anyone.delete_post(post.id)
+
+
+# --- the board's TorchServe client -------------------------------------------------------------------------
+
+
+def test_a_remote_segmentation_target_in_plaintext_is_refused_at_start(
+    processes: Processes, tmp_path: Path
+) -> None:
+    log = refused_start(processes, tmp_path, "--segmentation-target", "192.0.2.10:7070")
+    assert "refusing to send the inference key in plaintext to '192.0.2.10:7070'" in log
+    assert "--segmentation-ca-file" in log and "--allow-plaintext-segmentation" in log
+
+
+def test_the_board_tags_through_a_model_server_over_tls_with_its_ca(
+    processes: Processes, tmp_path: Path, pki: Pki
+) -> None:
+    credentials = grpc.ssl_server_credentials([(pki.key_file.read_bytes(), pki.cert_file.read_bytes())])
+    with fake_torchserve(credentials=credentials) as fake:
+        flags = (
+            "--segmentation-target", fake.target, "--segmentation-ca-file", str(pki.ca_file),
+            "--tagging-poll", "0.3",
+        )  # fmt: skip
+        server = start_board_server(processes, f"sqlite:///{tmp_path / 'b.db'}", tmp_path, extra=flags)
+        assert f"tagging via TorchServe gRPC {fake.target} (TLS)" in server.log()
+        member = sign_up(server.target, "Tagged")
+        with member.client as client:
+            post = client.create_post(0, "t", "c")
+            added = client.add_attachment(post.id, "a.png", tiny_png())
+            settled = client.wait_for_tagging(added.id, timeout=60)
+        # The fake refuses every image: the refusal came back over the TLS channel.
+        assert settled.status == board_pb2.ATTACHMENT_STATUS_FAILED
+        assert "the fake model server refuses every image" in settled.failure_reason
+        assert fake.image_calls >= 1

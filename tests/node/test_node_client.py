@@ -1,11 +1,13 @@
-"""The Node.js client (clients/node) against real board servers with accounts on: `node --test` and the flow
-script. The board tags uploads through the session TorchServe (tests/torchserve_fixtures.py: an archive from
-training.export behind the real handler), so the flow's WatchAttachment sees PENDING become TAGGED and its
-overlay preview has a mask; a second server serves TLS with a test CA (trustme) for the TLS test.
+"""The Node.js client (clients/node) against real board servers with accounts on: `node --test`, the flow
+script, an upload near the 20 MiB limit and TLS by default off loopback. For the suite and the flow the board
+tags uploads through the session TorchServe (tests/torchserve_fixtures.py: an archive from training.export
+behind the real handler), so the flow's WatchAttachment sees PENDING become TAGGED and its overlay preview
+has a mask; a second server serves TLS with a test CA (trustme) for the TLS test.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.board.conftest import RunningServer
+from tests.board.conftest import RunningServer, non_loopback_address, sign_up, start_board_server
 from tests.clients.conftest import AUTH_ON, start_tls_board
 from tests.support import REPO_ROOT, Processes
 from tests.torchserve_fixtures import TorchServe, start_tagging_board
@@ -93,3 +95,60 @@ def test_node_flow_script_signs_up_watches_previews_and_filters(
         assert post.title == "Hello from Node.js" and post.user_id == 1
         assert client.get_attachment(1).status == 2  # TAGGED
     assert "password" not in out.lower() and "token" not in out.lower()
+
+
+# A client call from Node, printed as JSON: the attachment an upload made, or the error's status code.
+NODE_CALL = """
+const fs = require('node:fs');
+const { BoardClient } = require('./board_client');
+const env = process.env;
+const client = new BoardClient(env.TARGET, {
+  token: env.TOKEN || null, timeoutMs: 20000, plaintext: env.PLAINTEXT === '1',
+});
+const call = env.FILE
+  ? client.upload(env.POST_ID, 'big.png', fs.readFileSync(env.FILE))
+  : client.call('ListPosts', {});
+call.then(
+  (answer) => console.log(JSON.stringify({ ok: true, size_bytes: answer.size_bytes, id: answer.id })),
+  (err) => console.log(JSON.stringify({ ok: false, code: err.code, message: err.message })),
+).finally(() => client.close());
+"""
+
+
+def _node_call(env: dict[str, str]) -> dict[str, object]:
+    result = _node(["-e", NODE_CALL], env)
+    assert result.returncode == 0, result.stderr
+    answer: dict[str, object] = json.loads(result.stdout.strip().splitlines()[-1])
+    return answer
+
+
+def test_the_node_client_uploads_a_photo_near_the_limit_in_chunks(
+    processes: Processes, tmp_path: Path, photo_near_the_limit_file: Path
+) -> None:
+    server = start_board_server(processes, f"sqlite:///{tmp_path / 'board.db'}", tmp_path, extra=AUTH_ON)
+    member = sign_up(server.target, "Node uploader")
+    with member.client as client:
+        post = client.create_post(0, "big", "from Node")
+        answer = _node_call(
+            {"TARGET": server.target, "TOKEN": client.token or "", "POST_ID": str(post.id),
+             "FILE": str(photo_near_the_limit_file)}
+        )  # fmt: skip
+        assert answer["ok"], answer
+        assert answer["size_bytes"] == str(photo_near_the_limit_file.stat().st_size)
+        content = client.get_attachment_content(int(str(answer["id"])), timeout=60)
+        assert content.data == photo_near_the_limit_file.read_bytes()
+
+
+def test_the_node_client_speaks_tls_off_loopback_unless_told_plaintext(
+    processes: Processes, tmp_path: Path
+) -> None:
+    address = non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to serve on")
+    flags = ("--address", "0.0.0.0:0", "--allow-plaintext")  # a plaintext board on every address
+    server = start_board_server(processes, f"sqlite:///{tmp_path / 'board.db'}", tmp_path, extra=flags)
+    remote = f"{address}:{server.port}"
+    refused = _node_call({"TARGET": remote})  # TLS by default: no conversation with a plaintext server
+    assert refused == {"ok": False, "code": 14, "message": refused["message"]}, refused
+    assert _node_call({"TARGET": remote, "PLAINTEXT": "1"})["ok"]
+    assert _node_call({"TARGET": f"127.0.0.1:{server.port}"})["ok"]  # loopback: plaintext by default
