@@ -176,6 +176,15 @@ def add_attachment(board: Board) -> list[Line]:
     return [Line("Attachment created", fields)]
 
 
+def upload_attachment(board: Board) -> list[Line]:
+    member = board.member()
+    post = member.client.create_post(0, "t", "c")
+    image = tiny_png()
+    added = member.client.upload_attachment(post.id, "u.png", image, chunk_bytes=16)
+    fields = {"id": str(added.id), "post_id": str(post.id), "bytes": str(len(image)), "by": actor(member)}
+    return [Line("Attachment created", fields)]
+
+
 def delete_attachment(board: Board) -> list[Line]:
     member = board.member()
     added = member.client.add_attachment(member.client.create_post(0, "t", "c").id, "a.png", tiny_png())
@@ -216,6 +225,7 @@ CHANGES: dict[str, Callable[[Board], list[Line]]] = {
     "UpdateComment": update_comment,
     "DeleteComment": delete_comment,
     "AddAttachment": add_attachment,
+    "UploadAttachment": upload_attachment,
     "DeleteAttachment": delete_attachment,
     "RetryAttachment": retry_attachment,
     "RetagAttachments": retag_attachments,

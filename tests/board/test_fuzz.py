@@ -10,6 +10,10 @@ Two kinds of input:
 - **raw bytes** sent through a raw unary call: random bytes, valid requests mutated (bit flips, cuts,
   splices), and hand-encoded fields with invalid UTF-8 in string fields or the wrong wire type.
 
+A client-streaming RPC (UploadAttachment) gets the drawn message first; a typed one is followed by a chunk of
+a real image, so that a valid metadata message leads to a stored upload. The server runs with every limit
+at its default.
+
 Every answer must carry a documented code (``DOCUMENTED``; UNIMPLEMENTED only for an RPC in ``NOT_BUILT``,
 empty now: every RPC of the contract is served), an error message of bounded length that does not echo a long
 input back, and bounded trailers; after each RPC's run the server still answers Health.Check and GetPost.
@@ -48,7 +52,7 @@ from tests.support import Processes
 SERVICE = board_pb2.DESCRIPTOR.services_by_name["BoardService"]
 METHODS: dict[str, MethodDescriptor] = {m.name: m for m in SERVICE.methods}
 # RPCs of the contract that the server does not implement yet: only these may answer UNIMPLEMENTED.
-NOT_BUILT: frozenset[str] = frozenset({"UploadAttachment"})
+NOT_BUILT: frozenset[str] = frozenset()
 Code = grpc.StatusCode
 DOCUMENTED = frozenset(
     {
@@ -433,6 +437,9 @@ def templates(world: World) -> dict[str, Message]:
         ),
         "DeleteComment": b.DeleteCommentRequest(id=victim["comments"]),
         "AddAttachment": b.AddAttachmentRequest(post_id=post, filename="f.jpg", data=JPEG),
+        "UploadAttachment": b.UploadAttachmentRequest(
+            metadata=b.UploadAttachmentMetadata(post_id=post, filename="f.jpg", size_bytes=len(JPEG))
+        ),
         "GetAttachment": b.GetAttachmentRequest(id=attachment),
         "ListAttachments": b.ListAttachmentsRequest(post_id=post, page_size=1),
         "GetAttachmentContent": b.GetAttachmentContentRequest(id=attachment),
@@ -471,11 +478,22 @@ class Answer:
     trailers: Sequence[tuple[str, str | bytes]]
 
 
-def call(world: World, method: str, request: bytes, metadata: tuple[tuple[str, str], ...]) -> Answer:
-    """Send serialized ``request`` to ``method``; the status it ends with (a stream: after its first item)."""
+def call(
+    world: World,
+    method: str,
+    request: bytes,
+    metadata: tuple[tuple[str, str], ...],
+    more: Sequence[bytes] = (),
+) -> Answer:
+    """Send serialized ``request`` to ``method`` (a client stream: then the messages of ``more``); the status
+    it ends with (a server stream: after its first item)."""
     path = f"/{SERVICE.full_name}/{method}"
     identity: Callable[[bytes], bytes] = lambda b: b  # noqa: E731 - bytes in, bytes out
     try:
+        if METHODS[method].client_streaming:
+            upload = world.channel.stream_unary(path, identity, identity)
+            upload(iter([request, *more]), timeout=GENEROUS, metadata=metadata)
+            return Answer(Code.OK, "", ())
         if METHODS[method].server_streaming:
             stream = world.channel.unary_stream(path, identity, identity)(
                 request, timeout=GENEROUS, metadata=metadata
@@ -541,10 +559,13 @@ CALLERS = st.sampled_from(
 def test_typed_requests_get_only_documented_codes(world: World, method: str) -> None:
     callers = CALLERS if method != "SignOut" else st.sampled_from(["nobody", "garbage"])
 
+    # A chunk of a real image after a client stream's drawn message.
+    more = [board_pb2.UploadAttachmentRequest(chunk=JPEG).SerializeToString()]
+
     @FUZZ
     @given(request=requests(world, method), who=callers)
     def fuzz(request: Message, who: str) -> None:
-        answer = call(world, method, request.SerializeToString(), world.metadata(who))
+        answer = call(world, method, request.SerializeToString(), world.metadata(who), more)
         world.codes[(method, answer.code.name)] += 1
         check(answer, method, long_inputs(request))
 
