@@ -1,13 +1,15 @@
 """Board benchmark: real `board-server` processes driven by k6 against an empty gRPC floor in the same run.
 
 Every cell (GetPost, CreatePost, ListPosts at concurrency 16 and 1) alternates floor and board runs and
-reports the median and spread of board/floor; then the RSS per process after mixed load, and metrics on vs
-off. Why this floor, this load generator and these cells: docs/operations.md, "How this was chosen". Results
+reports the median and spread of board/floor; then the RSS per process after mixed load, metrics on vs off,
+and the per-client limits on vs off (``--client-limits off``). Every table records the limits its board ran
+with. Why this floor, this load generator and these cells: docs/operations.md, "How this was chosen". Results
 go to bench/results/board.json and board-postgres.json (full runs only), which bench/report.py renders.
 
     python -m bench.board                 # the record (about 15 minutes)
     python -m bench.board --quick         # a trial: 1 short run per cell, nothing written
     python -m bench.board --databases sqlite --operations GetPost --concurrency 16 --board-args="--workers 4"
+    python -m bench.board --only limits   # the limits comparison alone: bench/results/board-limits.json
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from bench.postgres import benchmark_database, postgres_bin
 from bench.procfs import process_tree_rss
 from bench.records import ROOT, load_average, summarize, write_results
 from bench.seeding import seed
-from bench.servers import BoardFeatures, Server, board_executable, clean_env, running
+from bench.servers import BoardFeatures, Server, board_executable, board_limits, clean_env, running
 from seg_handler.launcher.processes import free_port
 
 logger = logging.getLogger("bench.board")
@@ -56,9 +58,10 @@ def board_server(
     features: BoardFeatures,
     *,
     metrics: bool,
+    extra: Sequence[str] = (),
 ) -> Iterator[Server]:
     """The board on ``database_url`` with its defaults, plus --processes / --metrics-address when it has
-    them (metrics on a free loopback port, or ``none``)."""
+    them (metrics on a free loopback port, or ``none``), then ``extra`` flags and --board-args."""
     cmd = [
         str(args.board_server), "--address", "127.0.0.1:0", "--database-url", database_url,
         "--audit-log", str(work / f"{name}-audit.log"), "--grace", "2",
@@ -67,7 +70,7 @@ def board_server(
         cmd += ["--processes", str(args.processes)]
     if features.metrics:
         cmd += ["--metrics-address", f"127.0.0.1:{free_port()}" if metrics else "none"]
-    cmd += shlex.split(args.board_args)
+    cmd += [*extra, *shlex.split(args.board_args)]
     with running(name, cmd, work, clean_env()) as server:
         yield server
 
@@ -143,6 +146,7 @@ def measure_database(
         board.check_alive()
         rss = process_tree_rss(board.pid)
     metrics = measure_metrics(database_url, args, features, load) if kind == "sqlite" else None
+    limits = measure_limits(database_url, args, features, load) if kind == "sqlite" else None
     return {
         "database": kind,
         "setup": {
@@ -164,6 +168,7 @@ def measure_database(
             "reply_bytes": {k: len(v) for k, v in replies.items()},
             "load_generator": f"{args.k6_version} (bench/k6/board.js), one connection per VU, closed loop",
             "flags": {"processes": features.processes, "metrics_address": features.metrics},
+            "limits": board_limits(shlex.split(args.board_args)),
         },
         "auth": bool(seeded.token),
         "cells": cells,
@@ -179,6 +184,7 @@ def measure_database(
             "max_mb": max((p["rss_mb"] for p in rss), default=0.0),
         },
         "metrics": metrics,
+        "limits": limits,
         "notes": notes,
     }
 
@@ -219,6 +225,91 @@ def measure_metrics(
         "on": side(runs["on"]),
         "off": side(runs["off"]),
         "cost": cost,
+    }
+
+
+LIMITS_ROUNDS = 5
+
+
+def measure_limits(
+    database_url: str, args: argparse.Namespace, features: BoardFeatures, load: Load
+) -> dict[str, Any]:
+    """GetPost c16 on two fresh boards on the same (seeded) database, one with every per-client limit on (the
+    defaults), one with ``--client-limits off`` (gRPC reads a unary request before the board's code runs and
+    nothing is counted, as before the limits); cost = 1 - on / off per round, at least LIMITS_ROUNDS rounds,
+    each pair in alternating order. The k6 load is 16 connections from one address and one user: under the
+    default caps, so nothing is refused."""
+    if not features.limits:
+        note = "board-server has no --client-limits flag yet: limits on vs off not run"
+        logger.warning(note)
+        return {"status": "not run", "note": note}
+    with (
+        board_server("board-limits-on", database_url, load.work, args, features, metrics=True) as on,
+        board_server(
+            "board-limits-off", database_url, load.work, args, features, metrics=True,
+            extra=("--client-limits", "off"),
+        ) as off,
+    ):  # fmt: skip
+        runs: dict[str, list[Run]] = {"on": [], "off": []}
+        rounds = args.runs if args.quick else max(LIMITS_ROUNDS, args.limits_rounds or args.runs)
+        for round_ in range(rounds):
+            pair = (("on", on), ("off", off))
+            for name, server in pair if round_ % 2 == 0 else pair[::-1]:
+                runs[name].append(run_k6(load, server, "GetPost", 16))
+                server.check_alive()
+    pairs = zip(runs["on"], runs["off"], strict=True)
+    cost = summarize([round(1 - on.rps / off.rps, 4) if off.rps else 0.0 for on, off in pairs])
+    logger.info("limits cost, GetPost c16: %s", spread(cost, 3))
+    return {
+        "status": "run",
+        "operation": "GetPost",
+        "concurrency": 16,
+        "on": side(runs["on"]),
+        "off": side(runs["off"]),
+        "cost": cost,
+        "max_cost": LIMITS_MAX_COST,
+        "met": cost["median"] <= LIMITS_MAX_COST,
+        "limits_on": board_limits(shlex.split(args.board_args)),
+    }
+
+
+LIMITS_MAX_COST = 0.03  # the hardening issue: the limits cost at most 3 % of GetPost c16
+
+
+def limits_target(limits: dict[str, Any]) -> dict[str, Any]:
+    """The limits' cost (median over the rounds) against LIMITS_MAX_COST, as bench/report.py reads targets."""
+    if limits.get("status") != "run":
+        return {}
+    cost = limits["cost"]["median"]
+    return {
+        "limits cost, GetPost c16 (1 - on/off)": {"value": cost, "max": LIMITS_MAX_COST, "met": limits["met"]}
+    }
+
+
+def measure_limits_alone(args: argparse.Namespace, features: BoardFeatures, work: Path) -> dict[str, Any]:
+    """``--only limits``: seed a SQLite board, then ``measure_limits`` alone (no floors, no other cells)."""
+    database_url = f"sqlite:///{work / 'board.db'}"
+    with board_server("board-seed", database_url, work, args, features, metrics=False) as board:
+        seeded = seed(board.target, args.posts)
+    ids_file = work / "ids.json"
+    ids_file.write_text(json.dumps(seeded.post_ids))
+    load = Load(args.k6, args.seconds, args.warmup, work, ids_file, seeded)
+    limits = measure_limits(database_url, args, features, load)
+    return {
+        "database": "sqlite",
+        "setup": {
+            "database": "SQLite file, synchronous=FULL (the server's default)",
+            "posts_seeded": args.posts,
+            "seconds_per_run": args.seconds,
+            "warmup_seconds": args.warmup,
+            "board_processes": args.processes,
+            "board_args": args.board_args,
+            "load_generator": f"{args.k6_version} (bench/k6/board.js), one connection per VU, closed loop",
+            "limits": board_limits(shlex.split(args.board_args)),
+        },
+        "auth": bool(seeded.token),
+        "limits": limits,
+        "targets": limits_target(limits),
     }
 
 
@@ -270,6 +361,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="what the floor answers: the board's own bytes (default) or empty messages",
     )
     parser.add_argument("--board-server", type=Path, help="board-server executable (default: the venv's)")
+    parser.add_argument(
+        "--only",
+        choices=("limits",),
+        help="measure one comparison alone: limits (on vs off, GetPost c16) into board-limits.json",
+    )
+    parser.add_argument(
+        "--limits-rounds", type=int, help=f"rounds of the limits comparison (at least {LIMITS_ROUNDS})"
+    )
     parser.add_argument("--k6", type=Path, default=Path(sys.executable).parent / "k6", help="k6 binary")
     parser.add_argument(
         "--results-dir", type=Path, help="write the JSON here (default bench/results/, full runs)"
@@ -311,6 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.k6_version = version.stdout.strip()
     args.board_server = args.board_server or board_executable()
     features = BoardFeatures.probe(args.board_server)
+    if args.only == "limits":
+        return _limits_only(args, features)
     kinds = args.databases
     if args.database_url:
         kinds = ["sqlite" if args.database_url.startswith("sqlite") else "postgresql"]
@@ -352,6 +453,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_targets(targets)
     if results_dir is None:
         print("\ntrial configuration: results not written (a record is a full run; --results-dir keeps one)")
+    return 0
+
+
+def _limits_only(args: argparse.Namespace, features: BoardFeatures) -> int:
+    load_before = load_average()
+    with tempfile.TemporaryDirectory(prefix="board-bench-limits-") as tmp:
+        table = measure_limits_alone(args, features, Path(tmp))
+    limits = table["limits"]
+    if limits["status"] == "run":
+        cost = limits["cost"]
+        print(
+            f"limits cost, GetPost c16: median {100 * cost['median']:.2f} % "
+            f"(min {100 * cost['min']:.2f} %, max {100 * cost['max']:.2f} %, {len(cost['runs'])} rounds); "
+            f"target <= {100 * LIMITS_MAX_COST:.0f} %: {'met' if limits['met'] else 'NOT met'}"
+        )
+    out = (args.results_dir or ROOT / "bench" / "results") / "board-limits.json"
+    if args.quick and args.results_dir is None:
+        print("trial configuration: results not written")
+        return 0
+    path = write_results("board-limits", table, load_before=load_before, out=out)
+    print(f"written to {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return 0
 
 

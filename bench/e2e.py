@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.records import load_average, summarize, write_results
+from bench.servers import board_limits
 from bench.serving import bench_image, build_archive, torchserve_on_free_ports
 from clients.board import BoardClient
 from clients.gen.board.v1 import board_pb2
@@ -190,6 +191,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "board": "board-server defaults (SQLite WAL synchronous=FULL, default processes and tagging "
             "workers), tagging over TorchServe gRPC with the inference key file",
             "latency": "AddAttachment call to the update_time of the committed TAGGED",
+            "limits": board_limits(()),
         },
     }
 

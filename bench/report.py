@@ -272,6 +272,14 @@ def render_board(result: Result) -> list[str]:
         ]
     elif isinstance(metrics, Mapping):
         lines += ["", f"Metrics on vs off: {metrics.get('status')} ({metrics.get('note', '')})."]
+    limits = record.get("limits")
+    if isinstance(limits, Mapping) and limits.get("status") == "run":
+        lines += [
+            "",
+            f"Per-client limits on vs off ({limits.get('operation')} c{limits.get('concurrency')}): "
+            f"{number(median(_dig(limits, 'on', 'rps')))} vs "
+            f"{number(median(_dig(limits, 'off', 'rps')))} rps; cost {_percent(limits.get('cost') or {})}.",
+        ]
     targets = board_targets(record)
     if targets:
         lines += ["", *table(["target", "limit", "median", "verdict"], targets)]
@@ -382,6 +390,7 @@ TITLES = {
     "board-postgres": "Board on PostgreSQL (no targets) — `python -m bench.board`",
     "serving": "TorchServe serving — `python -m bench.serving`",
     "e2e": "Photos end to end: AddAttachment → TAGGED — `python -m bench.e2e`",
+    "board-limits": "Per-client limits on vs off, GetPost c16 — `python -m bench.board --only limits`",
 }
 
 

@@ -39,7 +39,7 @@ from sqlalchemy import Connection, Table, insert, text
 
 from bench.postgres import benchmark_database
 from bench.records import ROOT, load_average, summarize, write_results
-from bench.servers import board_executable, clean_env, running
+from bench.servers import board_executable, board_limits, clean_env, running
 from board_server.query.filter import OrderBy, parse_filter, parse_order_by
 from board_server.query.post_search import Cursor, search_posts
 from board_server.storage.engine import Database, migrate, open_database
@@ -250,6 +250,7 @@ def run_backend(name: str, url: str, args: argparse.Namespace) -> dict[str, Any]
         with tempfile.TemporaryDirectory(prefix="board-bench-search-server-") as work:
             figures["grpc"] = {
                 "server": "board-server --processes 1 (defaults otherwise), one BoardClient, anonymous reads",
+                "limits": board_limits(["--processes", "1"]),
                 "cells": _measure_grpc(name, url, Path(work), args),
             }
     return figures

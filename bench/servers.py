@@ -61,6 +61,7 @@ class BoardFeatures:
 
     processes: bool
     metrics: bool
+    limits: bool = False  # --client-limits, to measure the per-client limits on vs off
 
     @classmethod
     def probe(cls, executable: Path) -> BoardFeatures:
@@ -68,7 +69,11 @@ class BoardFeatures:
         done = subprocess.run([str(executable), "--help"], capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise SystemExit(f"`board-server --help` failed ({done.returncode}):\n{done.stderr[-2000:]}")
-        return cls(processes="--processes" in done.stdout, metrics="--metrics-address" in done.stdout)
+        return cls(
+            processes="--processes" in done.stdout,
+            metrics="--metrics-address" in done.stdout,
+            limits="--client-limits" in done.stdout,
+        )
 
 
 def board_executable() -> Path:

@@ -26,7 +26,7 @@ import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -34,6 +34,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from board_server.api.limits import (
+    EOF,
     CallLimits,
     CallsInProgress,
     PeerIdentity,
@@ -41,6 +42,7 @@ from board_server.api.limits import (
     limit_other,
     messages_within,
     peer_key,
+    read_within,
 )
 from board_server.api.status import to_grpc_status
 from board_server.core.errors import BoardError, FieldViolation, InvalidArgument, NotFound
@@ -131,19 +133,29 @@ class BoardInterceptor(_ServerInterceptor):
             return handler
         if method.startswith(self._prefix):
             wrapped = self._wrap(method[len(self._prefix) :], handler)
-        else:
+        elif self._limits.enabled:
             wrapped = limit_other(handler, self._peers, self._calls, self._limits.request_timeout_s)
+        else:
+            wrapped = handler
         self._wrapped[method] = wrapped
         return wrapped
 
     def _wrap(self, name: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         deserialize = _safe(handler.request_deserializer)
         serialize = handler.response_serializer
+        limited = self._limits.enabled
         if handler.unary_unary is not None:
+            if not limited:
+                read = self._unary_as_read(name, handler.unary_unary)
+                return grpc.unary_unary_rpc_method_handler(read, deserialize, serialize)
             unary = self._unary(name, handler.unary_unary)
             return grpc.stream_unary_rpc_method_handler(unary, deserialize, serialize)
         if handler.unary_stream is not None:
-            stream = self._stream(name, cast(Callable[..., AsyncIterator[Any]], handler.unary_stream))
+            answers = cast(Callable[..., AsyncIterator[Any]], handler.unary_stream)
+            if not limited:
+                as_read = self._stream_as_read(name, answers)
+                return grpc.unary_stream_rpc_method_handler(as_read, deserialize, serialize)
+            stream = self._stream(name, answers)
             return grpc.stream_stream_rpc_method_handler(stream, deserialize, serialize)
         if handler.stream_unary is not None:
             upload = self._upload(name, handler.stream_unary)
@@ -152,39 +164,55 @@ class BoardInterceptor(_ServerInterceptor):
 
     # --- before the servicer runs ------------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def _admitted(self, name: str, context: Context) -> AsyncIterator[None]:
-        """From the headers alone: the peer's call counted, the caller authenticated (``current_caller()``
-        and ``Caller.peer``), the user's call counted; for the rest of the block."""
+    async def _admit(self, name: str, context: Context) -> tuple[str, ...]:
+        """From the headers alone: the peer's call counted, the caller authenticated (``current_caller()``,
+        with ``Caller.peer``), the user's call counted. Returns the keys counted, for ``_release``."""
         metadata = context.invocation_metadata()
         peer = self._peers.identify(context.peer(), metadata)
-        with self._calls.held(peer_key(peer), "this address"):
-            authorization = None
-            if name not in _NO_AUTH:
-                for key, value in metadata or ():
-                    if key == "authorization":
-                        authorization = value if isinstance(value, str) else ""
-                        break
+        authorization = None
+        if name not in _NO_AUTH:
+            for key, value in metadata or ():
+                if key == "authorization":
+                    authorization = value if isinstance(value, str) else ""
+                    break
+        if not self._limits.enabled:
+            _CALLER.set(replace(await self._accounts.authenticate(authorization), peer=peer))
+            return ()
+        address = peer_key(peer)
+        self._calls.enter(address, "this address")
+        try:
             caller = replace(await self._accounts.authenticate(authorization), peer=peer)
             _CALLER.set(caller)
-            with self._user_held(caller):
-                yield
+            if caller.user_id is None:
+                return (address,)
+            user = f"user:{caller.user_id}"
+            self._calls.enter(user, "this user")
+        except BaseException:
+            self._calls.leave(address)
+            raise
+        return (address, user)
 
-    def _user_held(self, caller: Caller) -> AbstractContextManager[None]:
-        if caller.user_id is None:
-            return nullcontext()
-        return self._calls.held(f"user:{caller.user_id}", "this user")
+    def _release(self, keys: tuple[str, ...]) -> None:
+        for key in keys:
+            self._calls.leave(key)
 
-    async def _request(self, name: str, requests: AsyncIterator[Any]) -> Any:
+    @asynccontextmanager
+    async def _admitted(self, name: str, context: Context) -> AsyncIterator[None]:
+        """``_admit`` for the duration of the block."""
+        keys = await self._admit(name, context)
+        try:
+            yield
+        finally:
+            self._release(keys)
+
+    async def _request(self, name: str, context: Context) -> Any:
         """The one message of a unary request, within the request timeout, decoded."""
-        messages = messages_within(requests, self._limits.request_timeout_s, every=False)
-        request = await anext(messages, None)
-        if request is None:
-            raise InvalidArgument([FieldViolation("request", "the call ended before its request message")])
-        self._check_decoded(name, request)
-        return request
+        request = await read_within(context, self._limits.request_timeout_s)
+        return self._decoded_request(name, request)
 
-    def _check_decoded(self, name: str, request: Any) -> None:
+    def _decoded_request(self, name: str, request: Any) -> Any:
+        if request is None or request is EOF:
+            raise InvalidArgument([FieldViolation("request", "the call ended before its request message")])
         if isinstance(request, _Undecodable):
             raise InvalidArgument(
                 [
@@ -193,18 +221,33 @@ class BoardInterceptor(_ServerInterceptor):
                     )
                 ]
             )
+        return request
 
     # --- the three kinds of board.v1 method ----------------------------------------------------------------
 
     def _unary(self, name: str, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        request_timeout, call_timeout = self._limits.request_timeout_s, self._timeout
+
         async def guarded(requests: AsyncIterator[Any], context: Context) -> Any:
-            async with (
-                self._outcome(name, context),
-                asyncio.timeout(self._timeout),
-                self._admitted(name, context),
-            ):
-                request = await self._request(name, requests)
-                return await behaviour(request, context)
+            async with self._outcome(name, context):
+                arrived = False
+                try:
+                    # One deadline: the request's, then (once it has arrived) the call's, both from the start.
+                    async with asyncio.timeout(request_timeout) as deadline:
+                        keys = await self._admit(name, context)
+                        try:
+                            request = await context.read()
+                            arrived = True
+                            when = deadline.when()
+                            if when is not None:
+                                deadline.reschedule(when - request_timeout + call_timeout)
+                            return await behaviour(self._decoded_request(name, request), context)
+                        finally:
+                            self._release(keys)
+                except TimeoutError:
+                    if not arrived:
+                        raise RequestTimedOut(request_timeout) from None
+                    raise
 
         return guarded
 
@@ -213,7 +256,7 @@ class BoardInterceptor(_ServerInterceptor):
     ) -> Callable[..., AsyncIterator[Any]]:
         async def guarded(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
             async with self._outcome(name, context), self._admitted(name, context):
-                request = await self._request(name, requests)
+                request = await self._request(name, context)
                 async for item in behaviour(request, context):
                     yield item
 
@@ -227,15 +270,39 @@ class BoardInterceptor(_ServerInterceptor):
                 asyncio.timeout(timeout),
                 self._admitted(name, context),
             ):
-                messages = messages_within(requests, self._limits.request_timeout_s, every=True)
+                messages = messages_within(context, self._limits.request_timeout_s, every=True)
                 return await behaviour(self._decoded(name, messages), context)
+
+        return guarded
+
+    # --- with the per-client limits off (measuring their cost): gRPC reads a unary request first ------------
+
+    def _unary_as_read(
+        self, name: str, behaviour: Callable[..., Awaitable[Any]]
+    ) -> Callable[..., Awaitable[Any]]:
+        async def guarded(request: Any, context: Context) -> Any:
+            async with self._outcome(name, context), asyncio.timeout(self._timeout):
+                keys = await self._admit(name, context)
+                try:
+                    return await behaviour(self._decoded_request(name, request), context)
+                finally:
+                    self._release(keys)
+
+        return guarded
+
+    def _stream_as_read(
+        self, name: str, behaviour: Callable[..., AsyncIterator[Any]]
+    ) -> Callable[..., AsyncIterator[Any]]:
+        async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
+            async with self._outcome(name, context), self._admitted(name, context):
+                async for item in behaviour(self._decoded_request(name, request), context):
+                    yield item
 
         return guarded
 
     async def _decoded(self, name: str, messages: AsyncIterator[Any]) -> AsyncIterator[Any]:
         async for message in messages:
-            self._check_decoded(name, message)
-            yield message
+            yield self._decoded_request(name, message)
 
     @asynccontextmanager
     async def _outcome(

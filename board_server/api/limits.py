@@ -6,8 +6,8 @@ has in progress in this process, and how long a request may take to arrive.
   saw), so that a client behind the proxy cannot pick its own identity by sending the header itself.
 - IPv6 peers are counted per /64: one host usually holds a whole /64, and counting single addresses would
   give it 2^64 shares.
-- A request's messages are read by the interceptor with ``messages_within``: a request that has not arrived
-  within the request timeout raises RequestTimedOut (the interceptor answers DEADLINE_EXCEEDED).
+- A request's messages are read with ``read_within`` / ``messages_within`` (``context.read()``): a request
+  that has not arrived within the request timeout raises RequestTimedOut (answered DEADLINE_EXCEEDED).
 - Health and reflection get the peer limit and the request timeout alone (``limit_other``).
 - Counts live in the process (no lock: every call runs on its event loop); with ``--processes N`` a peer
   spread over N processes gets N shares.
@@ -46,6 +46,9 @@ class CallLimits:
     request_timeout_s: float
     upload_timeout_s: float
     trusted_proxies: tuple[str, ...] = ()
+    # Off only to measure what the limits cost: unary requests are then read by gRPC before the board's code
+    # runs, no call is counted, and only an upload's messages keep their timeout.
+    enabled: bool = True
 
 
 def address_of(peer: str) -> str:
@@ -127,12 +130,11 @@ class CallsInProgress:
     def count(self, key: str) -> int:
         return self._counts.get(key, 0)
 
-    @contextmanager
-    def held(self, key: str, whose: str) -> Iterator[None]:
-        """Count one call under ``key`` while the block runs; raise ResourceExhausted (with RetryInfo and
-        a QuotaFailure on ``key``) when ``limit`` are already in progress. ``whose`` names it for people."""
-        counts = self._counts
-        held = counts.get(key, 0)
+    def enter(self, key: str, whose: str) -> None:
+        """Count one more call under ``key``; raise ResourceExhausted (with RetryInfo and a QuotaFailure on
+        ``key``) when ``limit`` are already in progress. ``whose`` names the key for people. Every ``enter``
+        that returns is matched by one ``leave``."""
+        held = self._counts.get(key, 0)
         if held >= self.limit:
             raise ResourceExhausted(
                 f"{self.limit} calls are already in progress from {whose}, the most allowed; retry when one "
@@ -140,18 +142,30 @@ class CallsInProgress:
                 RETRY_AFTER_S,
                 subject=key,
             )
-        counts[key] = held + 1
+        self._counts[key] = held + 1
+
+    def leave(self, key: str) -> None:
+        left = self._counts[key] - 1
+        if left:
+            self._counts[key] = left
+        else:
+            del self._counts[key]
+
+    @contextmanager
+    def held(self, key: str, whose: str) -> Iterator[None]:
+        """``enter`` for the duration of the block."""
+        self.enter(key, whose)
         try:
             yield
         finally:
-            left = counts[key] - 1
-            if left:
-                counts[key] = left
-            else:
-                del counts[key]
+            self.leave(key)
 
 
 # --- requests that take their time -------------------------------------------------------------------------
+
+Context = grpc.aio.ServicerContext[Any, Any]
+# What ``context.read()`` returns after the last request message (grpc's stubs do not declare it).
+EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
 
 
 class RequestTimedOut(Exception):  # noqa: N818 - an event of the transport, like TimeoutError
@@ -161,30 +175,34 @@ class RequestTimedOut(Exception):  # noqa: N818 - an event of the transport, lik
         super().__init__(f"the request did not arrive within {timeout_s:g} s; the call is ended")
 
 
-async def messages_within(
-    requests: AsyncIterator[Any], timeout_s: float, *, every: bool
-) -> AsyncIterator[Any]:
-    """The messages of ``requests``; the first (``every``: each one) must arrive within ``timeout_s`` of the
+async def read_within(context: Context, timeout_s: float) -> Any:
+    """The call's next request message (``context.read()``, no iterator to finalise), or None after the
+    last; RequestTimedOut when it does not arrive within ``timeout_s``."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            message = await context.read()
+    except TimeoutError:
+        raise RequestTimedOut(timeout_s) from None
+    return None if message is EOF else message
+
+
+async def messages_within(context: Context, timeout_s: float, *, every: bool) -> AsyncIterator[Any]:
+    """The call's request messages; the first (``every``: each one) must arrive within ``timeout_s`` of the
     one before (of the call's start for the first), else RequestTimedOut."""
     first = True
     while True:
-        try:
-            if first or every:
-                async with asyncio.timeout(timeout_s):
-                    message = await anext(requests)
-            else:
-                message = await anext(requests)
-        except StopAsyncIteration:
+        if first or every:
+            message = await read_within(context, timeout_s)
+        else:
+            message = await context.read()
+            message = None if message is EOF else message
+        if message is None:
             return
-        except TimeoutError:
-            raise RequestTimedOut(timeout_s) from None
         first = False
         yield message
 
 
 # --- health and reflection: the peer limit and the request timeout alone ----------------------------------
-
-Context = grpc.aio.ServicerContext[Any, Any]
 
 
 @asynccontextmanager
@@ -200,8 +218,8 @@ async def _limited(context: Context, peers: PeerIdentity, calls: CallsInProgress
         await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
 
 
-async def _one(requests: AsyncIterator[Any], timeout_s: float, context: Context) -> Any:
-    request = await anext(messages_within(requests, timeout_s, every=False), None)
+async def _one(timeout_s: float, context: Context) -> Any:
+    request = await read_within(context, timeout_s)
     if request is None:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call ended before its request message")
     return request
@@ -224,7 +242,7 @@ def limit_other(
 
         async def one_answer(requests: AsyncIterator[Any], context: Context) -> Any:
             async with _limited(context, peers, calls):
-                return await unary(await _one(requests, timeout_s, context), context)
+                return await unary(await _one(timeout_s, context), context)
 
         return grpc.stream_unary_rpc_method_handler(one_answer, deserialize, serialize)
     if handler.unary_stream is not None:
@@ -232,7 +250,7 @@ def limit_other(
 
         async def answers(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
             async with _limited(context, peers, calls):
-                async for item in stream(await _one(requests, timeout_s, context), context):
+                async for item in stream(await _one(timeout_s, context), context):
                     yield item
 
         return grpc.stream_stream_rpc_method_handler(answers, deserialize, serialize)
@@ -241,14 +259,14 @@ def limit_other(
 
         async def collected(requests: AsyncIterator[Any], context: Context) -> Any:
             async with _limited(context, peers, calls):
-                return await collect(messages_within(requests, timeout_s, every=True), context)
+                return await collect(messages_within(context, timeout_s, every=True), context)
 
         return grpc.stream_unary_rpc_method_handler(collected, deserialize, serialize)
     both = cast_stream(handler.stream_stream)
 
     async def conversation(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         async with _limited(context, peers, calls):
-            async for item in both(messages_within(requests, timeout_s, every=False), context):
+            async for item in both(messages_within(context, timeout_s, every=False), context):
                 yield item
 
     return grpc.stream_stream_rpc_method_handler(conversation, deserialize, serialize)

@@ -56,6 +56,8 @@ class TransportSettings(Protocol):
     @property
     def upload_timeout_s(self) -> float: ...
     @property
+    def client_limits(self) -> bool: ...
+    @property
     def max_streams_per_connection(self) -> int: ...
     @property
     def keepalive_time_s(self) -> float: ...
@@ -148,6 +150,7 @@ async def start_grpc(
         request_timeout_s=settings.request_timeout_s,
         upload_timeout_s=settings.upload_timeout_s,
         trusted_proxies=settings.trusted_proxies,
+        enabled=settings.client_limits,
     )
     interceptor = BoardInterceptor(
         SERVICE_NAME, accounts, call_timeout_s=settings.call_timeout_s, limits=limits, observers=observers

@@ -73,6 +73,7 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()
     request_timeout_s: float = 10.0
     upload_timeout_s: float = 300.0
+    client_limits: bool = True  # off only on loopback, to measure what the limits above cost
     max_streams_per_connection: int = 100
     call_timeout_s: float = 30.0
     keepalive_time_s: float = 60.0
@@ -205,6 +206,8 @@ OPTIONS: tuple[Option, ...] = (
            "a request (an upload: each message) must arrive within this long, or the call is ended"),
     Option("upload_timeout_s", "--upload-timeout", "BOARD_UPLOAD_TIMEOUT", parse_duration,
            "an UploadAttachment must be received and stored within this long"),
+    Option("client_limits", "--client-limits", "BOARD_CLIENT_LIMITS", _on_off,
+           "off: no calls-per-peer/user cap or request timeout, to measure their cost (loopback only)"),
     Option("max_streams_per_connection", "--max-streams-per-connection",
            "BOARD_MAX_STREAMS_PER_CONNECTION", int, "concurrent calls one connection may open"),
     Option("call_timeout_s", "--call-timeout", "BOARD_CALL_TIMEOUT", parse_duration,
@@ -372,6 +375,11 @@ def validate(settings: Settings) -> None:
         raise ValueError(
             f"--auth off is for local development only: refused on {s.host!r}; listen on 127.0.0.1 or turn "
             "auth on"
+        )
+    if not s.client_limits and not is_loopback_host(s.host):
+        raise ValueError(
+            f"--client-limits off is for measuring their cost only: refused on {s.host!r}; listen on "
+            "127.0.0.1 or keep the limits"
         )
     if s.auth and not s.tls and not s.allow_plaintext and not is_loopback_host(s.host):
         raise ValueError(

@@ -153,6 +153,7 @@ def test_limits_from_flags_and_environment(tmp_path: Path) -> None:
         ("--upload-timeout", "0"),
         ("--trusted-proxies", "10.0.0.0/33"),
         ("--trusted-proxies", "proxy.internal"),
+        ("--client-limits", "off", "--address", "0.0.0.0:1", "--allow-plaintext"),  # off: loopback only
     ],
 )
 def test_malformed_setting_is_a_value_error(tmp_path: Path, argv: tuple[str, ...]) -> None:

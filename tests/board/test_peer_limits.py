@@ -9,6 +9,7 @@ request timeout, counted against its peer from the first moment.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,8 +35,8 @@ from tests.support import Processes, wait_for
 GENEROUS = 20.0
 BOARD = "/board.v1.BoardService/"
 ATTACKER, OTHER_ATTACKER, PROXY = "127.0.0.2", "127.0.0.3", "127.0.0.4"
-OK, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED = (str(c.value[0]) for c in (
-    grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED
+CANCELLED, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED = (str(c.value[0]) for c in (
+    grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED
 ))  # fmt: skip
 
 
@@ -100,15 +101,21 @@ def test_two_thousand_half_open_streams_from_one_address_leave_another_address_s
             idle_method=BOARD + "GetPost", streams_per_connection=100,
         )  # fmt: skip
         with abusers:
-            settled = lambda: abusers.refused(grpc.StatusCode.RESOURCE_EXHAUSTED) == 2000 - 64  # noqa: E731
+            settled = lambda: abusers.open_streams() == 64  # noqa: E731
             wait_for("every stream past the 64th to be refused", settled, timeout=60)
             figures = measure_other_client(server.target, [post.id], 300, timeout=GENEROUS)
             assert figures["GetPost"]["p99_ms"] < 1000, figures
             assert figures["Health.Check"]["p99_ms"] < 1000, figures
             # The address's 64 calls are still held: the others were served beside them, not after them.
             assert abusers.open_streams() == 64
-            refused = [s for s in abusers.idle_streams if s.grpc_status == RESOURCE_EXHAUSTED]
-            assert "64 calls are already in progress from this address" in refused[0].grpc_message
+            # Refused at once. grpc.aio now and then reports CANCELLED instead, for a call ended before its
+            # client half-closed while an interceptor runs (a race inside grpc): refused all the same.
+            ended = [s for s in abusers.idle_streams if not s.open]
+            codes = Counter(s.grpc_status for s in ended)
+            assert set(codes) <= {RESOURCE_EXHAUSTED, CANCELLED}, codes
+            assert codes[RESOURCE_EXHAUSTED] > 0.8 * len(ended), codes
+            ended = [s for s in ended if s.grpc_status == RESOURCE_EXHAUSTED]
+            assert "64 calls are already in progress from this address" in ended[0].grpc_message
 
 
 def test_a_refused_call_says_whose_quota_and_when_to_retry(
@@ -140,6 +147,23 @@ def test_a_refused_call_says_whose_quota_and_when_to_retry(
         assert quota_failure(health.value) == ["peer:127.0.0.1"]
         held.reset(streams[0])
         wait_for("a call to get through", lambda: client.get_post(post.id) == post, timeout=GENEROUS)
+
+
+def test_with_client_limits_off_nothing_is_counted_and_the_board_serves_as_before(
+    processes: Processes, tmp_path: Path, connections: list[RawGrpcConnection]
+) -> None:
+    # What the board bench compares against to measure what the limits cost.
+    server = serve(processes, tmp_path, "--client-limits", "off", "--max-calls-per-peer", "1")
+    member = sign_up(server.target, timeout=GENEROUS)
+    with member.client as client:
+        post = client.create_post(0, "t", "c")
+        held = connect(connections, server, "127.0.0.1")
+        streams = [held.open_stream(BOARD + "GetPost") for _ in range(3)]
+        for _ in range(5):
+            assert client.get_post(post.id) == post
+        assert client.upload_attachment(post.id, "a.png", tiny_png()).size_bytes == len(tiny_png())
+        held.wait(lambda: False, 0.5)
+        assert all(s.open for s in streams)
 
 
 # --- per user ----------------------------------------------------------------------------------------------
@@ -274,7 +298,7 @@ def test_x_forwarded_for_counts_the_client_behind_a_trusted_proxy_and_is_ignored
     settle()
     assert all(s.open for s in (*first, someone_else, *direct))
     for refused in (third, forged, spoofed):
-        assert refused.grpc_status == RESOURCE_EXHAUSTED, refused
+        assert refused.grpc_status in (RESOURCE_EXHAUSTED, CANCELLED), refused  # see the first test
     # The proxy's own calls (no header) are its own peer's, apart from its clients'.
     own = [proxy.open_stream(BOARD + "GetPost") for _ in range(3)]
     assert proxy.wait(lambda: own[2].grpc_status is not None, GENEROUS)
