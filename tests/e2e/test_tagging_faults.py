@@ -90,7 +90,7 @@ def test_a_worker_killed_mid_request_is_retried_and_tagged(
     with board.client() as client, management(running_torchserve) as torchserve:
         post_id = new_post(client, "worker-kill")
         # Large photos keep the worker busy for seconds (full-size mask, PNG), so a kill lands mid-request.
-        ids = [client.add_attachment(post_id, f"{i}.jpg", photo(3000, 2000, seed=i)).id for i in range(3)]
+        ids = [client.upload_attachment(post_id, f"{i}.jpg", photo(3000, 2000, seed=i)).id for i in range(3)]
         victims: list[int] = []
         for _ in ids:  # a try whose request finished before the kill is repeated on the next attachment
             wait_for("a call in flight", lambda: in_flight(database, ids) not in (None, *victims), timeout=60)
@@ -124,7 +124,7 @@ def test_uploads_during_a_torchserve_outage_are_tagged_when_it_returns(
     )
     with board.client() as client:
         post_id = new_post(client, "outage")
-        busy = client.add_attachment(post_id, "big.jpg", photo(3000, 2000, seed=21)).id
+        busy = client.upload_attachment(post_id, "big.jpg", photo(3000, 2000, seed=21)).id
         wait_for("the big photo in flight", lambda: in_flight(database, [busy]) == busy, 60)
         torchserve.stop()  # mid-request
         waiting = [
@@ -150,7 +150,7 @@ def test_a_replica_killed_while_it_holds_a_lease_is_finished_by_another(
     first = start_tagging_board(processes, running_torchserve, url, tmp_path / "first", **options)
     with first.client() as client:
         post_id = new_post(client, "replica-kill")
-        ids = [client.add_attachment(post_id, f"{i}.jpg", photo(2000, 1500, seed=i)).id for i in range(4)]
+        ids = [client.upload_attachment(post_id, f"{i}.jpg", photo(2000, 1500, seed=i)).id for i in range(4)]
     held: list[int] = []
 
     def first_holds_a_lease() -> bool:
