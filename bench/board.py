@@ -196,10 +196,8 @@ def measure_metrics(
     database_url: str, args: argparse.Namespace, features: BoardFeatures, load: Load
 ) -> dict[str, Any]:
     """GetPost c16 on two fresh boards on the same (seeded) database, one with metrics on a loopback port,
-    one with ``--metrics-address none``; cost = 1 - on / off per round.
-
-    At least METRICS_ROUNDS rounds (the cost is small against a round's noise), each pair in alternating
-    order (on-off, off-on, ...), so that a drift of the machine's load favours neither side."""
+    one with ``--metrics-address none``; at least METRICS_ROUNDS rounds (the cost is small against a round's
+    noise) of ``on_off_cost``."""
     if not features.metrics:
         note = "board-server has no --metrics-address flag yet: metrics on vs off not run"
         logger.warning(note)
@@ -208,16 +206,22 @@ def measure_metrics(
         board_server("board-metrics-on", database_url, load.work, args, features, metrics=True) as on,
         board_server("board-metrics-off", database_url, load.work, args, features, metrics=False) as off,
     ):
-        runs: dict[str, list[Run]] = {"on": [], "off": []}
         rounds = args.runs if args.quick else max(METRICS_ROUNDS, args.runs)
-        for round_ in range(rounds):
-            pair = (("on", on), ("off", off))
-            for name, server in pair if round_ % 2 == 0 else pair[::-1]:
-                runs[name].append(run_k6(load, server, "GetPost", 16))
-                server.check_alive()
+        return on_off_cost("metrics", load, on, off, rounds)
+
+
+def on_off_cost(what: str, load: Load, on: Server, off: Server, rounds: int) -> dict[str, Any]:
+    """GetPost c16 on ``on`` and ``off`` in ``rounds`` rounds, each pair in alternating order (on-off,
+    off-on, ...) so that a drift of the machine's load favours neither side; cost = 1 - on / off per round."""
+    runs: dict[str, list[Run]] = {"on": [], "off": []}
+    for round_ in range(rounds):
+        pair = (("on", on), ("off", off))
+        for name, server in pair if round_ % 2 == 0 else pair[::-1]:
+            runs[name].append(run_k6(load, server, "GetPost", 16))
+            server.check_alive()
     pairs = zip(runs["on"], runs["off"], strict=True)
     cost = summarize([round(1 - on.rps / off.rps, 4) if off.rps else 0.0 for on, off in pairs])
-    logger.info("metrics cost, GetPost c16: %s", spread(cost, 3))
+    logger.info("%s cost, GetPost c16: %s", what, spread(cost, 3))
     return {
         "status": "run",
         "operation": "GetPost",
@@ -250,27 +254,11 @@ def measure_limits(
             extra=("--client-limits", "off"),
         ) as off,
     ):  # fmt: skip
-        runs: dict[str, list[Run]] = {"on": [], "off": []}
         rounds = args.runs if args.quick else max(LIMITS_ROUNDS, args.limits_rounds or args.runs)
-        for round_ in range(rounds):
-            pair = (("on", on), ("off", off))
-            for name, server in pair if round_ % 2 == 0 else pair[::-1]:
-                runs[name].append(run_k6(load, server, "GetPost", 16))
-                server.check_alive()
-    pairs = zip(runs["on"], runs["off"], strict=True)
-    cost = summarize([round(1 - on.rps / off.rps, 4) if off.rps else 0.0 for on, off in pairs])
-    logger.info("limits cost, GetPost c16: %s", spread(cost, 3))
-    return {
-        "status": "run",
-        "operation": "GetPost",
-        "concurrency": 16,
-        "on": side(runs["on"]),
-        "off": side(runs["off"]),
-        "cost": cost,
-        "max_cost": LIMITS_MAX_COST,
-        "met": cost["median"] <= LIMITS_MAX_COST,
-        "limits_on": board_limits(shlex.split(args.board_args)),
-    }
+        compared = on_off_cost("limits", load, on, off, rounds)
+    met = compared["cost"]["median"] <= LIMITS_MAX_COST
+    limits = board_limits(shlex.split(args.board_args))
+    return {**compared, "max_cost": LIMITS_MAX_COST, "met": met, "limits_on": limits}
 
 
 LIMITS_MAX_COST = 0.03  # the hardening issue: the limits cost at most 3 % of GetPost c16

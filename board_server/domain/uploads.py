@@ -8,6 +8,8 @@ assembled image then goes through ``AttachmentService.add_attachment`` like any 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from board_server.core.errors import FieldViolation, InvalidArgument
 from board_server.core.limits import FILENAME_MAX
 from board_server.domain.accounts import Accounts, Caller
@@ -15,59 +17,43 @@ from board_server.domain.attachments import AttachmentService, AttachmentView
 from board_server.domain.validation import Violations
 
 
-def _invalid(field: str, description: str) -> InvalidArgument:
-    return InvalidArgument([FieldViolation(field, description)])
+def _invalid(name: str, description: str) -> InvalidArgument:
+    return InvalidArgument([FieldViolation(name, description)])
 
 
+@dataclass
 class Upload:
     """One upload in progress: the bytes so far, held to the declared size and to the limit."""
 
-    def __init__(
-        self,
-        attachments: AttachmentService,
-        caller: Caller,
-        post_id: int,
-        *,
-        filename: str,
-        content_type: str,
-        declared: int,
-        max_bytes: int,
-    ) -> None:
-        self._attachments = attachments
-        self._caller = caller
-        self._post_id = post_id
-        self._filename = filename
-        self._content_type = content_type
-        self._declared = declared
-        self._max_bytes = max_bytes
-        self._data = bytearray()
-
-    @property
-    def received(self) -> int:
-        return len(self._data)
+    attachments: AttachmentService
+    caller: Caller
+    post_id: int
+    filename: str
+    content_type: str
+    declared: int  # the metadata's size_bytes; 0: unknown
+    max_bytes: int
+    data: bytearray = field(default_factory=bytearray)
 
     def add(self, chunk: bytes) -> None:
         """Append ``chunk``; raise InvalidArgument once the image outgrows the limit or its declared size."""
-        size = len(self._data) + len(chunk)
-        if size > self._max_bytes:
-            raise _invalid("chunk", f"the image is larger than {self._max_bytes} bytes, the attachment limit")
-        if self._declared and size > self._declared:
-            raise _invalid("chunk", f"more bytes arrived than metadata.size_bytes said ({self._declared})")
-        self._data += chunk
+        size = len(self.data) + len(chunk)
+        if size > self.max_bytes:
+            raise _invalid("chunk", f"the image is larger than {self.max_bytes} bytes, the attachment limit")
+        if self.declared and size > self.declared:
+            raise _invalid("chunk", f"more bytes arrived than metadata.size_bytes said ({self.declared})")
+        self.data += chunk
 
     async def finish(self, traceparent: str | None = None) -> AttachmentView:
         """Store the assembled image (``AttachmentService.add_attachment``); raise InvalidArgument when fewer
         bytes arrived than declared, and whatever the add raises."""
-        if self._declared and len(self._data) != self._declared:
-            raise _invalid(
-                "metadata.size_bytes", f"said {self._declared} bytes, but {len(self._data)} arrived"
-            )
-        return await self._attachments.add_attachment(
-            self._caller,
-            self._post_id,
-            filename=self._filename,
-            content_type=self._content_type,
-            data=bytes(self._data),
+        if self.declared and len(self.data) != self.declared:
+            raise _invalid("metadata.size_bytes", f"said {self.declared} bytes, but {len(self.data)} arrived")
+        return await self.attachments.add_attachment(
+            self.caller,
+            self.post_id,
+            filename=self.filename,
+            content_type=self.content_type,
+            data=bytes(self.data),
             traceparent=traceparent,
         )
 

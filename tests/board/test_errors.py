@@ -19,6 +19,7 @@ import grpc
 import pytest
 
 from board_server.api.interceptors import BoardInterceptor, current_caller
+from board_server.api.limits import CallLimits
 from board_server.core.errors import (
     MAX_VIOLATIONS,
     AlreadyExists,
@@ -40,6 +41,8 @@ from clients.gen.board.v1 import board_pb2
 
 SERVICE = "test.v1.Faults"
 CALL_TIMEOUT_S = 0.5
+# The defaults of the per-client limits (nothing here comes near them).
+LIMITS = CallLimits(max_calls_per_peer=64, request_timeout_s=10.0, upload_timeout_s=300.0)
 PASSWORD = "interceptor-password"
 
 FAULTS: dict[str, Exception] = {
@@ -168,7 +171,9 @@ def run(database: Database, scenario: Callable[[Faulty], Awaitable[None]]) -> No
     async def main() -> None:
         accounts = Accounts(database, auth=True, reads_need_sign_in=False, token_lifetime=timedelta(days=1))
         recorder = Recorder()
-        interceptor = BoardInterceptor(SERVICE, accounts, call_timeout_s=CALL_TIMEOUT_S, observers=[recorder])
+        interceptor = BoardInterceptor(
+            SERVICE, accounts, call_timeout_s=CALL_TIMEOUT_S, limits=LIMITS, observers=[recorder]
+        )
         server = grpc.aio.server(interceptors=[interceptor])
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers())])
         port = server.add_insecure_port("127.0.0.1:0")

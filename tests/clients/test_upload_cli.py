@@ -1,5 +1,5 @@
-"""`board attach` uploads with UploadAttachment, in chunks, up to the server's attachment limit, against a real
-board server that tags nothing (the conftest's ``board``): uploads stay PENDING."""
+"""`board attach` uploads with UploadAttachment, in chunks, up to the server's attachment limit, against a
+real board server that tags nothing (the conftest's ``board``): uploads stay PENDING."""
 
 from __future__ import annotations
 
