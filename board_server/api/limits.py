@@ -246,13 +246,11 @@ def limit_other(
 
         return grpc.stream_unary_rpc_method_handler(one_answer, deserialize, serialize)
     if handler.unary_stream is not None:
-        stream = cast_stream(handler.unary_stream)
 
-        async def answers(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
-            async with _limited(context, peers, calls):
-                async for item in stream(await _one(timeout_s, context), context):
-                    yield item
+        async def one_request(context: Context) -> Any:
+            return await _one(timeout_s, context)
 
+        answers = _streamed(handler.unary_stream, one_request, peers, calls)
         return grpc.stream_stream_rpc_method_handler(answers, deserialize, serialize)
     if handler.stream_unary is not None:
         collect = cast_awaitable(handler.stream_unary)
@@ -262,14 +260,38 @@ def limit_other(
                 return await collect(messages_within(context, timeout_s, every=True), context)
 
         return grpc.stream_unary_rpc_method_handler(collected, deserialize, serialize)
-    both = cast_stream(handler.stream_stream)
 
-    async def conversation(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
-        async with _limited(context, peers, calls):
-            async for item in both(messages_within(context, timeout_s, every=False), context):
-                yield item
+    async def the_requests(context: Context) -> Any:
+        return messages_within(context, timeout_s, every=False)
 
+    conversation = _streamed(handler.stream_stream, the_requests, peers, calls)
     return grpc.stream_stream_rpc_method_handler(conversation, deserialize, serialize)
+
+
+def _streamed(
+    behaviour: Any,
+    first_argument: Callable[[Context], Awaitable[Any]],
+    peers: PeerIdentity,
+    calls: CallsInProgress,
+) -> Callable[..., Any]:
+    """A streaming-response ``behaviour`` under the peer limit, called with ``first_argument(context)``: an
+    async generator yields its answers through, a coroutine (answering with ``context.write``) is awaited."""
+    if inspect.isasyncgenfunction(behaviour):
+        stream = cast_stream(behaviour)
+
+        async def answers(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+            async with _limited(context, peers, calls):
+                async for item in stream(await first_argument(context), context):
+                    yield item
+
+        return answers
+    write = cast_awaitable(behaviour)
+
+    async def written(requests: AsyncIterator[Any], context: Context) -> None:
+        async with _limited(context, peers, calls):
+            await write(await first_argument(context), context)
+
+    return written
 
 
 def cast_awaitable(behaviour: Any) -> Callable[..., Awaitable[Any]]:
