@@ -53,7 +53,8 @@ def board(tmp_path_factory: pytest.TempPathFactory, module_processes: Processes)
         f"sqlite:///{workdir / 'watch.db'}",
         workdir,
         server_processes=2,
-        extra=("--watch-poll", "0.2"),
+        # 64 watchers of one user, from one address, with calls beside them: above the per-client default.
+        extra=("--watch-poll", "0.2", "--max-calls-per-peer", "256"),
     )
 
 
