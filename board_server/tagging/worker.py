@@ -251,7 +251,7 @@ class TaggingWorker:
             if verdict.kind == "auth":
                 logger.error(
                     "TAGGING PAUSED for %.1fs: %s. Check --segmentation-token-file and that the launcher "
-                    "renewing TorchServe's keys runs (seg_handler.launch).",
+                    "renewing TorchServe's keys runs (seg_handler.launcher).",
                     delay,
                     verdict.reason,
                 )
