@@ -157,7 +157,8 @@ def test_build_context_holds_exactly_what_the_dockerfile_copies(image: str) -> N
 
 
 def test_torchserve_image_runs_java_as_the_launcher_does() -> None:
-    """The JVM flags are config.properties' vmargs, and the workers get the launcher's WORKER_ENV."""
+    """The JVM flags are config.properties' vmargs, the workers get the launcher's WORKER_ENV, and the
+    HEALTHCHECK asks the port the image listens on."""
     final = stages(DOCKERFILES["torchserve"])[-1]
     (entrypoint,) = final.all("ENTRYPOINT")
     command = json.loads(entrypoint)
@@ -167,6 +168,10 @@ def test_torchserve_image_runs_java_as_the_launcher_does() -> None:
     env = " ".join(final.all("ENV"))
     for name, value in WORKER_ENV.items():
         assert f"{name}={value}" in env
+    # The HEALTHCHECK pings the inference port the image's configuration opens.
+    cluster = read_properties((IMAGES / "torchserve" / "cluster.properties").read_text())
+    ping = (IMAGES / "torchserve" / "ping.py").read_text()
+    assert f'PING_URL = "{cluster["inference_address"].replace("0.0.0.0", "127.0.0.1")}/ping"' in ping
 
 
 def runtime_imports(tree: ast.Module) -> Iterator[ast.Import | ast.ImportFrom]:
