@@ -20,7 +20,7 @@ MODEL_STORE := model_store
 MAR := $(MODEL_STORE)/deeplabv3.mar
 
 PROTO_SRC := $(shell find protos -name '*.proto' 2>/dev/null)
-PY_DIRS := board_server seg_handler clients training tests bench
+PY_DIRS := board_server seg_handler clients training tests bench deploy
 
 .PHONY: help install proto node lint fmt test test-fast bench model serve stop run migrate clean
 
