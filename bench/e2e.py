@@ -32,12 +32,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.records import load_average, summarize, write_results
+from bench.records import measure_and_record, summarize
 from bench.serving import bench_image, build_archive, torchserve_on_free_ports
 from clients.board import BoardClient
 from clients.gen.board.v1 import board_pb2
@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def print_table(figures: dict[str, Any]) -> None:
+def print_table(figures: Mapping[str, Any]) -> None:
     for key, cell in figures["cells"].items():
         print(f"{key:<30} {cell['median']:>10.3f}  ({cell['min']:.3f}–{cell['max']:.3f})")
     for name, target in figures["targets"].items():
@@ -219,11 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.runs < 1 or args.requests < 2:
         raise SystemExit("--runs must be >= 1 and --requests >= 2")
-    load_before = load_average()
-    figures = run(args)
-    path = write_results(args.name, figures, load_before=load_before)
-    print_table(figures)
-    print(f"load average before {load_before}, after {load_average()}; written to {path}")
+    measure_and_record(args.name, lambda: run(args), print_table)
     return 0
 
 

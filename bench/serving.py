@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from bench.procfs import cpu_seconds, descendants
-from bench.records import load_average, summarize, write_results
+from bench.records import measure_and_record, summarize
 from clients.segment import SegmentClient, ServingEndpoints, TokenSource, Transport
 from seg_handler import handler
 from seg_handler import launcher as launch
@@ -411,7 +411,7 @@ def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def print_table(figures: dict[str, Any]) -> None:
+def print_table(figures: Mapping[str, Any]) -> None:
     cells = figures["cells"]
 
     def cell(key: str, fmt: str = ".3f") -> str:
@@ -478,13 +478,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.runs < 1 or args.requests < 2:
         raise SystemExit("--runs must be >= 1 and --requests >= 2")
-    load_before = load_average()
-    figures = run(args)
-    if args.sweep:
-        figures["sweep_grpc"] = sweep(args)
-    path = write_results(args.name, figures, load_before=load_before)
-    print_table(figures)
-    print(f"load average before {load_before}, after {load_average()}; written to {path}")
+
+    def measure() -> dict[str, Any]:
+        figures = run(args)
+        if args.sweep:
+            figures["sweep_grpc"] = sweep(args)
+        return figures
+
+    measure_and_record(args.name, measure, print_table)
     return 0
 
 
