@@ -99,11 +99,11 @@ $(MAR):
 model: proto  ## export model_store/deeplabv3.mar (TorchScript) and oip/deeplabv3/model.pt2 (MODEL_ARCH, MODEL_WEIGHTS)
 	$(PY) -m training.export --arch $(MODEL_ARCH) --weights $(MODEL_WEIGHTS) --out $(MODEL_STORE)
 
-serve: proto $(MAR)  ## start TorchServe with model_store/deeplabv3.mar and wait until the model is ready
-	$(PY) -m seg_handler.launcher start --model-store $(MODEL_STORE)
+serve: proto $(MAR) $(if $(filter oip,$(SERVING)),oip)  ## start TorchServe (SERVING=oip: the OIP server) and wait until the model is ready
+	$(PY) -m seg_handler.launcher start --model-store $(MODEL_STORE) --serving $(SERVING)
 
-stop:  ## stop the TorchServe started by `make serve`
-	@test -x $(PY) && $(PY) -m seg_handler.launcher stop || true
+stop:  ## stop the TorchServe (SERVING=oip: the OIP server) started by `make serve`
+	@test -x $(PY) && $(PY) -m seg_handler.launcher stop --serving $(SERVING) || true
 
 run: proto node $(MAR) $(if $(filter oip,$(SERVING)),oip)  ## start TorchServe (SERVING=oip: the OIP server) and the board; Ctrl-C stops both
 	$(PY) -m seg_handler.launcher run --model-store $(MODEL_STORE) --serving $(SERVING)
