@@ -140,6 +140,10 @@ class OipClient:
     # ------------------------------------------------------------------------------------------ inference
     def segment(self, image: bytes) -> Segmentation:
         """Segment one image. Raises the SegmentError subclasses of the module docstring."""
+        return parse_segmentation(self.predict_raw(image))
+
+    def predict_raw(self, image: bytes) -> Any:
+        """The ModelInferResponse for one image, unparsed; raises like ``segment``."""
         from clients.gen.inference import grpc_predict_v2_pb2 as pb
 
         if len(image) > self.max_request_bytes:
@@ -155,7 +159,7 @@ class OipClient:
             contents=pb.InferTensorContents(bytes_contents=[image]),
         )
         request = pb.ModelInferRequest(model_name=self.model_name, inputs=[tensor])
-        return parse_segmentation(self._call("ModelInfer", request, len(image)))
+        return self._call("ModelInfer", request, len(image))
 
     def describe(self) -> dict[str, Any]:
         """The served model's identity and class names, without an image or a forward (the ``describe``

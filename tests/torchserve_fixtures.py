@@ -1,5 +1,6 @@
 """One real TorchServe for the whole session, shared by every room that tags through it (tests/e2e,
-tests/clients, tests/node; tests/serving keeps its own): registered by tests/conftest.py as a plugin.
+tests/clients, tests/node; tests/serving keeps its own): registered by tests/conftest.py as a plugin. Beside
+it, on demand, one real OIP server (KServe, from .venv-oip) over the same export's ``.pt2``.
 
 TorchServe runs on fixed free ports, so tests may stop and start it (an outage, a held PENDING attachment) and
 boards reconnect to the same address; ``running_torchserve`` starts it again if an earlier test left it
@@ -8,6 +9,7 @@ stopped. Boards are wired to it over gRPC with the inference key file, as `make 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from seg_handler import launcher as launch
+from seg_handler.launcher import oip
+from seg_handler.launcher.settings import DEFAULT_OIP_PYTHON
 from tests.board.conftest import RunningServer, start_board_server
 from tests.support import REPO_ROOT, Processes
 
@@ -57,6 +61,48 @@ class TorchServe:
             self.settings.pid_file.unlink(missing_ok=True)
 
 
+@dataclass
+class OipServer:
+    """One OIP server (seg_handler/oip under .venv-oip) on a fixed free port."""
+
+    settings: launch.ServeSettings
+    proc: subprocess.Popen[bytes] | None = field(default=None)
+
+    @property
+    def grpc_target(self) -> str:
+        return self.settings.grpc_inference_target
+
+    def start(self) -> None:
+        if self.proc is None:
+            self.proc = oip.start(self.settings)
+
+    def stop(self) -> None:
+        """Stop the server by its process group (pid)."""
+        if self.proc is not None:
+            launch.stop_process(self.proc.pid)
+            self.proc.wait(timeout=10)
+            self.proc = None
+            self.settings.oip_pid_file.unlink(missing_ok=True)
+
+
+def require_oip_environment() -> None:
+    """Skip (fail in CI, where `make test` makes it) when the OIP server's .venv-oip is missing."""
+    if DEFAULT_OIP_PYTHON.exists():
+        return
+    message = f"{DEFAULT_OIP_PYTHON} missing: `make oip` creates the OIP server's environment"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def started_oip_server(store: Path, runtime_dir: Path) -> OipServer:
+    """An OIP server over ``store``'s oip/deeplabv3/model.pt2 on a free loopback port, started."""
+    require_oip_environment()
+    server = OipServer(launch.isolated_settings(store, runtime_dir, ready_timeout_s=300, serving="oip"))
+    server.start()
+    return server
+
+
 def export_test_archive(store: Path, *options: str) -> Path:
     """``store`` with deeplabv3.mar from `python -m training.export` (mobilenet_v3_large, random weights,
     input 64) and any further export ``options``; returns ``store``."""
@@ -87,6 +133,16 @@ def torchserve(e2e_model_store: Path, tmp_path_factory: pytest.TempPathFactory) 
         yield serve
     finally:
         serve.stop()
+
+
+@pytest.fixture(scope="session")
+def oip_server(e2e_model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OipServer]:
+    """The OIP server over the session export's .pt2 (the model TorchServe serves from the .mar)."""
+    server = started_oip_server(e2e_model_store, tmp_path_factory.mktemp("e2e_oip"))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
