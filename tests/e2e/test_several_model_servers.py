@@ -62,10 +62,13 @@ def start_two_server_board(
 def test_torchserve_does_not_serve_grpc_health_checks(running_torchserve: TorchServe) -> None:
     # Why the board checks its servers' health passively (tagging/targets.py) and not with gRPC's health
     # checking: TorchServe 0.12's gRPC port has no grpc.health.v1 service.
-    with grpc.insecure_channel(running_torchserve.grpc_target) as channel:
-        with pytest.raises(grpc.RpcError) as refused:
-            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
-    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
+    with (
+        grpc.insecure_channel(running_torchserve.grpc_target) as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
+    assert isinstance(refused.value, grpc.Call)
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def ok_calls(board: RunningServer, target: str) -> float:
