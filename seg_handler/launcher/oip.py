@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from pathlib import Path
 
 from seg_handler.launcher import processes
 from seg_handler.launcher.settings import REPO_ROOT, LaunchError, ServeSettings
@@ -103,15 +102,4 @@ def stop(settings: ServeSettings) -> bool:
 
 def running_pid(settings: ServeSettings) -> int | None:
     """The pid of the OIP server started from ``settings.runtime_dir`` while it runs, else None."""
-    try:
-        pid = int(settings.oip_pid_file.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if processes.is_running(pid) and _is_oip_server(pid) else None
-
-
-def _is_oip_server(pid: int) -> bool:
-    try:
-        return MODULE.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
+    return processes.recorded_pid(settings.oip_pid_file, MODULE.encode())

@@ -13,12 +13,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients.gen.board.v1 import board_pb2
-from seg_handler import launcher as launch
 from tests.board.conftest import RunningServer
 from tests.board.prometheus import sample
 from tests.e2e.conftest import TorchServe, start_tagging_board
 from tests.e2e.test_attachments_e2e import new_post, photo
 from tests.support import Processes, wait_for
+from tests.torchserve_fixtures import running, torchserve_for
 
 pytestmark = [pytest.mark.torchserve, pytest.mark.slow]
 
@@ -31,15 +31,9 @@ def second_torchserve(
     e2e_model_store: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TorchServe]:
     """A second TorchServe on ports of its own, with keys of its own, over the same archive."""
-    settings = launch.isolated_settings(
-        e2e_model_store, tmp_path_factory.mktemp("second"), ready_timeout_s=300
-    )
-    serve = TorchServe(settings)
-    serve.start()
-    try:
+    serve = torchserve_for(e2e_model_store, tmp_path_factory.mktemp("second"))
+    with running(serve):
         yield serve
-    finally:
-        serve.stop()
 
 
 def start_two_server_board(

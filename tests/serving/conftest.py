@@ -13,7 +13,7 @@ from clients.oip import OipClient
 from clients.segment import SegmentClient, ServingEndpoints, TokenSource
 from seg_handler import launcher as launch
 from tests.support import REPO_ROOT
-from tests.torchserve_fixtures import OipServer, started_oip_server
+from tests.torchserve_fixtures import OipServer, oip_server_for, running
 
 # Small network input so each forward is cheap on a CPU; the handler still answers at full image size.
 TEST_INPUT_SIZE = 64
@@ -75,11 +75,9 @@ def client(torchserve: launch.ServeSettings, endpoints: ServingEndpoints) -> Ite
 @pytest.fixture(scope="session")
 def oip_server(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OipServer]:
     """The OIP server (KServe from .venv-oip) over the same export's .pt2, on a free loopback port."""
-    server = started_oip_server(model_store, tmp_path_factory.mktemp("oip"))
-    try:
+    server = oip_server_for(model_store, tmp_path_factory.mktemp("oip"))
+    with running(server):
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
