@@ -1,11 +1,13 @@
 """One board, two real TorchServe instances (each started by the launcher on its own ports, each with its own
-keys): tagging spreads over both, and a TorchServe killed (kill -9) mid-run costs no attachment."""
+keys): tagging spreads over both, each server's renewed key is picked up from its own file, and a TorchServe
+killed (kill -9) mid-run costs no attachment."""
 
 from __future__ import annotations
 
 import os
 import signal
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -13,6 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients.gen.board.v1 import board_pb2
+from seg_handler.launcher.renewal import key_renewer
 from tests.board.conftest import RunningServer
 from tests.board.prometheus import sample
 from tests.e2e.conftest import TorchServe, start_tagging_board
@@ -49,7 +52,14 @@ def start_two_server_board(
         workdir,
         max_attempts=3,
         workers=4,
-        extra=("--segmentation-target", targets, "--segmentation-token-file", keys),
+        extra=(
+            "--segmentation-target",
+            targets,
+            "--segmentation-token-file",
+            keys,
+            "--max-attachments-per-post",
+            "80",
+        ),
     )
 
 
@@ -89,6 +99,14 @@ def test_tagging_spreads_over_two_servers_and_survives_one_killed_mid_run(
         assert by_first + by_second == 40
         assert 0.35 <= by_first / 40 <= 0.65, (by_first, by_second)
 
+        # Each server's launcher renews that server's keys (here at once, as if a day had passed; the old keys
+        # stop working): the board reads each new key from that server's own file, without a restart.
+        before = [serve.settings.inference_key_file.read_text() for serve in (first, second)]
+        for serve in (first, second):
+            key_renewer(serve.settings).step(now=datetime.now(UTC) + timedelta(days=2))
+        after = [serve.settings.inference_key_file.read_text() for serve in (first, second)]
+        assert before[0] != after[0] and before[1] != after[1]
+
         # 40 more, and the second TorchServe (Java frontend and worker) killed -9 while they are tagged.
         more = [
             client.add_attachment(post_id, f"m{i}.jpg", photo(96, 64, seed=100 + i)).id for i in range(40)
@@ -109,3 +127,4 @@ def test_tagging_spreads_over_two_servers_and_survives_one_killed_mid_run(
     assert max(a.attempts for a in finished) <= 3, [a.attempts for a in finished]
     assert ok_calls(board, first.grpc_target) + ok_calls(board, second.grpc_target) == 80
     assert f"model server {second.grpc_target} skipped" in board.log()
+    assert sample(board, CALLS, outcome="auth") == 0  # the renewed keys were used from the first call on
