@@ -27,7 +27,7 @@ OIP_REQUIREMENTS := seg_handler/oip/requirements.txt
 SERVING ?= torchserve
 
 PROTO_SRC := $(shell find protos -name '*.proto' 2>/dev/null)
-PY_DIRS := board_server seg_handler clients training tests bench
+PY_DIRS := board_server seg_handler clients training tests bench deploy
 
 .PHONY: help install oip proto node lint fmt test test-fast bench model serve stop run migrate clean
 

@@ -33,6 +33,9 @@ from clients.gen.board.v1 import board_pb2, board_pb2_grpc
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = board_pb2.DESCRIPTOR.services_by_name["BoardService"].full_name
+# A health name that is SERVING for as long as the process serves, whatever the database does: a liveness
+# probe asks it, so that an outage of the database makes replicas unready, not restarted.
+LIVENESS = "liveness"
 
 
 class TransportSettings(Protocol):
@@ -140,6 +143,7 @@ async def start_grpc(
     )
     board_pb2_grpc.add_BoardServiceServicer_to_server(BoardServicer(board), server)  # type: ignore[no-untyped-call]
     health = health_aio.HealthServicer()
+    await health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
     credentials = server_credentials(settings)
@@ -163,8 +167,9 @@ async def report_health(
     interval_s: float,
     every_round: Callable[[], None] | None = None,
 ) -> None:
-    """Keep grpc.health.v1 truthful: NOT_SERVING while ``ping`` (one database round trip) fails, SERVING once
-    it answers again. ``every_round`` runs at the same pace (sampled gauges)."""
+    """Keep grpc.health.v1 truthful: the overall status ("") and the board service's are NOT_SERVING while
+    ``ping`` (one database round trip) fails, SERVING once it answers again (``LIVENESS`` stays SERVING).
+    ``every_round`` runs at the same pace (sampled gauges)."""
     serving: bool | None = None
     while True:
         if every_round is not None:
