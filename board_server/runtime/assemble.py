@@ -29,7 +29,7 @@ from board_server.runtime import tracing
 from board_server.runtime.config import Settings
 from board_server.runtime.metrics import BoardMetrics
 from board_server.storage.engine import Database, open_database
-from board_server.tagging.backend import InferenceBackend, TorchServeBackend
+from board_server.tagging.backend import InferenceBackend, open_backend
 from board_server.tagging.worker import TaggingWorker
 
 logger = logging.getLogger(__name__)
@@ -57,18 +57,20 @@ def inference_backend(settings: Settings) -> InferenceBackend | None:
         )
         return None
     logger.info(
-        "tagging via TorchServe gRPC %s model %r (key file %s, timeout %.0fs, lease %.0fs, %d attempts)",
+        "tagging via %s gRPC %s model %r (key files %s, timeout %.0fs, lease %.0fs, %d attempts)",
+        "TorchServe" if settings.segmentation_protocol == "torchserve" else "the Open Inference Protocol",
         settings.segmentation_target,
         settings.segmentation_model,
-        settings.segmentation_token_file or "none",
+        ", ".join(map(str, settings.segmentation_token_files)) or "none",
         settings.segmentation_timeout_s,
         settings.tagging_lease_seconds,
         settings.tagging_max_attempts,
     )
-    return TorchServeBackend(
+    return open_backend(
+        settings.segmentation_protocol,
         settings.segmentation_target,
         settings.segmentation_model,
-        token_file=settings.segmentation_token_file,
+        token_files=settings.segmentation_token_files,
         timeout_s=settings.segmentation_timeout_s,
     )
 

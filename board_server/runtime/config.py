@@ -18,6 +18,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from board_server.tagging.backend import PROTOCOLS, InferenceProtocol
+from board_server.tagging.targets import check_token_files, parse_targets
+
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9464"
 DEFAULT_DATABASE_FILE = Path("var") / "board.db"
@@ -85,8 +88,9 @@ class Settings:
     # Attachments and their tagging; an empty target turns tagging off (uploads stay PENDING).
     max_attachment_bytes: int = 20 * 1024 * 1024
     max_attachments_per_post: int = 20
+    segmentation_protocol: InferenceProtocol = "torchserve"
     segmentation_target: str = ""
-    segmentation_token_file: Path | None = None
+    segmentation_token_files: tuple[Path, ...] = ()
     segmentation_model: str = "deeplabv3"
     segmentation_timeout_s: float = 60.0
     tagging_workers: int = 2
@@ -136,6 +140,18 @@ def _path(text: str) -> Path:
 
 def _optional_path(text: str) -> Path | None:
     return Path(text) if text else None
+
+
+def _paths(text: str) -> tuple[Path, ...]:
+    return tuple(Path(item.strip()) for item in text.split(",") if item.strip())
+
+
+def _protocol(text: str) -> InferenceProtocol:
+    value = text.strip().lower()
+    for protocol in PROTOCOLS:
+        if value == protocol:
+            return protocol
+    raise ValueError(f"protocol must be {' or '.join(PROTOCOLS)}, got {text!r}")
 
 
 def _metrics_address(text: str) -> str:
@@ -200,12 +216,16 @@ OPTIONS: tuple[Option, ...] = (
            "largest attachment in bytes"),
     Option("max_attachments_per_post", "--max-attachments-per-post", "BOARD_MAX_ATTACHMENTS_PER_POST", int,
            "attachments one post may hold"),
+    Option("segmentation_protocol", "--segmentation-protocol", "BOARD_SEGMENTATION_PROTOCOL", _protocol,
+           "torchserve (TorchServe's gRPC inference API) or oip (Open Inference Protocol v2 gRPC)"),
     Option("segmentation_target", "--segmentation-target", "BOARD_SEGMENTATION_TARGET", str,
-           "HOST:PORT of TorchServe's gRPC inference API; empty turns tagging off"),
-    Option("segmentation_token_file", "--segmentation-token-file", "BOARD_SEGMENTATION_TOKEN_FILE",
-           _optional_path, "file holding TorchServe's inference key, re-read on every call"),
+           "HOST:PORT of the model server's gRPC port, several comma-separated, or dns:///NAME:PORT for "
+           "every address NAME resolves to; round-robin, a dead server skipped; empty turns tagging off"),
+    Option("segmentation_token_files", "--segmentation-token-file", "BOARD_SEGMENTATION_TOKEN_FILE", _paths,
+           "file holding the inference key, re-read on every call; one for every target, or a comma list "
+           "with one per target in the same order"),
     Option("segmentation_model", "--segmentation-model", "BOARD_SEGMENTATION_MODEL", str,
-           "model name in TorchServe"),
+           "model name on the model server"),
     Option("segmentation_timeout_s", "--segmentation-timeout", "BOARD_SEGMENTATION_TIMEOUT", parse_duration,
            "deadline of one segmentation call"),
     Option("tagging_workers", "--tagging-workers", "BOARD_TAGGING_WORKERS", int,
@@ -339,6 +359,11 @@ def validate(settings: Settings) -> None:
             f"({s.segmentation_timeout_s:g}s) by at least {LEASE_MARGIN_S:g}s, so that a call in flight "
             "never outlives its lease"
         )
+    if s.segmentation_target:
+        try:
+            check_token_files(parse_targets(s.segmentation_target), s.segmentation_token_files)
+        except ValueError as exc:
+            raise ValueError(f"--segmentation-target: {exc}") from exc
     if not s.auth and not is_loopback(s.host):
         raise ValueError(
             f"--auth off is for local development only: refused on {s.host!r}; listen on 127.0.0.1 or turn "

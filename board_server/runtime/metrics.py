@@ -8,8 +8,9 @@ Names gRPC users already know (go-grpc-prometheus / py-grpc-prometheus):
 
 and the board's own: ``board_attachments{status}`` (counted in the database at every scrape, so each
 replica reports the same truth), ``board_tagging_queue`` (uploads waiting + re-tags queued),
-``board_tagging_latency_seconds`` (upload → TAGGED), ``board_torchserve_calls_total{outcome}`` (ok,
-rejected, unavailable, timeout, auth, server_error, bad_answer, ...), ``board_tagging_retries_total``,
+``board_tagging_latency_seconds`` (upload → TAGGED), ``board_torchserve_calls_total{outcome,target}``
+(tagging calls to the model server, whatever its protocol, by outcome: ok, rejected, unavailable, timeout,
+auth, server_error, bad_answer, ...; and by the server's address), ``board_tagging_retries_total``,
 ``board_tagging_lease_expiries_total``, ``board_db_connections_in_use``, ``board_group_commit_batch_size``,
 ``board_watchers``.
 
@@ -68,8 +69,8 @@ class BoardMetrics:
         )
         self.torchserve_calls = Counter(
             "board_torchserve_calls_total",
-            "Segmentation calls to TorchServe by outcome.",
-            ("outcome",),
+            "Segmentation calls to the model server by outcome and server address.",
+            ("outcome", "target"),
             registry=registry,
         )
         self.tagging_retries = Counter(
@@ -130,8 +131,8 @@ class BoardMetrics:
 
     # --- TaggingObserver -----------------------------------------------------------------------------
 
-    def call_outcome(self, kind: str) -> None:
-        self.torchserve_calls.labels(kind).inc()
+    def call_outcome(self, kind: str, target: str) -> None:
+        self.torchserve_calls.labels(kind, target).inc()
 
     def retried(self) -> None:
         self.tagging_retries.inc()

@@ -33,20 +33,25 @@ class RunningBoard:
 
 
 def board_command(settings: ServeSettings) -> list[str] | None:
-    """board-server tagging through this TorchServe's gRPC API with the inference key alone; None when the
-    board is not installed."""
+    """board-server tagging through this TorchServe's gRPC API with the inference key alone (or through the
+    OIP server); None when the board is not installed."""
     exe = Path(sys.executable).parent / "board-server"
     found = str(exe) if exe.exists() else shutil.which("board-server")
     if not found:
         return None
+    # TorchServe: the inference key alone, never the management key; the OIP server takes no key (loopback).
+    keys = (
+        ["--segmentation-token-file", str(settings.inference_key_file)] if settings.serving != "oip" else []
+    )
     return [
         found,
         "--address",
         settings.board_address,
+        "--segmentation-protocol",
+        settings.serving,
         "--segmentation-target",
         settings.grpc_inference_target,
-        "--segmentation-token-file",
-        str(settings.inference_key_file),  # the inference key alone, never the management key
+        *keys,
         "--segmentation-model",
         settings.model_name,
         "--metrics-address",

@@ -77,12 +77,14 @@ class Recorder:
 
     def __init__(self) -> None:
         self.outcomes: Counter[str] = Counter()
+        self.targets: Counter[str] = Counter()
         self.retries = 0
         self.expired = 0
         self.tagged_after: list[float] = []
 
-    def call_outcome(self, kind: str) -> None:
+    def call_outcome(self, kind: str, target: str) -> None:
         self.outcomes[kind] += 1
+        self.targets[target] += 1
 
     def retried(self) -> None:
         self.retries += 1

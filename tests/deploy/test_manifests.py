@@ -151,7 +151,7 @@ def test_board_environment_is_settings_the_board_accepts(overlay: list[Manifest]
     settings = board_settings(overlay)
     assert settings.processes == 1
     assert urlsplit(settings.database_url).scheme == "postgresql+psycopg"
-    assert settings.segmentation_token_file is None  # token authorization is off in the cluster
+    assert settings.segmentation_token_files == ()  # token authorization is off in the cluster
     board = container(overlay, "board")
     assert named_port(board, "metrics") == port_of(settings.metrics_address)
     # Drained before the kubelet kills it: the preStop pause plus the board's own grace.

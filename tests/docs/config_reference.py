@@ -29,7 +29,7 @@ COMPUTED_DEFAULTS = {
     "processes": "one per core",
     "tagging_lease_s": "the segmentation timeout + 30 s",
     "segmentation_target": "empty: tagging off",
-    "segmentation_token_file": "none",
+    "segmentation_token_files": "none",
 }
 # Booleans whose flag takes words other than on/off: (word for True, word for False).
 BOOLEAN_WORDS = {"sign_up_open": ("open", "closed"), "reads_need_sign_in": ("signed-in", "anyone")}

@@ -60,7 +60,7 @@ async def run(args: argparse.Namespace) -> int:
         audit_log_path=Path(args.audit_log),
         metrics_address="",
         segmentation_target=args.target,
-        segmentation_token_file=Path(args.key_file),
+        segmentation_token_files=(Path(args.key_file),),
         segmentation_timeout_s=60.0,
         tagging_workers=1,
         tagging_poll_s=0.3,
