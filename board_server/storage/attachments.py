@@ -159,11 +159,12 @@ def attachments_of_posts(conn: Connection, post_ids: Sequence[int]) -> Sequence[
 
 # --- the preview cache ------------------------------------------------------------------------------------
 
+# One preview (bind names unlike the columns': UPDATE and DELETE reserve those).
 _PREVIEW_KEY = (
-    _PREVIEWS.c.attachment_id == bindparam("id"),
-    _PREVIEWS.c.max_size == bindparam("size"),
-    _PREVIEWS.c.overlay == bindparam("overlay"),
-    _PREVIEWS.c.content_type == bindparam("kind"),
+    _PREVIEWS.c.attachment_id == bindparam("k_id"),
+    _PREVIEWS.c.max_size == bindparam("k_size"),
+    _PREVIEWS.c.overlay == bindparam("k_overlay"),
+    _PREVIEWS.c.content_type == bindparam("k_kind"),
 )
 _PREVIEW = select(_PREVIEWS.c.data, _PREVIEWS.c.width, _PREVIEWS.c.height, _PREVIEWS.c.last_use_time).where(
     *_PREVIEW_KEY
@@ -185,12 +186,7 @@ _LEAST_RECENTLY_USED = (
     .order_by(_PREVIEWS.c.last_use_time)
     .limit(bindparam("n"))
 )
-_EVICT = delete(_PREVIEWS).where(
-    _PREVIEWS.c.attachment_id == bindparam("k_id"),
-    _PREVIEWS.c.max_size == bindparam("k_size"),
-    _PREVIEWS.c.overlay == bindparam("k_overlay"),
-    _PREVIEWS.c.content_type == bindparam("k_kind"),
-)
+_EVICT = delete(_PREVIEWS).where(*_PREVIEW_KEY)
 # PostgreSQL: stores take turns, so that two replicas never both decide there is room.
 _CACHE_TURN = text("SELECT pg_advisory_xact_lock(4242003)")
 _EVICT_BATCH = 64
@@ -208,7 +204,7 @@ def read_preview(
     conn: Connection, attachment_id: int, size: int, overlay: bool, kind: str
 ) -> Row[Any] | None:
     """The cached preview (data, width, height, last_use_time), or None."""
-    params = {"id": attachment_id, "size": size, "overlay": overlay, "kind": kind}
+    params = {"k_id": attachment_id, "k_size": size, "k_overlay": overlay, "k_kind": kind}
     return cast("Row[Any] | None", conn.execute(_PREVIEW, params).first())
 
 
@@ -216,7 +212,7 @@ def touch_preview(
     conn: Connection, attachment_id: int, size: int, overlay: bool, kind: str, *, now: datetime
 ) -> None:
     """Record that the cached preview was served at ``now`` (least recently used ones are evicted first)."""
-    params = {"id": attachment_id, "size": size, "overlay": overlay, "kind": kind, "now": now}
+    params = {"k_id": attachment_id, "k_size": size, "k_overlay": overlay, "k_kind": kind, "now": now}
     conn.execute(_TOUCH_PREVIEW, params)
 
 
