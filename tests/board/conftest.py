@@ -50,7 +50,6 @@ SUITE_LIMITS = (
 )  # fmt: skip
 
 
-
 def shipped_limits() -> tuple[str, ...]:
     """The flags that set the limits of ``SUITE_LIMITS`` back to their defaults (for tests of the limits
     as shipped, and the fuzz test)."""
