@@ -127,7 +127,8 @@ def test_known_and_unknown_emails_get_the_same_answer_in_content_and_time(
     pairs = 20
     with BoardClient(shipped.target, timeout=60) as registrar:
         known = [registrar.create_user("Known", new_email("known"), PASSWORD).email for _ in range(pairs)]
-    differences, durations = [], []
+    differences: list[float] = []
+    durations: list[float] = []
     for index, known_email in enumerate(known):
         timed: dict[str, float] = {}
         answers: dict[str, BoardClientError] = {}
