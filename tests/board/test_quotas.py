@@ -7,17 +7,28 @@ and hold for uploads sent all at once.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
+import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from functools import partial
+from pathlib import Path
 
 import grpc
 import pytest
 from PIL import Image
 
+from board_server.domain.accounts import Accounts, Caller
+from board_server.domain.paging import load_page_tokens
+from board_server.domain.posts import PostService
+from board_server.domain.quotas import Quotas
+from board_server.domain.served_models import ServedModels
+from board_server.storage import users as user_rows
+from board_server.storage.engine import migrate, open_database
 from clients.board import BoardClient, ResourceExhaustedError
 from tests.board.conftest import Backend, at_once, sign_up, start_board_server
 from tests.support import Processes
@@ -127,3 +138,58 @@ def test_writes_per_user_per_minute_are_counted_across_replicas(
             assert f"{limit} writes" in error.quota_violations[0].description
         assert on_b.get_post(post.id).title == "second write"  # reads are not counted
         assert elsewhere.create_post(0, "mine", "another user's own quota").id
+
+
+def test_the_cost_of_counting_writes_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """CreatePost's use case on SQLite, 16 at a time (group commit batches them as under load), with the
+    write counter on and off, in interleaved rounds: the process's CPU time per post (the threads' included:
+    the statements run on the loop and the writer), which the machine's other load disturbs far less than
+    the wall clock. A figure for the record (docs/operations.md), no assert on time."""
+    database = open_database(f"sqlite:///{tmp_path / 'cost.db'}")
+    accounts = Accounts(database, auth=True, reads_need_sign_in=False, token_lifetime=timedelta(days=1))
+    try:
+        migrate(database.engine)
+        tokens = load_page_tokens(database)
+        models = ServedModels(database, "deeplabv3")
+        on = PostService(database, accounts, tokens, models, Quotas(writes_per_minute=10**9, storage_bytes=0))
+        off = PostService(database, accounts, tokens, models, Quotas(writes_per_minute=0, storage_bytes=0))
+        author = database.write(
+            lambda conn: user_rows.add_user(
+                conn,
+                name="Writer",
+                email="w@example.org",
+                email_canonical="w@example.org",
+                now=datetime.now(UTC),
+            )
+        )
+        caller = Caller(author.id)
+
+        async def cpu_per_post(service: PostService, posts: int = 1600, concurrency: int = 16) -> float:
+            async def writer() -> None:
+                for _ in range(posts // concurrency):
+                    await service.create_post(caller, 0, "title", "content")
+
+            started = time.process_time()
+            await asyncio.gather(*(writer() for _ in range(concurrency)))
+            return (time.process_time() - started) / posts * 1e6
+
+        async def measure() -> dict[str, list[float]]:
+            await cpu_per_post(on, 320)  # warm up
+            await cpu_per_post(off, 320)
+            runs: dict[str, list[float]] = {"on": [], "off": []}
+            for round_ in range(7):
+                for name in ("on", "off") if round_ % 2 == 0 else ("off", "on"):
+                    runs[name].append(await cpu_per_post(on if name == "on" else off))
+            return runs
+
+        runs = asyncio.run(measure())
+    finally:
+        accounts.close()
+        database.dispose()
+    counted, uncounted = statistics.median(runs["on"]), statistics.median(runs["off"])
+    with capsys.disabled():
+        print(  # a figure for the record
+            f"\n[write counter, SQLite, in-process, 16 at a time] CreatePost {counted:.0f} µs CPU counted, "
+            f"{uncounted:.0f} µs not ({counted / uncounted - 1:+.1%}; medians of 7 interleaved rounds)"
+        )
+    assert counted > 0 and uncounted > 0
