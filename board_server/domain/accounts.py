@@ -284,7 +284,7 @@ class Accounts:
         )
         if not counted:
             wait = _seconds_until(oldest, SIGN_IN_WINDOW, now)
-            logger.warning("sign-in refused: too many failures from one address (retry in %.0f s)", wait)
+            logger.warning("sign-in refused: too many failures from %s (retry in %.0f s)", peer or "?", wait)
             raise ResourceExhausted(
                 f"too many failed sign-ins from your address; try again in {max(1, round(wait))} s", wait
             )
@@ -302,7 +302,7 @@ class Accounts:
         )
         if not counted:
             wait = _seconds_until(oldest, SIGN_UP_WINDOW, now)
-            logger.warning("sign-up refused: too many from one address (retry in %.0f s)", wait)
+            logger.warning("sign-up refused: too many from %s (retry in %.0f s)", peer or "?", wait)
             raise ResourceExhausted(
                 f"too many sign-ups from your address; try again in {max(1, round(wait))} s", wait
             )
