@@ -37,7 +37,15 @@ from bench.postgres import benchmark_database, postgres_bin
 from bench.procfs import process_tree_rss
 from bench.records import ROOT, load_average, summarize, write_results
 from bench.seeding import seed
-from bench.servers import BoardFeatures, Server, board_executable, clean_env, running
+from bench.servers import (
+    BoardFeatures,
+    Server,
+    board_executable,
+    clean_env,
+    limit_flags,
+    limits_record,
+    running,
+)
 from seg_handler.launcher.processes import free_port
 
 logger = logging.getLogger("bench.board")
@@ -67,7 +75,8 @@ def board_server(
         cmd += ["--processes", str(args.processes)]
     if features.metrics:
         cmd += ["--metrics-address", f"127.0.0.1:{free_port()}" if metrics else "none"]
-    cmd += shlex.split(args.board_args)
+    cmd += limit_flags(features)
+    cmd += shlex.split(args.board_args)  # last: they win
     with running(name, cmd, work, clean_env()) as server:
         yield server
 
@@ -157,6 +166,7 @@ def measure_database(
             "processes_requested": args.processes,
             "board_processes": board_processes,
             "board_args": args.board_args,
+            "limits": limits_record(features),
             "floor": "empty grpc.aio server, 1 process; targets are against this floor",
             "floor_reply": "the board's own serialized answer per method"
             if args.floor_reply == "board"

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.records import measure_and_record, summarize
+from bench.servers import limit_flags, limits_record
 from bench.serving import bench_image, build_archive, torchserve_on_free_ports
 from clients.board import BoardClient
 from clients.gen.board.v1 import board_pb2
@@ -64,6 +65,7 @@ def start_board(serve: launch.ServeSettings, workdir: Path) -> tuple[subprocess.
         "--audit-log", str(workdir / "audit.log"),
         "--segmentation-target", serve.grpc_inference_target,
         "--segmentation-token-file", str(serve.inference_key_file),
+        *limit_flags(),
     ]  # fmt: skip
     proc = processes.start(command, log_path, cwd=workdir)
     try:
@@ -190,6 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "board": "board-server defaults (SQLite WAL synchronous=FULL, default processes and tagging "
             "workers), tagging over TorchServe gRPC with the inference key file",
             "latency": "AddAttachment call to the update_time of the committed TAGGED",
+            "limits": limits_record(),
         },
     }
 

@@ -14,6 +14,29 @@ from pathlib import Path
 
 from seg_handler.launcher import processes
 
+# The board's limits (docs/operations.md, Limits) that a bench's load from one address and one user reaches:
+# raised for every bench, still counted (so their cost is in the figures), and recorded in its results.
+# Every other limit runs as shipped.
+BENCH_LIMITS: dict[str, str] = {
+    "--sign-in-failures-per-peer": "1000000",
+    "--sign-ups-per-peer": "1000000",
+    "--writes-per-user-per-minute": "1000000000",
+}
+
+
+def limit_flags(features: BoardFeatures | None = None) -> list[str]:
+    """``BENCH_LIMITS`` as board-server flags (none for a board-server from before the limits)."""
+    if features is not None and not features.limits:
+        return []
+    return [part for flag, value in BENCH_LIMITS.items() for part in (flag, value)]
+
+
+def limits_record(features: BoardFeatures | None = None) -> dict[str, str]:
+    """What a result file records of the limits its board ran with."""
+    if features is not None and not features.limits:
+        return {"all": "this board-server has no limits of its own"}
+    return {**BENCH_LIMITS, "every other limit": "as shipped (docs/operations.md, Limits)"}
+
 
 @dataclass
 class Server:
@@ -58,6 +81,7 @@ class BoardFeatures:
 
     processes: bool
     metrics: bool
+    limits: bool
 
     @classmethod
     def probe(cls, executable: Path) -> BoardFeatures:
@@ -65,7 +89,11 @@ class BoardFeatures:
         done = subprocess.run([str(executable), "--help"], capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise SystemExit(f"`board-server --help` failed ({done.returncode}):\n{done.stderr[-2000:]}")
-        return cls(processes="--processes" in done.stdout, metrics="--metrics-address" in done.stdout)
+        return cls(
+            processes="--processes" in done.stdout,
+            metrics="--metrics-address" in done.stdout,
+            limits="--writes-per-user-per-minute" in done.stdout,
+        )
 
 
 def board_executable() -> Path:

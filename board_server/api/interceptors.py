@@ -5,7 +5,8 @@ For every board.v1 method, once per method (the wrapped handler is cached):
 - requests that protobuf cannot decode (invalid UTF-8 in a string field, truncated bytes) are answered
   INVALID_ARGUMENT instead of the INTERNAL that gRPC would give;
 - the ``authorization`` metadata is turned into the ``Caller`` that ``current_caller()`` returns to the
-  servicer (a bad token is UNAUTHENTICATED here; the service decides what the caller may do);
+  servicer (a bad token is UNAUTHENTICATED here; the service decides what the caller may do), with the
+  client's address (``peer_address``), which the limits per address key;
 - a unary call gets a server-side deadline (``call_timeout_s``): DEADLINE_EXCEEDED rather than a stuck task;
 - domain errors become their status (errors.py's table, with details); anything else is logged with its
   traceback and answered INTERNAL "internal error" without detail;
@@ -70,6 +71,17 @@ def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]
             return _Undecodable(reason)
 
     return deserialize
+
+
+def peer_address(peer: str) -> str:
+    """The client's address in gRPC's peer string, without the port: ``ipv4:127.0.0.2:5123`` → ``127.0.0.2``,
+    ``ipv6:[::1]:5123`` → ``::1``; any other kind (``unix:…``) as it is."""
+    kind, _, rest = (peer or "").partition(":")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0] or rest
+    if kind == "ipv6":
+        return (rest.rpartition(":")[0] or rest).strip("[]")
+    return peer or ""
 
 
 if TYPE_CHECKING:
@@ -146,7 +158,7 @@ class BoardInterceptor(_ServerInterceptor):
                 if key == "authorization":
                     authorization = value if isinstance(value, str) else ""
                     break
-        _CALLER.set(await self._accounts.authenticate(authorization))
+        _CALLER.set(await self._accounts.authenticate(authorization, peer_address(context.peer())))
 
     def _unary(self, name: str, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def guarded(request: Any, context: Context) -> Any:

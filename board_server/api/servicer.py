@@ -57,7 +57,13 @@ class BoardServicer(board_pb2_grpc.BoardServiceServicer):
     async def UpdateUser(self, request: board_pb2.UpdateUserRequest, context: Context) -> board_pb2.User:
         user, paths = request.user, list(request.update_mask.paths)
         updated = await self._board.users.update_user(
-            current_caller(), user.id, paths, name=user.name, email=user.email, password=user.password
+            current_caller(),
+            user.id,
+            paths,
+            name=user.name,
+            email=user.email,
+            password=user.password,
+            current_password=request.current_password,
         )
         return user_to_proto(updated)
 
@@ -66,7 +72,9 @@ class BoardServicer(board_pb2_grpc.BoardServiceServicer):
         return empty_pb2.Empty()
 
     async def SignIn(self, request: board_pb2.SignInRequest, context: Context) -> board_pb2.SignInResponse:
-        token, expire, user = await self._board.users.sign_in(request.email, request.password)
+        token, expire, user = await self._board.users.sign_in(
+            current_caller(), request.email, request.password
+        )
         return board_pb2.SignInResponse(
             access_token=token, expire_time=timestamp(expire), user=user_to_proto(user)
         )

@@ -1,5 +1,5 @@
 """Domain errors as gRPC statuses: the ONE table from error class to canonical code, and the rich details
-(BadRequest field violations, RetryInfo) that travel with it."""
+(BadRequest field violations, RetryInfo, QuotaFailure) that travel with it."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from board_server.core.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    QuotaExceeded,
     ResourceExhausted,
     Unauthenticated,
 )
@@ -44,13 +45,21 @@ def status_code(error: BoardError) -> grpc.StatusCode:
 
 
 def to_grpc_status(error: BoardError) -> grpc.Status:
-    """Build the rich status (code, message; BadRequest for InvalidArgument, RetryInfo when known)."""
+    """Build the rich status (code, message; BadRequest for InvalidArgument, RetryInfo when known,
+    QuotaFailure for a user's quota)."""
     code = status_code(error)
     details: list[any_pb2.Any] = []
     if isinstance(error, ResourceExhausted) and error.retry_after_s is not None:
         seconds = max(1, int(error.retry_after_s + 0.999))
         detail = any_pb2.Any()
         detail.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=seconds)))
+        details.append(detail)
+    if isinstance(error, QuotaExceeded):
+        violation = error_details_pb2.QuotaFailure.Violation(
+            subject=error.violation.subject, description=error.violation.description
+        )
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.QuotaFailure(violations=[violation]))
         details.append(detail)
     if isinstance(error, InvalidArgument):
         bad_request = error_details_pb2.BadRequest(

@@ -98,6 +98,22 @@ class ResourceExhausted(BoardError):  # noqa: N818 - domain names, as in the hou
         self.retry_after_s = retry_after_s
 
 
+@dataclass(frozen=True)
+class QuotaViolation:
+    """The quota a request would break: its subject (``user:7``) and what it allows (a QuotaFailure)."""
+
+    subject: str
+    description: str
+
+
+class QuotaExceeded(ResourceExhausted):
+    """A user's quota (attachment storage, writes per minute) would be exceeded; ``violation`` names it."""
+
+    def __init__(self, message: str, violation: QuotaViolation, retry_after_s: float | None = None) -> None:
+        super().__init__(message, retry_after_s)
+        self.violation = violation
+
+
 def excerpt(value: str, limit: int = 40) -> str:
     """``value`` quoted for an error message, cut to ``limit`` characters: input is never echoed whole."""
     return repr(value if len(value) <= limit else value[:limit] + "…")

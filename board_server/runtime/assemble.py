@@ -22,6 +22,8 @@ from board_server.domain.board import Board
 from board_server.domain.comments import CommentService
 from board_server.domain.paging import load_page_tokens
 from board_server.domain.posts import PostService
+from board_server.domain.preview_cache import PreviewCache
+from board_server.domain.quotas import Quotas
 from board_server.domain.retag import Retagging
 from board_server.domain.served_models import ServedModels
 from board_server.domain.users import UserService
@@ -82,6 +84,8 @@ class BoardParts:
     settings: Settings
     database: Database
     accounts: Accounts
+    quotas: Quotas
+    previews: PreviewCache
     board: Board
     backend: InferenceBackend | None
     tagger: TaggingWorker | None
@@ -90,6 +94,7 @@ class BoardParts:
     def close(self) -> None:
         if self.backend is not None:
             self.backend.close()
+        self.previews.close()
         self.accounts.close()
         self.database.dispose()
 
@@ -107,12 +112,23 @@ def build_board(
             auth=settings.auth,
             reads_need_sign_in=settings.reads_need_sign_in,
             token_lifetime=timedelta(seconds=settings.token_lifetime_s),
+            sign_in_failures_per_peer=settings.sign_in_failures_per_peer,
+            sign_ups_per_peer=settings.sign_ups_per_peer,
         )
     except BaseException:
         database.dispose()
         raise
+    quotas = Quotas(
+        writes_per_minute=settings.writes_per_user_per_minute, storage_bytes=settings.user_storage_quota_bytes
+    )
     backend = inference_backend(settings)
     models = ServedModels(database, settings.segmentation_model)
+    previews = PreviewCache(
+        database,
+        models,
+        budget_bytes=settings.preview_cache_bytes,
+        renders_per_peer=settings.preview_renders_per_peer,
+    )
     watchers = watch_hub(database, settings.watch_poll_s)
     threads = settings.tagging_workers if tagging_threads is None else tagging_threads
     tagger = None
@@ -133,20 +149,21 @@ def build_board(
         database,
         accounts,
         tokens,
-        models,
-        watchers,
+        previews=previews,
+        quotas=quotas,
+        watchers=watchers,
         max_bytes=settings.max_attachment_bytes,
         max_per_post=settings.max_attachments_per_post,
         on_added=tagger.wake if tagger is not None else None,
     )
     board = Board(
-        users=UserService(database, accounts, tokens, sign_up_open=settings.sign_up_open),
-        posts=PostService(database, accounts, tokens, models),
-        comments=CommentService(database, accounts, tokens),
+        users=UserService(database, accounts, tokens, quotas, sign_up_open=settings.sign_up_open),
+        posts=PostService(database, accounts, tokens, models, quotas),
+        comments=CommentService(database, accounts, tokens, quotas),
         attachments=attachments,
         retagging=Retagging(database, accounts, models, backend),
     )
-    return BoardParts(settings, database, accounts, board, backend, tagger, metrics)
+    return BoardParts(settings, database, accounts, quotas, previews, board, backend, tagger, metrics)
 
 
 @dataclass
@@ -205,7 +222,7 @@ async def start_board(parts: BoardParts, *, port: int | None = None) -> BoardSer
             report_health(grpc_server.health, database.probe, settings.health_check_interval_s, gauges),
             name="health",
         ),
-        asyncio.create_task(_keep_house(parts.accounts, HOUSEKEEPING_INTERVAL_S), name="housekeeping"),
+        asyncio.create_task(_keep_house(parts, HOUSEKEEPING_INTERVAL_S), name="housekeeping"),
     ]
     if parts.backend is not None:
         started._tasks.append(asyncio.create_task(_learn_served_model(parts.board.retagging), name="model"))
@@ -217,12 +234,13 @@ def _refresh_gauges(metrics: BoardMetrics, parts: BoardParts) -> None:
     metrics.watchers.set(parts.board.attachments.watchers.watcher_count)
 
 
-async def _keep_house(accounts: Accounts, interval_s: float) -> None:
-    """Sweep expired sessions and stale sign-in failures now and then (every process: the deletes are
-    idempotent, and cheap when there is nothing to delete)."""
+async def _keep_house(parts: BoardParts, interval_s: float) -> None:
+    """Sweep expired sessions, stale sign-in failures and sign-ups and past write counters now and then
+    (every process: the deletes are idempotent, and cheap when there is nothing to delete)."""
     while True:
         try:
-            await accounts.housekeeping()
+            await parts.accounts.housekeeping()
+            await parts.quotas.housekeeping(parts.database)
         except Exception:  # the database may be away; the health check reports that
             logger.warning("housekeeping failed; trying again later", exc_info=True)
         await asyncio.sleep(interval_s)

@@ -85,6 +85,13 @@ class Settings:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     allow_plaintext: bool = False
+    # Limits per client address and per user (0 turns one off).
+    sign_in_failures_per_peer: int = 20
+    sign_ups_per_peer: int = 10
+    writes_per_user_per_minute: int = 600
+    user_storage_quota_bytes: int = 1024 * 1024 * 1024
+    preview_cache_bytes: int = 1024 * 1024 * 1024
+    preview_renders_per_peer: int = 2
     # Attachments and their tagging; an empty target turns tagging off (uploads stay PENDING).
     max_attachment_bytes: int = 20 * 1024 * 1024
     max_attachments_per_post: int = 20
@@ -212,12 +219,22 @@ OPTIONS: tuple[Option, ...] = (
     Option("tls_key_file", "--tls-key-file", "BOARD_TLS_KEY_FILE", _optional_path, "PEM private key"),
     Option("allow_plaintext", "--allow-plaintext", "BOARD_ALLOW_PLAINTEXT", _on_off,
            "on: serve without TLS on a non-loopback address with auth on (a TLS proxy in front)"),
+    Option("sign_in_failures_per_peer", "--sign-in-failures-per-peer", "BOARD_SIGN_IN_FAILURES_PER_PEER", int,
+           "failed sign-ins one client address may make in 15 minutes, over all emails (0: no limit)"),
+    Option("sign_ups_per_peer", "--sign-ups-per-peer", "BOARD_SIGN_UPS_PER_PEER", int,
+           "sign-ups one client address may make in an hour (0: no limit)"),
+    Option("writes_per_user_per_minute", "--writes-per-user-per-minute", "BOARD_WRITES_PER_USER_PER_MINUTE",
+           int, "creates, updates and deletes one user may make in a minute (0: no limit)"),
+    Option("user_storage_quota_bytes", "--user-storage-quota", "BOARD_USER_STORAGE_QUOTA", int,
+           "bytes the attachments of one user's posts may hold (0: no limit)"),
     Option("max_attachment_bytes", "--max-attachment-bytes", "BOARD_MAX_ATTACHMENT_BYTES", int,
            "largest attachment in bytes"),
     Option("max_attachments_per_post", "--max-attachments-per-post", "BOARD_MAX_ATTACHMENTS_PER_POST", int,
            "attachments one post may hold"),
     Option("segmentation_protocol", "--segmentation-protocol", "BOARD_SEGMENTATION_PROTOCOL", _protocol,
            "torchserve (TorchServe's gRPC inference API) or oip (Open Inference Protocol v2 gRPC)"),
+    Option("preview_cache_bytes", "--preview-cache-bytes", "BOARD_PREVIEW_CACHE_BYTES", int,
+           "bytes all kept previews may hold together; the least recently used go first (0: keep none)"),
     Option("segmentation_target", "--segmentation-target", "BOARD_SEGMENTATION_TARGET", str,
            "HOST:PORT of the model server's gRPC port, several comma-separated, or dns:///NAME:PORT for "
            "every address NAME resolves to; round-robin, a dead server skipped; empty turns tagging off"),
@@ -347,6 +364,12 @@ def validate(settings: Settings) -> None:
         (s.tagging_backoff_max_s > 0, "tagging backoff max must be > 0"),
         (s.tagging_max_attempts >= 1, "tagging max attempts must be >= 1"),
         (s.watch_poll_s > 0, "watch poll must be > 0"),
+        (s.sign_in_failures_per_peer >= 0, "sign-in failures per peer must be >= 0"),
+        (s.sign_ups_per_peer >= 0, "sign-ups per peer must be >= 0"),
+        (s.writes_per_user_per_minute >= 0, "writes per user per minute must be >= 0"),
+        (s.user_storage_quota_bytes >= 0, "user storage quota must be >= 0"),
+        (s.preview_cache_bytes >= 0, "preview cache bytes must be >= 0"),
+        (s.preview_renders_per_peer >= 1, "preview renders per peer must be >= 1"),
         ((s.tls_cert_file is None) == (s.tls_key_file is None), "give both TLS certificate and key files"),
     )  # fmt: skip
     for ok, message in checks:

@@ -33,3 +33,8 @@ def busy_is_unavailable() -> Iterator[None]:
         if "locked" in text or "busy" in text:
             raise DatabaseBusy("the database is busy; retry the call") from exc
         raise
+
+
+class MigrationRefusedError(RuntimeError):
+    """A migration found data it must not change on its own (two accounts whose emails become one); nothing
+    was changed, and the message says what the operator has to decide."""

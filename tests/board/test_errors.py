@@ -32,7 +32,7 @@ from board_server.core.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
-from board_server.domain.accounts import Accounts
+from board_server.domain.accounts import ANONYMOUS, Accounts
 from board_server.storage import users as user_rows
 from board_server.storage.engine import Database, migrate, open_database
 from clients.board import BoardClientError, InvalidArgumentError, ResourceExhaustedError, error_from_rpc
@@ -278,9 +278,16 @@ def test_tokens_become_callers(database: Database) -> None:
         email = f"i-{datetime.now(UTC).timestamp()}@example.org"
         hashed = await faulty.accounts.hash_password(PASSWORD)
         user = await database.run_write(
-            lambda conn: user_rows.add_user(conn, "Inter", email, datetime.now(UTC), hashed)
+            lambda conn: user_rows.add_user(
+                conn,
+                name="Inter",
+                email=email,
+                email_canonical=email,
+                now=datetime.now(UTC),
+                password_hash=hashed,
+            )
         )
-        session = await faulty.accounts.sign_in(email, PASSWORD)
+        session = await faulty.accounts.sign_in(ANONYMOUS, email, PASSWORD)
         assert await faulty.call("Caller", token=session.token) == str(user.id).encode()
         assert await faulty.call("Caller") == b"None"  # anonymous
         for bad in ("x" * 43, "", "y" * 5000):

@@ -42,6 +42,7 @@ FIXED = {
     "keepalive_timeout_s": "a keepalive ping unanswered this long closes the connection",
     "max_connection_age_grace_s": "calls in flight get this long after the maximum connection age",
     "tracing_enabled": "on when the `OTEL_*` variables ask for traces (see Tracing)",
+    "preview_renders_per_peer": "previews one client address may have rendered at a time (per process)",
 }
 
 
