@@ -41,9 +41,10 @@ def database_for(settings: Settings, metrics: BoardMetrics | None = None) -> Dat
     """The database of ``settings`` (not migrated: the supervisor or ``board-server migrate`` does that)."""
     return open_database(
         settings.database_url,
-        threads=settings.worker_threads,
+        connections=settings.worker_threads,
         busy_timeout_ms=settings.sqlite_busy_timeout_ms,
         connect_timeout_s=settings.database_connect_timeout_s,
+        statement_timeout_s=settings.call_timeout_s,
         on_batch=metrics.committed if metrics is not None else None,
     )
 
@@ -90,6 +91,13 @@ class BoardParts:
             self.backend.close()
         self.accounts.close()
         self.database.dispose()
+
+    async def aclose(self) -> None:
+        """``close()`` from the event loop, whose database connections are closed on it first."""
+        if self.backend is not None:
+            self.backend.close()
+        self.accounts.close()
+        await self.database.close()
 
 
 def build_board(
@@ -171,7 +179,7 @@ class BoardServer:
         await self.parts.board.attachments.watchers.close()
         if self.parts.tagger is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.parts.tagger.stop, grace)
-        self.parts.close()
+        await self.parts.aclose()
 
 
 async def start_board(parts: BoardParts, *, port: int | None = None) -> BoardServer:
@@ -211,7 +219,7 @@ async def start_board(parts: BoardParts, *, port: int | None = None) -> BoardSer
 
 
 def _refresh_gauges(metrics: BoardMetrics, parts: BoardParts) -> None:
-    metrics.connections_in_use.set(parts.database.engine.pool.checkedout())  # type: ignore[attr-defined]
+    metrics.connections_in_use.set(parts.database.connections_in_use())
     metrics.watchers.set(parts.board.attachments.watchers.watcher_count)
 
 

@@ -2,18 +2,16 @@
 
 SQLite is tuned for a server (WAL, synchronous=FULL, foreign keys): reads run in autocommit on a connection
 kept per thread, writes through group commit (storage/group_commit.py). PostgreSQL runs each write in its
-own transaction; the event loop hands PostgreSQL work to a small thread pool so that a network round trip
-never stalls it.
+own transaction: the event loop's calls on psycopg's async connections (storage/loop_connections.py, no
+thread hop), other threads' (tagging, the command line) on a small synchronous pool.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +19,13 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy import Connection, Engine, NullPool, create_engine, event, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from board_server.storage.errors import busy_is_unavailable
 from board_server.storage.group_commit import GroupCommitWriter
+from board_server.storage.loop_connections import LoopConnections
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +40,8 @@ class Database:
 
     engine: Engine
     writer: GroupCommitWriter | None = None
-    # PostgreSQL: blocking database work of the event loop runs here (one thread per pooled connection).
-    executor: ThreadPoolExecutor | None = None
+    # PostgreSQL: the event loop's connections (threads use ``engine``'s pool).
+    loop_connections: LoopConnections | None = None
     # SQLite reads keep one connection per thread (a pool checkout per call costs more than a point read);
     # reads run in autocommit mode, so a kept connection holds no snapshot between calls.
     _reader: threading.local = field(default_factory=threading.local, repr=False)
@@ -86,18 +86,25 @@ class Database:
             return work(conn)
 
     async def run_read(self, work: Callable[[Connection], T]) -> T:
-        """``query(work)`` from the event loop: inline on SQLite, on the database threads on PostgreSQL."""
-        if self.executor is None:
+        """``query(work)`` from the event loop: inline on SQLite, on a loop connection on PostgreSQL."""
+        if self.loop_connections is None:
             return self.query(work)
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self.query, work)
+        return await self.loop_connections.read(work)
 
     async def run_write(self, work: Callable[[Connection], T]) -> T:
         """``write(work)`` from the event loop, which keeps serving while the write commits."""
         if self.writer is not None:
             return await self.writer.submit_from_loop(work)
-        if self.executor is None:
-            raise RuntimeError("PostgreSQL work needs the database executor")
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self.write, work)
+        if self.loop_connections is None:
+            raise RuntimeError("PostgreSQL work needs the event loop's connections")
+        return await self.loop_connections.write(work)
+
+    def connections_in_use(self) -> int:
+        """Connections lent to calls or threads right now (metrics)."""
+        in_use = int(self.engine.pool.checkedout())  # type: ignore[attr-defined]
+        if self.loop_connections is not None:
+            in_use += self.loop_connections.in_use
+        return in_use
 
     async def probe(self) -> None:
         """One round trip (SELECT 1) the way the event loop runs its reads; raises when it fails."""
@@ -109,6 +116,12 @@ class Database:
             conn.execute(text("SELECT 1"))
             conn.rollback()
 
+    async def close(self) -> None:
+        """``dispose()``, the event loop's connections closed first (from that loop)."""
+        if self.loop_connections is not None:
+            await self.loop_connections.close()
+        self.dispose()
+
     def dispose(self) -> None:
         with self._readers_lock:
             readers, self._readers = self._readers, []
@@ -117,8 +130,6 @@ class Database:
                 conn.close()
         if self.writer is not None:
             self.writer.close()
-        if self.executor is not None:
-            self.executor.shutdown(wait=True, cancel_futures=True)
         self.engine.dispose()
 
 
@@ -147,17 +158,19 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
 def open_database(
     url: str,
     *,
-    threads: int = 8,
+    connections: int = 8,
     busy_timeout_ms: int = 30_000,
     connect_timeout_s: float = 5.0,
+    statement_timeout_s: float | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> Database:
     """Create the engine for ``url`` (creating an SQLite file's folder if needed).
 
-    ``threads``: database threads of the event loop on PostgreSQL (one pooled connection each);
-    ``busy_timeout_ms``: how long an SQLite writer waits for a writer that does not take turns;
-    ``connect_timeout_s``: how long a PostgreSQL connection attempt may take; ``on_batch``: told the size of
-    every committed SQLite batch (metrics).
+    ``connections``: PostgreSQL connections of the event loop; ``busy_timeout_ms``: how long an SQLite
+    writer waits for a writer that does not take turns; ``connect_timeout_s``: how long a PostgreSQL
+    connection attempt may take; ``statement_timeout_s``: PostgreSQL's statement_timeout on the event loop's
+    connections (an upper bound: a call's own deadline cancels its statement sooner); ``on_batch``: told the
+    size of every committed SQLite batch (metrics).
     """
     parsed = make_url(url)
     kwargs: dict[str, Any] = {"pool_pre_ping": False}
@@ -168,21 +181,24 @@ def open_database(
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             lock_path = Path(f"{parsed.database}-writer.lock")
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout_ms / 1000}
-    else:
-        # A database that cannot be reached must fail a call (and the health check) in seconds, not hang.
-        kwargs["connect_args"] = {"connect_timeout": max(1, round(connect_timeout_s))}
-    # One connection per database thread, so a request never waits for a pooled connection.
-    kwargs["pool_size"] = threads
-    # SQLite: every thread that reads keeps its connection (gRPC workers, tagging threads), so the number of
-    # threads bounds the connections, not the pool; PostgreSQL: a few beyond one per thread.
-    kwargs["max_overflow"] = -1 if is_sqlite else 4
-    engine = create_engine(parsed, **kwargs)
-    if is_sqlite:
+        # SQLite: every thread that reads keeps its connection (the event loop, tagging threads), so the
+        # number of threads bounds the connections, not the pool.
+        engine = create_engine(parsed, pool_size=connections, max_overflow=-1, **kwargs)
         _configure_sqlite(engine, busy_timeout_ms)
         writer = GroupCommitWriter(engine.execution_options(**{_WRITE_OPTION: True}), lock_path, on_batch)
         return Database(engine=engine, writer=writer)
-    executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="board-db")
-    return Database(engine=engine, executor=executor)
+    # A database that cannot be reached must fail a call (and the health check) in seconds, not hang.
+    connect_args: dict[str, Any] = {"connect_timeout": max(1, round(connect_timeout_s))}
+    # Threads (tagging, the command line): a small pool, grown on demand.
+    engine = create_engine(parsed, pool_size=2, max_overflow=8, connect_args=connect_args, **kwargs)
+    loop_args = dict(connect_args)
+    if statement_timeout_s is not None:
+        loop_args["options"] = f"-c statement_timeout={max(1, round(statement_timeout_s * 1000))}"
+    # The event loop's connections are kept by LoopConnections, so SQLAlchemy pools none of them.
+    loop_engine = create_async_engine(
+        parsed, poolclass=NullPool, isolation_level="AUTOCOMMIT", connect_args=loop_args
+    )
+    return Database(engine=engine, loop_connections=LoopConnections(loop_engine, connections))
 
 
 def migrate(engine: Engine) -> None:
