@@ -56,7 +56,9 @@ class PostService:
         violations.raise_if_any()
         author = self._accounts.author_for_new(caller, user_id, "user_id")
         check_id("user_id", author)
-        post = await self._db.run_write(lambda conn: post_rows.add_post(conn, author, title, content, now()))
+        post = await self._db.run_statement(
+            lambda conn: post_rows.add_post(conn, author, title, content, now())
+        )
         audit.info("Post created; id=%d; user_id=%d; by=%s", post.id, author, caller.actor)
         return post
 

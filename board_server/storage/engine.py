@@ -89,7 +89,7 @@ class Database:
         """``query(work)`` from the event loop: inline on SQLite, on a loop connection on PostgreSQL."""
         if self.loop_connections is None:
             return self.query(work)
-        return await self.loop_connections.read(work)
+        return await self.loop_connections.autocommit(work)
 
     async def run_write(self, work: Callable[[Connection], T]) -> T:
         """``write(work)`` from the event loop, which keeps serving while the write commits."""
@@ -98,6 +98,13 @@ class Database:
         if self.loop_connections is None:
             raise RuntimeError("PostgreSQL work needs the event loop's connections")
         return await self.loop_connections.write(work)
+
+    async def run_statement(self, work: Callable[[Connection], T]) -> T:
+        """``run_write`` for a ``work`` of ONE statement, atomic by itself: on PostgreSQL it runs in
+        autocommit, durable when it returns, without a transaction's BEGIN and COMMIT round trips."""
+        if self.loop_connections is None:
+            return await self.run_write(work)
+        return await self.loop_connections.autocommit(work)
 
     def connections_in_use(self) -> int:
         """Connections lent to calls or threads right now (metrics)."""

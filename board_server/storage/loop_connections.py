@@ -6,8 +6,8 @@ statement is awaited on psycopg's async connection without a thread hop. The hot
 SQLAlchemy's execution and go to the driver (storage/lean.py, ``driver_call``).
 
 The connections run in autocommit mode: a read is one statement (or a few, each atomic), with no BEGIN or
-ROLLBACK round trip; a write sends BEGIN and COMMIT itself. Why kept connections and not a pool checkout per
-call, and the figures: docs/operations.md, "How this was chosen".
+ROLLBACK round trip, and so is a write of one statement; any other write sends BEGIN and COMMIT itself. Why
+kept connections and not a pool checkout per call, and the figures: docs/operations.md, "How this was chosen".
 
 A call whose task is cancelled (its deadline passed, the client went away) has its running statement
 cancelled in the server by psycopg; the connection, in an unknown state afterwards, is closed rather than
@@ -61,7 +61,7 @@ async def _rollback(driver: psycopg.AsyncConnection[Any]) -> None:
     await driver.execute("ROLLBACK")
 
 
-def _read(conn: Connection, work: Callable[[Connection], T]) -> T:
+def _autocommit(conn: Connection, work: Callable[[Connection], T]) -> T:
     try:
         return work(conn)
     finally:
@@ -102,9 +102,10 @@ class LoopConnections:
     def in_use(self) -> int:
         return self._opened - len(self._idle)
 
-    async def read(self, work: Callable[[Connection], T]) -> T:
-        """``work(conn)`` on a lent connection, in autocommit (each statement atomic by itself)."""
-        return await self._run(_read, work)
+    async def autocommit(self, work: Callable[[Connection], T]) -> T:
+        """``work(conn)`` on a lent connection, in autocommit (each statement atomic and durable by itself):
+        reads, and writes of one statement."""
+        return await self._run(_autocommit, work)
 
     async def write(self, work: Callable[[Connection], T]) -> T:
         """``work(conn)`` in one transaction, committed before this returns; rolled back if it raises."""
