@@ -29,6 +29,7 @@ from board_server.runtime import tracing
 from board_server.runtime.config import Settings
 from board_server.runtime.metrics import BoardMetrics
 from board_server.storage.engine import Database, open_database
+from board_server.storage.notifications import AttachmentChangeListener
 from board_server.tagging.backend import InferenceBackend, TorchServeBackend
 from board_server.tagging.worker import TaggingWorker
 
@@ -213,6 +214,9 @@ async def start_board(parts: BoardParts, *, port: int | None = None) -> BoardSer
         ),
         asyncio.create_task(_keep_house(parts.accounts, HOUSEKEEPING_INTERVAL_S), name="housekeeping"),
     ]
+    if database.loop_connections is not None:  # PostgreSQL: changes committed anywhere wake our watchers
+        listener = AttachmentChangeListener(database.engine, parts.board.attachments.watchers.changed)
+        started._tasks.append(asyncio.create_task(listener.run(), name="attachment-changes"))
     if parts.backend is not None:
         started._tasks.append(asyncio.create_task(_learn_served_model(parts.board.retagging), name="model"))
     return started
