@@ -42,7 +42,7 @@ def tagger(
         yield url, start_board_server(processes, url, tmp_path_factory.mktemp("b"), extra=extra), fake
 
 
-def watch_until_settled(server: RunningServer) -> tuple[list[int], float]:
+def watch_until_settled(server: RunningServer) -> tuple[list[board_pb2.AttachmentStatus], float]:
     """Upload a photo through ``server`` and watch it there: the statuses seen and the seconds the watch
     took."""
     member = sign_up(server.target, "Watcher")
