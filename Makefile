@@ -70,6 +70,7 @@ bench: proto  ## benchmarks (k6 drives the board); JSON to bench/results/, table
 	$(PY) -m bench.starvation
 	$(PY) -m bench.serving
 	$(PY) -m bench.e2e
+	$(PY) -m bench.watch
 	$(PY) -m bench.report
 
 $(MAR):

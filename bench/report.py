@@ -382,6 +382,7 @@ TITLES = {
     "board-postgres": "Board on PostgreSQL (no targets) — `python -m bench.board`",
     "serving": "TorchServe serving — `python -m bench.serving`",
     "e2e": "Photos end to end: AddAttachment → TAGGED — `python -m bench.e2e`",
+    "watch": "Watch latency across replicas on PostgreSQL (LISTEN/NOTIFY) — `python -m bench.watch`",
 }
 
 
