@@ -6,7 +6,8 @@ For every board.v1 method, once per method (the wrapped handler is cached):
   INVALID_ARGUMENT instead of the INTERNAL that gRPC would give;
 - the ``authorization`` metadata is turned into the ``Caller`` that ``current_caller()`` returns to the
   servicer (a bad token is UNAUTHENTICATED here; the service decides what the caller may do);
-- a unary call gets a server-side deadline (``call_timeout_s``): DEADLINE_EXCEEDED rather than a stuck task;
+- a unary call gets a server-side deadline (``call_timeout_s``, or the client's deadline when that is sooner):
+  DEADLINE_EXCEEDED rather than a stuck task, and the call's database statement ends with it;
 - domain errors become their status (errors.py's table, with details); anything else is logged with its
   traceback and answered INTERNAL "internal error" without detail;
 - observers (metrics) see every call's method, code and duration.
@@ -150,7 +151,9 @@ class BoardInterceptor(_ServerInterceptor):
 
     def _unary(self, name: str, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def guarded(request: Any, context: Context) -> Any:
-            async with self._outcome(name, context), asyncio.timeout(self._timeout):
+            remaining = context.time_remaining()
+            timeout = self._timeout if remaining is None else min(self._timeout, max(0.0, remaining))
+            async with self._outcome(name, context), asyncio.timeout(timeout):
                 await self._enter(name, request, context)
                 return await behaviour(request, context)
 
@@ -182,7 +185,7 @@ class BoardInterceptor(_ServerInterceptor):
             await context.abort(status.code, status.details, status.trailing_metadata)
         except TimeoutError:
             code = grpc.StatusCode.DEADLINE_EXCEEDED
-            logger.warning("%s gave up after %.1fs (server-side deadline)", name, self._timeout)
+            logger.warning("%s reached its deadline (%.1fs at most)", name, self._timeout)
             await context.abort(code, f"the server gave up after {self._timeout:g} s; retry later")
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED

@@ -8,10 +8,12 @@ thread hop), other threads' (tagging, the command line) on a small synchronous p
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _WRITE_OPTION = "board_write"
+# Reads whose cost the caller chooses (``run_search``) running at once per process; more wait their turn.
+SEARCHES_AT_ONCE = 2
 
 
 @dataclass
@@ -47,6 +51,13 @@ class Database:
     _reader: threading.local = field(default_factory=threading.local, repr=False)
     _readers: list[Connection] = field(default_factory=list, repr=False)
     _readers_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _search_slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(SEARCHES_AT_ONCE), repr=False
+    )
+    _search_threads: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(SEARCHES_AT_ONCE, thread_name_prefix="board-search"),
+        repr=False,
+    )
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -99,6 +110,38 @@ class Database:
             raise RuntimeError("PostgreSQL work needs the event loop's connections")
         return await self.loop_connections.write(work)
 
+    async def run_search(self, work: Callable[[Connection], T]) -> T:
+        """``run_read`` for a read whose cost the caller chooses (a filter, an order, a page of up to 1,000
+        rows): at most SEARCHES_AT_ONCE per process at a time, and ended when its call ends (its deadline
+        passed, the client went away: the awaiting task is cancelled). On SQLite it runs on a search thread,
+        so the event loop keeps serving, and is interrupted (``sqlite3.Connection.interrupt``); on
+        PostgreSQL psycopg cancels it in the server."""
+        async with self._search_slots:
+            if self.loop_connections is not None:
+                return await self.loop_connections.autocommit(work)
+            return await self._search_on_thread(work)
+
+    async def _search_on_thread(self, work: Callable[[Connection], T]) -> T:
+        connection: list[Any] = []  # the search thread's sqlite3 connection, once it has one
+        abandoned = threading.Event()
+
+        def search() -> T:
+            with self.read() as conn:
+                connection.append(conn.connection.driver_connection)
+                if abandoned.is_set():  # given up while the thread was starting
+                    raise TimeoutError("the call ended before its search started")
+                return work(conn)
+
+        loop = asyncio.get_running_loop()
+        done = loop.run_in_executor(self._search_threads, search)
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            abandoned.set()
+            # An interrupt reaches only a statement already running: repeat it until the thread lets go.
+            _interrupt_until_done(loop, done, connection)
+            raise
+
     async def run_statement(self, work: Callable[[Connection], T]) -> T:
         """``run_write`` for a ``work`` of ONE statement, atomic by itself: on PostgreSQL it runs in
         autocommit, durable when it returns, without a transaction's BEGIN and COMMIT round trips."""
@@ -130,6 +173,7 @@ class Database:
         self.dispose()
 
     def dispose(self) -> None:
+        self._search_threads.shutdown(wait=False, cancel_futures=True)
         with self._readers_lock:
             readers, self._readers = self._readers, []
         for conn in readers:
@@ -138,6 +182,18 @@ class Database:
         if self.writer is not None:
             self.writer.close()
         self.engine.dispose()
+
+
+def _interrupt_until_done(
+    loop: asyncio.AbstractEventLoop, done: asyncio.Future[Any], connection: list[Any], every_s: float = 0.05
+) -> None:
+    if done.done():
+        if not done.cancelled():
+            done.exception()  # retrieved, so that asyncio does not report it: its caller has gone
+        return
+    if connection:
+        connection[0].interrupt()
+    loop.call_later(every_s, _interrupt_until_done, loop, done, connection, every_s)
 
 
 def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
