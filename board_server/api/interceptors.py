@@ -6,8 +6,8 @@ For every board.v1 method, once per method (the wrapped handler is cached):
   INVALID_ARGUMENT instead of the INTERNAL that gRPC would give;
 - the ``authorization`` metadata is turned into the ``Caller`` that ``current_caller()`` returns to the
   servicer (a bad token is UNAUTHENTICATED here; the service decides what the caller may do);
-- a unary call gets a server-side deadline (``call_timeout_s``, or the client's deadline when that is sooner):
-  DEADLINE_EXCEEDED rather than a stuck task, and the call's database statement ends with it;
+- a unary call gets a server-side deadline (``call_timeout_s``; gRPC ends it at the client's deadline when
+  that is sooner): DEADLINE_EXCEEDED rather than a stuck task, and the call's database statement ends with it;
 - domain errors become their status (errors.py's table, with details); anything else is logged with its
   traceback and answered INTERNAL "internal error" without detail;
 - observers (metrics) see every call's method, code and duration.
@@ -151,8 +151,10 @@ class BoardInterceptor(_ServerInterceptor):
 
     def _unary(self, name: str, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def guarded(request: Any, context: Context) -> Any:
+            # A client deadline sooner than ours cancels the call by itself (gRPC cancels its task): a second
+            # cancellation at the same moment would interrupt the database's cancel of the statement.
             remaining = context.time_remaining()
-            timeout = self._timeout if remaining is None else min(self._timeout, max(0.0, remaining))
+            timeout = self._timeout if remaining is None or remaining >= self._timeout else None
             async with self._outcome(name, context), asyncio.timeout(timeout):
                 await self._enter(name, request, context)
                 return await behaviour(request, context)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -140,6 +141,7 @@ class Database:
             abandoned.set()
             # An interrupt reaches only a statement already running: repeat it until the thread lets go.
             _interrupt_until_done(loop, done, connection)
+            done.add_done_callback(_log_interrupted)
             raise
 
     async def run_statement(self, work: Callable[[Connection], T]) -> T:
@@ -184,16 +186,33 @@ class Database:
         self.engine.dispose()
 
 
+def _log_interrupted(done: asyncio.Future[Any]) -> None:
+    error = None if done.cancelled() else done.exception()
+    error = getattr(error, "orig", error)  # SQLAlchemy's wrapper of the driver's error
+    if isinstance(error, sqlite3.OperationalError) and "interrupt" in str(error):
+        logger.info("a search was interrupted: its call ended first")
+
+
 def _interrupt_until_done(
     loop: asyncio.AbstractEventLoop, done: asyncio.Future[Any], connection: list[Any], every_s: float = 0.05
 ) -> None:
     if done.done():
-        if not done.cancelled():
-            done.exception()  # retrieved, so that asyncio does not report it: its caller has gone
         return
     if connection:
         connection[0].interrupt()
     loop.call_later(every_s, _interrupt_until_done, loop, done, connection, every_s)
+
+
+def _check_for_lost_client(dbapi_connection: Any, _record: Any) -> None:
+    # A statement whose cancel request never arrived (the call was cancelled while psycopg was cancelling)
+    # leaves a closed connection behind: PostgreSQL 14+ then ends the statement within a second.
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("SET client_connection_check_interval = 1000")
+    except Exception:  # an older server: it finds out when it sends the result
+        logger.info("PostgreSQL has no client_connection_check_interval (before 14)", exc_info=True)
+    finally:
+        cursor.close()
 
 
 def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
@@ -251,16 +270,22 @@ def open_database(
         writer = GroupCommitWriter(engine.execution_options(**{_WRITE_OPTION: True}), lock_path, on_batch)
         return Database(engine=engine, writer=writer)
     # A database that cannot be reached must fail a call (and the health check) in seconds, not hang.
-    connect_args: dict[str, Any] = {"connect_timeout": max(1, round(connect_timeout_s))}
+    # No JIT: compiling a filter of many label comparisons took seconds (the query itself a millisecond),
+    # and a statement being compiled cannot be cancelled.
+    connect_args: dict[str, Any] = {
+        "connect_timeout": max(1, round(connect_timeout_s)),
+        "options": "-c jit=off",
+    }
     # Threads (tagging, the command line): a small pool, grown on demand.
     engine = create_engine(parsed, pool_size=2, max_overflow=8, connect_args=connect_args, **kwargs)
     loop_args = dict(connect_args)
     if statement_timeout_s is not None:
-        loop_args["options"] = f"-c statement_timeout={max(1, round(statement_timeout_s * 1000))}"
+        loop_args["options"] += f" -c statement_timeout={max(1, round(statement_timeout_s * 1000))}"
     # The event loop's connections are kept by LoopConnections, so SQLAlchemy pools none of them.
     loop_engine = create_async_engine(
         parsed, poolclass=NullPool, isolation_level="AUTOCOMMIT", connect_args=loop_args
     )
+    event.listen(loop_engine.sync_engine, "connect", _check_for_lost_client)
     return Database(engine=engine, loop_connections=LoopConnections(loop_engine, connections))
 
 
