@@ -279,6 +279,8 @@ def open_database(
     # Threads (tagging, the command line): a small pool, grown on demand.
     engine = create_engine(parsed, pool_size=2, max_overflow=8, connect_args=connect_args, **kwargs)
     loop_args = dict(connect_args)
+    # Timestamps come back in UTC (timezone.utc), as the Core path gives them: the lean path converts nothing.
+    loop_args["options"] += " -c TimeZone=UTC"
     if statement_timeout_s is not None:
         loop_args["options"] += f" -c statement_timeout={max(1, round(statement_timeout_s * 1000))}"
     # The event loop's connections are kept by LoopConnections, so SQLAlchemy pools none of them.

@@ -51,8 +51,6 @@ class LeanQuery:
         postgres = statement.compile(dialect=psycopg_dialect.dialect())  # type: ignore[no-untyped-call]
         self._pg_sql = str(postgres)
         self._pg_defaults = {name: value for name, value in postgres.params.items() if value is not None}
-        # psycopg gives aware datetimes in the session's time zone; the Core path gives UTC.
-        self._pg_stamps = tuple(i for i, c in enumerate(columns) if isinstance(c.type, UTCDateTime))
 
     def _rows(self, conn: Connection, params: dict[str, Any]) -> Any:
         raw = conn.connection.driver_connection
@@ -87,7 +85,9 @@ class LeanQuery:
             return await cursor.fetchone()
 
         values = driver_call(conn, fetch)
-        return None if values is None else self._make_pg(values)
+        # The event loop's connections run with TimeZone=UTC: psycopg's datetimes are already what the Core
+        # path gives (UTC, timezone.utc), and its booleans are bool.
+        return None if values is None else self._row._make(values)
 
     def all(self, conn: Connection, params: dict[str, Any]) -> list[Any]:
         """Every row, like ``conn.execute(statement, params).all()``."""
@@ -101,19 +101,11 @@ class LeanQuery:
             cursor = await driver.execute(self._pg_sql, self._pg_params(params))
             return await cursor.fetchall()
 
-        return [self._make_pg(values) for values in driver_call(conn, fetch)]
+        make = self._row._make
+        return [make(values) for values in driver_call(conn, fetch)]
 
     def _pg_params(self, params: dict[str, Any]) -> dict[str, Any]:
         return {**self._pg_defaults, **params} if self._pg_defaults else params
-
-    def _make_pg(self, values: tuple[Any, ...]) -> Any:
-        if self._pg_stamps:
-            items = list(values)
-            for index in self._pg_stamps:
-                if items[index] is not None:
-                    items[index] = items[index].astimezone(UTC)
-            values = tuple(items)
-        return self._row._make(values)
 
 
 def _utc_from_sqlite(text: str) -> datetime:

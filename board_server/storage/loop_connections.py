@@ -196,7 +196,7 @@ def _usable(conn: AsyncConnection) -> bool:
     return (
         driver is not None
         and not driver.closed
-        and driver.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        and driver.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
     )
 
 
