@@ -45,7 +45,8 @@ def database_for(settings: Settings, metrics: BoardMetrics | None = None) -> Dat
         connections=settings.worker_threads,
         busy_timeout_ms=settings.sqlite_busy_timeout_ms,
         connect_timeout_s=settings.database_connect_timeout_s,
-        statement_timeout_s=settings.call_timeout_s,
+        # A second past the call's own deadline, which cancels the statement first; this catches the rest.
+        statement_timeout_s=settings.call_timeout_s + 1.0,
         on_batch=metrics.committed if metrics is not None else None,
     )
 
