@@ -9,7 +9,7 @@ replica A has no segmentation target, so every change its watchers see was commi
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from sqlalchemy import text
@@ -70,15 +70,28 @@ def wait_for_listener(url: str, server: RunningServer, *, other_than: tuple[int,
     raise TimeoutError(f"{server.name} has no LISTEN connection:\n{server.log()}")
 
 
-def test_an_outcome_on_one_replica_reaches_a_watcher_of_another_long_before_its_poll(
+@pytest.fixture
+def watching(
     tagger: tuple[str, RunningServer, FakeTorchServe],
     processes: Processes,
     tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[[str], tuple[RunningServer, int]]:
+    """``watching(poll)``: replica A on B's database, polling every ``poll``; A and its listener's pid."""
+
+    def start(poll: str) -> tuple[RunningServer, int]:
+        url = tagger[0]
+        a = start_board_server(processes, url, tmp_path_factory.mktemp("a"), extra=("--watch-poll", poll))
+        return a, wait_for_listener(url, a)
+
+    return start
+
+
+def test_an_outcome_on_one_replica_reaches_a_watcher_of_another_long_before_its_poll(
+    tagger: tuple[str, RunningServer, FakeTorchServe], watching: Callable[[str], tuple[RunningServer, int]]
 ) -> None:
-    url, b, _ = tagger
+    b = tagger[1]
     # A polls once a minute: only a notification can bring B's outcome to its watcher sooner.
-    a = start_board_server(processes, url, tmp_path_factory.mktemp("a"), extra=("--watch-poll", "60"))
-    wait_for_listener(url, a)
+    a, _ = watching("60")
     statuses, seconds = watch_until_settled(a)
     assert statuses[-1] == board_pb2.ATTACHMENT_STATUS_FAILED, statuses
     assert seconds < 30, f"the watch took {seconds:.1f} s: the notification did not wake A"
@@ -86,13 +99,10 @@ def test_an_outcome_on_one_replica_reaches_a_watcher_of_another_long_before_its_
 
 
 def test_a_dropped_listener_is_covered_by_the_poll_and_reconnects(
-    tagger: tuple[str, RunningServer, FakeTorchServe],
-    processes: Processes,
-    tmp_path_factory: pytest.TempPathFactory,
+    tagger: tuple[str, RunningServer, FakeTorchServe], watching: Callable[[str], tuple[RunningServer, int]]
 ) -> None:
-    url, _, _ = tagger
-    a = start_board_server(processes, url, tmp_path_factory.mktemp("a"), extra=("--watch-poll", "2"))
-    dropped = wait_for_listener(url, a)
+    url = tagger[0]
+    a, dropped = watching("2")
     with database_engine(url) as engine, engine.connect() as conn:
         assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": dropped}).scalar()
     statuses, seconds = watch_until_settled(a)
