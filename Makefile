@@ -91,6 +91,7 @@ bench: proto oip  ## benchmarks (k6 drives the board); JSON to bench/results/, t
 	$(PY) -m bench.starvation
 	$(PY) -m bench.serving
 	$(PY) -m bench.e2e
+	$(PY) -m bench.watch
 	$(PY) -m bench.report
 
 $(MAR):

@@ -351,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     logger.error("%s table failed; server logs kept in %s", kind, kept)
                     raise
             table["notes"] += skipped if kind == "sqlite" else []
-            table["targets"] = evaluate_targets(table) if kind == "sqlite" else []
+            table["targets"] = evaluate_targets(table)
             targets += table["targets"]
             print_table(table)
             print(f"load average before → after: {load_before} → {load_average()}")

@@ -16,6 +16,13 @@ TARGETS = (
     ("CreatePost", 16, "p99_ms", "<=", 30.0),
     ("ListPosts", 16, "ratio", ">=", 0.30),
 )
+# PostgreSQL's, a local cluster with fsync and synchronous_commit on (no metrics on/off row there).
+POSTGRES_TARGETS = (
+    ("GetPost", 16, "ratio", ">=", 0.45),
+    ("CreatePost", 16, "ratio", ">=", 0.30),
+    ("CreatePost", 16, "p99_ms", "<=", 30.0),
+    ("ListPosts", 16, "ratio", ">=", 0.35),
+)
 RSS_LIMIT_MB = 150.0
 METRICS_COST_LIMIT = 0.05
 
@@ -69,9 +76,11 @@ def _verdict(
 
 
 def evaluate_targets(table: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Each target with the median it is judged on and whether every run met it."""
+    """Each target with the median it is judged on and whether every run met it (PostgreSQL's targets for
+    a PostgreSQL table)."""
+    postgres = table.get("database") == "postgresql"
     rows = []
-    for operation, concurrency, figure, comparison, limit in TARGETS:
+    for operation, concurrency, figure, comparison, limit in POSTGRES_TARGETS if postgres else TARGETS:
         label = "board/floor" if figure == "ratio" else figure.replace("_ms", " ms")
         name = f"{operation} c{concurrency} {label}"
         cell = _cell(table, operation, concurrency)
@@ -88,6 +97,8 @@ def evaluate_targets(table: Mapping[str, Any]) -> list[dict[str, Any]]:
     rss = table["rss"]
     rows.append(_verdict("board RSS per process (MB)", rss["max_mb"], rss["max_mb"], "<=", RSS_LIMIT_MB))
     metrics = table.get("metrics") or {"status": "not run", "note": "not measured"}
+    if postgres:
+        return rows
     if metrics["status"] == "run":
         cost = metrics["cost"]
         value, worst = round(cost["median"], 4), round(cost["max"], 4)

@@ -49,7 +49,7 @@ def print_targets(targets: Sequence[Mapping[str, Any]]) -> None:
     """The targets (SQLite, against the one-process floor), each met or not, on the median."""
     if not targets:
         return
-    print("\nTargets (SQLite; ratios against the one-process aio floor; median of the runs):")
+    print("\nTargets (ratios against the one-process aio floor; median of the runs):")
     for row in targets:
         value = "—" if row["value"] is None else f"{row['value']:g}"
         verdict = _met(row["met"])

@@ -379,9 +379,10 @@ def render_generic(result: Result) -> list[str]:
 RENDERERS: dict[str, Callable[[Result], list[str]]] = {"board": render_board, "board-postgres": render_board}
 TITLES = {
     "board": "Board (gRPC, SQLite) against the empty aio floor — `python -m bench.board`",
-    "board-postgres": "Board on PostgreSQL (no targets) — `python -m bench.board`",
+    "board-postgres": "Board on PostgreSQL against the empty aio floor — `python -m bench.board`",
     "serving": "Serving, TorchServe and the OIP server — `python -m bench.serving`",
     "e2e": "Photos end to end: AddAttachment → TAGGED — `python -m bench.e2e`",
+    "watch": "Watch latency across replicas on PostgreSQL (LISTEN/NOTIFY) — `python -m bench.watch`",
 }
 
 
@@ -447,7 +448,10 @@ def render_summary(results: Sequence[Result]) -> str:
         if is_sweep(result):
             continue
         source = short_provenance(result)
-        if result.name == "board-postgres":
+        if result.name == "board-postgres" and result.record.get("targets"):
+            rows += [[f"{row[0]} (PostgreSQL)", *row[1:], source] for row in board_targets(result.record)]
+            continue
+        if result.name == "board-postgres":  # recorded before PostgreSQL had targets
             for cell in result.record.get("cells") or []:
                 if cell.get("concurrency") == 16:
                     name = f"{cell.get('operation')} c16 board/floor (PostgreSQL)"

@@ -7,7 +7,8 @@ For every board.v1 method, once per method (the wrapped handler is cached):
 - the ``authorization`` metadata is turned into the ``Caller`` that ``current_caller()`` returns to the
   servicer (a bad token is UNAUTHENTICATED here; the service decides what the caller may do), with the
   client's address (``peer_address``), which the limits per address key;
-- a unary call gets a server-side deadline (``call_timeout_s``): DEADLINE_EXCEEDED rather than a stuck task;
+- a unary call gets a server-side deadline (``call_timeout_s``; gRPC ends it at the client's deadline when
+  that is sooner): DEADLINE_EXCEEDED rather than a stuck task, and the call's database statement ends with it;
 - domain errors become their status (errors.py's table, with details); anything else is logged with its
   traceback and answered INTERNAL "internal error" without detail;
 - observers (metrics) see every call's method, code and duration.
@@ -162,7 +163,11 @@ class BoardInterceptor(_ServerInterceptor):
 
     def _unary(self, name: str, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def guarded(request: Any, context: Context) -> Any:
-            async with self._outcome(name, context), asyncio.timeout(self._timeout):
+            # A client deadline sooner than ours cancels the call by itself (gRPC cancels its task): a second
+            # cancellation at the same moment would interrupt the database's cancel of the statement.
+            remaining = context.time_remaining()
+            timeout = self._timeout if remaining is None or remaining >= self._timeout else None
+            async with self._outcome(name, context), asyncio.timeout(timeout):
                 await self._enter(name, request, context)
                 return await behaviour(request, context)
 
@@ -194,7 +199,7 @@ class BoardInterceptor(_ServerInterceptor):
             await context.abort(status.code, status.details, status.trailing_metadata)
         except TimeoutError:
             code = grpc.StatusCode.DEADLINE_EXCEEDED
-            logger.warning("%s gave up after %.1fs (server-side deadline)", name, self._timeout)
+            logger.warning("%s reached its deadline (%.1fs at most)", name, self._timeout)
             await context.abort(code, f"the server gave up after {self._timeout:g} s; retry later")
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED

@@ -78,6 +78,10 @@ class DatabaseBusy(BoardError):  # noqa: N818 - domain names, as in the house st
     """The database could not take the write in time (lock contention beyond the busy timeout); retryable."""
 
 
+class DatabaseTimeout(BoardError):  # noqa: N818 - domain names, as in the house style
+    """The database ended a statement at its time limit (the call's deadline, or the statement timeout)."""
+
+
 class DatabaseUnavailable(BoardError):  # noqa: N818 - domain names, as in the house style
     """The database cannot be reached right now; retryable."""
 

@@ -112,7 +112,7 @@ class PostService:
         binding = query_digest(canonical_query(where, order))
         search = self._tokens.request("posts-search", binding, page_size, page_token)
         cursor = cursor_from_dict(search.cursor, order) if search.cursor is not None else None
-        found = await self._db.run_read(lambda conn: search_posts(conn, where, order, cursor, search.size))
+        found = await self._db.run_search(lambda conn: search_posts(conn, where, order, cursor, search.size))
         after = found.next_cursor
         token = (
             self._tokens.encode("posts-search", binding, cursor_to_dict(after)) if after is not None else ""

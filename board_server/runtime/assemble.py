@@ -31,6 +31,7 @@ from board_server.runtime import tracing
 from board_server.runtime.config import Settings
 from board_server.runtime.metrics import BoardMetrics
 from board_server.storage.engine import Database, open_database
+from board_server.storage.notifications import AttachmentChangeListener
 from board_server.tagging.backend import InferenceBackend, open_backend
 from board_server.tagging.worker import TaggingWorker
 
@@ -43,9 +44,11 @@ def database_for(settings: Settings, metrics: BoardMetrics | None = None) -> Dat
     """The database of ``settings`` (not migrated: the supervisor or ``board-server migrate`` does that)."""
     return open_database(
         settings.database_url,
-        threads=settings.worker_threads,
+        connections=settings.worker_threads,
         busy_timeout_ms=settings.sqlite_busy_timeout_ms,
         connect_timeout_s=settings.database_connect_timeout_s,
+        # A second past the call's own deadline, which cancels the statement first; this catches the rest.
+        statement_timeout_s=settings.call_timeout_s + 1.0,
         on_batch=metrics.committed if metrics is not None else None,
     )
 
@@ -97,6 +100,13 @@ class BoardParts:
         self.previews.close()
         self.accounts.close()
         self.database.dispose()
+
+    async def aclose(self) -> None:
+        """``close()`` from the event loop, whose database connections are closed on it first."""
+        if self.backend is not None:
+            self.backend.close()
+        self.accounts.close()
+        await self.database.close()
 
 
 def build_board(
@@ -190,7 +200,7 @@ class BoardServer:
         await self.parts.board.attachments.watchers.close()
         if self.parts.tagger is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.parts.tagger.stop, grace)
-        self.parts.close()
+        await self.parts.aclose()
 
 
 async def start_board(parts: BoardParts, *, port: int | None = None) -> BoardServer:
@@ -224,13 +234,16 @@ async def start_board(parts: BoardParts, *, port: int | None = None) -> BoardSer
         ),
         asyncio.create_task(_keep_house(parts, HOUSEKEEPING_INTERVAL_S), name="housekeeping"),
     ]
+    if database.loop_connections is not None:  # PostgreSQL: changes committed anywhere wake our watchers
+        listener = AttachmentChangeListener(database.engine, parts.board.attachments.watchers.changed)
+        started._tasks.append(asyncio.create_task(listener.run(), name="attachment-changes"))
     if parts.backend is not None:
         started._tasks.append(asyncio.create_task(_learn_served_model(parts.board.retagging), name="model"))
     return started
 
 
 def _refresh_gauges(metrics: BoardMetrics, parts: BoardParts) -> None:
-    metrics.connections_in_use.set(parts.database.engine.pool.checkedout())  # type: ignore[attr-defined]
+    metrics.connections_in_use.set(parts.database.connections_in_use())
     metrics.watchers.set(parts.board.attachments.watchers.watcher_count)
 
 

@@ -60,7 +60,7 @@ class Settings:
     log_level: str = "INFO"
     # Server processes sharing the port (SO_REUSEPORT); 0 in the table below means one per core.
     processes: int = 1
-    # Threads for blocking database work of the event loop (PostgreSQL; SQLite reads run on the loop).
+    # PostgreSQL connections of a process's event loop (its calls; SQLite reads run on the loop).
     worker_threads: int = 8
     max_message_bytes: int = 4 * 1024 * 1024
     grace_seconds: float = 10.0
@@ -189,7 +189,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("processes", "--processes", "BOARD_PROCESSES", int,
            "server processes sharing the port (0: one per core)"),
     Option("worker_threads", "--workers", "BOARD_WORKERS", int,
-           "threads for blocking database work (PostgreSQL; SQLite reads run on the event loop)"),
+           "PostgreSQL connections per process for the calls of its event loop"),
     Option("max_message_bytes", "--max-message-bytes", "BOARD_MAX_MESSAGE_BYTES", int,
            "largest message in bytes"),
     Option("grace_seconds", "--grace", "BOARD_GRACE_SECONDS", parse_duration,

@@ -11,6 +11,7 @@ from sqlalchemy import Connection, Row, Table, bindparam, delete, func, insert, 
 from sqlalchemy.exc import IntegrityError
 
 from board_server.core.errors import AttachmentNotFound, PostNotFound
+from board_server.storage.notifications import notify_attachments_changed
 from board_server.storage.tables import Attachment, AttachmentLabel, AttachmentPreview, Post
 
 _ATTACHMENTS, _LABELS, _POSTS, _PREVIEWS = (
@@ -143,6 +144,7 @@ def delete_attachment(conn: Connection, attachment_id: int) -> None:
     conn.execute(delete(_LABELS).where(_LABELS.c.attachment_id == attachment_id))
     if conn.execute(delete(_ATTACHMENTS).where(_ATTACHMENTS.c.id == attachment_id)).rowcount == 0:
         raise AttachmentNotFound(attachment_id)
+    notify_attachments_changed(conn, (attachment_id,))
 
 
 _OF_POSTS = (

@@ -98,7 +98,7 @@ class Recorder:
 
 @pytest.fixture
 def database(tmp_path: Path) -> Iterator[Database]:
-    db = open_database(f"sqlite:///{tmp_path / 'board.db'}", threads=4)
+    db = open_database(f"sqlite:///{tmp_path / 'board.db'}", connections=4)
     migrate(db.engine)
     try:
         yield db
