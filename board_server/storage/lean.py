@@ -4,6 +4,7 @@ connection of the event loop), compiled once."""
 from __future__ import annotations
 
 import collections
+import functools
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -48,9 +49,13 @@ class LeanQuery:
             for i, c in enumerate(columns)
             if isinstance(c.type, UTCDateTime | Boolean)
         )
-        postgres = statement.compile(dialect=psycopg_dialect.dialect())  # type: ignore[no-untyped-call]
-        self._pg_sql = str(postgres)
-        self._pg_defaults = {name: value for name, value in postgres.params.items() if value is not None}
+
+    @functools.cached_property
+    def _postgres(self) -> tuple[str, dict[str, Any]]:
+        """The statement as psycopg runs it, and the parameters the compiler added; compiled at first use,
+        since a statement in SQLite's own spelling (an upsert) never runs on PostgreSQL."""
+        compiled = self.statement.compile(dialect=psycopg_dialect.dialect())  # type: ignore[no-untyped-call]
+        return str(compiled), {name: value for name, value in compiled.params.items() if value is not None}
 
     def _rows(self, conn: Connection, params: dict[str, Any]) -> Any:
         raw = conn.connection.driver_connection
@@ -81,7 +86,7 @@ class LeanQuery:
             return conn.execute(self.statement, params).first()
 
         async def fetch(driver: Any) -> Any:
-            cursor = await driver.execute(self._pg_sql, self._pg_params(params))
+            cursor = await driver.execute(self._postgres[0], self._pg_params(params))
             return await cursor.fetchone()
 
         values = driver_call(conn, fetch)
@@ -98,14 +103,15 @@ class LeanQuery:
             return list(conn.execute(self.statement, params).all())
 
         async def fetch(driver: Any) -> Any:
-            cursor = await driver.execute(self._pg_sql, self._pg_params(params))
+            cursor = await driver.execute(self._postgres[0], self._pg_params(params))
             return await cursor.fetchall()
 
         make = self._row._make
         return [make(values) for values in driver_call(conn, fetch)]
 
     def _pg_params(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {**self._pg_defaults, **params} if self._pg_defaults else params
+        defaults = self._postgres[1]
+        return {**defaults, **params} if defaults else params
 
 
 def _utc_from_sqlite(text: str) -> datetime:
