@@ -152,6 +152,11 @@ class AttachmentService:
         self._render_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="board-preview")
         self._render_slots = asyncio.Semaphore(4)
 
+    @property
+    def max_bytes(self) -> int:
+        """The largest attachment this board takes, in bytes."""
+        return self._max_bytes
+
     async def add_attachment(
         self,
         caller: Caller,

@@ -46,7 +46,7 @@ def weights_banner(settings: ServeSettings) -> str:
     )
 
 
-def describe_endpoints(settings: ServeSettings, board_address: str | None) -> str:
+def describe_endpoints(settings: ServeSettings, board_address: str | None, web_url: str | None = None) -> str:
     """Human-readable endpoints, logs, key file and copy-paste examples (printed by `run` and `start`)."""
     proto_dir = settings.runtime_dir / "protos"
     lines = [
@@ -58,6 +58,10 @@ def describe_endpoints(settings: ServeSettings, board_address: str | None) -> st
     ]
     if board_address:
         lines.append(f"Board server gRPC           {board_address}  (accounts on; reflection for grpcurl)")
+        if web_url:
+            lines.append(
+                f"Board web app (browser)     {web_url}/  (Connect and gRPC-Web on the same address)"
+            )
         if settings.board_metrics_address.lower() not in ("", "none", "off"):
             lines.append(f"Board metrics               http://{settings.board_metrics_address}/metrics")
     logs = f"{settings.log_file}" + (f", {settings.board_log_file}" if board_address else "")
@@ -86,6 +90,11 @@ def describe_endpoints(settings: ServeSettings, board_address: str | None) -> st
     ]
     if board_address:
         board = f"board --target {board_address}"
+        if web_url:
+            lines += [
+                "",
+                f"Open {web_url}/ in a browser: sign up there, post a photo, watch it being tagged.",
+            ]
         lines += [
             "",
             "Sign in to the board (writes need an account; passwords are asked, never given as flags):",

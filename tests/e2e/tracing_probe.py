@@ -59,6 +59,7 @@ async def run(args: argparse.Namespace) -> int:
         database_url=args.database_url,
         audit_log_path=Path(args.audit_log),
         metrics_address="",
+        http_address="",
         segmentation_target=args.target,
         segmentation_token_file=Path(args.key_file),
         segmentation_timeout_s=60.0,
