@@ -12,7 +12,10 @@
 //   USER_ID      author for CreatePost
 //   TOKEN        access token from SignIn; empty = no authorization metadata (server without accounts)
 //   SUMMARY      where to write the summary JSON
+//   PROTOCOL     grpc (the default), or connect: the same calls as Connect JSON POSTs over HTTP/1.1 to the
+//                board's HTTP listener at TARGET (its latency is then http_req_duration)
 import grpc from 'k6/net/grpc';
+import http from 'k6/http';
 import exec from 'k6/execution';
 import { Counter } from 'k6/metrics';
 import { SharedArray } from 'k6/data';
@@ -23,6 +26,7 @@ const SECONDS = parseFloat(__ENV.SECONDS || '5');
 const WARMUP = parseFloat(__ENV.WARMUP || '1');
 const USER_ID = __ENV.USER_ID || '1';
 const TOKEN = __ENV.TOKEN || '';
+const PROTOCOL = __ENV.PROTOCOL || 'grpc';
 const SERVICE = 'board.v1.BoardService/';
 
 const ids = new SharedArray('post ids', () => JSON.parse(open(__ENV.IDS_FILE)));
@@ -46,6 +50,7 @@ export const options = {
   thresholds: {
     'calls{phase:measure}': ['count>=0'],
     'grpc_req_duration{phase:measure}': ['max>=0'],
+    'http_req_duration{phase:measure}': ['max>=0'],
     'failed_calls{phase:measure}': ['count>=0'],
   },
   noConnectionReuse: false,
@@ -78,7 +83,34 @@ function chooseMixed() {
   return 'CreatePost';
 }
 
+function invokeConnect(operation, tags) {
+  const headers = { 'content-type': 'application/json' };
+  if (TOKEN) {
+    headers.authorization = `Bearer ${TOKEN}`;
+  }
+  const response = http.post(`http://${__ENV.TARGET}/${SERVICE}${operation}`, JSON.stringify(request(operation)), {
+    headers,
+    tags,
+    timeout: '30s',
+    responseType: 'none',
+  });
+  calls.add(1, tags);
+  if (response.status !== 200) {
+    failed.add(1, tags);
+    if (!warned) {
+      console.error(`${operation}: HTTP ${response.status} ${response.error || ''}`);
+      warned = true;
+    }
+  }
+}
+
 export default function () {
+  if (PROTOCOL === 'connect') {
+    const operation = OPERATION === 'mixed' ? chooseMixed() : OPERATION;
+    const measuring = Date.now() - exec.scenario.startTime >= WARMUP * 1000;
+    invokeConnect(operation, { phase: measuring ? 'measure' : 'warmup' });
+    return;
+  }
   if (!connected) {
     client.connect(__ENV.TARGET, { plaintext: true, timeout: '30s' });
     connected = true;
