@@ -10,9 +10,9 @@ go to bench/results/board.json and board-postgres.json (full runs only), which b
     python -m bench.board --databases sqlite --operations GetPost --concurrency 16 --board-args="--workers 4"
     python -m bench.board --http          # Connect on the HTTP listener against gRPC, same board (SQLite)
 
-With ``--http`` it measures GetPost and CreatePost c16 as Connect JSON POSTs over HTTP/1.1 to the board's
-HTTP listener (the browsers' way in) against the same calls over gRPC, alternating, on the same board; results
-go to bench/results/board-connect.json (full runs only).
+With ``--http`` it measures GetPost and CreatePost c16 as Connect POSTs (binary, as the web app sends them)
+over HTTP/1.1 to the board's HTTP listener (the browsers' way in) against the same calls over gRPC,
+alternating, on the same board; results go to bench/results/board-connect.json (full runs only).
 """
 
 from __future__ import annotations
@@ -277,7 +277,8 @@ def measure_http(
             "quick": args.quick,
             "board_processes": board_processes,
             "board_args": args.board_args,
-            "connect": "Connect, JSON, HTTP/1.1 POSTs with keep-alive (k6/http), one connection per VU",
+            "connect": "Connect unary, binary (application/proto) as the web app sends it, HTTP/1.1 POSTs "
+            "with keep-alive (k6/http), one connection per VU",
             "grpc": "gRPC over HTTP/2 (k6/net/grpc), one connection per VU",
             "load_generator": f"{args.k6_version} (bench/k6/board.js), closed loop",
         },
@@ -296,7 +297,7 @@ def main_http(args: argparse.Namespace, features: BoardFeatures) -> int:
     table["targets"] = evaluate_http_targets(table)
     print_http_table(table)
     print(f"load average before → after: {load_before} → {load_average()}")
-    print_targets(table["targets"])
+    print_targets(table["targets"], "Targets (Connect against gRPC on the same board; median of the runs):")
     results_dir = args.results_dir or (
         ROOT / "bench" / "results" if not args.quick and args.runs >= 3 else None
     )

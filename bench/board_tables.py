@@ -48,7 +48,7 @@ def print_table(table: Mapping[str, Any]) -> None:
 def print_http_table(table: Mapping[str, Any]) -> None:
     setup = table["setup"]
     print(
-        f"\n== the HTTP listener (Connect JSON, HTTP/1.1) against gRPC on the same board; "
+        f"\n== the HTTP listener (Connect binary, HTTP/1.1) against gRPC on the same board; "
         f"{setup['board_processes']} process(es); {setup['runs']} × {setup['seconds_per_run']:g} s "
         "per cell =="
     )
@@ -67,11 +67,14 @@ def print_http_table(table: Mapping[str, Any]) -> None:
         )
 
 
-def print_targets(targets: Sequence[Mapping[str, Any]]) -> None:
-    """The targets (SQLite, against the one-process floor), each met or not, on the median."""
+def print_targets(
+    targets: Sequence[Mapping[str, Any]],
+    title: str = "Targets (SQLite; ratios against the one-process aio floor; median of the runs):",
+) -> None:
+    """The targets, each met or not, on the median."""
     if not targets:
         return
-    print("\nTargets (SQLite; ratios against the one-process aio floor; median of the runs):")
+    print(f"\n{title}")
     for row in targets:
         value = "—" if row["value"] is None else f"{row['value']:g}"
         verdict = _met(row["met"])

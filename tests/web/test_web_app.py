@@ -9,34 +9,21 @@ from __future__ import annotations
 
 import base64
 import gzip
-import io
 import re
 import uuid
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw
 from playwright.sync_api import Page, expect
 
 from tests.board.conftest import PASSWORD, RunningServer
-from tests.support import REPO_ROOT
+from tests.support import REPO_ROOT, photo_jpeg
 from tests.web.conftest import PageFactory
 
 SCREENSHOT = REPO_ROOT / "docs" / "web-app.png"
 AXE = REPO_ROOT / "clients" / "web" / "node_modules" / "axe-core" / "axe.min.js"
 BUNDLE_LIMIT_BYTES = 250 * 1000
 TAGGING_TIMEOUT_MS = 120_000
-
-
-def photo() -> bytes:
-    """A small JPEG with shapes in it (the test model labels whatever it sees)."""
-    image = Image.new("RGB", (320, 240), (90, 140, 200))
-    draw = ImageDraw.Draw(image)
-    draw.rectangle((40, 60, 150, 200), fill=(200, 60, 40))
-    draw.ellipse((180, 50, 290, 170), fill=(240, 220, 60))
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
 
 
 def new_email() -> str:
@@ -108,10 +95,10 @@ def test_a_dropped_photo_turns_from_pending_to_tagged_without_reloading_and_show
 ) -> None:
     page = new_page()
     sign_up(page, "Ada")
-    write_post(page, "A photo of shapes", "Dropped on the page, tagged while I watch.")
+    write_post(page, "A photo of a ball", "Dropped on the page, tagged while I watch.")
     page.evaluate(WATCH_THE_PAGE)
-    page.evaluate(DROP, ["shapes.jpg", base64.b64encode(photo()).decode()])
-    card = page.locator(".photo").filter(has_text="shapes.jpg")
+    page.evaluate(DROP, ["scene.jpg", base64.b64encode(photo_jpeg()).decode()])
+    card = page.locator(".photo").filter(has_text="scene.jpg")
     expect(card).to_have_attribute("data-status", "TAGGED", timeout=TAGGING_TIMEOUT_MS)
     expect(card.get_by_role("status")).to_contain_text("Tagged:")
     statuses = page.evaluate("window.__statuses")
@@ -122,10 +109,10 @@ def test_a_dropped_photo_turns_from_pending_to_tagged_without_reloading_and_show
     overlay = card.get_by_role("button", name="Show overlay")
     overlay.click()
     expect(card.get_by_role("button", name="Hide overlay")).to_have_attribute("aria-pressed", "true")
-    legend = card.get_by_role("list", name="Legend of shapes.jpg")
+    legend = card.get_by_role("list", name="Legend of scene.jpg")
     expect(legend).to_be_visible()
     assert legend.get_by_role("listitem").count() >= 1
-    image = card.get_by_role("img", name="Photo shapes.jpg with the segmentation overlay")
+    image = card.get_by_role("img", name="Photo scene.jpg with the segmentation overlay")
     expect(image).to_be_visible()
     page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=image.element_handle())
     # The README's picture of the app, taken from what the test just saw.
@@ -140,7 +127,7 @@ def tagged_post(server: RunningServer, title: str) -> tuple[Any, str]:
     """A post with a TAGGED photo, made over gRPC by a new member; (its member, the photo's top label)."""
     member = server.sign_up("Tagger")
     post = member.client.create_post(0, title, "made over gRPC, found in the browser")
-    attachment = member.client.add_attachment(post.id, "scene.jpg", photo())
+    attachment = member.client.add_attachment(post.id, "scene.jpg", photo_jpeg())
     done = member.client.wait_for_tagging(attachment.id, timeout=TAGGING_TIMEOUT_MS / 1000)
     assert done.labels, done
     return member, done.labels[0].name
