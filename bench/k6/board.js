@@ -95,10 +95,11 @@ function varint(value, out) {
   out.push(n);
 }
 
+// message: [field number, 'varint' | 'string', value] triples.
 function encode(message) {
   const out = [];
-  for (const [number, value] of message) {
-    if (typeof value === 'string') {
+  for (const [number, kind, value] of message) {
+    if (kind === 'string') {
       out.push((number << 3) | 2);
       varint(value.length, out); // ASCII only: one byte per character
       for (let i = 0; i < value.length; i += 1) out.push(value.charCodeAt(i));
@@ -114,11 +115,11 @@ function binaryRequest(operation) {
   const fields = request(operation);
   switch (operation) {
     case 'GetPost':
-      return encode([[1, fields.id]]); // GetPostRequest.id
+      return encode([[1, 'varint', fields.id]]); // GetPostRequest.id
     case 'ListPosts':
-      return encode([[2, fields.page_size]]); // ListPostsRequest.page_size
-    case 'CreatePost':
-      return encode([[1, fields.user_id], [2, fields.title], [3, fields.content]]);
+      return encode([[2, 'varint', fields.page_size]]); // ListPostsRequest.page_size
+    case 'CreatePost': // CreatePostRequest.user_id, title, content
+      return encode([[1, 'varint', fields.user_id], [2, 'string', fields.title], [3, 'string', fields.content]]);
     default:
       throw new Error(`unknown operation ${operation}`);
   }

@@ -113,7 +113,7 @@ class CallGuard:
         if not self._traced:
             return nullcontext()
         attributes = {"rpc.system": protocol, "rpc.service": self.service, "rpc.method": name}
-        return spans.span(f"/{self.service}/{name}", traceparent=traceparent, **attributes)
+        return spans.server_span(f"/{self.service}/{name}", traceparent=traceparent, **attributes)
 
     @asynccontextmanager
     async def outcome(
