@@ -227,6 +227,30 @@ def test_the_account_page_changes_the_password_with_the_current_one(new_page: Pa
     sign_in(page, email, "a brand new passphrase")
 
 
+def test_signing_up_and_writing_a_post_work_from_the_keyboard_alone(new_page: PageFactory) -> None:
+    page = new_page()
+    page.goto("/#/sign-up")
+    expect(page.get_by_role("heading", level=1, name="Sign up")).to_be_focused()  # focus follows the screen
+    for text in ("Kay", new_email(), PASSWORD):
+        page.keyboard.press("Tab")
+        page.keyboard.type(text)
+    page.keyboard.press("Enter")
+    expect(page.get_by_text("Signed in as Kay")).to_be_visible()
+    page.goto("/#/new")
+    expect(page.get_by_role("heading", level=1, name="New post")).to_be_focused()
+    page.keyboard.press("Tab")
+    page.keyboard.type("Typed, not clicked")
+    page.keyboard.press("Tab")
+    page.keyboard.type("Every control is reachable with Tab.")
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("button", name="Publish")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", level=1, name="Typed, not clicked")).to_be_focused()
+    # The photo chooser of the drop zone is reachable too.
+    page.get_by_label("Choose photos").focus()
+    expect(page.get_by_label("Choose photos")).to_be_focused()
+
+
 def axe_violations(page: Page) -> list[dict[str, Any]]:
     """axe-core's serious and critical violations on the page as it is now (injected through the debugger
     protocol, which the page's Content-Security-Policy does not govern)."""
