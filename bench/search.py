@@ -274,6 +274,7 @@ def ensure_seeded(name: str, db: Database, args: argparse.Namespace) -> None:
 def _measure_grpc(name: str, url: str, work: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     command = [
         str(board_executable()), "--address", "127.0.0.1:0", "--database-url", url, "--processes", "1",
+        "--http-address", "none",
         "--metrics-address", "none", "--audit-log", str(work / "audit.log"), "--grace", "2", *limit_flags(),
     ]  # fmt: skip
     with running(f"board-{name}", command, work, clean_env()) as server:

@@ -4,6 +4,7 @@ they listen, stopped with their group (seg_handler/launcher/processes.py, as `ma
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -46,6 +47,7 @@ class Server:
     target: str
     procs: list[subprocess.Popen[bytes]]
     logs: list[Path]
+    protocol: str = "grpc"  # or connect: the board's HTTP listener at ``target``
 
     @property
     def pid(self) -> int:
@@ -75,6 +77,17 @@ def running(
         processes.stop(proc)
 
 
+_WEB = re.compile(r"web app and Connect on http://(\S+?)/?$", re.MULTILINE)
+
+
+def http_listener(server: Server) -> Server:
+    """The board's HTTP listener (Connect) as a server of its own, from the line its log wrote."""
+    found = _WEB.search(server.logs[0].read_text(errors="replace"))
+    if not found:
+        raise RuntimeError(f"{server.name} has no HTTP listener:\n{processes.log_tail(server.logs[0])}")
+    return Server(f"{server.name} (Connect)", found.group(1), server.procs, server.logs, protocol="connect")
+
+
 @dataclass(frozen=True)
 class BoardFeatures:
     """What the installed board-server offers (read from --help: the bench runs against old and new)."""
@@ -82,6 +95,7 @@ class BoardFeatures:
     processes: bool
     metrics: bool
     limits: bool
+    http: bool = False
 
     @classmethod
     def probe(cls, executable: Path) -> BoardFeatures:
@@ -93,6 +107,7 @@ class BoardFeatures:
             processes="--processes" in done.stdout,
             metrics="--metrics-address" in done.stdout,
             limits="--writes-per-user-per-minute" in done.stdout,
+            http="--http-address" in done.stdout,
         )
 
 

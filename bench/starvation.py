@@ -434,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-starvation-") as tmp:
         work = Path(tmp)
         command = [
-            str(board_executable()), "--address", "127.0.0.1:0",
+            str(board_executable()), "--address", "127.0.0.1:0", "--http-address", "none",
             "--database-url", f"sqlite:///{work / 'board.db'}", "--audit-log", str(work / "audit.log"),
             "--processes", str(args.processes), "--metrics-address", "none", "--grace", "2", *limit_flags(),
         ]  # fmt: skip

@@ -2,7 +2,7 @@
 """Thin gRPC adapter: proto request → use case → proto response. Imports no SQLAlchemy.
 
 Errors are not handled here: domain exceptions travel up to the interceptor (api/interceptors.py), which
-maps them; the same interceptor has already put the authenticated caller in ``current_caller()``.
+maps them; the same guard (api/calls.py) has already put the authenticated caller in ``current_caller()``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from google.protobuf import empty_pb2
 
-from board_server.api.interceptors import current_caller
+from board_server.api.calls import current_caller
 from board_server.api.messages import (
     attachment_to_proto,
     comment_to_proto,

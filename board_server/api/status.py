@@ -1,5 +1,6 @@
-"""Domain errors as gRPC statuses: the ONE table from error class to canonical code, and the rich details
-(BadRequest field violations, RetryInfo, QuotaFailure) that travel with it."""
+"""Domain errors as statuses: the ONE table from error class to canonical code, and the rich details
+(BadRequest field violations, RetryInfo, QuotaFailure) that travel with it. Every transport renders the same
+``google.rpc.Status``: gRPC in its trailers, Connect and gRPC-Web in their error bodies."""
 
 from __future__ import annotations
 
@@ -46,9 +47,9 @@ def status_code(error: BoardError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def to_grpc_status(error: BoardError) -> grpc.Status:
-    """Build the rich status (code, message; BadRequest for InvalidArgument, RetryInfo when known,
-    QuotaFailure for a user's quota)."""
+def rich_status(error: BoardError) -> status_pb2.Status:
+    """The google.rpc.Status of ``error``: code, message; BadRequest for InvalidArgument, RetryInfo when
+    known, QuotaFailure for a user's quota."""
     code = status_code(error)
     details: list[any_pb2.Any] = []
     if isinstance(error, ResourceExhausted) and error.retry_after_s is not None:
@@ -73,5 +74,9 @@ def to_grpc_status(error: BoardError) -> grpc.Status:
         detail = any_pb2.Any()
         detail.Pack(bad_request)
         details.append(detail)
-    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message, details=details)
-    return rpc_status.to_status(status)
+    return status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message, details=details)
+
+
+def to_grpc_status(error: BoardError) -> grpc.Status:
+    """The rich status of ``error`` as gRPC sends it (details in ``grpc-status-details-bin``)."""
+    return rpc_status.to_status(rich_status(error))

@@ -150,6 +150,11 @@ class AttachmentService:
         self._max_per_post = max_per_post
         self._on_added = on_added  # wakes this process's tagging worker
 
+    @property
+    def max_bytes(self) -> int:
+        """The largest attachment this board takes, in bytes."""
+        return self._max_bytes
+
     async def add_attachment(
         self,
         caller: Caller,

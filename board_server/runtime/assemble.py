@@ -1,5 +1,6 @@
 """One board server process put together from its Settings: the database, the use cases, the inference
-backend and tagging worker, and the gRPC transport in front of them; and everything released again.
+backend and tagging worker, and the transports in front of them (gRPC; the HTTP listener for browsers);
+and everything released again.
 
 ``build_board`` makes the parts (no port is bound), ``start_board`` binds and starts them. Collaborators
 and callbacks are handed to constructors here, in the order their dependencies allow, so that no part is
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
 
+from board_server.api.http import HttpServer, board_http_app, start_http
 from board_server.api.server import GrpcServer, report_health, start_grpc
 from board_server.core.errors import BoardError
 from board_server.domain.accounts import Accounts
@@ -182,11 +184,20 @@ class BoardServer:
 
     parts: BoardParts
     grpc: GrpcServer
+    http: HttpServer | None = None
+    serving: bool = True  # what the HTTP listener's /healthz says (the database answers)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
     def port(self) -> int:
         return self.grpc.port
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http is not None else None
+
+    def _set_serving(self, ok: bool) -> None:
+        self.serving = ok
 
     @property
     def database(self) -> Database:
@@ -196,19 +207,24 @@ class BoardServer:
         """Report NOT_SERVING, let in-flight calls finish for up to ``grace`` seconds, release everything."""
         for task in self._tasks:
             task.cancel()
-        await self.grpc.stop(grace)
+        http_stopped = self.http.stop(grace) if self.http is not None else asyncio.sleep(0)
+        await asyncio.gather(self.grpc.stop(grace), http_stopped)
         await self.parts.board.attachments.watchers.close()
         if self.parts.tagger is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.parts.tagger.stop, grace)
         await self.parts.aclose()
 
 
-async def start_board(parts: BoardParts, *, port: int | None = None) -> BoardServer:
-    """Bind and start ``parts``: on ``port`` with SO_REUSEPORT when processes share it, else on the
-    settings' address. Raises RuntimeError if the address cannot be bound (the parts are then released)."""
+async def start_board(
+    parts: BoardParts, *, port: int | None = None, http_port: int | None = None
+) -> BoardServer:
+    """Bind and start ``parts``: on ``port`` (and ``http_port``) with SO_REUSEPORT when processes share
+    them, else on the settings' addresses. Raises RuntimeError if an address cannot be bound (the parts are
+    then released)."""
     settings, metrics = parts.settings, parts.metrics
     shared = port is not None
     address = f"{settings.host}:{port}" if shared else settings.address
+    grpc_server = None
     try:
         grpc_server = await start_grpc(
             parts.board,
@@ -219,17 +235,27 @@ async def start_board(parts: BoardParts, *, port: int | None = None) -> BoardSer
             observers=(metrics,) if metrics is not None else (),
             interceptors=tracing.server_interceptors(),
         )
+        started = BoardServer(parts, grpc_server)
+        if settings.http_address:
+            started.http = await _start_http(started, http_port)
     except BaseException:
+        if grpc_server is not None:
+            await grpc_server.stop(0)
         parts.close()
         raise
     if parts.tagger is not None:
         parts.tagger.start()
-    started = BoardServer(parts, grpc_server)
     database = parts.database
     gauges = None if metrics is None else partial(_refresh_gauges, metrics, parts)
     started._tasks += [
         asyncio.create_task(
-            report_health(grpc_server.health, database.probe, settings.health_check_interval_s, gauges),
+            report_health(
+                grpc_server.health,
+                database.probe,
+                settings.health_check_interval_s,
+                gauges,
+                on_status=started._set_serving,
+            ),
             name="health",
         ),
         asyncio.create_task(_keep_house(parts, HOUSEKEEPING_INTERVAL_S), name="housekeeping"),
@@ -240,6 +266,20 @@ async def start_board(parts: BoardParts, *, port: int | None = None) -> BoardSer
     if parts.backend is not None:
         started._tasks.append(asyncio.create_task(_learn_served_model(parts.board.retagging), name="model"))
     return started
+
+
+async def _start_http(started: BoardServer, port: int | None) -> HttpServer:
+    """The HTTP listener for browsers beside the gRPC server, over the same use cases."""
+    parts, settings = started.parts, started.parts.settings
+    app = board_http_app(
+        parts.board,
+        parts.accounts,
+        settings,
+        observers=(parts.metrics,) if parts.metrics is not None else (),
+        serving=lambda: started.serving,
+    )
+    address = f"{settings.http_host}:{port}" if port is not None else settings.http_address
+    return await start_http(app, settings, address=address, reuse_port=port is not None)
 
 
 def _refresh_gauges(metrics: BoardMetrics, parts: BoardParts) -> None:

@@ -23,6 +23,9 @@ from board_server.tagging.targets import check_token_files, parse_targets
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9464"
+DEFAULT_HTTP_ADDRESS = "127.0.0.1:8088"
+# The web app as `make web` builds it in this checkout (served by the HTTP listener when present).
+DEFAULT_WEB_ROOT = Path(__file__).resolve().parents[2] / "clients" / "web" / "dist"
 DEFAULT_DATABASE_FILE = Path("var") / "board.db"
 DEFAULT_AUDIT_LOG = Path("var") / "log" / "board-audit.log"
 # The least a tagging lease must exceed the segmentation call timeout by (the store after the call).
@@ -109,6 +112,10 @@ class Settings:
     metrics_address: str = DEFAULT_METRICS_ADDRESS  # "" turns the exporter off
     tracing_enabled: bool = False
     watch_poll_s: float = 0.5
+    # The HTTP listener for browsers (Connect, gRPC-Web, the upload, the web app); "" turns it off.
+    http_address: str = DEFAULT_HTTP_ADDRESS
+    cors_origins: tuple[str, ...] = ()
+    web_root: Path = DEFAULT_WEB_ROOT
 
     @property
     def tagging_lease_seconds(self) -> float:
@@ -127,6 +134,10 @@ class Settings:
     @property
     def tls(self) -> bool:
         return self.tls_cert_file is not None
+
+    @property
+    def http_host(self) -> str:
+        return self.http_address.rsplit(":", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -163,6 +174,14 @@ def _protocol(text: str) -> InferenceProtocol:
 
 def _metrics_address(text: str) -> str:
     return "" if text.strip().lower() in ("", "none", "off") else text.strip()
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    origins = tuple(o.strip().rstrip("/") for o in text.split(",") if o.strip())
+    for origin in origins:
+        if not re.fullmatch(r"https?://[^/\s*]+", origin):
+            raise ValueError(f"not an origin (scheme://host[:port]): {origin!r}")
+    return origins
 
 
 def _sign_up(text: str) -> bool:
@@ -259,6 +278,12 @@ OPTIONS: tuple[Option, ...] = (
            "HOST:PORT of the Prometheus /metrics endpoint, or none"),
     Option("watch_poll_s", "--watch-poll", "BOARD_WATCH_POLL_SECONDS", parse_duration,
            "how often WatchAttachment looks for changes made by other processes or replicas"),
+    Option("http_address", "--http-address", "BOARD_HTTP_ADDRESS", _metrics_address,
+           "HOST:PORT of the HTTP listener for browsers (Connect, gRPC-Web, the web app), or none"),
+    Option("cors_origins", "--cors-origin", "BOARD_CORS_ORIGIN", _origins,
+           "origins (comma-separated) whose pages may call the HTTP listener; none by default"),
+    Option("web_root", "--web-root", "BOARD_WEB_ROOT", _path,
+           "folder of the built web app the HTTP listener serves (make web builds clients/web/dist)"),
 )
 # fmt: on
 
@@ -387,13 +412,16 @@ def validate(settings: Settings) -> None:
             check_token_files(parse_targets(s.segmentation_target), s.segmentation_token_files)
         except ValueError as exc:
             raise ValueError(f"--segmentation-target: {exc}") from exc
-    if not s.auth and not is_loopback(s.host):
-        raise ValueError(
-            f"--auth off is for local development only: refused on {s.host!r}; listen on 127.0.0.1 or turn "
-            "auth on"
-        )
-    if s.auth and not s.tls and not s.allow_plaintext and not is_loopback(s.host):
-        raise ValueError(
-            f"refusing to accept passwords and tokens in plaintext on {s.host!r}: give --tls-cert-file and "
-            "--tls-key-file, or --allow-plaintext when a TLS proxy terminates in front of the board"
-        )
+    if s.http_address and ":" not in s.http_address:
+        raise ValueError(f"http address must be HOST:PORT or none, got {s.http_address!r}")
+    for host in (s.host, s.http_host) if s.http_address else (s.host,):
+        if not s.auth and not is_loopback(host):
+            raise ValueError(
+                f"--auth off is for local development only: refused on {host!r}; listen on 127.0.0.1 or turn "
+                "auth on"
+            )
+        if s.auth and not s.tls and not s.allow_plaintext and not is_loopback(host):
+            raise ValueError(
+                f"refusing to accept passwords and tokens in plaintext on {host!r}: give --tls-cert-file and "
+                "--tls-key-file, or --allow-plaintext when a TLS proxy terminates in front of the board"
+            )

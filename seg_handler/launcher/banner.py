@@ -68,10 +68,10 @@ def _oip_endpoints(settings: ServeSettings) -> list[str]:
     ]
 
 
-def describe_endpoints(settings: ServeSettings, board_address: str | None) -> str:
+def describe_endpoints(settings: ServeSettings, board_address: str | None, web_url: str | None = None) -> str:
     """Human-readable endpoints, logs, key file and copy-paste examples (printed by `run` and `start`)."""
     if settings.serving == "oip":
-        return "\n".join(_oip_endpoints(settings) + _board_lines(settings, board_address))
+        return "\n".join(_oip_endpoints(settings) + _board_lines(settings, board_address, web_url))
     proto_dir = settings.runtime_dir / "protos"
     lines = [
         f"TorchServe REST inference   {settings.inference_url}",
@@ -81,7 +81,7 @@ def describe_endpoints(settings: ServeSettings, board_address: str | None) -> st
         f"TorchServe gRPC management  {settings.grpc_management_target}",
     ]
     if board_address:
-        lines += _board_endpoint(settings, board_address)
+        lines += _board_endpoint(settings, board_address, web_url)
     logs = f"{settings.log_file}" + (f", {settings.board_log_file}" if board_address else "")
     key = settings.inference_key_file
     grpc_body = (
@@ -106,26 +106,34 @@ def describe_endpoints(settings: ServeSettings, board_address: str | None) -> st
         f"    --inference-port {settings.inference_port} --grpc-port {settings.grpc_inference_port} "
         f"--management-port {settings.management_port}",
     ]
-    return "\n".join(lines + _board_lines(settings, board_address))
+    return "\n".join(lines + _board_lines(settings, board_address, web_url))
 
 
-def _board_endpoint(settings: ServeSettings, board_address: str) -> list[str]:
+def _board_endpoint(settings: ServeSettings, board_address: str, web_url: str | None) -> list[str]:
     lines = [f"Board server gRPC           {board_address}  (accounts on; reflection for grpcurl)"]
+    if web_url:
+        lines.append(f"Board web app (browser)     {web_url}/  (Connect and gRPC-Web on the same address)")
     if settings.board_metrics_address.lower() not in ("", "none", "off"):
         lines.append(f"Board metrics               http://{settings.board_metrics_address}/metrics")
     return lines
 
 
-def _board_lines(settings: ServeSettings, board_address: str | None) -> list[str]:
-    """The board's endpoint (with an OIP server: its log too) and its paste-ready commands."""
+def _board_lines(settings: ServeSettings, board_address: str | None, web_url: str | None) -> list[str]:
+    """The board's endpoint (with an OIP server: its log too), the web app's address and the paste-ready
+    commands."""
     lines: list[str] = []
     if board_address:
         board = f"board --target {board_address}"
         if settings.serving == "oip":
             lines += [
                 "",
-                *_board_endpoint(settings, board_address),
+                *_board_endpoint(settings, board_address, web_url),
                 f"Board log                   {settings.board_log_file}",
+            ]
+        if web_url:
+            lines += [
+                "",
+                f"Open {web_url}/ in a browser: sign up there, post a photo, watch it being tagged.",
             ]
         lines += [
             "",

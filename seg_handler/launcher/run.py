@@ -25,10 +25,10 @@ class _StopWhileStartingError(Exception):
     """Ctrl-C or SIGTERM arrived before everything answered: stop what has started."""
 
 
-def announce(settings: ServeSettings, board_address: str | None) -> None:
+def announce(settings: ServeSettings, board_address: str | None, web_url: str | None = None) -> None:
     """The weights, the endpoints and commands, and how to stop: the reader may paste from here on."""
     sys.stdout.write(weights_banner(settings) + "\n")
-    sys.stdout.write(describe_endpoints(settings, board_address) + "\n")
+    sys.stdout.write(describe_endpoints(settings, board_address, web_url) + "\n")
     sys.stdout.write("Ctrl-C stops everything.\n")
     sys.stdout.flush()
 
@@ -66,7 +66,7 @@ def run(settings: ServeSettings) -> int:
         if started is None:
             logger.warning("board-server not installed; running TorchServe alone")
         starting = False
-        announce(settings, started.address if started else None)
+        announce(settings, started.address if started else None, started.web_url if started else None)
         while not stop_requested:
             if not processes.is_running(served.pid):
                 logger.error("the model server exited; see %s", server_log)

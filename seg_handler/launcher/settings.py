@@ -44,6 +44,7 @@ class ServeSettings:
     ready_timeout_s: float = 180.0
     board_address: str = "127.0.0.1:50051"
     board_metrics_address: str = "127.0.0.1:9464"
+    board_http_address: str = "127.0.0.1:8088"  # the web app, Connect and gRPC-Web
     extra_properties: tuple[tuple[str, str], ...] = ()
     # torchserve, or oip: the Open Inference Protocol server (seg_handler/oip) over the export's .pt2.
     serving: str = "torchserve"
@@ -135,6 +136,7 @@ def isolated_settings(
         metrics_port=free_port(base.host),
         grpc_inference_port=free_port(base.host),
         grpc_management_port=free_port(base.host),
+        board_http_address=f"{base.host}:{free_port(base.host)}",
     )
 
 
@@ -166,4 +168,5 @@ def build_settings(args: argparse.Namespace, env: Mapping[str, str]) -> ServeSet
         ready_timeout_s=float(pick(getattr(args, "timeout", None), "SEG_READY_TIMEOUT", "180")),
         board_address=env.get("BOARD_ADDRESS", base.board_address),
         board_metrics_address=env.get("BOARD_METRICS_ADDRESS", base.board_metrics_address),
+        board_http_address=env.get("BOARD_HTTP_ADDRESS", base.board_http_address),
     )

@@ -39,6 +39,7 @@ from tests.support import REPO_ROOT, Processes
 BOARD_SERVER = REPO_ROOT / ".venv" / "bin" / "board-server"
 GRPCURL = REPO_ROOT / ".venv" / "bin" / "grpcurl"
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
+WEB_APP = re.compile(r"web app and Connect on (https?://\S+?)/?$", re.MULTILINE)
 PASSWORD = "correct horse battery staple"
 # The suite signs up, signs in (wrongly too) and writes far more from 127.0.0.1 than a person would: the
 # limits per address and per user are raised for every server it starts. A test of a limit sets it again
@@ -202,6 +203,8 @@ class RunningServer:
     audit_log: Path
     processes: Processes
     workdir: Path
+    # The HTTP listener (Connect, gRPC-Web, the web app), e.g. http://127.0.0.1:41234; None when off.
+    web_url: str | None = None
 
     @property
     def target(self) -> str:
@@ -252,12 +255,14 @@ def start_board_server(
     name = f"board-{next(_names)}"
     audit = workdir / f"{name}-audit.log"
     workdir.mkdir(parents=True, exist_ok=True)
-    # Port 0 for the metrics too: many servers run side by side in the suite.
+    # Port 0 for the metrics and the HTTP listener too: many servers run side by side in the suite.
     args = [
         str(BOARD_SERVER),
         "--address",
         "127.0.0.1:0",
         "--metrics-address",
+        "127.0.0.1:0",
+        "--http-address",
         "127.0.0.1:0",
         "--database-url",
         database_url,
@@ -274,7 +279,9 @@ def start_board_server(
             raise TimeoutError(f"{name} did not say 'listening on' within 60 s:\n{processes.log_text(name)}")
         time.sleep(0.05)
     port = int(match.group(2))
-    return RunningServer(proc, name, port, database_url, audit, processes, workdir)
+    web = WEB_APP.search(processes.log_text(name))
+    web_url = web.group(1) if web else None
+    return RunningServer(proc, name, port, database_url, audit, processes, workdir, web_url)
 
 
 # --- PostgreSQL --------------------------------------------------------------------------------------------

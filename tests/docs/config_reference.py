@@ -30,6 +30,8 @@ COMPUTED_DEFAULTS = {
     "tagging_lease_s": "the segmentation timeout + 30 s",
     "segmentation_target": "empty: tagging off",
     "segmentation_token_files": "none",
+    "cors_origins": "none",
+    "web_root": "`clients/web/dist` of this checkout (built by `make web`)",
 }
 # Booleans whose flag takes words other than on/off: (word for True, word for False).
 BOOLEAN_WORDS = {"sign_up_open": ("open", "closed"), "reads_need_sign_in": ("signed-in", "anyone")}

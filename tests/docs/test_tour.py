@@ -15,7 +15,6 @@ nothing else it prints.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import re
 import shutil
@@ -28,11 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
 
 from seg_handler import launcher
 from tests.docs.markdown import fenced_blocks
-from tests.support import REPO_ROOT, Processes, free_port
+from tests.support import REPO_ROOT, Processes, free_port, photo_jpeg
 from tests.torchserve_fixtures import export_test_archive, require_oip_environment
 
 pytestmark = [
@@ -108,17 +106,6 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """deeplabv3.mar with random weights, built by `python -m training.export` as `make model` does (its own
     store: the session TorchServe's is left alone)."""
     return export_test_archive(tmp_path_factory.mktemp("tour-model-store"))
-
-
-def photo_jpeg() -> bytes:
-    """A small scene (sky, grass, a ball) standing in for the reader's photo."""
-    image = Image.new("RGB", (320, 240), (120, 170, 220))
-    draw = ImageDraw.Draw(image)
-    draw.rectangle((0, 170, 320, 240), fill=(60, 140, 60))
-    draw.ellipse((110, 90, 210, 200), fill=(120, 80, 40))
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=90)
-    return out.getvalue()
 
 
 def repository_like(folder: Path) -> Path:
