@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,34 @@ from typing import Any
 from board_server.runtime.config import add_arguments, load_settings
 from seg_handler.launcher import processes
 
+# The board's limits (docs/operations.md, Limits) that a bench's load from one address and one user reaches:
+# raised for every bench, still counted (so their cost is in the figures), and recorded in its results.
+# Every other limit runs as shipped.
+BENCH_LIMITS: dict[str, str] = {
+    "--sign-in-failures-per-peer": "1000000",
+    "--sign-ups-per-peer": "1000000",
+    "--writes-per-user-per-minute": "1000000000",
+}
+
+
+def limit_flags(features: BoardFeatures | None = None) -> list[str]:
+    """``BENCH_LIMITS`` as board-server flags (none for a board-server from before the limits)."""
+    if features is not None and not features.limits:
+        return []
+    return [part for flag, value in BENCH_LIMITS.items() for part in (flag, value)]
+
+
+def limits_record(features: BoardFeatures | None = None, flags: Sequence[str] = ()) -> dict[str, Any]:
+    """What a result file records of the limits its board ran with: those raised for every bench, and the
+    values of the limits per client and per message (``board_limits`` of the board's other ``flags``)."""
+    if features is not None and not features.limits:
+        return {"all": "this board-server has no limits of its own"}
+    return {
+        **BENCH_LIMITS,
+        **board_limits(flags),
+        "every other limit": "as shipped (docs/operations.md, Limits)",
+    }
+
 
 @dataclass
 class Server:
@@ -26,6 +55,7 @@ class Server:
     target: str
     procs: list[subprocess.Popen[bytes]]
     logs: list[Path]
+    protocol: str = "grpc"  # or connect: the board's HTTP listener at ``target``
 
     @property
     def pid(self) -> int:
@@ -55,13 +85,26 @@ def running(
         processes.stop(proc)
 
 
+_WEB = re.compile(r"web app and Connect on http://(\S+?)/?$", re.MULTILINE)
+
+
+def http_listener(server: Server) -> Server:
+    """The board's HTTP listener (Connect) as a server of its own, from the line its log wrote."""
+    found = _WEB.search(server.logs[0].read_text(errors="replace"))
+    if not found:
+        raise RuntimeError(f"{server.name} has no HTTP listener:\n{processes.log_tail(server.logs[0])}")
+    return Server(f"{server.name} (Connect)", found.group(1), server.procs, server.logs, protocol="connect")
+
+
 @dataclass(frozen=True)
 class BoardFeatures:
     """What the installed board-server offers (read from --help: the bench runs against old and new)."""
 
     processes: bool
     metrics: bool
-    limits: bool = False  # --client-limits, to measure the per-client limits on vs off
+    limits: bool
+    http: bool = False
+    client_limits: bool = False  # --client-limits, to measure the per-client limits on vs off
 
     @classmethod
     def probe(cls, executable: Path) -> BoardFeatures:
@@ -72,7 +115,9 @@ class BoardFeatures:
         return cls(
             processes="--processes" in done.stdout,
             metrics="--metrics-address" in done.stdout,
-            limits="--client-limits" in done.stdout,
+            limits="--writes-per-user-per-minute" in done.stdout,
+            http="--http-address" in done.stdout,
+            client_limits="--client-limits" in done.stdout,
         )
 
 

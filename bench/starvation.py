@@ -49,7 +49,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.records import load_average, summarize, write_results
 from bench.seeding import seed
-from bench.servers import board_executable, board_limits, clean_env, running
+from bench.servers import board_executable, clean_env, limit_flags, limits_record, running
 from seg_handler.launcher.processes import wait_for
 
 logger = logging.getLogger("bench.starvation")
@@ -473,9 +473,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = Path(tmp)
         flags = ["--processes", str(args.processes), "--request-timeout", args.request_timeout]
         command = [
-            str(board_executable()), "--address", "127.0.0.1:0",
+            str(board_executable()), "--address", "127.0.0.1:0", "--http-address", "none",
             "--database-url", f"sqlite:///{work / 'board.db'}", "--audit-log", str(work / "audit.log"),
-            "--metrics-address", "none", "--grace", "2", *flags,
+            "--metrics-address", "none", "--grace", "2", *flags, *limit_flags(),
         ]  # fmt: skip
         with running("board", command, work, clean_env()) as server:
             seeded = seed(server.target, 100)
@@ -505,7 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "database": "sqlite",
             "client": "one grpc Python channel on 127.0.0.1, calls one at a time, GetPost and Health.Check "
             "interleaved",
-            "limits": board_limits(flags),
+            "limits": limits_record(flags=flags),
         },
         **cells,
         "targets": targets(cells["abused"]),

@@ -1,33 +1,30 @@
-"""Limits per client of the gRPC transport: who the peer is, how many calls each peer and each signed-in user
-has in progress in this process, and how long a request may take to arrive.
+"""Limits per client, shared by every transport of a process: who the peer is, and how many calls each peer
+and each signed-in user has in progress. One ``ClientLimits`` per process is handed to both the gRPC
+interceptor and the HTTP listener's CallGuard, so that a browser's Connect calls and a gRPC client's calls
+from the same address draw on the same budget.
 
 - The peer is the connection's source address; when that address is a trusted proxy (``--trusted-proxies``),
   it is the right-most address of ``x-forwarded-for`` that is not a trusted proxy (what the last trusted hop
   saw), so that a client behind the proxy cannot pick its own identity by sending the header itself.
 - IPv6 peers are counted per /64: one host usually holds a whole /64, and counting single addresses would
   give it 2^64 shares.
-- A request's messages are read with ``read_within`` / ``messages_within`` (``context.read()``): a request
-  that has not arrived within the request timeout raises RequestTimedOut (answered DEADLINE_EXCEEDED).
-- Health and reflection get the peer limit and the request timeout alone (``limit_other``).
 - Counts live in the process (no lock: every call runs on its event loop); with ``--processes N`` a peer
   spread over N processes gets N shares.
+
+How a transport reads a request within ``request_timeout_s`` is its own business (the gRPC adapter reads
+its requests as streams; the HTTP listener's server reads bodies before a handler runs).
 """
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import ipaddress
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, cast
+from typing import Protocol
 
-import grpc
-
-from board_server.api.status import to_grpc_status
-from board_server.core.errors import ResourceExhausted
+from board_server.core.errors import QuotaExceeded, QuotaViolation
 
 FORWARDED_FOR = "x-forwarded-for"
 UNKNOWN_PEER = "unknown"
@@ -38,28 +35,42 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+class LimitSettings(Protocol):
+    """What the limits read of the settings (runtime/config.py's Settings has all of it)."""
+
+    @property
+    def max_calls_per_peer(self) -> int: ...
+    @property
+    def request_timeout_s(self) -> float: ...
+    @property
+    def upload_timeout_s(self) -> float: ...
+    @property
+    def trusted_proxies(self) -> tuple[str, ...]: ...
+    @property
+    def client_limits(self) -> bool: ...
+
+
 @dataclass(frozen=True)
 class CallLimits:
-    """What the interceptor enforces per client (from runtime/config.py's settings)."""
+    """The per-client limits of a process (from runtime/config.py's settings)."""
 
     max_calls_per_peer: int
     request_timeout_s: float
     upload_timeout_s: float
     trusted_proxies: tuple[str, ...] = ()
-    # Off only to measure what the limits cost: unary requests are then read by gRPC before the board's code
-    # runs, no call is counted, and only an upload's messages keep their timeout.
+    # Off only to measure what the limits cost: no call is counted, and the gRPC adapter lets gRPC read a
+    # unary request before the board's code runs (an upload's messages keep their timeout).
     enabled: bool = True
 
-
-def address_of(peer: str) -> str:
-    """The address in grpc's peer string: ``ipv4:127.0.0.2:5555`` → ``127.0.0.2``, ``ipv6:[::1]:5`` →
-    ``::1``; a Unix socket keeps its whole name; an empty peer (a call already gone) is ``unknown``."""
-    kind, _, rest = peer.partition(":")
-    if kind == "ipv4":
-        return rest.rsplit(":", 1)[0]
-    if kind == "ipv6":
-        return rest.rsplit(":", 1)[0].strip("[]")
-    return peer or UNKNOWN_PEER
+    @classmethod
+    def of(cls, settings: LimitSettings) -> CallLimits:
+        return cls(
+            max_calls_per_peer=settings.max_calls_per_peer,
+            request_timeout_s=settings.request_timeout_s,
+            upload_timeout_s=settings.upload_timeout_s,
+            trusted_proxies=settings.trusted_proxies,
+            enabled=settings.client_limits,
+        )
 
 
 def _parsed(text: str) -> Address | None:
@@ -75,7 +86,8 @@ def _parsed(text: str) -> Address | None:
 
 
 class PeerIdentity:
-    """Names the peer of a call from its connection and, behind a trusted proxy, its ``x-forwarded-for``."""
+    """Names the peer of a call from its connection's address and, behind a trusted proxy, the values of
+    its ``x-forwarded-for`` headers."""
 
     def __init__(self, trusted_proxies: Sequence[str] = ()) -> None:
         self._trusted: tuple[Network, ...] = tuple(
@@ -85,20 +97,15 @@ class PeerIdentity:
     def _is_trusted(self, address: Address) -> bool:
         return any(address in network for network in self._trusted)
 
-    def identify(self, peer: str, metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
-        """The client's address (see the module docstring)."""
-        direct = address_of(peer)
+    def identify(self, direct: str, forwarded_for: Iterable[str]) -> str:
+        """The client's address (see the module docstring); ``direct`` is the connection's."""
+        direct = direct or UNKNOWN_PEER
         if not self._trusted:
             return direct
         parsed = _parsed(direct)
         if parsed is None or not self._is_trusted(parsed):
             return direct
-        hops = [
-            hop
-            for key, value in metadata or ()
-            if key == FORWARDED_FOR and isinstance(value, str)
-            for hop in value.split(",")
-        ]
+        hops = [hop for value in forwarded_for for hop in value.split(",")]
         for hop in reversed(hops):
             address = _parsed(hop)
             if address is None:
@@ -117,7 +124,7 @@ def peer_key(address: str) -> str:
             return f"peer:{ipaddress.ip_network(f'{address}/64', strict=False)}"
         except ValueError:
             pass
-    return f"peer:{address}"
+    return f"peer:{address or UNKNOWN_PEER}"
 
 
 class CallsInProgress:
@@ -131,17 +138,16 @@ class CallsInProgress:
         return self._counts.get(key, 0)
 
     def enter(self, key: str, whose: str) -> None:
-        """Count one more call under ``key``; raise ResourceExhausted (with RetryInfo and a QuotaFailure on
-        ``key``) when ``limit`` are already in progress. ``whose`` names the key for people. Every ``enter``
-        that returns is matched by one ``leave``."""
+        """Count one more call under ``key``; raise QuotaExceeded (RESOURCE_EXHAUSTED with RetryInfo and a
+        QuotaFailure on ``key``) when ``limit`` are already in progress. ``whose`` names the key for people.
+        Every ``enter`` that returns is matched by one ``leave``."""
         held = self._counts.get(key, 0)
         if held >= self.limit:
-            raise ResourceExhausted(
+            message = (
                 f"{self.limit} calls are already in progress from {whose}, the most allowed; retry when one "
-                "has ended",
-                RETRY_AFTER_S,
-                subject=key,
+                "has ended"
             )
+            raise QuotaExceeded(message, QuotaViolation(key, message), RETRY_AFTER_S)
         self._counts[key] = held + 1
 
     def leave(self, key: str) -> None:
@@ -161,142 +167,47 @@ class CallsInProgress:
             self.leave(key)
 
 
-# --- requests that take their time -------------------------------------------------------------------------
+class ClientLimits:
+    """The per-client limits of one process, shared by its transports: the peer's identity and the calls in
+    progress per peer and per user."""
 
-Context = grpc.aio.ServicerContext[Any, Any]
-# What ``context.read()`` returns after the last request message (grpc's stubs do not declare it).
-EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
+    def __init__(self, limits: CallLimits) -> None:
+        self.limits = limits
+        self.peers = PeerIdentity(limits.trusted_proxies)
+        self.calls = CallsInProgress(limits.max_calls_per_peer)
+
+    @property
+    def enabled(self) -> bool:
+        return self.limits.enabled
+
+    def peer(self, direct: str, forwarded_for: Iterable[str]) -> str:
+        """The client's address (``PeerIdentity.identify``)."""
+        return self.peers.identify(direct, forwarded_for)
+
+    def enter_peer(self, peer: str) -> str | None:
+        """Count a call of ``peer``; return the key to ``leave`` (None with the limits off)."""
+        if not self.limits.enabled:
+            return None
+        key = peer_key(peer)
+        self.calls.enter(key, "this address")
+        return key
+
+    def enter_user(self, user_id: int | None) -> str | None:
+        """Count a call of a signed-in user; return the key to ``leave`` (None: nothing counted)."""
+        if not self.limits.enabled or user_id is None:
+            return None
+        key = f"user:{user_id}"
+        self.calls.enter(key, "this user")
+        return key
+
+    def leave(self, key: str | None) -> None:
+        if key is not None:
+            self.calls.leave(key)
 
 
 class RequestTimedOut(Exception):  # noqa: N818 - an event of the transport, like TimeoutError
-    """A request (or an upload's next message) did not arrive within the request timeout."""
+    """A request (or an upload's next message) did not arrive within the request timeout; answered
+    DEADLINE_EXCEEDED."""
 
     def __init__(self, timeout_s: float) -> None:
         super().__init__(f"the request did not arrive within {timeout_s:g} s; the call is ended")
-
-
-async def read_within(context: Context, timeout_s: float) -> Any:
-    """The call's next request message (``context.read()``, no iterator to finalise), or None after the
-    last; RequestTimedOut when it does not arrive within ``timeout_s``."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            message = await context.read()
-    except TimeoutError:
-        raise RequestTimedOut(timeout_s) from None
-    return None if message is EOF else message
-
-
-async def messages_within(context: Context, timeout_s: float, *, every: bool) -> AsyncIterator[Any]:
-    """The call's request messages; the first (``every``: each one) must arrive within ``timeout_s`` of the
-    one before (of the call's start for the first), else RequestTimedOut."""
-    first = True
-    while True:
-        if first or every:
-            message = await read_within(context, timeout_s)
-        else:
-            message = await context.read()
-            message = None if message is EOF else message
-        if message is None:
-            return
-        first = False
-        yield message
-
-
-# --- health and reflection: the peer limit and the request timeout alone ----------------------------------
-
-
-@asynccontextmanager
-async def _limited(context: Context, peers: PeerIdentity, calls: CallsInProgress) -> AsyncIterator[None]:
-    peer = peers.identify(context.peer(), context.invocation_metadata())
-    try:
-        with calls.held(peer_key(peer), "this address"):
-            yield
-    except ResourceExhausted as exc:
-        status = to_grpc_status(exc)
-        await context.abort(status.code, status.details, status.trailing_metadata)
-    except RequestTimedOut as exc:
-        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
-
-
-async def _one(timeout_s: float, context: Context) -> Any:
-    request = await read_within(context, timeout_s)
-    if request is None:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call ended before its request message")
-    return request
-
-
-def limit_other(
-    handler: grpc.RpcMethodHandler[Any, Any], peers: PeerIdentity, calls: CallsInProgress, timeout_s: float
-) -> grpc.RpcMethodHandler[Any, Any]:
-    """``handler`` (of a service other than the board's) taking its request as a stream, counted against
-    its peer and ended when its request (its first message, for a client stream) does not arrive in time.
-    A handler that is not a coroutine is returned as it is."""
-    deserialize, serialize = handler.request_deserializer, handler.response_serializer
-    behaviour: Callable[..., Any] | None = (
-        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
-    )
-    if not (inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour)):
-        return handler
-    if handler.unary_unary is not None:
-        unary = cast_awaitable(handler.unary_unary)
-
-        async def one_answer(requests: AsyncIterator[Any], context: Context) -> Any:
-            async with _limited(context, peers, calls):
-                return await unary(await _one(timeout_s, context), context)
-
-        return grpc.stream_unary_rpc_method_handler(one_answer, deserialize, serialize)
-    if handler.unary_stream is not None:
-
-        async def one_request(context: Context) -> Any:
-            return await _one(timeout_s, context)
-
-        answers = _streamed(handler.unary_stream, one_request, peers, calls)
-        return grpc.stream_stream_rpc_method_handler(answers, deserialize, serialize)
-    if handler.stream_unary is not None:
-        collect = cast_awaitable(handler.stream_unary)
-
-        async def collected(requests: AsyncIterator[Any], context: Context) -> Any:
-            async with _limited(context, peers, calls):
-                return await collect(messages_within(context, timeout_s, every=True), context)
-
-        return grpc.stream_unary_rpc_method_handler(collected, deserialize, serialize)
-
-    async def the_requests(context: Context) -> Any:
-        return messages_within(context, timeout_s, every=False)
-
-    conversation = _streamed(handler.stream_stream, the_requests, peers, calls)
-    return grpc.stream_stream_rpc_method_handler(conversation, deserialize, serialize)
-
-
-def _streamed(
-    behaviour: Any,
-    first_argument: Callable[[Context], Awaitable[Any]],
-    peers: PeerIdentity,
-    calls: CallsInProgress,
-) -> Callable[..., Any]:
-    """A streaming-response ``behaviour`` under the peer limit, called with ``first_argument(context)``: an
-    async generator yields its answers through, a coroutine (answering with ``context.write``) is awaited."""
-    if inspect.isasyncgenfunction(behaviour):
-        stream = cast_stream(behaviour)
-
-        async def answers(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
-            async with _limited(context, peers, calls):
-                async for item in stream(await first_argument(context), context):
-                    yield item
-
-        return answers
-    write = cast_awaitable(behaviour)
-
-    async def written(requests: AsyncIterator[Any], context: Context) -> None:
-        async with _limited(context, peers, calls):
-            await write(await first_argument(context), context)
-
-    return written
-
-
-def cast_awaitable(behaviour: Any) -> Callable[..., Awaitable[Any]]:
-    return cast(Callable[..., Awaitable[Any]], behaviour)
-
-
-def cast_stream(behaviour: Any) -> Callable[..., AsyncIterator[Any]]:
-    return cast(Callable[..., AsyncIterator[Any]], behaviour)

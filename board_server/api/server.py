@@ -26,8 +26,9 @@ from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-from board_server.api.interceptors import BoardInterceptor, CallObserver
-from board_server.api.limits import CallLimits
+from board_server.api.calls import CallObserver
+from board_server.api.interceptors import BoardInterceptor
+from board_server.api.limits import ClientLimits
 from board_server.api.servicer import BoardServicer
 from board_server.domain.accounts import Accounts
 from board_server.domain.board import Board
@@ -36,6 +37,9 @@ from clients.gen.board.v1 import board_pb2, board_pb2_grpc
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = board_pb2.DESCRIPTOR.services_by_name["BoardService"].full_name
+# A health name that is SERVING for as long as the process serves, whatever the database does: a liveness
+# probe asks it, so that an outage of the database makes replicas unready, not restarted.
+LIVENESS = "liveness"
 
 
 class TransportSettings(Protocol):
@@ -47,16 +51,6 @@ class TransportSettings(Protocol):
     def grpc_send_limit(self) -> int: ...
     @property
     def max_concurrent_rpcs(self) -> int: ...
-    @property
-    def max_calls_per_peer(self) -> int: ...
-    @property
-    def trusted_proxies(self) -> tuple[str, ...]: ...
-    @property
-    def request_timeout_s(self) -> float: ...
-    @property
-    def upload_timeout_s(self) -> float: ...
-    @property
-    def client_limits(self) -> bool: ...
     @property
     def max_streams_per_connection(self) -> int: ...
     @property
@@ -140,18 +134,13 @@ async def start_grpc(
     *,
     address: str,
     reuse_port: bool,
+    limits: ClientLimits,
     observers: Sequence[CallObserver] = (),
     interceptors: Sequence[Any] = (),
 ) -> GrpcServer:
-    """Bind board.v1, health and reflection on ``address`` and start serving; ``interceptors`` run before
-    the board's own (tracing). Raises RuntimeError if the address cannot be bound."""
-    limits = CallLimits(
-        max_calls_per_peer=settings.max_calls_per_peer,
-        request_timeout_s=settings.request_timeout_s,
-        upload_timeout_s=settings.upload_timeout_s,
-        trusted_proxies=settings.trusted_proxies,
-        enabled=settings.client_limits,
-    )
+    """Bind board.v1, health and reflection on ``address`` and start serving; ``limits`` are the process's
+    per-client limits (shared with its HTTP listener); ``interceptors`` run before the board's own
+    (tracing). Raises RuntimeError if the address cannot be bound."""
     interceptor = BoardInterceptor(
         SERVICE_NAME, accounts, call_timeout_s=settings.call_timeout_s, limits=limits, observers=observers
     )
@@ -162,6 +151,7 @@ async def start_grpc(
     )
     board_pb2_grpc.add_BoardServiceServicer_to_server(BoardServicer(board), server)  # type: ignore[no-untyped-call]
     health = health_aio.HealthServicer()
+    await health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
     credentials = server_credentials(settings)
@@ -184,9 +174,12 @@ async def report_health(
     ping: Callable[[], Awaitable[object]],
     interval_s: float,
     every_round: Callable[[], None] | None = None,
+    on_status: Callable[[bool], None] | None = None,
 ) -> None:
-    """Keep grpc.health.v1 truthful: NOT_SERVING while ``ping`` (one database round trip) fails, SERVING once
-    it answers again. ``every_round`` runs at the same pace (sampled gauges)."""
+    """Keep grpc.health.v1 truthful: the overall status ("") and the board service's are NOT_SERVING while
+    ``ping`` (one database round trip) fails, SERVING once it answers again (``LIVENESS`` stays SERVING).
+    ``every_round`` runs at the same pace (sampled gauges); ``on_status`` hears every change (the HTTP
+    listener's health answer)."""
     serving: bool | None = None
     while True:
         if every_round is not None:
@@ -205,6 +198,8 @@ async def report_health(
             )
             for name in ("", SERVICE_NAME):
                 await health.set(name, status)
+            if on_status is not None:
+                on_status(ok)
             if ok and serving is False:
                 logger.info("database reachable again; health is SERVING")
             serving = ok

@@ -78,6 +78,10 @@ class DatabaseBusy(BoardError):  # noqa: N818 - domain names, as in the house st
     """The database could not take the write in time (lock contention beyond the busy timeout); retryable."""
 
 
+class DatabaseTimeout(BoardError):  # noqa: N818 - domain names, as in the house style
+    """The database ended a statement at its time limit (the call's deadline, or the statement timeout)."""
+
+
 class DatabaseUnavailable(BoardError):  # noqa: N818 - domain names, as in the house style
     """The database cannot be reached right now; retryable."""
 
@@ -91,15 +95,27 @@ class PermissionDenied(BoardError):  # noqa: N818 - domain names, as in the hous
 
 
 class ResourceExhausted(BoardError):  # noqa: N818 - domain names, as in the house style
-    """A limit was reached (a quota, the sign-in limit); ``retry_after_s``: when to try again, if known;
-    ``subject``: whose quota it is (``peer:10.0.0.7``, ``user:3``), sent as a QuotaFailure violation."""
+    """A limit was reached (a quota, the sign-in limit); ``retry_after_s``: when to try again, if known."""
 
-    def __init__(
-        self, message: str, retry_after_s: float | None = None, *, subject: str | None = None
-    ) -> None:
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
-        self.subject = subject
+
+
+@dataclass(frozen=True)
+class QuotaViolation:
+    """The quota a request would break: its subject (``user:7``) and what it allows (a QuotaFailure)."""
+
+    subject: str
+    description: str
+
+
+class QuotaExceeded(ResourceExhausted):
+    """A user's quota (attachment storage, writes per minute) would be exceeded; ``violation`` names it."""
+
+    def __init__(self, message: str, violation: QuotaViolation, retry_after_s: float | None = None) -> None:
+        super().__init__(message, retry_after_s)
+        self.violation = violation
 
 
 def excerpt(value: str, limit: int = 40) -> str:

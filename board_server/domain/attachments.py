@@ -1,19 +1,17 @@
 """Attachments: upload (checked by domain/images.py), read, list, watch, retry, delete, content, mask and
-previews; one transaction each, audit lines for every change.
+previews (domain/preview_cache.py); one transaction each, audit lines for every change.
 
 An upload is committed as PENDING and the tagging worker is woken (``on_added``); the caller never waits for
-the model. Only the post's author (or an admin) adds, retries or deletes its attachments.
+the model. Only the post's author (or an admin) adds, retries or deletes its attachments; the attachments of
+one user's posts hold at most the user's storage quota (domain/quotas.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection, Row
@@ -25,8 +23,9 @@ from board_server.domain.accounts import Accounts, Caller
 from board_server.domain.clock import now
 from board_server.domain.images import inspect_image
 from board_server.domain.paging import Page, PageTokens
-from board_server.domain.previews import Preview, preview_options, render_preview
-from board_server.domain.served_models import ServedModels
+from board_server.domain.preview_cache import PreviewCache
+from board_server.domain.previews import Preview, preview_options
+from board_server.domain.quotas import Quotas
 from board_server.domain.validation import Violations, check_id
 from board_server.domain.watch import WatchHub
 from board_server.storage import attachments as attachment_rows
@@ -133,9 +132,10 @@ class AttachmentService:
         db: Database,
         accounts: Accounts,
         tokens: PageTokens,
-        models: ServedModels,
-        watchers: WatchHub[AttachmentView],
         *,
+        previews: PreviewCache,
+        quotas: Quotas,
+        watchers: WatchHub[AttachmentView],
         max_bytes: int,
         max_per_post: int,
         on_added: Callable[[], None] | None = None,
@@ -143,14 +143,17 @@ class AttachmentService:
         self._db = db
         self._accounts = accounts
         self._tokens = tokens
-        self._models = models
+        self._previews = previews
+        self._quotas = quotas
         self.watchers = watchers
         self._max_bytes = max_bytes
         self._max_per_post = max_per_post
         self._on_added = on_added  # wakes this process's tagging worker
-        # Rendering decodes whole photos: a few at a time, off the event loop (Pillow releases the GIL).
-        self._render_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="board-preview")
-        self._render_slots = asyncio.Semaphore(4)
+
+    @property
+    def max_bytes(self) -> int:
+        """The largest attachment this board takes, in bytes."""
+        return self._max_bytes
 
     async def add_attachment(
         self,
@@ -163,7 +166,7 @@ class AttachmentService:
         traceparent: str | None = None,
     ) -> AttachmentView:
         """Store an image as PENDING; raise InvalidArgument, PostNotFound, PermissionDenied,
-        ResourceExhausted (the post is full)."""
+        ResourceExhausted (the post is full), QuotaExceeded (the author's storage, the caller's writes)."""
         violations = Violations()
         violations.row_id("post_id", post_id)
         violations.text("filename", filename, FILENAME_MAX)
@@ -187,7 +190,9 @@ class AttachmentService:
         }
 
         def add(conn: Connection) -> Row[Any]:
-            self._require_room(conn, caller, post_id, for_update=True)
+            author = self._require_room(conn, caller, post_id, for_update=True)
+            self._quotas.count_write(conn, caller)
+            self._quotas.require_storage(conn, author, len(data))
             return attachment_rows.add_attachment(conn, values)
 
         row = await self._db.run_write(add)
@@ -198,20 +203,28 @@ class AttachmentService:
             self._on_added()
         return _view(row, ())
 
-    def _require_room(self, conn: Connection, caller: Caller, post_id: int, *, for_update: bool) -> None:
-        """The post exists, the caller may add to it, and it has room; raise PostNotFound, Unauthenticated,
-        PermissionDenied, ResourceExhausted."""
+    def _require_room(self, conn: Connection, caller: Caller, post_id: int, *, for_update: bool) -> int:
+        """The post exists, the caller may add to it, and it has room; return its author's id; raise
+        PostNotFound, Unauthenticated, PermissionDenied, ResourceExhausted."""
         author = attachment_rows.post_author(conn, post_id, for_update=for_update)
         self._accounts.require_owner(caller, author, "this post's attachments")
         if attachment_rows.count_of_post(conn, post_id) >= self._max_per_post:
             raise ResourceExhausted(
                 f"post {post_id} already has {self._max_per_post} attachments, the most a post may hold"
             )
+        return author
 
-    async def check_room(self, caller: Caller, post_id: int) -> None:
-        """What ``add_attachment`` will check of the post, checked now (before an upload's bytes arrive);
-        raise like ``_require_room``. The add checks again, in its own transaction."""
-        await self._db.run_read(lambda conn: self._require_room(conn, caller, post_id, for_update=False))
+    async def require_storage_for(self, caller: Caller, post_id: int, size_bytes: int) -> None:
+        """Check, before an upload's bytes are read, that the caller may add ``size_bytes`` to the post:
+        raise InvalidArgument, PostNotFound, Unauthenticated, PermissionDenied, ResourceExhausted (the post
+        is full), QuotaExceeded (the post author's storage). The upload itself checks again as it commits."""
+        check_id("post_id", post_id)
+
+        def check(conn: Connection) -> None:
+            author = self._require_room(conn, caller, post_id, for_update=False)
+            self._quotas.require_storage(conn, author, size_bytes)
+
+        await self._db.run_read(check)
 
     async def get_attachment(self, caller: Caller, attachment_id: int) -> AttachmentView:
         """Return the attachment with its labels; raise InvalidArgument, AttachmentNotFound."""
@@ -273,12 +286,13 @@ class AttachmentService:
 
     async def delete_attachment(self, caller: Caller, attachment_id: int) -> None:
         """Delete the attachment with its labels and mask; raise InvalidArgument, AttachmentNotFound,
-        PermissionDenied."""
+        PermissionDenied, QuotaExceeded."""
         check_id("id", attachment_id)
 
         def remove(conn: Connection) -> None:
             _, author, _ = attachment_rows.owner(conn, attachment_id)
             self._accounts.require_owner(caller, author, "this attachment")
+            self._quotas.count_write(conn, caller)
             attachment_rows.delete_attachment(conn, attachment_id)
 
         await self._db.run_write(remove)
@@ -286,12 +300,13 @@ class AttachmentService:
 
     async def retry_attachment(self, caller: Caller, attachment_id: int) -> AttachmentView:
         """Queue a FAILED attachment for tagging again; raise InvalidArgument, AttachmentNotFound,
-        PermissionDenied, FailedPrecondition (not FAILED)."""
+        PermissionDenied, FailedPrecondition (not FAILED), QuotaExceeded."""
         check_id("id", attachment_id)
 
         def requeue(conn: Connection) -> AttachmentView:
             _, author, status = attachment_rows.owner(conn, attachment_id)
             self._accounts.require_owner(caller, author, "this attachment")
+            self._quotas.count_write(conn, caller)
             if not queue.requeue_failed(conn, attachment_id, now()):
                 raise FailedPrecondition(
                     f"attachment {attachment_id} is {status}; only a FAILED one is retried"
@@ -323,36 +338,10 @@ class AttachmentService:
     async def get_preview(
         self, caller: Caller, attachment_id: int, *, max_size: int, overlay: bool, content_type: str
     ) -> Preview:
-        """A JPEG/WebP preview (mask blended in with ``overlay``), rendered once and then served from the
-        cache; raise InvalidArgument, AttachmentNotFound, FailedPrecondition (overlay before TAGGED)."""
+        """A JPEG/WebP preview (mask blended in with ``overlay``), from the preview cache
+        (domain/preview_cache.py); raise InvalidArgument, AttachmentNotFound, FailedPrecondition (overlay
+        before TAGGED)."""
         self._accounts.require_reader(caller)
         check_id("id", attachment_id)
         size, kind = preview_options(max_size, content_type)
-        cached = await self._db.run_read(
-            lambda conn: attachment_rows.read_preview(conn, attachment_id, size, overlay, kind)
-        )
-        if cached is not None:
-            return Preview(bytes(cached.data), kind, int(cached.width), int(cached.height))
-
-        def sources(conn: Connection) -> tuple[bytes, bytes | None, str]:
-            data, _ = attachment_rows.read_content(conn, attachment_id)
-            status, mask = attachment_rows.read_mask(conn, attachment_id)
-            return data, mask, status
-
-        data, mask, status = await self._db.run_read(sources)
-        if overlay and mask is None:
-            raise FailedPrecondition(
-                f"attachment {attachment_id} is {status}; an overlay exists once it is TAGGED"
-            )
-        classes = await self._models.class_names()
-        async with self._render_slots:
-            preview: Preview = await asyncio.get_running_loop().run_in_executor(
-                self._render_pool,
-                partial(render_preview, data, mask if overlay else None, size, kind, classes),
-            )
-        await self._db.run_write(
-            lambda conn: attachment_rows.store_preview(
-                conn, attachment_id, size=size, overlay=overlay, preview=preview, now=now()
-            )
-        )
-        return preview
+        return await self._previews.preview(caller.peer, attachment_id, size, overlay, kind)

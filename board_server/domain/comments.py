@@ -16,6 +16,7 @@ from board_server.core.records import CommentRecord
 from board_server.domain.accounts import Accounts, Caller
 from board_server.domain.clock import later_than, now
 from board_server.domain.paging import Page, PageTokens
+from board_server.domain.quotas import Quotas
 from board_server.domain.validation import Violations, check_id
 from board_server.storage import comments as comment_rows
 from board_server.storage.engine import Database
@@ -28,13 +29,15 @@ class CommentService:
 
     MUTABLE = frozenset({"content"})
 
-    def __init__(self, db: Database, accounts: Accounts, tokens: PageTokens) -> None:
+    def __init__(self, db: Database, accounts: Accounts, tokens: PageTokens, quotas: Quotas) -> None:
         self._db = db
         self._accounts = accounts
         self._tokens = tokens
+        self._quotas = quotas
 
     async def create_comment(self, caller: Caller, post_id: int, user_id: int, content: str) -> CommentRecord:
-        """Comment as the caller; raise InvalidArgument, PostNotFound, Unauthenticated, PermissionDenied."""
+        """Comment as the caller; raise InvalidArgument, PostNotFound, Unauthenticated, PermissionDenied,
+        QuotaExceeded (writes per minute)."""
         violations = Violations()
         violations.row_id("post_id", post_id)
         if user_id < 0:
@@ -43,9 +46,12 @@ class CommentService:
         violations.raise_if_any()
         author = self._accounts.author_for_new(caller, user_id, "user_id")
         check_id("user_id", author)
-        comment = await self._db.run_write(
-            lambda conn: comment_rows.add_comment(conn, post_id, author, content, now())
-        )
+
+        def add(conn: Connection) -> CommentRecord:
+            self._quotas.count_write(conn, caller)
+            return comment_rows.add_comment(conn, post_id, author, content, now())
+
+        comment = await self._db.run_write(add)
         audit.info(
             "Comment created; id=%d; post_id=%d; user_id=%d; by=%s", comment.id, post_id, author, caller.actor
         )
@@ -73,7 +79,8 @@ class CommentService:
     async def update_comment(
         self, caller: Caller, comment_id: int, paths: Sequence[str], content: str
     ) -> CommentRecord:
-        """Change the masked field (content); raise InvalidArgument, CommentNotFound, PermissionDenied."""
+        """Change the masked field (content); raise InvalidArgument, CommentNotFound, PermissionDenied,
+        QuotaExceeded."""
         violations = Violations()
         violations.row_id("comment.id", comment_id)
         paths = violations.mask("update_mask", paths, self.MUTABLE)
@@ -84,6 +91,7 @@ class CommentService:
         def change(conn: Connection) -> CommentRecord:
             current = comment_rows.read_comment(conn, comment_id, for_update=True)
             self._accounts.require_owner(caller, current.user_id, "this comment")
+            self._quotas.count_write(conn, caller)
             values = {"content": content, "update_time": later_than(current.update_time)}
             return comment_rows.update_comment(conn, comment_id, values)
 
@@ -92,12 +100,13 @@ class CommentService:
         return comment
 
     async def delete_comment(self, caller: Caller, comment_id: int) -> None:
-        """Delete the comment; raise InvalidArgument, CommentNotFound, PermissionDenied."""
+        """Delete the comment; raise InvalidArgument, CommentNotFound, PermissionDenied, QuotaExceeded."""
         check_id("id", comment_id)
 
         def remove(conn: Connection) -> None:
             current = comment_rows.read_comment(conn, comment_id, for_update=True)
             self._accounts.require_owner(caller, current.user_id, "this comment")
+            self._quotas.count_write(conn, caller)
             comment_rows.delete_comment(conn, comment_id)
 
         await self._db.run_write(remove)

@@ -18,6 +18,7 @@ from board_server.core.records import PostRecord
 from board_server.domain.accounts import Accounts, Caller
 from board_server.domain.clock import later_than, now
 from board_server.domain.paging import Page, PageTokens, query_digest
+from board_server.domain.quotas import Quotas
 from board_server.domain.served_models import ServedModels
 from board_server.domain.validation import Violations, check_id
 from board_server.query.filter import parse_filter, parse_order_by
@@ -40,14 +41,18 @@ class PostService:
 
     MUTABLE = frozenset({"title", "content"})
 
-    def __init__(self, db: Database, accounts: Accounts, tokens: PageTokens, models: ServedModels) -> None:
+    def __init__(
+        self, db: Database, accounts: Accounts, tokens: PageTokens, models: ServedModels, quotas: Quotas
+    ) -> None:
         self._db = db
         self._accounts = accounts
         self._tokens = tokens
         self._models = models
+        self._quotas = quotas
 
     async def create_post(self, caller: Caller, user_id: int, title: str, content: str) -> PostRecord:
-        """Create a post by the caller; raise InvalidArgument, Unauthenticated, PermissionDenied."""
+        """Create a post by the caller; raise InvalidArgument, Unauthenticated, PermissionDenied,
+        QuotaExceeded (writes per minute)."""
         violations = Violations()
         if user_id < 0:
             violations.add("user_id", "must be your own id, or 0 for yourself")
@@ -56,7 +61,12 @@ class PostService:
         violations.raise_if_any()
         author = self._accounts.author_for_new(caller, user_id, "user_id")
         check_id("user_id", author)
-        post = await self._db.run_write(lambda conn: post_rows.add_post(conn, author, title, content, now()))
+
+        def add(conn: Connection) -> PostRecord:
+            self._quotas.count_write(conn, caller)
+            return post_rows.add_post(conn, author, title, content, now())
+
+        post = await self._db.run_write(add)
         audit.info("Post created; id=%d; user_id=%d; by=%s", post.id, author, caller.actor)
         return post
 
@@ -102,7 +112,7 @@ class PostService:
         binding = query_digest(canonical_query(where, order))
         search = self._tokens.request("posts-search", binding, page_size, page_token)
         cursor = cursor_from_dict(search.cursor, order) if search.cursor is not None else None
-        found = await self._db.run_read(lambda conn: search_posts(conn, where, order, cursor, search.size))
+        found = await self._db.run_search(lambda conn: search_posts(conn, where, order, cursor, search.size))
         after = found.next_cursor
         token = (
             self._tokens.encode("posts-search", binding, cursor_to_dict(after)) if after is not None else ""
@@ -112,7 +122,7 @@ class PostService:
     async def update_post(
         self, caller: Caller, post_id: int, paths: Sequence[str], title: str, content: str
     ) -> PostRecord:
-        """Change the masked fields; raise InvalidArgument, PostNotFound, PermissionDenied."""
+        """Change the masked fields; raise InvalidArgument, PostNotFound, PermissionDenied, QuotaExceeded."""
         violations = Violations()
         violations.row_id("post.id", post_id)
         paths = violations.mask("update_mask", paths, self.MUTABLE)
@@ -126,6 +136,7 @@ class PostService:
         def change(conn: Connection) -> PostRecord:
             current = post_rows.read_post(conn, post_id, for_update=True)
             self._accounts.require_owner(caller, current.user_id, "this post")
+            self._quotas.count_write(conn, caller)
             values["update_time"] = later_than(current.update_time)
             return post_rows.update_post(conn, post_id, values)
 
@@ -135,12 +146,13 @@ class PostService:
 
     async def delete_post(self, caller: Caller, post_id: int) -> None:
         """Delete the post with its comments and attachments; raise InvalidArgument, PostNotFound,
-        PermissionDenied."""
+        PermissionDenied, QuotaExceeded."""
         check_id("id", post_id)
 
         def remove(conn: Connection) -> None:
             current = post_rows.read_post(conn, post_id, for_update=True)
             self._accounts.require_owner(caller, current.user_id, "this post")
+            self._quotas.count_write(conn, caller)
             post_rows.delete_post(conn, post_id)
 
         await self._db.run_write(remove)

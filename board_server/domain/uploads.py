@@ -1,9 +1,10 @@
 """Chunked uploads (UploadAttachment): what can be refused is refused before the bytes it would cost.
 
 In order: the caller must be signed in before a byte of the body is read; the metadata (post, file name,
-declared size) is checked, and the post looked at (it exists, is the caller's, has room), before any chunk;
-the size limit holds while the chunks arrive, so an upload that grows past it is ended at that chunk. The
-assembled image then goes through ``AttachmentService.add_attachment`` like any other.
+declared size) is checked, and the post looked at (it exists, is the caller's, has room, its author's storage
+quota holds the declared size), before any chunk; the size limit holds while the chunks arrive, so an upload
+that grows past it is ended at that chunk. The assembled image then goes through
+``AttachmentService.add_attachment`` like any other (validation, quotas, audit line).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class Uploads:
     ) -> Upload:
         """Check the metadata and the post before any chunk; raise InvalidArgument (a field, or a declared
         size over the limit), Unauthenticated, PostNotFound, PermissionDenied, ResourceExhausted (the post
-        is full)."""
+        is full), QuotaExceeded (the declared size would take the author past the storage quota)."""
         self.require_uploader(caller)
         violations = Violations()
         violations.row_id("metadata.post_id", post_id)
@@ -88,7 +89,7 @@ class Uploads:
                 "metadata.size_bytes", f"must be at most {self._max_bytes} bytes, the attachment limit"
             )
         violations.raise_if_any()
-        await self._attachments.check_room(caller, post_id)
+        await self._attachments.require_storage_for(caller, post_id, size_bytes)
         return Upload(
             self._attachments,
             caller,

@@ -13,11 +13,13 @@ from datetime import datetime
 
 from sqlalchemy import Connection
 
-from board_server.core.limits import NAME_MAX
+from board_server.core.emails import canonical_email
+from board_server.core.limits import EMAIL_MAX, NAME_MAX
 from board_server.core.records import UserRecord
 from board_server.domain.accounts import Accounts, Caller
 from board_server.domain.clock import now
 from board_server.domain.paging import Page, PageTokens
+from board_server.domain.quotas import Quotas
 from board_server.domain.validation import Violations, check_id
 from board_server.storage import sessions
 from board_server.storage import users as user_rows
@@ -52,14 +54,18 @@ class UserService:
 
     MUTABLE = frozenset({"name", "email", "password"})
 
-    def __init__(self, db: Database, accounts: Accounts, tokens: PageTokens, *, sign_up_open: bool) -> None:
+    def __init__(
+        self, db: Database, accounts: Accounts, tokens: PageTokens, quotas: Quotas, *, sign_up_open: bool
+    ) -> None:
         self._db = db
         self._accounts = accounts
         self._tokens = tokens
+        self._quotas = quotas
         self._sign_up_open = sign_up_open
 
     async def create_user(self, caller: Caller, name: str, email: str, password: str) -> UserView:
-        """Create a user; raise InvalidArgument, AlreadyExists, PermissionDenied (sign-up closed)."""
+        """Create a user; raise InvalidArgument, AlreadyExists (an email with the same canonical form),
+        PermissionDenied (sign-up closed), ResourceExhausted (too many sign-ups from the caller's address)."""
         if not self._sign_up_open:
             self._accounts.require_admin(caller, "creating accounts (sign-up is closed on this server)")
         violations = Violations()
@@ -68,9 +74,18 @@ class UserService:
         if password or self._accounts.auth:
             violations.password("password", password, email)
         violations.raise_if_any()
+        # Counted before the hash is computed: refused sign-ups cost the server nothing.
+        await self._accounts.count_sign_up(caller)
         password_hash = await self._accounts.hash_password(password) if password else None
         user = await self._db.run_write(
-            lambda conn: user_rows.add_user(conn, name, email, now(), password_hash)
+            lambda conn: user_rows.add_user(
+                conn,
+                name=name,
+                email=email,
+                email_canonical=canonical_email(email),
+                now=now(),
+                password_hash=password_hash,
+            )
         )
         audit.info("User created; id=%d; by=%s", user.id, caller.actor)
         return UserView.of(user, Caller(user.id))  # whoever created it sees the email they sent
@@ -96,11 +111,21 @@ class UserService:
         return Page([UserView.of(u, caller) for u in page.items], page.next_page_token)
 
     async def update_user(
-        self, caller: Caller, user_id: int, paths: Sequence[str], *, name: str, email: str, password: str
+        self,
+        caller: Caller,
+        user_id: int,
+        paths: Sequence[str],
+        *,
+        name: str,
+        email: str,
+        password: str,
+        current_password: str = "",
     ) -> UserView:
-        """Change the masked fields; a new password revokes the user's other sessions.
+        """Change the masked fields; a new password revokes the user's other sessions. A new password or
+        email takes ``current_password`` (Accounts.needs_current_password).
 
-        Raises InvalidArgument, UserNotFound, AlreadyExists, PermissionDenied.
+        Raises InvalidArgument, UserNotFound, AlreadyExists, PermissionDenied (also a wrong current
+        password), ResourceExhausted (too many wrong ones), QuotaExceeded.
         """
         violations = Violations()
         violations.row_id("user.id", user_id)
@@ -118,15 +143,21 @@ class UserService:
             current = await self._db.run_read(lambda conn: user_rows.read_user(conn, user_id))
             violations.password("user.password", password, current.email)
             violations.raise_if_any()
+        # Last of the checks: only a request that would be carried out costs a password attempt.
+        if self._accounts.needs_current_password(caller, user_id, paths):
+            await self._accounts.confirm_password(caller, user_id, current_password)
         values: dict[str, object] = {
             path: {"name": name, "email": email}[path] for path in paths if path != "password"
         }
+        if "email" in paths:
+            values["email_canonical"] = canonical_email(email)
         if "password" in paths:
             values["password_hash"] = await self._accounts.hash_password(password)
         # The caller's own session survives their password change; every other one ends now.
         keep = caller.token_id if caller.user_id == user_id else None
 
         def change(conn: Connection) -> tuple[UserRecord, int]:
+            self._quotas.count_write(conn, caller)
             user = user_rows.update_user(conn, user_id, values)
             revoked = sessions.delete_tokens_of(conn, user_id, keep) if "password" in paths else 0
             return user, revoked
@@ -139,20 +170,27 @@ class UserService:
 
     async def delete_user(self, caller: Caller, user_id: int) -> None:
         """Delete the user with their posts, comments and sessions; raise InvalidArgument, UserNotFound,
-        PermissionDenied."""
+        PermissionDenied, QuotaExceeded."""
         check_id("id", user_id)
         self._accounts.require_owner(caller, user_id, "this account")
-        await self._db.run_write(lambda conn: user_rows.delete_user(conn, user_id))
+
+        def remove(conn: Connection) -> None:
+            self._quotas.count_write(conn, caller)
+            user_rows.delete_user(conn, user_id)
+
+        await self._db.run_write(remove)
         audit.info("User deleted; id=%d; by=%s", user_id, caller.actor)
 
-    async def sign_in(self, email: str, password: str) -> tuple[str, datetime, UserView]:
-        """Open a session: (access token, expiry, user); raise Unauthenticated, ResourceExhausted."""
+    async def sign_in(self, caller: Caller, email: str, password: str) -> tuple[str, datetime, UserView]:
+        """Open a session: (access token, expiry, user); raise InvalidArgument, Unauthenticated,
+        ResourceExhausted (too many failures from the caller's address)."""
         violations = Violations()
-        violations.text("email", email, 254)
+        violations.text("email", email, EMAIL_MAX)
+        violations.email_key("email", email)
         if not password:
             violations.add("password", "must not be empty")
         violations.raise_if_any()
-        session = await self._accounts.sign_in(email, password)
+        session = await self._accounts.sign_in(caller, email, password)
         user = await self._db.run_read(lambda conn: user_rows.read_user(conn, session.user_id))
         caller = Caller(session.user_id, session.admin)
         audit.info("Signed in; user_id=%d; by=%s", session.user_id, caller.actor)

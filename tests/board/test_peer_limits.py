@@ -26,7 +26,8 @@ from bench.starvation import (
     half_sent_upload,
     measure_other_client,
 )
-from board_server.api.limits import PeerIdentity, address_of, peer_key
+from board_server.api.grpc_requests import peer_address
+from board_server.api.limits import PeerIdentity, peer_key
 from clients.board import ResourceExhaustedError
 from clients.gen.board.v1 import board_pb2
 from tests.board.conftest import Member, RunningServer, sign_up, start_board_server, tiny_png
@@ -322,11 +323,10 @@ def test_x_forwarded_for_counts_the_client_behind_a_trusted_proxy_and_is_ignored
 def test_the_peer_is_the_address_a_trusted_proxy_vouches_for(
     peer: str, forwarded: str, trusted: tuple[str, ...], expected: str
 ) -> None:
-    metadata = [("x-forwarded-for", forwarded)] if forwarded else []
-    assert PeerIdentity(trusted).identify(peer, metadata) == expected
+    assert PeerIdentity(trusted).identify(peer_address(peer), [forwarded] if forwarded else []) == expected
 
 
 def test_ipv6_peers_are_counted_per_slash_64() -> None:
     assert peer_key("2001:db8:1:2:aaaa::1") == peer_key("2001:db8:1:2:bbbb::9") == "peer:2001:db8:1:2::/64"
     assert peer_key("2001:db8:1:3::1") != peer_key("2001:db8:1:2::1")
-    assert peer_key("127.0.0.2") == "peer:127.0.0.2" and address_of("") == "unknown"
+    assert peer_key("127.0.0.2") == "peer:127.0.0.2" and peer_key("") == "peer:unknown"
