@@ -84,7 +84,9 @@ def test_a_remote_segmentation_target_needs_tls_or_an_explicit_plaintext_opt_in(
     assert on_env.allow_plaintext_segmentation
 
 
-@pytest.mark.parametrize("target", ["127.0.0.1:7070", "localhost:7070", "[::1]:7070", "dns:///localhost:7070"])
+@pytest.mark.parametrize(
+    "target", ["127.0.0.1:7070", "localhost:7070", "[::1]:7070", "dns:///localhost:7070"]
+)
 def test_a_loopback_segmentation_target_may_stay_plaintext(target: str) -> None:
     settings = parse(["--segmentation-target", target], {})
     assert settings.segmentation_ca_file is None and not settings.allow_plaintext_segmentation
