@@ -48,7 +48,7 @@ def set_admin(conn: Connection, email_lower: str, admin: bool) -> int | None:
     statement = (
         update(_USERS)
         .where(func.lower(_USERS.c.email) == email_lower)
-        .values(admin=admin)
+        .values(admin=admin, version=_USERS.c.version + 1)  # the admin flag shows: a new etag
         .returning(_USERS.c.id)
     )
     row = conn.execute(statement).first()
