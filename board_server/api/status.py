@@ -18,6 +18,7 @@ from board_server.core.errors import (
     NotFound,
     PermissionDenied,
     ResourceExhausted,
+    StaleEtag,
     Unauthenticated,
 )
 
@@ -32,6 +33,7 @@ STATUS_CODES: dict[type[BoardError], grpc.StatusCode] = {
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    StaleEtag: grpc.StatusCode.ABORTED,
 }
 
 

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
 
+from board_server.api.interceptors import CallObserver
 from board_server.api.server import GrpcServer, report_health, start_grpc
 from board_server.core.errors import BoardError
 from board_server.domain.accounts import Accounts
 from board_server.domain.attachments import AttachmentService, watch_hub
 from board_server.domain.board import Board
 from board_server.domain.comments import CommentService
+from board_server.domain.idempotency import RequestIds
 from board_server.domain.paging import load_page_tokens
 from board_server.domain.posts import PostService
 from board_server.domain.retag import Retagging
@@ -80,6 +83,7 @@ class BoardParts:
     settings: Settings
     database: Database
     accounts: Accounts
+    requests: RequestIds
     board: Board
     backend: InferenceBackend | None
     tagger: TaggingWorker | None
@@ -110,6 +114,7 @@ def build_board(
         database.dispose()
         raise
     backend = inference_backend(settings)
+    requests = RequestIds(database, timedelta(seconds=settings.request_id_ttl_s))
     models = ServedModels(database, settings.segmentation_model)
     watchers = watch_hub(database, settings.watch_poll_s)
     threads = settings.tagging_workers if tagging_threads is None else tagging_threads
@@ -133,18 +138,19 @@ def build_board(
         tokens,
         models,
         watchers,
+        requests=requests,
         max_bytes=settings.max_attachment_bytes,
         max_per_post=settings.max_attachments_per_post,
         on_added=tagger.wake if tagger is not None else None,
     )
     board = Board(
-        users=UserService(database, accounts, tokens, sign_up_open=settings.sign_up_open),
-        posts=PostService(database, accounts, tokens, models),
-        comments=CommentService(database, accounts, tokens),
+        users=UserService(database, accounts, tokens, requests, sign_up_open=settings.sign_up_open),
+        posts=PostService(database, accounts, tokens, models, requests),
+        comments=CommentService(database, accounts, tokens, requests),
         attachments=attachments,
         retagging=Retagging(database, accounts, models, backend),
     )
-    return BoardParts(settings, database, accounts, board, backend, tagger, metrics)
+    return BoardParts(settings, database, accounts, requests, board, backend, tagger, metrics)
 
 
 @dataclass
@@ -180,6 +186,7 @@ async def start_board(parts: BoardParts, *, port: int | None = None) -> BoardSer
     settings, metrics = parts.settings, parts.metrics
     shared = port is not None
     address = f"{settings.host}:{port}" if shared else settings.address
+    observers: list[CallObserver] = [metrics] if metrics is not None else []
     try:
         grpc_server = await start_grpc(
             parts.board,
@@ -187,7 +194,7 @@ async def start_board(parts: BoardParts, *, port: int | None = None) -> BoardSer
             settings,
             address=address,
             reuse_port=shared,
-            observers=(metrics,) if metrics is not None else (),
+            observers=observers,
             interceptors=tracing.server_interceptors(),
         )
     except BaseException:
@@ -203,7 +210,10 @@ async def start_board(parts: BoardParts, *, port: int | None = None) -> BoardSer
             report_health(grpc_server.health, database.probe, settings.health_check_interval_s, gauges),
             name="health",
         ),
-        asyncio.create_task(_keep_house(parts.accounts, HOUSEKEEPING_INTERVAL_S), name="housekeeping"),
+        asyncio.create_task(
+            _keep_house((parts.accounts.housekeeping, parts.requests.housekeeping), HOUSEKEEPING_INTERVAL_S),
+            name="housekeeping",
+        ),
     ]
     if parts.backend is not None:
         started._tasks.append(asyncio.create_task(_learn_served_model(parts.board.retagging), name="model"))
@@ -215,14 +225,15 @@ def _refresh_gauges(metrics: BoardMetrics, parts: BoardParts) -> None:
     metrics.watchers.set(parts.board.attachments.watchers.watcher_count)
 
 
-async def _keep_house(accounts: Accounts, interval_s: float) -> None:
-    """Sweep expired sessions and stale sign-in failures now and then (every process: the deletes are
-    idempotent, and cheap when there is nothing to delete)."""
+async def _keep_house(sweeps: Sequence[Callable[[], Awaitable[object]]], interval_s: float) -> None:
+    """Sweep expired sessions, stale sign-in failures and request_ids past their TTL now and then (every
+    process: the deletes are idempotent, and cheap when there is nothing to delete)."""
     while True:
-        try:
-            await accounts.housekeeping()
-        except Exception:  # the database may be away; the health check reports that
-            logger.warning("housekeeping failed; trying again later", exc_info=True)
+        for sweep in sweeps:
+            try:
+                await sweep()
+            except Exception:  # the database may be away; the health check reports that
+                logger.warning("housekeeping failed; trying again later", exc_info=True)
         await asyncio.sleep(interval_s)
 
 

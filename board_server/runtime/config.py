@@ -98,6 +98,8 @@ class Settings:
     metrics_address: str = DEFAULT_METRICS_ADDRESS  # "" turns the exporter off
     tracing_enabled: bool = False
     watch_poll_s: float = 0.5
+    # Safe retries (AIP-155): how long a create's request_id is remembered.
+    request_id_ttl_s: float = 24 * 3600.0
 
     @property
     def tagging_lease_seconds(self) -> float:
@@ -222,6 +224,8 @@ OPTIONS: tuple[Option, ...] = (
            "HOST:PORT of the Prometheus /metrics endpoint, or none"),
     Option("watch_poll_s", "--watch-poll", "BOARD_WATCH_POLL_SECONDS", parse_duration,
            "how often WatchAttachment looks for changes made by other processes or replicas"),
+    Option("request_id_ttl_s", "--request-id-ttl", "BOARD_REQUEST_ID_TTL", parse_duration,
+           "how long a create's request_id is remembered: a repeat within it returns what the first made"),
 )
 # fmt: on
 
@@ -327,6 +331,7 @@ def validate(settings: Settings) -> None:
         (s.tagging_backoff_max_s > 0, "tagging backoff max must be > 0"),
         (s.tagging_max_attempts >= 1, "tagging max attempts must be >= 1"),
         (s.watch_poll_s > 0, "watch poll must be > 0"),
+        (s.request_id_ttl_s > 0, "request id TTL must be > 0"),
         ((s.tls_cert_file is None) == (s.tls_key_file is None), "give both TLS certificate and key files"),
     )  # fmt: skip
     for ok, message in checks:
