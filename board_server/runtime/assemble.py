@@ -30,6 +30,7 @@ from board_server.domain.served_models import ServedModels
 from board_server.domain.users import UserService
 from board_server.runtime import tracing
 from board_server.runtime.config import Settings
+from board_server.runtime.faults import ExitAfterCommit, parse_fault
 from board_server.runtime.metrics import BoardMetrics
 from board_server.storage.engine import Database, open_database
 from board_server.tagging.backend import InferenceBackend, TorchServeBackend
@@ -187,6 +188,8 @@ async def start_board(parts: BoardParts, *, port: int | None = None) -> BoardSer
     shared = port is not None
     address = f"{settings.host}:{port}" if shared else settings.address
     observers: list[CallObserver] = [metrics] if metrics is not None else []
+    if settings.test_fault:  # tests only (runtime/faults.py); config refused it off loopback
+        observers.append(ExitAfterCommit(parse_fault(settings.test_fault)))
     try:
         grpc_server = await start_grpc(
             parts.board,

@@ -18,12 +18,16 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from board_server.runtime.faults import parse_fault
+
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9464"
 DEFAULT_DATABASE_FILE = Path("var") / "board.db"
 DEFAULT_AUDIT_LOG = Path("var") / "log" / "board-audit.log"
 # The least a tagging lease must exceed the segmentation call timeout by (the store after the call).
 LEASE_MARGIN_S = 5.0
+# The test-only fault point (runtime/faults.py): read here, once, like every other setting.
+TEST_FAULT_ENV = "BOARD_TEST_FAULT"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -100,6 +104,8 @@ class Settings:
     watch_poll_s: float = 0.5
     # Safe retries (AIP-155): how long a create's request_id is remembered.
     request_id_ttl_s: float = 24 * 3600.0
+    # Tests only: a fault point from BOARD_TEST_FAULT (runtime/faults.py); never a flag, loopback only.
+    test_fault: str = ""
 
     @property
     def tagging_lease_seconds(self) -> float:
@@ -289,6 +295,7 @@ def load_settings(
     if values.get("processes", 0) == 0:
         values["processes"] = os.cpu_count() or 1
     values["tracing_enabled"] = _tracing_requested(env)
+    values["test_fault"] = env.get(TEST_FAULT_ENV, "")
     known = {f.name for f in fields(Settings)}
     settings = Settings(**{k: v for k, v in values.items() if k in known})
     validate(settings)
@@ -349,6 +356,12 @@ def validate(settings: Settings) -> None:
             f"--auth off is for local development only: refused on {s.host!r}; listen on 127.0.0.1 or turn "
             "auth on"
         )
+    if s.test_fault:
+        parse_fault(s.test_fault)  # raises ValueError naming what is wrong
+        if not is_loopback(s.host):
+            raise ValueError(
+                f"{TEST_FAULT_ENV} is for tests only: refused on {s.host!r}; unset it, or listen on 127.0.0.1"
+            )
     if s.auth and not s.tls and not s.allow_plaintext and not is_loopback(s.host):
         raise ValueError(
             f"refusing to accept passwords and tokens in plaintext on {s.host!r}: give --tls-cert-file and "
