@@ -8,7 +8,14 @@
 //   const tagged = await client.waitForTagging(attachmentId);           // WatchAttachment, no polling
 //
 // The access token goes with every call as `authorization: Bearer <token>` metadata; it is never logged.
+//
+// Safe retries: every create gets a request_id (a fresh UUID4 unless the request has one), and the channel
+// retries as clients/service_config.json says (UNAVAILABLE for every call, DEADLINE_EXCEEDED too for the
+// creates; 5 attempts, exponential backoff with jitter), the same policy as the Python client's.
+// Updates and deletes take the resource's `etag` in the request (ABORTED when it changed since).
 
+const crypto = require('node:crypto');
+const fs = require('node:fs');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
@@ -16,6 +23,9 @@ const protoLoader = require('@grpc/proto-loader');
 const PROTO_ROOT = path.resolve(__dirname, '..', '..', 'protos');
 const PROTO_FILE = 'board/v1/board.proto';
 const PENDING = 'ATTACHMENT_STATUS_PENDING';
+const SERVICE_CONFIG = fs.readFileSync(path.resolve(__dirname, '..', 'service_config.json'), 'utf8');
+// The methods that create something: each request carries a request_id (AIP-155).
+const CREATES = new Set(['CreateUser', 'CreatePost', 'CreateComment', 'AddAttachment', 'UploadAttachment']);
 
 function loadBoardPackage() {
   const definition = protoLoader.loadSync(PROTO_FILE, {
@@ -49,8 +59,17 @@ function settled(attachment) {
   return attachment.status !== PENDING && !attachment.retag_pending;
 }
 
+// The request with a fresh request_id when `method` creates something and the request has none.
+function withRequestId(method, request) {
+  if (!CREATES.has(method) || request.request_id) return request;
+  return { ...request, request_id: crypto.randomUUID() };
+}
+
 class BoardClient {
-  constructor(target, { timeoutMs = 10000, token = null, rootCerts = null, tls = false, credentials = null } = {}) {
+  constructor(
+    target,
+    { timeoutMs = 10000, token = null, rootCerts = null, tls = false, credentials = null, retries = true } = {},
+  ) {
     const pkg = loadBoardPackage();
     this.target = target;
     this.timeoutMs = timeoutMs;
@@ -58,6 +77,7 @@ class BoardClient {
     this.stub = new pkg.BoardService(target, credentials ?? channelCredentials({ rootCerts, tls }), {
       'grpc.max_send_message_length': 64 * 1024 * 1024,
       'grpc.max_receive_message_length': 64 * 1024 * 1024,
+      ...(retries ? { 'grpc.service_config': SERVICE_CONFIG } : { 'grpc.enable_retries': 0 }),
     });
   }
 
@@ -70,7 +90,7 @@ class BoardClient {
   call(method, request, { timeoutMs = this.timeoutMs } = {}) {
     return new Promise((resolve, reject) => {
       const deadline = new Date(Date.now() + timeoutMs);
-      this.stub[method](request, this.metadata(), { deadline }, (err, response) => {
+      this.stub[method](withRequestId(method, request), this.metadata(), { deadline }, (err, response) => {
         if (err) reject(new BoardError(err));
         else resolve(response);
       });
@@ -132,4 +152,4 @@ class BoardClient {
   }
 }
 
-module.exports = { BoardClient, BoardError, channelCredentials, loadBoardPackage, settled, grpc };
+module.exports = { BoardClient, BoardError, channelCredentials, loadBoardPackage, settled, withRequestId, grpc };
