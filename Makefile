@@ -47,11 +47,12 @@ $(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package-lock.json
 
 node: $(NODE_DIR)/node_modules/.installed  ## install the Node.js client and buf from the lock file
 
-lint: proto node  ## ruff, ruff format --check, mypy, buf lint
+lint: proto node  ## ruff, ruff format --check, mypy, buf lint, buf breaking against the released contract
 	$(BIN)/ruff check $(PY_DIRS)
 	$(BIN)/ruff format --check $(PY_DIRS)
 	$(BIN)/mypy $(PY_DIRS)
 	cd protos && ../$(BUF) lint
+	cd protos && ../$(BUF) breaking . --against ../protos-released  # new fields only (protos-released/README.md)
 
 fmt: install  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix $(PY_DIRS)
