@@ -5,6 +5,9 @@ one resource; past the TTL an id starts a new request, and housekeeping forgets 
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -15,6 +18,7 @@ from sqlalchemy import text
 
 from clients.board import BoardClient, BoardClientError, InvalidArgumentError
 from tests.board.conftest import (
+    GRPCURL,
     PASSWORD,
     Backend,
     Member,
@@ -26,7 +30,8 @@ from tests.board.conftest import (
     start_board_server,
     tiny_png,
 )
-from tests.support import Processes, wait_for
+from tests.docs.markdown import fenced_blocks
+from tests.support import REPO_ROOT, Processes, wait_for
 
 
 def rid() -> str:
@@ -184,3 +189,38 @@ def test_past_the_ttl_a_request_id_starts_anew_and_housekeeping_forgets_it(
     # Housekeeping runs when a server starts (and every 10 minutes after).
     start_board_server(processes, url, backend.workdir, extra=ttl)
     wait_for("housekeeping to forget the old request_ids", lambda: remembered(url) == 0, timeout=30)
+
+
+def docs_block(marker: str) -> str:
+    """The ```sh block of docs/board-api.md that holds ``marker``."""
+    text = (REPO_ROOT / "docs" / "board-api.md").read_text()
+    (block,) = [b for b in fenced_blocks(text, "sh") if marker in b]
+    return block
+
+
+def test_the_grpcurl_safe_retry_in_the_docs_makes_one_post(
+    board_server: RunningServer, member: Member
+) -> None:
+    script = docs_block("RID=$(").replace("127.0.0.1:50051", board_server.target)
+    first_line, loop = script.split("\n", 1)
+    assert first_line.startswith("RID=$(")
+    env = {**os.environ, "TOKEN": member.client.token or "", "PATH": f"{GRPCURL.parent}:{os.environ['PATH']}"}
+
+    def run(text: str, **extra: str) -> dict[str, str]:
+        done = subprocess.run(
+            ["bash", "-c", text],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0 and not done.stderr, done.stderr
+        answer: dict[str, str] = json.loads(done.stdout)
+        return answer
+
+    assert run(script)["title"] == "Hello"  # the block as written
+    request_id = rid()
+    first, again = run(loop, RID=request_id), run(loop, RID=request_id)  # one id, sent twice
+    assert again["id"] == first["id"]
+    assert titles(member.client, member.id) == ["Hello", "Hello"]
