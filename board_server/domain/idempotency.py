@@ -7,9 +7,13 @@ transaction as what it created, so that a repeat returns that resource instead o
 - A repeat within the TTL that asks for the same (a SHA-256 digest of the request's fields) gets the resource
   as it is now and writes nothing; one that asks for something else is INVALID_ARGUMENT; after the TTL the
   id starts a new request. A request that failed left nothing behind, so its retry runs afresh.
-- Concurrent duplicates race to one resource: the key is the table's primary key. On SQLite the writes take
-  turns and a duplicate finds the first one's row; on PostgreSQL the loser's INSERT fails when the winner
-  commits, its transaction (and what it created) is rolled back, and it is run again, finding the winner's.
+- The first try of a create does not look for an earlier one: it creates and remembers, and the key (the
+  table's primary key) refuses a repeat. Then that transaction is rolled back with what it created, and the
+  next try looks the key up and answers from it. Repeats are rare; the lookup they need is kept off the hot
+  path of every create. A first try that fails (a repeat of a sign-up finds its email taken, of an upload its
+  post full) is tried once more, looking up first: a repeat is answered, anything else fails as before.
+  Concurrent duplicates race the same way to one resource: on SQLite the writes take turns, on PostgreSQL the
+  loser's INSERT waits for the winner's transaction and fails once it commits.
 - Stored in the database, so every process and replica sees every request_id; a crash between the COMMIT
   and the reply is covered because the reply is not needed to remember it. ``housekeeping`` sweeps what is
   past the TTL.
@@ -18,16 +22,16 @@ transaction as what it created, so that a repeat returns that resource instead o
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Protocol, TypeVar
 
 from sqlalchemy import Connection
 
-from board_server.core.errors import FieldViolation, InvalidArgument
+from board_server.core.errors import BoardError, FieldViolation, InvalidArgument
 from board_server.domain.accounts import Caller
 from board_server.domain.clock import now
 from board_server.storage import request_ids as request_rows
@@ -62,7 +66,8 @@ def request_key(caller: Caller, request_id: str, kind: str, *fields: str | int |
     request carries no request_id. The request_id must have passed ``Violations.request_id``."""
     if not request_id:
         return None
-    text = json.dumps([kind, *fields], ensure_ascii=False, separators=(",", ":"))
+    # Each field with its length in front: no two different requests give the same text.
+    text = "".join(f"{len(field)}:{field}" for field in map(str, (kind, *fields)))
     digest = hashlib.sha256(text.encode()).hexdigest()
     caller_id = caller.user_id if caller.user_id is not None else ANONYMOUS_CALLER_ID
     return RequestKey(caller_id, request_id.lower(), digest)
@@ -91,8 +96,8 @@ class RequestIds:
         if key is None:
             return await self._db.run_write(create), True
 
-        def attempt(conn: Connection) -> tuple[R, bool]:
-            earlier = self._earlier(conn, key)
+        def attempt(conn: Connection, look_up: bool) -> tuple[R, bool]:
+            earlier = self._earlier(conn, key) if look_up else None
             if earlier is not None:
                 return read(conn, earlier), False
             made = create(conn)
@@ -101,13 +106,18 @@ class RequestIds:
             )
             return made, True
 
-        for _ in range(_RACES):
+        for tries in range(_RACES):
+            look_up = tries > 0
             try:
-                return await self._db.run_write(attempt)
+                return await self._db.run_write(partial(attempt, look_up=look_up))
             except request_rows.RequestIdTaken:
-                # A concurrent duplicate committed first; this transaction was rolled back. Run again: the
-                # lookup now finds the winner's row and answers with its resource.
-                logger.debug("request_id %s: a concurrent duplicate won; answering with its resource", key)
+                # A repeat, or a concurrent duplicate that committed first: this transaction was rolled back
+                # with what it created. Run again, looking the key up: it answers from the first one's row.
+                logger.debug("request_id %s of caller %d is taken", key.request_id, key.caller_id)
+            except BoardError:
+                if look_up:
+                    raise
+                # Perhaps a repeat that cannot be made again (its email is taken by now): the lookup tells.
         raise RuntimeError(f"request_id {key.request_id}: lost {_RACES} races in a row")
 
     def _earlier(self, conn: Connection, key: RequestKey) -> int | None:

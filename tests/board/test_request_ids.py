@@ -11,6 +11,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -224,3 +225,20 @@ def test_the_grpcurl_safe_retry_in_the_docs_makes_one_post(
     first, again = run(loop, RID=request_id), run(loop, RID=request_id)  # one id, sent twice
     assert again["id"] == first["id"]
     assert titles(member.client, member.id) == ["Hello", "Hello"]
+
+
+def test_a_repeat_is_answered_even_where_the_create_could_not_be_made_again(
+    processes: Processes, tmp_path: Path
+) -> None:
+    # A post that holds one attachment at most: the repeat of the upload that filled it must get that upload.
+    url = f"sqlite:///{tmp_path / 'board.db'}"
+    server = start_board_server(processes, url, tmp_path, extra=("--max-attachments-per-post", "1"))
+    member = server.sign_up("Full")
+    with member.client as client:
+        post = client.create_post(0, "one photo", "at most")
+        request_id = rid()
+        added = client.add_attachment(post.id, "a.png", tiny_png(), request_id=request_id)
+        assert client.add_attachment(post.id, "a.png", tiny_png(), request_id=request_id).id == added.id
+        with pytest.raises(BoardClientError) as full:
+            client.add_attachment(post.id, "b.png", tiny_png())
+        assert full.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
