@@ -1,7 +1,8 @@
 """The cost of request_id (AIP-155) on CreatePost: k6 at concurrency 16 against one board, alternating runs
 without and with a fresh request_id in every request (the same build, the same server, the same database).
 
-A request_id costs the server a digest, one indexed lookup and one INSERT in the create's transaction. Each
+A request_id costs the server a digest and one INSERT in the create's transaction (a lookup only for a
+repeat). Each
 round runs both sides, in alternating order (without-with, with-without, ...) so that a drift of the shared
 machine's load (or the growing table) favours neither; the cost is 1 - rps(with) / rps(without) of the same
 round, its median over the rounds judged against COST_LIMIT. The board runs as bench.board runs it (its
