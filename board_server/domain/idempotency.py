@@ -73,6 +73,12 @@ def request_key(caller: Caller, request_id: str, kind: str, *fields: str | int |
     return RequestKey(caller_id, request_id.lower(), digest)
 
 
+def reused_for_another_request() -> InvalidArgument:
+    """The error of a request_id that its caller already used for a different request."""
+    violation = "was already used by you for a different request; send a new UUID4 for a new request"
+    return InvalidArgument([FieldViolation("request_id", violation)])
+
+
 class RequestIds:
     """Runs creates once per (caller, request_id) within ``ttl`` (see the module docstring)."""
 
@@ -130,14 +136,7 @@ class RequestIds:
             request_rows.forget(conn, key.caller_id, key.request_id)
             return None
         if found.digest != key.digest:
-            raise InvalidArgument(
-                [
-                    FieldViolation(
-                        "request_id",
-                        "was already used by you for a different request; send a new UUID4 for a new request",
-                    )
-                ]
-            )
+            raise reused_for_another_request()
         return found.resource_id
 
     async def housekeeping(self, at: datetime | None = None) -> int:

@@ -13,13 +13,12 @@ from datetime import datetime
 
 from sqlalchemy import Connection
 
-from board_server.core.errors import FieldViolation, InvalidArgument
 from board_server.core.limits import NAME_MAX
 from board_server.core.records import UserRecord
 from board_server.domain import etags
 from board_server.domain.accounts import Accounts, Caller
 from board_server.domain.clock import now
-from board_server.domain.idempotency import RequestIds, request_key
+from board_server.domain.idempotency import RequestIds, request_key, reused_for_another_request
 from board_server.domain.paging import Page, PageTokens
 from board_server.domain.validation import Violations, check_id
 from board_server.storage import sessions
@@ -102,9 +101,7 @@ class UserService:
         if created:
             audit.info("User created; id=%d; by=%s", user.id, caller.actor)
         elif password and not await self._accounts.password_matches(user.email, password):
-            raise InvalidArgument(
-                [FieldViolation("request_id", "was already used for a different request; send a new UUID4")]
-            )
+            raise reused_for_another_request()
         return UserView.of(user, Caller(user.id))  # whoever created it sees the email they sent
 
     async def get_user(self, caller: Caller, user_id: int) -> UserView:
