@@ -310,7 +310,7 @@ class AttachmentService:
                 raise FailedPrecondition(
                     f"attachment {attachment_id} is {status}; only a FAILED one is retried"
                 )
-            return _view(attachment_rows.read_attachment(conn, attachment_id), ())
+            return _read_view(conn, attachment_id)  # with its labels: the etag GetAttachment gives
 
         view = await self._db.run_write(requeue)
         audit.info("Attachment queued again; id=%d; by=%s", attachment_id, caller.actor)
