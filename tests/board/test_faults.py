@@ -43,6 +43,14 @@ def supervised(processes: Processes, tmp_path: Path, once_file: Path) -> Running
     return start_board_server(processes, url, tmp_path, server_processes=2, env=fault_env(once_file))
 
 
+def create_through_the_fault(client: BoardClient, user_id: int, once: Path) -> None:
+    """CreatePost on servers armed with the fault: answered all the same (by the retry), and one post made."""
+    post = client.create_post(0, "exactly once", "despite the lost answer", timeout=60)
+    assert once.exists(), "the fault did not fire"
+    assert titles(client, user_id) == ["exactly once"]
+    assert client.get_post(post.id) == post
+
+
 def test_a_process_dying_after_its_commit_is_retried_on_another_and_one_post_exists(
     processes: Processes, tmp_path: Path
 ) -> None:
@@ -50,10 +58,7 @@ def test_a_process_dying_after_its_commit_is_retried_on_another_and_one_post_exi
     server = supervised(processes, tmp_path, once)
     member = server.sign_up("Retried")
     with member.client as client:
-        post = client.create_post(0, "exactly once", "despite the lost reply")
-        assert once.exists(), "the fault did not fire"
-        assert titles(client, member.id) == ["exactly once"]
-        assert client.get_post(post.id) == post
+        create_through_the_fault(client, member.id, once)
     wait_for("the supervisor to restart the process", lambda: "restarting it" in server.log(), 30)
     assert FIRED in server.log()
     assert server.proc.poll() is None
@@ -87,10 +92,7 @@ def test_a_replica_dying_after_its_commit_is_retried_on_the_other_and_one_post_e
     target = "ipv4:" + ",".join(f"127.0.0.1:{replica.port}" for replica in replicas)
     member: Member = sign_up(target, "Replicated", timeout=60)
     with member.client as client:
-        post = client.create_post(0, "exactly once", "on two replicas", timeout=60)
-        assert once.exists(), "the fault did not fire"
-        assert titles(client, member.id) == ["exactly once"]
-        assert client.get_post(post.id) == post
+        create_through_the_fault(client, member.id, once)
     died = [r for r in replicas if r.proc.poll() is not None]
     assert len(died) == 1 and died[0].proc.returncode == FAULT_EXIT_STATUS
     assert FIRED in died[0].log()
