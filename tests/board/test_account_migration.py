@@ -32,7 +32,7 @@ T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
 def upgrade_to(engine: Engine, revision: str) -> None:
     """Run the board's Alembic migrations up to ``revision`` on ``engine``."""
-    package = Path(board_server.__file__).resolve().parent
+    package = Path(board_server.__file__).resolve().parent / "storage"  # where the layers keep them
     config = Config(str(package / "alembic.ini"))
     config.set_main_option("script_location", str(package / "migrations"))
     with engine.begin() as conn:

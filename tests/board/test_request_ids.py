@@ -49,12 +49,17 @@ def remembered(database_url: str) -> int:
         return int(conn.execute(text("SELECT count(*) FROM request_ids")).scalar_one())
 
 
-def test_a_repeated_create_post_returns_the_first_post_and_writes_nothing(member: Member) -> None:
+def test_a_repeated_create_post_returns_the_first_post_and_writes_nothing(
+    board_server: RunningServer, member: Member
+) -> None:
     request_id = rid()
     first = member.client.create_post(0, "once", "only once", request_id=request_id)
     again = member.client.create_post(0, "once", "only once", request_id=request_id)
     assert again == first
     assert titles(member.client, member.id) == ["once"]
+    created = f"Post created; id={first.id}; "
+    wait_for("the audit line", lambda: created in board_server.audit_log.read_text(), timeout=20)
+    assert board_server.audit_log.read_text().count(created) == 1  # the repeat changed nothing: no line
 
 
 def test_a_repeat_returns_the_post_as_it_is_now(member: Member) -> None:
