@@ -8,6 +8,11 @@ go to bench/results/board.json and board-postgres.json (full runs only), which b
     python -m bench.board                 # the record (about 15 minutes)
     python -m bench.board --quick         # a trial: 1 short run per cell, nothing written
     python -m bench.board --databases sqlite --operations GetPost --concurrency 16 --board-args="--workers 4"
+    python -m bench.board --http          # Connect on the HTTP listener against gRPC, same board (SQLite)
+
+With ``--http`` it measures GetPost and CreatePost c16 as Connect POSTs (binary, as the web app sends them)
+over HTTP/1.1 to the board's HTTP listener (the browsers' way in) against the same calls over gRPC,
+alternating, on the same board; results go to bench/results/board-connect.json (full runs only).
 """
 
 from __future__ import annotations
@@ -29,15 +34,24 @@ from typing import Any
 
 import grpc
 
-from bench.board_figures import evaluate_targets, ratios, side, spread
-from bench.board_tables import print_table, print_targets
+from bench.board_figures import evaluate_http_targets, evaluate_targets, ratios, side, spread
+from bench.board_tables import print_http_table, print_table, print_targets
 from bench.floor import capture_replies, floor_servers, write_replies
 from bench.load import Load, Run, run_k6
 from bench.postgres import benchmark_database, postgres_bin
 from bench.procfs import process_tree_rss
 from bench.records import ROOT, load_average, summarize, write_results
 from bench.seeding import seed
-from bench.servers import BoardFeatures, Server, board_executable, clean_env, running
+from bench.servers import (
+    BoardFeatures,
+    Server,
+    board_executable,
+    clean_env,
+    http_listener,
+    limit_flags,
+    limits_record,
+    running,
+)
 from seg_handler.launcher.processes import free_port
 
 logger = logging.getLogger("bench.board")
@@ -56,9 +70,11 @@ def board_server(
     features: BoardFeatures,
     *,
     metrics: bool,
+    http: bool = False,
 ) -> Iterator[Server]:
     """The board on ``database_url`` with its defaults, plus --processes / --metrics-address when it has
-    them (metrics on a free loopback port, or ``none``)."""
+    them (metrics on a free loopback port, or ``none``), and its HTTP listener on a free port when ``http``
+    (else off)."""
     cmd = [
         str(args.board_server), "--address", "127.0.0.1:0", "--database-url", database_url,
         "--audit-log", str(work / f"{name}-audit.log"), "--grace", "2",
@@ -67,7 +83,10 @@ def board_server(
         cmd += ["--processes", str(args.processes)]
     if features.metrics:
         cmd += ["--metrics-address", f"127.0.0.1:{free_port()}" if metrics else "none"]
-    cmd += shlex.split(args.board_args)
+    cmd += limit_flags(features)
+    if features.http:
+        cmd += ["--http-address", "127.0.0.1:0" if http else "none"]
+    cmd += shlex.split(args.board_args)  # last: they win
     with running(name, cmd, work, clean_env()) as server:
         yield server
 
@@ -157,6 +176,7 @@ def measure_database(
             "processes_requested": args.processes,
             "board_processes": board_processes,
             "board_args": args.board_args,
+            "limits": limits_record(features),
             "floor": "empty grpc.aio server, 1 process; targets are against this floor",
             "floor_reply": "the board's own serialized answer per method"
             if args.floor_reply == "board"
@@ -222,6 +242,86 @@ def measure_metrics(
     }
 
 
+HTTP_OPERATIONS = ("GetPost", "CreatePost")
+
+
+def measure_http(
+    database_url: str, args: argparse.Namespace, features: BoardFeatures, work: Path
+) -> dict[str, Any]:
+    """GetPost and CreatePost c16 over Connect (the HTTP listener) and over gRPC, on one seeded board, each
+    round in alternating order so that a drift of the machine's load favours neither."""
+    if not features.http:
+        raise SystemExit("board-server has no --http-address: nothing to measure over Connect")
+    board_processes = args.processes if features.processes else 1
+    with board_server("board-http", database_url, work, args, features, metrics=True, http=True) as board:
+        connect = http_listener(board)
+        seeded = seed(board.target, args.posts)
+        ids_file = work / "ids-http.json"
+        ids_file.write_text(json.dumps(seeded.post_ids))
+        load = Load(args.k6, args.seconds, args.warmup, work, ids_file, seeded)
+        cells = []
+        for operation in HTTP_OPERATIONS:
+            got: dict[str, list[Run]] = {"grpc": [], "connect": []}
+            for round_ in range(args.runs):
+                pair = (("grpc", board), ("connect", connect))
+                for name, server in pair if round_ % 2 == 0 else pair[::-1]:
+                    got[name].append(run_k6(load, server, operation, 16))
+                    board.check_alive()
+            ratio = ratios(got["connect"], got["grpc"])
+            cell = {
+                "operation": operation,
+                "concurrency": 16,
+                "grpc": side(got["grpc"]),
+                "connect": side(got["connect"]),
+                "ratio": ratio,
+            }
+            logger.info("%s c16: Connect/gRPC %s", operation, spread(ratio))
+            cells.append(cell)
+    return {
+        "database": "sqlite",
+        "setup": {
+            "database": "SQLite file, synchronous=FULL (the server's default)",
+            "posts_seeded": args.posts,
+            "seconds_per_run": args.seconds,
+            "warmup_seconds": args.warmup,
+            "runs": args.runs,
+            "quick": args.quick,
+            "board_processes": board_processes,
+            "board_args": args.board_args,
+            "connect": "Connect unary, binary (application/proto) as the web app sends it, HTTP/1.1 POSTs "
+            "with keep-alive (k6/http), one connection per VU",
+            "grpc": "gRPC over HTTP/2 (k6/net/grpc), one connection per VU",
+            "load_generator": f"{args.k6_version} (bench/k6/board.js), closed loop",
+        },
+        "auth": bool(seeded.token),
+        "cells": cells,
+        "notes": [],
+    }
+
+
+def main_http(args: argparse.Namespace, features: BoardFeatures) -> int:
+    """``--http``: the Connect/gRPC table, written to board-connect.json for a full run."""
+    load_before = load_average()
+    with tempfile.TemporaryDirectory(prefix="board-bench-http-") as tmp:
+        work = Path(tmp)
+        table = measure_http(args.database_url or f"sqlite:///{work / 'board.db'}", args, features, work)
+    table["targets"] = evaluate_http_targets(table)
+    print_http_table(table)
+    print(f"load average before → after: {load_before} → {load_average()}")
+    print_targets(table["targets"], "Targets (Connect against gRPC on the same board; median of the runs):")
+    results_dir = args.results_dir or (
+        ROOT / "bench" / "results" if not args.quick and args.runs >= 3 else None
+    )
+    if results_dir is None:
+        print("\ntrial configuration: results not written (a record is 3 runs or more, not --quick)")
+        return 0
+    path = write_results(
+        "board-connect", table, load_before=load_before, out=results_dir / "board-connect.json"
+    )
+    print(f"written to {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    return 0
+
+
 # --- entry point -------------------------------------------------------------------------------------------
 
 
@@ -269,6 +369,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         default="board",
         help="what the floor answers: the board's own bytes (default) or empty messages",
     )
+    parser.add_argument(
+        "--http",
+        action="store_true",
+        help="only Connect on the HTTP listener against gRPC (GetPost, CreatePost c16) on the same board",
+    )
     parser.add_argument("--board-server", type=Path, help="board-server executable (default: the venv's)")
     parser.add_argument("--k6", type=Path, default=Path(sys.executable).parent / "k6", help="k6 binary")
     parser.add_argument(
@@ -311,6 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.k6_version = version.stdout.strip()
     args.board_server = args.board_server or board_executable()
     features = BoardFeatures.probe(args.board_server)
+    if args.http:
+        return main_http(args, features)
     kinds = args.databases
     if args.database_url:
         kinds = ["sqlite" if args.database_url.startswith("sqlite") else "postgresql"]
@@ -341,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     logger.error("%s table failed; server logs kept in %s", kind, kept)
                     raise
             table["notes"] += skipped if kind == "sqlite" else []
-            table["targets"] = evaluate_targets(table) if kind == "sqlite" else []
+            table["targets"] = evaluate_targets(table)
             targets += table["targets"]
             print_table(table)
             print(f"load average before → after: {load_before} → {load_average()}")

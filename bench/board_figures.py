@@ -16,6 +16,15 @@ TARGETS = (
     ("CreatePost", 16, "p99_ms", "<=", 30.0),
     ("ListPosts", 16, "ratio", ">=", 0.30),
 )
+# PostgreSQL's, a local cluster with fsync and synchronous_commit on (no metrics on/off row there).
+POSTGRES_TARGETS = (
+    ("GetPost", 16, "ratio", ">=", 0.45),
+    ("CreatePost", 16, "ratio", ">=", 0.30),
+    ("CreatePost", 16, "p99_ms", "<=", 30.0),
+    ("ListPosts", 16, "ratio", ">=", 0.35),
+)
+# The HTTP listener (Connect JSON over HTTP/1.1) against gRPC on the same board: `bench.board --http`.
+HTTP_TARGETS = (("GetPost", 16, ">=", 0.40),)
 RSS_LIMIT_MB = 150.0
 METRICS_COST_LIMIT = 0.05
 
@@ -69,9 +78,11 @@ def _verdict(
 
 
 def evaluate_targets(table: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Each target with the median it is judged on and whether every run met it."""
+    """Each target with the median it is judged on and whether every run met it (PostgreSQL's targets for
+    a PostgreSQL table)."""
+    postgres = table.get("database") == "postgresql"
     rows = []
-    for operation, concurrency, figure, comparison, limit in TARGETS:
+    for operation, concurrency, figure, comparison, limit in POSTGRES_TARGETS if postgres else TARGETS:
         label = "board/floor" if figure == "ratio" else figure.replace("_ms", " ms")
         name = f"{operation} c{concurrency} {label}"
         cell = _cell(table, operation, concurrency)
@@ -88,6 +99,8 @@ def evaluate_targets(table: Mapping[str, Any]) -> list[dict[str, Any]]:
     rss = table["rss"]
     rows.append(_verdict("board RSS per process (MB)", rss["max_mb"], rss["max_mb"], "<=", RSS_LIMIT_MB))
     metrics = table.get("metrics") or {"status": "not run", "note": "not measured"}
+    if postgres:
+        return rows
     if metrics["status"] == "run":
         cost = metrics["cost"]
         value, worst = round(cost["median"], 4), round(cost["max"], 4)
@@ -99,4 +112,23 @@ def evaluate_targets(table: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "note": metrics["note"],
             }
         )
+    return rows
+
+
+def evaluate_http_targets(table: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each Connect/gRPC target with the median it is judged on and whether every run met it."""
+    rows = []
+    for operation, concurrency, comparison, limit in HTTP_TARGETS:
+        name = f"Connect {operation} c{concurrency} / gRPC"
+        cell = _cell(table, operation, concurrency)
+        if cell is None:
+            rows.append({**_verdict(name, None, None, comparison, limit), "note": "not measured"})
+            continue
+        stat = cell["ratio"]
+        worst = stat["min"] if comparison == ">=" else stat["max"]
+        row = _verdict(name, round(stat["median"], 3), round(worst, 3), comparison, limit)
+        errors = cell["connect"]["errors"] + cell["grpc"]["errors"]
+        if errors:
+            row.update(met=False, note=f"{errors} failed calls")
+        rows.append(row)
     return rows

@@ -45,11 +45,36 @@ def print_table(table: Mapping[str, Any]) -> None:
         print(f"  note: {note}")
 
 
-def print_targets(targets: Sequence[Mapping[str, Any]]) -> None:
-    """The targets (SQLite, against the one-process floor), each met or not, on the median."""
+def print_http_table(table: Mapping[str, Any]) -> None:
+    setup = table["setup"]
+    print(
+        f"\n== the HTTP listener (Connect binary, HTTP/1.1) against gRPC on the same board; "
+        f"{setup['board_processes']} process(es); {setup['runs']} × {setup['seconds_per_run']:g} s "
+        "per cell =="
+    )
+    header = (
+        f"{'operation':<11}{'c':>3}{'gRPC rps':>10}{'Connect rps':>13}  {'Connect/gRPC':<19}"
+        f"{'p50 ms':>8}{'p99 ms':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for cell in table["cells"]:
+        connect = cell["connect"]
+        print(
+            f"{cell['operation']:<11}{cell['concurrency']:>3}{cell['grpc']['rps']['median']:>10.0f}"
+            f"{connect['rps']['median']:>13.0f}  {spread(cell['ratio']):<19}"
+            f"{connect['p50_ms']['median']:>8.2f}{connect['p99_ms']['median']:>8.2f}"
+        )
+
+
+def print_targets(
+    targets: Sequence[Mapping[str, Any]],
+    title: str = "Targets (ratios against the one-process aio floor; median of the runs):",
+) -> None:
+    """The targets, each met or not, on the median."""
     if not targets:
         return
-    print("\nTargets (SQLite; ratios against the one-process aio floor; median of the runs):")
+    print(f"\n{title}")
     for row in targets:
         value = "—" if row["value"] is None else f"{row['value']:g}"
         verdict = _met(row["met"])

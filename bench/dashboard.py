@@ -11,6 +11,9 @@ running in another terminal:
     python -m bench.dashboard --render-only          # redraw the picture from the saved samples
     python -m bench.dashboard --write-grafana        # rewrite board.json from bench.dashboard_panels
 
+Each run signs up ``--users`` readers (3) from 127.0.0.1: more than 10 within an hour reach the board's
+sign-up limit, so for repeated runs raise it for `make run` (``BOARD_SIGN_UPS_PER_PEER=1000 make run``).
+
 TorchServe 0.12 adds to ts_inference_latency_microseconds and ts_queue_latency_microseconds only for REST
 predictions, and counts only REST answers in Requests2XX/4XX/5XX; the board calls it over gRPC. Its latency
 panel therefore shows the PredictionTime and QueueTime gauges (set for every prediction) instead of a mean

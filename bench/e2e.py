@@ -32,12 +32,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.records import load_average, summarize, write_results
+from bench.records import measure_and_record, summarize
+from bench.servers import limit_flags, limits_record
 from bench.serving import bench_image, build_archive, torchserve_on_free_ports
 from clients.board import BoardClient
 from clients.gen.board.v1 import board_pb2
@@ -60,10 +61,12 @@ def start_board(serve: launch.ServeSettings, workdir: Path) -> tuple[subprocess.
     command = [
         str(Path(sys.executable).parent / "board-server"),
         "--address", "127.0.0.1:0",
+        "--http-address", "none",
         "--database-url", f"sqlite:///{workdir / 'board.db'}",
         "--audit-log", str(workdir / "audit.log"),
         "--segmentation-target", serve.grpc_inference_target,
         "--segmentation-token-file", str(serve.inference_key_file),
+        *limit_flags(),
     ]  # fmt: skip
     proc = processes.start(command, log_path, cwd=workdir)
     try:
@@ -190,11 +193,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "board": "board-server defaults (SQLite WAL synchronous=FULL, default processes and tagging "
             "workers), tagging over TorchServe gRPC with the inference key file",
             "latency": "AddAttachment call to the update_time of the committed TAGGED",
+            "limits": limits_record(),
         },
     }
 
 
-def print_table(figures: dict[str, Any]) -> None:
+def print_table(figures: Mapping[str, Any]) -> None:
     for key, cell in figures["cells"].items():
         print(f"{key:<30} {cell['median']:>10.3f}  ({cell['min']:.3f}–{cell['max']:.3f})")
     for name, target in figures["targets"].items():
@@ -219,11 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.runs < 1 or args.requests < 2:
         raise SystemExit("--runs must be >= 1 and --requests >= 2")
-    load_before = load_average()
-    figures = run(args)
-    path = write_results(args.name, figures, load_before=load_before)
-    print_table(figures)
-    print(f"load average before {load_before}, after {load_average()}; written to {path}")
+    measure_and_record(args.name, lambda: run(args), print_table)
     return 0
 
 

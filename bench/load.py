@@ -71,6 +71,7 @@ def run_k6(
         "USER_ID": str(load.seeded.user_id),
         "TOKEN": load.seeded.token,
         "SUMMARY": str(summary),
+        "PROTOCOL": server.protocol,
     }
     cmd = [str(load.k6), "run", "--quiet", "--no-color", "--no-usage-report", "--address", "", str(K6_SCRIPT)]
     pids = [p for proc in server.procs for p in (proc.pid, *descendants(proc.pid))]
@@ -93,7 +94,8 @@ def run_k6(
     metrics = json.loads(summary.read_text())["metrics"]
     calls = int(metrics.get("calls{phase:measure}", {}).get("values", {}).get("count", 0))
     errors = int(metrics.get("failed_calls{phase:measure}", {}).get("values", {}).get("count", 0))
-    latency = metrics.get("grpc_req_duration{phase:measure}", {}).get("values", {})
+    duration = "http_req_duration" if server.protocol == "connect" else "grpc_req_duration"
+    latency = metrics.get(f"{duration}{{phase:measure}}", {}).get("values", {})
     if errors:
         logger.warning(
             "%s %s c%d: %d of %d calls failed: %s",

@@ -15,7 +15,7 @@ import os
 import platform
 import statistics
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -108,6 +108,19 @@ def write_results(
         **payload,
     }
     path.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def measure_and_record(
+    name: str, measure: Callable[[], dict[str, Any]], show: Callable[[Mapping[str, Any]], None]
+) -> Path:
+    """Run ``measure``, write its figures as the record ``name`` (with the load before and after), ``show``
+    them and say where they went; the written path."""
+    load_before = load_average()
+    figures = measure()
+    path = write_results(name, figures, load_before=load_before)
+    show(figures)
+    print(f"load average before {load_before}, after {load_average()}; written to {path}")
     return path
 
 

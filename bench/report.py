@@ -27,7 +27,7 @@ DOC = ROOT / "docs" / "benchmarks.md"
 README = ROOT / "README.md"
 START, END = "<!-- bench:board:start -->", "<!-- bench:board:end -->"
 # Known benches first, in this order; any other results file follows, alphabetically.
-ORDER = ("board", "board-postgres", "request-id", "serving", "e2e")
+ORDER = ("board", "board-postgres", "board-connect", "request-id", "serving", "e2e")
 MAX_GENERIC_ROWS = 80
 
 Record = Mapping[str, Any]
@@ -272,9 +272,7 @@ def render_board(result: Result) -> list[str]:
         ]
     elif isinstance(metrics, Mapping):
         lines += ["", f"Metrics on vs off: {metrics.get('status')} ({metrics.get('note', '')})."]
-    targets = board_targets(record)
-    if targets:
-        lines += ["", *table(["target", "limit", "median", "verdict"], targets)]
+    lines += targets_lines(record)
     notes = record.get("notes") or []
     if notes:
         lines += ["", *[f"- {note}" for note in notes]]
@@ -313,10 +311,59 @@ def render_request_id(result: Result) -> list[str]:
     lines += table(header, rows)
     cost = record.get("cost")
     lines += ["", f"Cost of a request_id: {_percent(cost) if isinstance(cost, Mapping) else '—'}."]
+    return lines + targets_lines(record)
+
+
+def render_connect(result: Result) -> list[str]:
+    """The HTTP listener (Connect) against gRPC on the same board (``bench.board --http``)."""
+    record = result.record
+    setup = record.get("setup") or {}
+    lines = [
+        f"{setup.get('database', '')}; board processes: {setup.get('board_processes', '?')}; signed in "
+        f"(auth): {record.get('auth')}; {setup.get('runs', '?')} run(s) × "
+        f"{setup.get('seconds_per_run', '?')} s per side after {setup.get('warmup_seconds', '?')} s "
+        "warm-up, the two sides alternating; "
+        f"{setup.get('posts_seeded', '?')} seeded posts; load generator {setup.get('load_generator', '?')}.",
+        "",
+        f"Connect: {setup.get('connect', '?')}. gRPC: {setup.get('grpc', '?')}. Ratios are per round "
+        "(the Connect run / the gRPC run beside it): median (min–max).",
+        "",
+    ]
+    header = [
+        "operation",
+        "c",
+        "gRPC rps",
+        "Connect rps",
+        "Connect / gRPC",
+        "Connect p50 ms",
+        "Connect p99 ms",
+    ]
+    header += ["gRPC p99 ms", "errors"]
+    rows = []
+    for cell in record.get("cells") or []:
+        grpc, connect = cell.get("grpc") or {}, cell.get("connect") or {}
+        errors = (grpc.get("errors") or 0) + (connect.get("errors") or 0)
+        rows.append(
+            [
+                str(cell.get("operation")),
+                str(cell.get("concurrency")),
+                number(median(_dig(grpc, "rps"))),
+                number(median(_dig(connect, "rps"))),
+                spread(cell.get("ratio")),
+                spread(connect.get("p50_ms")),
+                spread(connect.get("p99_ms")),
+                spread(grpc.get("p99_ms")),
+                number(errors),
+            ]
+        )
+    lines += table(header, rows)
+    return lines + targets_lines(record)
+
+
+def targets_lines(record: Mapping[str, Any]) -> list[str]:
+    """The table of a record's judged targets (none: no lines)."""
     targets = board_targets(record)
-    if targets:
-        lines += ["", *table(["target", "limit", "median", "verdict"], targets)]
-    return lines
+    return ["", *table(["target", "limit", "median", "verdict"], targets)] if targets else []
 
 
 def _percent(stat: Mapping[str, Any]) -> str:
@@ -417,14 +464,17 @@ def render_generic(result: Result) -> list[str]:
 RENDERERS: dict[str, Callable[[Result], list[str]]] = {
     "board": render_board,
     "board-postgres": render_board,
+    "board-connect": render_connect,
     "request-id": render_request_id,
 }
 TITLES = {
     "board": "Board (gRPC, SQLite) against the empty aio floor — `python -m bench.board`",
-    "board-postgres": "Board on PostgreSQL (no targets) — `python -m bench.board`",
+    "board-postgres": "Board on PostgreSQL against the empty aio floor — `python -m bench.board`",
+    "board-connect": "Board over Connect (the HTTP listener) against gRPC — `python -m bench.board --http`",
     "request-id": "The cost of request_id on CreatePost — `python -m bench.request_id`",
-    "serving": "TorchServe serving — `python -m bench.serving`",
+    "serving": "Serving, TorchServe and the OIP server — `python -m bench.serving`",
     "e2e": "Photos end to end: AddAttachment → TAGGED — `python -m bench.e2e`",
+    "watch": "Watch latency across replicas on PostgreSQL (LISTEN/NOTIFY) — `python -m bench.watch`",
 }
 
 
@@ -490,7 +540,10 @@ def render_summary(results: Sequence[Result]) -> str:
         if is_sweep(result):
             continue
         source = short_provenance(result)
-        if result.name == "board-postgres":
+        if result.name == "board-postgres" and result.record.get("targets"):
+            rows += [[f"{row[0]} (PostgreSQL)", *row[1:], source] for row in board_targets(result.record)]
+            continue
+        if result.name == "board-postgres":  # recorded before PostgreSQL had targets
             for cell in result.record.get("cells") or []:
                 if cell.get("concurrency") == 16:
                     name = f"{cell.get('operation')} c16 board/floor (PostgreSQL)"

@@ -39,7 +39,7 @@ from sqlalchemy import Connection, Table, insert, text
 
 from bench.postgres import benchmark_database
 from bench.records import ROOT, load_average, summarize, write_results
-from bench.servers import board_executable, clean_env, running
+from bench.servers import board_executable, clean_env, limit_flags, limits_record, running
 from board_server.query.filter import OrderBy, parse_filter, parse_order_by
 from board_server.query.post_search import Cursor, search_posts
 from board_server.storage.engine import Database, migrate, open_database
@@ -250,6 +250,7 @@ def run_backend(name: str, url: str, args: argparse.Namespace) -> dict[str, Any]
         with tempfile.TemporaryDirectory(prefix="board-bench-search-server-") as work:
             figures["grpc"] = {
                 "server": "board-server --processes 1 (defaults otherwise), one BoardClient, anonymous reads",
+                "limits": limits_record(),
                 "cells": _measure_grpc(name, url, Path(work), args),
             }
     return figures
@@ -273,7 +274,8 @@ def ensure_seeded(name: str, db: Database, args: argparse.Namespace) -> None:
 def _measure_grpc(name: str, url: str, work: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     command = [
         str(board_executable()), "--address", "127.0.0.1:0", "--database-url", url, "--processes", "1",
-        "--metrics-address", "none", "--audit-log", str(work / "audit.log"), "--grace", "2",
+        "--http-address", "none",
+        "--metrics-address", "none", "--audit-log", str(work / "audit.log"), "--grace", "2", *limit_flags(),
     ]  # fmt: skip
     with running(f"board-{name}", command, work, clean_env()) as server:
         with BoardClient(server.target, timeout=60) as client:

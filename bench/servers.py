@@ -4,6 +4,7 @@ they listen, stopped with their group (seg_handler/launcher/processes.py, as `ma
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,29 @@ from pathlib import Path
 
 from seg_handler.launcher import processes
 
+# The board's limits (docs/operations.md, Limits) that a bench's load from one address and one user reaches:
+# raised for every bench, still counted (so their cost is in the figures), and recorded in its results.
+# Every other limit runs as shipped.
+BENCH_LIMITS: dict[str, str] = {
+    "--sign-in-failures-per-peer": "1000000",
+    "--sign-ups-per-peer": "1000000",
+    "--writes-per-user-per-minute": "1000000000",
+}
+
+
+def limit_flags(features: BoardFeatures | None = None) -> list[str]:
+    """``BENCH_LIMITS`` as board-server flags (none for a board-server from before the limits)."""
+    if features is not None and not features.limits:
+        return []
+    return [part for flag, value in BENCH_LIMITS.items() for part in (flag, value)]
+
+
+def limits_record(features: BoardFeatures | None = None) -> dict[str, str]:
+    """What a result file records of the limits its board ran with."""
+    if features is not None and not features.limits:
+        return {"all": "this board-server has no limits of its own"}
+    return {**BENCH_LIMITS, "every other limit": "as shipped (docs/operations.md, Limits)"}
+
 
 @dataclass
 class Server:
@@ -23,6 +47,7 @@ class Server:
     target: str
     procs: list[subprocess.Popen[bytes]]
     logs: list[Path]
+    protocol: str = "grpc"  # or connect: the board's HTTP listener at ``target``
 
     @property
     def pid(self) -> int:
@@ -52,12 +77,25 @@ def running(
         processes.stop(proc)
 
 
+_WEB = re.compile(r"web app and Connect on http://(\S+?)/?$", re.MULTILINE)
+
+
+def http_listener(server: Server) -> Server:
+    """The board's HTTP listener (Connect) as a server of its own, from the line its log wrote."""
+    found = _WEB.search(server.logs[0].read_text(errors="replace"))
+    if not found:
+        raise RuntimeError(f"{server.name} has no HTTP listener:\n{processes.log_tail(server.logs[0])}")
+    return Server(f"{server.name} (Connect)", found.group(1), server.procs, server.logs, protocol="connect")
+
+
 @dataclass(frozen=True)
 class BoardFeatures:
     """What the installed board-server offers (read from --help: the bench runs against old and new)."""
 
     processes: bool
     metrics: bool
+    limits: bool
+    http: bool = False
 
     @classmethod
     def probe(cls, executable: Path) -> BoardFeatures:
@@ -65,7 +103,12 @@ class BoardFeatures:
         done = subprocess.run([str(executable), "--help"], capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise SystemExit(f"`board-server --help` failed ({done.returncode}):\n{done.stderr[-2000:]}")
-        return cls(processes="--processes" in done.stdout, metrics="--metrics-address" in done.stdout)
+        return cls(
+            processes="--processes" in done.stdout,
+            metrics="--metrics-address" in done.stdout,
+            limits="--writes-per-user-per-minute" in done.stdout,
+            http="--http-address" in done.stdout,
+        )
 
 
 def board_executable() -> Path:

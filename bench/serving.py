@@ -1,18 +1,22 @@
-"""Serving benchmark: the handler's whole pipeline in one process (the floor) vs the model through TorchServe.
+"""Serving benchmark: the handler's whole pipeline in one process (the floor) vs the model through TorchServe
+and through the Open Inference Protocol server (KServe over the export's ``.pt2``).
 
 One invocation builds the archive with `python -m training.export` (deeplabv3_mobilenet_v3_large, 520 px,
-random weights unless --weights), starts TorchServe with our config on free ports, and for a 520x520 JPEG
-measures, in ``--runs`` runs (default 3) that each take the floor and the served paths in turn:
+random weights unless --weights), starts TorchServe with our config and the OIP server (.venv-oip) on free
+ports, and for a 520x520 JPEG measures, in ``--runs`` runs (default 3) that each take the floor and the served
+paths in turn:
 
 - the floor: our SegmentationHandler's ``handle`` with TorchServe's own Context, in this process, with the
   worker's torch threads and OpenMP settings (launch.WORKER_ENV): decode → to_tensor → TorchScript forward →
   logits_to_mask → PNG + JSON, i.e. all the worker does for a request except receiving it and answering;
-- REST and gRPC through TorchServe at concurrency 1 (the three paths taking turns call by call, so that they
-  see the same machine load): p50 latency and its ratio to the floor (target <= 1.10);
-- REST and gRPC at concurrency 8 against the floor's rate (one request after the other in this process):
-  throughput ratio (target >= 0.90), and the CPU time per request of TorchServe's worker, its Java frontend
-  and this client beside the pipeline's own: where a served request's time goes (CPU time hardly moves with
-  other load on the machine; wall time does).
+- REST and gRPC through TorchServe, and OIP gRPC (ModelInfer) through the OIP server, at concurrency 1 (the
+  four paths taking turns call by call, so that they see the same machine load): p50 latency and its ratio to
+  the floor (target <= 1.10);
+- the same paths at concurrency 8 against the floor's rate (one request after the other in this process):
+  throughput ratio (target >= 0.90), and the CPU time per request of the server's processes (TorchServe: its
+  worker and its Java frontend; the OIP server: its one process, as "frontend") and this client beside the
+  pipeline's own: where a served request's time goes (CPU time hardly moves with other load on the machine;
+  wall time does).
 
 Each cell is the median and min–max of the runs (bench/records.py); bench/results/serving.json keeps every run
 with the machine facts and load. ``--sweep`` adds gRPC c1/c8 for workers x torch threads per worker, each
@@ -37,8 +41,9 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +53,8 @@ import yaml
 from PIL import Image, ImageDraw
 
 from bench.procfs import cpu_seconds, descendants
-from bench.records import load_average, summarize, write_results
+from bench.records import measure_and_record, summarize
+from clients.oip import OipClient
 from clients.segment import SegmentClient, ServingEndpoints, TokenSource, Transport
 from seg_handler import handler
 from seg_handler import launcher as launch
@@ -62,6 +68,8 @@ RATIO_C1_MAX = 1.10
 RATIO_C8_MIN = 0.90
 BYTES_TARGET = 0.01
 TRANSPORTS: tuple[Transport, ...] = ("rest", "grpc")
+OIP = "oip"
+PATHS = (*TRANSPORTS, OIP)
 _TORCH_THREADS = re.compile(r"torch threads (\d+)")
 
 
@@ -121,6 +129,20 @@ def torchserve_on_free_ports(
                 settings.host, settings.inference_port, settings.management_port, settings.grpc_inference_port
             ),
         )
+    finally:
+        launch.stop_process(proc.pid)
+
+
+@contextlib.contextmanager
+def oip_server_on_a_free_port(store: Path, runtime_dir: Path) -> Iterator[launch.ServeSettings]:
+    """The OIP server over ``store``'s .pt2 on a free loopback port while the block runs; stopped by its
+    process group. Raises launch.LaunchError when it does not get ready."""
+    from seg_handler.launcher import oip
+
+    settings = launch.isolated_settings(store, runtime_dir, ready_timeout_s=300, serving="oip")
+    proc = oip.start(settings)
+    try:
+        yield settings
     finally:
         launch.stop_process(proc.pid)
 
@@ -219,7 +241,10 @@ def rate(call: Callable[[], object], concurrency: int, total: int) -> float:
 
 
 def measure_run(
-    pipeline: Callable[[], object], served: dict[str, Callable[[], object]], requests: int, cpu: CpuMeter
+    pipeline: Callable[[], object],
+    served: dict[str, Callable[[], object]],
+    requests: int,
+    meters: dict[str, CpuMeter],
 ) -> dict[str, float]:
     """One run: c1 p50 of the floor and each served path (interleaved), then the floor's rate and c8 rates,
     with the CPU each process spent per request."""
@@ -240,7 +265,7 @@ def measure_run(
             rates.append(rate(call, 8, 2 * requests))
             return 2 * requests
 
-        spent = cpu.measure(c8)
+        spent = meters[name].measure(c8)
         figures[f"{name}_c8_rps"] = rates[0]
         figures[f"{name}_c8_ratio"] = rates[0] / floor_rps
         for process, ms in spent.items():
@@ -311,7 +336,7 @@ def summarize_runs(runs: list[dict[str, float]]) -> dict[str, Any]:
 
 def targets_of(cells: dict[str, Any]) -> dict[str, Any]:
     targets: dict[str, Any] = {}
-    for transport in TRANSPORTS:
+    for transport in (path for path in PATHS if f"{path}_c1_ratio" in cells):
         c1 = cells[f"{transport}_c1_ratio"]["median"]
         c8 = cells[f"{transport}_c8_ratio"]["median"]
         targets[f"{transport}_c1_p50_vs_pipeline"] = {
@@ -335,30 +360,44 @@ def _caller(client: SegmentClient, image: bytes, transport: Transport) -> Callab
 
 
 def serve_and_measure(
-    store: Path, workdir: Path, image: bytes, args: argparse.Namespace, *, transports: Sequence[Transport]
+    store: Path,
+    workdir: Path,
+    image: bytes,
+    args: argparse.Namespace,
+    *,
+    transports: Sequence[Transport],
+    with_oip: bool = False,
 ) -> tuple[list[dict[str, float]], dict[str, Any]]:
-    """Start TorchServe on ``store``, build the matching floor, run ``args.runs`` runs; (runs, facts)."""
-    with torchserve_on_free_ports(store, workdir / "torchserve") as (settings, endpoints):
+    """Start TorchServe (and with ``with_oip`` the OIP server) on ``store``, build the matching floor, run
+    ``args.runs`` runs; (runs, facts)."""
+    with contextlib.ExitStack() as stack:
+        settings, endpoints = stack.enter_context(torchserve_on_free_ports(store, workdir / "torchserve"))
         threads = worker_torch_threads(settings)
-        cpu = CpuMeter(int(settings.pid_file.read_text()))
+        frontend = CpuMeter(int(settings.pid_file.read_text()))
+        meters: dict[str, CpuMeter] = dict.fromkeys(transports, frontend)
         pipeline = InProcessPipeline(store / "deeplabv3.mar", workdir, threads)
         tokens = TokenSource.from_key_file(settings.inference_key_file)
-        with SegmentClient(endpoints, tokens, timeout_s=300) as client:
-            served: dict[str, Callable[[], object]] = {t: _caller(client, image, t) for t in transports}
-            for _ in range(2):  # warm-up: worker, channels, caches
-                pipeline(image)
-                for call in served.values():
-                    call()
-            runs = []
-            for index in range(args.runs):
-                run = measure_run(lambda: pipeline(image), served, args.requests, cpu)
-                logger.info("run %d: %s", index + 1, {k: round(v, 3) for k, v in run.items()})
-                runs.append(run)
-            facts = {
-                "worker_torch_threads": threads,
-                "floor_torch_threads": pipeline.torch_threads,
-                "response_bytes": response_bytes(client, pipeline, image) if "rest" in transports else None,
-            }
+        client = stack.enter_context(SegmentClient(endpoints, tokens, timeout_s=300))
+        served: dict[str, Callable[[], object]] = {t: _caller(client, image, t) for t in transports}
+        if with_oip:
+            oip_settings = stack.enter_context(oip_server_on_a_free_port(store, workdir / "oip"))
+            meters[OIP] = CpuMeter(int(oip_settings.oip_pid_file.read_text()))
+            oip_client = stack.enter_context(OipClient(oip_settings.grpc_inference_target, timeout_s=300))
+            served[OIP] = partial(oip_client.predict_raw, image)
+        for _ in range(2):  # warm-up: worker, channels, caches
+            pipeline(image)
+            for call in served.values():
+                call()
+        runs = []
+        for index in range(args.runs):
+            run = measure_run(lambda: pipeline(image), served, args.requests, meters)
+            logger.info("run %d: %s", index + 1, {k: round(v, 3) for k, v in run.items()})
+            runs.append(run)
+        facts = {
+            "worker_torch_threads": threads,
+            "floor_torch_threads": pipeline.torch_threads,
+            "response_bytes": response_bytes(client, pipeline, image) if "rest" in transports else None,
+        }
     return runs, facts
 
 
@@ -369,7 +408,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         store = work / "store"
         logger.info("exporting %s (%s) at %d px", args.arch, args.weights, SIZE)
         build_archive(store, args.arch, args.weights)
-        runs, facts = serve_and_measure(store, work, image, args, transports=TRANSPORTS)
+        runs, facts = serve_and_measure(store, work, image, args, transports=TRANSPORTS, with_oip=True)
     cells = summarize_runs(runs)
     return {
         "cells": cells,
@@ -411,7 +450,7 @@ def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def print_table(figures: dict[str, Any]) -> None:
+def print_table(figures: Mapping[str, Any]) -> None:
     cells = figures["cells"]
 
     def cell(key: str, fmt: str = ".3f") -> str:
@@ -421,7 +460,7 @@ def print_table(figures: dict[str, Any]) -> None:
     print(f"floor: handler pipeline in-process, {figures['floor_torch_threads']} torch threads "
           f"(worker: {figures['worker_torch_threads']})")  # fmt: skip
     print(f"  p50 {cell('pipeline_p50_ms', '.1f')} ms, rate {cell('pipeline_rps')} rps")
-    for transport in TRANSPORTS:
+    for transport in (path for path in PATHS if f"{path}_c1_ratio" in cells):
         latency, ratio = cell(f"{transport}_c1_p50_ms", ".1f"), cell(f"{transport}_c1_ratio")
         print(f"{transport:>5} c1 p50 {latency} ms  ratio {ratio}")
         throughput, ratio = cell(f"{transport}_c8_rps"), cell(f"{transport}_c8_ratio")
@@ -478,13 +517,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.runs < 1 or args.requests < 2:
         raise SystemExit("--runs must be >= 1 and --requests >= 2")
-    load_before = load_average()
-    figures = run(args)
-    if args.sweep:
-        figures["sweep_grpc"] = sweep(args)
-    path = write_results(args.name, figures, load_before=load_before)
-    print_table(figures)
-    print(f"load average before {load_before}, after {load_average()}; written to {path}")
+
+    def measure() -> dict[str, Any]:
+        figures = run(args)
+        if args.sweep:
+            figures["sweep_grpc"] = sweep(args)
+        return figures
+
+    measure_and_record(args.name, measure, print_table)
     return 0
 
 

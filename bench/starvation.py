@@ -46,7 +46,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.records import load_average, summarize, write_results
 from bench.seeding import seed
-from bench.servers import board_executable, clean_env, running
+from bench.servers import board_executable, clean_env, limit_flags, limits_record, running
 from seg_handler.launcher.processes import wait_for
 
 logger = logging.getLogger("bench.starvation")
@@ -434,9 +434,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-starvation-") as tmp:
         work = Path(tmp)
         command = [
-            str(board_executable()), "--address", "127.0.0.1:0",
+            str(board_executable()), "--address", "127.0.0.1:0", "--http-address", "none",
             "--database-url", f"sqlite:///{work / 'board.db'}", "--audit-log", str(work / "audit.log"),
-            "--processes", str(args.processes), "--metrics-address", "none", "--grace", "2",
+            "--processes", str(args.processes), "--metrics-address", "none", "--grace", "2", *limit_flags(),
         ]  # fmt: skip
         with running("board", command, work, clean_env()) as server:
             seeded = seed(server.target, 100)
@@ -456,6 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cells = {phase: _cells(runs, phase) for phase in ("quiet", "abused")}
     payload = {
         "setup": {
+            "limits": limits_record(),
             "idle_streams": args.idle,
             "half_sent_uploads": args.slow,
             "announced_upload_bytes": ANNOUNCED_UPLOAD_BYTES,

@@ -141,6 +141,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from board_server.runtime.logs import configure_logging
 
     configure_logging(settings.log_level)
+    from board_server.storage.errors import MigrationRefusedError
+
+    try:
+        return _run(parser, args, settings)
+    except MigrationRefusedError as exc:  # the database holds what only its operator may decide about
+        logger.error("cannot migrate the database: %s", exc)
+        return 1
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, settings: Settings) -> int:
+    """Run the command of ``args``; its exit status."""
     if args.command == "admin":
         if len(args.arguments) != 2 or args.arguments[0] not in ADMIN_ACTIONS:
             parser.error(f"admin needs ACTION EMAIL, ACTION one of {', '.join(ADMIN_ACTIONS)}")

@@ -9,7 +9,7 @@
 TLS: ``BoardClient(target, root_certificates=open("ca.pem", "rb").read())`` (or ``tls=True`` for the system
 roots). Every failed call raises a BoardClientError subclass carrying the status code, the message and, for
 INVALID_ARGUMENT, the field violations (field → description) sent by the server; RESOURCE_EXHAUSTED carries
-the server's RetryInfo delay when it sent one.
+the server's RetryInfo delay and QuotaFailure violations when it sent them.
 
 Safe retries: every create carries a request_id (a fresh UUID4 unless the caller passes one, e.g. to retry a
 create itself later), so the channel's retry policy (clients/service_config.json, shared with the Node
@@ -47,6 +47,14 @@ class FieldViolation:
     description: str
 
 
+@dataclass(frozen=True)
+class QuotaViolation:
+    """A quota the call would have broken (google.rpc.QuotaFailure): whose (``user:7``) and what it allows."""
+
+    subject: str
+    description: str
+
+
 class BoardClientError(Exception):
     """A call to the board failed; ``code`` is the gRPC status code."""
 
@@ -56,12 +64,14 @@ class BoardClientError(Exception):
         message: str,
         violations: Sequence[FieldViolation] = (),
         retry_after: float | None = None,
+        quota_violations: Sequence[QuotaViolation] = (),
     ) -> None:
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
         self.violations = list(violations)
         self.retry_after = retry_after
+        self.quota_violations = list(quota_violations)
 
 
 class InvalidArgumentError(BoardClientError):
@@ -93,7 +103,8 @@ class PermissionDeniedError(BoardClientError):
 
 
 class ResourceExhaustedError(BoardClientError):
-    """A limit was reached; ``retry_after`` (seconds) says when to try again, when the server said so."""
+    """A limit was reached; ``retry_after`` (seconds) says when to try again, when the server said so, and
+    ``quota_violations`` which of the user's quotas, when it was one."""
 
 
 class FailedPreconditionError(BoardClientError):
@@ -128,6 +139,7 @@ def error_from_rpc(error: grpc.RpcError) -> BoardClientError:
     message: str = error.details() or ""
     violations: list[FieldViolation] = []
     retry_after: float | None = None
+    quotas: list[QuotaViolation] = []
     try:
         status = rpc_status.from_call(error)  # type: ignore[arg-type]
     except ValueError:  # details that do not match the code: keep the code and message
@@ -144,7 +156,11 @@ def error_from_rpc(error: grpc.RpcError) -> BoardClientError:
                 retry = error_details_pb2.RetryInfo()
                 detail.Unpack(retry)
                 retry_after = retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
-    return _ERRORS.get(code, BoardClientError)(code, message, violations, retry_after)
+            elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+                failure = error_details_pb2.QuotaFailure()
+                detail.Unpack(failure)
+                quotas.extend(QuotaViolation(v.subject, v.description) for v in failure.violations)
+    return _ERRORS.get(code, BoardClientError)(code, message, violations, retry_after, quotas)
 
 
 @dataclass
@@ -264,17 +280,19 @@ class BoardClient:
         name: str | None = None,
         email: str | None = None,
         password: str | None = None,
+        current_password: str = "",
         paths: Sequence[str] | None = None,
         etag: str = "",
         timeout: float | None = None,
     ) -> board_pb2.User:
         """Change the given fields (of the version ``etag`` names, when given); ``paths`` overrides the mask
-        derived from which arguments are set."""
+        derived from which arguments are set. A new password or email takes the ``current_password`` (except
+        for an admin changing another user)."""
         user = board_pb2.User(
             id=user_id, name=name or "", email=email or "", password=password or "", etag=etag
         )
         mask = _mask(paths, name=name, email=email, password=password)
-        request = board_pb2.UpdateUserRequest(user=user, update_mask=mask)
+        request = board_pb2.UpdateUserRequest(user=user, update_mask=mask, current_password=current_password)
         return self._call(self._stub.UpdateUser, request, board_pb2.User, timeout)
 
     def delete_user(self, user_id: int, *, etag: str = "", timeout: float | None = None) -> None:

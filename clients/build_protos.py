@@ -1,7 +1,10 @@
 """Generate the Python gRPC stubs into ``clients/gen/`` (run by ``make proto``).
 
 Two sources:
-- ``protos/`` of this repository (package ``board.v1``);
+- ``protos/`` of this repository: the board's API (package ``board.v1``), with its Connect service for the
+  board's HTTP listener (``board_connect.py``, from PyPI's protoc-gen-connectrpc bound to these
+  google.protobuf messages), and the Open Inference Protocol v2 (package ``inference``,
+  ``protos/inference/grpc_predict_v2.proto``) that the board speaks to an OIP server;
 - TorchServe's own ``inference.proto`` and ``management.proto``, extracted from the model-server jar of the
   installed ``torchserve`` package, so that the stubs always match the server that is installed.
 
@@ -66,10 +69,24 @@ def _include_dirs() -> list[str]:
     return dirs
 
 
-def run_protoc(include_root: Path, files: list[Path], out: Path) -> None:
-    """Run grpc_tools' protoc on ``files`` (relative to ``include_root``); raise RuntimeError on failure."""
+def connect_plugin() -> Path:
+    """protoc-gen-connectrpc of this environment; raise FileNotFoundError if absent."""
+    plugin = Path(sys.executable).parent / "protoc-gen-connectrpc"
+    if not plugin.is_file():
+        raise FileNotFoundError(f"{plugin} not found; install the 'dev' extra")
+    return plugin
+
+
+def run_protoc(include_root: Path, files: list[Path], out: Path, *, connect: bool = False) -> None:
+    """Run grpc_tools' protoc on ``files`` (relative to ``include_root``), with the Connect service stubs
+    when ``connect``; raise RuntimeError on failure."""
     from grpc_tools import protoc
 
+    plugins = (
+        [f"--plugin=protoc-gen-connectrpc={connect_plugin()}", f"--connectrpc_out=protobuf=google:{out}"]
+        if connect
+        else []
+    )
     args = [
         "grpc_tools.protoc",
         f"-I{include_root}",
@@ -77,17 +94,26 @@ def run_protoc(include_root: Path, files: list[Path], out: Path) -> None:
         f"--python_out={out}",
         f"--pyi_out={out}",
         f"--grpc_python_out={out}",
+        *plugins,
         *(str(f.relative_to(include_root)) for f in files),
     ]
     if protoc.main(args) != 0:
         raise RuntimeError(f"protoc failed for {[str(f) for f in files]}")
 
 
+# protoc's absolute imports of the packages under protos/, and where they live in clients/gen.
+_REPOSITORY_PACKAGES = {"board.v1": "clients.gen.board.v1", "inference": "clients.gen.inference"}
+
+
 def rewrite_imports(package_dir: Path, package: str, local_modules: set[str]) -> None:
     """Make protoc's absolute imports of sibling modules point into ``package``."""
     for path in package_dir.rglob("*.py*"):
         text = path.read_text()
-        new = re.sub(r"^from board\.v1 import", "from clients.gen.board.v1 import", text, flags=re.MULTILINE)
+        new = text
+        for proto_package, module in _REPOSITORY_PACKAGES.items():
+            new = re.sub(
+                rf"^from {re.escape(proto_package)} import", f"from {module} import", new, flags=re.MULTILINE
+            )
         for module in local_modules:
             new = re.sub(
                 rf"^import {module} as", f"from {package} import {module} as", new, flags=re.MULTILINE
@@ -105,14 +131,15 @@ def build(out: Path, with_torchserve: bool) -> None:
 
     protos = ROOT / "protos"
     board_files = sorted(protos.rglob("*.proto"))
-    run_protoc(protos, board_files, out)
+    run_protoc(protos, board_files, out, connect=True)
     for generated in out.rglob("*_pb2.py"):
         package_dir = generated.parent
         while package_dir != out:
             (package_dir / "__init__.py").touch()
             package_dir = package_dir.parent
-    rewrite_imports(out / "board", "clients.gen.board.v1", set())
-    logger.info("board stubs: %s", ", ".join(p.name for p in board_files))
+    for top in {f.relative_to(protos).parts[0] for f in board_files}:
+        rewrite_imports(out / top, "clients.gen", set())
+    logger.info("repository stubs: %s", ", ".join(p.name for p in board_files))
 
     if with_torchserve:
         ts_out = out / "torchserve"

@@ -98,6 +98,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="ask for a new password (prompt, or stdin when piped); other sessions are signed out",
     )
+    update.epilog = (
+        "A new password or email of your own account takes your current password: asked first (the first "
+        "line of stdin when piped, the new password on the second)."
+    )
     add_password_stdin(update)
 
     posts = resources.add_parser("posts", help="posts").add_subparsers(dest="action", required=True)
@@ -230,13 +234,22 @@ def _write(client: BoardClient, args: argparse.Namespace) -> Message:
         if create:
             password = read_password(from_stdin=args.password_stdin, confirm=True)
             return client.create_user(args.name, args.email, password, request_id=args.request_id)
-        new_password = None
+        new_password, current = None, ""
+        # Your own password or email: the server asks for the current password (an admin changing someone
+        # else's does not need theirs).
+        if (args.change_password or args.email) and client.get_user(0).id == args.id:
+            current = read_password(from_stdin=args.password_stdin, prompt="Current password: ")
         if args.change_password:
             new_password = read_password(
                 from_stdin=args.password_stdin, confirm=True, prompt="New password: "
             )
         return client.update_user(
-            args.id, name=args.name, email=args.email, password=new_password, etag=args.if_match
+            args.id,
+            name=args.name,
+            email=args.email,
+            password=new_password,
+            current_password=current,
+            etag=args.if_match,
         )
     if resource == "posts":
         if create:

@@ -37,7 +37,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import grpc
 import requests
@@ -53,7 +53,10 @@ DEFAULT_KEY_FILE = Path("var/torchserve/inference.key")
 
 
 class SegmentError(Exception):
-    """Base class of every error this client raises."""
+    """Base class of every error this client raises. ``target`` names the server that failed, where a caller
+    spreading calls over several set it (empty otherwise)."""
+
+    target: str = ""
 
 
 class SegmentAuthError(SegmentError):
@@ -242,6 +245,47 @@ def _error_body(body: bytes) -> Any:
         return None
 
 
+R = TypeVar("R")
+
+
+def call_with_fresh_key(tokens: TokenSource, call: Callable[[str | None], R]) -> R:
+    """``call(inference key)``, sent once more with the key file's new key when it was refused and the key
+    was renewed meanwhile. Raises what ``call`` raises.
+
+    The launcher renews the inference key before it expires and TorchServe drops the old key at once: a call
+    that raced the renewal is refused, and is sent once more if the key file now holds another key.
+    """
+    key = tokens.key("inference")
+    try:
+        return call(key)
+    except SegmentAuthError:
+        fresh = tokens.key("inference")
+        if fresh == key:
+            raise
+        logger.info("the inference key was renewed during the call; sending it again with the new key")
+        return call(fresh)
+
+
+def bearer(key: str | None) -> list[tuple[str, str]]:
+    """gRPC metadata carrying ``key`` as TorchServe (or an authorizing proxy) expects it; none without one."""
+    return [("authorization", f"Bearer {key}")] if key else []
+
+
+def inference_channel(
+    target: str, max_request_bytes: int, options: Sequence[tuple[str, Any]]
+) -> grpc.Channel:
+    """An insecure channel to a model server's gRPC port, sized for an image and a full-size mask."""
+    return grpc.insecure_channel(
+        target,
+        options=[
+            # The image plus the request's few fields.
+            ("grpc.max_send_message_length", max_request_bytes + 64 * 1024),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            *options,
+        ],
+    )
+
+
 class SegmentClient:
     """Inference over gRPC or REST and management over REST, sending the token on every call."""
 
@@ -328,17 +372,7 @@ class SegmentClient:
         return self._call_with_fresh_key(lambda key: self._rest(url, headers, image, key))
 
     def _call_with_fresh_key(self, call: Callable[[str | None], bytes]) -> bytes:
-        # The launcher renews the inference key before it expires and TorchServe drops the old key at once: a
-        # call that raced the renewal is refused, and is sent once more if the key file now holds another key.
-        key = self.tokens.key("inference")
-        try:
-            return call(key)
-        except SegmentAuthError:
-            fresh = self.tokens.key("inference")
-            if fresh == key:
-                raise
-            logger.info("the inference key was renewed during the call; sending it again with the new key")
-            return call(fresh)
+        return call_with_fresh_key(self.tokens, call)
 
     def _rest(self, url: str, headers: Mapping[str, str], body: bytes, key: str | None) -> bytes:
         auth = {"Authorization": f"Bearer {key}"} if key else {}
@@ -358,9 +392,8 @@ class SegmentClient:
 
         stub = self._inference_stub()
         request = inference_pb2.PredictionsRequest(model_name=self.endpoints.model_name, input=inputs)
-        metadata = [("authorization", f"Bearer {key}")] if key else []
         try:
-            response = stub.Predictions(request, timeout=self.timeout_s, metadata=metadata)
+            response = stub.Predictions(request, timeout=self.timeout_s, metadata=bearer(key))
         except grpc.RpcError as exc:
             size = sum(len(v) for v in inputs.values())
             raise _from_rpc_error(exc, self.endpoints.grpc_inference_target, size) from exc
@@ -370,14 +403,8 @@ class SegmentClient:
         if self._predict is None:
             from clients.gen.torchserve import inference_pb2_grpc
 
-            self._channel = grpc.insecure_channel(
-                self.endpoints.grpc_inference_target,
-                options=[
-                    # The image plus the request's few fields.
-                    ("grpc.max_send_message_length", self.max_request_bytes + 64 * 1024),
-                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                    *self.channel_options,
-                ],
+            self._channel = inference_channel(
+                self.endpoints.grpc_inference_target, self.max_request_bytes, self.channel_options
             )
             self._predict = inference_pb2_grpc.InferenceAPIsServiceStub(  # type: ignore[no-untyped-call]
                 self._channel
@@ -464,8 +491,8 @@ def _no_model(details: str) -> str:
     return f"{details}: TorchServe serves no model of that name (check the model name, --segmentation-model)"
 
 
-# UNAVAILABLE for these never reached a worker (TorchServe down, restarting, or the connection cut).
-_TRANSPORT_FAILURE = re.compile(
+# UNAVAILABLE for these never reached a worker (the server down, restarting, or the connection cut).
+TRANSPORT_FAILURE = re.compile(
     r"failed to connect|connection refused|connect failed|socket closed|connection reset|broken pipe|"
     r"network is unreachable|no route to host|dns resolution failed|goaway|keepalive",
     re.IGNORECASE,
@@ -473,34 +500,67 @@ _TRANSPORT_FAILURE = re.compile(
 _HANDLER_DETAILS = re.compile(r"^([a-z][a-z0-9_]*): (.*)$", re.DOTALL)
 
 
+def handler_rejection(status: int, details: str) -> SegmentRejectedError | None:
+    """The rejection a handler raised as ``"<code>: <message>"`` (e.g. ``corrupt: ...``); None for details of
+    another shape (the server's own)."""
+    match = _HANDLER_DETAILS.match(details)
+    return SegmentRejectedError(status, match.group(1), match.group(2)) if match else None
+
+
 def _rejection(status: int, fallback_code: str, details: str) -> SegmentRejectedError:
     # The handler raises PredictionException("<code>: <message>"): keep its code, e.g. "corrupt".
-    match = _HANDLER_DETAILS.match(details)
-    if match:
-        return SegmentRejectedError(status, match.group(1), match.group(2))
-    return SegmentRejectedError(status, fallback_code, details)
+    return handler_rejection(status, details) or SegmentRejectedError(status, fallback_code, details)
 
 
-# Codes that only ever mean one thing from TorchServe's inference API.
-_REJECTED_CODES = {
+# Codes that only ever mean one thing from a model server's inference API: the image was refused.
+REJECTED_CODES = {
     grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_argument"),
     grpc.StatusCode.FAILED_PRECONDITION: (415, "unsupported"),
 }
 
 
-def _from_rpc_error(exc: grpc.RpcError, target: str, request_bytes: int) -> SegmentError:
-    """Classify a failed gRPC Predictions call (see the list in the module docstring)."""
+def rpc_code_and_details(exc: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
+    """The status code of a failed call and the first line of its details (TorchServe appends the Java
+    exception's class on a second line)."""
     code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
     raw = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
-    # TorchServe appends the Java exception's class on a second line.
-    details = raw.split("\n", 1)[0].strip()
-    error: SegmentError
+    return code, raw.split("\n", 1)[0].strip()
+
+
+def common_rpc_error(
+    code: grpc.StatusCode, details: str, target: str, request_bytes: int
+) -> SegmentError | None:
+    """What a status means alike from every model server: auth, deadline, a refused image, a cancelled call;
+    None for the codes each server uses in its own way (UNAVAILABLE, RESOURCE_EXHAUSTED, ...)."""
     if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
-        error = SegmentAuthError(f"token refused: {details}")
-    elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        error = SegmentTimeoutError(f"no answer from {target} in time: {details}")
+        return SegmentAuthError(f"token refused: {details}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return SegmentTimeoutError(f"no answer from {target} in time: {details}")
+    if code in REJECTED_CODES:
+        return _rejection(*REJECTED_CODES[code], details)
+    if code == grpc.StatusCode.CANCELLED:
+        # TorchServe also resets the stream of a request over its max_request_size, but the clients refuse
+        # those before sending (max_request_bytes): this one was cancelled for another reason.
+        return SegmentCancelledError(code.name, f"{details} (request of {request_bytes} bytes)")
+    return None
+
+
+# Decided before the details are read: auth and deadlines mean the same whatever the details say.
+ANSWERED_ALIKE = (
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+)
+
+
+def _from_rpc_error(exc: grpc.RpcError, target: str, request_bytes: int) -> SegmentError:
+    """Classify a failed gRPC Predictions call (see the list in the module docstring)."""
+    code, details = rpc_code_and_details(exc)
+    error: SegmentError | None = None
+    if code in ANSWERED_ALIKE:
+        error = common_rpc_error(code, details, target, request_bytes)
     elif code == grpc.StatusCode.UNAVAILABLE:
-        reached = not _TRANSPORT_FAILURE.search(details)
+        reached = not TRANSPORT_FAILURE.search(details)
         error = SegmentUnavailableError(f"{target}: {details}", reached=reached)
     elif _NO_WORKER in details:
         error = SegmentUnavailableError(f"{target}: {details}")
@@ -510,12 +570,6 @@ def _from_rpc_error(exc: grpc.RpcError, target: str, request_bytes: int) -> Segm
         # The same code for a worker that died mid-request and for a too-large image: the details tell.
         dead = _WORKER_DIED in details
         error = SegmentWorkerDiedError(code.name, details) if dead else _rejection(413, "too_large", details)
-    elif code in _REJECTED_CODES:
-        error = _rejection(*_REJECTED_CODES[code], details)
-    elif code == grpc.StatusCode.CANCELLED:
-        # TorchServe also resets the stream of a request over its max_request_size, but the client refuses
-        # those before sending (max_request_bytes): this one was cancelled for another reason.
-        error = SegmentCancelledError(code.name, f"{details} (request of {request_bytes} bytes)")
     else:
-        error = SegmentServerError(code.name, details)
-    return error
+        error = common_rpc_error(code, details, target, request_bytes)
+    return error if error is not None else SegmentServerError(code.name, details)

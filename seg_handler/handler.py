@@ -375,6 +375,15 @@ except ImportError:  # pragma: no cover - only without torchserve installed
             self.error_code = error_code
 
 
+def reason_phrase(message: str, limit: int = 200) -> str:
+    """``message`` as an HTTP reason phrase: its first line, visible ASCII only, at most ``limit`` characters.
+    TorchServe's frontend refuses a phrase with a line break by stopping the worker, and a model's error (a
+    TorchScript traceback) has several lines; the full message stays in the JSON body."""
+    first = message.strip().splitlines()[0] if message.strip() else "error"
+    printable = "".join(c if " " <= c <= "~" else "?" for c in first)
+    return printable[:limit]
+
+
 @dataclass
 class _Item:
     index: int
@@ -519,7 +528,7 @@ class SegmentationHandler(BaseHandler):  # type: ignore[misc]
         item.answer = json.dumps(body, separators=(",", ":"))
         item.tensor = None
         item.rejected = exc
-        context.set_response_status(exc.status, exc.message[:200], item.index)
+        context.set_response_status(exc.status, reason_phrase(exc.message), item.index)
         context.set_response_content_type(item.index, "application/json")
 
 

@@ -6,16 +6,19 @@ that `make run` and the benchmarks use.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+from PIL import Image, ImageDraw
+
 from seg_handler.launcher import processes
 from seg_handler.launcher.processes import Listening, free_port, wait_for
 
-__all__ = ["REPO_ROOT", "Processes", "free_port", "wait_for"]
+__all__ = ["REPO_ROOT", "Processes", "free_port", "photo_jpeg", "wait_for"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,3 +68,14 @@ class Processes:
         for proc in reversed(self._procs):
             self.stop(proc)
         self._procs.clear()
+
+
+def photo_jpeg() -> bytes:
+    """A small scene (sky, grass, a ball) standing in for a reader's photo."""
+    image = Image.new("RGB", (320, 240), (120, 170, 220))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, 170, 320, 240), fill=(60, 140, 60))
+    draw.ellipse((110, 90, 210, 200), fill=(120, 80, 40))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90)
+    return out.getvalue()

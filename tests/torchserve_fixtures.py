@@ -1,5 +1,6 @@
 """One real TorchServe for the whole session, shared by every room that tags through it (tests/e2e,
-tests/clients, tests/node; tests/serving keeps its own): registered by tests/conftest.py as a plugin.
+tests/clients, tests/node; tests/serving keeps its own): registered by tests/conftest.py as a plugin. Beside
+it, on demand, one real OIP server (KServe, from .venv-oip) over the same export's ``.pt2``.
 
 TorchServe runs on fixed free ports, so tests may stop and start it (an outage, a held PENDING attachment) and
 boards reconnect to the same address; ``running_torchserve`` starts it again if an earlier test left it
@@ -8,15 +9,19 @@ stopped. Boards are wired to it over gRPC with the inference key file, as `make 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from seg_handler import launcher as launch
+from seg_handler.launcher import oip
+from seg_handler.launcher.settings import DEFAULT_OIP_PYTHON
 from tests.board.conftest import RunningServer, start_board_server
 from tests.support import REPO_ROOT, Processes
 
@@ -25,8 +30,8 @@ TEST_ARCH = "deeplabv3_mobilenet_v3_large"
 
 
 @dataclass
-class TorchServe:
-    """One TorchServe on fixed free ports, so that boards reconnect to the same address after a restart."""
+class ModelServer:
+    """One model server on fixed free ports, so that boards reconnect to the same address after a restart."""
 
     settings: launch.ServeSettings
     proc: subprocess.Popen[bytes] | None = field(default=None)
@@ -34,6 +39,29 @@ class TorchServe:
     @property
     def grpc_target(self) -> str:
         return self.settings.grpc_inference_target
+
+    @property
+    def pid_file(self) -> Path:
+        return self.settings.pid_file
+
+    def launch(self) -> subprocess.Popen[bytes]:
+        return launch.start(self.settings)
+
+    def start(self) -> None:
+        if self.proc is None:
+            self.proc = self.launch()
+
+    def stop(self) -> None:
+        """Stop the server and whatever it started by process group (pid), like a crash or a redeploy."""
+        if self.proc is not None:
+            launch.stop_process(self.proc.pid)
+            self.proc.wait(timeout=10)
+            self.proc = None
+            self.pid_file.unlink(missing_ok=True)
+
+
+class TorchServe(ModelServer):
+    """TorchServe: the Java frontend and its Python workers."""
 
     @property
     def key_file(self) -> Path:
@@ -44,17 +72,47 @@ class TorchServe:
         """The served archive's model-meta.json (arch, weights, class_names, archive_sha256, ...)."""
         return launch.archive_metadata(self.settings.model_store / self.settings.archive)
 
-    def start(self) -> None:
-        if self.proc is None:
-            self.proc = launch.start(self.settings)
 
-    def stop(self) -> None:
-        """Stop the Java frontend and its workers by process group (pid), like a crash or a redeploy."""
-        if self.proc is not None:
-            launch.stop_process(self.proc.pid)
-            self.proc.wait(timeout=10)
-            self.proc = None
-            self.settings.pid_file.unlink(missing_ok=True)
+class OipServer(ModelServer):
+    """The OIP server: seg_handler/oip under .venv-oip, over the export's .pt2."""
+
+    @property
+    def pid_file(self) -> Path:
+        return self.settings.oip_pid_file
+
+    def launch(self) -> subprocess.Popen[bytes]:
+        return oip.start(self.settings)
+
+
+@contextmanager
+def running(server: ModelServer) -> Iterator[ModelServer]:
+    """``server`` started for the block, stopped after it."""
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def require_oip_environment() -> None:
+    """Skip (fail in CI, where `make test` makes it) when the OIP server's .venv-oip is missing."""
+    if DEFAULT_OIP_PYTHON.exists():
+        return
+    message = f"{DEFAULT_OIP_PYTHON} missing: `make oip` creates the OIP server's environment"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def oip_server_for(store: Path, runtime_dir: Path) -> OipServer:
+    """An OIP server over ``store``'s oip/deeplabv3/model.pt2 on a free loopback port (not started)."""
+    require_oip_environment()
+    return OipServer(launch.isolated_settings(store, runtime_dir, ready_timeout_s=300, serving="oip"))
+
+
+def torchserve_for(store: Path, runtime_dir: Path, ready_timeout_s: float = 300) -> TorchServe:
+    """A TorchServe with token auth on free loopback ports over ``store`` (not started)."""
+    return TorchServe(launch.isolated_settings(store, runtime_dir, ready_timeout_s=ready_timeout_s))
 
 
 def export_test_archive(store: Path, *options: str) -> Path:
@@ -78,15 +136,17 @@ def e2e_model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def torchserve(e2e_model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
     """TorchServe with token auth on free loopback ports; tests may stop and start it (same ports)."""
-    settings = launch.isolated_settings(
-        e2e_model_store, tmp_path_factory.mktemp("e2e_torchserve"), ready_timeout_s=240
-    )
-    serve = TorchServe(settings)
-    serve.start()
-    try:
+    serve = torchserve_for(e2e_model_store, tmp_path_factory.mktemp("e2e_torchserve"), ready_timeout_s=240)
+    with running(serve):
         yield serve
-    finally:
-        serve.stop()
+
+
+@pytest.fixture(scope="session")
+def oip_server(e2e_model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OipServer]:
+    """The OIP server over the session export's .pt2 (the model TorchServe serves from the .mar)."""
+    server = oip_server_for(e2e_model_store, tmp_path_factory.mktemp("e2e_oip"))
+    with running(server):
+        yield server
 
 
 @pytest.fixture

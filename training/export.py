@@ -1,11 +1,18 @@
-"""Checkpoint → frozen TorchScript + parity check → torch-model-archiver → ``<out>/<model-name>.mar``.
+"""Checkpoint → frozen TorchScript + parity check → torch-model-archiver → ``<out>/<model-name>.mar``, and
+beside it an ExportedProgram (torch.export) + the same parity check → ``<out>/oip/<model-name>/model.pt2``.
 
     python -m training.export --arch deeplabv3_resnet101 --weights auto --out model_store
 
 The TorchScript module takes a float32 ``[N,3,H,W]`` tensor, already ImageNet-normalised, and returns the
 ``out`` logits ``[N,num_classes,H,W]`` (no aux head). It loads with plain ``torch.jit.load``, no torchvision.
 The archive carries ``model-meta.json`` (arch, weights provenance, class names, input size, TorchScript
-sha256) that the handler reads from its model dir. ``--class-names-file`` (a JSON array of strings, index 0
+sha256) that the handler reads from its model dir.
+
+TorchServe loads the TorchScript from the ``.mar``; the Open Inference Protocol server (seg_handler/oip) loads
+the ``.pt2`` from ``<out>/oip/<model-name>/`` with its own ``model-meta.json``: the same module, height, width
+and batch dynamic, loadable with ``torch.export.load`` alone. Both carry one identity (``archive_sha256``, the
+TorchScript's hash), so moving between the two servers does not make labels stale; ``program_sha256`` names
+the ``.pt2`` file itself. ``--class-names-file`` (a JSON array of strings, index 0
 first) names the classes: for ``random`` and ``imagenet-backbone`` weights it also sets how many there are;
 for other weights it renames the model's classes and must name exactly as many.
 """
@@ -23,7 +30,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -49,6 +56,10 @@ DEFAULT_HANDLER = REPO_ROOT / "seg_handler" / "handler.py"
 HANDLER_MODULES = (REPO_ROOT / "seg_handler" / "image_policy.py",)
 DEFAULT_CONFIG_FILE = REPO_ROOT / "seg_handler" / "model-config.yaml"
 METADATA_NAME = "model-meta.json"
+PROGRAM_NAME = "model.pt2"
+OIP_FOLDER = "oip"
+# The largest side the ExportedProgram's dynamic height and width take (to_tensor caps sides far below).
+MAX_PROGRAM_SIDE = 8192
 MODEL_VERSION = "1.0"
 DEFAULT_INPUT_SIZE = 520
 DEFAULT_SEED = 0
@@ -85,6 +96,9 @@ class ExportResult:
     metadata: dict[str, Any]
     parity: ParityReport
     seconds: float
+    program_path: Path  # the ExportedProgram, in <out>/oip/<model-name>/ with its model-meta.json
+    program_sha256: str
+    program_parity: ParityReport
 
 
 def default_parity_shapes(input_size: int) -> tuple[tuple[int, int, int, int], ...]:
@@ -108,13 +122,39 @@ def to_torchscript(model: nn.Module) -> torch.jit.ScriptModule:
         return frozen
 
 
+def to_exported_program(model: nn.Module, example_size: int) -> torch.export.ExportedProgram:
+    """torch.export of the eval-mode ``out``-only wrapper of ``model`` (the aux head dropped), with batch,
+    height and width dynamic.
+
+    ``backed_size_oblivious``: without it export specializes feature maps of size 1, and inputs under 17
+    pixels a side (a 4000x8 strip resized for the network is 2 pixels high) would fail its guards.
+    """
+    import torch.fx.experimental._config as fx_config
+
+    model = model.eval()
+    if getattr(model, "aux_classifier", None) is not None:
+        model.aux_classifier = None  # type: ignore[assignment]
+    wrapper = SegmentationLogits(model).eval()
+    side = torch.export.Dim("height", min=1, max=MAX_PROGRAM_SIDE)
+    dims = {
+        0: torch.export.Dim("batch", min=1, max=64),
+        2: side,
+        3: torch.export.Dim("width", min=1, max=MAX_PROGRAM_SIDE),
+    }
+    # A batch of two at the serving size: a batch of one would make export specialize the batch to 1.
+    example = torch.randn(2, 3, example_size, example_size, generator=torch.Generator().manual_seed(0))
+    with fx_config.patch(backed_size_oblivious=True):  # type: ignore[attr-defined]
+        return torch.export.export(wrapper, (example,), dynamic_shapes=(dims,))
+
+
 def check_parity(
     eager: nn.Module,
-    scripted: torch.jit.ScriptModule,
+    scripted: Callable[[torch.Tensor], torch.Tensor],
     shapes: Sequence[tuple[int, int, int, int]],
     seed: int = DEFAULT_SEED,
 ) -> ParityReport:
-    """Compare ``scripted`` with ``eager`` (``out`` logits) on seeded N(0,1) inputs of ``shapes``."""
+    """Compare ``scripted`` (a TorchScript module, an ExportedProgram's module) with ``eager`` (``out``
+    logits) on seeded N(0,1) inputs of ``shapes``."""
     generator = torch.Generator().manual_seed(seed)
     max_diff = 0.0
     agree = 0
@@ -198,6 +238,65 @@ def _load_torchscript(path: Path) -> torch.jit.ScriptModule:
     return module
 
 
+def _save_program(program: torch.export.ExportedProgram, path: Path) -> str:
+    torch.export.save(program, str(path))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _check_passed(
+    kind: str, arch: str, parity: ParityReport, shapes: Sequence[tuple[int, int, int, int]]
+) -> None:
+    logger.info(
+        "%s parity %s vs eager on %s: max |Δlogit| = %.3g (limit %g), argmax agreement %.4f%% (min %.2f%%)",
+        kind,
+        arch,
+        ", ".join("x".join(map(str, shape)) for shape in shapes),
+        parity.max_abs_diff,
+        MAX_ABS_LOGIT_DIFF,
+        100 * parity.argmax_agreement,
+        100 * MIN_ARGMAX_AGREEMENT,
+    )
+    if not parity.passed:
+        raise ExportError(
+            f"{kind} parity failed for {arch}: max |Δlogit| {parity.max_abs_diff:.3g} "
+            f"(limit {MAX_ABS_LOGIT_DIFF:g}), argmax agreement {parity.argmax_agreement:.6f} "
+            f"(min {MIN_ARGMAX_AGREEMENT})"
+        )
+
+
+def _write_program(
+    eager: nn.Module,
+    work: Path,
+    *,
+    input_size: int,
+    shapes: Sequence[tuple[int, int, int, int]],
+    seed: int,
+    arch: str,
+) -> tuple[Path, str, ParityReport]:
+    """The ExportedProgram saved in ``work``, checked as loaded back; raises ExportError when parity fails."""
+    path = work / PROGRAM_NAME
+    sha = _save_program(to_exported_program(eager, input_size), path)
+    parity = check_parity(eager, torch.export.load(str(path)).module(), shapes, seed=seed)
+    _check_passed("ExportedProgram", arch, parity, shapes)
+    return path, sha, parity
+
+
+def _publish_program(folder: Path, program: Path, metadata: dict[str, Any]) -> Path:
+    """``folder`` with model.pt2 and model-meta.json, replacing an old one as whole as a rename allows."""
+    staging = folder.with_name(f".{folder.name}.new")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    shutil.copyfile(program, staging / PROGRAM_NAME)
+    (staging / METADATA_NAME).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    old = folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(staging, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder / PROGRAM_NAME
+
+
 def _run_archiver(
     *,
     model_name: str,
@@ -261,8 +360,8 @@ def export_archive(
     Raises:
         ValueError: unknown ``arch``.
         WeightsError: the weights cannot be loaded.
-        ExportError: handler/config missing, class names that do not fit the model, parity check failed, or
-            torch-model-archiver failed.
+        ExportError: handler/config missing, class names that do not fit the model, the TorchScript or the
+            ExportedProgram parity check failed, or torch-model-archiver failed.
     """
     started = time.perf_counter()
     handler = Path(handler)
@@ -292,21 +391,10 @@ def export_archive(
         # and the parity check runs on the file as loaded back: what ships is what is checked.
         ts_sha = _save_torchscript(scripted, pt_path)
         parity = check_parity(eager, _load_torchscript(pt_path), shapes, seed=seed)
-        logger.info(
-            "parity %s vs eager on %s: max |Δlogit| = %.3g (limit %g), argmax agreement %.4f%% (min %.2f%%)",
-            arch,
-            ", ".join("x".join(map(str, shape)) for shape in shapes),
-            parity.max_abs_diff,
-            MAX_ABS_LOGIT_DIFF,
-            100 * parity.argmax_agreement,
-            100 * MIN_ARGMAX_AGREEMENT,
+        _check_passed("TorchScript", arch, parity, shapes)
+        program, program_sha, program_parity = _write_program(
+            eager, work, input_size=input_size, shapes=shapes, seed=seed, arch=arch
         )
-        if not parity.passed:
-            raise ExportError(
-                f"TorchScript parity failed for {arch}: max |Δlogit| {parity.max_abs_diff:.3g} "
-                f"(limit {MAX_ABS_LOGIT_DIFF:g}), argmax agreement {parity.argmax_agreement:.6f} "
-                f"(min {MIN_ARGMAX_AGREEMENT})"
-            )
         metadata = build_metadata(built, input_size, ts_sha)
         meta_path = work / METADATA_NAME
         meta_path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
@@ -321,18 +409,32 @@ def export_archive(
         )
         mar_path = out_dir / f"{model_name}.mar"
         os.replace(built_mar, mar_path)  # same folder tree: a reader never sees half an archive
+        program_meta = {**metadata, "program_sha256": program_sha}
+        program_path = _publish_program(out_dir / OIP_FOLDER / model_name, program, program_meta)
         if torchscript_out is not None:
             torchscript_out = Path(torchscript_out)
             torchscript_out.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(pt_path, torchscript_out)
     seconds = time.perf_counter() - started
-    logger.info("wrote %s (TorchScript sha256 %s) in %.1f s", mar_path, ts_sha, seconds)
-    return ExportResult(mar_path, torchscript_out, ts_sha, metadata, parity, seconds)
+    logger.info("wrote %s (TorchScript sha256 %s) and %s in %.1f s", mar_path, ts_sha, program_path, seconds)
+    return ExportResult(
+        mar_path,
+        torchscript_out,
+        ts_sha,
+        metadata,
+        parity,
+        seconds,
+        program_path,
+        program_sha,
+        program_parity,
+    )
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Export DeepLabv3 to TorchScript + a TorchServe .mar", add_help=add_help
+        description="Export DeepLabv3 to TorchScript + a TorchServe .mar, and an ExportedProgram (.pt2) "
+        "for the OIP server",
+        add_help=add_help,
     )
     parser.add_argument("--arch", default=DEFAULT_ARCH, choices=ARCHS)
     parser.add_argument(
@@ -402,15 +504,20 @@ def main(args: argparse.Namespace) -> int:
         return 1
     meta = result.metadata
     print(f"archive:      {result.mar_path}")
+    print(f"program:      {result.program_path}  (ExportedProgram for the OIP server)")
     if result.torchscript_path is not None:
         print(f"torchscript:  {result.torchscript_path}")
     print(f"arch:         {meta['arch']}")
     print(f"weights:      {meta['weights']}{'  (UNTRAINED)' if meta['untrained'] else ''}")
-    print(f"sha256:       weights {meta['sha256']}, torchscript {result.torchscript_sha256}")
     print(
-        f"parity:       max |Δlogit| {result.parity.max_abs_diff:.3g}, "
-        f"argmax agreement {100 * result.parity.argmax_agreement:.4f}%"
+        f"sha256:       weights {meta['sha256']}, torchscript {result.torchscript_sha256}, "
+        f"program {result.program_sha256}"
     )
+    for kind, parity in (("torchscript", result.parity), ("program", result.program_parity)):
+        print(
+            f"parity:       {kind} max |Δlogit| {parity.max_abs_diff:.3g}, "
+            f"argmax agreement {100 * parity.argmax_agreement:.4f}%"
+        )
     print(f"export time:  {result.seconds:.1f} s")
     return 0
 

@@ -13,7 +13,11 @@
 //   TOKEN        access token from SignIn; empty = no authorization metadata (server without accounts)
 //   REQUEST_ID   1: every CreatePost carries a fresh request_id (a UUID4, AIP-155); else none (bench.request_id)
 //   SUMMARY      where to write the summary JSON
+//   PROTOCOL     grpc (the default), or connect: the same calls as Connect unary POSTs over HTTP/1.1 to the
+//                board's HTTP listener at TARGET, binary (application/proto) as the web app sends them (their
+//                latency is then http_req_duration)
 import grpc from 'k6/net/grpc';
+import http from 'k6/http';
 import exec from 'k6/execution';
 import { Counter } from 'k6/metrics';
 import { SharedArray } from 'k6/data';
@@ -25,6 +29,7 @@ const WARMUP = parseFloat(__ENV.WARMUP || '1');
 const USER_ID = __ENV.USER_ID || '1';
 const TOKEN = __ENV.TOKEN || '';
 const REQUEST_ID = __ENV.REQUEST_ID === '1';
+const PROTOCOL = __ENV.PROTOCOL || 'grpc';
 const SERVICE = 'board.v1.BoardService/';
 
 const ids = new SharedArray('post ids', () => JSON.parse(open(__ENV.IDS_FILE)));
@@ -48,6 +53,7 @@ export const options = {
   thresholds: {
     'calls{phase:measure}': ['count>=0'],
     'grpc_req_duration{phase:measure}': ['max>=0'],
+    'http_req_duration{phase:measure}': ['max>=0'],
     'failed_calls{phase:measure}': ['count>=0'],
   },
   noConnectionReuse: false,
@@ -83,7 +89,75 @@ function chooseMixed() {
   return 'CreatePost';
 }
 
+// The request messages in protobuf's binary form (field numbers from board.proto), built by hand: k6 has no
+// protobuf encoder for HTTP bodies, and these three fields are all the load needs.
+function varint(value, out) {
+  let n = Number(value);
+  while (n >= 128) {
+    out.push((n % 128) | 128);
+    n = Math.floor(n / 128);
+  }
+  out.push(n);
+}
+
+// message: [field number, 'varint' | 'string', value] triples.
+function encode(message) {
+  const out = [];
+  for (const [number, kind, value] of message) {
+    if (kind === 'string') {
+      out.push((number << 3) | 2);
+      varint(value.length, out); // ASCII only: one byte per character
+      for (let i = 0; i < value.length; i += 1) out.push(value.charCodeAt(i));
+    } else {
+      out.push(number << 3);
+      varint(value, out);
+    }
+  }
+  return new Uint8Array(out).buffer;
+}
+
+function binaryRequest(operation) {
+  const fields = request(operation);
+  switch (operation) {
+    case 'GetPost':
+      return encode([[1, 'varint', fields.id]]); // GetPostRequest.id
+    case 'ListPosts':
+      return encode([[2, 'varint', fields.page_size]]); // ListPostsRequest.page_size
+    case 'CreatePost': // CreatePostRequest.user_id, title, content
+      return encode([[1, 'varint', fields.user_id], [2, 'string', fields.title], [3, 'string', fields.content]]);
+    default:
+      throw new Error(`unknown operation ${operation}`);
+  }
+}
+
+function invokeConnect(operation, tags) {
+  const headers = { 'content-type': 'application/proto' };
+  if (TOKEN) {
+    headers.authorization = `Bearer ${TOKEN}`;
+  }
+  const response = http.post(`http://${__ENV.TARGET}/${SERVICE}${operation}`, binaryRequest(operation), {
+    headers,
+    tags,
+    timeout: '30s',
+    responseType: 'none',
+  });
+  calls.add(1, tags);
+  if (response.status !== 200) {
+    failed.add(1, tags);
+    if (!warned) {
+      console.error(`${operation}: HTTP ${response.status} ${response.error || ''}`);
+      warned = true;
+    }
+  }
+}
+
 export default function () {
+  if (PROTOCOL === 'connect') {
+    const operation = OPERATION === 'mixed' ? chooseMixed() : OPERATION;
+    const measuring = Date.now() - exec.scenario.startTime >= WARMUP * 1000;
+    invokeConnect(operation, { phase: measuring ? 'measure' : 'warmup' });
+    return;
+  }
   if (!connected) {
     client.connect(__ENV.TARGET, { plaintext: true, timeout: '30s' });
     connected = true;

@@ -1,54 +1,29 @@
-"""The one interceptor of the board's calls: decoding, who is calling, deadline, errors, and call observers.
+"""The gRPC face of the board's call concerns (api/calls.py): one interceptor that reads the caller's
+``authorization`` metadata, applies the CallGuard and sends its statuses as gRPC aborts.
 
 For every board.v1 method, once per method (the wrapped handler is cached):
 
 - requests that protobuf cannot decode (invalid UTF-8 in a string field, truncated bytes) are answered
   INVALID_ARGUMENT instead of the INTERNAL that gRPC would give;
-- the ``authorization`` metadata is turned into the ``Caller`` that ``current_caller()`` returns to the
-  servicer (a bad token is UNAUTHENTICATED here; the service decides what the caller may do);
-- a unary call gets a server-side deadline (``call_timeout_s``): DEADLINE_EXCEEDED rather than a stuck task;
-- domain errors become their status (errors.py's table, with details); anything else is logged with its
-  traceback and answered INTERNAL "internal error" without detail;
-- observers (metrics) see every call's method, code and duration.
+- who is calling, the deadline, errors → status and the observers come from the CallGuard, the same as on
+  the HTTP listener; the server span comes from OpenTelemetry's gRPC instrumentation (runtime/tracing.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import grpc
 from google.protobuf.message import DecodeError
+from google.rpc import status_pb2  # type: ignore[import-untyped]
+from grpc_status import rpc_status
 
-from board_server.api.status import to_grpc_status
-from board_server.core.errors import BoardError, FieldViolation, InvalidArgument, NotFound
-from board_server.domain.accounts import ANONYMOUS, Accounts, Caller
-
-logger = logging.getLogger(__name__)
-
-_CALLER: contextvars.ContextVar[Caller] = contextvars.ContextVar("board_caller", default=ANONYMOUS)
-# Calls that never look at a token: a stale token kept by a client must not keep it from signing in again.
-_NO_AUTH = frozenset({"SignIn"})
+from board_server.api.calls import CallGuard, CallObserver, undecodable
+from board_server.domain.accounts import Accounts
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def current_caller() -> Caller:
-    """The caller of the call being served (set by the interceptor)."""
-    return _CALLER.get()
-
-
-class CallObserver(Protocol):
-    """Sees every board call (metrics)."""
-
-    def started(self, service: str, method: str) -> None: ...
-
-    def handled(self, service: str, method: str, code: grpc.StatusCode, seconds: float) -> None: ...
+PROTOCOL = "grpc"
 
 
 class _Undecodable:
@@ -72,10 +47,46 @@ def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]
     return deserialize
 
 
+def peer_address(peer: str) -> str:
+    """The client's address in gRPC's peer string, without the port: ``ipv4:127.0.0.2:5123`` → ``127.0.0.2``,
+    ``ipv6:[::1]:5123`` → ``::1``; any other kind (``unix:…``) as it is."""
+    kind, _, rest = (peer or "").partition(":")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0] or rest
+    if kind == "ipv6":
+        return (rest.rpartition(":")[0] or rest).strip("[]")
+    return peer or ""
+
+
 if TYPE_CHECKING:
     _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
 else:  # grpc's runtime class is not generic; only its stubs are.
     _ServerInterceptor = grpc.aio.ServerInterceptor
+
+
+def _aborter(context: Context) -> Callable[[status_pb2.Status], Awaitable[NoReturn]]:
+    async def abort(status: status_pb2.Status) -> NoReturn:
+        sent = rpc_status.to_status(status)
+        await context.abort(sent.code, sent.details, sent.trailing_metadata)
+        raise AssertionError("context.abort returned")  # it raises AbortError
+
+    return abort
+
+
+def _aborted_below(context: Context) -> Callable[[Exception], grpc.StatusCode | None]:
+    def code(exc: Exception) -> grpc.StatusCode | None:
+        if isinstance(exc, grpc.aio.AbortError):
+            return context.code() or grpc.StatusCode.UNKNOWN
+        return None
+
+    return code
+
+
+def _authorization(context: Context) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else ""
+    return None
 
 
 class BoardInterceptor(_ServerInterceptor):
@@ -90,10 +101,7 @@ class BoardInterceptor(_ServerInterceptor):
         observers: Sequence[CallObserver] = (),
     ) -> None:
         self._prefix = f"/{service}/"
-        self._service = service
-        self._accounts = accounts
-        self._timeout = call_timeout_s
-        self._observers = tuple(observers)
+        self._guard = CallGuard(service, accounts, call_timeout_s=call_timeout_s, observers=observers)
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
@@ -128,29 +136,20 @@ class BoardInterceptor(_ServerInterceptor):
                 request_deserializer=deserialize,
                 response_serializer=handler.response_serializer,
             )
-        return handler  # board.v1 has no client-streaming methods
+        return handler  # client streaming: UploadAttachment brings its own handling
 
     async def _enter(self, name: str, request: Any, context: Context) -> None:
         """Checks before the servicer runs: the request decoded, the caller authenticated."""
         if isinstance(request, _Undecodable):
-            raise InvalidArgument(
-                [
-                    FieldViolation(
-                        "request", f"is not a valid {self._service}.{name} request: {request.reason}"
-                    )
-                ]
-            )
-        authorization = None
-        if name not in _NO_AUTH:
-            for key, value in context.invocation_metadata() or ():
-                if key == "authorization":
-                    authorization = value if isinstance(value, str) else ""
-                    break
-        _CALLER.set(await self._accounts.authenticate(authorization))
+            raise undecodable(self._guard.service, name, request.reason)
+        await self._guard.admit(name, _authorization(context), peer_address(context.peer()))
 
     def _unary(self, name: str, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        guard = self._guard
+
         async def guarded(request: Any, context: Context) -> Any:
-            async with self._outcome(name, context), asyncio.timeout(self._timeout):
+            outcome = guard.outcome(name, PROTOCOL, _aborter(context), _aborted_below(context))
+            async with outcome, guard.deadline(context.time_remaining()):
                 await self._enter(name, request, context)
                 return await behaviour(request, context)
 
@@ -159,54 +158,12 @@ class BoardInterceptor(_ServerInterceptor):
     def _stream(
         self, name: str, behaviour: Callable[..., AsyncIterator[Any]]
     ) -> Callable[..., AsyncIterator[Any]]:
+        guard = self._guard
+
         async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
-            async with self._outcome(name, context):
+            async with guard.outcome(name, PROTOCOL, _aborter(context), _aborted_below(context)):
                 await self._enter(name, request, context)
                 async for item in behaviour(request, context):
                     yield item
 
         return guarded
-
-    @asynccontextmanager
-    async def _outcome(self, name: str, context: Context) -> AsyncIterator[None]:
-        """Around one call: observers told of its start and end, every exception turned into its status."""
-        started = time.perf_counter()
-        for observer in self._observers:
-            observer.started(self._service, name)
-        code = grpc.StatusCode.OK
-        try:
-            yield
-        except BoardError as exc:
-            status = self._status_of(name, exc)
-            code = status.code
-            await context.abort(status.code, status.details, status.trailing_metadata)
-        except TimeoutError:
-            code = grpc.StatusCode.DEADLINE_EXCEEDED
-            logger.warning("%s gave up after %.1fs (server-side deadline)", name, self._timeout)
-            await context.abort(code, f"the server gave up after {self._timeout:g} s; retry later")
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except grpc.aio.AbortError:
-            code = context.code() or grpc.StatusCode.UNKNOWN  # aborted on purpose further down
-            raise
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            logger.exception("%s failed", name)
-            await context.abort(code, "internal error")
-        finally:
-            self._observe(name, code, started)
-
-    @staticmethod
-    def _status_of(name: str, exc: BoardError) -> grpc.Status:
-        if isinstance(exc, NotFound):
-            logger.info("%s: %s", name, exc.message)  # the ordinary log, never the audit log
-        elif logger.isEnabledFor(logging.DEBUG):
-            logger.debug("%s: %s", name, exc.message)
-        return to_grpc_status(exc)
-
-    def _observe(self, name: str, code: grpc.StatusCode, started: float) -> None:
-        if self._observers:
-            seconds = time.perf_counter() - started
-            for observer in self._observers:
-                observer.handled(self._service, name, code, seconds)

@@ -24,7 +24,8 @@ from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-from board_server.api.interceptors import BoardInterceptor, CallObserver
+from board_server.api.calls import CallObserver
+from board_server.api.interceptors import BoardInterceptor
 from board_server.api.servicer import BoardServicer
 from board_server.domain.accounts import Accounts
 from board_server.domain.board import Board
@@ -33,6 +34,9 @@ from clients.gen.board.v1 import board_pb2, board_pb2_grpc
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = board_pb2.DESCRIPTOR.services_by_name["BoardService"].full_name
+# A health name that is SERVING for as long as the process serves, whatever the database does: a liveness
+# probe asks it, so that an outage of the database makes replicas unready, not restarted.
+LIVENESS = "liveness"
 
 
 class TransportSettings(Protocol):
@@ -140,6 +144,7 @@ async def start_grpc(
     )
     board_pb2_grpc.add_BoardServiceServicer_to_server(BoardServicer(board), server)  # type: ignore[no-untyped-call]
     health = health_aio.HealthServicer()
+    await health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
     credentials = server_credentials(settings)
@@ -162,9 +167,12 @@ async def report_health(
     ping: Callable[[], Awaitable[object]],
     interval_s: float,
     every_round: Callable[[], None] | None = None,
+    on_status: Callable[[bool], None] | None = None,
 ) -> None:
-    """Keep grpc.health.v1 truthful: NOT_SERVING while ``ping`` (one database round trip) fails, SERVING once
-    it answers again. ``every_round`` runs at the same pace (sampled gauges)."""
+    """Keep grpc.health.v1 truthful: the overall status ("") and the board service's are NOT_SERVING while
+    ``ping`` (one database round trip) fails, SERVING once it answers again (``LIVENESS`` stays SERVING).
+    ``every_round`` runs at the same pace (sampled gauges); ``on_status`` hears every change (the HTTP
+    listener's health answer)."""
     serving: bool | None = None
     while True:
         if every_round is not None:
@@ -183,6 +191,8 @@ async def report_health(
             )
             for name in ("", SERVICE_NAME):
                 await health.set(name, status)
+            if on_status is not None:
+                on_status(ok)
             if ok and serving is False:
                 logger.info("database reachable again; health is SERVING")
             serving = ok

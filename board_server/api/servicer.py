@@ -2,7 +2,7 @@
 """Thin gRPC adapter: proto request → use case → proto response. Imports no SQLAlchemy.
 
 Errors are not handled here: domain exceptions travel up to the interceptor (api/interceptors.py), which
-maps them; the same interceptor has already put the authenticated caller in ``current_caller()``.
+maps them; the same guard (api/calls.py) has already put the authenticated caller in ``current_caller()``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from google.protobuf import empty_pb2
 
-from board_server.api.interceptors import current_caller
+from board_server.api.calls import current_caller
 from board_server.api.messages import (
     attachment_to_proto,
     comment_to_proto,
@@ -63,6 +63,7 @@ class BoardServicer(board_pb2_grpc.BoardServiceServicer):
             name=user.name,
             email=user.email,
             password=user.password,
+            current_password=request.current_password,
             etag=user.etag,
         )
         return user_to_proto(updated)
@@ -72,7 +73,9 @@ class BoardServicer(board_pb2_grpc.BoardServiceServicer):
         return empty_pb2.Empty()
 
     async def SignIn(self, request: board_pb2.SignInRequest, context: Context) -> board_pb2.SignInResponse:
-        token, expire, user = await self._board.users.sign_in(request.email, request.password)
+        token, expire, user = await self._board.users.sign_in(
+            current_caller(), request.email, request.password
+        )
         return board_pb2.SignInResponse(
             access_token=token, expire_time=timestamp(expire), user=user_to_proto(user)
         )

@@ -1,5 +1,6 @@
-"""Domain errors as gRPC statuses: the ONE table from error class to canonical code, and the rich details
-(BadRequest field violations, RetryInfo) that travel with it."""
+"""Domain errors as statuses: the ONE table from error class to canonical code, and the rich details
+(BadRequest field violations, RetryInfo, QuotaFailure) that travel with it. Every transport renders the same
+``google.rpc.Status``: gRPC in its trailers, Connect and gRPC-Web in their error bodies."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from board_server.core.errors import (
     AlreadyExists,
     BoardError,
     DatabaseBusy,
+    DatabaseTimeout,
     DatabaseUnavailable,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    QuotaExceeded,
     ResourceExhausted,
     StaleEtag,
     Unauthenticated,
@@ -28,6 +31,7 @@ STATUS_CODES: dict[type[BoardError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     DatabaseBusy: grpc.StatusCode.UNAVAILABLE,
+    DatabaseTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
     DatabaseUnavailable: grpc.StatusCode.UNAVAILABLE,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
@@ -45,14 +49,22 @@ def status_code(error: BoardError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def to_grpc_status(error: BoardError) -> grpc.Status:
-    """Build the rich status (code, message; BadRequest for InvalidArgument, RetryInfo when known)."""
+def rich_status(error: BoardError) -> status_pb2.Status:
+    """The google.rpc.Status of ``error``: code, message; BadRequest for InvalidArgument, RetryInfo when
+    known, QuotaFailure for a user's quota."""
     code = status_code(error)
     details: list[any_pb2.Any] = []
     if isinstance(error, ResourceExhausted) and error.retry_after_s is not None:
         seconds = max(1, int(error.retry_after_s + 0.999))
         detail = any_pb2.Any()
         detail.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=seconds)))
+        details.append(detail)
+    if isinstance(error, QuotaExceeded):
+        violation = error_details_pb2.QuotaFailure.Violation(
+            subject=error.violation.subject, description=error.violation.description
+        )
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.QuotaFailure(violations=[violation]))
         details.append(detail)
     if isinstance(error, InvalidArgument):
         bad_request = error_details_pb2.BadRequest(
@@ -64,5 +76,9 @@ def to_grpc_status(error: BoardError) -> grpc.Status:
         detail = any_pb2.Any()
         detail.Pack(bad_request)
         details.append(detail)
-    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message, details=details)
-    return rpc_status.to_status(status)
+    return status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message, details=details)
+
+
+def to_grpc_status(error: BoardError) -> grpc.Status:
+    """The rich status of ``error`` as gRPC sends it (details in ``grpc-status-details-bin``)."""
+    return rpc_status.to_status(rich_status(error))

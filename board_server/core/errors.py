@@ -83,6 +83,10 @@ class DatabaseBusy(BoardError):  # noqa: N818 - domain names, as in the house st
     """The database could not take the write in time (lock contention beyond the busy timeout); retryable."""
 
 
+class DatabaseTimeout(BoardError):  # noqa: N818 - domain names, as in the house style
+    """The database ended a statement at its time limit (the call's deadline, or the statement timeout)."""
+
+
 class DatabaseUnavailable(BoardError):  # noqa: N818 - domain names, as in the house style
     """The database cannot be reached right now; retryable."""
 
@@ -101,6 +105,22 @@ class ResourceExhausted(BoardError):  # noqa: N818 - domain names, as in the hou
     def __init__(self, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class QuotaViolation:
+    """The quota a request would break: its subject (``user:7``) and what it allows (a QuotaFailure)."""
+
+    subject: str
+    description: str
+
+
+class QuotaExceeded(ResourceExhausted):
+    """A user's quota (attachment storage, writes per minute) would be exceeded; ``violation`` names it."""
+
+    def __init__(self, message: str, violation: QuotaViolation, retry_after_s: float | None = None) -> None:
+        super().__init__(message, retry_after_s)
+        self.violation = violation
 
 
 def excerpt(value: str, limit: int = 40) -> str:

@@ -4,7 +4,9 @@ comments) and the id range. Defined once here; each is enforced before the datab
 from __future__ import annotations
 
 NAME_MAX = 100
-EMAIL_MAX = 254
+EMAIL_MAX = 254  # also of an email's canonical form (core/emails.py)
+# A client's address as the limits key it (an IPv6 address with a zone fits; a longer one is cut).
+PEER_MAX = 100
 TITLE_MAX = 200
 POST_CONTENT_MAX = 10_000
 COMMENT_CONTENT_MAX = 2_000

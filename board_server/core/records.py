@@ -52,6 +52,7 @@ class TagResult:
     labels: Sequence[tuple[str, float, int]]
     mask_png: bytes
     model: ModelIdentity
+    server: str = ""  # the address of the model server that answered, where several share the work
 
 
 @dataclass(frozen=True)

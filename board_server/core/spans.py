@@ -31,12 +31,27 @@ def current_traceparent() -> str | None:
 @contextmanager
 def span(name: str, *, traceparent: str | None = None, **attributes: Any) -> Iterator[None]:
     """A span named ``name`` under the current one, or under ``traceparent`` (another process's span)."""
+    with _span(name, traceparent, trace.SpanKind.INTERNAL, attributes):
+        yield
+
+
+@contextmanager
+def server_span(name: str, *, traceparent: str | None = None, **attributes: Any) -> Iterator[None]:
+    """The span of a call this process serves, continuing the caller's ``traceparent`` when it sent one."""
+    with _span(name, traceparent, trace.SpanKind.SERVER, attributes):
+        yield
+
+
+@contextmanager
+def _span(
+    name: str, traceparent: str | None, kind: trace.SpanKind, attributes: dict[str, Any]
+) -> Iterator[None]:
     if not enabled():
         yield
         return
     parent = extract({"traceparent": traceparent}) if traceparent else otel_context.get_current()
     tracer = trace.get_tracer(TRACER_NAME)
-    with tracer.start_as_current_span(name, context=parent, attributes=attributes or None):
+    with tracer.start_as_current_span(name, context=parent, kind=kind, attributes=attributes or None):
         yield
 
 

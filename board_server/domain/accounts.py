@@ -1,4 +1,5 @@
-"""Identity and permissions: who is calling (access tokens), passwords (argon2id), sign-in and its limit.
+"""Identity and permissions: who is calling (access tokens), passwords (argon2id), sign-in, sign-up and
+their limits.
 
 - Passwords are hashed with argon2id (argon2-cffi's defaults, RFC 9106's second recommendation); a hash made
   with older parameters is upgraded at the next successful sign-in. Hashing runs on a small thread pool
@@ -6,9 +7,13 @@
 - Access tokens are 256 random bits (``secrets.token_urlsafe(32)``); the database keeps only their SHA-256,
   with an expiry. Revoking deletes the row, so every replica refuses the token at its next call: each
   authenticated call looks the token up (one indexed read).
-- Failed sign-ins are counted per email in the database (shared by replicas): after 5 within 15 minutes,
-  sign-in for that email answers RESOURCE_EXHAUSTED with RetryInfo until the oldest of them ages out.
+- Failed sign-ins are counted in the database (shared by replicas) per email and client address, and per
+  address: after 5 for one email from one address, or ``failures_per_peer`` from one address, within 15
+  minutes, that email from that address (or that address) is answered RESOURCE_EXHAUSTED with RetryInfo
+  until the oldest failure ages out. Guesses from elsewhere never lock the owner out of their account.
+- A wrong current password in UpdateUser is a failed sign-in too.
 - A wrong email and a wrong password fail alike (same message, a password hash computed either way).
+- Sign-ups are counted per address in the database: ``sign_ups_per_peer`` an hour.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import asyncio
 import hashlib
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,15 +32,28 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import Connection
 
-from board_server.core.errors import PermissionDenied, ResourceExhausted, Unauthenticated
+from board_server.core.emails import canonical_email
+from board_server.core.errors import (
+    FieldViolation,
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    UserNotFound,
+)
+from board_server.core.limits import PEER_MAX
 from board_server.storage import sessions
 from board_server.storage.engine import Database
 
 logger = logging.getLogger(__name__)
 
+# Failed sign-ins for one email from one client address.
 SIGN_IN_FAILURE_LIMIT = 5
 SIGN_IN_WINDOW = timedelta(minutes=15)
+SIGN_UP_WINDOW = timedelta(hours=1)
 BAD_CREDENTIALS = "wrong email or password"
+WRONG_CURRENT = "current_password is wrong"
+_KEPT_ADDRESSES = 4096
 _BEARER = "bearer "
 _MAX_TOKEN_CHARS = 512
 
@@ -52,6 +70,8 @@ class Caller:
     unrestricted: bool = False
     # The audit log's name for a caller without a user (the `board-server` commands are the "operator").
     label: str = "anonymous"
+    # The client's address, as the limits per address key it ("" when not known, e.g. the operator).
+    peer: str = ""
 
     @property
     def signed_in(self) -> bool:
@@ -91,12 +111,23 @@ class Accounts:
     """Authentication and the account rules every use case asks about."""
 
     def __init__(
-        self, db: Database, *, auth: bool, reads_need_sign_in: bool, token_lifetime: timedelta
+        self,
+        db: Database,
+        *,
+        auth: bool,
+        reads_need_sign_in: bool,
+        token_lifetime: timedelta,
+        sign_in_failures_per_peer: int = 0,
+        sign_ups_per_peer: int = 0,
     ) -> None:
+        """``sign_in_failures_per_peer``, ``sign_ups_per_peer``: the limits per client address (0: none)."""
         self._db = db
         self.auth = auth
         self.reads_need_sign_in = reads_need_sign_in
         self._token_lifetime = token_lifetime
+        self._failures_per_peer = sign_in_failures_per_peer
+        self._sign_ups_per_peer = sign_ups_per_peer
+        self._callers_without_token: dict[str, Caller] = {}
         self._hasher = PasswordHasher()
         self._hash_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="board-argon2")
         # A real hash to verify against when the email is unknown, so that both failures cost the same.
@@ -107,15 +138,21 @@ class Accounts:
 
     # --- who is calling -----------------------------------------------------------------------------------
 
-    async def authenticate(self, authorization: str | None) -> Caller:
-        """The caller named by an ``authorization`` metadata value; raise Unauthenticated for a bad token.
+    async def authenticate(self, authorization: str | None, peer: str = "") -> Caller:
+        """The caller named by an ``authorization`` metadata value, calling from ``peer``; raise
+        Unauthenticated for a bad token.
 
         No token: anonymous (or unrestricted with auth off). A token that is malformed, unknown, revoked or
         expired is refused even where anonymous callers would be let in, so that a client notices.
         """
-        fallback = ANONYMOUS if self.auth else UNRESTRICTED
         if authorization is None:
-            return fallback
+            caller = self._callers_without_token.get(peer)
+            if caller is None:  # one per address, made once: most calls carry no token
+                if len(self._callers_without_token) >= _KEPT_ADDRESSES:
+                    self._callers_without_token.clear()
+                caller = Caller(unrestricted=not self.auth, peer=peer)
+                self._callers_without_token[peer] = caller
+            return caller
         if not authorization[: len(_BEARER)].lower() == _BEARER:
             raise Unauthenticated("the authorization metadata must be 'Bearer <access_token>'")
         token = authorization[len(_BEARER) :].strip()
@@ -127,7 +164,7 @@ class Accounts:
             raise Unauthenticated("the access token is unknown or revoked; sign in again")
         if row.expire_time <= datetime.now(UTC):
             raise Unauthenticated("the access token has expired; sign in again")
-        return Caller(int(row.user_id), bool(row.admin), int(row.id), unrestricted=not self.auth)
+        return Caller(int(row.user_id), bool(row.admin), int(row.id), unrestricted=not self.auth, peer=peer)
 
     def require_signed_in(self, caller: Caller, action: str) -> int:
         """The caller's user id; raise Unauthenticated for an anonymous caller (with auth on)."""
@@ -180,26 +217,13 @@ class Accounts:
     async def hash_password(self, password: str) -> str:
         return await self._off_loop(lambda: self._hasher.hash(password))
 
-    async def sign_in(self, email: str, password: str) -> NewSession:
-        """Check the password and open a session; raise Unauthenticated or ResourceExhausted (too many)."""
-        email_lower = email.strip().lower()
+    async def sign_in(self, caller: Caller, email: str, password: str) -> NewSession:
+        """Check the password and open a session; raise Unauthenticated or ResourceExhausted (too many
+        failures for this email from the caller's address, or from the address)."""
+        key, peer = canonical_email(email), _peer_key(caller)
         now = datetime.now(UTC)
-        # The attempt is counted as a failure BEFORE the password is checked (and forgiven when it matches):
-        # counting after the check let guesses sent all at once pass the limit together.
-        counted, oldest = await self._db.run_write(
-            lambda conn: sessions.count_attempt(
-                conn, email_lower, now, now - SIGN_IN_WINDOW, SIGN_IN_FAILURE_LIMIT
-            )
-        )
-        if not counted:
-            wait = (
-                (oldest + SIGN_IN_WINDOW - now).total_seconds() if oldest else SIGN_IN_WINDOW.total_seconds()
-            )
-            logger.warning("sign-in refused: too many failures for one email (retry in %.0f s)", wait)
-            raise ResourceExhausted(
-                f"too many failed sign-ins for this email; try again in {max(1, round(wait))} s", wait
-            )
-        row = await self._db.run_read(lambda conn: sessions.credentials(conn, email_lower))
+        await self._count_attempt(key, peer, now)
+        row = await self._db.run_read(lambda conn: sessions.credentials(conn, key))
         stored = row.password_hash if row is not None and row.password_hash else None
         verified = await self._off_loop(lambda: self._verify(stored or self._decoy, password))
         if row is None or stored is None or not verified:
@@ -213,7 +237,7 @@ class Accounts:
 
         def open_session(conn: Connection) -> None:
             sessions.add_token(conn, user_id, digest, now, expire)
-            sessions.clear_failures(conn, email_lower)
+            sessions.clear_failures(conn, key, peer)
             if rehashed is not None:
                 sessions.set_password_hash(conn, user_id, rehashed)
 
@@ -223,11 +247,74 @@ class Accounts:
     async def password_matches(self, email: str, password: str) -> bool:
         """Whether ``password`` is the password of the account with ``email`` (a check only: no session,
         no failure counted)."""
-        row = await self._db.run_read(lambda conn: sessions.credentials(conn, email.strip().lower()))
+        row = await self._db.run_read(lambda conn: sessions.credentials(conn, canonical_email(email)))
         stored: str | None = row.password_hash if row is not None else None
         if not stored:
             return False
         return await self._off_loop(lambda: self._verify(stored, password))
+
+    async def confirm_password(self, caller: Caller, user_id: int, password: str) -> None:
+        """Check ``password`` against the user's own, as a sign-in from the caller's address (a wrong one
+        counts as a failed sign-in of the user's email). Raises InvalidArgument (empty), PermissionDenied
+        (wrong), ResourceExhausted (too many failures), UserNotFound."""
+        if not password:
+            raise InvalidArgument(
+                [FieldViolation("current_password", "is required to change the password or the email")]
+            )
+        row = await self._db.run_read(lambda conn: sessions.credentials_of(conn, user_id))
+        if row is None:
+            raise UserNotFound(user_id)
+        key, peer, stored = str(row.email_canonical), _peer_key(caller), row.password_hash
+        await self._count_attempt(key, peer, datetime.now(UTC))
+        if not await self._off_loop(lambda: self._verify(stored or self._decoy, password)) or not stored:
+            raise PermissionDenied(WRONG_CURRENT)
+        await self._db.run_write(lambda conn: sessions.clear_failures(conn, key, peer))
+
+    def needs_current_password(self, caller: Caller, user_id: int, paths: Collection[str]) -> bool:
+        """Changing the password or the email takes the current password, except for an admin changing
+        another user (and with auth off): a stolen token alone cannot take the account over."""
+        if not {"password", "email"} & set(paths) or caller.unrestricted:
+            return False
+        return not (caller.admin and caller.user_id != user_id)
+
+    async def _count_attempt(self, email: str, peer: str, now: datetime) -> None:
+        """Count a sign-in attempt as a failure until the password matches; raise ResourceExhausted when
+        the email has too many from ``peer``, or ``peer`` has."""
+        counted, oldest = await self._db.run_write(
+            lambda conn: sessions.count_attempt(
+                conn,
+                email,
+                peer,
+                now,
+                now - SIGN_IN_WINDOW,
+                per_email=SIGN_IN_FAILURE_LIMIT,
+                per_peer=self._failures_per_peer,
+            )
+        )
+        if not counted:
+            wait = _seconds_until(oldest, SIGN_IN_WINDOW, now)
+            logger.warning("sign-in refused: too many failures from %s (retry in %.0f s)", peer or "?", wait)
+            raise ResourceExhausted(
+                f"too many failed sign-ins from your address; try again in {max(1, round(wait))} s", wait
+            )
+
+    async def count_sign_up(self, caller: Caller) -> None:
+        """Count a sign-up from the caller's address; raise ResourceExhausted when it made
+        ``sign_ups_per_peer`` within the hour. Admins creating accounts are not counted."""
+        if caller.admin or not self._sign_ups_per_peer:
+            return
+        peer, now = _peer_key(caller), datetime.now(UTC)
+        counted, oldest = await self._db.run_write(
+            lambda conn: sessions.count_sign_up(
+                conn, peer, now, now - SIGN_UP_WINDOW, self._sign_ups_per_peer
+            )
+        )
+        if not counted:
+            wait = _seconds_until(oldest, SIGN_UP_WINDOW, now)
+            logger.warning("sign-up refused: too many from %s (retry in %.0f s)", peer or "?", wait)
+            raise ResourceExhausted(
+                f"too many sign-ups from your address; try again in {max(1, round(wait))} s", wait
+            )
 
     def _verify(self, stored: str, password: str) -> bool:
         try:
@@ -243,17 +330,22 @@ class Accounts:
             return None
 
     async def housekeeping(self) -> None:
-        """Delete expired sessions and failed sign-ins older than the window (they only cost space)."""
+        """Delete expired sessions, failed sign-ins and sign-ups older than their window (they only cost
+        space)."""
         now = datetime.now(UTC)
 
-        def sweep(conn: Connection) -> tuple[int, int]:
+        def sweep(conn: Connection) -> tuple[int, int, int]:
             tokens = sessions.delete_expired_tokens(conn, now)
-            return tokens, sessions.delete_old_failures(conn, now - SIGN_IN_WINDOW)
+            failures = sessions.delete_old_failures(conn, now - SIGN_IN_WINDOW)
+            return tokens, failures, sessions.delete_old_sign_ups(conn, now - SIGN_UP_WINDOW)
 
-        tokens, failures = await self._db.run_write(sweep)
-        if tokens or failures:
+        tokens, failures, sign_ups = await self._db.run_write(sweep)
+        if tokens or failures or sign_ups:
             logger.info(
-                "housekeeping: %d expired sessions and %d old failed sign-ins deleted", tokens, failures
+                "housekeeping: %d expired sessions, %d old failed sign-ins and %d old sign-ups deleted",
+                tokens,
+                failures,
+                sign_ups,
             )
 
     async def sign_out(self, caller: Caller) -> None:
@@ -262,3 +354,12 @@ class Accounts:
         if token_id is None:
             raise Unauthenticated("sign-out needs the access token to revoke")
         await self._db.run_write(lambda conn: sessions.delete_token(conn, token_id))
+
+
+def _peer_key(caller: Caller) -> str:
+    return caller.peer[:PEER_MAX]
+
+
+def _seconds_until(oldest: datetime | None, window: timedelta, now: datetime) -> float:
+    """Seconds until the oldest counted event leaves the window (and makes room for one more)."""
+    return (oldest + window - now).total_seconds() if oldest is not None else window.total_seconds()

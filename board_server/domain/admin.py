@@ -1,4 +1,5 @@
 """Administration on the database itself (``board-server admin ...``): who is an admin, setting a password.
+Emails name accounts by their canonical form (core/emails.py), as sign-in does.
 
 These run without the gRPC server, as the operator of the database; every change is audited like a call's,
 with ``by=operator``.
@@ -11,6 +12,7 @@ import logging
 from argon2 import PasswordHasher
 from sqlalchemy import Connection
 
+from board_server.core.emails import canonical_email
 from board_server.domain.validation import Violations
 from board_server.storage import sessions
 from board_server.storage.engine import Database
@@ -20,7 +22,7 @@ audit = logging.getLogger("board.audit")
 
 def grant_admin(db: Database, email: str, *, admin: bool) -> int:
     """Grant (or revoke) admin; the user's id. Raises ValueError when no user has this email."""
-    user_id = db.write(lambda conn: sessions.set_admin(conn, email.strip().lower(), admin))
+    user_id = db.write(lambda conn: sessions.set_admin(conn, canonical_email(email), admin))
     if user_id is None:
         raise ValueError(f"no user with email {email!r}")
     audit.info("Admin %s; user_id=%d; by=operator", "granted" if admin else "revoked", user_id)
@@ -34,7 +36,7 @@ def set_password(db: Database, email: str, password: str) -> int:
     violations.password("password", password, email)
     if violations.items:
         raise ValueError("; ".join(f"{v.field} {v.description}" for v in violations.items))
-    row = db.query(lambda conn: sessions.credentials(conn, email.strip().lower()))
+    row = db.query(lambda conn: sessions.credentials(conn, canonical_email(email)))
     if row is None:
         raise ValueError(f"no user with email {email!r}")
     user_id = int(row.id)

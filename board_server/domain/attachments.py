@@ -1,20 +1,18 @@
 """Attachments: upload (checked by domain/images.py), read, list, watch, retry, delete, content, mask and
-previews; one transaction each, audit lines for every change.
+previews (domain/preview_cache.py); one transaction each, audit lines for every change.
 
 An upload is committed as PENDING and the tagging worker is woken (``on_added``); the caller never waits for
-the model. Only the post's author (or an admin) adds, retries or deletes its attachments.
+the model. Only the post's author (or an admin) adds, retries or deletes its attachments; the attachments of
+one user's posts hold at most the user's storage quota (domain/quotas.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection
@@ -28,8 +26,9 @@ from board_server.domain.clock import now
 from board_server.domain.idempotency import RequestIds, request_key
 from board_server.domain.images import inspect_image
 from board_server.domain.paging import Page, PageTokens
-from board_server.domain.previews import Preview, preview_options, render_preview
-from board_server.domain.served_models import ServedModels
+from board_server.domain.preview_cache import PreviewCache
+from board_server.domain.previews import Preview, preview_options
+from board_server.domain.quotas import Quotas
 from board_server.domain.validation import Violations, check_id
 from board_server.domain.watch import WatchHub
 from board_server.storage import attachments as attachment_rows
@@ -147,9 +146,10 @@ class AttachmentService:
         db: Database,
         accounts: Accounts,
         tokens: PageTokens,
-        models: ServedModels,
-        watchers: WatchHub[AttachmentView],
         *,
+        previews: PreviewCache,
+        quotas: Quotas,
+        watchers: WatchHub[AttachmentView],
         requests: RequestIds,
         max_bytes: int,
         max_per_post: int,
@@ -158,15 +158,18 @@ class AttachmentService:
         self._db = db
         self._accounts = accounts
         self._tokens = tokens
-        self._models = models
+        self._previews = previews
+        self._quotas = quotas
         self.watchers = watchers
         self._requests = requests
         self._max_bytes = max_bytes
         self._max_per_post = max_per_post
         self._on_added = on_added  # wakes this process's tagging worker
-        # Rendering decodes whole photos: a few at a time, off the event loop (Pillow releases the GIL).
-        self._render_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="board-preview")
-        self._render_slots = asyncio.Semaphore(4)
+
+    @property
+    def max_bytes(self) -> int:
+        """The largest attachment this board takes, in bytes."""
+        return self._max_bytes
 
     async def add_attachment(
         self,
@@ -180,7 +183,8 @@ class AttachmentService:
         request_id: str = "",
     ) -> AttachmentView:
         """Store an image as PENDING (once per ``request_id``, see domain/idempotency.py); raise
-        InvalidArgument, PostNotFound, PermissionDenied, ResourceExhausted (the post is full)."""
+        InvalidArgument, PostNotFound, PermissionDenied, ResourceExhausted (the post is full), QuotaExceeded
+        (the author's storage, the caller's writes)."""
         violations = Violations()
         violations.row_id("post_id", post_id)
         violations.text("filename", filename, FILENAME_MAX)
@@ -207,10 +211,12 @@ class AttachmentService:
         def add(conn: Connection) -> AttachmentView:
             author = attachment_rows.post_author(conn, post_id, for_update=True)
             self._accounts.require_owner(caller, author, "this post's attachments")
+            self._quotas.count_write(conn, caller)
             if attachment_rows.count_of_post(conn, post_id) >= self._max_per_post:
                 raise ResourceExhausted(
                     f"post {post_id} already has {self._max_per_post} attachments, the most a post may hold"
                 )
+            self._quotas.require_storage(conn, author, len(data))
             return _view(attachment_rows.add_attachment(conn, values), ())
 
         digest = hashlib.sha256(data).hexdigest()
@@ -228,6 +234,19 @@ class AttachmentService:
         if self._on_added is not None:
             self._on_added()
         return view
+
+    async def require_storage_for(self, caller: Caller, post_id: int, size_bytes: int) -> None:
+        """Check, before an upload's bytes are read, that the caller may add ``size_bytes`` to the post:
+        raise InvalidArgument, PostNotFound, Unauthenticated, PermissionDenied, QuotaExceeded (the post
+        author's storage). The upload itself checks again as it commits."""
+        check_id("post_id", post_id)
+
+        def check(conn: Connection) -> None:
+            author = attachment_rows.post_author(conn, post_id)
+            self._accounts.require_owner(caller, author, "this post's attachments")
+            self._quotas.require_storage(conn, author, size_bytes)
+
+        await self._db.run_read(check)
 
     async def get_attachment(self, caller: Caller, attachment_id: int) -> AttachmentView:
         """Return the attachment with its labels; raise InvalidArgument, AttachmentNotFound."""
@@ -284,7 +303,7 @@ class AttachmentService:
 
     async def delete_attachment(self, caller: Caller, attachment_id: int, *, etag: str = "") -> None:
         """Delete the attachment with its labels and mask (only the version ``etag`` names, when given);
-        raise InvalidArgument, AttachmentNotFound, PermissionDenied, StaleEtag."""
+        raise InvalidArgument, AttachmentNotFound, PermissionDenied, StaleEtag, QuotaExceeded."""
         check_id("id", attachment_id)
 
         def remove(conn: Connection) -> None:
@@ -293,6 +312,7 @@ class AttachmentService:
             if etag:  # the row locked until the delete commits: the worker cannot change it in between
                 current = _read_view(conn, attachment_id, for_update=True)
                 etags.require_current(etag, current.etag, f"attachment {attachment_id}")
+            self._quotas.count_write(conn, caller)
             attachment_rows.delete_attachment(conn, attachment_id)
 
         await self._db.run_write(remove)
@@ -300,12 +320,13 @@ class AttachmentService:
 
     async def retry_attachment(self, caller: Caller, attachment_id: int) -> AttachmentView:
         """Queue a FAILED attachment for tagging again; raise InvalidArgument, AttachmentNotFound,
-        PermissionDenied, FailedPrecondition (not FAILED)."""
+        PermissionDenied, FailedPrecondition (not FAILED), QuotaExceeded."""
         check_id("id", attachment_id)
 
         def requeue(conn: Connection) -> AttachmentView:
             _, author, status = attachment_rows.owner(conn, attachment_id)
             self._accounts.require_owner(caller, author, "this attachment")
+            self._quotas.count_write(conn, caller)
             if not queue.requeue_failed(conn, attachment_id, now()):
                 raise FailedPrecondition(
                     f"attachment {attachment_id} is {status}; only a FAILED one is retried"
@@ -337,36 +358,10 @@ class AttachmentService:
     async def get_preview(
         self, caller: Caller, attachment_id: int, *, max_size: int, overlay: bool, content_type: str
     ) -> Preview:
-        """A JPEG/WebP preview (mask blended in with ``overlay``), rendered once and then served from the
-        cache; raise InvalidArgument, AttachmentNotFound, FailedPrecondition (overlay before TAGGED)."""
+        """A JPEG/WebP preview (mask blended in with ``overlay``), from the preview cache
+        (domain/preview_cache.py); raise InvalidArgument, AttachmentNotFound, FailedPrecondition (overlay
+        before TAGGED)."""
         self._accounts.require_reader(caller)
         check_id("id", attachment_id)
         size, kind = preview_options(max_size, content_type)
-        cached = await self._db.run_read(
-            lambda conn: attachment_rows.read_preview(conn, attachment_id, size, overlay, kind)
-        )
-        if cached is not None:
-            return Preview(bytes(cached.data), kind, int(cached.width), int(cached.height))
-
-        def sources(conn: Connection) -> tuple[bytes, bytes | None, str]:
-            data, _ = attachment_rows.read_content(conn, attachment_id)
-            status, mask = attachment_rows.read_mask(conn, attachment_id)
-            return data, mask, status
-
-        data, mask, status = await self._db.run_read(sources)
-        if overlay and mask is None:
-            raise FailedPrecondition(
-                f"attachment {attachment_id} is {status}; an overlay exists once it is TAGGED"
-            )
-        classes = await self._models.class_names()
-        async with self._render_slots:
-            preview: Preview = await asyncio.get_running_loop().run_in_executor(
-                self._render_pool,
-                partial(render_preview, data, mask if overlay else None, size, kind, classes),
-            )
-        await self._db.run_write(
-            lambda conn: attachment_rows.store_preview(
-                conn, attachment_id, size=size, overlay=overlay, preview=preview, now=now()
-            )
-        )
-        return preview
+        return await self._previews.preview(caller.peer, attachment_id, size, overlay, kind)

@@ -18,6 +18,7 @@ from board_server.domain.accounts import Accounts, Caller
 from board_server.domain.clock import later_than, now
 from board_server.domain.idempotency import RequestIds, request_key
 from board_server.domain.paging import Page, PageTokens
+from board_server.domain.quotas import Quotas
 from board_server.domain.validation import Violations, check_id
 from board_server.storage import comments as comment_rows
 from board_server.storage.engine import Database
@@ -30,17 +31,21 @@ class CommentService:
 
     MUTABLE = frozenset({"content"})
 
-    def __init__(self, db: Database, accounts: Accounts, tokens: PageTokens, requests: RequestIds) -> None:
+    def __init__(
+        self, db: Database, accounts: Accounts, tokens: PageTokens, quotas: Quotas, requests: RequestIds
+    ) -> None:
         self._db = db
         self._accounts = accounts
         self._tokens = tokens
+        self._quotas = quotas
         self._requests = requests
 
     async def create_comment(
         self, caller: Caller, post_id: int, user_id: int, content: str, *, request_id: str = ""
     ) -> CommentRecord:
         """Comment as the caller (once per ``request_id``, see domain/idempotency.py); raise
-        InvalidArgument, PostNotFound, Unauthenticated, PermissionDenied."""
+        InvalidArgument, PostNotFound, Unauthenticated, PermissionDenied, QuotaExceeded (writes per
+        minute)."""
         violations = Violations()
         violations.row_id("post_id", post_id)
         if user_id < 0:
@@ -51,9 +56,14 @@ class CommentService:
         author = self._accounts.author_for_new(caller, user_id, "user_id")
         check_id("user_id", author)
         key = request_key(caller, request_id, "comment", post_id, author, content)
+
+        def add(conn: Connection) -> CommentRecord:
+            self._quotas.count_write(conn, caller)
+            return comment_rows.add_comment(conn, post_id, author, content, now())
+
         comment, created = await self._requests.once(
             key,
-            lambda conn: comment_rows.add_comment(conn, post_id, author, content, now()),
+            add,
             comment_rows.read_comment,
         )
         if created:
@@ -89,7 +99,7 @@ class CommentService:
         self, caller: Caller, comment_id: int, paths: Sequence[str], content: str, *, etag: str = ""
     ) -> CommentRecord:
         """Change the masked field (content) of the version ``etag`` names, when given; raise
-        InvalidArgument, CommentNotFound, PermissionDenied, StaleEtag."""
+        InvalidArgument, CommentNotFound, PermissionDenied, StaleEtag, QuotaExceeded."""
         violations = Violations()
         violations.row_id("comment.id", comment_id)
         paths = violations.mask("update_mask", paths, self.MUTABLE)
@@ -101,6 +111,7 @@ class CommentService:
             current = comment_rows.read_comment(conn, comment_id, for_update=True)
             self._accounts.require_owner(caller, current.user_id, "this comment")
             etags.require_current(etag, etags.of_time(current.update_time), f"comment {comment_id}")
+            self._quotas.count_write(conn, caller)
             values = {"content": content, "update_time": later_than(current.update_time)}
             return comment_rows.update_comment(conn, comment_id, values)
 
@@ -110,13 +121,14 @@ class CommentService:
 
     async def delete_comment(self, caller: Caller, comment_id: int, *, etag: str = "") -> None:
         """Delete the comment (only the version ``etag`` names, when given); raise InvalidArgument,
-        CommentNotFound, PermissionDenied, StaleEtag."""
+        CommentNotFound, PermissionDenied, StaleEtag, QuotaExceeded."""
         check_id("id", comment_id)
 
         def remove(conn: Connection) -> None:
             current = comment_rows.read_comment(conn, comment_id, for_update=True)
             self._accounts.require_owner(caller, current.user_id, "this comment")
             etags.require_current(etag, etags.of_time(current.update_time), f"comment {comment_id}")
+            self._quotas.count_write(conn, caller)
             comment_rows.delete_comment(conn, comment_id)
 
         await self._db.run_write(remove)

@@ -33,14 +33,21 @@ class ImageInfo:
     height: int
 
 
+def check_upload_size(size: int, max_bytes: int) -> None:
+    """Raise InvalidArgument for an upload of ``size`` bytes that is empty or over ``max_bytes`` (the check
+    a streamed upload makes from its declared length before reading it)."""
+    violations = Violations()
+    if size <= 0:
+        violations.add("data", "must not be empty")
+    elif size > max_bytes:
+        violations.add("data", f"must be at most {max_bytes} bytes (got {size})")
+    violations.raise_if_any()
+
+
 def inspect_image(data: bytes, content_type: str, max_bytes: int) -> ImageInfo:
     """Validate an upload and read its size from the header; raise InvalidArgument naming the fields."""
+    check_upload_size(len(data), max_bytes)
     violations = Violations()
-    if not data:
-        violations.add("data", "must not be empty")
-    elif len(data) > max_bytes:
-        violations.add("data", f"must be at most {max_bytes} bytes (got {len(data)})")
-    violations.raise_if_any()
     try:
         header = image_policy.inspect(data)
     except image_policy.ImageRejectedError as exc:

@@ -20,6 +20,7 @@ from board_server.domain.accounts import Accounts, Caller
 from board_server.domain.clock import later_than, now
 from board_server.domain.idempotency import RequestIds, request_key
 from board_server.domain.paging import Page, PageTokens, query_digest
+from board_server.domain.quotas import Quotas
 from board_server.domain.served_models import ServedModels
 from board_server.domain.validation import Violations, check_id
 from board_server.query.filter import parse_filter, parse_order_by
@@ -43,19 +44,27 @@ class PostService:
     MUTABLE = frozenset({"title", "content"})
 
     def __init__(
-        self, db: Database, accounts: Accounts, tokens: PageTokens, models: ServedModels, requests: RequestIds
+        self,
+        db: Database,
+        accounts: Accounts,
+        tokens: PageTokens,
+        models: ServedModels,
+        *,
+        quotas: Quotas,
+        requests: RequestIds,
     ) -> None:
         self._db = db
         self._accounts = accounts
         self._tokens = tokens
         self._models = models
+        self._quotas = quotas
         self._requests = requests
 
     async def create_post(
         self, caller: Caller, user_id: int, title: str, content: str, *, request_id: str = ""
     ) -> PostRecord:
         """Create a post by the caller (once per ``request_id``, see domain/idempotency.py); raise
-        InvalidArgument, Unauthenticated, PermissionDenied."""
+        InvalidArgument, Unauthenticated, PermissionDenied, QuotaExceeded (writes per minute)."""
         violations = Violations()
         if user_id < 0:
             violations.add("user_id", "must be your own id, or 0 for yourself")
@@ -66,9 +75,12 @@ class PostService:
         author = self._accounts.author_for_new(caller, user_id, "user_id")
         check_id("user_id", author)
         key = request_key(caller, request_id, "post", author, title, content)
-        post, created = await self._requests.once(
-            key, lambda conn: post_rows.add_post(conn, author, title, content, now()), post_rows.read_post
-        )
+
+        def add(conn: Connection) -> PostRecord:
+            self._quotas.count_write(conn, caller)
+            return post_rows.add_post(conn, author, title, content, now())
+
+        post, created = await self._requests.once(key, add, post_rows.read_post)
         if created:
             audit.info("Post created; id=%d; user_id=%d; by=%s", post.id, author, caller.actor)
         return post
@@ -115,7 +127,7 @@ class PostService:
         binding = query_digest(canonical_query(where, order))
         search = self._tokens.request("posts-search", binding, page_size, page_token)
         cursor = cursor_from_dict(search.cursor, order) if search.cursor is not None else None
-        found = await self._db.run_read(lambda conn: search_posts(conn, where, order, cursor, search.size))
+        found = await self._db.run_search(lambda conn: search_posts(conn, where, order, cursor, search.size))
         after = found.next_cursor
         token = (
             self._tokens.encode("posts-search", binding, cursor_to_dict(after)) if after is not None else ""
@@ -126,7 +138,7 @@ class PostService:
         self, caller: Caller, post_id: int, paths: Sequence[str], title: str, content: str, *, etag: str = ""
     ) -> PostRecord:
         """Change the masked fields (only of the version ``etag`` names, when given); raise InvalidArgument,
-        PostNotFound, PermissionDenied, StaleEtag."""
+        PostNotFound, PermissionDenied, StaleEtag, QuotaExceeded."""
         violations = Violations()
         violations.row_id("post.id", post_id)
         paths = violations.mask("update_mask", paths, self.MUTABLE)
@@ -141,6 +153,7 @@ class PostService:
             current = post_rows.read_post(conn, post_id, for_update=True)
             self._accounts.require_owner(caller, current.user_id, "this post")
             etags.require_current(etag, etags.of_time(current.update_time), f"post {post_id}")
+            self._quotas.count_write(conn, caller)
             values["update_time"] = later_than(current.update_time)
             return post_rows.update_post(conn, post_id, values)
 
@@ -150,13 +163,14 @@ class PostService:
 
     async def delete_post(self, caller: Caller, post_id: int, *, etag: str = "") -> None:
         """Delete the post with its comments and attachments (only the version ``etag`` names, when given);
-        raise InvalidArgument, PostNotFound, PermissionDenied, StaleEtag."""
+        raise InvalidArgument, PostNotFound, PermissionDenied, StaleEtag, QuotaExceeded."""
         check_id("id", post_id)
 
         def remove(conn: Connection) -> None:
             current = post_rows.read_post(conn, post_id, for_update=True)
             self._accounts.require_owner(caller, current.user_id, "this post")
             etags.require_current(etag, etags.of_time(current.update_time), f"post {post_id}")
+            self._quotas.count_write(conn, caller)
             post_rows.delete_post(conn, post_id)
 
         await self._db.run_write(remove)

@@ -5,6 +5,10 @@ transparency over white), scaled down so that its longer side is at most ``max_s
 as JPEG or WebP. With a mask (a palette PNG whose pixel values are class indices, as the tagger stores it)
 the VOC colours of the classes are blended over the photo, background left untinted, with a small legend of
 the classes present in the top-left corner.
+
+Only the sizes of a short ladder (``LADDER``) are rendered from the photo and kept: a request is served
+from the nearest kept size at or above what it asks (``ladder_size``), scaled down on the fly
+(``scaled_down``), so that a client asking for every size in turn costs a few kept previews, not one each.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ JPEG, WEBP = "image/jpeg", "image/webp"
 CONTENT_TYPES = (JPEG, WEBP)
 QUALITY = 85
 OVERLAY_ALPHA = 0.45
+# The sizes kept (longer side, px): a request is served from the smallest at or above it.
+LADDER = (64, 128, 256, 512, 1024, MAX_MAX_SIZE)
 _ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 _LEGEND_PANEL = (0, 0, 0, 150)  # translucent black behind white text
 
@@ -72,6 +78,28 @@ def render_preview(
     photo, displayed = _displayed(image, size)
     if mask_png is not None:
         photo = _overlay(photo, displayed, mask_png, class_names)
+    return _encoded(photo, kind)
+
+
+def ladder_size(max_size: int) -> int:
+    """The size of the ladder that serves a request for ``max_size`` (16..2048): the smallest at or above."""
+    return next(size for size in LADDER if size >= max_size)
+
+
+def scaled_down(preview: Preview, max_size: int) -> Preview:
+    """``preview`` scaled so that its longer side is at most ``max_size``, in its own format; the same
+    preview when it already fits. Raises OSError (Pillow's) for bytes that are not a readable image."""
+    target = fit((preview.width, preview.height), max_size)
+    if target == (preview.width, preview.height):
+        return preview
+    with Image.open(io.BytesIO(preview.data)) as raw:
+        if raw.format == "JPEG":
+            raw.draft("RGB", target)
+        photo = raw.convert("RGB")
+    return _encoded(photo.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0), preview.content_type)
+
+
+def _encoded(photo: Image.Image, kind: str) -> Preview:
     out = io.BytesIO()
     if kind == WEBP:
         photo.save(out, format="WEBP", quality=QUALITY, method=4)

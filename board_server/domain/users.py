@@ -13,13 +13,15 @@ from datetime import datetime
 
 from sqlalchemy import Connection
 
-from board_server.core.limits import NAME_MAX
+from board_server.core.emails import canonical_email
+from board_server.core.limits import EMAIL_MAX, NAME_MAX
 from board_server.core.records import UserRecord
 from board_server.domain import etags
 from board_server.domain.accounts import Accounts, Caller
 from board_server.domain.clock import now
 from board_server.domain.idempotency import RequestIds, request_key, reused_for_another_request
 from board_server.domain.paging import Page, PageTokens
+from board_server.domain.quotas import Quotas
 from board_server.domain.validation import Violations, check_id
 from board_server.storage import sessions
 from board_server.storage import users as user_rows
@@ -65,6 +67,7 @@ class UserService:
         db: Database,
         accounts: Accounts,
         tokens: PageTokens,
+        quotas: Quotas,
         requests: RequestIds,
         *,
         sign_up_open: bool,
@@ -72,6 +75,7 @@ class UserService:
         self._db = db
         self._accounts = accounts
         self._tokens = tokens
+        self._quotas = quotas
         self._requests = requests
         self._sign_up_open = sign_up_open
 
@@ -79,7 +83,8 @@ class UserService:
         self, caller: Caller, name: str, email: str, password: str, *, request_id: str = ""
     ) -> UserView:
         """Create a user (once per ``request_id``, see domain/idempotency.py); raise InvalidArgument,
-        AlreadyExists, PermissionDenied (sign-up closed)."""
+        AlreadyExists (an email with the same canonical form), PermissionDenied (sign-up closed),
+        ResourceExhausted (too many sign-ups from the caller's address)."""
         if not self._sign_up_open:
             self._accounts.require_admin(caller, "creating accounts (sign-up is closed on this server)")
         violations = Violations()
@@ -89,13 +94,22 @@ class UserService:
             violations.password("password", password, email)
         violations.request_id("request_id", request_id)
         violations.raise_if_any()
+        # Counted before the hash is computed: refused sign-ups cost the server nothing.
+        await self._accounts.count_sign_up(caller)
         password_hash = await self._accounts.hash_password(password) if password else None
         # The password stays out of the digest (nothing but its argon2 hash is ever stored): a repeat's
         # password is checked against the account's instead.
         key = request_key(caller, request_id, "user", name, email)
         user, created = await self._requests.once(
             key,
-            lambda conn: user_rows.add_user(conn, name, email, now(), password_hash),
+            lambda conn: user_rows.add_user(
+                conn,
+                name=name,
+                email=email,
+                email_canonical=canonical_email(email),
+                now=now(),
+                password_hash=password_hash,
+            ),
             user_rows.read_user,
         )
         if created:
@@ -133,12 +147,15 @@ class UserService:
         name: str,
         email: str,
         password: str,
+        current_password: str = "",
         etag: str = "",
     ) -> UserView:
         """Change the masked fields (of the version ``etag`` names, when given); a new password revokes the
-        user's other sessions.
+        user's other sessions. A new password or email takes ``current_password``
+        (Accounts.needs_current_password).
 
-        Raises InvalidArgument, UserNotFound, AlreadyExists, PermissionDenied, StaleEtag.
+        Raises InvalidArgument, UserNotFound, AlreadyExists, PermissionDenied (also a wrong current
+        password), ResourceExhausted (too many wrong ones), QuotaExceeded, StaleEtag.
         """
         violations = Violations()
         violations.row_id("user.id", user_id)
@@ -156,9 +173,14 @@ class UserService:
             current = await self._db.run_read(lambda conn: user_rows.read_user(conn, user_id))
             violations.password("user.password", password, current.email)
             violations.raise_if_any()
+        # Last of the checks: only a request that would be carried out costs a password attempt.
+        if self._accounts.needs_current_password(caller, user_id, paths):
+            await self._accounts.confirm_password(caller, user_id, current_password)
         values: dict[str, object] = {
             path: {"name": name, "email": email}[path] for path in paths if path != "password"
         }
+        if "email" in paths:
+            values["email_canonical"] = canonical_email(email)
         if "password" in paths:
             values["password_hash"] = await self._accounts.hash_password(password)
         # The caller's own session survives their password change; every other one ends now.
@@ -166,6 +188,7 @@ class UserService:
 
         def change(conn: Connection) -> tuple[UserRecord, int]:
             self._require_version(conn, user_id, etag)
+            self._quotas.count_write(conn, caller)
             user = user_rows.update_user(conn, user_id, values)
             revoked = sessions.delete_tokens_of(conn, user_id, keep) if "password" in paths else 0
             return user, revoked
@@ -178,12 +201,13 @@ class UserService:
 
     async def delete_user(self, caller: Caller, user_id: int, *, etag: str = "") -> None:
         """Delete the user with their posts, comments and sessions (only the version ``etag`` names, when
-        given); raise InvalidArgument, UserNotFound, PermissionDenied, StaleEtag."""
+        given); raise InvalidArgument, UserNotFound, PermissionDenied, StaleEtag, QuotaExceeded."""
         check_id("id", user_id)
         self._accounts.require_owner(caller, user_id, "this account")
 
         def remove(conn: Connection) -> None:
             self._require_version(conn, user_id, etag)
+            self._quotas.count_write(conn, caller)
             user_rows.delete_user(conn, user_id)
 
         await self._db.run_write(remove)
@@ -197,14 +221,16 @@ class UserService:
             current = user_rows.read_user(conn, user_id, for_update=True)
             etags.require_current(etag, etags.of_version(current.version), f"user {user_id}")
 
-    async def sign_in(self, email: str, password: str) -> tuple[str, datetime, UserView]:
-        """Open a session: (access token, expiry, user); raise Unauthenticated, ResourceExhausted."""
+    async def sign_in(self, caller: Caller, email: str, password: str) -> tuple[str, datetime, UserView]:
+        """Open a session: (access token, expiry, user); raise InvalidArgument, Unauthenticated,
+        ResourceExhausted (too many failures from the caller's address)."""
         violations = Violations()
-        violations.text("email", email, 254)
+        violations.text("email", email, EMAIL_MAX)
+        violations.email_key("email", email)
         if not password:
             violations.add("password", "must not be empty")
         violations.raise_if_any()
-        session = await self._accounts.sign_in(email, password)
+        session = await self._accounts.sign_in(caller, email, password)
         user = await self._db.run_read(lambda conn: user_rows.read_user(conn, session.user_id))
         caller = Caller(session.user_id, session.admin)
         audit.info("Signed in; user_id=%d; by=%s", session.user_id, caller.actor)

@@ -9,6 +9,7 @@ import math
 import re
 from collections.abc import Sequence
 
+from board_server.core.emails import canonical_email
 from board_server.core.errors import FieldViolation, InvalidArgument, excerpt
 from board_server.core.limits import EMAIL_MAX
 
@@ -41,6 +42,16 @@ class Violations:
             self.add(field, f"must be at most {EMAIL_MAX} characters (got {len(value)})")
         elif not EMAIL_PATTERN.fullmatch(value):
             self.add(field, "must be an email address like name@example.org")
+        else:
+            self.email_key(field, value)
+
+    def email_key(self, field: str, value: str) -> None:
+        """The canonical form (core/emails.py), which accounts are looked up by, fits too: a few
+        compatibility characters (ligatures, U+FDFA) grow under NFKC."""
+        if len(value) <= EMAIL_MAX < len(canonical_email(value)):
+            self.add(
+                field, f"must be at most {EMAIL_MAX} characters in its canonical form (NFKC, case-folded)"
+            )
 
     def password(self, field: str, value: str, email: str) -> None:
         if len(value) < PASSWORD_MIN:
@@ -49,7 +60,7 @@ class Violations:
             self.add(field, f"must be at most {PASSWORD_MAX} characters")
         elif "\x00" in value:
             self.add(field, "must not contain NUL characters")
-        elif email and value.strip().lower() == email.strip().lower():
+        elif email and canonical_email(value) == canonical_email(email):
             self.add(field, "must not be the email address")
 
     def row_id(self, field: str, value: int) -> None:

@@ -1,10 +1,12 @@
-"""WatchAttachment's engine: one poller per process for every watcher, woken at once by local changes.
+"""WatchAttachment's engine: one poller per process for every watcher, woken at once by changes it hears of.
 
 Watchers cost a dictionary entry and an asyncio queue each; one task reads the state of every watched
-attachment in a single query every ``poll_s`` seconds (and at once when this process's tagging worker
-reports a change through ``poke``), and hands each watcher the versions that changed. A change made by
-another process or replica therefore reaches a watcher within ``poll_s`` (0.5 s by default, flag
-``--watch-poll``); one made here, at once. Nothing runs while nobody watches.
+attachment in a single query every ``poll_s`` seconds, and at once when this process's tagging worker
+reports a change (``poke``) or, on PostgreSQL, when a notification names a watched row (``changed``, from
+the LISTEN connection of storage/notifications.py, for changes committed by any process of any replica); it
+hands each watcher the versions that changed. Polling is what SQLite has between processes, and the safety
+net for a notification that never arrived: a change reaches a watcher within ``poll_s`` (0.5 s by default,
+flag ``--watch-poll``) at the latest. Nothing runs while nobody watches.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Hashable, Mapping, Sequence
 from typing import Generic, TypeVar
 
 logger = logging.getLogger(__name__)
@@ -49,6 +51,12 @@ class WatchHub(Generic[V]):
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._wake.set)
 
+    def changed(self, row_ids: Collection[int] | None) -> None:
+        """Those rows changed somewhere (None: any may have), from the event loop: look now if any of them
+        is watched."""
+        if self._watchers and (row_ids is None or not self._watchers.keys().isdisjoint(row_ids)):
+            self._wake.set()
+
     async def changes(self, row_id: int, current: V) -> AsyncIterator[V]:
         """Every later version of row ``row_id`` (after ``current``); None from the queue means it is gone."""
         queue: asyncio.Queue[V | None] = asyncio.Queue()
@@ -56,6 +64,7 @@ class WatchHub(Generic[V]):
         self._next_key += 1
         self._watchers.setdefault(row_id, {})[key] = (queue, self._version(current))
         self._ensure_poller()
+        self._wake.set()  # one look at once: a change may have landed between ``current`` and now
         try:
             while (item := await queue.get()) is not None:
                 yield item

@@ -1,5 +1,6 @@
 """One board server process put together from its Settings: the database, the use cases, the inference
-backend and tagging worker, and the gRPC transport in front of them; and everything released again.
+backend and tagging worker, and the transports in front of them (gRPC; the HTTP listener for browsers);
+and everything released again.
 
 ``build_board`` makes the parts (no port is bound), ``start_board`` binds and starts them. Collaborators
 and callbacks are handed to constructors here, in the order their dependencies allow, so that no part is
@@ -15,7 +16,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
 
-from board_server.api.interceptors import CallObserver
+from board_server.api.calls import CallObserver
+from board_server.api.http import HttpServer, board_http_app, start_http
 from board_server.api.server import GrpcServer, report_health, start_grpc
 from board_server.core.errors import BoardError
 from board_server.domain.accounts import Accounts
@@ -25,6 +27,8 @@ from board_server.domain.comments import CommentService
 from board_server.domain.idempotency import RequestIds
 from board_server.domain.paging import load_page_tokens
 from board_server.domain.posts import PostService
+from board_server.domain.preview_cache import PreviewCache
+from board_server.domain.quotas import Quotas
 from board_server.domain.retag import Retagging
 from board_server.domain.served_models import ServedModels
 from board_server.domain.users import UserService
@@ -33,7 +37,8 @@ from board_server.runtime.config import Settings
 from board_server.runtime.faults import ExitAfterCommit, parse_fault
 from board_server.runtime.metrics import BoardMetrics
 from board_server.storage.engine import Database, open_database
-from board_server.tagging.backend import InferenceBackend, TorchServeBackend
+from board_server.storage.notifications import AttachmentChangeListener
+from board_server.tagging.backend import InferenceBackend, open_backend
 from board_server.tagging.worker import TaggingWorker
 
 logger = logging.getLogger(__name__)
@@ -45,9 +50,11 @@ def database_for(settings: Settings, metrics: BoardMetrics | None = None) -> Dat
     """The database of ``settings`` (not migrated: the supervisor or ``board-server migrate`` does that)."""
     return open_database(
         settings.database_url,
-        threads=settings.worker_threads,
+        connections=settings.worker_threads,
         busy_timeout_ms=settings.sqlite_busy_timeout_ms,
         connect_timeout_s=settings.database_connect_timeout_s,
+        # A second past the call's own deadline, which cancels the statement first; this catches the rest.
+        statement_timeout_s=settings.call_timeout_s + 1.0,
         on_batch=metrics.committed if metrics is not None else None,
     )
 
@@ -61,18 +68,20 @@ def inference_backend(settings: Settings) -> InferenceBackend | None:
         )
         return None
     logger.info(
-        "tagging via TorchServe gRPC %s model %r (key file %s, timeout %.0fs, lease %.0fs, %d attempts)",
+        "tagging via %s gRPC %s model %r (key files %s, timeout %.0fs, lease %.0fs, %d attempts)",
+        "TorchServe" if settings.segmentation_protocol == "torchserve" else "the Open Inference Protocol",
         settings.segmentation_target,
         settings.segmentation_model,
-        settings.segmentation_token_file or "none",
+        ", ".join(map(str, settings.segmentation_token_files)) or "none",
         settings.segmentation_timeout_s,
         settings.tagging_lease_seconds,
         settings.tagging_max_attempts,
     )
-    return TorchServeBackend(
+    return open_backend(
+        settings.segmentation_protocol,
         settings.segmentation_target,
         settings.segmentation_model,
-        token_file=settings.segmentation_token_file,
+        token_files=settings.segmentation_token_files,
         timeout_s=settings.segmentation_timeout_s,
     )
 
@@ -84,6 +93,8 @@ class BoardParts:
     settings: Settings
     database: Database
     accounts: Accounts
+    quotas: Quotas
+    previews: PreviewCache
     requests: RequestIds
     board: Board
     backend: InferenceBackend | None
@@ -93,8 +104,16 @@ class BoardParts:
     def close(self) -> None:
         if self.backend is not None:
             self.backend.close()
+        self.previews.close()
         self.accounts.close()
         self.database.dispose()
+
+    async def aclose(self) -> None:
+        """``close()`` from the event loop, whose database connections are closed on it first."""
+        if self.backend is not None:
+            self.backend.close()
+        self.accounts.close()
+        await self.database.close()
 
 
 def build_board(
@@ -110,13 +129,24 @@ def build_board(
             auth=settings.auth,
             reads_need_sign_in=settings.reads_need_sign_in,
             token_lifetime=timedelta(seconds=settings.token_lifetime_s),
+            sign_in_failures_per_peer=settings.sign_in_failures_per_peer,
+            sign_ups_per_peer=settings.sign_ups_per_peer,
         )
     except BaseException:
         database.dispose()
         raise
+    quotas = Quotas(
+        writes_per_minute=settings.writes_per_user_per_minute, storage_bytes=settings.user_storage_quota_bytes
+    )
     backend = inference_backend(settings)
     requests = RequestIds(database, timedelta(seconds=settings.request_id_ttl_s))
     models = ServedModels(database, settings.segmentation_model)
+    previews = PreviewCache(
+        database,
+        models,
+        budget_bytes=settings.preview_cache_bytes,
+        renders_per_peer=settings.preview_renders_per_peer,
+    )
     watchers = watch_hub(database, settings.watch_poll_s)
     threads = settings.tagging_workers if tagging_threads is None else tagging_threads
     tagger = None
@@ -137,21 +167,24 @@ def build_board(
         database,
         accounts,
         tokens,
-        models,
-        watchers,
+        previews=previews,
+        quotas=quotas,
+        watchers=watchers,
         requests=requests,
         max_bytes=settings.max_attachment_bytes,
         max_per_post=settings.max_attachments_per_post,
         on_added=tagger.wake if tagger is not None else None,
     )
     board = Board(
-        users=UserService(database, accounts, tokens, requests, sign_up_open=settings.sign_up_open),
-        posts=PostService(database, accounts, tokens, models, requests),
-        comments=CommentService(database, accounts, tokens, requests),
+        users=UserService(database, accounts, tokens, quotas, requests, sign_up_open=settings.sign_up_open),
+        posts=PostService(database, accounts, tokens, models, quotas=quotas, requests=requests),
+        comments=CommentService(database, accounts, tokens, quotas, requests),
         attachments=attachments,
         retagging=Retagging(database, accounts, models, backend),
     )
-    return BoardParts(settings, database, accounts, requests, board, backend, tagger, metrics)
+    return BoardParts(
+        settings, database, accounts, quotas, previews, requests, board, backend, tagger, metrics
+    )
 
 
 @dataclass
@@ -160,11 +193,20 @@ class BoardServer:
 
     parts: BoardParts
     grpc: GrpcServer
+    http: HttpServer | None = None
+    serving: bool = True  # what the HTTP listener's /healthz says (the database answers)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
     def port(self) -> int:
         return self.grpc.port
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http is not None else None
+
+    def _set_serving(self, ok: bool) -> None:
+        self.serving = ok
 
     @property
     def database(self) -> Database:
@@ -174,22 +216,25 @@ class BoardServer:
         """Report NOT_SERVING, let in-flight calls finish for up to ``grace`` seconds, release everything."""
         for task in self._tasks:
             task.cancel()
-        await self.grpc.stop(grace)
+        http_stopped = self.http.stop(grace) if self.http is not None else asyncio.sleep(0)
+        await asyncio.gather(self.grpc.stop(grace), http_stopped)
         await self.parts.board.attachments.watchers.close()
         if self.parts.tagger is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.parts.tagger.stop, grace)
-        self.parts.close()
+        await self.parts.aclose()
 
 
-async def start_board(parts: BoardParts, *, port: int | None = None) -> BoardServer:
-    """Bind and start ``parts``: on ``port`` with SO_REUSEPORT when processes share it, else on the
-    settings' address. Raises RuntimeError if the address cannot be bound (the parts are then released)."""
+async def start_board(
+    parts: BoardParts, *, port: int | None = None, http_port: int | None = None
+) -> BoardServer:
+    """Bind and start ``parts``: on ``port`` (and ``http_port``) with SO_REUSEPORT when processes share
+    them, else on the settings' addresses. Raises RuntimeError if an address cannot be bound (the parts are
+    then released)."""
     settings, metrics = parts.settings, parts.metrics
     shared = port is not None
     address = f"{settings.host}:{port}" if shared else settings.address
-    observers: list[CallObserver] = [metrics] if metrics is not None else []
-    if settings.test_fault:  # tests only (runtime/faults.py); config refused it off loopback
-        observers.append(ExitAfterCommit(parse_fault(settings.test_fault)))
+    grpc_server = None
+    observers = _observers(parts)
     try:
         grpc_server = await start_grpc(
             parts.board,
@@ -200,37 +245,77 @@ async def start_board(parts: BoardParts, *, port: int | None = None) -> BoardSer
             observers=observers,
             interceptors=tracing.server_interceptors(),
         )
+        started = BoardServer(parts, grpc_server)
+        if settings.http_address:
+            started.http = await _start_http(started, http_port, observers)
     except BaseException:
+        if grpc_server is not None:
+            await grpc_server.stop(0)
         parts.close()
         raise
     if parts.tagger is not None:
         parts.tagger.start()
-    started = BoardServer(parts, grpc_server)
     database = parts.database
     gauges = None if metrics is None else partial(_refresh_gauges, metrics, parts)
     started._tasks += [
         asyncio.create_task(
-            report_health(grpc_server.health, database.probe, settings.health_check_interval_s, gauges),
+            report_health(
+                grpc_server.health,
+                database.probe,
+                settings.health_check_interval_s,
+                gauges,
+                on_status=started._set_serving,
+            ),
             name="health",
         ),
-        asyncio.create_task(
-            _keep_house((parts.accounts.housekeeping, parts.requests.housekeeping), HOUSEKEEPING_INTERVAL_S),
-            name="housekeeping",
-        ),
+        asyncio.create_task(_keep_house(parts, HOUSEKEEPING_INTERVAL_S), name="housekeeping"),
     ]
+    if database.loop_connections is not None:  # PostgreSQL: changes committed anywhere wake our watchers
+        listener = AttachmentChangeListener(database.engine, parts.board.attachments.watchers.changed)
+        started._tasks.append(asyncio.create_task(listener.run(), name="attachment-changes"))
     if parts.backend is not None:
         started._tasks.append(asyncio.create_task(_learn_served_model(parts.board.retagging), name="model"))
     return started
 
 
+async def _start_http(
+    started: BoardServer, port: int | None, observers: Sequence[CallObserver]
+) -> HttpServer:
+    """The HTTP listener for browsers beside the gRPC server, over the same use cases."""
+    parts, settings = started.parts, started.parts.settings
+    app = board_http_app(
+        parts.board,
+        parts.accounts,
+        settings,
+        observers=observers,
+        serving=lambda: started.serving,
+    )
+    address = f"{settings.http_host}:{port}" if port is not None else settings.http_address
+    return await start_http(app, settings, address=address, reuse_port=port is not None)
+
+
+def _observers(parts: BoardParts) -> list[CallObserver]:
+    """What sees every call, on every transport: the metrics, and in tests a fault point."""
+    observers: list[CallObserver] = [parts.metrics] if parts.metrics is not None else []
+    if parts.settings.test_fault:  # tests only (runtime/faults.py); config refused it off loopback
+        observers.append(ExitAfterCommit(parse_fault(parts.settings.test_fault)))
+    return observers
+
+
 def _refresh_gauges(metrics: BoardMetrics, parts: BoardParts) -> None:
-    metrics.connections_in_use.set(parts.database.engine.pool.checkedout())  # type: ignore[attr-defined]
+    metrics.connections_in_use.set(parts.database.connections_in_use())
     metrics.watchers.set(parts.board.attachments.watchers.watcher_count)
 
 
-async def _keep_house(sweeps: Sequence[Callable[[], Awaitable[object]]], interval_s: float) -> None:
-    """Sweep expired sessions, stale sign-in failures and request_ids past their TTL now and then (every
-    process: the deletes are idempotent, and cheap when there is nothing to delete)."""
+async def _keep_house(parts: BoardParts, interval_s: float) -> None:
+    """Sweep expired sessions, stale sign-in failures and sign-ups, past write counters and request_ids past
+    their TTL now and then (every process: the deletes are idempotent, and cheap when there is nothing to
+    delete)."""
+    sweeps: tuple[Callable[[], Awaitable[object]], ...] = (
+        parts.accounts.housekeeping,
+        partial(parts.quotas.housekeeping, parts.database),
+        parts.requests.housekeeping,
+    )
     while True:
         for sweep in sweeps:
             try:

@@ -19,9 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from board_server.runtime.faults import parse_fault
+from board_server.tagging.backend import PROTOCOLS, InferenceProtocol
+from board_server.tagging.targets import check_token_files, parse_targets
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9464"
+DEFAULT_HTTP_ADDRESS = "127.0.0.1:8088"
+# The web app as `make web` builds it in this checkout (served by the HTTP listener when present).
+DEFAULT_WEB_ROOT = Path(__file__).resolve().parents[2] / "clients" / "web" / "dist"
 DEFAULT_DATABASE_FILE = Path("var") / "board.db"
 DEFAULT_AUDIT_LOG = Path("var") / "log" / "board-audit.log"
 # The least a tagging lease must exceed the segmentation call timeout by (the store after the call).
@@ -61,7 +66,7 @@ class Settings:
     log_level: str = "INFO"
     # Server processes sharing the port (SO_REUSEPORT); 0 in the table below means one per core.
     processes: int = 1
-    # Threads for blocking database work of the event loop (PostgreSQL; SQLite reads run on the loop).
+    # PostgreSQL connections of a process's event loop (its calls; SQLite reads run on the loop).
     worker_threads: int = 8
     max_message_bytes: int = 4 * 1024 * 1024
     grace_seconds: float = 10.0
@@ -86,11 +91,19 @@ class Settings:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     allow_plaintext: bool = False
+    # Limits per client address and per user (0 turns one off).
+    sign_in_failures_per_peer: int = 20
+    sign_ups_per_peer: int = 10
+    writes_per_user_per_minute: int = 600
+    user_storage_quota_bytes: int = 1024 * 1024 * 1024
+    preview_cache_bytes: int = 1024 * 1024 * 1024
+    preview_renders_per_peer: int = 2
     # Attachments and their tagging; an empty target turns tagging off (uploads stay PENDING).
     max_attachment_bytes: int = 20 * 1024 * 1024
     max_attachments_per_post: int = 20
+    segmentation_protocol: InferenceProtocol = "torchserve"
     segmentation_target: str = ""
-    segmentation_token_file: Path | None = None
+    segmentation_token_files: tuple[Path, ...] = ()
     segmentation_model: str = "deeplabv3"
     segmentation_timeout_s: float = 60.0
     tagging_workers: int = 2
@@ -102,6 +115,10 @@ class Settings:
     metrics_address: str = DEFAULT_METRICS_ADDRESS  # "" turns the exporter off
     tracing_enabled: bool = False
     watch_poll_s: float = 0.5
+    # The HTTP listener for browsers (Connect, gRPC-Web, the upload, the web app); "" turns it off.
+    http_address: str = DEFAULT_HTTP_ADDRESS
+    cors_origins: tuple[str, ...] = ()
+    web_root: Path = DEFAULT_WEB_ROOT
     # Safe retries (AIP-155): how long a create's request_id is remembered.
     request_id_ttl_s: float = 24 * 3600.0
     # Tests only: a fault point from BOARD_TEST_FAULT (runtime/faults.py); never a flag, loopback only.
@@ -125,6 +142,10 @@ class Settings:
     def tls(self) -> bool:
         return self.tls_cert_file is not None
 
+    @property
+    def http_host(self) -> str:
+        return self.http_address.rsplit(":", 1)[0]
+
 
 @dataclass(frozen=True)
 class Option:
@@ -146,8 +167,28 @@ def _optional_path(text: str) -> Path | None:
     return Path(text) if text else None
 
 
+def _paths(text: str) -> tuple[Path, ...]:
+    return tuple(Path(item.strip()) for item in text.split(",") if item.strip())
+
+
+def _protocol(text: str) -> InferenceProtocol:
+    value = text.strip().lower()
+    for protocol in PROTOCOLS:
+        if value == protocol:
+            return protocol
+    raise ValueError(f"protocol must be {' or '.join(PROTOCOLS)}, got {text!r}")
+
+
 def _metrics_address(text: str) -> str:
     return "" if text.strip().lower() in ("", "none", "off") else text.strip()
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    origins = tuple(o.strip().rstrip("/") for o in text.split(",") if o.strip())
+    for origin in origins:
+        if not re.fullmatch(r"https?://[^/\s*]+", origin):
+            raise ValueError(f"not an origin (scheme://host[:port]): {origin!r}")
+    return origins
 
 
 def _sign_up(text: str) -> bool:
@@ -174,7 +215,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("processes", "--processes", "BOARD_PROCESSES", int,
            "server processes sharing the port (0: one per core)"),
     Option("worker_threads", "--workers", "BOARD_WORKERS", int,
-           "threads for blocking database work (PostgreSQL; SQLite reads run on the event loop)"),
+           "PostgreSQL connections per process for the calls of its event loop"),
     Option("max_message_bytes", "--max-message-bytes", "BOARD_MAX_MESSAGE_BYTES", int,
            "largest message in bytes"),
     Option("grace_seconds", "--grace", "BOARD_GRACE_SECONDS", parse_duration,
@@ -204,16 +245,30 @@ OPTIONS: tuple[Option, ...] = (
     Option("tls_key_file", "--tls-key-file", "BOARD_TLS_KEY_FILE", _optional_path, "PEM private key"),
     Option("allow_plaintext", "--allow-plaintext", "BOARD_ALLOW_PLAINTEXT", _on_off,
            "on: serve without TLS on a non-loopback address with auth on (a TLS proxy in front)"),
+    Option("sign_in_failures_per_peer", "--sign-in-failures-per-peer", "BOARD_SIGN_IN_FAILURES_PER_PEER", int,
+           "failed sign-ins one client address may make in 15 minutes, over all emails (0: no limit)"),
+    Option("sign_ups_per_peer", "--sign-ups-per-peer", "BOARD_SIGN_UPS_PER_PEER", int,
+           "sign-ups one client address may make in an hour (0: no limit)"),
+    Option("writes_per_user_per_minute", "--writes-per-user-per-minute", "BOARD_WRITES_PER_USER_PER_MINUTE",
+           int, "creates, updates and deletes one user may make in a minute (0: no limit)"),
+    Option("user_storage_quota_bytes", "--user-storage-quota", "BOARD_USER_STORAGE_QUOTA", int,
+           "bytes the attachments of one user's posts may hold (0: no limit)"),
     Option("max_attachment_bytes", "--max-attachment-bytes", "BOARD_MAX_ATTACHMENT_BYTES", int,
            "largest attachment in bytes"),
     Option("max_attachments_per_post", "--max-attachments-per-post", "BOARD_MAX_ATTACHMENTS_PER_POST", int,
            "attachments one post may hold"),
+    Option("segmentation_protocol", "--segmentation-protocol", "BOARD_SEGMENTATION_PROTOCOL", _protocol,
+           "torchserve (TorchServe's gRPC inference API) or oip (Open Inference Protocol v2 gRPC)"),
+    Option("preview_cache_bytes", "--preview-cache-bytes", "BOARD_PREVIEW_CACHE_BYTES", int,
+           "bytes all kept previews may hold together; the least recently used go first (0: keep none)"),
     Option("segmentation_target", "--segmentation-target", "BOARD_SEGMENTATION_TARGET", str,
-           "HOST:PORT of TorchServe's gRPC inference API; empty turns tagging off"),
-    Option("segmentation_token_file", "--segmentation-token-file", "BOARD_SEGMENTATION_TOKEN_FILE",
-           _optional_path, "file holding TorchServe's inference key, re-read on every call"),
+           "HOST:PORT of the model server's gRPC port, several comma-separated, or dns:///NAME:PORT for "
+           "every address NAME resolves to; round-robin, a dead server skipped; empty turns tagging off"),
+    Option("segmentation_token_files", "--segmentation-token-file", "BOARD_SEGMENTATION_TOKEN_FILE", _paths,
+           "file holding the inference key, re-read on every call; one for every target, or a comma list "
+           "with one per target in the same order"),
     Option("segmentation_model", "--segmentation-model", "BOARD_SEGMENTATION_MODEL", str,
-           "model name in TorchServe"),
+           "model name on the model server"),
     Option("segmentation_timeout_s", "--segmentation-timeout", "BOARD_SEGMENTATION_TIMEOUT", parse_duration,
            "deadline of one segmentation call"),
     Option("tagging_workers", "--tagging-workers", "BOARD_TAGGING_WORKERS", int,
@@ -230,6 +285,12 @@ OPTIONS: tuple[Option, ...] = (
            "HOST:PORT of the Prometheus /metrics endpoint, or none"),
     Option("watch_poll_s", "--watch-poll", "BOARD_WATCH_POLL_SECONDS", parse_duration,
            "how often WatchAttachment looks for changes made by other processes or replicas"),
+    Option("http_address", "--http-address", "BOARD_HTTP_ADDRESS", _metrics_address,
+           "HOST:PORT of the HTTP listener for browsers (Connect, gRPC-Web, the web app), or none"),
+    Option("cors_origins", "--cors-origin", "BOARD_CORS_ORIGIN", _origins,
+           "origins (comma-separated) whose pages may call the HTTP listener; none by default"),
+    Option("web_root", "--web-root", "BOARD_WEB_ROOT", _path,
+           "folder of the built web app the HTTP listener serves (make web builds clients/web/dist)"),
     Option("request_id_ttl_s", "--request-id-ttl", "BOARD_REQUEST_ID_TTL", parse_duration,
            "how long a create's request_id is remembered: a repeat within it returns what the first made"),
 )
@@ -338,6 +399,12 @@ def validate(settings: Settings) -> None:
         (s.tagging_backoff_max_s > 0, "tagging backoff max must be > 0"),
         (s.tagging_max_attempts >= 1, "tagging max attempts must be >= 1"),
         (s.watch_poll_s > 0, "watch poll must be > 0"),
+        (s.sign_in_failures_per_peer >= 0, "sign-in failures per peer must be >= 0"),
+        (s.sign_ups_per_peer >= 0, "sign-ups per peer must be >= 0"),
+        (s.writes_per_user_per_minute >= 0, "writes per user per minute must be >= 0"),
+        (s.user_storage_quota_bytes >= 0, "user storage quota must be >= 0"),
+        (s.preview_cache_bytes >= 0, "preview cache bytes must be >= 0"),
+        (s.preview_renders_per_peer >= 1, "preview renders per peer must be >= 1"),
         (s.request_id_ttl_s > 0, "request id TTL must be > 0"),
         ((s.tls_cert_file is None) == (s.tls_key_file is None), "give both TLS certificate and key files"),
     )  # fmt: skip
@@ -351,19 +418,33 @@ def validate(settings: Settings) -> None:
             f"({s.segmentation_timeout_s:g}s) by at least {LEASE_MARGIN_S:g}s, so that a call in flight "
             "never outlives its lease"
         )
-    if not s.auth and not is_loopback(s.host):
-        raise ValueError(
-            f"--auth off is for local development only: refused on {s.host!r}; listen on 127.0.0.1 or turn "
-            "auth on"
-        )
+    if s.segmentation_target:
+        try:
+            check_token_files(parse_targets(s.segmentation_target), s.segmentation_token_files)
+        except ValueError as exc:
+            raise ValueError(f"--segmentation-target: {exc}") from exc
+    if s.http_address and ":" not in s.http_address:
+        raise ValueError(f"http address must be HOST:PORT or none, got {s.http_address!r}")
+    for host in (s.host, s.http_host) if s.http_address else (s.host,):
+        _validate_exposure(s, host)
     if s.test_fault:
         parse_fault(s.test_fault)  # raises ValueError naming what is wrong
-        if not is_loopback(s.host):
-            raise ValueError(
-                f"{TEST_FAULT_ENV} is for tests only: refused on {s.host!r}; unset it, or listen on 127.0.0.1"
-            )
-    if s.auth and not s.tls and not s.allow_plaintext and not is_loopback(s.host):
+
+
+def _validate_exposure(s: Settings, host: str) -> None:
+    """Raise ValueError for what must never listen on a public ``host``: auth off, the test fault, and
+    passwords in plaintext (without a TLS proxy in front)."""
+    if not s.auth and not is_loopback(host):
         raise ValueError(
-            f"refusing to accept passwords and tokens in plaintext on {s.host!r}: give --tls-cert-file and "
+            f"--auth off is for local development only: refused on {host!r}; listen on 127.0.0.1 or turn "
+            "auth on"
+        )
+    if s.test_fault and not is_loopback(host):
+        raise ValueError(
+            f"{TEST_FAULT_ENV} is for tests only: refused on {host!r}; unset it, or listen on 127.0.0.1"
+        )
+    if s.auth and not s.tls and not s.allow_plaintext and not is_loopback(host):
+        raise ValueError(
+            f"refusing to accept passwords and tokens in plaintext on {host!r}: give --tls-cert-file and "
             "--tls-key-file, or --allow-plaintext when a TLS proxy terminates in front of the board"
         )

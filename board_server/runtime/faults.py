@@ -46,8 +46,8 @@ def parse_fault(text: str) -> Fault:
 
 
 class ExitAfterCommit:
-    """A call observer (api/interceptors.py) that ends the process once ``fault.method`` has succeeded: the
-    interceptor tells it before the answer is handed to gRPC, so the answer is never sent."""
+    """A call observer (api/calls.py) that ends the process once ``fault.method`` has succeeded: the
+    call guard tells it before the answer is handed to gRPC, so the answer is never sent."""
 
     def __init__(self, fault: Fault) -> None:
         self._fault = fault
@@ -58,10 +58,12 @@ class ExitAfterCommit:
             fault.once_file,
         )
 
-    def started(self, service: str, method: str) -> None:
+    def started(self, service: str, method: str, *, protocol: str = "grpc") -> None:
         pass
 
-    def handled(self, service: str, method: str, code: grpc.StatusCode, seconds: float) -> None:
+    def handled(
+        self, service: str, method: str, code: grpc.StatusCode, seconds: float, *, protocol: str = "grpc"
+    ) -> None:
         if method != self._fault.method or code != grpc.StatusCode.OK:
             return
         try:

@@ -2,14 +2,18 @@
 
 Names gRPC users already know (go-grpc-prometheus / py-grpc-prometheus):
 
-    grpc_server_started_total{grpc_type,grpc_service,grpc_method}
-    grpc_server_handled_total{grpc_type,grpc_service,grpc_method,grpc_code}
-    grpc_server_handling_seconds{grpc_type,grpc_service,grpc_method}         histogram
+    grpc_server_started_total{grpc_type,grpc_service,grpc_method,protocol}
+    grpc_server_handled_total{grpc_type,grpc_service,grpc_method,protocol,grpc_code}
+    grpc_server_handling_seconds{grpc_type,grpc_service,grpc_method,protocol}         histogram
+
+``protocol`` says what carried the call: ``grpc``, or on the HTTP listener ``connect``, ``grpc-web`` and
+``http`` (the browser's upload).
 
 and the board's own: ``board_attachments{status}`` (counted in the database at every scrape, so each
 replica reports the same truth), ``board_tagging_queue`` (uploads waiting + re-tags queued),
-``board_tagging_latency_seconds`` (upload → TAGGED), ``board_torchserve_calls_total{outcome}`` (ok,
-rejected, unavailable, timeout, auth, server_error, bad_answer, ...), ``board_tagging_retries_total``,
+``board_tagging_latency_seconds`` (upload → TAGGED), ``board_torchserve_calls_total{outcome,target}``
+(tagging calls to the model server, whatever its protocol, by outcome: ok, rejected, unavailable, timeout,
+auth, server_error, bad_answer, ...; and by the server's address), ``board_tagging_retries_total``,
 ``board_tagging_lease_expiries_total``, ``board_db_connections_in_use``, ``board_group_commit_batch_size``,
 ``board_watchers``.
 
@@ -49,7 +53,8 @@ class BoardMetrics:
     """Every metric a server process records; a CallObserver, TaggingObserver and commit-batch observer."""
 
     def __init__(self, registry: CollectorRegistry | None) -> None:
-        labels = ("grpc_type", "grpc_service", "grpc_method")
+        # protocol: grpc, or what carried the call to the HTTP listener (connect, grpc-web, http).
+        labels = ("grpc_type", "grpc_service", "grpc_method", "protocol")
         self.started_total = Counter(
             "grpc_server_started_total", "RPCs started on the server.", labels, registry=registry
         )
@@ -68,8 +73,8 @@ class BoardMetrics:
         )
         self.torchserve_calls = Counter(
             "board_torchserve_calls_total",
-            "Segmentation calls to TorchServe by outcome.",
-            ("outcome",),
+            "Segmentation calls to the model server by outcome and server address.",
+            ("outcome", "target"),
             registry=registry,
         )
         self.tagging_retries = Counter(
@@ -103,35 +108,37 @@ class BoardMetrics:
         self.watchers = Gauge(
             "board_watchers", "Open WatchAttachment streams.", registry=registry, multiprocess_mode="livesum"
         )
-        self._children: dict[tuple[str, str, str], Any] = {}
+        self._children: dict[tuple[str, str, str, str], Any] = {}
 
     # --- CallObserver ---------------------------------------------------------------------------------
 
-    def _child(self, kind: str, service: str, method: str, code: str = "") -> Any:
-        key = (service, method, code or kind)
+    def _child(self, kind: str, service: str, method: str, protocol: str, code: str = "") -> Any:
+        key = (service, method, protocol, code or kind)
         child = self._children.get(key)
         if child is None:
             grpc_type = "server_stream" if method == "WatchAttachment" else "unary"
             if kind == "started":
-                child = self.started_total.labels(grpc_type, service, method)
+                child = self.started_total.labels(grpc_type, service, method, protocol)
             elif kind == "seconds":
-                child = self.handling_seconds.labels(grpc_type, service, method)
+                child = self.handling_seconds.labels(grpc_type, service, method, protocol)
             else:
-                child = self.handled_total.labels(grpc_type, service, method, code)
+                child = self.handled_total.labels(grpc_type, service, method, protocol, code)
             self._children[key] = child
         return child
 
-    def started(self, service: str, method: str) -> None:
-        self._child("started", service, method).inc()
+    def started(self, service: str, method: str, *, protocol: str = "grpc") -> None:
+        self._child("started", service, method, protocol).inc()
 
-    def handled(self, service: str, method: str, code: grpc.StatusCode, seconds: float) -> None:
-        self._child("handled", service, method, code.name).inc()
-        self._child("seconds", service, method).observe(seconds)
+    def handled(
+        self, service: str, method: str, code: grpc.StatusCode, seconds: float, *, protocol: str = "grpc"
+    ) -> None:
+        self._child("handled", service, method, protocol, code.name).inc()
+        self._child("seconds", service, method, protocol).observe(seconds)
 
     # --- TaggingObserver -----------------------------------------------------------------------------
 
-    def call_outcome(self, kind: str) -> None:
-        self.torchserve_calls.labels(kind).inc()
+    def call_outcome(self, kind: str, target: str) -> None:
+        self.torchserve_calls.labels(kind, target).inc()
 
     def retried(self) -> None:
         self.tagging_retries.inc()

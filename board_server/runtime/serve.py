@@ -20,7 +20,8 @@ async def serve_until_signalled(
     *,
     port: int | None,
     tagging_threads: int,
-    on_ready: Callable[[int], None],
+    on_ready: Callable[[int, int | None], None],
+    http_port: int | None = None,
     signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
 ) -> None:
     """Serve in this process until one of ``signals``, then drain in-flight calls for the grace period."""
@@ -36,7 +37,9 @@ async def serve_until_signalled(
     registry = CollectorRegistry() if settings.metrics_address and port is None else None
     metrics = BoardMetrics(registry) if settings.metrics_address else None
     board = await start_board(
-        build_board(settings, tagging_threads=tagging_threads, metrics=metrics), port=port
+        build_board(settings, tagging_threads=tagging_threads, metrics=metrics),
+        port=port,
+        http_port=http_port,
     )
     exporter = None
     if registry is not None:
@@ -47,7 +50,7 @@ async def serve_until_signalled(
         except OSError as exc:
             await board.stop(0)
             raise RuntimeError(f"could not serve metrics on {settings.metrics_address}: {exc}") from exc
-    on_ready(board.port)
+    on_ready(board.port, board.http_port)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in signals:
@@ -62,12 +65,20 @@ async def serve_until_signalled(
         tracer_provider.shutdown()
 
 
+def announce_http(settings: Settings, port: int) -> None:
+    """The HTTP listener's line, logged before 'listening on' (tools parse both)."""
+    scheme = "https" if settings.tls else "http"
+    logger.info("web app and Connect on %s://%s:%d/", scheme, settings.http_host, port)
+
+
 def serve_single(settings: Settings) -> int:
     """Serve in this very process (``--processes 1``)."""
     handler = audit_file_handler(settings)
     route_audit(handler)
 
-    def ready(port: int) -> None:
+    def ready(port: int, http_port: int | None) -> None:
+        if http_port is not None:
+            announce_http(settings, http_port)
         # Tests and tools parse this line to learn the bound port (the address may say port 0).
         logger.info("listening on %s:%d", settings.host, port)
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from board_server.runtime.config import Settings
 from board_server.runtime.logs import AuditRotator, audit_append_handler, configure_logging, route_audit
-from board_server.runtime.serve import serve_until_signalled
+from board_server.runtime.serve import announce_http, serve_until_signalled
 
 logger = logging.getLogger("board_server")
 
@@ -53,6 +53,7 @@ class ServerProcessPlan:
     port: int
     index: int
     tagging_threads: int
+    http_port: int | None = None
 
 
 def _server_process(
@@ -61,6 +62,7 @@ def _server_process(
 ) -> None:
     """Entry point of one server process (spawned by the supervisor)."""
     settings, port, index, tagging_threads = plan.settings, plan.port, plan.index, plan.tagging_threads
+    http_port = plan.http_port
     configure_logging(settings.log_level)
     route_audit(audit_append_handler(settings))
     # Ctrl-C reaches every process of the terminal's group; only the supervisor's SIGTERM starts the drain,
@@ -72,8 +74,9 @@ def _server_process(
                 settings,
                 port=port,
                 tagging_threads=tagging_threads,
-                on_ready=lambda bound: ready.put(("ready", index, bound)),
+                on_ready=lambda bound, _http: ready.put(("ready", index, bound)),
                 signals=(signal.SIGTERM,),
+                http_port=http_port,
             )
         )
     except Exception as exc:
@@ -100,12 +103,13 @@ class Supervisor:
         self._deaths: list[float] = []
         self._stopping = False
         self.port = 0
+        self.http_port: int | None = None
 
     def _spawn(self, index: int) -> _Child:
         share = tagging_share(self.settings.tagging_workers, self.settings.processes, index)
         process = self._context.Process(
             target=_server_process,
-            args=(ServerProcessPlan(self.settings, self.port, index, share), self._ready),
+            args=(ServerProcessPlan(self.settings, self.port, index, share, self.http_port), self._ready),
             name=f"board-server-{index}",
             daemon=False,
         )
@@ -141,6 +145,19 @@ class Supervisor:
         _, port_text = self.settings.address.rsplit(":", 1)
         reservation = reserve_port(self.settings.host, int(port_text))
         self.port = int(reservation.getsockname()[1])
+        http_reservation = None
+        if self.settings.http_address:
+            http_host, http_port_text = self.settings.http_address.rsplit(":", 1)
+            try:
+                http_reservation = reserve_port(http_host, int(http_port_text))
+            except OSError as exc:
+                logger.error(
+                    "cannot start: the HTTP listener cannot bind %s: %s", self.settings.http_address, exc
+                )
+                reservation.close()
+                rotator.stop()
+                return 1
+            self.http_port = int(http_reservation.getsockname()[1])
         metrics = _SupervisorMetrics(self.settings) if self.settings.metrics_address else None
         stop_requested = False
 
@@ -155,6 +172,8 @@ class Supervisor:
             for index in range(self.settings.processes):
                 self._spawn(index)
             self._await_ready(set(self._children))
+            if self.http_port is not None:
+                announce_http(self.settings, self.http_port)
             logger.info(
                 "listening on %s:%d (%d processes, pids %s)",
                 self.settings.host,
@@ -179,6 +198,8 @@ class Supervisor:
             if metrics is not None:
                 metrics.stop()
             reservation.close()
+            if http_reservation is not None:
+                http_reservation.close()
             rotator.stop()
             logger.info("stopped")
 

@@ -3,15 +3,15 @@ tagging queue's statements are in storage/tagging_queue.py."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Row, Table, bindparam, delete, func, insert, select
+from sqlalchemy import Connection, Row, Table, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from board_server.core.errors import AttachmentNotFound, PostNotFound
+from board_server.storage.notifications import notify_attachments_changed
 from board_server.storage.tables import Attachment, AttachmentLabel, AttachmentPreview, Post
 
 _ATTACHMENTS, _LABELS, _POSTS, _PREVIEWS = (
@@ -146,6 +146,7 @@ def delete_attachment(conn: Connection, attachment_id: int) -> None:
     conn.execute(delete(_LABELS).where(_LABELS.c.attachment_id == attachment_id))
     if conn.execute(delete(_ATTACHMENTS).where(_ATTACHMENTS.c.id == attachment_id)).rowcount == 0:
         raise AttachmentNotFound(attachment_id)
+    notify_attachments_changed(conn, (attachment_id,))
 
 
 _OF_POSTS = (
@@ -162,36 +163,129 @@ def attachments_of_posts(conn: Connection, post_ids: Sequence[int]) -> Sequence[
 
 # --- the preview cache ------------------------------------------------------------------------------------
 
-_PREVIEW = select(_PREVIEWS.c.data, _PREVIEWS.c.width, _PREVIEWS.c.height).where(
-    _PREVIEWS.c.attachment_id == bindparam("id"),
-    _PREVIEWS.c.max_size == bindparam("size"),
-    _PREVIEWS.c.overlay == bindparam("overlay"),
-    _PREVIEWS.c.content_type == bindparam("kind"),
+# One preview (bind names unlike the columns': UPDATE and DELETE reserve those).
+_PREVIEW_KEY = (
+    _PREVIEWS.c.attachment_id == bindparam("k_id"),
+    _PREVIEWS.c.max_size == bindparam("k_size"),
+    _PREVIEWS.c.overlay == bindparam("k_overlay"),
+    _PREVIEWS.c.content_type == bindparam("k_kind"),
 )
+_PREVIEW = select(_PREVIEWS.c.data, _PREVIEWS.c.width, _PREVIEWS.c.height, _PREVIEWS.c.last_use_time).where(
+    *_PREVIEW_KEY
+)
+_TOUCH_PREVIEW = update(_PREVIEWS).where(*_PREVIEW_KEY).values(last_use_time=bindparam("now"))
+_PREVIEW_SOURCE = select(_ATTACHMENTS.c.width, _ATTACHMENTS.c.height, _ATTACHMENTS.c.status).where(
+    _ATTACHMENTS.c.id == bindparam("id")
+)
+# Read from the index on (last_use_time, size_bytes) alone.
+_PREVIEW_BYTES = select(func.coalesce(func.sum(_PREVIEWS.c.size_bytes), 0))
+_LEAST_RECENTLY_USED = (
+    select(
+        _PREVIEWS.c.attachment_id,
+        _PREVIEWS.c.max_size,
+        _PREVIEWS.c.overlay,
+        _PREVIEWS.c.content_type,
+        _PREVIEWS.c.size_bytes,
+    )
+    .order_by(_PREVIEWS.c.last_use_time)
+    .limit(bindparam("n"))
+)
+_EVICT = delete(_PREVIEWS).where(*_PREVIEW_KEY)
+# PostgreSQL: stores take turns, so that two replicas never both decide there is room.
+_CACHE_TURN = text("SELECT pg_advisory_xact_lock(4242003)")
+_EVICT_BATCH = 64
+
+
+def preview_source(conn: Connection, attachment_id: int) -> Row[Any]:
+    """(width, height, status) of the attachment a preview is made of; raise AttachmentNotFound."""
+    row = conn.execute(_PREVIEW_SOURCE, {"id": attachment_id}).first()
+    if row is None:
+        raise AttachmentNotFound(attachment_id)
+    return cast("Row[Any]", row)
 
 
 def read_preview(
     conn: Connection, attachment_id: int, size: int, overlay: bool, kind: str
 ) -> Row[Any] | None:
-    """The cached preview (data, width, height), or None."""
-    params = {"id": attachment_id, "size": size, "overlay": overlay, "kind": kind}
+    """The cached preview (data, width, height, last_use_time), or None."""
+    params = {"k_id": attachment_id, "k_size": size, "k_overlay": overlay, "k_kind": kind}
     return cast("Row[Any] | None", conn.execute(_PREVIEW, params).first())
 
 
-def store_preview(
-    conn: Connection, attachment_id: int, *, size: int, overlay: bool, preview: Any, now: datetime
+def touch_preview(
+    conn: Connection, attachment_id: int, size: int, overlay: bool, kind: str, *, now: datetime
 ) -> None:
-    """Cache a rendered preview; a concurrent render of the same one may have stored it first (kept)."""
+    """Record that the cached preview was served at ``now`` (least recently used ones are evicted first)."""
+    params = {"k_id": attachment_id, "k_size": size, "k_overlay": overlay, "k_kind": kind, "now": now}
+    conn.execute(_TOUCH_PREVIEW, params)
+
+
+def preview_bytes(conn: Connection) -> int:
+    """The bytes every cached preview holds together."""
+    return int(conn.execute(_PREVIEW_BYTES).scalar_one())
+
+
+def store_preview(
+    conn: Connection,
+    attachment_id: int,
+    *,
+    size: int,
+    overlay: bool,
+    preview: Any,
+    now: datetime,
+    budget: int,
+) -> int:
+    """Cache a rendered preview, evicting the least recently used ones until every preview fits in
+    ``budget`` bytes; one larger than the whole budget is not kept. The number of previews evicted.
+
+    A concurrent render of the same preview may have stored it first: that one is kept.
+    """
+    data = preview.data
+    if len(data) > budget:
+        return 0
+    if conn.dialect.name == "postgresql":
+        conn.execute(_CACHE_TURN)
     values = {
         "attachment_id": attachment_id,
         "max_size": size,
         "overlay": overlay,
         "content_type": preview.content_type,
-        "data": preview.data,
+        "data": data,
         "width": preview.width,
         "height": preview.height,
         "create_time": now,
+        "size_bytes": len(data),
+        "last_use_time": now,
     }
-    # The same preview, rendered by another call at the same time, may be there already: keep it.
-    with contextlib.suppress(IntegrityError), conn.begin_nested():
-        conn.execute(insert(_PREVIEWS), values)
+    try:
+        with conn.begin_nested():
+            conn.execute(insert(_PREVIEWS), values)
+    except IntegrityError:
+        return 0  # stored by the other render (or the attachment is gone)
+    return _evict_beyond(conn, budget)
+
+
+def _evict_beyond(conn: Connection, budget: int) -> int:
+    """Delete the least recently used previews until the cache holds at most ``budget`` bytes."""
+    excess = preview_bytes(conn) - budget
+    evicted = 0
+    while excess > 0:
+        oldest = conn.execute(_LEAST_RECENTLY_USED, {"n": _EVICT_BATCH}).all()
+        if not oldest:
+            break
+        keys = []
+        for row in oldest:
+            keys.append(
+                {
+                    "k_id": row.attachment_id,
+                    "k_size": row.max_size,
+                    "k_overlay": row.overlay,
+                    "k_kind": row.content_type,
+                }
+            )
+            excess -= row.size_bytes
+            if excess <= 0:
+                break
+        conn.execute(_EVICT, keys)
+        evicted += len(keys)
+    return evicted

@@ -2,8 +2,8 @@
 
 SQLite is tuned for a server (WAL, synchronous=FULL, foreign keys): reads run in autocommit on a connection
 kept per thread, writes through group commit (storage/group_commit.py). PostgreSQL runs each write in its
-own transaction; the event loop hands PostgreSQL work to a small thread pool so that a network round trip
-never stalls it.
+own transaction: the event loop's calls on psycopg's async connections (storage/loop_connections.py, no
+thread hop), other threads' (tagging, the command line) on a small synchronous pool.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,17 +22,21 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy import Connection, Engine, NullPool, create_engine, event, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from board_server.storage.errors import busy_is_unavailable
 from board_server.storage.group_commit import GroupCommitWriter
+from board_server.storage.loop_connections import LoopConnections
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 _WRITE_OPTION = "board_write"
+# Reads whose cost the caller chooses (``run_search``) running at once per process; more wait their turn.
+SEARCHES_AT_ONCE = 2
 
 
 @dataclass
@@ -40,13 +45,20 @@ class Database:
 
     engine: Engine
     writer: GroupCommitWriter | None = None
-    # PostgreSQL: blocking database work of the event loop runs here (one thread per pooled connection).
-    executor: ThreadPoolExecutor | None = None
+    # PostgreSQL: the event loop's connections (threads use ``engine``'s pool).
+    loop_connections: LoopConnections | None = None
     # SQLite reads keep one connection per thread (a pool checkout per call costs more than a point read);
     # reads run in autocommit mode, so a kept connection holds no snapshot between calls.
     _reader: threading.local = field(default_factory=threading.local, repr=False)
     _readers: list[Connection] = field(default_factory=list, repr=False)
     _readers_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _search_slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(SEARCHES_AT_ONCE), repr=False
+    )
+    _search_threads: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(SEARCHES_AT_ONCE, thread_name_prefix="board-search"),
+        repr=False,
+    )
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -86,18 +98,58 @@ class Database:
             return work(conn)
 
     async def run_read(self, work: Callable[[Connection], T]) -> T:
-        """``query(work)`` from the event loop: inline on SQLite, on the database threads on PostgreSQL."""
-        if self.executor is None:
+        """``query(work)`` from the event loop: inline on SQLite, on a loop connection on PostgreSQL."""
+        if self.loop_connections is None:
             return self.query(work)
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self.query, work)
+        return await self.loop_connections.autocommit(work)
 
     async def run_write(self, work: Callable[[Connection], T]) -> T:
         """``write(work)`` from the event loop, which keeps serving while the write commits."""
         if self.writer is not None:
             return await self.writer.submit_from_loop(work)
-        if self.executor is None:
-            raise RuntimeError("PostgreSQL work needs the database executor")
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self.write, work)
+        if self.loop_connections is None:
+            raise RuntimeError("PostgreSQL work needs the event loop's connections")
+        return await self.loop_connections.write(work)
+
+    async def run_search(self, work: Callable[[Connection], T]) -> T:
+        """``run_read`` for a read whose cost the caller chooses (a filter, an order, a page of up to 1,000
+        rows): at most SEARCHES_AT_ONCE per process at a time, and ended when its call ends (its deadline
+        passed, the client went away: the awaiting task is cancelled). On SQLite it runs on a search thread,
+        so the event loop keeps serving, and is interrupted (``sqlite3.Connection.interrupt``); on
+        PostgreSQL psycopg cancels it in the server."""
+        async with self._search_slots:
+            if self.loop_connections is not None:
+                return await self.loop_connections.autocommit(work)
+            return await self._search_on_thread(work)
+
+    async def _search_on_thread(self, work: Callable[[Connection], T]) -> T:
+        connection: list[Any] = []  # the search thread's sqlite3 connection, once it has one
+        abandoned = threading.Event()
+
+        def search() -> T:
+            with self.read() as conn:
+                connection.append(conn.connection.driver_connection)
+                if abandoned.is_set():  # given up while the thread was starting
+                    raise TimeoutError("the call ended before its search started")
+                return work(conn)
+
+        loop = asyncio.get_running_loop()
+        done = loop.run_in_executor(self._search_threads, search)
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            abandoned.set()
+            # An interrupt reaches only a statement already running: repeat it until the thread lets go.
+            _interrupt_until_done(loop, done, connection)
+            done.add_done_callback(_log_interrupted)
+            raise
+
+    def connections_in_use(self) -> int:
+        """Connections lent to calls or threads right now (metrics)."""
+        in_use = int(self.engine.pool.checkedout())  # type: ignore[attr-defined]
+        if self.loop_connections is not None:
+            in_use += self.loop_connections.in_use
+        return in_use
 
     async def probe(self) -> None:
         """One round trip (SELECT 1) the way the event loop runs its reads; raises when it fails."""
@@ -109,7 +161,14 @@ class Database:
             conn.execute(text("SELECT 1"))
             conn.rollback()
 
+    async def close(self) -> None:
+        """``dispose()``, the event loop's connections closed first (from that loop)."""
+        if self.loop_connections is not None:
+            await self.loop_connections.close()
+        self.dispose()
+
     def dispose(self) -> None:
+        self._search_threads.shutdown(wait=False, cancel_futures=True)
         with self._readers_lock:
             readers, self._readers = self._readers, []
         for conn in readers:
@@ -117,9 +176,36 @@ class Database:
                 conn.close()
         if self.writer is not None:
             self.writer.close()
-        if self.executor is not None:
-            self.executor.shutdown(wait=True, cancel_futures=True)
         self.engine.dispose()
+
+
+def _log_interrupted(done: asyncio.Future[Any]) -> None:
+    error = None if done.cancelled() else done.exception()
+    error = getattr(error, "orig", error)  # SQLAlchemy's wrapper of the driver's error
+    if isinstance(error, sqlite3.OperationalError) and "interrupt" in str(error):
+        logger.info("a search was interrupted: its call ended first")
+
+
+def _interrupt_until_done(
+    loop: asyncio.AbstractEventLoop, done: asyncio.Future[Any], connection: list[Any], every_s: float = 0.05
+) -> None:
+    if done.done():
+        return
+    if connection:
+        connection[0].interrupt()
+    loop.call_later(every_s, _interrupt_until_done, loop, done, connection, every_s)
+
+
+def _check_for_lost_client(dbapi_connection: Any, _record: Any) -> None:
+    # A statement whose cancel request never arrived (the call was cancelled while psycopg was cancelling)
+    # leaves a closed connection behind: PostgreSQL 14+ then ends the statement within a second.
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("SET client_connection_check_interval = 1000")
+    except Exception:  # an older server: it finds out when it sends the result
+        logger.info("PostgreSQL has no client_connection_check_interval (before 14)", exc_info=True)
+    finally:
+        cursor.close()
 
 
 def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
@@ -147,17 +233,19 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
 def open_database(
     url: str,
     *,
-    threads: int = 8,
+    connections: int = 8,
     busy_timeout_ms: int = 30_000,
     connect_timeout_s: float = 5.0,
+    statement_timeout_s: float | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> Database:
     """Create the engine for ``url`` (creating an SQLite file's folder if needed).
 
-    ``threads``: database threads of the event loop on PostgreSQL (one pooled connection each);
-    ``busy_timeout_ms``: how long an SQLite writer waits for a writer that does not take turns;
-    ``connect_timeout_s``: how long a PostgreSQL connection attempt may take; ``on_batch``: told the size of
-    every committed SQLite batch (metrics).
+    ``connections``: PostgreSQL connections of the event loop; ``busy_timeout_ms``: how long an SQLite
+    writer waits for a writer that does not take turns; ``connect_timeout_s``: how long a PostgreSQL
+    connection attempt may take; ``statement_timeout_s``: PostgreSQL's statement_timeout on the event loop's
+    connections (an upper bound: a call's own deadline cancels its statement sooner); ``on_batch``: told the
+    size of every committed SQLite batch (metrics).
     """
     parsed = make_url(url)
     kwargs: dict[str, Any] = {"pool_pre_ping": False}
@@ -168,21 +256,32 @@ def open_database(
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             lock_path = Path(f"{parsed.database}-writer.lock")
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout_ms / 1000}
-    else:
-        # A database that cannot be reached must fail a call (and the health check) in seconds, not hang.
-        kwargs["connect_args"] = {"connect_timeout": max(1, round(connect_timeout_s))}
-    # One connection per database thread, so a request never waits for a pooled connection.
-    kwargs["pool_size"] = threads
-    # SQLite: every thread that reads keeps its connection (gRPC workers, tagging threads), so the number of
-    # threads bounds the connections, not the pool; PostgreSQL: a few beyond one per thread.
-    kwargs["max_overflow"] = -1 if is_sqlite else 4
-    engine = create_engine(parsed, **kwargs)
-    if is_sqlite:
+        # SQLite: every thread that reads keeps its connection (the event loop, tagging threads), so the
+        # number of threads bounds the connections, not the pool.
+        engine = create_engine(parsed, pool_size=connections, max_overflow=-1, **kwargs)
         _configure_sqlite(engine, busy_timeout_ms)
         writer = GroupCommitWriter(engine.execution_options(**{_WRITE_OPTION: True}), lock_path, on_batch)
         return Database(engine=engine, writer=writer)
-    executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="board-db")
-    return Database(engine=engine, executor=executor)
+    # A database that cannot be reached must fail a call (and the health check) in seconds, not hang.
+    # No JIT: compiling a filter of many label comparisons took seconds (the query itself a millisecond),
+    # and a statement being compiled cannot be cancelled.
+    connect_args: dict[str, Any] = {
+        "connect_timeout": max(1, round(connect_timeout_s)),
+        "options": "-c jit=off",
+    }
+    # Threads (tagging, the command line): a small pool, grown on demand.
+    engine = create_engine(parsed, pool_size=2, max_overflow=8, connect_args=connect_args, **kwargs)
+    loop_args = dict(connect_args)
+    # Timestamps come back in UTC (timezone.utc), as the Core path gives them: the lean path converts nothing.
+    loop_args["options"] += " -c TimeZone=UTC"
+    if statement_timeout_s is not None:
+        loop_args["options"] += f" -c statement_timeout={max(1, round(statement_timeout_s * 1000))}"
+    # The event loop's connections are kept by LoopConnections, so SQLAlchemy pools none of them.
+    loop_engine = create_async_engine(
+        parsed, poolclass=NullPool, isolation_level="AUTOCOMMIT", connect_args=loop_args
+    )
+    event.listen(loop_engine.sync_engine, "connect", _check_for_lost_client)
+    return Database(engine=engine, loop_connections=LoopConnections(loop_engine, connections))
 
 
 def migrate(engine: Engine) -> None:

@@ -1,5 +1,5 @@
 """Database failures in the domain's words: a busy or unreachable database is retryable (UNAVAILABLE for the
-caller), never an internal error."""
+caller), a statement ended at its time limit is DatabaseTimeout (DEADLINE_EXCEEDED); never INTERNAL."""
 
 from __future__ import annotations
 
@@ -9,16 +9,21 @@ from contextlib import contextmanager
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from board_server.core.errors import DatabaseBusy, DatabaseUnavailable
+from board_server.core.errors import DatabaseBusy, DatabaseTimeout, DatabaseUnavailable
+
+_QUERY_CANCELED = "57014"  # PostgreSQL's SQLSTATE for a statement ended by statement_timeout or a cancel
 
 
 @contextmanager
 def busy_is_unavailable() -> Iterator[None]:
     """Lock contention beyond the busy timeout becomes DatabaseBusy, a database that cannot be reached (or
-    dropped the connection) DatabaseUnavailable: both UNAVAILABLE, retryable, never INTERNAL."""
+    dropped the connection) DatabaseUnavailable: both UNAVAILABLE, retryable, never INTERNAL; a statement
+    PostgreSQL ended at its time limit DatabaseTimeout."""
     try:
         yield
     except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) == _QUERY_CANCELED:  # statement_timeout, a cancel request
+            raise DatabaseTimeout("the database ended the statement at its time limit") from exc
         text = str(exc.orig).lower()
         if isinstance(exc, OperationalError) and ("locked" in text or "busy" in text):
             raise DatabaseBusy("the database is busy; retry the call") from exc
@@ -33,3 +38,8 @@ def busy_is_unavailable() -> Iterator[None]:
         if "locked" in text or "busy" in text:
             raise DatabaseBusy("the database is busy; retry the call") from exc
         raise
+
+
+class MigrationRefusedError(RuntimeError):
+    """A migration found data it must not change on its own (two accounts whose emails become one); nothing
+    was changed, and the message says what the operator has to decide."""

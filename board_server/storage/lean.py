@@ -1,16 +1,20 @@
-"""The lean read path: a Core statement that, on SQLite, runs on the bare sqlite3 connection."""
+"""The lean path: a Core statement that runs on the bare driver connection (sqlite3, or psycopg's async
+connection of the event loop), compiled once."""
 
 from __future__ import annotations
 
 import collections
+import functools
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Boolean, Connection, Select
 from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.sql.dml import ReturningInsert
 
+from board_server.storage.loop_connections import driver_call
 from board_server.storage.tables import UTCDateTime
 
 
@@ -21,9 +25,11 @@ class LeanQuery:
     hottest statements (a post, a page of posts, a token's identity, inserting a post) take this path. Rows
     keep attribute access (named tuples) and the types the Core path gives: UTC datetimes, booleans;
     datetime parameters are stored as the Core path stores them.
-    On PostgreSQL it is the ordinary Core execution. Simple statements only: SELECTs or INSERT ... RETURNING
-    with named bind parameters, no expanding IN lists. Errors are the driver's own on SQLite
-    (sqlite3.IntegrityError), SQLAlchemy's on PostgreSQL.
+    On PostgreSQL from the event loop (storage/loop_connections.py) it runs on psycopg's async connection
+    (a prepared statement after a few runs: psycopg's ``prepare_threshold``); from a thread, it is the
+    ordinary Core execution. Simple statements only: SELECTs or INSERT ... RETURNING with named bind
+    parameters, no expanding IN lists. Errors are the driver's own on SQLite (sqlite3.IntegrityError),
+    SQLAlchemy's on PostgreSQL.
     """
 
     def __init__(self, statement: Select[Any] | ReturningInsert[Any]) -> None:
@@ -43,6 +49,13 @@ class LeanQuery:
             for i, c in enumerate(columns)
             if isinstance(c.type, UTCDateTime | Boolean)
         )
+
+    @functools.cached_property
+    def _postgres(self) -> tuple[str, dict[str, Any]]:
+        """The statement as psycopg runs it, and the parameters the compiler added; compiled at first use,
+        since a statement in SQLite's own spelling (an upsert) never runs on PostgreSQL."""
+        compiled = self.statement.compile(dialect=psycopg_dialect.dialect())  # type: ignore[no-untyped-call]
+        return str(compiled), {name: value for name, value in compiled.params.items() if value is not None}
 
     def _rows(self, conn: Connection, params: dict[str, Any]) -> Any:
         raw = conn.connection.driver_connection
@@ -65,16 +78,40 @@ class LeanQuery:
 
     def first(self, conn: Connection, params: dict[str, Any]) -> Any:
         """The first row (or None), like ``conn.execute(statement, params).first()``."""
-        if conn.dialect.name != "sqlite":
+        dialect = conn.dialect
+        if dialect.name == "sqlite":
+            values = self._rows(conn, params).fetchone()
+            return None if values is None else self._make(values)
+        if not dialect.is_async:
             return conn.execute(self.statement, params).first()
-        values = self._rows(conn, params).fetchone()
-        return None if values is None else self._make(values)
+
+        async def fetch(driver: Any) -> Any:
+            cursor = await driver.execute(self._postgres[0], self._pg_params(params))
+            return await cursor.fetchone()
+
+        values = driver_call(conn, fetch)
+        # The event loop's connections run with TimeZone=UTC: psycopg's datetimes are already what the Core
+        # path gives (UTC, timezone.utc), and its booleans are bool.
+        return None if values is None else self._row._make(values)
 
     def all(self, conn: Connection, params: dict[str, Any]) -> list[Any]:
         """Every row, like ``conn.execute(statement, params).all()``."""
-        if conn.dialect.name != "sqlite":
+        dialect = conn.dialect
+        if dialect.name == "sqlite":
+            return [self._make(values) for values in self._rows(conn, params).fetchall()]
+        if not dialect.is_async:
             return list(conn.execute(self.statement, params).all())
-        return [self._make(values) for values in self._rows(conn, params).fetchall()]
+
+        async def fetch(driver: Any) -> Any:
+            cursor = await driver.execute(self._postgres[0], self._pg_params(params))
+            return await cursor.fetchall()
+
+        make = self._row._make
+        return [make(values) for values in driver_call(conn, fetch)]
+
+    def _pg_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        defaults = self._postgres[1]
+        return {**defaults, **params} if defaults else params
 
 
 def _utc_from_sqlite(text: str) -> datetime:

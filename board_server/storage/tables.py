@@ -20,7 +20,6 @@ from sqlalchemy import (
     String,
     Text,
     false,
-    func,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -31,6 +30,7 @@ from board_server.core.limits import (
     EMAIL_MAX,
     FILENAME_MAX,
     NAME_MAX,
+    PEER_MAX,
     TITLE_MAX,
 )
 
@@ -70,8 +70,11 @@ class User(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(NAME_MAX))
-    # Unique ignoring case through the index ix_users_email_lower on lower(email) (see the migration).
+    # As the user typed it; two spellings with one canonical form are one account (below).
     email: Mapped[str] = mapped_column(String(EMAIL_MAX))
+    # core.emails.canonical_email(email), computed in Python; unique (ix_users_email_canonical), and what
+    # sign-in and the admin commands look an email up by. The default only lets the migration add it.
+    email_canonical: Mapped[str] = mapped_column(String(EMAIL_MAX), server_default="")
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
     # argon2id hash; NULL for users created before accounts existed (they cannot sign in until an admin
     # sets a password) and for users created while auth is off without a password.
@@ -81,7 +84,7 @@ class User(Base):
     version: Mapped[int] = mapped_column(Integer(), server_default=text("1"))
 
 
-Index("ix_users_email_lower", func.lower(User.email), unique=True)
+Index("ix_users_email_canonical", User.email_canonical, unique=True)
 
 
 class AccessToken(Base):
@@ -98,17 +101,45 @@ class AccessToken(Base):
 
 
 class SignInFailure(Base):
-    """One failed sign-in for a (lower-cased) email: the brute-force limit counts these in a window."""
+    """One failed sign-in (or wrong current password) for an email from a client address: the limits count
+    these in a window, per (email, address) and per address."""
 
     __tablename__ = "sign_in_failures"
     __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # The canonical form of the email as typed (whether or not such a user exists).
     email: Mapped[str] = mapped_column(String(EMAIL_MAX))
     attempt_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    peer: Mapped[str] = mapped_column(String(PEER_MAX), server_default="")
 
 
 Index("ix_sign_in_failures_email_time", SignInFailure.email, SignInFailure.attempt_time)
+Index("ix_sign_in_failures_peer_time", SignInFailure.peer, SignInFailure.attempt_time)
+
+
+class SignUp(Base):
+    """One sign-up attempt from a client address: the sign-up limit counts these in a window."""
+
+    __tablename__ = "sign_ups"
+    __table_args__ = NEVER_REUSE_IDS
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    peer: Mapped[str] = mapped_column(String(PEER_MAX))
+    attempt_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+Index("ix_sign_ups_peer_time", SignUp.peer, SignUp.attempt_time)
+
+
+class WriteCount(Base):
+    """How many writes a user made in one minute (``minute``: seconds since the epoch // 60)."""
+
+    __tablename__ = "write_counts"
+
+    user_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    minute: Mapped[int] = mapped_column(BigInteger(), primary_key=True, autoincrement=False)
+    writes: Mapped[int] = mapped_column(Integer())
 
 
 class DeploymentSecret(Base):
@@ -227,7 +258,8 @@ Index(
 
 
 class AttachmentPreview(Base):
-    """A rendered preview (cache): one per attachment, size, overlay and format; dropped with re-tagging."""
+    """A rendered preview (cache): one per attachment, size of the ladder, overlay and format; dropped with
+    re-tagging, evicted least recently used first beyond the cache's budget (domain/attachments.py)."""
 
     __tablename__ = "attachment_previews"
 
@@ -241,6 +273,12 @@ class AttachmentPreview(Base):
     width: Mapped[int] = mapped_column(Integer())
     height: Mapped[int] = mapped_column(Integer())
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    size_bytes: Mapped[int] = mapped_column(Integer())  # len(data): the budget sums these
+    last_use_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+# Eviction takes the least recently used first; the budget's sum reads this index alone.
+Index("ix_attachment_previews_last_use", AttachmentPreview.last_use_time, AttachmentPreview.size_bytes)
 
 
 class RequestId(Base):

@@ -9,6 +9,9 @@ Fencing is per claim: every claim writes a fresh random ``claim_token``, and res
 stored only ``WHERE claim_token = :token``. A worker whose lease expired and was taken over (a paused process,
 a slow call) can no longer write, even from the same process as the new owner.
 
+Every change a watcher can see (a claim, an outcome, a reschedule, a retry, a queued re-tag) notifies the
+replicas' listeners in the same transaction (storage/notifications.py).
+
 Like every row module (storage/users.py): each function takes a Connection inside the caller's transaction
 and never commits.
 """
@@ -37,6 +40,7 @@ from sqlalchemy import (
 )
 
 from board_server.core.records import AttachmentStatus, TagResult
+from board_server.storage.notifications import notify_attachments_changed
 from board_server.storage.tables import Attachment, AttachmentLabel, AttachmentPreview
 
 _ATTACHMENTS, _LABELS, _PREVIEWS = (
@@ -147,7 +151,10 @@ def claim(
         "now": now,
         "lease_until": lease_until,
     }
-    return token if conn.execute(_CLAIM, params).rowcount == 1 else None
+    if conn.execute(_CLAIM, params).rowcount != 1:
+        return None
+    notify_attachments_changed(conn, (attachment_id,))
+    return token
 
 
 def read_image(conn: Connection, attachment_id: int) -> bytes | None:
@@ -179,6 +186,7 @@ def finish_tagged(conn: Connection, attachment_id: int, token: str, now: datetim
     ).first()
     if done is None:
         return False
+    notify_attachments_changed(conn, (attachment_id,))
     conn.execute(delete(_LABELS).where(_LABELS.c.attachment_id == attachment_id))
     conn.execute(delete(_PREVIEWS).where(_PREVIEWS.c.attachment_id == attachment_id))
     if result.labels:
@@ -212,7 +220,7 @@ def finish_failed(conn: Connection, attachment_id: int, token: str, now: datetim
             **_RELEASED,
         )
     )
-    return conn.execute(statement).rowcount == 1
+    return _changed(conn, attachment_id, conn.execute(statement).rowcount == 1)
 
 
 def reschedule(
@@ -234,7 +242,7 @@ def reschedule(
     if not count_attempt:
         values["attempts"] = case((_A.attempts > 0, _A.attempts - 1), else_=0)
     statement = update(_ATTACHMENTS).where(_held(attachment_id, token)).values(**values)
-    return conn.execute(statement).rowcount == 1
+    return _changed(conn, attachment_id, conn.execute(statement).rowcount == 1)
 
 
 def requeue_failed(conn: Connection, attachment_id: int, now: datetime) -> bool:
@@ -253,7 +261,7 @@ def requeue_failed(conn: Connection, attachment_id: int, now: datetime) -> bool:
             **_RELEASED,
         )
     )
-    return conn.execute(statement).rowcount == 1
+    return _changed(conn, attachment_id, conn.execute(statement).rowcount == 1)
 
 
 def request_retag(
@@ -293,4 +301,14 @@ def request_retag(
             failure_reason=case((_A.status == AttachmentStatus.FAILED, _A.failure_reason), else_=None),
         )
     )
-    return int(conn.execute(statement).rowcount)
+    queued = int(conn.execute(statement).rowcount)
+    if queued:
+        notify_attachments_changed(conn, None if attachment_id is None else (attachment_id,))
+    return queued
+
+
+def _changed(conn: Connection, attachment_id: int, changed: bool) -> bool:
+    """``changed``, the replicas' listeners told when it is True."""
+    if changed:
+        notify_attachments_changed(conn, (attachment_id,))
+    return changed

@@ -17,17 +17,17 @@ from board_server.storage.lean import LeanQuery
 from board_server.storage.tables import Comment, Post, User
 
 _USERS, _POSTS, _COMMENTS = (cast(Table, model.__table__) for model in (User, Post, Comment))
-EMAIL_INDEX = "ix_users_email_lower"
+EMAIL_INDEX = "ix_users_email_canonical"
 
 
 def _is_duplicate_email(error: IntegrityError) -> bool:
     text = str(error.orig).lower()
-    # PostgreSQL names the index; SQLite names the indexed expression.
-    return EMAIL_INDEX in text or ("unique" in text and "email" in text)
+    # PostgreSQL names the index; SQLite names the indexed column.
+    return EMAIL_INDEX in text or ("unique" in text and "email_canonical" in text)
 
 
-# Every column but the password hash, which never leaves the accounts code.
-_USER_COLUMNS = [c for c in _USERS.c if c.name != "password_hash"]
+# Every column but the password hash, which never leaves the accounts code, and the lookup key.
+_USER_COLUMNS = [c for c in _USERS.c if c.name not in ("password_hash", "email_canonical")]
 _READ_USER = LeanQuery(select(*_USER_COLUMNS).where(_USERS.c.id == bindparam("id")))
 _READ_USER_FOR_UPDATE = select(*_USER_COLUMNS).where(_USERS.c.id == bindparam("id")).with_for_update()
 # FOR SHARE on PostgreSQL: a post or comment being added keeps its author from being deleted under it.
@@ -39,10 +39,22 @@ _INSERT_USER = insert(_USERS).returning(*_USER_COLUMNS)
 
 
 def add_user(
-    conn: Connection, name: str, email: str, now: datetime, password_hash: str | None = None
+    conn: Connection,
+    *,
+    name: str,
+    email: str,
+    email_canonical: str,
+    now: datetime,
+    password_hash: str | None = None,
 ) -> UserRecord:
-    """Insert a user; raise AlreadyExists if the email is taken (ignoring case)."""
-    values = {"name": name, "email": email, "create_time": now, "password_hash": password_hash}
+    """Insert a user; raise AlreadyExists if another user has the same canonical email."""
+    values = {
+        "name": name,
+        "email": email,
+        "email_canonical": email_canonical,
+        "create_time": now,
+        "password_hash": password_hash,
+    }
     try:
         row = conn.execute(_INSERT_USER, values).one()
     except IntegrityError as exc:
@@ -75,8 +87,8 @@ def list_users(conn: Connection, after_id: int, limit: int) -> Sequence[UserReco
 
 
 def update_user(conn: Connection, user_id: int, values: Mapping[str, Any]) -> UserRecord:
-    """Set ``values`` on the user and bump its version (its etag); raise UserNotFound, AlreadyExists (email
-    taken)."""
+    """Set ``values`` on the user (a new ``email`` comes with its ``email_canonical``) and bump its version
+    (its etag); raise UserNotFound, AlreadyExists (email taken)."""
     statement = (
         update(_USERS)
         .where(_USERS.c.id == user_id)

@@ -40,9 +40,9 @@ _REASON_MAX = FAILURE_REASON_MAX - 100  # a reason is cut well inside the column
 class TaggingObserver(Protocol):
     """What the worker reports as it goes, for metrics. Every method must return quickly and never raise."""
 
-    def call_outcome(self, kind: str) -> None:
+    def call_outcome(self, kind: str, target: str) -> None:
         """One segmentation call ended: ok, rejected, bad_answer, timeout, server_error, cancelled,
-        unavailable or auth."""
+        unavailable or auth; ``target`` is the model server that answered or failed last (may be empty)."""
 
     def retried(self) -> None:
         """An attachment was rescheduled for another attempt."""
@@ -57,7 +57,7 @@ class TaggingObserver(Protocol):
 class NoObserver:
     """The default observer: reports nothing."""
 
-    def call_outcome(self, kind: str) -> None:
+    def call_outcome(self, kind: str, target: str) -> None:
         pass
 
     def retried(self) -> None:
@@ -203,7 +203,7 @@ class TaggingWorker:
         except Exception as exc:
             self._call_failed(claim, lease_end, exc)
             return
-        self._observer.call_outcome("ok")
+        self._observer.call_outcome("ok", result.server)
         self._outage_over()
         token = claim.token
         with spans.span("store", labels=len(result.labels)):
@@ -229,7 +229,7 @@ class TaggingWorker:
 
     def _call_failed(self, claim: queue.Claim, lease_end: float, exc: Exception) -> None:
         verdict = classify(exc)
-        self._observer.call_outcome(verdict.kind)
+        self._observer.call_outcome(verdict.kind, exc.target if isinstance(exc, SegmentError) else "")
         if not isinstance(exc, SegmentError):
             logger.error(
                 "attachment %d: unexpected error from the segmentation call",
@@ -251,7 +251,7 @@ class TaggingWorker:
             if verdict.kind == "auth":
                 logger.error(
                     "TAGGING PAUSED for %.1fs: %s. Check --segmentation-token-file and that the launcher "
-                    "renewing TorchServe's keys runs (seg_handler.launch).",
+                    "renewing TorchServe's keys runs (seg_handler.launcher).",
                     delay,
                     verdict.reason,
                 )

@@ -7,7 +7,7 @@ import json
 import zipfile
 from pathlib import Path
 
-from seg_handler.launcher.settings import ServeSettings
+from seg_handler.launcher.settings import REPO_ROOT, ServeSettings
 
 
 def archive_metadata(archive: Path) -> dict[str, object]:
@@ -46,8 +46,32 @@ def weights_banner(settings: ServeSettings) -> str:
     )
 
 
-def describe_endpoints(settings: ServeSettings, board_address: str | None) -> str:
+def _oip_endpoints(settings: ServeSettings) -> list[str]:
+    """The OIP server's endpoint, log and a grpcurl call (it has no reflection: the .proto is in protos/)."""
+    target = settings.grpc_inference_target
+    grpcurl = f"grpcurl -plaintext -import-path {REPO_ROOT / 'protos'} -proto inference/grpc_predict_v2.proto"
+    body = (
+        f'"{{\\"model_name\\":\\"{settings.model_name}\\",\\"inputs\\":[{{\\"name\\":\\"image\\",'
+        '\\"datatype\\":\\"BYTES\\",\\"shape\\":[1],'
+        '\\"contents\\":{\\"bytes_contents\\":[\\"$(base64 -w0 photo.jpg)\\"]}}]}"'
+    )
+    return [
+        f"OIP v2 gRPC inference       {target}  (KServe, {settings.oip_model_dir / 'model.pt2'})",
+        f"Logs                        {settings.oip_log_file}",
+        "",
+        "Try:",
+        f"  {grpcurl} {target} inference.GRPCInferenceService/ServerReady",
+        f'  {grpcurl} -d \'{{"name": "{settings.model_name}"}}\' {target} '
+        "inference.GRPCInferenceService/ModelMetadata",
+        f"  {grpcurl} -d {body} \\",
+        f"    {target} inference.GRPCInferenceService/ModelInfer",
+    ]
+
+
+def describe_endpoints(settings: ServeSettings, board_address: str | None, web_url: str | None = None) -> str:
     """Human-readable endpoints, logs, key file and copy-paste examples (printed by `run` and `start`)."""
+    if settings.serving == "oip":
+        return "\n".join(_oip_endpoints(settings) + _board_lines(settings, board_address, web_url))
     proto_dir = settings.runtime_dir / "protos"
     lines = [
         f"TorchServe REST inference   {settings.inference_url}",
@@ -57,9 +81,7 @@ def describe_endpoints(settings: ServeSettings, board_address: str | None) -> st
         f"TorchServe gRPC management  {settings.grpc_management_target}",
     ]
     if board_address:
-        lines.append(f"Board server gRPC           {board_address}  (accounts on; reflection for grpcurl)")
-        if settings.board_metrics_address.lower() not in ("", "none", "off"):
-            lines.append(f"Board metrics               http://{settings.board_metrics_address}/metrics")
+        lines += _board_endpoint(settings, board_address, web_url)
     logs = f"{settings.log_file}" + (f", {settings.board_log_file}" if board_address else "")
     key = settings.inference_key_file
     grpc_body = (
@@ -84,8 +106,35 @@ def describe_endpoints(settings: ServeSettings, board_address: str | None) -> st
         f"    --inference-port {settings.inference_port} --grpc-port {settings.grpc_inference_port} "
         f"--management-port {settings.management_port}",
     ]
+    return "\n".join(lines + _board_lines(settings, board_address, web_url))
+
+
+def _board_endpoint(settings: ServeSettings, board_address: str, web_url: str | None) -> list[str]:
+    lines = [f"Board server gRPC           {board_address}  (accounts on; reflection for grpcurl)"]
+    if web_url:
+        lines.append(f"Board web app (browser)     {web_url}/  (Connect and gRPC-Web on the same address)")
+    if settings.board_metrics_address.lower() not in ("", "none", "off"):
+        lines.append(f"Board metrics               http://{settings.board_metrics_address}/metrics")
+    return lines
+
+
+def _board_lines(settings: ServeSettings, board_address: str | None, web_url: str | None) -> list[str]:
+    """The board's endpoint (with an OIP server: its log too), the web app's address and the paste-ready
+    commands."""
+    lines: list[str] = []
     if board_address:
         board = f"board --target {board_address}"
+        if settings.serving == "oip":
+            lines += [
+                "",
+                *_board_endpoint(settings, board_address, web_url),
+                f"Board log                   {settings.board_log_file}",
+            ]
+        if web_url:
+            lines += [
+                "",
+                f"Open {web_url}/ in a browser: sign up there, post a photo, watch it being tagged.",
+            ]
         lines += [
             "",
             "Sign in to the board (writes need an account; passwords are asked, never given as flags):",
@@ -104,4 +153,4 @@ def describe_endpoints(settings: ServeSettings, board_address: str | None) -> st
             f'  grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d \'{{"id": 0}}\' {board_address} '
             "board.v1.BoardService/GetUser",
         ]
-    return "\n".join(lines)
+    return lines

@@ -156,6 +156,17 @@ def _is_zombie_child(pid: int) -> bool:
         return False
 
 
+def recorded_pid(pid_file: Path, marker: bytes) -> int | None:
+    """The pid in ``pid_file`` while that process runs and its command line holds ``marker`` (so that a pid
+    reused by someone else is not taken for our server), else None."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        running = is_running(pid) and marker in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if running else None
+
+
 def group_members(pgid: int) -> list[int]:
     """Processes (other than ``pgid`` itself) in process group ``pgid``, from /proc."""
     members = []

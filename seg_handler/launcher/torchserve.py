@@ -189,15 +189,4 @@ def stop(settings: ServeSettings) -> bool:
 
 def running_pid(settings: ServeSettings) -> int | None:
     """The pid of the TorchServe started from ``settings.runtime_dir`` while it runs, else None."""
-    try:
-        pid = int(settings.pid_file.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if processes.is_running(pid) and _is_torchserve(pid) else None
-
-
-def _is_torchserve(pid: int) -> bool:
-    try:
-        return b"org.pytorch.serve.ModelServer" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
+    return processes.recorded_pid(settings.pid_file, b"org.pytorch.serve.ModelServer")

@@ -31,6 +31,7 @@ from PIL import Image
 from sqlalchemy import Engine, create_engine
 
 from bench.postgres import Cluster, throwaway_cluster
+from board_server.runtime.config import Settings
 from clients.board import BoardClient, BoardClientError
 from clients.gen.board.v1 import board_pb2
 from tests.support import REPO_ROOT, Processes
@@ -38,7 +39,27 @@ from tests.support import REPO_ROOT, Processes
 BOARD_SERVER = REPO_ROOT / ".venv" / "bin" / "board-server"
 GRPCURL = REPO_ROOT / ".venv" / "bin" / "grpcurl"
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
+WEB_APP = re.compile(r"web app and Connect on (https?://\S+?)/?$", re.MULTILINE)
 PASSWORD = "correct horse battery staple"
+# The suite signs up, signs in (wrongly too) and writes far more from 127.0.0.1 than a person would: the
+# limits per address and per user are raised for every server it starts. A test of a limit sets it again
+# in ``extra``, which comes later and wins.
+SUITE_LIMITS = (
+    "--sign-in-failures-per-peer", "100000",
+    "--sign-ups-per-peer", "100000",
+    "--writes-per-user-per-minute", "100000",
+)  # fmt: skip
+
+
+def shipped_limits() -> tuple[str, ...]:
+    """The flags that set the limits of ``SUITE_LIMITS`` back to their defaults (for tests of the limits
+    as shipped, and the fuzz test)."""
+    defaults = Settings()
+    return (
+        "--sign-in-failures-per-peer", str(defaults.sign_in_failures_per_peer),
+        "--sign-ups-per-peer", str(defaults.sign_ups_per_peer),
+        "--writes-per-user-per-minute", str(defaults.writes_per_user_per_minute),
+    )  # fmt: skip
 
 
 def new_email(prefix: str = "u") -> str:
@@ -182,6 +203,8 @@ class RunningServer:
     audit_log: Path
     processes: Processes
     workdir: Path
+    # The HTTP listener (Connect, gRPC-Web, the web app), e.g. http://127.0.0.1:41234; None when off.
+    web_url: str | None = None
 
     @property
     def target(self) -> str:
@@ -224,8 +247,8 @@ def start_board_server(
     server_processes: int | None = 1,
     env: dict[str, str] | None = None,
 ) -> RunningServer:
-    """Start `board-server` on 127.0.0.1:0 with the default settings (auth on) and wait for its 'listening on'
-    line; return it with its port.
+    """Start `board-server` on 127.0.0.1:0 with the default settings (auth on) but the suite's raised limits
+    (``SUITE_LIMITS``) and wait for its 'listening on' line; return it with its port.
 
     ``server_processes`` is ``--processes`` (1 by default: cheap; None: the server's default of one process
     per core). ``extra`` flags come last, so they win; ``env`` is added to the server's environment.
@@ -233,19 +256,23 @@ def start_board_server(
     name = f"board-{next(_names)}"
     audit = workdir / f"{name}-audit.log"
     workdir.mkdir(parents=True, exist_ok=True)
-    # Port 0 for the metrics too: many servers run side by side in the suite.
+    # Port 0 for the metrics and the HTTP listener too: many servers run side by side in the suite.
     args = [
         str(BOARD_SERVER),
         "--address",
         "127.0.0.1:0",
         "--metrics-address",
         "127.0.0.1:0",
+        "--http-address",
+        "127.0.0.1:0",
         "--database-url",
         database_url,
     ]
     if server_processes is not None:
         args += ["--processes", str(server_processes)]
-    proc = processes.start([*args, "--audit-log", str(audit), *extra], name=name, cwd=workdir, env=env)
+    proc = processes.start(
+        [*args, "--audit-log", str(audit), *SUITE_LIMITS, *extra], name=name, cwd=workdir, env=env
+    )
     deadline = time.monotonic() + 60
     while not (match := LISTENING.search(processes.log_text(name))):
         # A server that exits (a refused setting, a bug at start-up) fails the test at once, with its log.
@@ -255,7 +282,9 @@ def start_board_server(
             raise TimeoutError(f"{name} did not say 'listening on' within 60 s:\n{processes.log_text(name)}")
         time.sleep(0.05)
     port = int(match.group(2))
-    return RunningServer(proc, name, port, database_url, audit, processes, workdir)
+    web = WEB_APP.search(processes.log_text(name))
+    web_url = web.group(1) if web else None
+    return RunningServer(proc, name, port, database_url, audit, processes, workdir, web_url)
 
 
 # --- PostgreSQL --------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, MetaData, select, text
 
-import board_server
+import board_server.storage
 from board_server.domain.accounts import BAD_CREDENTIALS
 from clients.board import (
     AlreadyExistsError,
@@ -32,7 +32,7 @@ T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
 def upgrade_to(engine: Engine, revision: str) -> None:
     """Run the board's Alembic migrations up to ``revision`` on ``engine``."""
-    package = Path(board_server.__file__).resolve().parent / "storage"  # where the layers keep them
+    package = Path(board_server.storage.__file__).resolve().parent  # where alembic.ini and migrations/ are
     config = Config(str(package / "alembic.ini"))
     config.set_main_option("script_location", str(package / "migrations"))
     with engine.begin() as conn:

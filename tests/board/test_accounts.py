@@ -21,7 +21,13 @@ import pytest
 from argon2 import PasswordHasher
 from sqlalchemy import Connection, Engine, MetaData, Table, select, update
 
-from board_server.domain.accounts import BAD_CREDENTIALS, SIGN_IN_FAILURE_LIMIT, SIGN_IN_WINDOW, Accounts
+from board_server.domain.accounts import (
+    ANONYMOUS,
+    BAD_CREDENTIALS,
+    SIGN_IN_FAILURE_LIMIT,
+    SIGN_IN_WINDOW,
+    Accounts,
+)
 from board_server.storage.engine import migrate, open_database
 from board_server.storage.tables import AccessToken, SignInFailure, User
 from clients.board import (
@@ -183,7 +189,7 @@ def test_password_change_keeps_the_callers_session_and_ends_every_other(
     board_server: RunningServer, member: Member
 ) -> None:
     with sign_in(board_server.target, member.email) as other_device:
-        member.client.update_user(member.id, password="a brand new password")
+        member.client.update_user(member.id, password="a brand new password", current_password=PASSWORD)
         assert member.client.create_post(0, "still here", "my own session survives").user_id == member.id
         error = refused(lambda: other_device.get_user(member.id))
         assert error.code == grpc.StatusCode.UNAUTHENTICATED
@@ -220,7 +226,7 @@ def test_a_token_revoked_through_one_replica_is_refused_by_the_other_at_once(
         # A password change through A ends a session opened through B, the next call B serves.
         on_a.sign_in(member.email, PASSWORD)
         with sign_in(replica_b.target, member.email) as second_on_b:
-            on_a.update_user(member.id, password="changed through A")
+            on_a.update_user(member.id, password="changed through A", current_password=PASSWORD)
             with pytest.raises(UnauthenticatedError):
                 second_on_b.get_post(1)
             # And a deletion through B ends A's session.
@@ -277,7 +283,7 @@ def test_the_database_never_holds_a_plaintext_password_or_token(
     member = sign_up(server.target, "Secretive", password=first)
     tokens = [session_token(server.target, member.email, first) for _ in range(2)]
     with member.client as board:
-        board.update_user(member.id, password=second)  # through the API
+        board.update_user(member.id, password=second, current_password=first)  # through the API
         with server.client() as guesser:
             for email in (member.email, new_email("nobody")):
                 with pytest.raises(UnauthenticatedError):
@@ -521,13 +527,20 @@ def test_the_cost_of_the_token_check_in_process(tmp_path: Path, capsys: pytest.C
                 # Tables with some rows, like a board in use: 1,000 users with 5 sessions each.
                 for n in range(1000):
                     email = "timed@example.org" if n == 0 else new_email()
-                    user = user_rows.add_user(conn, "Timed", email, now, password_hash)
+                    user = user_rows.add_user(
+                        conn,
+                        name="Timed",
+                        email=email,
+                        email_canonical=email,
+                        now=now,
+                        password_hash=password_hash,
+                    )
                     for _ in range(5):
                         digest_of_other = hashlib.sha256(uuid.uuid4().bytes).hexdigest()
                         accounts_repo.add_token(conn, user.id, digest_of_other, now, now + timedelta(days=1))
 
             database.write(populate)
-            token = (await accounts.sign_in("timed@example.org", PASSWORD)).token
+            token = (await accounts.sign_in(ANONYMOUS, "timed@example.org", PASSWORD)).token
             header = f"Bearer {token}"
             figures: dict[str, float] = {}
             for name, value in (("valid token", header), ("no token", None)):

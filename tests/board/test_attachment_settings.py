@@ -19,7 +19,7 @@ def parse(argv: list[str], env: dict[str, str]) -> Settings:
 def test_defaults_leave_tagging_off_with_a_20_mib_limit() -> None:
     settings = parse([], {})
     assert settings.segmentation_target == ""
-    assert settings.segmentation_token_file is None
+    assert settings.segmentation_token_files == ()
     assert settings.max_attachment_bytes == 20 * 1024 * 1024
     # The gRPC limit follows the attachment limit (plus headroom), above the 4 MiB message default.
     assert settings.grpc_message_limit == 21 * 1024 * 1024
@@ -39,7 +39,7 @@ def test_environment_configures_the_segmentation_target_and_token() -> None:
     }
     settings = parse([], env)
     assert settings.segmentation_target == "10.0.0.5:7070"
-    assert settings.segmentation_token_file == Path("/run/secrets/key_file.json")
+    assert settings.segmentation_token_files == (Path("/run/secrets/key_file.json"),)
     assert (settings.segmentation_model, settings.segmentation_timeout_s) == ("seg", 15.0)
     assert settings.max_attachment_bytes == 1048576
     assert settings.grpc_message_limit == 4 * 1024 * 1024  # the larger of the two
@@ -64,4 +64,48 @@ def test_flags_win_over_the_environment() -> None:
 )  # fmt: skip
 def test_nonsense_values_are_refused(argv: list[str]) -> None:
     with pytest.raises(ValueError):
+        parse(argv, {})
+
+
+def test_the_protocol_defaults_to_torchserve_and_oip_is_chosen_by_flag_or_environment() -> None:
+    assert parse([], {}).segmentation_protocol == "torchserve"
+    assert parse([], {"BOARD_SEGMENTATION_PROTOCOL": "OIP"}).segmentation_protocol == "oip"
+    flagged = parse(["--segmentation-protocol", "torchserve"], {"BOARD_SEGMENTATION_PROTOCOL": "oip"})
+    assert flagged.segmentation_protocol == "torchserve"
+
+
+def test_an_unknown_protocol_is_refused_naming_the_flag() -> None:
+    with pytest.raises(ValueError, match="--segmentation-protocol: protocol must be torchserve or oip"):
+        parse(["--segmentation-protocol", "triton"], {})
+
+
+def test_several_targets_take_one_key_file_each_in_order() -> None:
+    settings = parse(
+        [
+            "--segmentation-target",
+            "10.0.0.5:7070,10.0.0.6:7070",
+            "--segmentation-token-file",
+            "/k/a.key,/k/b.key",
+        ],
+        {},
+    )
+    assert settings.segmentation_target == "10.0.0.5:7070,10.0.0.6:7070"
+    assert settings.segmentation_token_files == (Path("/k/a.key"), Path("/k/b.key"))
+
+
+@pytest.mark.parametrize(
+    ("target", "keys", "message"),
+    [
+        ("10.0.0.5:7070,10.0.0.6:7070", "/k/a,/k/b,/k/c", "3 key files for 2 targets"),
+        ("dns:///ts.svc:7070", "/k/a,/k/b", "a dns:/// target takes at most one key file"),
+        ("dns:///ts.svc:7070,10.0.0.5:7070", "", "a dns:/// target stands alone"),
+        ("dns://8.8.8.8/ts.svc:7070", "", "no DNS authority"),
+        ("10.0.0.5", "", "expected HOST:PORT"),
+        ("10.0.0.5:7070,", "", "empty address"),
+        ("10.0.0.5:7070,10.0.0.5:7070", "", "listed twice"),
+    ],
+)
+def test_targets_and_key_files_that_do_not_fit_are_refused(target: str, keys: str, message: str) -> None:
+    argv = ["--segmentation-target", target] + (["--segmentation-token-file", keys] if keys else [])
+    with pytest.raises(ValueError, match=f"--segmentation-target: .*{message}"):
         parse(argv, {})

@@ -112,7 +112,9 @@ def update_user(board: Board) -> list[Line]:
     member = board.member()
     other_device = sign_in(board.server.target, member.email)  # a second session: the password change ends it
     other_device.close()
-    member.client.update_user(member.id, name="Renamed", password="another long password")
+    member.client.update_user(
+        member.id, name="Renamed", password="another long password", current_password=member.password
+    )
     return [
         Line("User updated", {"id": str(member.id), "fields": "name,password", "by": actor(member)}),
         Line("Sessions revoked", {"user_id": str(member.id), "by": actor(member)}),

@@ -167,3 +167,32 @@ def test_the_test_fault_is_off_by_default_comes_only_from_its_variable_and_only_
         load_settings(parse(), env=public, cwd=tmp_path)
     with pytest.raises(ValueError, match="must be exit-after-commit:METHOD:FILE"):
         load_settings(parse(), env={"BOARD_TEST_FAULT": "exit-after-commit:CreatePost"}, cwd=tmp_path)
+
+
+def test_the_http_listener_defaults_to_loopback_8088_and_turns_off_with_none(tmp_path: Path) -> None:
+    assert load_settings(parse(), env={}, cwd=tmp_path).http_address == "127.0.0.1:8088"
+    for off in ("", "none", "off"):
+        assert load_settings(parse("--http-address", off), env={}, cwd=tmp_path).http_address == ""
+    assert load_settings(parse(), env={"BOARD_HTTP_ADDRESS": "none"}, cwd=tmp_path).http_address == ""
+
+
+def test_a_public_http_address_follows_the_grpc_address_rules(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"plaintext on '0\.0\.0\.0'"):
+        load_settings(parse("--http-address", "0.0.0.0:8088"), env={}, cwd=tmp_path)
+    with pytest.raises(ValueError, match="--auth off"):
+        load_settings(parse("--http-address", "0.0.0.0:8088", "--auth", "off"), env={}, cwd=tmp_path)
+    tls = ("--tls-cert-file", "cert.pem", "--tls-key-file", "key.pem")
+    assert load_settings(parse("--http-address", "0.0.0.0:8088", *tls), env={}, cwd=tmp_path).tls
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        load_settings(parse("--http-address", "8088"), env={}, cwd=tmp_path)
+
+
+def test_cors_origins_are_origins_and_never_a_wildcard(tmp_path: Path) -> None:
+    settings = load_settings(
+        parse("--cors-origin", "https://app.example.org, http://localhost:5173/"), env={}, cwd=tmp_path
+    )
+    assert settings.cors_origins == ("https://app.example.org", "http://localhost:5173")
+    assert load_settings(parse(), env={}, cwd=tmp_path).cors_origins == ()
+    for bad in ("*", "app.example.org", "https://app.example.org/path", "ftp://x.example"):
+        with pytest.raises(ValueError, match="--cors-origin"):
+            load_settings(parse("--cors-origin", bad), env={}, cwd=tmp_path)

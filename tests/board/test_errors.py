@@ -18,7 +18,8 @@ from typing import Any
 import grpc
 import pytest
 
-from board_server.api.interceptors import BoardInterceptor, current_caller
+from board_server.api.calls import current_caller
+from board_server.api.interceptors import BoardInterceptor
 from board_server.core.errors import (
     MAX_VIOLATIONS,
     AlreadyExists,
@@ -32,7 +33,7 @@ from board_server.core.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
-from board_server.domain.accounts import Accounts
+from board_server.domain.accounts import ANONYMOUS, Accounts
 from board_server.storage import users as user_rows
 from board_server.storage.engine import Database, migrate, open_database
 from clients.board import BoardClientError, InvalidArgumentError, ResourceExhaustedError, error_from_rpc
@@ -77,11 +78,14 @@ class Recorder:
     began: list[str] = field(default_factory=list)
     ended: list[tuple[str, grpc.StatusCode]] = field(default_factory=list)
 
-    def started(self, service: str, method: str) -> None:
+    def started(self, service: str, method: str, *, protocol: str = "grpc") -> None:
+        assert protocol == "grpc"
         self.began.append(method)
 
-    def handled(self, service: str, method: str, code: grpc.StatusCode, seconds: float) -> None:
-        assert service == SERVICE and seconds >= 0
+    def handled(
+        self, service: str, method: str, code: grpc.StatusCode, seconds: float, *, protocol: str = "grpc"
+    ) -> None:
+        assert service == SERVICE and seconds >= 0 and protocol == "grpc"
         self.ended.append((method, code))
 
 
@@ -244,7 +248,7 @@ def test_not_found_goes_to_the_ordinary_log_never_the_audit_log(
         run(database, scenario)
     not_found = [r for r in caplog.records if "Post not found; id=7" in r.getMessage()]
     assert len(not_found) == 20
-    assert {r.name for r in not_found} == {"board_server.api.interceptors"}
+    assert {r.name for r in not_found} == {"board_server.api.calls"}
     assert not [r for r in caplog.records if r.name == "board.audit"]
 
 
@@ -278,9 +282,16 @@ def test_tokens_become_callers(database: Database) -> None:
         email = f"i-{datetime.now(UTC).timestamp()}@example.org"
         hashed = await faulty.accounts.hash_password(PASSWORD)
         user = await database.run_write(
-            lambda conn: user_rows.add_user(conn, "Inter", email, datetime.now(UTC), hashed)
+            lambda conn: user_rows.add_user(
+                conn,
+                name="Inter",
+                email=email,
+                email_canonical=email,
+                now=datetime.now(UTC),
+                password_hash=hashed,
+            )
         )
-        session = await faulty.accounts.sign_in(email, PASSWORD)
+        session = await faulty.accounts.sign_in(ANONYMOUS, email, PASSWORD)
         assert await faulty.call("Caller", token=session.token) == str(user.id).encode()
         assert await faulty.call("Caller") == b"None"  # anonymous
         for bad in ("x" * 43, "", "y" * 5000):

@@ -72,10 +72,14 @@ def test_without_retries_the_lost_reply_is_unavailable_and_a_retry_with_its_requ
     member = server.sign_up("Careful")
     member.client.close()
     request_id = str(uuid.uuid4())
-    with BoardClient(server.target, token=member.client.token, retries=False) as client:
-        with pytest.raises(UnavailableError):
-            client.create_post(0, "committed", "but never answered", request_id=request_id)
-        assert once.exists()
+    with (
+        BoardClient(server.target, token=member.client.token, retries=False) as client,
+        pytest.raises(UnavailableError),
+    ):
+        client.create_post(0, "committed", "but never answered", request_id=request_id)
+    assert once.exists()
+    # The caller's own retry, later and on a new channel (the old one's connection died with the process).
+    with BoardClient(server.target, token=member.client.token) as client:
         assert titles(client, member.id) == ["committed"]  # the write happened
         retried = client.create_post(0, "committed", "but never answered", request_id=request_id)
         assert titles(client, member.id) == ["committed"]

@@ -42,7 +42,15 @@ from PIL import Image
 
 from clients.board import BoardClient
 from clients.gen.board.v1 import board_pb2
-from tests.board.conftest import BOARD_SERVER, PASSWORD, Backend, RunningServer, sign_up, start_board_server
+from tests.board.conftest import (
+    BOARD_SERVER,
+    PASSWORD,
+    Backend,
+    RunningServer,
+    shipped_limits,
+    sign_up,
+    start_board_server,
+)
 from tests.support import Processes
 
 SERVICE = board_pb2.DESCRIPTOR.services_by_name["BoardService"]
@@ -198,7 +206,8 @@ def world(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     try:
         server = start_board_server(
             processes, backend.new_database_url(), backend.workdir,
-            extra=("--auth", "on", "--processes", "1", "--metrics-address", "none"),
+            # The limits as shipped: a limit reached is RESOURCE_EXHAUSTED, never INTERNAL.
+            extra=("--auth", "on", "--processes", "1", "--metrics-address", "none", *shipped_limits()),
         )  # fmt: skip
         built = build_world(server, backend)
         yield built

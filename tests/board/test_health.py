@@ -109,6 +109,7 @@ def test_health_follows_the_database_through_an_outage(
         cluster.stop()
         wait_for("health to say NOT_SERVING", lambda: check(server.target) == NOT_SERVING, GENEROUS)
         assert check(server.target, "board.v1.BoardService") == NOT_SERVING
+        assert check(server.target, "liveness") == SERVING  # unready, not dead: no restart for an outage
         outage = {
             "GetPost": code_of(lambda: client.get_post(post.id)),
             "ListPosts": code_of(client.list_posts),

@@ -51,8 +51,8 @@ def assert_works(server: RunningServer) -> None:
 def first_start(processes: Processes, database_url: str, workdir: Path, name: str) -> subprocess.Popen[bytes]:
     """Start a server on a fresh database without waiting for it (its log: ``processes.log_text(name)``)."""
     args = [
-        str(BOARD_SERVER), "--address", "127.0.0.1:0", "--database-url", database_url,
-        "--audit-log", str(workdir / f"{name}-audit.log"), "--processes", "1", *FLAGS,
+        str(BOARD_SERVER), "--address", "127.0.0.1:0", "--http-address", "none", "--database-url",
+        database_url, "--audit-log", str(workdir / f"{name}-audit.log"), "--processes", "1", *FLAGS,
     ]  # fmt: skip
     return processes.start(args, name=name, cwd=workdir)
 

@@ -79,7 +79,9 @@ RULES = [
     Rule("UpdateUser", lambda c, t: c.update_user(t.owner.id, name=new_email("name")), OWNER_OR_ADMIN),
     Rule(
         "UpdateUser password",
-        lambda c, t: c.update_user(t.owner.id, password="another password 2"),
+        lambda c, t: c.update_user(
+            t.owner.id, password="another password 2", current_password=t.owner.password
+        ),
         OWNER_OR_ADMIN,
         uses_up_owner=True,
     ),

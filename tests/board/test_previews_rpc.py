@@ -140,7 +140,7 @@ def test_a_preview_is_rendered_once_and_then_served_from_its_row(
     uploader: Member, database: Database
 ) -> None:
     attachment_id = upload(uploader, encoded(Image.new("RGB", (300, 300), GREY)))
-    first = uploader.client.get_attachment_preview(attachment_id, max_size=120, content_type="image/webp")
+    first = uploader.client.get_attachment_preview(attachment_id, max_size=128, content_type="image/webp")
 
     def rows() -> list[tuple[int, bool, str, bytes, int, int]]:
         with database.read() as conn:
@@ -150,24 +150,27 @@ def test_a_preview_is_rendered_once_and_then_served_from_its_row(
             ).all()  # fmt: skip
         return [(r[0], bool(r[1]), r[2], bytes(r[3]), r[4], r[5]) for r in found]
 
-    assert rows() == [(120, False, "image/webp", first.data, 120, 120)]
+    assert rows() == [(128, False, "image/webp", first.data, 128, 128)]
     # Replace the cached bytes: the next call must return them, so it read the row instead of rendering.
-    marker = encoded(Image.new("RGB", (120, 120), (1, 2, 3)), "WEBP")
+    marker = encoded(Image.new("RGB", (128, 128), (1, 2, 3)), "WEBP")
     database.write(
         lambda conn: conn.execute(
             update(PREVIEWS).where(PREVIEWS.c.attachment_id == attachment_id).values(data=marker)
         )
     )
-    again = uploader.client.get_attachment_preview(attachment_id, max_size=120, content_type="image/webp")
+    again = uploader.client.get_attachment_preview(attachment_id, max_size=128, content_type="image/webp")
     assert again.data == marker
-    assert (again.width, again.height, again.content_type) == (120, 120, "image/webp")
-    # Another size or format is another row.
+    assert (again.width, again.height, again.content_type) == (128, 128, "image/webp")
+    # Another size of the ladder or another format is another row; a size between two of the ladder is
+    # served from the next larger one, scaled down, and keeps nothing more.
     uploader.client.get_attachment_preview(attachment_id, max_size=60, content_type="image/webp")
     uploader.client.get_attachment_preview(attachment_id, max_size=120)
+    between = uploader.client.get_attachment_preview(attachment_id, max_size=100, content_type="image/webp")
+    assert (between.width, between.height) == (100, 100)
     assert sorted(r[:3] for r in rows()) == [
-        (60, False, "image/webp"),
-        (120, False, "image/jpeg"),
-        (120, False, "image/webp"),
+        (64, False, "image/webp"),
+        (128, False, "image/jpeg"),
+        (128, False, "image/webp"),
     ]
 
 

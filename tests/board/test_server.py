@@ -251,16 +251,17 @@ def test_grpcurl_lists_describes_signs_in_calls_and_checks_health(board_server: 
 
 
 def run_cli(
-    target: str, *args: str, token: str | None = None, home: Path
+    target: str, *args: str, token: str | None = None, home: Path, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     # A private HOME: the CLI must not pick up a `board login` file of whoever runs the tests.
     env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
     env.pop("BOARD_TOKEN", None)
     if token is not None:
         env["BOARD_TOKEN"] = token
+    given = {"stdin": subprocess.DEVNULL} if stdin is None else {"input": stdin}
     return subprocess.run(
         [str(BOARD_CLI), "--target", target, *args],
-        capture_output=True, text=True, timeout=30, check=False, env=env, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=30, check=False, env=env, **given,
     )  # fmt: skip
 
 
@@ -307,6 +308,7 @@ def test_cli_json_round_trip(board_server: RunningServer, member: Member, tmp_pa
         taken.email.upper(),
         token=token,
         home=home,
+        stdin=member.password + "\n",  # one's own email: the current password first
     )
     assert duplicate.returncode == 1
     assert json.loads(duplicate.stderr)["error"]["code"] == "ALREADY_EXISTS"
@@ -464,7 +466,7 @@ def test_migrate_subcommand_creates_schema(tmp_path: Path) -> None:
         indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         mode = db.execute("PRAGMA journal_mode").fetchone()[0]
     assert {"users", "posts", "comments", "access_tokens", "sign_in_failures", "alembic_version"} <= tables
-    assert {"ix_users_email_lower", "ix_access_tokens_token_hash"} <= indexes
+    assert {"ix_users_email_canonical", "ix_access_tokens_token_hash"} <= indexes
     assert mode == "wal"
 
 

@@ -77,12 +77,14 @@ class Recorder:
 
     def __init__(self) -> None:
         self.outcomes: Counter[str] = Counter()
+        self.targets: Counter[str] = Counter()
         self.retries = 0
         self.expired = 0
         self.tagged_after: list[float] = []
 
-    def call_outcome(self, kind: str) -> None:
+    def call_outcome(self, kind: str, target: str) -> None:
         self.outcomes[kind] += 1
+        self.targets[target] += 1
 
     def retried(self) -> None:
         self.retries += 1
@@ -96,7 +98,7 @@ class Recorder:
 
 @pytest.fixture
 def database(tmp_path: Path) -> Iterator[Database]:
-    db = open_database(f"sqlite:///{tmp_path / 'board.db'}", threads=4)
+    db = open_database(f"sqlite:///{tmp_path / 'board.db'}", connections=4)
     migrate(db.engine)
     try:
         yield db

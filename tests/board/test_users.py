@@ -109,7 +109,9 @@ def test_update_user_changes_only_masked_fields(member: Member) -> None:
     assert renamed.name == "Countess" and renamed.email == user.email
     assert renamed.create_time == user.create_time
     new_address = new_email()
-    moved = client.update_user(user.id, name="ignored", email=new_address, paths=["email"])
+    moved = client.update_user(
+        user.id, name="ignored", email=new_address, paths=["email"], current_password=member.password
+    )
     assert moved.name == "Countess" and moved.email == new_address
     assert client.get_user(user.id) == moved
 
@@ -132,7 +134,7 @@ def test_empty_or_unknown_mask_is_rejected(member: Member, paths: list[str]) -> 
 def test_update_to_taken_email_is_already_exists(member: Member, members: MemberFactory) -> None:
     first = members("First")
     with pytest.raises(AlreadyExistsError):
-        member.client.update_user(member.id, email=first.email.upper())
+        member.client.update_user(member.id, email=first.email.upper(), current_password=member.password)
 
 
 def test_update_with_invalid_value_is_rejected(member: Member) -> None:

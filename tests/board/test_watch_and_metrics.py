@@ -134,7 +134,7 @@ def scrape(board: RunningServer) -> dict[str, float]:
 def handled(samples: dict[str, float], method: str, code: str) -> float:
     key = (
         f'grpc_server_handled_total{{grpc_code="{code}",grpc_method="{method}",'
-        f'grpc_service="board.v1.BoardService",grpc_type="unary"}}'
+        f'grpc_service="board.v1.BoardService",grpc_type="unary",protocol="grpc"}}'
     )
     return samples.get(key, 0.0)
 
@@ -189,12 +189,12 @@ def test_metrics_count_calls_by_method_and_code_over_every_process(
     assert handled(after, "CreatePost", "OK") - handled(before, "CreatePost", "OK") == 2
     started = (
         'grpc_server_started_total{grpc_method="GetPost",grpc_service="board.v1.BoardService",'
-        'grpc_type="unary"}'
+        'grpc_type="unary",protocol="grpc"}'
     )
     assert after[started] - before.get(started, 0.0) == 27
     seconds = (
         'grpc_server_handling_seconds_count{grpc_method="GetPost",grpc_service="board.v1.BoardService",'
-        'grpc_type="unary"}'
+        'grpc_type="unary",protocol="grpc"}'
     )
     assert after[seconds] - before.get(seconds, 0.0) == 27
     # Counted in the database at the scrape: every replica reports the same truth.

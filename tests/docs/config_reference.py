@@ -29,7 +29,9 @@ COMPUTED_DEFAULTS = {
     "processes": "one per core",
     "tagging_lease_s": "the segmentation timeout + 30 s",
     "segmentation_target": "empty: tagging off",
-    "segmentation_token_file": "none",
+    "segmentation_token_files": "none",
+    "cors_origins": "none",
+    "web_root": "`clients/web/dist` of this checkout (built by `make web`)",
 }
 # Booleans whose flag takes words other than on/off: (word for True, word for False).
 BOOLEAN_WORDS = {"sign_up_open": ("open", "closed"), "reads_need_sign_in": ("signed-in", "anyone")}
@@ -43,6 +45,7 @@ FIXED = {
     "max_connection_age_grace_s": "calls in flight get this long after the maximum connection age",
     "tracing_enabled": "on when the `OTEL_*` variables ask for traces (see Tracing)",
     "test_fault": "tests only: `BOARD_TEST_FAULT` (see [Fault point](#fault-point-tests-only))",
+    "preview_renders_per_peer": "previews one client address may have rendered at a time (per process)",
 }
 
 

@@ -1,20 +1,22 @@
 """The README's five-minute tour, run as written against real servers started the way `make run` starts them.
 
-The tour's commands are the fenced ```sh blocks between ``<!-- tour:start -->`` and ``<!-- tour:end -->``.
-They run in order, in one bash, in a private working directory laid out like the repository (``.venv`` and
-``clients`` linked, ``var/`` its own), against ``python -m seg_handler.launcher run`` (what `make run` runs)
-with a small test archive. The only differences from a person at a terminal: the servers listen on free
-ports, so the default addresses in the commands are replaced with them (and ``BOARD_TARGET`` and
-``SEG_*_PORT`` point the CLIs there), the password arrives on stdin, and a generated picture stands in for
-``photo.jpg``. Like a person, the tour starts when `make run` says "Ctrl-C stops everything" (its promise that
-everything answers by then), and depends on nothing else it prints.
+The tour's commands are the fenced ```sh blocks between ``<!-- tour:start -->`` and ``<!-- tour:end -->``; a
+block after ``<!-- tour:only SERVING -->`` belongs to that model server alone. They run in order, in one
+bash, in a private working directory laid out like the repository (``.venv``, ``clients`` and ``protos``
+linked, ``var/`` its own), against ``python -m seg_handler.launcher run`` (what `make run` runs) with a
+small test archive, once with TorchServe and once with the OIP server (`make run SERVING=oip`). The only
+differences from a person at a terminal: the servers listen on free ports, so the default addresses in the
+commands are replaced with them (and ``BOARD_TARGET`` and ``SEG_*_PORT`` point the CLIs there), the password
+arrives on stdin, and a generated picture stands in for ``photo.jpg``. Like a person, the tour starts when
+`make run` says "Ctrl-C stops everything" (its promise that everything answers by then), and depends on
+nothing else it prints.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,12 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
 
 from seg_handler import launcher
 from tests.docs.markdown import fenced_blocks
-from tests.support import REPO_ROOT, Processes, free_port
-from tests.torchserve_fixtures import export_test_archive
+from tests.support import REPO_ROOT, Processes, free_port, photo_jpeg
+from tests.torchserve_fixtures import export_test_archive, require_oip_environment
 
 pytestmark = [
     pytest.mark.torchserve,
@@ -39,6 +40,7 @@ pytestmark = [
 ]
 
 TOUR_START, TOUR_END = "<!-- tour:start -->", "<!-- tour:end -->"
+ONLY = re.compile(r"<!-- tour:only (\w+) -->")
 PASSWORD = "a tour password, 8+ characters"
 PORT_NAMES = ("INFERENCE", "MANAGEMENT", "METRICS", "GRPC_INFERENCE", "GRPC_MANAGEMENT")
 # Settings from the developer's shell must not reach these servers (a database URL, a token, traces, ...).
@@ -46,11 +48,18 @@ FOREIGN_ENV_PREFIXES = ("BOARD_", "SEG_", "OTEL_")
 FOREIGN_ENV = ("XDG_CONFIG_HOME", "PROMETHEUS_MULTIPROC_DIR")
 
 
-def tour_script(readme: str) -> list[str]:
-    """The tour's ```sh blocks, in order."""
+def tour_script(readme: str, serving: str = "torchserve") -> list[str]:
+    """The tour's ```sh blocks for ``serving``, in order (those after another server's ``tour:only`` left
+    out)."""
     start, end = readme.find(TOUR_START), readme.find(TOUR_END)
     assert 0 <= start < end, f"README.md has no {TOUR_START} … {TOUR_END} section"
-    blocks = fenced_blocks(readme[start:end], "sh")
+    section, cursor, blocks = readme[start:end], 0, []
+    for block in fenced_blocks(section, "sh"):
+        at = section.find(block, cursor)
+        only = ONLY.search(section, cursor, at)
+        cursor = at + len(block)
+        if only is None or only.group(1) == serving:
+            blocks.append(block)
     assert blocks, "the tour has no ```sh blocks"
     return blocks
 
@@ -62,10 +71,12 @@ class Addresses:
     board: str
     board_metrics: str
     torchserve_ports: dict[str, int]
+    oip_port: int = 0
 
     def environment(self) -> dict[str, str]:
         """What `make run`'s launcher and the CLIs read to find them."""
         env = {f"SEG_{name}_PORT": str(port) for name, port in self.torchserve_ports.items()}
+        env["SEG_OIP_PORT"] = str(self.oip_port)
         return env | {"BOARD_ADDRESS": self.board, "BOARD_METRICS_ADDRESS": self.board_metrics}
 
     def replacements(self) -> dict[str, str]:
@@ -80,6 +91,7 @@ class Addresses:
             f"{default.host}:{default.metrics_port}": f"127.0.0.1:{ports['METRICS']}",
             f"{default.host}:{default.grpc_inference_port}": f"127.0.0.1:{ports['GRPC_INFERENCE']}",
             f"{default.host}:{default.grpc_management_port}": f"127.0.0.1:{ports['GRPC_MANAGEMENT']}",
+            f"{default.host}:{default.oip_port}": f"127.0.0.1:{self.oip_port}",
         }
 
 
@@ -96,21 +108,10 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_test_archive(tmp_path_factory.mktemp("tour-model-store"))
 
 
-def photo_jpeg() -> bytes:
-    """A small scene (sky, grass, a ball) standing in for the reader's photo."""
-    image = Image.new("RGB", (320, 240), (120, 170, 220))
-    draw = ImageDraw.Draw(image)
-    draw.rectangle((0, 170, 320, 240), fill=(60, 140, 60))
-    draw.ellipse((110, 90, 210, 200), fill=(120, 80, 40))
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=90)
-    return out.getvalue()
-
-
 def repository_like(folder: Path) -> Path:
     """A working directory laid out like the repository for the tour: the venv and clients, a private var/."""
     folder.mkdir()
-    for name in (".venv", "clients"):
+    for name in (".venv", "clients", "protos"):
         (folder / name).symlink_to(REPO_ROOT / name, target_is_directory=True)
     (folder / "photo.jpg").write_bytes(photo_jpeg())
     return folder
@@ -159,16 +160,20 @@ def make_run(work: Path, addresses: Addresses, processes: Processes) -> Iterator
             proc.wait(timeout=120)
         for pid in _board_servers(addresses.board):
             launcher.stop_process(pid)
-        with contextlib.suppress(OSError, ValueError):
-            launcher.stop_process(int((work / "var" / "torchserve" / "torchserve.pid").read_text()))
+        for pid_file in ("torchserve.pid", "oip-server.pid"):
+            with contextlib.suppress(OSError, ValueError):
+                launcher.stop_process(int((work / "var" / "torchserve" / pid_file).read_text()))
 
 
+@pytest.mark.parametrize("serving", ["torchserve", "oip"])
 def test_the_readme_tour_runs_as_written(
-    model_store: Path, tmp_path: Path, processes: Processes, monkeypatch: pytest.MonkeyPatch
+    serving: str, model_store: Path, tmp_path: Path, processes: Processes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if not (REPO_ROOT / "clients" / "node" / "node_modules" / "@grpc" / "grpc-js").is_dir():
         pytest.fail("clients/node/node_modules missing: run `make node` (make run and make test do)")
-    blocks = tour_script((REPO_ROOT / "README.md").read_text())
+    if serving == "oip":
+        require_oip_environment()
+    blocks = tour_script((REPO_ROOT / "README.md").read_text(), serving)
     for name in list(os.environ):
         if name.startswith(FOREIGN_ENV_PREFIXES) or name in FOREIGN_ENV:
             monkeypatch.delenv(name)
@@ -177,6 +182,7 @@ def test_the_readme_tour_runs_as_written(
         board=f"127.0.0.1:{free_port()}",
         board_metrics=f"127.0.0.1:{free_port()}",
         torchserve_ports={name: free_port() for name in PORT_NAMES},
+        oip_port=free_port(),
     )
     for name, value in addresses.environment().items():
         monkeypatch.setenv(name, value)
@@ -184,6 +190,7 @@ def test_the_readme_tour_runs_as_written(
     monkeypatch.setenv("SEG_RUNTIME_DIR", str(work / "var" / "torchserve"))
     monkeypatch.setenv("SEG_READY_TIMEOUT", "240")
     monkeypatch.setenv("BOARD_PROCESSES", "2")  # the supervisor's path, as on any multi-core machine
+    monkeypatch.setenv("SEG_SERVING", serving)  # what `make run SERVING=...` passes as --serving
 
     steps = [
         f"echo '>>> tour step {i}' >&2\n{at_these_addresses(block, addresses)}"
@@ -214,8 +221,11 @@ def test_the_readme_tour_runs_as_written(
     # What the tour saved: the overlay preview and Node's preview (JPEG), the mask and its overlay (PNG).
     for name in ("overlay.jpg", "node-preview.jpg"):
         assert (work / name).read_bytes()[:3] == b"\xff\xd8\xff", name
-    for name in ("mask.png", "mask-overlay.png"):
-        assert (work / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    if serving == "torchserve":
+        for name in ("mask.png", "mask-overlay.png"):
+            assert (work / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    else:
+        assert "outputs" in (work / "answer.json").read_text()
     assert proc.returncode == 0, "`launcher run` stops cleanly on SIGTERM"
 
 
@@ -223,7 +233,12 @@ def test_the_tour_is_marked_and_uses_the_default_addresses() -> None:
     """A person's `make run` listens on the default addresses; the tour must talk to those."""
     script = "\n".join(tour_script((REPO_ROOT / "README.md").read_text()))
     assert "127.0.0.1:50051" in script and "127.0.0.1:8080" in script
-    addresses = Addresses("127.0.0.1:1", "127.0.0.1:2", {name: 10 + i for i, name in enumerate(PORT_NAMES)})
+    assert "127.0.0.1:8085" not in script  # the OIP server's block is SERVING=oip's alone
+    oip = "\n".join(tour_script((REPO_ROOT / "README.md").read_text(), "oip"))
+    assert "127.0.0.1:8085" in oip and "127.0.0.1:8080" not in oip
+    addresses = Addresses(
+        "127.0.0.1:1", "127.0.0.1:2", {name: 10 + i for i, name in enumerate(PORT_NAMES)}, 3
+    )
     assert "127.0.0.1:50051" not in at_these_addresses(script, addresses)
 
 

@@ -122,13 +122,6 @@ def test_the_board_retries_a_failing_model_and_fails_the_upload_after_the_attemp
         assert f"attachment {added.id}: attempt {attempt} of {MAX_ATTEMPTS} failed ({SERVER_ERROR}" in log
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="product bug: seg_handler's _reject passes the error message as the HTTP reason phrase; a "
-    "TorchScript error is several lines, TorchServe's frontend refuses a reason phrase with a line break "
-    "(IllegalArgumentException), and the worker dies: REST callers get 500 'Worker died.'",
-)
 def test_torchserve_answers_a_failing_forward_over_rest_with_500_and_its_reason(
     failing_torchserve: TorchServe,
 ) -> None:

@@ -1,6 +1,7 @@
 """OpenTelemetry traces across the board and TorchServe: the upload's RPC span, then tagging's span tree
 (claim, the TorchServe call as a gRPC client span whose context travels in the call's metadata, store) in the
-same trace, joined through the traceparent stored with the attachment."""
+same trace, joined through the traceparent stored with the attachment; a call over Connect has its server
+span too, in the caller's trace."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.e2e.conftest import TorchServe
+from tests.e2e.tracing_probe import CONNECT_TRACEPARENT
 from tests.support import REPO_ROOT
 
 PREDICTIONS = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions"
@@ -30,10 +34,18 @@ def probe(serve: TorchServe, tmp_path: Path) -> tuple[dict[str, Any], list[dict[
     return first, rest
 
 
-def test_tagging_joins_the_uploads_trace_with_claim_call_and_store(
-    running_torchserve: TorchServe, tmp_path: Path
-) -> None:
-    outcome, spans = probe(running_torchserve, tmp_path)
+Traced = tuple[dict[str, Any], list[dict[str, Any]]]
+
+
+@pytest.fixture(scope="module")
+def traced(torchserve: TorchServe, tmp_path_factory: pytest.TempPathFactory) -> Traced:
+    """One probe run: its outcome and its spans."""
+    torchserve.start()  # if an earlier test left it stopped
+    return probe(torchserve, tmp_path_factory.mktemp("traced"))
+
+
+def test_tagging_joins_the_uploads_trace_with_claim_call_and_store(traced: Traced) -> None:
+    outcome, spans = traced
     assert outcome["status"] == "ATTACHMENT_STATUS_TAGGED", outcome
     by_id = {span["span_id"]: span for span in spans}
 
@@ -55,3 +67,13 @@ def test_tagging_joins_the_uploads_trace_with_claim_call_and_store(
     call = children[PREDICTIONS]
     assert call["kind"] == "CLIENT" and call["trace_id"] == upload["trace_id"]
     assert all(by_id[s["parent_id"]]["trace_id"] == s["trace_id"] for s in spans if s["parent_id"] in by_id)
+
+
+def test_a_call_over_connect_has_a_server_span_in_the_callers_trace(traced: Traced) -> None:
+    _, spans = traced
+    over_connect = [s for s in spans if s["name"] == "/board.v1.BoardService/GetAttachment"]
+    assert len(over_connect) == 1, [s["name"] for s in spans]
+    span = over_connect[0]
+    _, trace_id, parent_id, _ = CONNECT_TRACEPARENT.split("-")
+    assert (span["kind"], span["trace_id"], span["parent_id"]) == ("SERVER", trace_id, parent_id)
+    assert span["attributes"]["rpc.system"] == "connect"

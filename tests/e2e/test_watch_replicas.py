@@ -41,7 +41,8 @@ def test_a_watcher_on_one_replica_sees_the_tagging_done_by_another(
     assert match
     with urllib.request.urlopen(match.group(1), timeout=10) as response:
         text = response.read().decode()
-    assert 'board_torchserve_calls_total{outcome="ok"} 1.0' in text
+    target = running_torchserve.grpc_target
+    assert f'board_torchserve_calls_total{{outcome="ok",target="{target}"}} 1.0' in text
     assert "board_tagging_latency_seconds_count 1.0" in text
     with sign_in(tagger.target, member.email) as on_b:
         assert on_b.get_attachment(attachment.id).status == board_pb2.ATTACHMENT_STATUS_TAGGED

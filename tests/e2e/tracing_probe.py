@@ -1,5 +1,6 @@
 """Run a board server in this process with OpenTelemetry's in-memory exporter, upload one photo through it,
-wait until it is TAGGED by a real TorchServe, and print every finished span as JSON lines.
+wait until it is TAGGED by a real TorchServe, read it once over Connect (the HTTP listener) continuing a
+given trace, and print every finished span as JSON lines.
 
 A separate process (started by tests/e2e/test_tracing.py) because a tracer provider and the gRPC client
 instrumentation are process-wide: the test process keeps neither.
@@ -29,6 +30,7 @@ from board_server.runtime.config import Settings
 from board_server.storage.engine import migrate
 from clients.board import BoardClient
 from clients.gen.board.v1 import board_pb2
+from clients.gen.board.v1.board_connect import BoardServiceClientSync
 
 
 def photo() -> bytes:
@@ -49,6 +51,16 @@ def upload_and_wait(target: str) -> tuple[int, str]:
     return attachment.id, board_pb2.AttachmentStatus.Name(done.status)
 
 
+# The caller's trace that the Connect call continues (W3C traceparent).
+CONNECT_TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def read_over_connect(url: str, attachment_id: int) -> None:
+    with BoardServiceClientSync(url) as client:
+        request = board_pb2.GetAttachmentRequest(id=attachment_id)
+        client.get_attachment(request, headers={"traceparent": CONNECT_TRACEPARENT})
+
+
 async def run(args: argparse.Namespace) -> int:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
@@ -59,8 +71,9 @@ async def run(args: argparse.Namespace) -> int:
         database_url=args.database_url,
         audit_log_path=Path(args.audit_log),
         metrics_address="",
+        http_address="127.0.0.1:0",
         segmentation_target=args.target,
-        segmentation_token_file=Path(args.key_file),
+        segmentation_token_files=(Path(args.key_file),),
         segmentation_timeout_s=60.0,
         tagging_workers=1,
         tagging_poll_s=0.3,
@@ -71,6 +84,7 @@ async def run(args: argparse.Namespace) -> int:
     board = await start_board(build_board(settings))
     try:
         attachment_id, status = await asyncio.to_thread(upload_and_wait, f"127.0.0.1:{board.port}")
+        await asyncio.to_thread(read_over_connect, f"http://127.0.0.1:{board.http_port}", attachment_id)
     finally:
         await board.stop(1.0)
     provider.force_flush()

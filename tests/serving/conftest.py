@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from clients.oip import OipClient
 from clients.segment import SegmentClient, ServingEndpoints, TokenSource
 from seg_handler import launcher as launch
 from tests.support import REPO_ROOT
+from tests.torchserve_fixtures import OipServer, oip_server_for, running
 
 # Small network input so each forward is cheap on a CPU; the handler still answers at full image size.
 TEST_INPUT_SIZE = 64
@@ -67,4 +69,18 @@ def endpoints(torchserve: launch.ServeSettings) -> ServingEndpoints:
 @pytest.fixture(scope="session")
 def client(torchserve: launch.ServeSettings, endpoints: ServingEndpoints) -> Iterator[SegmentClient]:
     with SegmentClient(endpoints, TokenSource.from_key_file(torchserve.key_file), timeout_s=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def oip_server(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OipServer]:
+    """The OIP server (KServe from .venv-oip) over the same export's .pt2, on a free loopback port."""
+    server = oip_server_for(model_store, tmp_path_factory.mktemp("oip"))
+    with running(server):
+        yield server
+
+
+@pytest.fixture(scope="session")
+def oip_client(oip_server: OipServer) -> Iterator[OipClient]:
+    with OipClient(oip_server.grpc_target, timeout_s=120) as c:
         yield c

@@ -390,3 +390,15 @@ def test_describe_answers_the_model_identity_without_a_forward(item: dict[str, A
     described = {**service.model_info.as_dict(), "class_names": list(service.model_info.class_names)}
     assert json.loads(answers[0]) == {"model": described}
     assert json.loads(answers[0])["model"]["archive_sha256"] == "ab" * 32
+
+
+def test_a_reason_phrase_is_one_printable_line() -> None:
+    traceback = (
+        "inference failed: The following operation failed in the TorchScript interpreter.\n  File x\r\nboom"
+    )
+    assert h.reason_phrase(traceback) == (
+        "inference failed: The following operation failed in the TorchScript interpreter."
+    )
+    assert h.reason_phrase("zu groß: 9000×9000") == "zu gro?: 9000?9000"
+    assert h.reason_phrase("x" * 500) == "x" * 200
+    assert h.reason_phrase("  \n ") == "error"

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -54,11 +55,12 @@ def test_run_announces_both_servers_once_every_one_answers_and_sigterm_stops_bot
         name: free_port()
         for name in ("INFERENCE", "MANAGEMENT", "METRICS", "GRPC_INFERENCE", "GRPC_MANAGEMENT")
     }
-    board_port, metrics_port = free_port(), free_port()
+    board_port, metrics_port, http_port = free_port(), free_port(), free_port()
     env = {f"SEG_{name}_PORT": str(port) for name, port in ports.items()}
     env |= {
         "BOARD_ADDRESS": f"127.0.0.1:{board_port}",
         "BOARD_METRICS_ADDRESS": f"127.0.0.1:{metrics_port}",
+        "BOARD_HTTP_ADDRESS": f"127.0.0.1:{http_port}",
         "BOARD_DATABASE_URL": f"sqlite:///{tmp_path / 'board.db'}",
         "BOARD_AUDIT_LOG": str(tmp_path / "audit.log"),
         "BOARD_PROCESSES": "2",  # the supervisor's path: every process must answer before the banner
@@ -85,6 +87,15 @@ def test_run_announces_both_servers_once_every_one_answers_and_sigterm_stops_bot
         # Where the board's metrics are, and how to get an account and sign in.
         assert f"http://127.0.0.1:{metrics_port}/metrics" in printed
         assert "users create" in printed and " login " in printed and "SignIn" in printed
+        # The web app's address, which answers from the moment it is printed (`make web` built the app).
+        web_url = f"http://127.0.0.1:{http_port}"
+        assert f"Board web app (browser)     {web_url}/" in printed
+        assert f"Open {web_url}/ in a browser" in printed
+        for _ in range(4):  # fresh connections, which the kernel spreads over both processes
+            with urllib.request.urlopen(f"{web_url}/healthz", timeout=5) as answer:
+                assert answer.read() == b"SERVING\n"
+        with urllib.request.urlopen(f"{web_url}/", timeout=5) as answer:
+            assert b"<title>Board</title>" in answer.read()
         # The test archive has random weights: the banner says so and names the ways to real weights.
         assert "(deeplabv3_mobilenet_v3_large) is UNTRAINED: weights 'random'" in printed
         assert "TORCH_HOME" in printed and "make model MODEL_WEIGHTS=" in printed

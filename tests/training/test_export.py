@@ -108,8 +108,8 @@ def test_archive_manifest_names_model_handler_and_files(exported: Exported) -> N
     assert config == exported.config.read_bytes()
     with zipfile.ZipFile(mar) as archive:
         assert archive.read("image_policy.py") == (REPO_ROOT / "seg_handler" / "image_policy.py").read_bytes()
-    # Only the archive lands in the model store: TorchServe would try to load anything else there.
-    assert sorted(p.name for p in mar.parent.iterdir()) == ["deeplabv3.mar"]
+    # The archive, and the OIP server's folder beside it (TorchServe loads only the archive its config names).
+    assert sorted(p.name for p in mar.parent.iterdir()) == ["deeplabv3.mar", "oip"]
 
 
 def test_metadata_records_untrained_random_weights(exported: Exported) -> None:
@@ -406,3 +406,56 @@ def test_class_names_rename_the_classes_of_a_state_dict_and_must_match_them(
     )
     assert renamed.metadata["class_names"] == ["sky", "sea", "sand"]  # not class_0..class_2
     assert renamed.metadata["weights"] == "state_dict"
+
+
+def test_the_exported_program_sits_in_the_oip_folder_with_the_same_identity(exported: Exported) -> None:
+    program = exported.result.program_path
+    folder = exported.tmp / "model_store" / "oip" / "deeplabv3"
+    meta = json.loads((folder / METADATA_NAME).read_text())
+
+    assert program == folder / "model.pt2"
+    assert sorted(p.name for p in folder.iterdir()) == [METADATA_NAME, "model.pt2"]
+    assert meta["program_sha256"] == hashlib.sha256(program.read_bytes()).hexdigest()
+    assert meta["program_sha256"] == exported.result.program_sha256
+    # One identity for both artifacts of one export: moving between servers leaves labels current.
+    assert {k: v for k, v in meta.items() if k != "program_sha256"} == exported.result.metadata
+
+
+def test_exported_program_parity_is_reported_and_within_limits(exported: Exported) -> None:
+    parity = exported.result.program_parity
+
+    assert parity.shapes == SMALL_SHAPES
+    assert parity.max_abs_diff <= 1e-4
+    assert parity.argmax_agreement >= 0.9999
+
+
+def test_exported_program_runs_any_height_and_width_in_a_fresh_process_without_torchvision(
+    exported: Exported, tmp_path: Path
+) -> None:
+    # A 4000x8 strip reaches the network as 2 rows; a batch of two as the OIP server may one day send.
+    shapes = [(1, 3, 2, 128), (2, 3, 57, 83), (1, 3, 1, 1)]
+    generator = torch.Generator().manual_seed(7)
+    inputs = [torch.randn(shape, generator=generator) for shape in shapes]
+    torch.save(inputs, tmp_path / "inputs.pt")
+    script = textwrap.dedent(
+        """
+        import sys, torch
+        module = torch.export.load(sys.argv[1]).module()
+        with torch.inference_mode():
+            outs = [module(x) for x in torch.load(sys.argv[2])]
+        assert "torchvision" not in sys.modules, "loading the ExportedProgram imported torchvision"
+        torch.save(outs, sys.argv[3])
+        """
+    )
+    command = [sys.executable, "-c", script, str(exported.result.program_path), str(tmp_path / "inputs.pt")]
+    subprocess.run([*command, str(tmp_path / "outs.pt")], check=True, timeout=300)
+    outs = torch.load(tmp_path / "outs.pt")
+
+    torch.manual_seed(0)  # export_archive's default seed, so this is the exported model
+    eager = SegmentationLogits(build_model(ARCH, weights="random").model.eval()).eval()
+    with torch.inference_mode():
+        for x, out in zip(inputs, outs, strict=True):
+            expected = eager(x)
+            assert out.shape == expected.shape
+            assert float((out - expected).abs().max()) <= 1e-4
+            assert torch.equal(out.argmax(1), expected.argmax(1))

@@ -1,0 +1,207 @@
+"""PostgreSQL from the event loop: a few connections kept open per process, each lent to one call at a time.
+
+A call's work is the same synchronous function of a SQLAlchemy ``Connection`` as on SQLite (the row modules
+take one and never commit); it runs on the event loop in a greenlet (``AsyncConnection.run_sync``), so every
+statement is awaited on psycopg's async connection without a thread hop. The hottest statements skip
+SQLAlchemy's execution and go to the driver (storage/lean.py, ``driver_call``).
+
+The connections run in autocommit mode: a read is one statement (or a few, each atomic), with no BEGIN or
+ROLLBACK round trip, and so is a write of one statement; any other write sends BEGIN and COMMIT itself. Why
+kept connections and not a pool checkout per call, and the figures: docs/operations.md, "How this was chosen".
+
+A call whose task is cancelled (its deadline passed, the client went away) has its running statement
+cancelled in the server by psycopg; the connection, in an unknown state afterwards, is closed rather than
+lent again. Every statement also ends at ``statement_timeout``, set on each connection as an upper bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import psycopg
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from board_server.storage.errors import busy_is_unavailable
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def driver_call(conn: Connection, work: Callable[[Any], Awaitable[T]]) -> T:
+    """``await work(driver)`` on the psycopg AsyncConnection under ``conn`` (from inside ``run_sync``); the
+    driver's errors become SQLAlchemy's, as the Core path raises them."""
+    adapted = conn.connection.dbapi_connection
+    assert adapted is not None
+    try:
+        result: T = adapted.run_async(work)
+    except psycopg.Error as exc:
+        driver = conn.connection.driver_connection
+        lost = driver is None or driver.closed or driver.broken
+        raise DBAPIError.instance(None, None, exc, psycopg.Error, connection_invalidated=lost) from exc
+    return result
+
+
+async def _begin(driver: psycopg.AsyncConnection[Any]) -> None:
+    await driver.execute("BEGIN")
+
+
+async def _commit(driver: psycopg.AsyncConnection[Any]) -> None:
+    await driver.execute("COMMIT")
+
+
+async def _rollback(driver: psycopg.AsyncConnection[Any]) -> None:
+    await driver.execute("ROLLBACK")
+
+
+def _autocommit(conn: Connection, work: Callable[[Connection], T]) -> T:
+    try:
+        return work(conn)
+    finally:
+        if conn.in_transaction():  # SQLAlchemy's own bookkeeping; autocommit: no round trip
+            conn.rollback()
+
+
+def _write(conn: Connection, work: Callable[[Connection], T]) -> T:
+    driver_call(conn, _begin)
+    try:
+        result = work(conn)
+    except Exception:
+        driver_call(conn, _rollback)
+        raise
+    else:
+        driver_call(conn, _commit)
+    finally:
+        # SQLAlchemy's own bookkeeping, after the COMMIT: its rollback would reach an open transaction.
+        if conn.in_transaction():
+            conn.rollback()
+    return result
+
+
+class LoopConnections:
+    """Up to ``size`` connections of ``engine`` (autocommit), opened when first needed and kept; a call
+    waits for a free one when all are lent."""
+
+    def __init__(self, engine: AsyncEngine, size: int) -> None:
+        self.engine = engine
+        self._size = size
+        self._opened = 0
+        self._idle: list[AsyncConnection] = []
+        # A waiter gets a connection, or None: a slot came free and it opens a connection itself.
+        self._waiters: collections.deque[asyncio.Future[AsyncConnection | None]] = collections.deque()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    @property
+    def in_use(self) -> int:
+        return self._opened - len(self._idle)
+
+    async def autocommit(self, work: Callable[[Connection], T]) -> T:
+        """``work(conn)`` on a lent connection, in autocommit (each statement atomic and durable by itself):
+        reads, and writes of one statement."""
+        return await self._run(_autocommit, work)
+
+    async def write(self, work: Callable[[Connection], T]) -> T:
+        """``work(conn)`` in one transaction, committed before this returns; rolled back if it raises."""
+        return await self._run(_write, work)
+
+    async def _run(
+        self, how: Callable[[Connection, Callable[[Connection], T]], T], work: Callable[[Connection], T]
+    ) -> T:
+        conn = await self._take()
+        try:
+            with busy_is_unavailable():
+                result = await conn.run_sync(how, work)
+        except BaseException as exc:
+            self._give_back(conn, healthy=isinstance(exc, Exception))
+            raise
+        self._give_back(conn, healthy=True)
+        return result
+
+    async def _take(self) -> AsyncConnection:
+        while True:
+            if self._idle:
+                return self._idle.pop()
+            if self._opened < self._size:
+                self._opened += 1
+                try:
+                    with busy_is_unavailable():
+                        return await self.engine.connect()
+                except BaseException:
+                    self._slot_freed()
+                    raise
+            waiter: asyncio.Future[AsyncConnection | None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                conn = await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():  # handed over just as the caller gave up
+                    handed = waiter.result()
+                    if handed is None:
+                        self._slot_freed()
+                    else:
+                        self._give_back(handed, healthy=True)
+                else:
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove(waiter)
+                raise
+            if conn is not None:
+                return conn
+
+    def _give_back(self, conn: AsyncConnection, *, healthy: bool) -> None:
+        """Lend ``conn`` again, or close it when it broke or was left mid-statement (a cancelled call)."""
+        if healthy and _usable(conn):
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(conn)
+                    return
+            self._idle.append(conn)
+            return
+        task = asyncio.get_running_loop().create_task(_close_quietly(conn))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        self._slot_freed()
+
+    def _slot_freed(self) -> None:
+        self._opened -= 1
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await _close_quietly(conn)
+        self._opened -= len(idle)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+        await self.engine.dispose()
+
+
+def _usable(conn: AsyncConnection) -> bool:
+    """Open, not invalidated, and outside any transaction (a write commits or rolls back before it ends)."""
+    sync = conn.sync_connection
+    if sync is None or sync.closed or sync.invalidated:
+        return False
+    driver = sync.connection.driver_connection
+    return (
+        driver is not None
+        and not driver.closed
+        and driver.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    )
+
+
+async def _close_quietly(conn: AsyncConnection) -> None:
+    try:
+        await conn.close()
+    except (SQLAlchemyError, psycopg.Error, OSError):
+        logger.debug("closing a PostgreSQL connection of the event loop failed", exc_info=True)
