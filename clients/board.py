@@ -14,12 +14,20 @@ on the client's side), ``tls=True`` TLS even on loopback. Images go up with ``up
 Every failed call raises a BoardClientError subclass carrying the status code, the message and, for
 INVALID_ARGUMENT, the field violations (field → description) sent by the server; RESOURCE_EXHAUSTED carries
 the server's RetryInfo delay and QuotaFailure violations when it sent them.
+
+Safe retries: every create carries a request_id (a fresh UUID4 unless the caller passes one, e.g. to retry a
+create itself later), so the channel's retry policy (clients/service_config.json, shared with the Node
+client) may retry it: UNAVAILABLE for every call, and DEADLINE_EXCEEDED answered by the server for creates,
+at most 5 attempts with exponential backoff and gRPC's jitter, within the call's one deadline. Updates and
+deletes take the ``etag`` of the version they mean (ABORTED, ``AbortedError``, when it changed since).
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -37,6 +45,8 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 UPLOAD_CHUNK_BYTES = 256 * 1024
 # An upload's deadline grows with its size: the call timeout plus this long per MiB (a slow link).
 UPLOAD_SECONDS_PER_MIB = 2.0
+# The retry policy of every channel (gRPC service config): which calls are retried, on which codes, how often.
+SERVICE_CONFIG = (Path(__file__).resolve().parent / "service_config.json").read_text()
 
 Response = TypeVar("Response")
 
@@ -111,6 +121,11 @@ class FailedPreconditionError(BoardClientError):
     """The resource is not in the state the call needs (e.g. the mask of an attachment not yet TAGGED)."""
 
 
+class AbortedError(BoardClientError):
+    """The etag sent with an update or delete no longer matches: the resource changed since it was read, and
+    nothing was changed. Read it again, then decide."""
+
+
 _ERRORS: dict[grpc.StatusCode, type[BoardClientError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,
@@ -121,6 +136,7 @@ _ERRORS: dict[grpc.StatusCode, type[BoardClientError]] = {
     grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.ABORTED: AbortedError,
 }
 
 
@@ -163,7 +179,8 @@ class BoardClient:
 
     ``token`` (an access token from ``sign_in``) goes with every call as ``authorization: Bearer``. The
     channel is TLS unless the target is loopback (``tls=None``, the default); ``tls=False`` forces plaintext,
-    ``tls=True`` TLS; ``root_certificates`` (PEM) replace the system's roots.
+    ``tls=True`` TLS; ``root_certificates`` (PEM) replace the system's roots. ``retries=False`` turns the
+    retry policy (``SERVICE_CONFIG``) off.
     """
 
     target: str = DEFAULT_TARGET
@@ -172,17 +189,24 @@ class BoardClient:
     token: str | None = None
     root_certificates: bytes | None = None
     tls: bool | None = None
+    retries: bool = True
 
     def __post_init__(self) -> None:
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            *self._retry_options(),
             *self.options,
         ]
         self._channel = open_channel(
             self.target, tls=self.tls, root_certificates=self.root_certificates, options=options
         )
         self._stub = board_pb2_grpc.BoardServiceStub(self._channel)  # type: ignore[no-untyped-call]
+
+    def _retry_options(self) -> list[tuple[str, Any]]:
+        if not self.retries:
+            return [("grpc.enable_retries", 0)]
+        return [("grpc.enable_retries", 1), ("grpc.service_config", SERVICE_CONFIG)]
 
     def __repr__(self) -> str:  # never show the token
         return f"BoardClient(target={self.target!r}, signed_in={self.token is not None})"
@@ -218,10 +242,18 @@ class BoardClient:
     # users
 
     def create_user(
-        self, name: str, email: str, password: str = "", *, timeout: float | None = None
+        self,
+        name: str,
+        email: str,
+        password: str = "",
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
     ) -> board_pb2.User:
         """Sign up (the password is required while the server has auth on)."""
-        request = board_pb2.CreateUserRequest(name=name, email=email, password=password)
+        request = board_pb2.CreateUserRequest(
+            name=name, email=email, password=password, request_id=new_request_id(request_id)
+        )
         return self._call(self._stub.CreateUser, request, board_pb2.User, timeout)
 
     def sign_in(self, email: str, password: str, *, timeout: float | None = None) -> board_pb2.SignInResponse:
@@ -258,24 +290,37 @@ class BoardClient:
         password: str | None = None,
         current_password: str = "",
         paths: Sequence[str] | None = None,
+        etag: str = "",
         timeout: float | None = None,
     ) -> board_pb2.User:
-        """Change the given fields; ``paths`` overrides the mask derived from which arguments are set. A new
-        password or email takes the ``current_password`` (except for an admin changing another user)."""
-        user = board_pb2.User(id=user_id, name=name or "", email=email or "", password=password or "")
+        """Change the given fields (of the version ``etag`` names, when given); ``paths`` overrides the mask
+        derived from which arguments are set. A new password or email takes the ``current_password`` (except
+        for an admin changing another user)."""
+        user = board_pb2.User(
+            id=user_id, name=name or "", email=email or "", password=password or "", etag=etag
+        )
         mask = _mask(paths, name=name, email=email, password=password)
         request = board_pb2.UpdateUserRequest(user=user, update_mask=mask, current_password=current_password)
         return self._call(self._stub.UpdateUser, request, board_pb2.User, timeout)
 
-    def delete_user(self, user_id: int, *, timeout: float | None = None) -> None:
-        self._call(self._stub.DeleteUser, board_pb2.DeleteUserRequest(id=user_id), empty_pb2.Empty, timeout)
+    def delete_user(self, user_id: int, *, etag: str = "", timeout: float | None = None) -> None:
+        request = board_pb2.DeleteUserRequest(id=user_id, etag=etag)
+        self._call(self._stub.DeleteUser, request, empty_pb2.Empty, timeout)
 
     # posts
 
     def create_post(
-        self, user_id: int, title: str, content: str, *, timeout: float | None = None
+        self,
+        user_id: int,
+        title: str,
+        content: str,
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
     ) -> board_pb2.Post:
-        request = board_pb2.CreatePostRequest(user_id=user_id, title=title, content=content)
+        request = board_pb2.CreatePostRequest(
+            user_id=user_id, title=title, content=content, request_id=new_request_id(request_id)
+        )
         return self._call(self._stub.CreatePost, request, board_pb2.Post, timeout)
 
     def get_post(self, post_id: int, *, timeout: float | None = None) -> board_pb2.Post:
@@ -343,22 +388,33 @@ class BoardClient:
         title: str | None = None,
         content: str | None = None,
         paths: Sequence[str] | None = None,
+        etag: str = "",
         timeout: float | None = None,
     ) -> board_pb2.Post:
-        post = board_pb2.Post(id=post_id, title=title or "", content=content or "")
+        """Change the given fields (of the version ``etag`` names, when given)."""
+        post = board_pb2.Post(id=post_id, title=title or "", content=content or "", etag=etag)
         mask = _mask(paths, title=title, content=content)
         request = board_pb2.UpdatePostRequest(post=post, update_mask=mask)
         return self._call(self._stub.UpdatePost, request, board_pb2.Post, timeout)
 
-    def delete_post(self, post_id: int, *, timeout: float | None = None) -> None:
-        self._call(self._stub.DeletePost, board_pb2.DeletePostRequest(id=post_id), empty_pb2.Empty, timeout)
+    def delete_post(self, post_id: int, *, etag: str = "", timeout: float | None = None) -> None:
+        request = board_pb2.DeletePostRequest(id=post_id, etag=etag)
+        self._call(self._stub.DeletePost, request, empty_pb2.Empty, timeout)
 
     # comments
 
     def create_comment(
-        self, post_id: int, user_id: int, content: str, *, timeout: float | None = None
+        self,
+        post_id: int,
+        user_id: int,
+        content: str,
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
     ) -> board_pb2.Comment:
-        request = board_pb2.CreateCommentRequest(post_id=post_id, user_id=user_id, content=content)
+        request = board_pb2.CreateCommentRequest(
+            post_id=post_id, user_id=user_id, content=content, request_id=new_request_id(request_id)
+        )
         return self._call(self._stub.CreateComment, request, board_pb2.Comment, timeout)
 
     def get_comment(self, comment_id: int, *, timeout: float | None = None) -> board_pb2.Comment:
@@ -382,17 +438,18 @@ class BoardClient:
         *,
         content: str | None = None,
         paths: Sequence[str] | None = None,
+        etag: str = "",
         timeout: float | None = None,
     ) -> board_pb2.Comment:
-        comment = board_pb2.Comment(id=comment_id, content=content or "")
+        """Change the content (of the version ``etag`` names, when given)."""
+        comment = board_pb2.Comment(id=comment_id, content=content or "", etag=etag)
         mask = _mask(paths, content=content)
         request = board_pb2.UpdateCommentRequest(comment=comment, update_mask=mask)
         return self._call(self._stub.UpdateComment, request, board_pb2.Comment, timeout)
 
-    def delete_comment(self, comment_id: int, *, timeout: float | None = None) -> None:
-        self._call(
-            self._stub.DeleteComment, board_pb2.DeleteCommentRequest(id=comment_id), empty_pb2.Empty, timeout
-        )
+    def delete_comment(self, comment_id: int, *, etag: str = "", timeout: float | None = None) -> None:
+        request = board_pb2.DeleteCommentRequest(id=comment_id, etag=etag)
+        self._call(self._stub.DeleteComment, request, empty_pb2.Empty, timeout)
 
     # attachments
 
@@ -403,12 +460,17 @@ class BoardClient:
         data: bytes,
         content_type: str = "",
         *,
+        request_id: str | None = None,
         timeout: float | None = None,
     ) -> board_pb2.Attachment:
         """AddAttachment: an image in one message, so at most about 1 MiB (``upload_attachment`` takes any
         size up to the server's limit); it comes back PENDING and is tagged in the background."""
         request = board_pb2.AddAttachmentRequest(
-            post_id=post_id, filename=filename, content_type=content_type, data=data
+            post_id=post_id,
+            filename=filename,
+            content_type=content_type,
+            data=data,
+            request_id=new_request_id(request_id),
         )
         return self._call(self._stub.AddAttachment, request, board_pb2.Attachment, timeout)
 
@@ -420,15 +482,20 @@ class BoardClient:
         content_type: str = "",
         *,
         chunk_bytes: int = UPLOAD_CHUNK_BYTES,
+        request_id: str | None = None,
         timeout: float | None = None,
     ) -> board_pb2.Attachment:
-        """UploadAttachment: the metadata (with the size), then ``data`` in chunks of ``chunk_bytes``; any
-        size up to the server's attachment limit. It comes back PENDING and is tagged in the background.
-        The default deadline is the client's timeout plus 2 s per MiB."""
+        """UploadAttachment: the metadata (with the size and a request_id), then ``data`` in chunks of
+        ``chunk_bytes``; any size up to the server's attachment limit. It comes back PENDING and is tagged in
+        the background. The default deadline is the client's timeout plus 2 s per MiB."""
         if chunk_bytes < 1:
             raise ValueError("chunk_bytes must be at least 1")
         metadata = board_pb2.UploadAttachmentMetadata(
-            post_id=post_id, filename=filename, content_type=content_type, size_bytes=len(data)
+            post_id=post_id,
+            filename=filename,
+            content_type=content_type,
+            size_bytes=len(data),
+            request_id=new_request_id(request_id),
         )
 
         def messages() -> Iterator[board_pb2.UploadAttachmentRequest]:
@@ -478,8 +545,8 @@ class BoardClient:
         )
         return bytes(response.png)
 
-    def delete_attachment(self, attachment_id: int, *, timeout: float | None = None) -> None:
-        request = board_pb2.DeleteAttachmentRequest(id=attachment_id)
+    def delete_attachment(self, attachment_id: int, *, etag: str = "", timeout: float | None = None) -> None:
+        request = board_pb2.DeleteAttachmentRequest(id=attachment_id, etag=etag)
         self._call(self._stub.DeleteAttachment, request, empty_pb2.Empty, timeout)
 
     def retry_attachment(self, attachment_id: int, *, timeout: float | None = None) -> board_pb2.Attachment:
@@ -541,6 +608,11 @@ class BoardClient:
 
 
 Item = TypeVar("Item")
+
+
+def new_request_id(request_id: str | None = None) -> str:
+    """``request_id``, or a fresh UUID4 (AIP-155): what makes a create safe to retry."""
+    return str(uuid.uuid4()) if request_id is None else request_id
 
 
 def _page(response: Any, field: str) -> tuple[Sequence[Any], str]:

@@ -3,8 +3,11 @@
     board login --email ada@example.org          # password from a prompt (or stdin); token kept 0600
     board posts create --title Hello --content "First post"
     board posts list --filter 'label.dog >= 0.2' --order-by 'create_time desc' --with-attachments
+    board posts update 7 --title "New" --if-match 18c2f3a4b5d6e   # only if nobody changed it since
     board --json comments get 7
 
+Creates carry a request_id (``--request-id``, or a fresh UUID4), so the client's retry policy
+(clients/board.py) retries them safely; ``--if-match ETAG`` makes an update or delete conditional.
 Human-readable tables by default, ``--json`` for machines. The server is ``--target`` (env BOARD_TARGET),
 reached over TLS unless it is loopback (``--ca-file`` / BOARD_CA_FILE for a private CA, ``--tls`` for TLS on
 loopback too, ``--plaintext`` / BOARD_PLAINTEXT to opt out, as grpcurl's ``-plaintext``). The access token
@@ -51,10 +54,12 @@ from clients.gen.board.v1 import board_pb2
 
 RESOURCES = ("users", "posts", "comments")
 COLUMNS = {
-    "users": ["id", "name", "email", "admin", "create_time"],
-    "posts": ["id", "user_id", "title", "content", "create_time", "update_time"],
-    "comments": ["id", "post_id", "user_id", "content", "create_time", "update_time"],
+    "users": ["id", "name", "email", "admin", "create_time", "etag"],
+    "posts": ["id", "user_id", "title", "content", "create_time", "update_time", "etag"],
+    "comments": ["id", "post_id", "user_id", "content", "create_time", "update_time", "etag"],
 }
+REQUEST_ID_HELP = "a UUID4 naming this create (default: a fresh one): run again with it to retry safely"
+IF_MATCH_HELP = "only if the etag is still this one (ABORTED when it changed since it was read)"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -142,8 +147,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     update = comments.add_parser("update", help="change a comment's content")
     update.add_argument("id", type=int)
     update.add_argument("--content", required=True)
+    _add_safe_write_flags(users, posts, comments)
     add_attachment_commands(resources)
     return parser
+
+
+def _add_safe_write_flags(*resources: Any) -> None:
+    """``--request-id`` on every create, ``--if-match`` on every update and delete of ``resources``."""
+    for actions in resources:
+        for action, parser in actions.choices.items():
+            if action == "create":
+                parser.add_argument("--request-id", help=REQUEST_ID_HELP)
+            elif action in ("update", "delete"):
+                parser.add_argument("--if-match", default="", metavar="ETAG", help=IF_MATCH_HELP)
 
 
 def _add_get_delete_list(actions: Any, noun: str) -> argparse.ArgumentParser:
@@ -206,7 +222,7 @@ def run(client: BoardClient, args: argparse.Namespace) -> tuple[list[Message], s
     if action == "delete":
         {"users": client.delete_user, "posts": client.delete_post, "comments": client.delete_comment}[
             resource
-        ](args.id)
+        ](args.id, etag=args.if_match)
         return None
     if action == "get":
         getter: Callable[[int], Message] = {
@@ -224,7 +240,7 @@ def _write(client: BoardClient, args: argparse.Namespace) -> Message:
     if resource == "users":
         if create:
             password = read_password(from_stdin=args.password_stdin, confirm=True)
-            return client.create_user(args.name, args.email, password)
+            return client.create_user(args.name, args.email, password, request_id=args.request_id)
         new_password, current = None, ""
         # Your own password or email: the server asks for the current password (an admin changing someone
         # else's does not need theirs).
@@ -235,15 +251,20 @@ def _write(client: BoardClient, args: argparse.Namespace) -> Message:
                 from_stdin=args.password_stdin, confirm=True, prompt="New password: "
             )
         return client.update_user(
-            args.id, name=args.name, email=args.email, password=new_password, current_password=current
+            args.id,
+            name=args.name,
+            email=args.email,
+            password=new_password,
+            current_password=current,
+            etag=args.if_match,
         )
     if resource == "posts":
         if create:
-            return client.create_post(args.user, args.title, args.content)
-        return client.update_post(args.id, title=args.title, content=args.content)
+            return client.create_post(args.user, args.title, args.content, request_id=args.request_id)
+        return client.update_post(args.id, title=args.title, content=args.content, etag=args.if_match)
     if create:
-        return client.create_comment(args.post, args.user, args.content)
-    return client.update_comment(args.id, content=args.content)
+        return client.create_comment(args.post, args.user, args.content, request_id=args.request_id)
+    return client.update_comment(args.id, content=args.content, etag=args.if_match)
 
 
 def print_result(
@@ -338,6 +359,8 @@ def _target(args: argparse.Namespace, env: Mapping[str, str]) -> str:
 
 def _hint(exc: BoardClientError, args: argparse.Namespace, credential: Credential | None) -> str:
     """What to do next, for the errors a person can act on."""
+    if exc.code == grpc.StatusCode.ABORTED and args.resource in RESOURCES:
+        return f"read it again (board {args.resource} get {args.id}) and decide with its new etag"
     if exc.code != grpc.StatusCode.UNAUTHENTICATED or args.resource == "login":
         return ""
     if credential is None:

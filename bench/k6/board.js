@@ -11,6 +11,7 @@
 //   IDS_FILE     JSON list of existing post ids (GetPost picks one at random per call)
 //   USER_ID      author for CreatePost
 //   TOKEN        access token from SignIn; empty = no authorization metadata (server without accounts)
+//   REQUEST_ID   1: every CreatePost carries a fresh request_id (a UUID4, AIP-155); else none (bench.request_id)
 //   SUMMARY      where to write the summary JSON
 //   PROTOCOL     grpc (the default), or connect: the same calls as Connect unary POSTs over HTTP/1.1 to the
 //                board's HTTP listener at TARGET, binary (application/proto) as the web app sends them (their
@@ -27,6 +28,7 @@ const SECONDS = parseFloat(__ENV.SECONDS || '5');
 const WARMUP = parseFloat(__ENV.WARMUP || '1');
 const USER_ID = __ENV.USER_ID || '1';
 const TOKEN = __ENV.TOKEN || '';
+const REQUEST_ID = __ENV.REQUEST_ID === '1';
 const PROTOCOL = __ENV.PROTOCOL || 'grpc';
 const SERVICE = 'board.v1.BoardService/';
 
@@ -71,6 +73,9 @@ function request(operation) {
     case 'ListPosts':
       return { page_size: 50 };
     case 'CreatePost':
+      if (REQUEST_ID) {
+        return { user_id: USER_ID, title: 'bench', content: 'x'.repeat(200), request_id: crypto.randomUUID() };
+      }
       return { user_id: USER_ID, title: 'bench', content: 'x'.repeat(200) };
     default:
       throw new Error(`unknown operation ${operation}`);

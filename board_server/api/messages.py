@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from google.protobuf import timestamp_pb2
 
 from board_server.core.records import AttachmentStatus, CommentRecord, ModelIdentity, PostRecord
+from board_server.domain import etags
 from board_server.domain.attachments import AttachmentView
 from board_server.domain.users import UserView
 from clients.gen.board.v1 import board_pb2
@@ -30,6 +31,7 @@ def user_to_proto(user: UserView) -> board_pb2.User:
         email=user.email,
         admin=user.admin,
         create_time=timestamp(user.create_time),
+        etag=user.etag,
     )
 
 
@@ -41,6 +43,7 @@ def post_to_proto(post: PostRecord) -> board_pb2.Post:
         content=post.content,
         create_time=timestamp(post.create_time),
         update_time=timestamp(post.update_time),
+        etag=etags.of_time(post.update_time),
     )
 
 
@@ -52,6 +55,7 @@ def comment_to_proto(comment: CommentRecord) -> board_pb2.Comment:
         content=comment.content,
         create_time=timestamp(comment.create_time),
         update_time=timestamp(comment.update_time),
+        etag=etags.of_time(comment.update_time),
     )
 
 
@@ -88,6 +92,7 @@ def attachment_to_proto(item: AttachmentView) -> board_pb2.Attachment:
         failure_reason=item.failure_reason,
         attempts=item.attempts,
         retag_pending=item.retag_pending,
+        etag=item.etag,
     )
     if item.model is not None:
         message.model.CopyFrom(model_to_proto(item.model))

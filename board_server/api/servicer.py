@@ -40,7 +40,7 @@ class BoardServicer(board_pb2_grpc.BoardServiceServicer):
 
     async def CreateUser(self, request: board_pb2.CreateUserRequest, context: Context) -> board_pb2.User:
         user = await self._board.users.create_user(
-            current_caller(), request.name, request.email, request.password
+            current_caller(), request.name, request.email, request.password, request_id=request.request_id
         )
         return user_to_proto(user)
 
@@ -65,11 +65,12 @@ class BoardServicer(board_pb2_grpc.BoardServiceServicer):
             email=user.email,
             password=user.password,
             current_password=request.current_password,
+            etag=user.etag,
         )
         return user_to_proto(updated)
 
     async def DeleteUser(self, request: board_pb2.DeleteUserRequest, context: Context) -> empty_pb2.Empty:
-        await self._board.users.delete_user(current_caller(), request.id)
+        await self._board.users.delete_user(current_caller(), request.id, etag=request.etag)
         return empty_pb2.Empty()
 
     async def SignIn(self, request: board_pb2.SignInRequest, context: Context) -> board_pb2.SignInResponse:
@@ -88,7 +89,7 @@ class BoardServicer(board_pb2_grpc.BoardServiceServicer):
 
     async def CreatePost(self, request: board_pb2.CreatePostRequest, context: Context) -> board_pb2.Post:
         post = await self._board.posts.create_post(
-            current_caller(), request.user_id, request.title, request.content
+            current_caller(), request.user_id, request.title, request.content, request_id=request.request_id
         )
         return post_to_proto(post)
 
@@ -119,12 +120,12 @@ class BoardServicer(board_pb2_grpc.BoardServiceServicer):
     async def UpdatePost(self, request: board_pb2.UpdatePostRequest, context: Context) -> board_pb2.Post:
         post, paths = request.post, list(request.update_mask.paths)
         updated = await self._board.posts.update_post(
-            current_caller(), post.id, paths, post.title, post.content
+            current_caller(), post.id, paths, post.title, post.content, etag=post.etag
         )
         return post_to_proto(updated)
 
     async def DeletePost(self, request: board_pb2.DeletePostRequest, context: Context) -> empty_pb2.Empty:
-        await self._board.posts.delete_post(current_caller(), request.id)
+        await self._board.posts.delete_post(current_caller(), request.id, etag=request.etag)
         return empty_pb2.Empty()
 
     # comments
@@ -133,7 +134,7 @@ class BoardServicer(board_pb2_grpc.BoardServiceServicer):
         self, request: board_pb2.CreateCommentRequest, context: Context
     ) -> board_pb2.Comment:
         comment = await self._board.comments.create_comment(
-            current_caller(), request.post_id, request.user_id, request.content
+            current_caller(), request.post_id, request.user_id, request.content, request_id=request.request_id
         )
         return comment_to_proto(comment)
 
@@ -155,14 +156,14 @@ class BoardServicer(board_pb2_grpc.BoardServiceServicer):
     ) -> board_pb2.Comment:
         comment, paths = request.comment, list(request.update_mask.paths)
         updated = await self._board.comments.update_comment(
-            current_caller(), comment.id, paths, comment.content
+            current_caller(), comment.id, paths, comment.content, etag=comment.etag
         )
         return comment_to_proto(updated)
 
     async def DeleteComment(
         self, request: board_pb2.DeleteCommentRequest, context: Context
     ) -> empty_pb2.Empty:
-        await self._board.comments.delete_comment(current_caller(), request.id)
+        await self._board.comments.delete_comment(current_caller(), request.id, etag=request.etag)
         return empty_pb2.Empty()
 
     # attachments
@@ -177,6 +178,7 @@ class BoardServicer(board_pb2_grpc.BoardServiceServicer):
             content_type=request.content_type,
             data=request.data,
             traceparent=spans.current_traceparent(),
+            request_id=request.request_id,
         )
         return attachment_to_proto(item)
 
@@ -195,6 +197,7 @@ class BoardServicer(board_pb2_grpc.BoardServiceServicer):
             filename=meta.filename,
             content_type=meta.content_type,
             size_bytes=meta.size_bytes,
+            request_id=meta.request_id,
         )
         async for message in request_iterator:
             if message.WhichOneof("part") != "chunk":
@@ -235,7 +238,7 @@ class BoardServicer(board_pb2_grpc.BoardServiceServicer):
     async def DeleteAttachment(
         self, request: board_pb2.DeleteAttachmentRequest, context: Context
     ) -> empty_pb2.Empty:
-        await self._board.attachments.delete_attachment(current_caller(), request.id)
+        await self._board.attachments.delete_attachment(current_caller(), request.id, etag=request.etag)
         return empty_pb2.Empty()
 
     async def RetryAttachment(

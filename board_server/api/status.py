@@ -21,6 +21,7 @@ from board_server.core.errors import (
     PermissionDenied,
     QuotaExceeded,
     ResourceExhausted,
+    StaleEtag,
     Unauthenticated,
 )
 
@@ -36,6 +37,7 @@ STATUS_CODES: dict[type[BoardError], grpc.StatusCode] = {
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    StaleEtag: grpc.StatusCode.ABORTED,
 }
 
 

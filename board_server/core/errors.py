@@ -74,6 +74,11 @@ class AlreadyExists(BoardError):  # noqa: N818 - domain names, as in the house s
     """A unique constraint (e.g. the case-insensitive email) would be violated."""
 
 
+class StaleEtag(BoardError):  # noqa: N818 - domain names, as in the house style
+    """The request carried an etag that no longer matches: the resource changed since the caller read it,
+    and nothing was changed (read it again, then decide)."""
+
+
 class DatabaseBusy(BoardError):  # noqa: N818 - domain names, as in the house style
     """The database could not take the write in time (lock contention beyond the busy timeout); retryable."""
 

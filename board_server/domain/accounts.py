@@ -244,6 +244,15 @@ class Accounts:
         await self._db.run_write(open_session)
         return NewSession(token=token, user_id=user_id, admin=admin, expire_time=expire)
 
+    async def password_matches(self, email: str, password: str) -> bool:
+        """Whether ``password`` is the password of the account with ``email`` (a check only: no session,
+        no failure counted)."""
+        row = await self._db.run_read(lambda conn: sessions.credentials(conn, canonical_email(email)))
+        stored: str | None = row.password_hash if row is not None else None
+        if not stored:
+            return False
+        return await self._off_loop(lambda: self._verify(stored, password))
+
     async def confirm_password(self, caller: Caller, user_id: int, password: str) -> None:
         """Check ``password`` against the user's own, as a sign-in from the caller's address (a wrong one
         counts as a failed sign-in of the user's email). Raises InvalidArgument (empty), PermissionDenied

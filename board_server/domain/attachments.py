@@ -8,19 +8,22 @@ one user's posts hold at most the user's storage quota (domain/quotas.py).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row
+from sqlalchemy import Connection
 
 from board_server.core.errors import AttachmentNotFound, FailedPrecondition, ResourceExhausted
 from board_server.core.limits import FILENAME_MAX
 from board_server.core.records import AttachmentStatus, ModelIdentity
+from board_server.domain import etags
 from board_server.domain.accounts import Accounts, Caller
 from board_server.domain.clock import now
+from board_server.domain.idempotency import RequestIds, request_key
 from board_server.domain.images import inspect_image
 from board_server.domain.paging import Page, PageTokens
 from board_server.domain.preview_cache import PreviewCache
@@ -71,6 +74,11 @@ class AttachmentView:
     def version(self) -> tuple[str, datetime, int, bool]:
         return (self.status, self.update_time, self.attempts, self.retag_pending)
 
+    @property
+    def etag(self) -> str:
+        """A digest of all of the view: it changes whenever anything the API shows of it does."""
+        return etags.of_text(repr(self))
+
 
 def _view(row: Any, labels: Sequence[tuple[str, float, int]]) -> AttachmentView:
     status = AttachmentStatus(row.status)
@@ -105,6 +113,12 @@ def _view(row: Any, labels: Sequence[tuple[str, float, int]]) -> AttachmentView:
     )
 
 
+def _read_view(conn: Connection, attachment_id: int, *, for_update: bool = False) -> AttachmentView:
+    """The attachment with its labels (row-locked on PostgreSQL with ``for_update``); AttachmentNotFound."""
+    row = attachment_rows.read_attachment(conn, attachment_id, for_update=for_update)
+    return _view(row, attachment_rows.read_labels(conn, [attachment_id]).get(attachment_id, ()))
+
+
 def attachment_views(db: Database) -> Callable[[Sequence[int]], Any]:
     """A reader of the current views of some attachments by id (what watchers compare)."""
 
@@ -136,6 +150,7 @@ class AttachmentService:
         previews: PreviewCache,
         quotas: Quotas,
         watchers: WatchHub[AttachmentView],
+        requests: RequestIds,
         max_bytes: int,
         max_per_post: int,
         on_added: Callable[[], None] | None = None,
@@ -146,6 +161,7 @@ class AttachmentService:
         self._previews = previews
         self._quotas = quotas
         self.watchers = watchers
+        self._requests = requests
         self._max_bytes = max_bytes
         self._max_per_post = max_per_post
         self._on_added = on_added  # wakes this process's tagging worker
@@ -164,12 +180,15 @@ class AttachmentService:
         content_type: str,
         data: bytes,
         traceparent: str | None = None,
+        request_id: str = "",
     ) -> AttachmentView:
-        """Store an image as PENDING; raise InvalidArgument, PostNotFound, PermissionDenied,
-        ResourceExhausted (the post is full), QuotaExceeded (the author's storage, the caller's writes)."""
+        """Store an image as PENDING (once per ``request_id``, see domain/idempotency.py); raise
+        InvalidArgument, PostNotFound, PermissionDenied, ResourceExhausted (the post is full), QuotaExceeded
+        (the author's storage, the caller's writes)."""
         violations = Violations()
         violations.row_id("post_id", post_id)
         violations.text("filename", filename, FILENAME_MAX)
+        violations.request_id("request_id", request_id)
         violations.raise_if_any()
         info = inspect_image(data, content_type, self._max_bytes)
         stamp = now()
@@ -189,19 +208,27 @@ class AttachmentService:
             "traceparent": traceparent,
         }
 
-        def add(conn: Connection) -> Row[Any]:
+        def add(conn: Connection) -> AttachmentView:
             author = self._require_room(conn, caller, post_id, for_update=True)
             self._quotas.count_write(conn, caller)
             self._quotas.require_storage(conn, author, len(data))
-            return attachment_rows.add_attachment(conn, values)
+            return _view(attachment_rows.add_attachment(conn, values), ())
 
-        row = await self._db.run_write(add)
+        digest = hashlib.sha256(data).hexdigest()
+        key = request_key(caller, request_id, "attachment", post_id, filename, content_type, digest)
+        view, created = await self._requests.once(key, add, _read_view)
+        if not created:
+            return view
         audit.info(
-            "Attachment created; id=%d; post_id=%d; bytes=%d; by=%s", row.id, post_id, len(data), caller.actor
+            "Attachment created; id=%d; post_id=%d; bytes=%d; by=%s",
+            view.id,
+            post_id,
+            len(data),
+            caller.actor,
         )
         if self._on_added is not None:
             self._on_added()
-        return _view(row, ())
+        return view
 
     def _require_room(self, conn: Connection, caller: Caller, post_id: int, *, for_update: bool) -> int:
         """The post exists, the caller may add to it, and it has room; return its author's id; raise
@@ -230,12 +257,7 @@ class AttachmentService:
         """Return the attachment with its labels; raise InvalidArgument, AttachmentNotFound."""
         self._accounts.require_reader(caller)
         check_id("id", attachment_id)
-
-        def read(conn: Connection) -> AttachmentView:
-            row = attachment_rows.read_attachment(conn, attachment_id)
-            return _view(row, attachment_rows.read_labels(conn, [attachment_id]).get(attachment_id, ()))
-
-        return await self._db.run_read(read)
+        return await self._db.run_read(lambda conn: _read_view(conn, attachment_id))
 
     async def watch_attachment(self, caller: Caller, attachment_id: int) -> AsyncIterator[AttachmentView]:
         """The attachment now, then every change, until it is TAGGED or FAILED; raise InvalidArgument,
@@ -284,14 +306,17 @@ class AttachmentService:
             )
         return png
 
-    async def delete_attachment(self, caller: Caller, attachment_id: int) -> None:
-        """Delete the attachment with its labels and mask; raise InvalidArgument, AttachmentNotFound,
-        PermissionDenied, QuotaExceeded."""
+    async def delete_attachment(self, caller: Caller, attachment_id: int, *, etag: str = "") -> None:
+        """Delete the attachment with its labels and mask (only the version ``etag`` names, when given);
+        raise InvalidArgument, AttachmentNotFound, PermissionDenied, StaleEtag, QuotaExceeded."""
         check_id("id", attachment_id)
 
         def remove(conn: Connection) -> None:
             _, author, _ = attachment_rows.owner(conn, attachment_id)
             self._accounts.require_owner(caller, author, "this attachment")
+            if etag:  # the row locked until the delete commits: the worker cannot change it in between
+                current = _read_view(conn, attachment_id, for_update=True)
+                etags.require_current(etag, current.etag, f"attachment {attachment_id}")
             self._quotas.count_write(conn, caller)
             attachment_rows.delete_attachment(conn, attachment_id)
 
@@ -311,7 +336,7 @@ class AttachmentService:
                 raise FailedPrecondition(
                     f"attachment {attachment_id} is {status}; only a FAILED one is retried"
                 )
-            return _view(attachment_rows.read_attachment(conn, attachment_id), ())
+            return _read_view(conn, attachment_id)  # with its labels: the etag GetAttachment gives
 
         view = await self._db.run_write(requeue)
         audit.info("Attachment queued again; id=%d; by=%s", attachment_id, caller.actor)

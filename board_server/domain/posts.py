@@ -15,8 +15,10 @@ from sqlalchemy import Connection
 from board_server.core.errors import FieldViolation, InvalidArgument
 from board_server.core.limits import POST_CONTENT_MAX, TITLE_MAX
 from board_server.core.records import PostRecord
+from board_server.domain import etags
 from board_server.domain.accounts import Accounts, Caller
 from board_server.domain.clock import later_than, now
+from board_server.domain.idempotency import RequestIds, request_key
 from board_server.domain.paging import Page, PageTokens, query_digest
 from board_server.domain.quotas import Quotas
 from board_server.domain.served_models import ServedModels
@@ -42,32 +44,45 @@ class PostService:
     MUTABLE = frozenset({"title", "content"})
 
     def __init__(
-        self, db: Database, accounts: Accounts, tokens: PageTokens, models: ServedModels, quotas: Quotas
+        self,
+        db: Database,
+        accounts: Accounts,
+        tokens: PageTokens,
+        models: ServedModels,
+        *,
+        quotas: Quotas,
+        requests: RequestIds,
     ) -> None:
         self._db = db
         self._accounts = accounts
         self._tokens = tokens
         self._models = models
         self._quotas = quotas
+        self._requests = requests
 
-    async def create_post(self, caller: Caller, user_id: int, title: str, content: str) -> PostRecord:
-        """Create a post by the caller; raise InvalidArgument, Unauthenticated, PermissionDenied,
-        QuotaExceeded (writes per minute)."""
+    async def create_post(
+        self, caller: Caller, user_id: int, title: str, content: str, *, request_id: str = ""
+    ) -> PostRecord:
+        """Create a post by the caller (once per ``request_id``, see domain/idempotency.py); raise
+        InvalidArgument, Unauthenticated, PermissionDenied, QuotaExceeded (writes per minute)."""
         violations = Violations()
         if user_id < 0:
             violations.add("user_id", "must be your own id, or 0 for yourself")
         violations.text("title", title, TITLE_MAX)
         violations.text("content", content, POST_CONTENT_MAX)
+        violations.request_id("request_id", request_id)
         violations.raise_if_any()
         author = self._accounts.author_for_new(caller, user_id, "user_id")
         check_id("user_id", author)
+        key = request_key(caller, request_id, "post", author, title, content)
 
         def add(conn: Connection) -> PostRecord:
             self._quotas.count_write(conn, caller)
             return post_rows.add_post(conn, author, title, content, now())
 
-        post = await self._db.run_write(add)
-        audit.info("Post created; id=%d; user_id=%d; by=%s", post.id, author, caller.actor)
+        post, created = await self._requests.once(key, add, post_rows.read_post)
+        if created:
+            audit.info("Post created; id=%d; user_id=%d; by=%s", post.id, author, caller.actor)
         return post
 
     async def get_post(self, caller: Caller, post_id: int) -> PostRecord:
@@ -120,9 +135,10 @@ class PostService:
         return Page(cast(Sequence[PostRecord], found.rows), token)
 
     async def update_post(
-        self, caller: Caller, post_id: int, paths: Sequence[str], title: str, content: str
+        self, caller: Caller, post_id: int, paths: Sequence[str], title: str, content: str, *, etag: str = ""
     ) -> PostRecord:
-        """Change the masked fields; raise InvalidArgument, PostNotFound, PermissionDenied, QuotaExceeded."""
+        """Change the masked fields (only of the version ``etag`` names, when given); raise InvalidArgument,
+        PostNotFound, PermissionDenied, StaleEtag, QuotaExceeded."""
         violations = Violations()
         violations.row_id("post.id", post_id)
         paths = violations.mask("update_mask", paths, self.MUTABLE)
@@ -136,6 +152,7 @@ class PostService:
         def change(conn: Connection) -> PostRecord:
             current = post_rows.read_post(conn, post_id, for_update=True)
             self._accounts.require_owner(caller, current.user_id, "this post")
+            etags.require_current(etag, etags.of_time(current.update_time), f"post {post_id}")
             self._quotas.count_write(conn, caller)
             values["update_time"] = later_than(current.update_time)
             return post_rows.update_post(conn, post_id, values)
@@ -144,14 +161,15 @@ class PostService:
         audit.info("Post updated; id=%d; fields=%s; by=%s", post.id, ",".join(paths), caller.actor)
         return post
 
-    async def delete_post(self, caller: Caller, post_id: int) -> None:
-        """Delete the post with its comments and attachments; raise InvalidArgument, PostNotFound,
-        PermissionDenied, QuotaExceeded."""
+    async def delete_post(self, caller: Caller, post_id: int, *, etag: str = "") -> None:
+        """Delete the post with its comments and attachments (only the version ``etag`` names, when given);
+        raise InvalidArgument, PostNotFound, PermissionDenied, StaleEtag, QuotaExceeded."""
         check_id("id", post_id)
 
         def remove(conn: Connection) -> None:
             current = post_rows.read_post(conn, post_id, for_update=True)
             self._accounts.require_owner(caller, current.user_id, "this post")
+            etags.require_current(etag, etags.of_time(current.update_time), f"post {post_id}")
             self._quotas.count_write(conn, caller)
             post_rows.delete_post(conn, post_id)
 

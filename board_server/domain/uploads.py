@@ -33,6 +33,7 @@ class Upload:
     content_type: str
     declared: int  # the metadata's size_bytes; 0: unknown
     max_bytes: int
+    request_id: str = ""
     data: bytearray = field(default_factory=bytearray)
 
     def add(self, chunk: bytes) -> None:
@@ -45,8 +46,8 @@ class Upload:
         self.data += chunk
 
     async def finish(self, traceparent: str | None = None) -> AttachmentView:
-        """Store the assembled image (``AttachmentService.add_attachment``); raise InvalidArgument when fewer
-        bytes arrived than declared, and whatever the add raises."""
+        """Store the assembled image (``AttachmentService.add_attachment``, once per ``request_id``); raise
+        InvalidArgument when fewer bytes arrived than declared, and whatever the add raises."""
         if self.declared and len(self.data) != self.declared:
             raise _invalid("metadata.size_bytes", f"said {self.declared} bytes, but {len(self.data)} arrived")
         return await self.attachments.add_attachment(
@@ -56,6 +57,7 @@ class Upload:
             content_type=self.content_type,
             data=bytes(self.data),
             traceparent=traceparent,
+            request_id=self.request_id,
         )
 
 
@@ -73,7 +75,14 @@ class Uploads:
             self._accounts.require_signed_in(caller, "uploading")
 
     async def begin(
-        self, caller: Caller, post_id: int, *, filename: str, content_type: str, size_bytes: int
+        self,
+        caller: Caller,
+        post_id: int,
+        *,
+        filename: str,
+        content_type: str,
+        size_bytes: int,
+        request_id: str = "",
     ) -> Upload:
         """Check the metadata and the post before any chunk; raise InvalidArgument (a field, or a declared
         size over the limit), Unauthenticated, PostNotFound, PermissionDenied, ResourceExhausted (the post
@@ -82,6 +91,7 @@ class Uploads:
         violations = Violations()
         violations.row_id("metadata.post_id", post_id)
         violations.text("metadata.filename", filename, FILENAME_MAX)
+        violations.request_id("metadata.request_id", request_id)
         if size_bytes < 0:
             violations.add("metadata.size_bytes", "must not be negative (0: unknown)")
         elif size_bytes > self._max_bytes:
@@ -98,4 +108,5 @@ class Uploads:
             content_type=content_type,
             declared=size_bytes,
             max_bytes=self._max_bytes,
+            request_id=request_id,
         )

@@ -16,8 +16,10 @@ from sqlalchemy import Connection
 from board_server.core.emails import canonical_email
 from board_server.core.limits import EMAIL_MAX, NAME_MAX
 from board_server.core.records import UserRecord
+from board_server.domain import etags
 from board_server.domain.accounts import Accounts, Caller
 from board_server.domain.clock import now
+from board_server.domain.idempotency import RequestIds, request_key, reused_for_another_request
 from board_server.domain.paging import Page, PageTokens
 from board_server.domain.quotas import Quotas
 from board_server.domain.validation import Violations, check_id
@@ -37,12 +39,18 @@ class UserView:
     email: str
     admin: bool
     create_time: datetime
+    etag: str
 
     @classmethod
     def of(cls, user: UserRecord, caller: Caller) -> UserView:
         private = caller.is_or_admin(user.id)
         return cls(
-            user.id, user.name, user.email if private else "", user.admin and private, user.create_time
+            user.id,
+            user.name,
+            user.email if private else "",
+            user.admin and private,
+            user.create_time,
+            etags.of_version(user.version),
         )
 
 
@@ -55,17 +63,28 @@ class UserService:
     MUTABLE = frozenset({"name", "email", "password"})
 
     def __init__(
-        self, db: Database, accounts: Accounts, tokens: PageTokens, quotas: Quotas, *, sign_up_open: bool
+        self,
+        db: Database,
+        accounts: Accounts,
+        tokens: PageTokens,
+        quotas: Quotas,
+        requests: RequestIds,
+        *,
+        sign_up_open: bool,
     ) -> None:
         self._db = db
         self._accounts = accounts
         self._tokens = tokens
         self._quotas = quotas
+        self._requests = requests
         self._sign_up_open = sign_up_open
 
-    async def create_user(self, caller: Caller, name: str, email: str, password: str) -> UserView:
-        """Create a user; raise InvalidArgument, AlreadyExists (an email with the same canonical form),
-        PermissionDenied (sign-up closed), ResourceExhausted (too many sign-ups from the caller's address)."""
+    async def create_user(
+        self, caller: Caller, name: str, email: str, password: str, *, request_id: str = ""
+    ) -> UserView:
+        """Create a user (once per ``request_id``, see domain/idempotency.py); raise InvalidArgument,
+        AlreadyExists (an email with the same canonical form), PermissionDenied (sign-up closed),
+        ResourceExhausted (too many sign-ups from the caller's address)."""
         if not self._sign_up_open:
             self._accounts.require_admin(caller, "creating accounts (sign-up is closed on this server)")
         violations = Violations()
@@ -73,11 +92,16 @@ class UserService:
         violations.email("email", email)
         if password or self._accounts.auth:
             violations.password("password", password, email)
+        violations.request_id("request_id", request_id)
         violations.raise_if_any()
         # Counted before the hash is computed: refused sign-ups cost the server nothing.
         await self._accounts.count_sign_up(caller)
         password_hash = await self._accounts.hash_password(password) if password else None
-        user = await self._db.run_write(
+        # The password stays out of the digest (nothing but its argon2 hash is ever stored): a repeat's
+        # password is checked against the account's instead.
+        key = request_key(caller, request_id, "user", name, email)
+        user, created = await self._requests.once(
+            key,
             lambda conn: user_rows.add_user(
                 conn,
                 name=name,
@@ -85,9 +109,13 @@ class UserService:
                 email_canonical=canonical_email(email),
                 now=now(),
                 password_hash=password_hash,
-            )
+            ),
+            user_rows.read_user,
         )
-        audit.info("User created; id=%d; by=%s", user.id, caller.actor)
+        if created:
+            audit.info("User created; id=%d; by=%s", user.id, caller.actor)
+        elif password and not await self._accounts.password_matches(user.email, password):
+            raise reused_for_another_request()
         return UserView.of(user, Caller(user.id))  # whoever created it sees the email they sent
 
     async def get_user(self, caller: Caller, user_id: int) -> UserView:
@@ -120,12 +148,14 @@ class UserService:
         email: str,
         password: str,
         current_password: str = "",
+        etag: str = "",
     ) -> UserView:
-        """Change the masked fields; a new password revokes the user's other sessions. A new password or
-        email takes ``current_password`` (Accounts.needs_current_password).
+        """Change the masked fields (of the version ``etag`` names, when given); a new password revokes the
+        user's other sessions. A new password or email takes ``current_password``
+        (Accounts.needs_current_password).
 
         Raises InvalidArgument, UserNotFound, AlreadyExists, PermissionDenied (also a wrong current
-        password), ResourceExhausted (too many wrong ones), QuotaExceeded.
+        password), ResourceExhausted (too many wrong ones), QuotaExceeded, StaleEtag.
         """
         violations = Violations()
         violations.row_id("user.id", user_id)
@@ -157,6 +187,7 @@ class UserService:
         keep = caller.token_id if caller.user_id == user_id else None
 
         def change(conn: Connection) -> tuple[UserRecord, int]:
+            self._require_version(conn, user_id, etag)
             self._quotas.count_write(conn, caller)
             user = user_rows.update_user(conn, user_id, values)
             revoked = sessions.delete_tokens_of(conn, user_id, keep) if "password" in paths else 0
@@ -168,18 +199,27 @@ class UserService:
             audit.info("Sessions revoked; user_id=%d; count=%d; by=%s", user.id, revoked, caller.actor)
         return UserView.of(user, caller)
 
-    async def delete_user(self, caller: Caller, user_id: int) -> None:
-        """Delete the user with their posts, comments and sessions; raise InvalidArgument, UserNotFound,
-        PermissionDenied, QuotaExceeded."""
+    async def delete_user(self, caller: Caller, user_id: int, *, etag: str = "") -> None:
+        """Delete the user with their posts, comments and sessions (only the version ``etag`` names, when
+        given); raise InvalidArgument, UserNotFound, PermissionDenied, StaleEtag, QuotaExceeded."""
         check_id("id", user_id)
         self._accounts.require_owner(caller, user_id, "this account")
 
         def remove(conn: Connection) -> None:
+            self._require_version(conn, user_id, etag)
             self._quotas.count_write(conn, caller)
             user_rows.delete_user(conn, user_id)
 
         await self._db.run_write(remove)
         audit.info("User deleted; id=%d; by=%s", user_id, caller.actor)
+
+    @staticmethod
+    def _require_version(conn: Connection, user_id: int, etag: str) -> None:
+        """In a write: raise StaleEtag unless ``etag`` is empty or the user's current one (the row is locked
+        until the write commits); UserNotFound."""
+        if etag:
+            current = user_rows.read_user(conn, user_id, for_update=True)
+            etags.require_current(etag, etags.of_version(current.version), f"user {user_id}")
 
     async def sign_in(self, caller: Caller, email: str, password: str) -> tuple[str, datetime, UserView]:
         """Open a session: (access token, expiry, user); raise InvalidArgument, Unauthenticated,

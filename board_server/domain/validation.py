@@ -16,6 +16,8 @@ from board_server.core.limits import EMAIL_MAX
 EMAIL_PATTERN = re.compile(r"[^@\s\x00]+@[^@\s.\x00]+(\.[^@\s.\x00]+)+")
 IMMUTABLE_PATHS = frozenset({"id", "create_time", "update_time", "user_id", "post_id"})
 PASSWORD_MIN, PASSWORD_MAX = 8, 1024
+# AIP-155's request_id: a UUID4 in its canonical 8-4-4-4-12 form (either case).
+REQUEST_ID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", re.I)
 
 
 class Violations:
@@ -64,6 +66,11 @@ class Violations:
     def row_id(self, field: str, value: int) -> None:
         if value <= 0:
             self.add(field, "must be a positive id")
+
+    def request_id(self, field: str, value: str) -> None:
+        """Empty (no request_id), or a UUID4 string."""
+        if value and not (len(value) == 36 and REQUEST_ID_PATTERN.fullmatch(value)):
+            self.add(field, "must be a UUID4 string such as 2f1c6e0a-8d3b-4c2e-9a57-0b6d4e8f1a23, or empty")
 
     def fraction(self, field: str, value: float) -> None:
         if math.isnan(value) or not 0 <= value <= 1:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
 
+from board_server.api.calls import CallObserver
 from board_server.api.http import HttpServer, board_http_app, start_http
 from board_server.api.limits import CallLimits, ClientLimits
 from board_server.api.server import GrpcServer, report_health, start_grpc
@@ -23,6 +25,7 @@ from board_server.domain.accounts import Accounts
 from board_server.domain.attachments import AttachmentService, watch_hub
 from board_server.domain.board import Board
 from board_server.domain.comments import CommentService
+from board_server.domain.idempotency import RequestIds
 from board_server.domain.paging import load_page_tokens
 from board_server.domain.posts import PostService
 from board_server.domain.preview_cache import PreviewCache
@@ -33,6 +36,7 @@ from board_server.domain.uploads import Uploads
 from board_server.domain.users import UserService
 from board_server.runtime import tracing
 from board_server.runtime.config import Settings
+from board_server.runtime.faults import ExitAfterCommit, parse_fault
 from board_server.runtime.metrics import BoardMetrics
 from board_server.storage.engine import Database, open_database
 from board_server.storage.notifications import AttachmentChangeListener
@@ -99,6 +103,7 @@ class BoardParts:
     accounts: Accounts
     quotas: Quotas
     previews: PreviewCache
+    requests: RequestIds
     board: Board
     backend: InferenceBackend | None
     tagger: TaggingWorker | None
@@ -142,6 +147,7 @@ def build_board(
         writes_per_minute=settings.writes_per_user_per_minute, storage_bytes=settings.user_storage_quota_bytes
     )
     backend = inference_backend(settings)
+    requests = RequestIds(database, timedelta(seconds=settings.request_id_ttl_s))
     models = ServedModels(database, settings.segmentation_model)
     previews = PreviewCache(
         database,
@@ -172,19 +178,22 @@ def build_board(
         previews=previews,
         quotas=quotas,
         watchers=watchers,
+        requests=requests,
         max_bytes=settings.max_attachment_bytes,
         max_per_post=settings.max_attachments_per_post,
         on_added=tagger.wake if tagger is not None else None,
     )
     board = Board(
-        users=UserService(database, accounts, tokens, quotas, sign_up_open=settings.sign_up_open),
-        posts=PostService(database, accounts, tokens, models, quotas),
-        comments=CommentService(database, accounts, tokens, quotas),
+        users=UserService(database, accounts, tokens, quotas, requests, sign_up_open=settings.sign_up_open),
+        posts=PostService(database, accounts, tokens, models, quotas=quotas, requests=requests),
+        comments=CommentService(database, accounts, tokens, quotas, requests),
         attachments=attachments,
         uploads=Uploads(attachments, accounts, max_bytes=settings.max_attachment_bytes),
         retagging=Retagging(database, accounts, models, backend),
     )
-    return BoardParts(settings, database, accounts, quotas, previews, board, backend, tagger, metrics)
+    return BoardParts(
+        settings, database, accounts, quotas, previews, requests, board, backend, tagger, metrics
+    )
 
 
 @dataclass
@@ -236,6 +245,7 @@ async def start_board(
     # One count of calls in progress per peer and per user for both transports of the process.
     limits = ClientLimits(CallLimits.of(settings))
     grpc_server = None
+    observers = _observers(parts)
     try:
         grpc_server = await start_grpc(
             parts.board,
@@ -244,12 +254,12 @@ async def start_board(
             limits=limits,
             address=address,
             reuse_port=shared,
-            observers=(metrics,) if metrics is not None else (),
+            observers=observers,
             interceptors=tracing.server_interceptors(),
         )
         started = BoardServer(parts, grpc_server)
         if settings.http_address:
-            started.http = await _start_http(started, http_port, limits)
+            started.http = await _start_http(started, http_port, observers, limits)
     except BaseException:
         if grpc_server is not None:
             await grpc_server.stop(0)
@@ -280,7 +290,9 @@ async def start_board(
     return started
 
 
-async def _start_http(started: BoardServer, port: int | None, limits: ClientLimits) -> HttpServer:
+async def _start_http(
+    started: BoardServer, port: int | None, observers: Sequence[CallObserver], limits: ClientLimits
+) -> HttpServer:
     """The HTTP listener for browsers beside the gRPC server, over the same use cases."""
     parts, settings = started.parts, started.parts.settings
     app = board_http_app(
@@ -288,11 +300,19 @@ async def _start_http(started: BoardServer, port: int | None, limits: ClientLimi
         parts.accounts,
         settings,
         limits=limits,
-        observers=(parts.metrics,) if parts.metrics is not None else (),
+        observers=observers,
         serving=lambda: started.serving,
     )
     address = f"{settings.http_host}:{port}" if port is not None else settings.http_address
     return await start_http(app, settings, address=address, reuse_port=port is not None)
+
+
+def _observers(parts: BoardParts) -> list[CallObserver]:
+    """What sees every call, on every transport: the metrics, and in tests a fault point."""
+    observers: list[CallObserver] = [parts.metrics] if parts.metrics is not None else []
+    if parts.settings.test_fault:  # tests only (runtime/faults.py); config refused it off loopback
+        observers.append(ExitAfterCommit(parse_fault(parts.settings.test_fault)))
+    return observers
 
 
 def _refresh_gauges(metrics: BoardMetrics, parts: BoardParts) -> None:
@@ -301,14 +321,20 @@ def _refresh_gauges(metrics: BoardMetrics, parts: BoardParts) -> None:
 
 
 async def _keep_house(parts: BoardParts, interval_s: float) -> None:
-    """Sweep expired sessions, stale sign-in failures and sign-ups and past write counters now and then
-    (every process: the deletes are idempotent, and cheap when there is nothing to delete)."""
+    """Sweep expired sessions, stale sign-in failures and sign-ups, past write counters and request_ids past
+    their TTL now and then (every process: the deletes are idempotent, and cheap when there is nothing to
+    delete)."""
+    sweeps: tuple[Callable[[], Awaitable[object]], ...] = (
+        parts.accounts.housekeeping,
+        partial(parts.quotas.housekeeping, parts.database),
+        parts.requests.housekeeping,
+    )
     while True:
-        try:
-            await parts.accounts.housekeeping()
-            await parts.quotas.housekeeping(parts.database)
-        except Exception:  # the database may be away; the health check reports that
-            logger.warning("housekeeping failed; trying again later", exc_info=True)
+        for sweep in sweeps:
+            try:
+                await sweep()
+            except Exception:  # the database may be away; the health check reports that
+                logger.warning("housekeeping failed; trying again later", exc_info=True)
         await asyncio.sleep(interval_s)
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from board_server.runtime.faults import parse_fault
 from board_server.tagging.backend import PROTOCOLS, InferenceProtocol
 from board_server.tagging.targets import check_token_files, parse_targets
 from clients.channels import is_local_target, is_loopback_host
@@ -31,6 +32,8 @@ DEFAULT_DATABASE_FILE = Path("var") / "board.db"
 DEFAULT_AUDIT_LOG = Path("var") / "log" / "board-audit.log"
 # The least a tagging lease must exceed the segmentation call timeout by (the store after the call).
 LEASE_MARGIN_S = 5.0
+# The test-only fault point (runtime/faults.py): read here, once, like every other setting.
+TEST_FAULT_ENV = "BOARD_TEST_FAULT"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -126,6 +129,10 @@ class Settings:
     http_address: str = DEFAULT_HTTP_ADDRESS
     cors_origins: tuple[str, ...] = ()
     web_root: Path = DEFAULT_WEB_ROOT
+    # Safe retries (AIP-155): how long a create's request_id is remembered.
+    request_id_ttl_s: float = 24 * 3600.0
+    # Tests only: a fault point from BOARD_TEST_FAULT (runtime/faults.py); never a flag, loopback only.
+    test_fault: str = ""
 
     @property
     def tagging_lease_seconds(self) -> float:
@@ -323,6 +330,8 @@ OPTIONS: tuple[Option, ...] = (
            "origins (comma-separated) whose pages may call the HTTP listener; none by default"),
     Option("web_root", "--web-root", "BOARD_WEB_ROOT", _path,
            "folder of the built web app the HTTP listener serves (make web builds clients/web/dist)"),
+    Option("request_id_ttl_s", "--request-id-ttl", "BOARD_REQUEST_ID_TTL", parse_duration,
+           "how long a create's request_id is remembered: a repeat within it returns what the first made"),
 )
 # fmt: on
 
@@ -386,6 +395,7 @@ def load_settings(
     if values.get("processes", 0) == 0:
         values["processes"] = os.cpu_count() or 1
     values["tracing_enabled"] = _tracing_requested(env)
+    values["test_fault"] = env.get(TEST_FAULT_ENV, "")
     known = {f.name for f in fields(Settings)}
     settings = Settings(**{k: v for k, v in values.items() if k in known})
     validate(settings)
@@ -426,6 +436,7 @@ def validate(settings: Settings) -> None:
         (s.user_storage_quota_bytes >= 0, "user storage quota must be >= 0"),
         (s.preview_cache_bytes >= 0, "preview cache bytes must be >= 0"),
         (s.preview_renders_per_peer >= 1, "preview renders per peer must be >= 1"),
+        (s.request_id_ttl_s > 0, "request id TTL must be > 0"),
         ((s.tls_cert_file is None) == (s.tls_key_file is None), "give both TLS certificate and key files"),
     )  # fmt: skip
     for ok, message in checks:
@@ -443,6 +454,8 @@ def validate(settings: Settings) -> None:
         raise ValueError(f"http address must be HOST:PORT or none, got {s.http_address!r}")
     for host in (s.host, s.http_host) if s.http_address else (s.host,):
         _validate_listener(s, host)
+    if s.test_fault:
+        parse_fault(s.test_fault)  # raises ValueError naming what is wrong
 
 
 def _validate_segmentation(s: Settings) -> None:
@@ -460,13 +473,18 @@ def _validate_segmentation(s: Settings) -> None:
 
 
 def _validate_listener(s: Settings, host: str) -> None:
-    """What a listener on ``host`` (gRPC's or HTTP's) may do off loopback."""
+    """Raise ValueError for what must never listen on a public ``host`` (gRPC's or HTTP's): auth off, the
+    test fault, the client limits off, and passwords in plaintext (without a TLS proxy in front)."""
     if is_loopback_host(host):
         return
     if not s.auth:
         raise ValueError(
             f"--auth off is for local development only: refused on {host!r}; listen on 127.0.0.1 or turn "
             "auth on"
+        )
+    if s.test_fault:
+        raise ValueError(
+            f"{TEST_FAULT_ENV} is for tests only: refused on {host!r}; unset it, or listen on 127.0.0.1"
         )
     if not s.client_limits:
         raise ValueError(

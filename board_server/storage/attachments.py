@@ -22,6 +22,7 @@ _ATTACHMENTS, _LABELS, _POSTS, _PREVIEWS = (
 _META = [c for c in _ATTACHMENTS.c if c.name not in ("data", "mask_png")]
 
 _READ_META = select(*_META).where(_ATTACHMENTS.c.id == bindparam("id"))
+_READ_META_FOR_UPDATE = _READ_META.with_for_update()
 _LIST_META = (
     select(*_META)
     .where(_ATTACHMENTS.c.post_id == bindparam("post_id"), _ATTACHMENTS.c.id > bindparam("after"))
@@ -78,9 +79,10 @@ def read_attachments(conn: Connection, attachment_ids: Sequence[int]) -> Sequenc
     return conn.execute(_READ_MANY, {"ids": list(attachment_ids)}).all() if attachment_ids else []
 
 
-def read_attachment(conn: Connection, attachment_id: int) -> Row[Any]:
-    """The attachment's metadata (no bytes); raise AttachmentNotFound."""
-    row = conn.execute(_READ_META, {"id": attachment_id}).first()
+def read_attachment(conn: Connection, attachment_id: int, *, for_update: bool = False) -> Row[Any]:
+    """The attachment's metadata (no bytes; row-locked on PostgreSQL with ``for_update``); raise
+    AttachmentNotFound."""
+    row = conn.execute(_READ_META_FOR_UPDATE if for_update else _READ_META, {"id": attachment_id}).first()
     if row is None:
         raise AttachmentNotFound(attachment_id)
     return row

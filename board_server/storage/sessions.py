@@ -84,7 +84,7 @@ def set_admin(conn: Connection, email_canonical: str, admin: bool) -> int | None
     statement = (
         update(_USERS)
         .where(_USERS.c.email_canonical == email_canonical)
-        .values(admin=admin)
+        .values(admin=admin, version=_USERS.c.version + 1)  # the admin flag shows: a new etag
         .returning(_USERS.c.id)
     )
     row = conn.execute(statement).first()

@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     false,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -79,6 +80,8 @@ class User(Base):
     # sets a password) and for users created while auth is off without a password.
     password_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)
     admin: Mapped[bool] = mapped_column(Boolean(), server_default=false())
+    # Bumped by every change of the row: the user's etag (users have no update_time to derive one from).
+    version: Mapped[int] = mapped_column(Integer(), server_default=text("1"))
 
 
 Index("ix_users_email_canonical", User.email_canonical, unique=True)
@@ -276,6 +279,20 @@ class AttachmentPreview(Base):
 
 # Eviction takes the least recently used first; the budget's sum reads this index alone.
 Index("ix_attachment_previews_last_use", AttachmentPreview.last_use_time, AttachmentPreview.size_bytes)
+
+
+class RequestId(Base):
+    """A create's request_id (AIP-155), remembered with the resource it created until the TTL sweep: a repeat
+    by the same caller returns that resource. The key decides between concurrent duplicates."""
+
+    __tablename__ = "request_ids"
+
+    # The signed-in caller; 0 for anonymous calls (sign-up, or anyone while auth is off).
+    caller_id: Mapped[int] = mapped_column(BigInteger(), primary_key=True, autoincrement=False)
+    request_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64))  # SHA-256 (hex) of what the request asked for
+    resource_id: Mapped[int] = mapped_column(BigInteger())
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
 class ServedModel(Base):

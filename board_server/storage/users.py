@@ -29,6 +29,7 @@ def _is_duplicate_email(error: IntegrityError) -> bool:
 # Every column but the password hash, which never leaves the accounts code, and the lookup key.
 _USER_COLUMNS = [c for c in _USERS.c if c.name not in ("password_hash", "email_canonical")]
 _READ_USER = LeanQuery(select(*_USER_COLUMNS).where(_USERS.c.id == bindparam("id")))
+_READ_USER_FOR_UPDATE = select(*_USER_COLUMNS).where(_USERS.c.id == bindparam("id")).with_for_update()
 # FOR SHARE on PostgreSQL: a post or comment being added keeps its author from being deleted under it.
 _LOCK_USER = select(_USERS.c.id).where(_USERS.c.id == bindparam("id")).with_for_update(read=True)
 _LIST_USERS = LeanQuery(
@@ -63,9 +64,12 @@ def add_user(
     return cast(UserRecord, row)
 
 
-def read_user(conn: Connection, user_id: int) -> UserRecord:
-    """Return the user; raise UserNotFound."""
-    row = _READ_USER.first(conn, {"id": user_id})
+def read_user(conn: Connection, user_id: int, *, for_update: bool = False) -> UserRecord:
+    """Return the user (row-locked on PostgreSQL with ``for_update``); raise UserNotFound."""
+    params = {"id": user_id}
+    row = (
+        conn.execute(_READ_USER_FOR_UPDATE, params).first() if for_update else _READ_USER.first(conn, params)
+    )
     if row is None:
         raise UserNotFound(user_id)
     return cast(UserRecord, row)
@@ -83,9 +87,14 @@ def list_users(conn: Connection, after_id: int, limit: int) -> Sequence[UserReco
 
 
 def update_user(conn: Connection, user_id: int, values: Mapping[str, Any]) -> UserRecord:
-    """Set ``values`` on the user (a new ``email`` comes with its ``email_canonical``); raise UserNotFound,
-    AlreadyExists (email taken)."""
-    statement = update(_USERS).where(_USERS.c.id == user_id).values(**values).returning(*_USER_COLUMNS)
+    """Set ``values`` on the user (a new ``email`` comes with its ``email_canonical``) and bump its version
+    (its etag); raise UserNotFound, AlreadyExists (email taken)."""
+    statement = (
+        update(_USERS)
+        .where(_USERS.c.id == user_id)
+        .values(**values, version=_USERS.c.version + 1)
+        .returning(*_USER_COLUMNS)
+    )
     try:
         row = conn.execute(statement).first()
     except IntegrityError as exc:

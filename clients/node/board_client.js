@@ -11,7 +11,14 @@
 // The access token goes with every call as `authorization: Bearer <token>` metadata; it is never logged.
 // The channel is TLS unless the target is loopback (127.0.0.0/8, ::1, localhost, a Unix socket); `plaintext:
 // true` opts out (a trusted network), `tls: true` opts in on loopback too.
+//
+// Safe retries: every create gets a request_id (a fresh UUID4 unless the request has one), and the channel
+// retries as clients/service_config.json says (UNAVAILABLE for every call, DEADLINE_EXCEEDED too for the
+// creates; 5 attempts, exponential backoff with jitter), the same policy as the Python client's.
+// Updates and deletes take the resource's `etag` in the request (ABORTED when it changed since).
 
+const crypto = require('node:crypto');
+const fs = require('node:fs');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
@@ -25,6 +32,9 @@ const PENDING = 'ATTACHMENT_STATUS_PENDING';
 const UPLOAD_CHUNK_BYTES = 256 * 1024;
 // An upload's default deadline: the client's timeout plus this long per MiB (a slow link).
 const UPLOAD_MS_PER_MIB = 2000;
+const SERVICE_CONFIG = fs.readFileSync(path.resolve(__dirname, '..', 'service_config.json'), 'utf8');
+// The methods that create something: each request carries a request_id (AIP-155).
+const CREATES = new Set(['CreateUser', 'CreatePost', 'CreateComment', 'AddAttachment', 'UploadAttachment']);
 
 function loadBoardPackage() {
   const definition = protoLoader.loadSync(PROTO_FILE, {
@@ -72,10 +82,19 @@ function settled(attachment) {
   return attachment.status !== PENDING && !attachment.retag_pending;
 }
 
+// The request with a fresh request_id when `method` creates something and the request has none.
+function withRequestId(method, request) {
+  if (!CREATES.has(method) || request.request_id) return request;
+  return { ...request, request_id: crypto.randomUUID() };
+}
+
 class BoardClient {
   constructor(
     target,
-    { timeoutMs = 10000, token = null, rootCerts = null, tls = null, plaintext = false, credentials = null } = {},
+    {
+      timeoutMs = 10000, token = null, rootCerts = null, tls = null, plaintext = false, credentials = null,
+      retries = true,
+    } = {},
   ) {
     const pkg = loadBoardPackage();
     this.target = target;
@@ -85,6 +104,7 @@ class BoardClient {
     this.stub = new pkg.BoardService(target, chosen, {
       'grpc.max_send_message_length': 64 * 1024 * 1024,
       'grpc.max_receive_message_length': 64 * 1024 * 1024,
+      ...(retries ? { 'grpc.service_config': SERVICE_CONFIG } : { 'grpc.enable_retries': 0 }),
     });
   }
 
@@ -97,7 +117,7 @@ class BoardClient {
   call(method, request, { timeoutMs = this.timeoutMs } = {}) {
     return new Promise((resolve, reject) => {
       const deadline = new Date(Date.now() + timeoutMs);
-      this.stub[method](request, this.metadata(), { deadline }, (err, response) => {
+      this.stub[method](withRequestId(method, request), this.metadata(), { deadline }, (err, response) => {
         if (err) reject(new BoardError(err));
         else resolve(response);
       });
@@ -111,13 +131,18 @@ class BoardClient {
     return response;
   }
 
-  // Attach an image to a post with UploadAttachment: the metadata (with the size), then `data` (a Buffer) in
-  // chunks of `chunkBytes`; any size up to the server's attachment limit. Resolves to the Attachment
-  // (PENDING); rejects with a BoardError. The default deadline grows with the size (2 s per MiB).
-  upload(postId, filename, data, { contentType = '', chunkBytes = UPLOAD_CHUNK_BYTES, timeoutMs = null } = {}) {
+  // Attach an image to a post with UploadAttachment: the metadata (with the size and a request_id), then
+  // `data` (a Buffer) in chunks of `chunkBytes`; any size up to the server's attachment limit. Resolves to the
+  // Attachment (PENDING); rejects with a BoardError. The default deadline grows with the size (2 s per MiB).
+  upload(
+    postId, filename, data,
+    { contentType = '', chunkBytes = UPLOAD_CHUNK_BYTES, timeoutMs = null, requestId = null } = {},
+  ) {
     const ms = timeoutMs ?? this.timeoutMs + (UPLOAD_MS_PER_MIB * data.length) / (1024 * 1024);
     const size = String(data.length);
-    const metadata = { post_id: String(postId), filename, content_type: contentType, size_bytes: size };
+    const metadata = withRequestId('UploadAttachment', {
+      post_id: String(postId), filename, content_type: contentType, size_bytes: size, request_id: requestId ?? '',
+    });
     return new Promise((resolve, reject) => {
       const deadline = new Date(Date.now() + ms);
       const call = this.stub.UploadAttachment(this.metadata(), { deadline }, (err, response) => {
@@ -180,4 +205,6 @@ class BoardClient {
   }
 }
 
-module.exports = { BoardClient, BoardError, channelCredentials, isLocalTarget, loadBoardPackage, settled, grpc };
+module.exports = {
+  BoardClient, BoardError, channelCredentials, isLocalTarget, loadBoardPackage, settled, withRequestId, grpc,
+};

@@ -194,3 +194,32 @@ def test_a_sweep_keeps_its_page_but_gives_no_verdict(tmp_path: Path) -> None:
     assert "rest_c1_p50_vs_pipeline" not in report.render_summary(results)
     assert report.target_tally(results) == "no targets recorded yet"
     assert "rest_c1_p50_vs_pipeline" in report.render_document(results)
+
+
+def test_the_request_id_cost_shows_both_sides_and_its_verdict(tmp_path: Path) -> None:
+    record = {
+        "setup": {"database": "SQLite", "operation": "CreatePost", "concurrency": 16, "rounds": 3},
+        "without": _side([1500.0, 1400.0, 1450.0], [30.0, 31.0, 32.0]),
+        "with": _side([1440.0, 1360.0, 1400.0], [31.0, 32.0, 33.0]),
+        "cost": summarize([0.04, 0.0286, 0.0345]),
+        "targets": [
+            {
+                "target": "request_id cost, CreatePost c16 (1 - with / without)",
+                "comparison": "<=",
+                "limit": 0.10,
+                "value": 0.0345,
+                "met": True,
+                "met_every_run": True,
+            }
+        ],
+    }
+    write_results("request-id", record, load_before=[0.5, 0.4, 0.3], out=tmp_path / "request-id.json")
+    results = report.load_results(tmp_path)
+    page = report.render_document(results)
+    assert "| CreatePost c16, without request_id | 1,450 (1,400–1,500) |" in page
+    assert "| CreatePost c16, with request_id | 1,400 (1,360–1,440) |" in page
+    assert "Cost of a request_id: 3.5 % (2.9 to 4.0 %)." in page
+    row = "| request_id cost, CreatePost c16 (1 - with / without) | ≤ 10 % | 3.5 % | met |"
+    assert row in page
+    assert row[:-1] in report.render_summary(results)  # the README row, with its source after it
+    assert report.target_tally(results) == "request-id: 1 of 1 targets met"

@@ -270,12 +270,13 @@ def start_board_server(
     *,
     extra: tuple[str, ...] = (),
     server_processes: int | None = 1,
+    env: dict[str, str] | None = None,
 ) -> RunningServer:
     """Start `board-server` on 127.0.0.1:0 with the default settings (auth on) but the suite's raised limits
     (``SUITE_LIMITS``) and wait for its 'listening on' line; return it with its port.
 
     ``server_processes`` is ``--processes`` (1 by default: cheap; None: the server's default of one process
-    per core). ``extra`` flags come last, so they win.
+    per core). ``extra`` flags come last, so they win; ``env`` is added to the server's environment.
     """
     name = f"board-{next(_names)}"
     audit = workdir / f"{name}-audit.log"
@@ -294,7 +295,9 @@ def start_board_server(
     ]
     if server_processes is not None:
         args += ["--processes", str(server_processes)]
-    proc = processes.start([*args, "--audit-log", str(audit), *SUITE_LIMITS, *extra], name=name, cwd=workdir)
+    proc = processes.start(
+        [*args, "--audit-log", str(audit), *SUITE_LIMITS, *extra], name=name, cwd=workdir, env=env
+    )
     deadline = time.monotonic() + 60
     while not (match := LISTENING.search(processes.log_text(name))):
         # A server that exits (a refused setting, a bug at start-up) fails the test at once, with its log.

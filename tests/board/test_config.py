@@ -174,6 +174,28 @@ def test_sqlite_connections_are_configured_for_a_server(tmp_path: Path) -> None:
     assert pragmas == {"journal_mode": "wal", "foreign_keys": 1, "synchronous": 2, "busy_timeout": 30_000}
 
 
+def test_request_ids_are_remembered_a_day_unless_told_otherwise(tmp_path: Path) -> None:
+    assert load_settings(parse(), env={}, cwd=tmp_path).request_id_ttl_s == 86400
+    assert load_settings(parse(), env={"BOARD_REQUEST_ID_TTL": "2h"}, cwd=tmp_path).request_id_ttl_s == 7200
+    with pytest.raises(ValueError, match="request id TTL must be > 0"):
+        load_settings(parse("--request-id-ttl", "0"), env={}, cwd=tmp_path)
+
+
+def test_the_test_fault_is_off_by_default_comes_only_from_its_variable_and_only_on_loopback(
+    tmp_path: Path,
+) -> None:
+    assert load_settings(parse(), env={}, cwd=tmp_path).test_fault == ""
+    fault = "exit-after-commit:CreatePost:/tmp/fired"
+    assert load_settings(parse(), env={"BOARD_TEST_FAULT": fault}, cwd=tmp_path).test_fault == fault
+    with pytest.raises(SystemExit):
+        parse("--test-fault", fault)  # no flag: a command line cannot arm it
+    public = {"BOARD_TEST_FAULT": fault, "BOARD_ADDRESS": "0.0.0.0:50051", "BOARD_ALLOW_PLAINTEXT": "on"}
+    with pytest.raises(ValueError, match="BOARD_TEST_FAULT is for tests only"):
+        load_settings(parse(), env=public, cwd=tmp_path)
+    with pytest.raises(ValueError, match="must be exit-after-commit:METHOD:FILE"):
+        load_settings(parse(), env={"BOARD_TEST_FAULT": "exit-after-commit:CreatePost"}, cwd=tmp_path)
+
+
 def test_the_http_listener_defaults_to_loopback_8088_and_turns_off_with_none(tmp_path: Path) -> None:
     assert load_settings(parse(), env={}, cwd=tmp_path).http_address == "127.0.0.1:8088"
     for off in ("", "none", "off"):

@@ -72,6 +72,7 @@ DOCUMENTED = frozenset(
         Code.PERMISSION_DENIED,
         Code.FAILED_PRECONDITION,
         Code.RESOURCE_EXHAUSTED,
+        Code.ABORTED,  # a stale etag on an update or delete
     }
 )
 MESSAGE_LIMIT = 2048  # characters of an error message
@@ -79,6 +80,7 @@ TRAILER_LIMIT = 8192  # bytes of all trailing metadata together
 ECHO_PREFIX = 64  # no input longer than this may come back whole in a message (its first 64 characters)
 EXAMPLES = int(os.environ.get("BOARD_FUZZ_EXAMPLES", "100"))
 GENEROUS = 60.0  # a deadline that only a hung call reaches
+REPEATED_ID = "8d5f2b1e-3c4a-4f6e-9a0b-1c2d3e4f5a6b"  # one request_id for many creates: repeats and clashes
 
 FUZZ = settings(
     max_examples=EXAMPLES,
@@ -318,6 +320,8 @@ def strings(world: World, name: str) -> st.SearchStrategy[str]:
         "order_by": st.sampled_from(ORDERS),
         "email": st.one_of(st.sampled_from(EMAILS), st.emails().map(str)),
         "content_type": st.sampled_from(CONTENT_TYPES),
+        "request_id": st.one_of(st.uuids(version=4).map(str), st.uuids().map(str), st.just(REPEATED_ID)),
+        "etag": st.sampled_from(("v1", "v2", "1", "0" * 24, 'W/"x"')),
     }
     plausible = st.sampled_from(("correct horse battery", "Ada", "dog", "photo.jpg"))
     return st.one_of(base, special.get(name, plausible))

@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 from board_server.domain.accounts import Accounts, Caller
+from board_server.domain.idempotency import RequestIds
 from board_server.domain.paging import load_page_tokens
 from board_server.domain.posts import PostService
 from board_server.domain.quotas import Quotas
@@ -151,8 +152,18 @@ def test_the_cost_of_counting_writes_in_process(tmp_path: Path, capsys: pytest.C
         migrate(database.engine)
         tokens = load_page_tokens(database)
         models = ServedModels(database, "deeplabv3")
-        on = PostService(database, accounts, tokens, models, Quotas(writes_per_minute=10**9, storage_bytes=0))
-        off = PostService(database, accounts, tokens, models, Quotas(writes_per_minute=0, storage_bytes=0))
+        requests = RequestIds(database, timedelta(days=1))
+        on, off = (
+            PostService(
+                database,
+                accounts,
+                tokens,
+                models,
+                quotas=Quotas(writes_per_minute=w, storage_bytes=0),
+                requests=requests,
+            )
+            for w in (10**9, 0)
+        )
         author = database.write(
             lambda conn: user_rows.add_user(
                 conn,

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import os
 import re
 import signal
 import sqlite3
 import subprocess
 import threading
+import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from sqlalchemy import text
 
 from clients.board import AlreadyExistsError, BoardClient, BoardClientError
 from tests.board.conftest import (
@@ -25,12 +31,15 @@ from tests.board.conftest import (
     Member,
     RunningServer,
     at_once,
+    database_engine,
     grpcurl,
     new_email,
     sign_up,
     start_board_server,
 )
-from tests.support import REPO_ROOT, Processes, wait_for
+from tests.support import REPO_ROOT, Processes, free_port, wait_for
+
+logger = logging.getLogger(__name__)
 
 DOMAIN_MODULES = {path.name for path in (REPO_ROOT / "board_server" / "domain").glob("*.py")}
 BOARD_CLI = REPO_ROOT / ".venv" / "bin" / "board"
@@ -320,41 +329,88 @@ def test_cli_json_round_trip(board_server: RunningServer, member: Member, tmp_pa
     assert invalid.returncode == 1 and violations == {"user.name", "user.email"}
 
 
-def test_acknowledged_writes_survive_kill_9(backend: Backend, processes: Processes) -> None:
-    server = start_board_server(processes, backend.new_database_url(), backend.workdir)
+@dataclass
+class WriteLoad:
+    """Every write the load attempted, by title (each with its own request_id), and what came of it."""
+
+    attempted: dict[str, str] = field(default_factory=dict)  # title → request_id
+    acknowledged: set[str] = field(default_factory=set)
+    retried: set[str] = field(default_factory=set)  # acknowledged only after a failed call (its retry)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def test_writes_under_kill_9_with_retries_are_never_lost_nor_doubled(
+    backend: Backend, processes: Processes
+) -> None:
+    # A fixed port: the restarted server takes the place of the killed one, where the writers' retries go.
+    address = ("--address", f"127.0.0.1:{free_port()}")
+    server = start_board_server(processes, backend.new_database_url(), backend.workdir, extra=address)
     durable = server.sign_up("Durable")
     durable.client.close()
     author, token = durable.id, durable.client.token
-    acknowledged: list[int] = []
-    lock = threading.Lock()
+    load = WriteLoad()
     stop = threading.Event()
+    give_up = time.monotonic() + 120
 
-    def write() -> None:
+    def write(writer: int) -> None:
         with server.client(timeout=5, token=token) as client:
-            while not stop.is_set():
-                try:
-                    post = client.create_post(0, "durable", "x" * 200)
-                except BoardClientError:
-                    return  # the server is gone
-                with lock:
-                    acknowledged.append(post.id)
+            for n in itertools.count():
+                if stop.is_set():
+                    return
+                title, request_id = f"w{writer}-{n}", str(uuid.uuid4())
+                with load.lock:
+                    load.attempted[title] = request_id
+                # Every write is retried until it is answered: the channel's policy retries UNAVAILABLE a few
+                # times, and this loop goes on with the same request_id while the server is down.
+                while time.monotonic() < give_up:
+                    try:
+                        client.create_post(0, title, "x" * 200, request_id=request_id)
+                    except BoardClientError:
+                        with load.lock:
+                            load.retried.add(title)
+                        time.sleep(0.2)
+                        continue
+                    with load.lock:
+                        load.acknowledged.add(title)
+                    break
 
-    writers = [threading.Thread(target=write) for _ in range(6)]
+    writers = [threading.Thread(target=write, args=(i,)) for i in range(6)]
     for writer in writers:
         writer.start()
-    wait_for("some acknowledged writes", lambda: len(acknowledged) >= 100, timeout=30, interval=0.02)
+    wait_for("some acknowledged writes", lambda: len(load.acknowledged) >= 100, timeout=60, interval=0.02)
     os.killpg(server.proc.pid, signal.SIGKILL)  # mid-flight: writers are still sending
     server.proc.wait(timeout=10)
+    with load.lock:
+        in_flight = set(load.attempted) - load.acknowledged
+        killed_at = len(load.acknowledged)
+    # Which of the writes in flight had committed: their answers were lost, and only the request_id keeps
+    # their retries from writing them twice.
+    with database_engine(server.database_url) as engine, engine.connect() as conn:
+        committed = {str(t) for (t,) in conn.execute(text("SELECT title FROM posts"))} & in_flight
+    restarted = start_board_server(processes, server.database_url, backend.workdir, extra=address)
+    wait_for("writes after the restart", lambda: len(load.acknowledged) >= killed_at + 50, timeout=60)
     stop.set()
     for writer in writers:
-        writer.join(timeout=10)
+        writer.join(timeout=150)
 
-    restarted = start_board_server(processes, server.database_url, backend.workdir)
     with restarted.client(token=token) as client:
-        stored = {p.id for p in client.iter_posts(user_id=author, page_size=1000)}
-        client.create_post(0, "after the crash", "the session lives in the database")
-    missing = set(acknowledged) - stored
-    assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged writes lost"
+        stored = Counter(p.title for p in client.iter_posts(user_id=author, page_size=1000))
+    attempted, acknowledged = set(load.attempted), load.acknowledged
+    counts = {
+        "attempted": len(attempted),
+        "acknowledged": len(acknowledged),
+        "stored": sum(stored.values()),
+        "duplicates": sum(n - 1 for n in stored.values()),
+        "lost_acknowledged": len(acknowledged - set(stored)),
+        "answered_after_a_failed_call": len(load.retried & acknowledged),
+        "in_flight_at_the_kill": len(in_flight),
+        "committed_but_unanswered_at_the_kill": len(committed),
+    }
+    logger.info("write load under kill -9 (%s): %s", backend.name, counts)
+    assert counts["lost_acknowledged"] == 0 and counts["duplicates"] == 0, counts
+    assert set(stored) <= attempted, counts
+    assert load.retried, "no write met the kill: nothing was retried"
+    assert acknowledged == attempted == set(stored), counts  # every write answered, once, in the end
 
 
 def test_sigterm_under_load_drains_and_keeps_every_acknowledged_write(

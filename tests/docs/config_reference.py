@@ -45,6 +45,7 @@ FIXED = {
     "keepalive_timeout_s": "a keepalive ping unanswered this long closes the connection",
     "max_connection_age_grace_s": "calls in flight get this long after the maximum connection age",
     "tracing_enabled": "on when the `OTEL_*` variables ask for traces (see Tracing)",
+    "test_fault": "tests only: `BOARD_TEST_FAULT` (see [Fault point](#fault-point-tests-only))",
     "preview_renders_per_peer": "previews one client address may have rendered at a time (per process)",
 }
 

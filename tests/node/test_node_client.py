@@ -2,7 +2,9 @@
 script, an upload near the 20 MiB limit and TLS by default off loopback. For the suite and the flow the board
 tags uploads through the session TorchServe (tests/torchserve_fixtures.py: an archive from training.export
 behind the real handler), so the flow's WatchAttachment sees PENDING become TAGGED and its overlay preview
-has a mask; a second server serves TLS with a test CA (trustme) for the TLS test.
+has a mask; a second server serves TLS with a test CA (trustme) for the TLS test. A server armed with the
+test-only fault point shows that the client's retry policy and request_ids make a create whose answer was
+lost happen once.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def test_node_test_suite_passes_against_real_servers(
         },
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert re.search(r"^# pass 5$", result.stdout, re.MULTILINE), result.stdout
+    assert re.search(r"^# pass 7$", result.stdout, re.MULTILINE), result.stdout
     assert re.search(r"^# skipped 0$", result.stdout, re.MULTILINE), result.stdout
     assert re.search(r"^# todo 0$", result.stdout, re.MULTILINE), result.stdout
 
@@ -152,3 +154,35 @@ def test_the_node_client_speaks_tls_off_loopback_unless_told_plaintext(
     assert refused == {"ok": False, "code": 14, "message": refused["message"]}, refused
     assert _node_call({"TARGET": remote, "PLAINTEXT": "1"})["ok"]
     assert _node_call({"TARGET": f"127.0.0.1:{server.port}"})["ok"]  # loopback: plaintext by default
+
+
+RETRIED_CREATE = """
+const { BoardClient } = require('./board_client');
+(async () => {
+  const client = new BoardClient(process.env.BOARD_TARGET);
+  const email = `node-retry-${process.pid}@example.org`;
+  await client.call('CreateUser', { name: 'Node', email, password: 'correct horse battery' });
+  await client.signIn(email, 'correct horse battery');
+  const post = await client.call('CreatePost', { title: 'once from Node', content: 'its answer was lost' });
+  const listed = await client.call('ListPosts', { user_id: post.user_id });
+  console.log(JSON.stringify({ post: post.id, listed: listed.posts.map((p) => p.id) }));
+  client.close();
+})().catch((err) => { console.error(err.message); process.exit(1); });
+"""
+
+
+def test_node_client_retries_a_create_whose_answer_was_lost(processes: Processes, tmp_path: Path) -> None:
+    once = tmp_path / "fault-fired"
+    server = start_board_server(
+        processes,
+        f"sqlite:///{tmp_path / 'board.db'}",
+        tmp_path,
+        extra=AUTH_ON,
+        server_processes=2,
+        env={"BOARD_TEST_FAULT": f"exit-after-commit:CreatePost:{once}"},
+    )
+    result = _node(["-e", RETRIED_CREATE], {"BOARD_TARGET": server.target})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert once.exists(), "the process did not die after the COMMIT"
+    answer = json.loads(result.stdout)
+    assert answer["listed"] == [answer["post"]]  # the retry got the committed post; no second one

@@ -5,7 +5,8 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
-const { BoardClient, BoardError, grpc } = require('../board_client');
+const crypto = require('node:crypto');
+const { BoardClient, BoardError, grpc, withRequestId } = require('../board_client');
 const { runFlow, visible } = require('../flow');
 
 const target = process.env.BOARD_TARGET;
@@ -107,6 +108,39 @@ test('errors carry canonical codes', { skip: !target && 'BOARD_TARGET not set' }
   } finally {
     client.close();
   }
+});
+
+test('creates carry a request_id: a repeat returns the first post; a stale etag is ABORTED', { skip: !target && 'BOARD_TARGET not set' }, async () => {
+  const client = new BoardClient(target);
+  try {
+    const address = email('retry');
+    const user = await client.call('CreateUser', { name: 'Retry', email: address, password: PASSWORD });
+    assert.ok(user.etag);
+    await client.signIn(address, PASSWORD);
+    const request = { title: 'once', content: 'retried', request_id: crypto.randomUUID() };
+    const first = await client.call('CreatePost', request);
+    const again = await client.call('CreatePost', request);
+    assert.equal(again.id, first.id);
+    const fresh = await client.call('CreatePost', { title: 'once', content: 'retried' }); // its own request_id
+    assert.notEqual(fresh.id, first.id);
+    await rejectsWith(client.call('CreatePost', { ...request, title: 'another' }), grpc.status.INVALID_ARGUMENT);
+
+    const edit = (etag, title) => client.call('UpdatePost', { post: { id: first.id, title, etag }, update_mask: { paths: ['title'] } });
+    const edited = await edit(first.etag, 'edited');
+    assert.notEqual(edited.etag, first.etag);
+    await rejectsWith(edit(first.etag, 'lost'), grpc.status.ABORTED);
+    await rejectsWith(client.call('DeletePost', { id: first.id, etag: first.etag }), grpc.status.ABORTED);
+    assert.equal((await client.call('GetPost', { id: first.id })).title, 'edited');
+    await client.call('DeletePost', { id: first.id, etag: edited.etag });
+  } finally {
+    client.close();
+  }
+});
+
+test('withRequestId() adds a UUID4 to creates only, and keeps one given', () => {
+  assert.match(withRequestId('CreatePost', {}).request_id, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+  assert.equal(withRequestId('CreateComment', { request_id: 'mine' }).request_id, 'mine');
+  assert.deepEqual(withRequestId('GetPost', { id: '1' }), { id: '1' });
 });
 
 test('visible() shows control characters as escapes and leaves other text alone', () => {
