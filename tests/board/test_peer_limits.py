@@ -8,10 +8,13 @@ request timeout, counted against its peer from the first moment.
 
 from __future__ import annotations
 
+import http.client
+import json
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
 import pytest
@@ -148,6 +151,56 @@ def test_a_refused_call_says_whose_quota_and_when_to_retry(
         assert quota_failure(health.value) == ["peer:127.0.0.1"]
         held.reset(streams[0])
         wait_for("a call to get through", lambda: client.get_post(post.id) == post, timeout=GENEROUS)
+
+
+def _connect_call(server: RunningServer, method: str, body: bytes) -> tuple[int, dict[str, object]]:
+    """A Connect unary call (JSON) to the board's HTTP listener: its HTTP status and JSON answer."""
+    assert server.web_url is not None
+    address = urlsplit(server.web_url)
+    connection = http.client.HTTPConnection(address.hostname or "", address.port, timeout=GENEROUS)
+    try:
+        headers = {"content-type": "application/json"}
+        connection.request("POST", f"/board.v1.BoardService/{method}", body=body, headers=headers)
+        answer = connection.getresponse()
+        return answer.status, json.loads(answer.read() or b"{}")
+    finally:
+        connection.close()
+
+
+def test_connect_and_grpc_calls_from_one_address_share_its_budget(
+    processes: Processes, tmp_path: Path, connections: list[RawGrpcConnection]
+) -> None:
+    server = serve(processes, tmp_path, "--max-calls-per-peer", "2", "--request-timeout", "5m")
+    member = sign_up(server.target, timeout=GENEROUS)
+    with member.client as client:
+        post = client.create_post(0, "t", "c")
+    request = json.dumps({"id": str(post.id)}).encode()
+    held = connect(connections, server, "127.0.0.1")
+    first = held.open_stream(BOARD + "GetPost")  # one gRPC call of 127.0.0.1 held: a Connect call still fits
+    status, answer = _connect_call(server, "GetPost", request)
+    assert (status, answer.get("id")) == (200, str(post.id)), answer
+    second = held.open_stream(BOARD + "GetPost")  # two: 127.0.0.1's whole share, whatever the transport
+    refused = lambda: _connect_call(server, "GetPost", request)[0] == 429  # noqa: E731
+    wait_for("the gRPC calls to fill the share the Connect call draws on", refused, timeout=GENEROUS)
+    status, answer = _connect_call(server, "GetPost", request)
+    assert answer["code"] == "resource_exhausted", answer
+    assert "2 calls are already in progress from this address" in str(answer["message"])
+    assert first.open and second.open
+    held.reset(first)
+    served = lambda: _connect_call(server, "GetPost", request)[0] == 200  # noqa: E731
+    wait_for("a Connect call to get through once a gRPC call ended", served, timeout=GENEROUS)
+
+
+def test_a_connect_request_over_the_message_limit_is_resource_exhausted(
+    processes: Processes, tmp_path: Path
+) -> None:
+    server = serve(processes, tmp_path)
+    member = sign_up(server.target, timeout=GENEROUS)
+    with member.client as client:
+        client.create_post(0, "t", "c")
+    too_large = json.dumps({"title": "t", "content": "x" * (2 * 1024 * 1024)}).encode()
+    status, answer = _connect_call(server, "CreatePost", too_large)
+    assert answer.get("code") == "resource_exhausted", (status, answer)
 
 
 def test_with_client_limits_off_nothing_is_counted_and_the_board_serves_as_before(
