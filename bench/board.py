@@ -289,10 +289,7 @@ def measure_http(
     return {
         "database": "sqlite",
         "setup": {
-            "database": "SQLite file, synchronous=FULL (the server's default)",
-            "posts_seeded": args.posts,
-            "seconds_per_run": args.seconds,
-            "warmup_seconds": args.warmup,
+            **_sqlite_setup(args),
             "runs": args.runs,
             "quick": args.quick,
             "board_processes": board_processes,
@@ -373,6 +370,16 @@ def limits_target(limits: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _sqlite_setup(args: argparse.Namespace) -> dict[str, Any]:
+    """What every SQLite-only record of this bench says of its setup first."""
+    return {
+        "database": "SQLite file, synchronous=FULL (the server's default)",
+        "posts_seeded": args.posts,
+        "seconds_per_run": args.seconds,
+        "warmup_seconds": args.warmup,
+    }
+
+
 def measure_limits_alone(args: argparse.Namespace, features: BoardFeatures, work: Path) -> dict[str, Any]:
     """``--only limits``: seed a SQLite board, then ``measure_limits`` alone (no floors, no other cells)."""
     database_url = f"sqlite:///{work / 'board.db'}"
@@ -385,10 +392,7 @@ def measure_limits_alone(args: argparse.Namespace, features: BoardFeatures, work
     return {
         "database": "sqlite",
         "setup": {
-            "database": "SQLite file, synchronous=FULL (the server's default)",
-            "posts_seeded": args.posts,
-            "seconds_per_run": args.seconds,
-            "warmup_seconds": args.warmup,
+            **_sqlite_setup(args),
             "board_processes": args.processes,
             "board_args": args.board_args,
             "load_generator": f"{args.k6_version} (bench/k6/board.js), one connection per VU, closed loop",

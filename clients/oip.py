@@ -88,9 +88,9 @@ class OipClient:
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         channel_options: Sequence[tuple[str, Any]] = (),
-        max_request_bytes: int = MAX_MESSAGE_BYTES,
         root_certificates: bytes | None = None,
         allow_plaintext: bool = False,
+        max_request_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.target = target
         self.model_name = model_name

@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
 
+import grpc
 import uvicorn
 
 from board_server.api import uploads, web_session
-from board_server.api.calls import CallGuard, CallObserver, record_http_peer
+from board_server.api.calls import CallGuard, CallObserver, plain_status, record_http_peer
 from board_server.api.connect import SERVICE, connect_application
-from board_server.api.limits import ClientLimits
+from board_server.api.limits import ClientLimits, RequestTimedOut
 from board_server.api.servicer import BoardServicer
 from board_server.domain.accounts import Accounts
 from board_server.domain.board import Board
@@ -148,8 +149,10 @@ class BoardHttpApp:
         cors_origins: Iterable[str] = (),
         secure_cookie: bool = False,
         serving: Callable[[], bool] = lambda: True,
+        request_timeout_s: float | None = None,
     ) -> None:
         self._connect = connect
+        self._request_timeout = request_timeout_s
         self._secure = secure_cookie
         self._upload = upload
         self._web_app = web_app
@@ -177,12 +180,12 @@ class BoardHttpApp:
             }
         if path.startswith(CONNECT_PREFIX):
             record_http_peer(scope)
-            await self._connect(scope, receive, send)
+            await self._connect(scope, *self._body_within(receive, send, every=False))
         elif uploads.PATH.match(path):
             if method != "POST":
                 await _plain(send, 405, b"use POST\n", [(b"allow", b"POST")])
             else:
-                await self._upload(scope, receive, send, headers)
+                await self._upload(scope, *self._body_within(receive, send, every=True), headers)
         elif path == "/healthz":
             serving = self._serving()
             await _plain(send, 200 if serving else 503, b"SERVING\n" if serving else b"NOT_SERVING\n")
@@ -190,6 +193,48 @@ class BoardHttpApp:
             await self._static(send, path, method, headers)
         else:
             await _plain(send, 404, b"not found\n")
+
+    def _body_within(
+        self, receive: ASGIReceive, send: ASGISend, *, every: bool
+    ) -> tuple[ASGIReceive, ASGISend]:
+        """``receive`` and ``send`` of a request whose body must arrive within the request timeout (of the
+        request's start; ``every``: each piece within it of the one before, as an upload's messages over
+        gRPC). Past it the caller is answered DEADLINE_EXCEEDED (Connect's JSON error) and the application
+        sees the client gone; what it sends after that is dropped."""
+        timeout_s = self._request_timeout
+        if timeout_s is None:
+            return receive, send
+        loop = asyncio.get_running_loop()
+        state = {"ends": loop.time() + timeout_s, "arrived": False, "started": False, "answered": False}
+
+        async def timed_receive() -> dict[str, Any]:
+            if state["arrived"]:
+                return await receive()
+            try:
+                async with asyncio.timeout_at(float(state["ends"])):
+                    message = await receive()
+            except TimeoutError:
+                if not state["started"]:
+                    status, body = uploads.error_body(
+                        plain_status(grpc.StatusCode.DEADLINE_EXCEEDED, str(RequestTimedOut(timeout_s)))
+                    )
+                    await uploads.respond(send, status, body)
+                    state["answered"] = True
+                return {"type": "http.disconnect"}
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                state["arrived"] = True
+            elif every:
+                state["ends"] = loop.time() + timeout_s
+            return message
+
+        async def guarded_send(message: dict[str, Any]) -> None:
+            if state["answered"]:
+                return
+            if message["type"] == "http.response.start":
+                state["started"] = True
+            await send(message)
+
+        return timed_receive, guarded_send
 
     def _decorated(self, send: ASGISend, cors: str | None, headers: Mapping[str, str]) -> ASGISend:
         """``send`` with the security headers (and CORS ones) on the answer's start."""
@@ -339,6 +384,7 @@ def board_http_app(
         cors_origins=settings.cors_origins,
         secure_cookie=settings.tls,
         serving=serving,
+        request_timeout_s=limits.limits.request_timeout_s if limits.enabled else None,
     )
 
 

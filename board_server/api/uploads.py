@@ -114,11 +114,11 @@ class UploadEndpoint:
             answer = await self._upload(int(match.group(1)), scope, receive, headers)
         except _AnsweredError as answered:
             status, body = error_body(answered.status)
-            await _respond(send, status, body)
+            await respond(send, status, body)
         except _ClientGoneError:
             return
         else:
-            await _respond(send, 200, answer)
+            await respond(send, 200, answer)
 
     async def _upload(
         self, post_id: int, scope: Mapping[str, Any], receive: ASGIReceive, headers: Mapping[str, str]
@@ -159,7 +159,7 @@ def _gone(exc: Exception) -> grpc.StatusCode | None:
     return grpc.StatusCode.CANCELLED if isinstance(exc, _ClientGoneError) else None
 
 
-async def _respond(send: ASGISend, status: int, body: bytes) -> None:
+async def respond(send: ASGISend, status: int, body: bytes) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -201,6 +202,42 @@ def test_a_connect_request_over_the_message_limit_is_resource_exhausted(
     too_large = json.dumps({"title": "t", "content": "x" * (2 * 1024 * 1024)}).encode()
     status, answer = _connect_call(server, "CreatePost", too_large)
     assert answer.get("code") == "resource_exhausted", (status, answer)
+
+
+@pytest.mark.parametrize("upload", [False, True], ids=["connect", "upload"])
+def test_an_http_body_that_does_not_arrive_in_time_is_deadline_exceeded(
+    processes: Processes, tmp_path: Path, upload: bool
+) -> None:
+    server = serve(processes, tmp_path, "--request-timeout", "1s")
+    assert server.web_url is not None
+    path, authorization = "/board.v1.BoardService/GetPost", ""
+    if upload:
+        member = sign_up(server.target, timeout=GENEROUS)
+        with member.client as client:
+            post = client.create_post(0, "t", "c")
+            path, authorization = f"/v1/posts/{post.id}/attachments", f"Bearer {client.token}"
+    address = urlsplit(server.web_url)
+    with socket.create_connection((address.hostname or "", address.port or 0), timeout=GENEROUS) as sock:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: board\r\nContent-Type: application/json\r\n"
+            + (f"Authorization: {authorization}\r\n" if authorization else "")
+            + "Content-Length: 1000\r\n\r\n{"
+        )
+        sock.sendall(head.encode())  # 1 of 1,000 bytes, then nothing
+        started = time.monotonic()
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            answer += piece
+    waited = time.monotonic() - started
+    status_line, _, rest = answer.partition(b"\r\n")
+    body = json.loads(rest.partition(b"\r\n\r\n")[2])
+    assert status_line.split()[1] == b"504", answer
+    assert body["code"] == "deadline_exceeded", body
+    assert "did not arrive within 1 s" in body["message"]
+    assert 0.8 < waited < 10, waited
 
 
 def test_with_client_limits_off_nothing_is_counted_and_the_board_serves_as_before(
