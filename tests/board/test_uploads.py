@@ -194,6 +194,40 @@ def test_an_upload_of_unknown_size_is_ended_at_the_chunk_that_passes_the_limit(
         assert len(sent) < 2000  # the server answered before the client was done
 
 
+def test_an_upload_over_the_authors_storage_quota_is_refused_before_any_chunk(
+    processes: Processes, tmp_path: Path
+) -> None:
+    server = start_board_server(
+        processes, f"sqlite:///{tmp_path / 'q.db'}", tmp_path, extra=("--user-storage-quota", "100000")
+    )
+    member = sign_up(server.target, timeout=GENEROUS)
+    with member.client as client:
+        post = client.create_post(0, "t", "c")
+        connection = RawGrpcConnection(server.target, source=ATTACKER)
+        try:
+            stream = connection.open_stream(BOARD + "UploadAttachment", tuple(client.metadata))
+            connection.send_partial(stream, framed(metadata_message(post.id, 200_000).SerializeToString()))
+            assert connection.wait(lambda: not stream.open, timeout=GENEROUS)
+        finally:
+            connection.close()
+        assert stream.grpc_status == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]), stream.grpc_message
+        assert client.list_attachments(post.id) == []
+
+
+def test_a_repeated_upload_with_its_request_id_returns_the_first_attachment(author: Member) -> None:
+    client = author.client
+    post = client.create_post(0, "t", "c")
+    request_id = "2f1c6e0a-8d3b-4c2e-9a57-0b6d4e8f1a23"
+    added = client.upload_attachment(post.id, "a.png", tiny_png(), chunk_bytes=64, request_id=request_id)
+    again = client.upload_attachment(post.id, "a.png", tiny_png(), request_id=request_id)
+    assert again.id == added.id
+    assert [a.id for a in client.list_attachments(post.id)] == [added.id]
+    with pytest.raises(BoardClientError) as malformed:
+        client.upload_attachment(post.id, "a.png", tiny_png(), request_id="not-a-uuid")
+    assert malformed.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in malformed.value.violations] == ["metadata.request_id"]
+
+
 def test_a_small_image_in_many_chunks_is_one_attachment(author: Member) -> None:
     post = author.client.create_post(0, "t", "c")
     data = tiny_png()
