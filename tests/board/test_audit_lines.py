@@ -27,6 +27,8 @@ from tests.board.conftest import (
 from tests.board.fake_torchserve import MODEL, FakeTorchServe, fake_torchserve
 from tests.support import Processes, wait_for
 
+pytestmark = pytest.mark.integration
+
 FAILED = board_pb2.ATTACHMENT_STATUS_FAILED
 # "| 2026-01-02 03:04:05,678 | INFO | Post created; id=7; user_id=3; by=user:3 | service.py | create_post |"
 AUDIT_LINE = re.compile(r"^\| [\d-]+ [\d:,]+ \| [A-Z]+ \| (?P<message>.+) \| [\w.]+ \| \w+ \|$")
