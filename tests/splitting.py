@@ -5,11 +5,12 @@ A test that starts something (a subprocess, a board server, TorchServe, PostgreS
 HTTP server) is marked ``integration``: here when it uses a fixture that starts one, by hand otherwise.
 ``--unit`` runs the others, less the ``slow`` ones, and fails any of them that starts something after all.
 
-Under pytest-xdist (`make test`: ``-n N --dist loadgroup``) the tests of one TorchServe fixture form one
-work group, and so do the tests of a module with module-scoped fixtures: a group runs on one worker, which
-starts its servers once. The other tests are handed out one by one, after the groups; whatever holds a
-``slow`` test goes first. xdist 3.8's own loadgroup no longer groups on pytest 9.2 (it renames node ids,
-which pytest now ignores), so the workers write each test's group to a file and the scheduler reads it.
+Under pytest-xdist (`make test`: ``-n N --dist loadgroup``) the tests of one place's model servers
+(TorchServe, OIP) form one work group, and so do the tests of a module with module-scoped fixtures: a group
+runs on one worker, which starts its servers once. The other tests are handed out one by one, after the
+groups; whatever holds a ``slow`` test goes first. xdist 3.8's own loadgroup no longer groups on pytest 9.2
+(it renames node ids, which pytest now ignores), so the workers write each test's group to a file and the
+scheduler reads it.
 """
 
 from __future__ import annotations
@@ -42,17 +43,20 @@ STARTING_FIXTURES = frozenset(
         "board_server",
         "torchserve",
         "running_torchserve",
+        "oip_server",
         "e2e_model_store",
         "model_store",
+        "exported",  # tests/training/test_export.py: training.export runs torch-model-archiver
+        "web_board",
+        "browser",
     }
 )
-# Each definition of this session fixture starts a TorchServe: its users form one group per definition.
-TORCHSERVE_FIXTURE = "torchserve"
+# Session fixtures that start a model server (TorchServe, the OIP server): the users of those defined in one
+# place (tests/torchserve_fixtures.py, tests/serving/conftest.py) form one group; its worker starts them once.
+MODEL_SERVER_FIXTURES = ("torchserve", "oip_server")
 # Modules that start TorchServes with the launcher's default worker socket (/tmp/.ts.sock.9000): two such
 # TorchServes starting at once may connect to each other's Python worker, so these run one at a time.
-DEFAULT_WORKER_SOCKET = frozenset(
-    {"tests/docs/test_tour.py", "tests/serving/test_launch_run.py", "tests/e2e/test_failing_model.py"}
-)
+DEFAULT_WORKER_SOCKET = frozenset({"tests/docs/test_tour.py", "tests/serving/test_launch_run.py"})
 GROUPS_FOLDER = "work_groups"  # the workerinput key: where workers write the groups
 GROUPS_FOLDER_KEY = pytest.StashKey[Path]()
 
@@ -66,7 +70,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _group_of(item: pytest.Function) -> str | None:
-    """The work group of ``item``: its xdist_group mark's, its TorchServe's, or its module's when it uses
+    """The work group of ``item``: its xdist_group mark's, its model servers', or its module's when it uses
     module-scoped fixtures; None: a unit of its own."""
     if (marker := item.get_closest_marker("xdist_group")) is not None:
         return str(marker.args[0] if marker.args else marker.kwargs.get("name", "default"))
@@ -74,8 +78,9 @@ def _group_of(item: pytest.Function) -> str | None:
     if module in DEFAULT_WORKER_SOCKET:
         return "torchserve-default-worker-socket"
     definitions = item._fixtureinfo.name2fixturedefs
-    if TORCHSERVE_FIXTURE in definitions:
-        return f"torchserve:{definitions[TORCHSERVE_FIXTURE][-1].baseid or 'tests'}"
+    for name in MODEL_SERVER_FIXTURES:
+        if name in definitions:
+            return f"model-servers:{definitions[name][-1].baseid or 'tests'}"
     if any(d.scope in ("module", "class", "package") for defs in definitions.values() for d in defs):
         return module
     return None

@@ -79,7 +79,6 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
     return Exported(result, handler, config, tmp)
 
 
-@pytest.mark.integration
 def test_archive_manifest_names_model_handler_and_files(exported: Exported) -> None:
     mar = exported.result.mar_path
     assert mar == exported.tmp / "model_store" / "deeplabv3.mar"
@@ -113,7 +112,6 @@ def test_archive_manifest_names_model_handler_and_files(exported: Exported) -> N
     assert sorted(p.name for p in mar.parent.iterdir()) == ["deeplabv3.mar", "oip"]
 
 
-@pytest.mark.integration
 def test_metadata_records_untrained_random_weights(exported: Exported) -> None:
     with zipfile.ZipFile(exported.result.mar_path) as archive:
         meta = json.loads(archive.read(METADATA_NAME))
@@ -131,7 +129,6 @@ def test_metadata_records_untrained_random_weights(exported: Exported) -> None:
     assert torchscript == (exported.tmp / "deeplabv3.pt").read_bytes()
 
 
-@pytest.mark.integration
 def test_parity_is_reported_and_within_limits(exported: Exported) -> None:
     parity = exported.result.parity
 
@@ -141,7 +138,6 @@ def test_parity_is_reported_and_within_limits(exported: Exported) -> None:
     assert parity.passed
 
 
-@pytest.mark.integration
 def test_torchscript_runs_in_a_fresh_process_without_torchvision(exported: Exported, tmp_path: Path) -> None:
     x = torch.randn(2, 3, 57, 83, generator=torch.Generator().manual_seed(7))
     torch.save(x, tmp_path / "input.pt")
@@ -179,7 +175,6 @@ def test_torchscript_runs_in_a_fresh_process_without_torchvision(exported: Expor
     assert torch.equal(scripted_out.argmax(1), eager_out.argmax(1))
 
 
-@pytest.mark.integration
 def test_cli_rerun_overwrites_the_archive_with_the_same_torchscript_hash(exported: Exported) -> None:
     out_dir = exported.tmp / "model_store"
     mar = out_dir / "deeplabv3.mar"
@@ -221,7 +216,6 @@ def test_cli_rerun_overwrites_the_archive_with_the_same_torchscript_hash(exporte
     assert "max |Δlogit|" in proc.stdout and "argmax agreement" in proc.stdout
 
 
-@pytest.mark.integration
 def test_failed_parity_stops_before_the_archive(
     exported: Exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -334,7 +328,6 @@ def test_missing_handler_is_named(tmp_path: Path) -> None:
         export_archive(ARCH, "random", tmp_path, handler=tmp_path / "nope.py")
 
 
-@pytest.mark.integration
 def test_random_archives_with_different_seeds_have_different_identities(exported: Exported) -> None:
     other = export_archive(
         ARCH,
@@ -349,7 +342,6 @@ def test_random_archives_with_different_seeds_have_different_identities(exported
     assert other.metadata["weights"] == "random" and other.metadata["untrained"] is True
 
 
-@pytest.mark.integration
 def test_class_names_file_names_and_counts_the_classes_of_random_weights(
     exported: Exported, tmp_path: Path
 ) -> None:
@@ -393,7 +385,6 @@ def test_a_bad_class_names_file_is_refused(tmp_path: Path, content: str, error: 
         read_class_names(names_file)
 
 
-@pytest.mark.integration
 def test_class_names_rename_the_classes_of_a_state_dict_and_must_match_them(
     exported: Exported, tmp_path: Path
 ) -> None:
