@@ -102,7 +102,7 @@ test: lint oip web  ## lint, then every test against real servers (the web app i
 test-fast: proto node oip web  ## tests without lint, stopping at the first failure: make test-fast ARGS=tests/board
 	$(BIN)/pytest -q -ra -x -n $(TEST_WORKERS) $(ARGS)
 
-test-unit: proto  ## only the tests that start nothing (no process, server, TorchServe, PostgreSQL), < 1 min
+test-unit: proto web  ## only the tests that start nothing (no process, server, TorchServe, PostgreSQL), < 1 min
 	$(BIN)/pytest -q -ra --unit $(ARGS)
 
 bench: proto oip  ## benchmarks (k6 drives the board); JSON to bench/results/, tables to docs/benchmarks.md + README
