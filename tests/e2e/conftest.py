@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from tests.board.conftest import postgres_cluster
 from tests.torchserve_fixtures import (
-    TEST_INPUT_SIZE,
     TorchServe,
     private_serve_settings,
     start_tagging_board,
@@ -15,7 +14,6 @@ from tests.torchserve_fixtures import (
 
 # postgres_cluster: the throw-away PostgreSQL of the board tests, for the two-replica tests.
 __all__ = [
-    "TEST_INPUT_SIZE",
     "TorchServe",
     "postgres_cluster",
     "private_serve_settings",
