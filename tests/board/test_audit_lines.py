@@ -16,6 +16,7 @@ import pytest
 
 from clients.gen.board.v1 import board_pb2
 from tests.board.conftest import (
+    NOT_BUILT,
     PASSWORD,
     Member,
     RunningServer,
@@ -229,7 +230,7 @@ READS = ("Get", "List", "Watch")
 
 def test_the_table_covers_every_mutating_rpc() -> None:
     methods = board_pb2.DESCRIPTOR.services_by_name["BoardService"].methods_by_name
-    assert {name for name in methods if not name.startswith(READS)} == set(CHANGES)
+    assert {name for name in methods if not name.startswith(READS)} - NOT_BUILT == set(CHANGES)
 
 
 @pytest.mark.parametrize("rpc", list(CHANGES))

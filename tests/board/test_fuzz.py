@@ -44,6 +44,7 @@ from clients.board import BoardClient
 from clients.gen.board.v1 import board_pb2
 from tests.board.conftest import (
     BOARD_SERVER,
+    NOT_BUILT,
     PASSWORD,
     Backend,
     RunningServer,
@@ -55,8 +56,6 @@ from tests.support import Processes
 
 SERVICE = board_pb2.DESCRIPTOR.services_by_name["BoardService"]
 METHODS: dict[str, MethodDescriptor] = {m.name: m for m in SERVICE.methods}
-# RPCs of the contract that the server does not implement yet: only these may answer UNIMPLEMENTED.
-NOT_BUILT: frozenset[str] = frozenset({"UploadAttachment"})
 Code = grpc.StatusCode
 DOCUMENTED = frozenset(
     {
@@ -442,6 +441,9 @@ def templates(world: World) -> dict[str, Message]:
         ),
         "DeleteComment": b.DeleteCommentRequest(id=victim["comments"]),
         "AddAttachment": b.AddAttachmentRequest(post_id=post, filename="f.jpg", data=JPEG),
+        "UploadAttachment": b.UploadAttachmentRequest(
+            metadata=b.UploadAttachmentMetadata(post_id=post, filename="f.jpg", size_bytes=len(JPEG))
+        ),
         "GetAttachment": b.GetAttachmentRequest(id=attachment),
         "ListAttachments": b.ListAttachmentsRequest(post_id=post, page_size=1),
         "GetAttachmentContent": b.GetAttachmentContentRequest(id=attachment),
@@ -495,6 +497,11 @@ def call(world: World, method: str, request: bytes, metadata: tuple[tuple[str, s
                 pass
             finally:
                 stream.cancel()  # type: ignore[no-untyped-call]
+            return Answer(Code.OK, "", ())
+        if METHODS[method].client_streaming:  # the request as the stream's only message
+            world.channel.stream_unary(path, identity, identity)(
+                iter([request]), timeout=GENEROUS, metadata=metadata
+            )
             return Answer(Code.OK, "", ())
         world.channel.unary_unary(path, identity, identity)(request, timeout=GENEROUS, metadata=metadata)
         return Answer(Code.OK, "", ())
