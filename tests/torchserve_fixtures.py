@@ -9,12 +9,13 @@ stopped. Boards are wired to it over gRPC with the inference key file, as `make 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -111,8 +112,9 @@ def oip_server_for(store: Path, runtime_dir: Path) -> OipServer:
 
 
 def torchserve_for(store: Path, runtime_dir: Path, ready_timeout_s: float = 300) -> TorchServe:
-    """A TorchServe with token auth on free loopback ports over ``store`` (not started)."""
-    return TorchServe(launch.isolated_settings(store, runtime_dir, ready_timeout_s=ready_timeout_s))
+    """A TorchServe with token auth on free loopback ports and a worker socket of its own over ``store``
+    (not started)."""
+    return TorchServe(private_serve_settings(store, runtime_dir, ready_timeout_s=ready_timeout_s))
 
 
 def export_test_archive(store: Path, *options: str) -> Path:
@@ -127,10 +129,42 @@ def export_test_archive(store: Path, *options: str) -> Path:
     return store
 
 
+def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder shared by every xdist worker of this run (the parent of their base temps), or this session's
+    base temp without xdist."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def built_once(folder: Path, build: Callable[[Path], object]) -> Path:
+    """``folder``, built by ``build(folder)`` in the first process of this run that asks; the others wait on
+    a file lock and reuse it. A build that failed is tried again by the next process that asks."""
+    done = folder / ".built"
+    with (folder.parent / f"{folder.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            build(folder)
+            done.touch()
+    return folder
+
+
+def private_serve_settings(
+    model_store: Path, runtime_dir: Path, *properties: tuple[str, str], ready_timeout_s: float = 240
+) -> launch.ServeSettings:
+    """Settings of a private TorchServe: free loopback ports and its own worker socket, so that TorchServes
+    started side by side (xdist workers, `make run`) never connect to each other's Python worker; TorchServe
+    names that socket /tmp/.ts.sock.<initial_worker_port>, 9000 unless told. ``properties`` go last."""
+    settings = launch.isolated_settings(model_store, runtime_dir, ready_timeout_s=ready_timeout_s)
+    worker_port = ("initial_worker_port", str(launch.free_port()))
+    return replace(settings, extra_properties=(worker_port, *properties))
+
+
 @pytest.fixture(scope="session")
 def e2e_model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """deeplabv3.mar from `python -m training.export` (mobilenet_v3_large, random weights, input 64)."""
-    return export_test_archive(tmp_path_factory.mktemp("e2e_model_store"))
+    """deeplabv3.mar from `python -m training.export` (mobilenet_v3_large, random weights, input 64): built
+    once per run and shared by every worker (tests/serving's TorchServe serves it too)."""
+    return built_once(run_folder(tmp_path_factory) / "test-model-store", export_test_archive)
 
 
 @pytest.fixture(scope="session")

@@ -373,7 +373,8 @@ def export_archive(
     if config_file is not None and not Path(config_file).is_file():
         raise ExportError(f"model config not found: {config_file} (pass --config-file PATH)")
 
-    # Seed before building so `random` weights, and hence the TorchScript file, are reproducible.
+    # Seed before building so `random` weights, and hence the TorchScript file, are reproducible: from one
+    # fresh process to the next (TorchScript numbers a class name it compiled before in this process).
     torch.manual_seed(seed)
     built = _build(arch, weights, class_names)
     eager = built.model.eval()

@@ -93,6 +93,7 @@ def test_failed_calls_make_a_target_not_met() -> None:
     assert rows["CreatePost c16 board/floor"]["note"] == "not measured"
 
 
+@pytest.mark.integration
 def test_board_page_names_file_date_sha_and_load_and_shows_every_cell(tmp_path: Path) -> None:
     write_results("board", board_table(), load_before=[0.5, 0.4, 0.3], out=tmp_path / "board.json")
     results = report.load_results(tmp_path)
@@ -112,6 +113,7 @@ def test_board_page_names_file_date_sha_and_load_and_shows_every_cell(tmp_path: 
     assert page.splitlines()[3].startswith("Targets: board: ")
 
 
+@pytest.mark.integration
 def test_readme_summary_rows_carry_their_source(tmp_path: Path) -> None:
     write_results("board", board_table(), load_before=[0.5, 0.4, 0.3], out=tmp_path / "board.json")
     section = report.render_summary(report.load_results(tmp_path))
@@ -160,6 +162,7 @@ def test_no_results_yet_says_so() -> None:
     assert "No benchmark results recorded yet" in section
 
 
+@pytest.mark.integration
 def test_committed_page_and_readme_section_are_what_the_results_say() -> None:
     # Fails after a bench wrote bench/results/ without `python -m bench.report` (make bench runs both).
     assert report.main(["--check"]) == 0

@@ -16,6 +16,7 @@ import pytest
 
 from clients.gen.board.v1 import board_pb2
 from tests.board.conftest import (
+    NOT_BUILT,
     PASSWORD,
     Member,
     RunningServer,
@@ -26,6 +27,8 @@ from tests.board.conftest import (
 )
 from tests.board.fake_torchserve import MODEL, FakeTorchServe, fake_torchserve
 from tests.support import Processes, wait_for
+
+pytestmark = pytest.mark.integration
 
 FAILED = board_pb2.ATTACHMENT_STATUS_FAILED
 # "| 2026-01-02 03:04:05,678 | INFO | Post created; id=7; user_id=3; by=user:3 | service.py | create_post |"
@@ -237,7 +240,7 @@ READS = ("Get", "List", "Watch")
 
 def test_the_table_covers_every_mutating_rpc() -> None:
     methods = board_pb2.DESCRIPTOR.services_by_name["BoardService"].methods_by_name
-    assert {name for name in methods if not name.startswith(READS)} == set(CHANGES)
+    assert {name for name in methods if not name.startswith(READS)} - NOT_BUILT == set(CHANGES)
 
 
 @pytest.mark.parametrize("rpc", list(CHANGES))

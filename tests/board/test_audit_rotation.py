@@ -8,6 +8,8 @@ import logging
 import multiprocessing
 from pathlib import Path
 
+import pytest
+
 from board_server.runtime.config import Settings
 from board_server.runtime.logs import AuditRotator, audit_append_handler
 
@@ -30,6 +32,7 @@ def _append(path: Path, writer: int) -> None:
         audit.info("Post created; id=%d; user_id=%d; by=user:%d", line, writer, writer)
 
 
+@pytest.mark.integration
 def test_lines_of_several_processes_survive_rotation_whole(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
     rotator = AuditRotator(_settings(path), interval_s=0.01)

@@ -41,6 +41,8 @@ from board_server.storage.engine import Database, migrate, open_database
 from clients.board import BoardClientError, InvalidArgumentError, ResourceExhaustedError, error_from_rpc
 from clients.gen.board.v1 import board_pb2
 
+pytestmark = pytest.mark.integration  # each test serves its calls from an in-process gRPC server
+
 SERVICE = "test.v1.Faults"
 CALL_TIMEOUT_S = 0.5
 # The defaults of the per-client limits (nothing here comes near them).

@@ -18,6 +18,7 @@ from typing import Any, cast
 import pytest
 from sqlalchemy import Connection, Table, delete, insert, select
 
+from board_server.core.emails import canonical_email
 from board_server.core.errors import InvalidArgument
 from board_server.domain.retag import parse_retag_filter
 from board_server.query import sql
@@ -110,8 +111,10 @@ def seed(
 
 
 def _insert(conn: Connection, posts: dict[int, SeededPost]) -> None:
+    emails = {i: f"u{i}@example.org" for i in (1, 2, 3)}
     users = [
-        {"id": i, "name": f"u{i}", "email": f"u{i}@example.org", "create_time": START} for i in (1, 2, 3)
+        {"id": i, "name": f"u{i}", "email": e, "email_canonical": canonical_email(e), "create_time": START}
+        for i, e in emails.items()
     ]
     conn.execute(insert(USERS), users)
     conn.execute(

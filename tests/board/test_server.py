@@ -453,6 +453,7 @@ def test_sigterm_under_load_drains_and_keeps_every_acknowledged_write(
     assert set(acknowledged) <= stored
 
 
+@pytest.mark.integration
 def test_migrate_subcommand_creates_schema(tmp_path: Path) -> None:
     # The migration itself runs on every server start of both backends; this checks the subcommand once.
     database = tmp_path / "migrated.db"

@@ -525,7 +525,8 @@ def test_a_retag_keeps_the_old_labels_until_the_new_ones_replace_them(
     now = datetime.now(UTC)
     preview = {
         "attachment_id": retagged, "max_size": 256, "overlay": True, "content_type": "image/png",
-        "data": b"cached", "width": 40, "height": 30, "create_time": now,
+        "data": b"cached", "size_bytes": len(b"cached"), "width": 40, "height": 30, "create_time": now,
+        "last_use_time": now,
     }  # fmt: skip
     database.write(lambda c: c.execute(insert(PREVIEWS).values(**preview)))
     assert database.write(lambda c: queue.request_retag(c, now, unless_archive_sha256="2" * 64)) == 1

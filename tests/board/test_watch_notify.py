@@ -24,7 +24,7 @@ from tests.board.conftest import (
     tiny_png,
 )
 from tests.board.fake_torchserve import FakeTorchServe, fake_torchserve
-from tests.support import Processes
+from tests.support import Processes, wait_for
 
 pytestmark = pytest.mark.postgres
 
@@ -95,7 +95,9 @@ def test_an_outcome_on_one_replica_reaches_a_watcher_of_another_long_before_its_
     statuses, seconds = watch_until_settled(a)
     assert statuses[-1] == board_pb2.ATTACHMENT_STATUS_FAILED, statuses
     assert seconds < 30, f"the watch took {seconds:.1f} s: the notification did not wake A"
-    assert "FAILED" in b.log() and "FAILED" not in a.log()
+    # B logs the outcome after it stored it (and so after the notification): the line may come a moment later.
+    wait_for("B's log line of the outcome", lambda: "FAILED" in b.log(), timeout=10)
+    assert "FAILED" not in a.log()
 
 
 def test_a_dropped_listener_is_covered_by_the_poll_and_reconnects(

@@ -92,6 +92,7 @@ def hadolint() -> str:
     return found
 
 
+@pytest.mark.integration  # runs hadolint
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
 def test_hadolint_finds_nothing(image: str, tmp_path: Path) -> None:
     """Every rule, down to style and info: nothing is ignored, inline or by configuration (run where no

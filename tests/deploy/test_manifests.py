@@ -118,6 +118,7 @@ def test_every_rendered_manifest_is_valid_for_kubernetes(overlay: list[Manifest]
         kubernetes_validate.validate(manifest, version, strict=True)
 
 
+@pytest.mark.integration  # runs kubectl kustomize
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize built in) not installed")
 def test_renderer_prints_what_kubectl_kustomize_prints(overlay: list[Manifest], tmp_path: Path) -> None:
     copy = tmp_path / "deploy"
@@ -285,6 +286,7 @@ def test_only_the_board_reaches_torchserve_inference(overlay: list[Manifest]) ->
         assert source["podSelector"]["matchLabels"].items() <= board_pods.items()
 
 
+@pytest.mark.integration  # runs git check-ignore
 def test_database_url_comes_from_a_generated_secret_fed_by_an_ignored_file(overlay: list[Manifest]) -> None:
     env = container(overlay, "board")["env"]
     (reference,) = [v["valueFrom"]["secretKeyRef"] for v in env if v["name"] == "BOARD_DATABASE_URL"]

@@ -5,7 +5,18 @@ import are re-exported here."""
 from __future__ import annotations
 
 from tests.board.conftest import postgres_cluster
-from tests.torchserve_fixtures import TEST_INPUT_SIZE, TorchServe, start_tagging_board, tagging_flags
+from tests.torchserve_fixtures import (
+    TorchServe,
+    private_serve_settings,
+    start_tagging_board,
+    tagging_flags,
+)
 
 # postgres_cluster: the throw-away PostgreSQL of the board tests, for the two-replica tests.
-__all__ = ["TEST_INPUT_SIZE", "TorchServe", "postgres_cluster", "start_tagging_board", "tagging_flags"]
+__all__ = [
+    "TorchServe",
+    "postgres_cluster",
+    "private_serve_settings",
+    "start_tagging_board",
+    "tagging_flags",
+]

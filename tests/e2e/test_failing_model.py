@@ -24,10 +24,10 @@ from torch import nn
 
 from clients.gen.board.v1 import board_pb2
 from clients.segment import SegmentClient, SegmentServerError, ServingEndpoints, TokenSource
-from seg_handler import launcher as launch
 from tests.e2e.conftest import TorchServe, start_tagging_board
 from tests.e2e.test_attachments_e2e import new_post, photo
 from tests.support import Processes, wait_for
+from tests.torchserve_fixtures import torchserve_for
 
 pytestmark = [pytest.mark.torchserve, pytest.mark.slow]
 
@@ -72,7 +72,7 @@ def failing_torchserve(
     store = tmp_path_factory.mktemp("failing_model_store")
     failing_archive(e2e_model_store / "deeplabv3.mar", store / "deeplabv3.mar")
     runtime = tmp_path_factory.mktemp("failing_torchserve")
-    serve = TorchServe(launch.isolated_settings(store, runtime, ready_timeout_s=240))
+    serve = torchserve_for(store, runtime, ready_timeout_s=240)
     serve.start()
     yield serve  # the teardown runs whatever the tests did
     serve.stop()

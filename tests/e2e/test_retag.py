@@ -27,7 +27,6 @@ import random
 import re
 import sqlite3
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -43,8 +42,9 @@ from clients.gen.board.v1 import board_pb2
 from clients.segment import SegmentClient, ServingEndpoints, TokenSource
 from seg_handler.launcher import archive_metadata
 from tests.board.conftest import BOARD_SERVER, RunningServer, start_board_server
-from tests.e2e.conftest import TEST_INPUT_SIZE, TorchServe, tagging_flags
-from tests.support import REPO_ROOT, Processes, wait_for
+from tests.e2e.conftest import TorchServe, tagging_flags
+from tests.support import Processes, wait_for
+from tests.torchserve_fixtures import export_test_archive
 
 SEED_B = 7  # the session archive (A) is exported with training.export's default seed, 0
 PRESENT = 0.01  # what a bare label.X means (board_server.query.filter.DEFAULT_MIN_LABEL_FRACTION)
@@ -72,15 +72,7 @@ def picture(seed: int, size: tuple[int, int] = (96, 72)) -> bytes:
 @pytest.fixture(scope="module")
 def store_b(e2e_model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Archive B: the session archive's network and input size, random weights of another seed."""
-    store = tmp_path_factory.mktemp("retag_model_store_b")
-    command = [
-        sys.executable, "-m", "training.export", "--arch", "deeplabv3_mobilenet_v3_large",
-        "--weights", "random", "--out", str(store), "--input-size", str(TEST_INPUT_SIZE),
-        "--seed", str(SEED_B),
-    ]  # fmt: skip
-    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, f"training.export failed:\n{done.stdout}\n{done.stderr}"
-    return store
+    return export_test_archive(tmp_path_factory.mktemp("retag_model_store_b"), "--seed", str(SEED_B))
 
 
 def archive_sha256(store: Path) -> str:

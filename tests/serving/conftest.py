@@ -1,9 +1,8 @@
-"""Serving test fixtures: one archive built by training.export, one TorchServe on free ports."""
+"""Serving test fixtures: a TorchServe of its own on free ports, serving the run's test archive (built once by
+training.export, tests/torchserve_fixtures.py). Its users form one xdist group (tests/conftest.py)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,42 +11,20 @@ import pytest
 from clients.oip import OipClient
 from clients.segment import SegmentClient, ServingEndpoints, TokenSource
 from seg_handler import launcher as launch
-from tests.support import REPO_ROOT
-from tests.torchserve_fixtures import OipServer, oip_server_for, running
-
-# Small network input so each forward is cheap on a CPU; the handler still answers at full image size.
-TEST_INPUT_SIZE = 64
+from tests.torchserve_fixtures import OipServer, oip_server_for, private_serve_settings, running
 
 
 @pytest.fixture(scope="session")
-def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A store with deeplabv3.mar, built once per session by `python -m training.export` (random)."""
-    store = tmp_path_factory.mktemp("model_store")
-    command = [
-        sys.executable,
-        "-m",
-        "training.export",
-        "--arch",
-        "deeplabv3_mobilenet_v3_large",
-        "--weights",
-        "random",
-        "--out",
-        str(store),
-        "--input-size",
-        str(TEST_INPUT_SIZE),
-    ]
-    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, f"training.export failed:\n{done.stdout}\n{done.stderr}"
-    assert (store / "deeplabv3.mar").is_file()
-    return store
+def model_store(e2e_model_store: Path) -> Path:
+    """The run's test archive: deeplabv3_mobilenet_v3_large, random weights, input 64."""
+    assert (e2e_model_store / "deeplabv3.mar").is_file()
+    return e2e_model_store
 
 
 @pytest.fixture(scope="session")
 def torchserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[launch.ServeSettings]:
     """TorchServe with our config on free loopback ports, token auth on; stopped by its process group."""
-    settings = launch.isolated_settings(
-        model_store, tmp_path_factory.mktemp("torchserve"), ready_timeout_s=240
-    )
+    settings = private_serve_settings(model_store, tmp_path_factory.mktemp("torchserve"))
     proc = launch.start(settings)
     try:
         yield settings

@@ -1,6 +1,6 @@
 """seg_handler.keys without a TorchServe: key file parsing, the inference key file, when renewals are due.
 
-The renewal itself, against a real TorchServe whose keys expire every minute, is in
+The renewal itself, against a real TorchServe whose keys expire every 30 seconds, is in
 tests/e2e/test_tagging_faults.py.
 """
 

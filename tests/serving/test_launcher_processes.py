@@ -22,6 +22,8 @@ from seg_handler.launcher.settings import isolated_settings
 from seg_handler.launcher.sockets import accepting_process
 from tests.support import wait_for
 
+pytestmark = pytest.mark.integration
+
 
 def _python(code: str) -> list[str]:
     return [sys.executable, "-c", textwrap.dedent(code)]

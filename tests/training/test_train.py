@@ -85,6 +85,7 @@ def test_short_cpu_training_learns_the_synthetic_shapes(trained: TrainedRun) -> 
     assert trained.metrics.mean_iou >= 0.9
 
 
+@pytest.mark.slow  # the module's training run
 def test_checkpoint_stores_args_epoch_optimizer_and_class_names(trained: TrainedRun) -> None:
     checkpoint = torch.load(trained.output_dir / train.CHECKPOINT_NAME, map_location="cpu", weights_only=True)
 
@@ -97,6 +98,7 @@ def test_checkpoint_stores_args_epoch_optimizer_and_class_names(trained: Trained
     assert checkpoint["lr_scheduler"]["last_epoch"] == EPOCHS * 6  # 48 images / batch 8, stepped per batch
 
 
+@pytest.mark.slow  # the module's training run
 def test_evaluate_cli_reports_the_same_scores_as_json(trained: TrainedRun, tmp_path: Path) -> None:
     output = tmp_path / "eval.json"
     args = evaluate.get_args_parser().parse_args(
@@ -124,6 +126,7 @@ def test_evaluate_cli_reports_the_same_scores_as_json(trained: TrainedRun, tmp_p
     assert report["weights"] == "checkpoint" and report["images"] == 12
 
 
+@pytest.mark.slow  # the module's training run
 def test_resume_continues_from_the_next_epoch(trained: TrainedRun, tmp_path: Path) -> None:
     checkpoint = tmp_path / "start.pth"
     shutil.copy(trained.output_dir / train.CHECKPOINT_NAME, checkpoint)
@@ -146,6 +149,8 @@ def test_resume_continues_from_the_next_epoch(trained: TrainedRun, tmp_path: Pat
     assert resumed["class_names"] == list(NAMES)
 
 
+@pytest.mark.slow  # the module's training run
+@pytest.mark.integration
 def test_export_of_a_trained_checkpoint_records_its_provenance(trained: TrainedRun, tmp_path: Path) -> None:
     import hashlib
 
