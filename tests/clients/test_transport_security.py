@@ -127,6 +127,7 @@ def segment_client(target: str, **tls: object) -> SegmentClient:
     return SegmentClient(endpoints, TokenSource(inference_key="k"), timeout_s=10, **tls)  # type: ignore[arg-type]
 
 
+@pytest.mark.integration  # a TLS gRPC server on this machine's address
 def test_the_segmentation_client_refuses_plaintext_to_a_remote_target(remote: Remote) -> None:
     with fake_torchserve(host="0.0.0.0") as fake:
         remote_target = f"{remote.address}:{fake.port}"
@@ -146,6 +147,7 @@ def test_the_segmentation_client_refuses_plaintext_to_a_remote_target(remote: Re
         assert fake.image_calls == 2
 
 
+@pytest.mark.integration  # a TLS gRPC server on this machine's address
 def test_the_segmentation_client_speaks_tls_with_its_roots(remote: Remote) -> None:
     credentials = grpc.ssl_server_credentials([(remote.key_file.read_bytes(), remote.cert_file.read_bytes())])
     with fake_torchserve(host="0.0.0.0", credentials=credentials) as fake:
