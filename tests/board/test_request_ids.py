@@ -117,14 +117,16 @@ def test_the_same_request_id_for_another_request_is_invalid_argument_and_writes_
 
 @pytest.mark.parametrize(
     "request_id",
+    # Fixed values: the parameters name the tests, which every xdist worker must collect alike.
     [
         "not-a-uuid",
-        str(uuid.uuid1()),  # a UUID, but not version 4
-        uuid.uuid4().hex,  # no hyphens
-        "{" + str(uuid.uuid4()) + "}",
-        str(uuid.uuid4()) + " ",
+        "16136442-f164-11f1-b70d-02fc00000001",  # a UUID, but version 1
+        "1a04ab8dc72543c39a9cfb597bb67d5d",  # a UUID4 without hyphens
+        "{1183afac-cbcd-459d-bc9a-27def61e4b89}",
+        "b05fdab6-8c4c-44ff-94c1-3d883bc9ee69 ",
         "x" * 10_000,
     ],
+    ids=["not-a-uuid", "version-1", "no-hyphens", "braces", "trailing-space", "10000-chars"],
 )
 def test_a_malformed_request_id_is_invalid_argument(member: Member, request_id: str) -> None:
     with pytest.raises(InvalidArgumentError) as caught:
