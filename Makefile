@@ -98,7 +98,7 @@ fmt: install  ## apply ruff's fixes and formatting
 TEST_WORKERS ?= 4
 
 test: lint oip web  ## lint, then every test against real servers (the web app in chromium too), TEST_WORKERS (4) at a time
-	$(BIN)/pytest -q -ra -n $(TEST_WORKERS)
+	$(BIN)/pytest -q -ra -n $(TEST_WORKERS) --durations=25
 
 test-fast: proto node oip web  ## tests without lint, stopping at the first failure: make test-fast ARGS=tests/board
 	$(BIN)/pytest -q -ra -x -n $(TEST_WORKERS) $(ARGS)

@@ -28,7 +28,8 @@ def is_loopback_host(host: str) -> bool:
 
 def is_local_target(target: str) -> bool:
     """True when a gRPC target stays on this machine: a loopback host (``127.0.0.1:50051``,
-    ``dns:///[::1]:7070``, ``localhost:7070``) or a Unix socket (``unix:/run/board.sock``)."""
+    ``dns:///[::1]:7070``, ``localhost:7070``), an address list of loopback hosts only
+    (``ipv4:127.0.0.1:1,127.0.0.1:2``) or a Unix socket (``unix:/run/board.sock``)."""
     name = target.strip()
     if name.startswith(("unix:", "unix-abstract:")):
         return True
@@ -36,9 +37,14 @@ def is_local_target(target: str) -> bool:
         name = name.split("://", 1)[1].lstrip("/")
     elif name.startswith(("dns:", "ipv4:", "ipv6:")):
         name = name.split(":", 1)[1]
-    if is_loopback_host(name):  # no port: localhost, ::1
+    return all(_is_loopback_address(address) for address in name.split(","))
+
+
+def _is_loopback_address(address: str) -> bool:
+    """One ``host[:port]`` of a target."""
+    if is_loopback_host(address):  # no port: localhost, ::1
         return True
-    return is_loopback_host(name.rsplit(":", 1)[0])
+    return is_loopback_host(address.rsplit(":", 1)[0])
 
 
 def uses_tls(target: str, *, tls: bool | None, root_certificates: bytes | None) -> bool:

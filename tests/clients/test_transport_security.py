@@ -18,6 +18,7 @@ import pytest
 import trustme
 
 from clients.board import BoardClient, UnavailableError
+from clients.channels import is_local_target
 from clients.segment import (
     SegmentClient,
     SegmentInsecureTargetError,
@@ -157,3 +158,22 @@ def test_the_segmentation_client_speaks_tls_with_its_roots(remote: Remote) -> No
                 client.segment(tiny_png())
             assert client.describe()["arch"] == "fake_arch"
         assert fake.image_calls == 1
+
+
+@pytest.mark.parametrize(
+    ("target", "local"),
+    [
+        ("127.0.0.1:50051", True),
+        ("localhost:7070", True),
+        ("[::1]:7070", True),
+        ("dns:///[::1]:7070", True),
+        ("unix:/run/board.sock", True),
+        ("ipv4:127.0.0.1:1,127.0.0.2:2", True),  # an address list of loopback hosts only
+        ("ipv4:127.0.0.1:1,10.0.0.5:2", False),  # one remote address in the list: TLS
+        ("board.example.org:443", False),
+        ("dns:///board.example.org:443", False),
+        ("0.0.0.0:50051", False),
+    ],
+)
+def test_which_targets_stay_on_this_machine(target: str, local: bool) -> None:
+    assert is_local_target(target) is local
