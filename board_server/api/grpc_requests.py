@@ -2,6 +2,12 @@
 arrived: a request's messages are read with ``read_within`` / ``messages_within`` (``context.read()``), and a
 request that has not arrived within the request timeout raises RequestTimedOut (DEADLINE_EXCEEDED).
 
+The request timeout is kept by ``Arrivals``, one per server: a call waiting for its request is one entry in
+a dict, and one sweep every ``timeout / 4`` (at most every second) ends those past their time, instead of an
+event-loop timer per call (a timer armed and cancelled on every call costs more than the rest of the limits
+together; docs/operations.md, "How this was chosen"). A stalled request ends between the timeout and a
+quarter of it later.
+
 Health and reflection get the peer limit and the request timeout alone (``limit_other``).
 """
 
@@ -9,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -42,24 +49,69 @@ Context = grpc.aio.ServicerContext[Any, Any]
 EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
 
 
-async def read_within(context: Context, timeout_s: float) -> Any:
+class Arrivals:
+    """The request timeout of one server's calls (see the module docstring): ``async with arrivals:`` around
+    the wait for a request (or an upload's next message) raises RequestTimedOut when it lasts longer than
+    ``timeout_s``. Runs on the server's event loop; ``close`` stops its sweep."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._period_s = min(1.0, timeout_s / 4)
+        # The calls waiting, by task, with when they began (in the order they began: the sweep stops at the
+        # first that still has time), and those the sweep has cancelled.
+        self._waiting: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None  # grpc.aio runs every handler in a task
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep(), name="board-request-timeout")
+        self._waiting[task] = time.monotonic()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if self._waiting.pop(task, None) is None and task in self._expired:
+            self._expired.discard(task)
+            # As asyncio.timeout does: our cancellation becomes the timeout, anyone else's stays a cancel.
+            if task.uncancel() == 0 and exc_type is asyncio.CancelledError:
+                raise RequestTimedOut(self.timeout_s) from None
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self._period_s)
+            late = time.monotonic() - self.timeout_s
+            for task, since in list(self._waiting.items()):
+                if since > late:
+                    break
+                del self._waiting[task]
+                self._expired.add(task)
+                task.cancel()
+
+    def close(self) -> None:
+        """Stop the sweep (the server has stopped)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+
+async def read_within(context: Context, arrivals: Arrivals) -> Any:
     """The call's next request message (``context.read()``, no iterator to finalise), or None after the
-    last; RequestTimedOut when it does not arrive within ``timeout_s``."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            message = await context.read()
-    except TimeoutError:
-        raise RequestTimedOut(timeout_s) from None
+    last; RequestTimedOut when it does not arrive within the request timeout."""
+    async with arrivals:
+        message = await context.read()
     return None if message is EOF else message
 
 
-async def messages_within(context: Context, timeout_s: float, *, every: bool) -> AsyncIterator[Any]:
-    """The call's request messages; the first (``every``: each one) must arrive within ``timeout_s`` of the
-    one before (of the call's start for the first), else RequestTimedOut."""
+async def messages_within(context: Context, arrivals: Arrivals, *, every: bool) -> AsyncIterator[Any]:
+    """The call's request messages; the first (``every``: each one) must arrive within the request timeout
+    of the one before (of the call's start for the first), else RequestTimedOut."""
     first = True
     while True:
         if first or every:
-            message = await read_within(context, timeout_s)
+            message = await read_within(context, arrivals)
         else:
             message = await context.read()
             message = None if message is EOF else message
@@ -87,15 +139,15 @@ async def _limited(context: Context, limits: ClientLimits) -> AsyncIterator[None
         await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
 
 
-async def _one(timeout_s: float, context: Context) -> Any:
-    request = await read_within(context, timeout_s)
+async def _one(arrivals: Arrivals, context: Context) -> Any:
+    request = await read_within(context, arrivals)
     if request is None:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call ended before its request message")
     return request
 
 
 def limit_other(
-    handler: grpc.RpcMethodHandler[Any, Any], limits: ClientLimits, timeout_s: float
+    handler: grpc.RpcMethodHandler[Any, Any], limits: ClientLimits, arrivals: Arrivals
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """``handler`` (of a service other than the board's) taking its request as a stream, counted against
     its peer and ended when its request (its first message, for a client stream) does not arrive in time.
@@ -111,13 +163,13 @@ def limit_other(
 
         async def one_answer(requests: AsyncIterator[Any], context: Context) -> Any:
             async with _limited(context, limits):
-                return await unary(await _one(timeout_s, context), context)
+                return await unary(await _one(arrivals, context), context)
 
         return grpc.stream_unary_rpc_method_handler(one_answer, deserialize, serialize)
     if handler.unary_stream is not None:
 
         async def one_request(context: Context) -> Any:
-            return await _one(timeout_s, context)
+            return await _one(arrivals, context)
 
         answers = _streamed(handler.unary_stream, one_request, limits)
         return grpc.stream_stream_rpc_method_handler(answers, deserialize, serialize)
@@ -126,12 +178,12 @@ def limit_other(
 
         async def collected(requests: AsyncIterator[Any], context: Context) -> Any:
             async with _limited(context, limits):
-                return await collect(messages_within(context, timeout_s, every=True), context)
+                return await collect(messages_within(context, arrivals, every=True), context)
 
         return grpc.stream_unary_rpc_method_handler(collected, deserialize, serialize)
 
     async def the_requests(context: Context) -> Any:
-        return messages_within(context, timeout_s, every=False)
+        return messages_within(context, arrivals, every=False)
 
     conversation = _streamed(handler.stream_stream, the_requests, limits)
     return grpc.stream_stream_rpc_method_handler(conversation, deserialize, serialize)

@@ -7,9 +7,9 @@ For every board.v1 method, once per method (the wrapped handler is cached):
   clients see no difference): the handler runs when the headers arrive, before any message, so that the
   peer's and the user's calls in progress are counted from that moment (api/limits.py, through the
   CallGuard), the caller is authenticated before a byte of the body is read, and a request that has not
-  arrived within ``request_timeout_s`` ends the call (DEADLINE_EXCEEDED); an upload's every message must
-  arrive within it, and the whole upload within ``upload_timeout_s``. Health and reflection get the peer
-  limit and the request timeout alone (api/grpc_requests.py);
+  arrived within ``request_timeout_s`` ends the call (DEADLINE_EXCEEDED, kept by api/grpc_requests.py's
+  ``Arrivals``); an upload's every message must arrive within it, and the whole upload within
+  ``upload_timeout_s``. Health and reflection get the peer limit and the request timeout alone;
 - requests that protobuf cannot decode (invalid UTF-8 in a string field, truncated bytes) are answered
   INVALID_ARGUMENT instead of the INTERNAL that gRPC would give;
 - who is calling, the deadline, errors → status and the observers come from the CallGuard, the same as on
@@ -30,13 +30,14 @@ from grpc_status import rpc_status
 from board_server.api.calls import CallGuard, CallObserver, undecodable
 from board_server.api.grpc_requests import (
     EOF,
+    Arrivals,
     forwarded_for,
     limit_other,
     messages_within,
     peer_address,
     read_within,
 )
-from board_server.api.limits import ClientLimits, RequestTimedOut
+from board_server.api.limits import ClientLimits
 from board_server.core.errors import FieldViolation, InvalidArgument
 from board_server.domain.accounts import Accounts
 
@@ -113,7 +114,12 @@ class BoardInterceptor(_ServerInterceptor):
         self._guard = CallGuard(
             service, accounts, call_timeout_s=call_timeout_s, observers=observers, limits=limits
         )
+        self._arrivals = Arrivals(limits.limits.request_timeout_s)
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    def close(self) -> None:
+        """The server has stopped: stop the request timeout's sweep."""
+        self._arrivals.close()
 
     async def intercept_service(
         self,
@@ -130,7 +136,7 @@ class BoardInterceptor(_ServerInterceptor):
         if method.startswith(self._prefix):
             wrapped = self._wrap(method[len(self._prefix) :], handler)
         elif self._limits.enabled:
-            wrapped = limit_other(handler, self._limits, self._limits.limits.request_timeout_s)
+            wrapped = limit_other(handler, self._limits, self._arrivals)
         else:
             wrapped = handler
         self._wrapped[method] = wrapped
@@ -182,47 +188,36 @@ class BoardInterceptor(_ServerInterceptor):
     # --- the three kinds of board.v1 method ----------------------------------------------------------------
 
     def _unary(self, name: str, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        request_timeout = self._limits.limits.request_timeout_s
-        call_timeout = self._guard.call_timeout_s
+        guard, arrivals = self._guard, self._arrivals
 
         async def guarded(requests: AsyncIterator[Any], context: Context) -> Any:
-            async with self._outcome(name, context):
-                arrived = False
-                try:
-                    # One deadline: the request's, then (once it has arrived) the call's, both from the start;
-                    # none once the client's own deadline is the sooner (its cancel ends the call).
-                    async with asyncio.timeout(request_timeout) as deadline, self._admitted(name, context):
-                        request = await context.read()
-                        arrived = True
-                        when = deadline.when()
-                        remaining = context.time_remaining()
-                        if remaining is not None and remaining < call_timeout:
-                            deadline.reschedule(None)
-                        elif when is not None:
-                            deadline.reschedule(when - request_timeout + call_timeout)
-                        return await behaviour(self._decoded_request(name, request), context)
-                except TimeoutError:
-                    if not arrived:
-                        raise RequestTimedOut(request_timeout) from None
-                    raise
+            # The call's deadline runs from its start, the request's wait included (as with the limits off).
+            async with (
+                self._outcome(name, context),
+                guard.deadline(context.time_remaining()),
+                self._admitted(name, context),
+            ):
+                async with arrivals:
+                    request = await context.read()
+                return await behaviour(self._decoded_request(name, request), context)
 
         return guarded
 
     def _stream(
         self, name: str, behaviour: Callable[..., AsyncIterator[Any]]
     ) -> Callable[..., AsyncIterator[Any]]:
-        request_timeout = self._limits.limits.request_timeout_s
+        arrivals = self._arrivals
 
         async def guarded(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
             async with self._outcome(name, context), self._admitted(name, context):
-                request = self._decoded_request(name, await read_within(context, request_timeout))
+                request = self._decoded_request(name, await read_within(context, arrivals))
                 async for item in behaviour(request, context):
                     yield item
 
         return guarded
 
     def _upload(self, name: str, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        limits = self._limits.limits
+        limits, arrivals = self._limits.limits, self._arrivals
 
         async def guarded(requests: AsyncIterator[Any], context: Context) -> Any:
             timeout = limits.upload_timeout_s
@@ -231,7 +226,7 @@ class BoardInterceptor(_ServerInterceptor):
                 asyncio.timeout(timeout),
                 self._admitted(name, context),
             ):
-                messages = messages_within(context, limits.request_timeout_s, every=True)
+                messages = messages_within(context, arrivals, every=True)
                 return await behaviour(self._decoded(name, messages), context)
 
         return guarded

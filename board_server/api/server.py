@@ -120,11 +120,13 @@ class GrpcServer:
     server: grpc.aio.Server
     port: int
     health: health_aio.HealthServicer
+    interceptor: BoardInterceptor
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, then let in-flight calls finish for up to ``grace`` seconds."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        self.interceptor.close()
 
 
 async def start_grpc(
@@ -166,7 +168,7 @@ async def start_grpc(
     if bound == 0:
         raise RuntimeError(f"could not bind {address}")
     await server.start()
-    return GrpcServer(server, bound, health)
+    return GrpcServer(server, bound, health, interceptor)
 
 
 async def report_health(
