@@ -1,9 +1,11 @@
 """Identity and permissions: who is calling (access tokens), passwords (argon2id), sign-in, sign-up and
 their limits.
 
-- Passwords are hashed with argon2id (argon2-cffi's defaults, RFC 9106's second recommendation); a hash made
-  with older parameters is upgraded at the next successful sign-in. Hashing runs on a small thread pool
-  (argon2 releases the GIL), never on the event loop. Passwords are never logged.
+- Passwords are hashed with argon2id, by default with RFC 9106's second recommendation (argon2-cffi's
+  defaults: 64 MiB, 3 passes, ~0.3 s of CPU); ``PASSWORD_HASHINGS`` names the parameter sets an operator
+  may choose (``cheapest`` is for test suites, as Django's tests use a fast hasher, and refused off
+  loopback). A hash made with other parameters is upgraded at the next successful sign-in. Hashing runs on
+  a small thread pool (argon2 releases the GIL), never on the event loop. Passwords are never logged.
 - Access tokens are 256 random bits (``secrets.token_urlsafe(32)``); the database keeps only their SHA-256,
   with an expiry. Revoking deletes the row, so every replica refuses the token at its next call: each
   authenticated call looks the token up (one indexed read).
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
-from argon2 import PasswordHasher
+from argon2 import PasswordHasher, profiles
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import Connection
 
@@ -44,6 +46,21 @@ from board_server.core.errors import (
 from board_server.core.limits import PEER_MAX
 from board_server.storage import sessions
 from board_server.storage.engine import Database
+
+# The argon2id parameter sets of --password-hashing; the first is the default.
+PASSWORD_HASHINGS = {
+    "rfc9106-low-memory": profiles.RFC_9106_LOW_MEMORY,
+    "rfc9106-high-memory": profiles.RFC_9106_HIGH_MEMORY,
+    "cheapest": profiles.CHEAPEST,
+}
+DEFAULT_PASSWORD_HASHING = next(iter(PASSWORD_HASHINGS))
+TEST_PASSWORD_HASHING = "cheapest"  # noqa: S105 - a parameter set's name
+
+
+def password_hasher(name: str = DEFAULT_PASSWORD_HASHING) -> PasswordHasher:
+    """The hasher of the parameter set ``name`` (a key of PASSWORD_HASHINGS)."""
+    return PasswordHasher.from_parameters(PASSWORD_HASHINGS[name])
+
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +136,10 @@ class Accounts:
         token_lifetime: timedelta,
         sign_in_failures_per_peer: int = 0,
         sign_ups_per_peer: int = 0,
+        hasher: PasswordHasher | None = None,
     ) -> None:
-        """``sign_in_failures_per_peer``, ``sign_ups_per_peer``: the limits per client address (0: none)."""
+        """``sign_in_failures_per_peer``, ``sign_ups_per_peer``: the limits per client address (0: none);
+        ``hasher``: how new password hashes are made (``password_hasher()`` by default)."""
         self._db = db
         self.auth = auth
         self.reads_need_sign_in = reads_need_sign_in
@@ -128,7 +147,7 @@ class Accounts:
         self._failures_per_peer = sign_in_failures_per_peer
         self._sign_ups_per_peer = sign_ups_per_peer
         self._callers_without_token: dict[str, Caller] = {}
-        self._hasher = PasswordHasher()
+        self._hasher = hasher or password_hasher()
         self._hash_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="board-argon2")
         # A real hash to verify against when the email is unknown, so that both failures cost the same.
         self._decoy = self._hasher.hash(secrets.token_urlsafe(16))

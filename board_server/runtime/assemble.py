@@ -21,7 +21,7 @@ from board_server.api.http import HttpServer, board_http_app, start_http
 from board_server.api.limits import CallLimits, ClientLimits
 from board_server.api.server import GrpcServer, report_health, start_grpc
 from board_server.core.errors import BoardError
-from board_server.domain.accounts import Accounts
+from board_server.domain.accounts import TEST_PASSWORD_HASHING, Accounts, password_hasher
 from board_server.domain.attachments import AttachmentService, watch_hub
 from board_server.domain.board import Board
 from board_server.domain.comments import CommentService
@@ -130,6 +130,11 @@ def build_board(
     """The parts of one process over the (already migrated) database of ``settings``; ``tagging_threads``
     overrides ``settings.tagging_workers`` (0: no tagging in this process)."""
     database = database_for(settings, metrics)
+    if settings.password_hashing == TEST_PASSWORD_HASHING:
+        logger.warning(
+            "PASSWORD HASHING IS CHEAPEST (--password-hashing cheapest): new password hashes take no time to "
+            "guess; for test suites only"
+        )
     try:
         tokens = load_page_tokens(database)
         accounts = Accounts(
@@ -139,6 +144,7 @@ def build_board(
             token_lifetime=timedelta(seconds=settings.token_lifetime_s),
             sign_in_failures_per_peer=settings.sign_in_failures_per_peer,
             sign_ups_per_peer=settings.sign_ups_per_peer,
+            hasher=password_hasher(settings.password_hashing),
         )
     except BaseException:
         database.dispose()

@@ -18,6 +18,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from board_server.domain.accounts import (
+    DEFAULT_PASSWORD_HASHING,
+    PASSWORD_HASHINGS,
+    TEST_PASSWORD_HASHING,
+)
 from board_server.runtime.faults import parse_fault
 from board_server.tagging.backend import PROTOCOLS, InferenceProtocol
 from board_server.tagging.targets import check_token_files, parse_targets
@@ -96,6 +101,7 @@ class Settings:
     sign_up_open: bool = True
     reads_need_sign_in: bool = False
     token_lifetime_s: float = 30 * 86400.0
+    password_hashing: str = DEFAULT_PASSWORD_HASHING
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     allow_plaintext: bool = False
@@ -213,6 +219,13 @@ def _sign_up(text: str) -> bool:
     return value == "open"
 
 
+def _password_hashing(text: str) -> str:
+    value = text.strip().lower()
+    if value not in PASSWORD_HASHINGS:
+        raise ValueError(f"expected one of {', '.join(PASSWORD_HASHINGS)}, got {text!r}")
+    return value
+
+
 def _networks(text: str) -> tuple[str, ...]:
     """Comma-separated CIDRs or addresses, normalised: ``10.0.0.0/8, ::1`` → ('10.0.0.0/8', '::1/128')."""
     found = []
@@ -273,6 +286,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("auth", "--auth", "BOARD_AUTH", _on_off, "on or off (off only on a loopback address)"),
     Option("sign_up_open", "--sign-up", "BOARD_SIGN_UP", _sign_up, "open, or closed: admins create users"),
     Option("reads_need_sign_in", "--read-access", "BOARD_READ_ACCESS", _read_access, "anyone or signed-in"),
+    Option("password_hashing", "--password-hashing", "BOARD_PASSWORD_HASHING", _password_hashing,
+           "argon2id parameters of new password hashes: rfc9106-low-memory (64 MiB, 3 passes), "
+           "rfc9106-high-memory (2 GiB, 1 pass), or cheapest (test suites only, loopback only)"),
     Option("token_lifetime_s", "--token-lifetime", "BOARD_TOKEN_LIFETIME", parse_duration,
            "access token lifetime, e.g. 30d"),
     Option("tls_cert_file", "--tls-cert-file", "BOARD_TLS_CERT_FILE", _optional_path, "PEM certificates"),
@@ -474,7 +490,8 @@ def _validate_segmentation(s: Settings) -> None:
 
 def _validate_listener(s: Settings, host: str) -> None:
     """Raise ValueError for what must never listen on a public ``host`` (gRPC's or HTTP's): auth off, the
-    test fault, the client limits off, and passwords in plaintext (without a TLS proxy in front)."""
+    test fault, the client limits off, the cheapest password hashing, and passwords in plaintext (without a
+    TLS proxy in front)."""
     if is_loopback_host(host):
         return
     if not s.auth:
@@ -485,6 +502,11 @@ def _validate_listener(s: Settings, host: str) -> None:
     if s.test_fault:
         raise ValueError(
             f"{TEST_FAULT_ENV} is for tests only: refused on {host!r}; unset it, or listen on 127.0.0.1"
+        )
+    if s.password_hashing == TEST_PASSWORD_HASHING:
+        raise ValueError(
+            f"--password-hashing cheapest is for test suites only: refused on {host!r}; listen on 127.0.0.1 "
+            "or keep the default"
         )
     if not s.client_limits:
         raise ValueError(

@@ -52,7 +52,11 @@ SUITE_LIMITS = (
     "--sign-in-failures-per-peer", "100000",
     "--sign-ups-per-peer", "100000",
     "--writes-per-user-per-minute", "100000",
+    # A password hash costs ~0.3 s of CPU as shipped, and the suite signs up thousands of users: the
+    # tests of hashing itself start their servers with SHIPPED_HASHING.
+    "--password-hashing", "cheapest",
 )  # fmt: skip
+SHIPPED_HASHING = ("--password-hashing", Settings().password_hashing)
 
 
 def shipped_limits() -> tuple[str, ...]:

@@ -27,6 +27,7 @@ from board_server.domain.accounts import (
     SIGN_IN_FAILURE_LIMIT,
     SIGN_IN_WINDOW,
     Accounts,
+    password_hasher,
 )
 from board_server.storage.engine import migrate, open_database
 from board_server.storage.tables import AccessToken, SignInFailure, User
@@ -41,6 +42,7 @@ from clients.board import (
 from clients.gen.board.v1 import board_pb2, board_pb2_grpc
 from tests.board.conftest import (
     PASSWORD,
+    SHIPPED_HASHING,
     Backend,
     Member,
     MemberFactory,
@@ -441,10 +443,16 @@ def test_sign_in_reports_the_expiry_of_the_configured_lifetime(
 
 
 def test_a_hash_with_old_argon2_parameters_is_upgraded_at_sign_in(
-    board_server: RunningServer, member: Member
+    processes: Processes, tmp_path: Path
 ) -> None:
+    # The parameters as shipped (the suite's other servers hash with the cheapest).
+    board_server = start_board_server(
+        processes, f"sqlite:///{tmp_path / 'board.db'}", tmp_path, extra=SHIPPED_HASHING
+    )
+    member = sign_up(board_server.target)
     weak = PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1)
     current = PasswordHasher()
+    assert SHIPPED_HASHING[1] == "rfc9106-low-memory" and password_hasher().memory_cost == current.memory_cost
     assert current.check_needs_rehash(weak.hash(PASSWORD))
 
     def stored() -> str:

@@ -154,6 +154,9 @@ def test_limits_from_flags_and_environment(tmp_path: Path) -> None:
         ("--trusted-proxies", "10.0.0.0/33"),
         ("--trusted-proxies", "proxy.internal"),
         ("--client-limits", "off", "--address", "0.0.0.0:1", "--allow-plaintext"),  # off: loopback only
+        ("--password-hashing", "md5"),
+        ("--password-hashing", "cheapest", "--address", "0.0.0.0:1", "--allow-plaintext"),  # loopback only
+        ("--password-hashing", "cheapest", "--http-address", "0.0.0.0:1", "--allow-plaintext"),
     ],
 )
 def test_malformed_setting_is_a_value_error(tmp_path: Path, argv: tuple[str, ...]) -> None:
