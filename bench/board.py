@@ -39,7 +39,7 @@ import grpc
 from bench.board_figures import evaluate_http_targets, evaluate_targets, ratios, side, spread
 from bench.board_tables import print_http_table, print_table, print_targets
 from bench.floor import capture_replies, floor_servers, write_replies
-from bench.load import Load, Run, run_k6
+from bench.load import Load, Run, run_k6, run_k6_side_by_side
 from bench.postgres import benchmark_database, postgres_bin
 from bench.procfs import process_tree_rss
 from bench.records import ROOT, load_average, summarize, write_results
@@ -230,13 +230,16 @@ def measure_metrics(
 
 
 def on_off_cost(what: str, load: Load, on: Server, off: Server, rounds: int) -> dict[str, Any]:
-    """GetPost c16 on ``on`` and ``off`` in ``rounds`` rounds, each pair in alternating order (on-off,
-    off-on, ...) so that a drift of the machine's load favours neither side; cost = 1 - on / off per round."""
+    """GetPost c16 on ``on`` and ``off`` side by side, ``rounds`` times: one k6 each, started together and
+    measured over the same seconds (the one started first alternates), so that both share whatever else the
+    machine does then; cost = 1 - on / off per round. One after the other, two runs of the same server on
+    this shared machine differ by up to ±25 %, far more than the few per cent being measured."""
     runs: dict[str, list[Run]] = {"on": [], "off": []}
     for round_ in range(rounds):
-        pair = (("on", on), ("off", off))
-        for name, server in pair if round_ % 2 == 0 else pair[::-1]:
-            runs[name].append(run_k6(load, server, "GetPost", 16))
+        pair = (("on", on), ("off", off)) if round_ % 2 == 0 else (("off", off), ("on", on))
+        measured = run_k6_side_by_side(load, [server for _, server in pair], "GetPost", 16)
+        for (name, server), run in zip(pair, measured, strict=True):
+            runs[name].append(run)
             server.check_alive()
     pairs = zip(runs["on"], runs["off"], strict=True)
     cost = summarize([round(1 - on.rps / off.rps, 4) if off.rps else 0.0 for on, off in pairs])
@@ -245,6 +248,7 @@ def on_off_cost(what: str, load: Load, on: Server, off: Server, rounds: int) -> 
         "status": "run",
         "operation": "GetPost",
         "concurrency": 16,
+        "method": "side by side: one k6 per server at the same time, the first started alternating",
         "on": side(runs["on"]),
         "off": side(runs["off"]),
         "cost": cost,
@@ -337,16 +341,19 @@ def measure_limits(
     """GetPost c16 on two fresh boards on the same (seeded) database, one with every per-client limit on (the
     defaults), one with ``--client-limits off`` (gRPC reads a unary request before the board's code runs and
     nothing is counted, as before the limits); cost = 1 - on / off per round, at least LIMITS_ROUNDS rounds,
-    each pair in alternating order. The k6 load is 16 connections from one address and one user: under the
-    default caps, so nothing is refused."""
+    side by side (``on_off_cost``). The k6 load is 16 connections from one address and one user: under the
+    default caps, so nothing is refused. Each board runs ONE process: with two, the kernel's SO_REUSEPORT
+    split of the 16 connections between them differs per server and per run, and moved the cost of a round
+    by ±20 %, far beyond the few per cent measured."""
     if not features.client_limits:
         note = "board-server has no --client-limits flag yet: limits on vs off not run"
         logger.warning(note)
         return {"status": "not run", "note": note}
+    one_process = argparse.Namespace(**{**vars(args), "processes": 1})
     with (
-        board_server("board-limits-on", database_url, load.work, args, features, metrics=True) as on,
+        board_server("board-limits-on", database_url, load.work, one_process, features, metrics=True) as on,
         board_server(
-            "board-limits-off", database_url, load.work, args, features, metrics=True,
+            "board-limits-off", database_url, load.work, one_process, features, metrics=True,
             extra=("--client-limits", "off"),
         ) as off,
     ):  # fmt: skip
@@ -354,7 +361,7 @@ def measure_limits(
         compared = on_off_cost("limits", load, on, off, rounds)
     met = compared["cost"]["median"] <= LIMITS_MAX_COST
     limits = limits_record(features, shlex.split(args.board_args))
-    return {**compared, "max_cost": LIMITS_MAX_COST, "met": met, "limits_on": limits}
+    return {**compared, "board_processes": 1, "max_cost": LIMITS_MAX_COST, "met": met, "limits_on": limits}
 
 
 LIMITS_MAX_COST = 0.03  # the hardening issue: the limits cost at most 3 % of GetPost c16
@@ -393,9 +400,10 @@ def measure_limits_alone(args: argparse.Namespace, features: BoardFeatures, work
         "database": "sqlite",
         "setup": {
             **_sqlite_setup(args),
-            "board_processes": args.processes,
+            "board_processes": 1,
             "board_args": args.board_args,
-            "load_generator": f"{args.k6_version} (bench/k6/board.js), one connection per VU, closed loop",
+            "load_generator": f"{args.k6_version} (bench/k6/board.js), one connection per VU, closed loop, "
+            "one k6 per board at the same time",
             "limits": limits_record(features, shlex.split(args.board_args)),
         },
         "auth": bool(seeded.token),

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import resource
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,43 +53,99 @@ def run_k6(
 ) -> Run:
     """Run bench/k6/board.js once against ``server`` (``env``: more of the script's variables, e.g.
     REQUEST_ID); raise RuntimeError with k6's output when it fails."""
-    target = server.target
-    summary = load.work / "k6-summary.json"
-    summary.unlink(missing_ok=True)
-    k6_env = {
-        **os.environ,
-        **(env or {}),
-        "K6_NO_USAGE_REPORT": "true",
-        "TARGET": target,
-        "PROTO_DIR": str(PROTO_DIR),
-        "OPERATION": operation,
-        "VUS": str(concurrency),
-        "SECONDS": str(load.seconds),
-        "WARMUP": str(load.warmup),
-        "IDS_FILE": str(load.ids_file),
-        "USER_ID": str(load.seeded.user_id),
-        "TOKEN": load.seeded.token,
-        "SUMMARY": str(summary),
-        "PROTOCOL": server.protocol,
-    }
+    return run_k6_side_by_side(load, [server], operation, concurrency, env)[0]
+
+
+def run_k6_side_by_side(
+    load: Load,
+    servers: Sequence[Server],
+    operation: str,
+    concurrency: int,
+    env: Mapping[str, str] | None = None,
+) -> list[Run]:
+    """One k6 per server, all started at once and each measured over the same seconds: servers compared
+    this way share whatever else the machine does in those seconds (the A/B of ``on_off_cost``). Raise
+    RuntimeError with k6's output when one fails."""
+    started_runs = []
+    for index, server in enumerate(servers):
+        summary = load.work / f"k6-summary-{index}.json"
+        summary.unlink(missing_ok=True)
+        k6_env = {
+            **os.environ,
+            **(env or {}),
+            "K6_NO_USAGE_REPORT": "true",
+            "TARGET": server.target,
+            "PROTO_DIR": str(PROTO_DIR),
+            "OPERATION": operation,
+            "VUS": str(concurrency),
+            "SECONDS": str(load.seconds),
+            "WARMUP": str(load.warmup),
+            "IDS_FILE": str(load.ids_file),
+            "USER_ID": str(load.seeded.user_id),
+            "TOKEN": load.seeded.token,
+            "SUMMARY": str(summary),
+            "PROTOCOL": server.protocol,
+        }
+        started_runs.append((server, summary, k6_env))
     cmd = [str(load.k6), "run", "--quiet", "--no-color", "--no-usage-report", "--address", "", str(K6_SCRIPT)]
-    pids = [p for proc in server.procs for p in (proc.pid, *descendants(proc.pid))]
-    server_cpu, k6_cpu, started = (
-        cpu_seconds(pids),
-        resource.getrusage(resource.RUSAGE_CHILDREN),
-        time.monotonic(),
-    )
-    done = subprocess.run(
-        cmd, env=k6_env, capture_output=True, text=True, timeout=load.warmup + load.seconds + 120, check=False
-    )
-    wall = time.monotonic() - started
-    server_cores = (cpu_seconds(pids) - server_cpu) / wall
-    k6_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    k6_cores = (k6_after.ru_utime + k6_after.ru_stime - k6_cpu.ru_utime - k6_cpu.ru_stime) / wall
-    if done.returncode != 0 or not summary.exists():
-        raise RuntimeError(
-            f"k6 failed ({done.returncode}) against {target}:\n{(done.stdout + done.stderr)[-3000:]}"
-        )
+    pids = [[p for proc in s.procs for p in (proc.pid, *descendants(proc.pid))] for s in servers]
+    server_cpu = [cpu_seconds(p) for p in pids]
+    started = time.monotonic()
+    logs = [load.work / f"k6-output-{index}.log" for index in range(len(servers))]
+    k6s = []
+    for (_, _, k6_env), log in zip(started_runs, logs, strict=True):
+        with log.open("w") as out:
+            k6s.append(subprocess.Popen(cmd, env=k6_env, stdout=out, stderr=subprocess.STDOUT))
+    deadline = started + load.warmup + load.seconds + 120
+    codes: dict[int, int] = {}
+    k6_cpu: dict[int, float] = {}
+    walls = []
+    while len(codes) < len(k6s):
+        for k6 in k6s:
+            if k6.pid in codes:
+                continue
+            pid, status, usage = os.wait4(k6.pid, os.WNOHANG)  # its own CPU, which RUSAGE_CHILDREN mixes
+            if pid:
+                k6.returncode = codes[k6.pid] = os.waitstatus_to_exitcode(status)
+                k6_cpu[k6.pid] = usage.ru_utime + usage.ru_stime
+                walls.append(time.monotonic() - started)
+        if time.monotonic() > deadline:
+            for k6 in k6s:
+                k6.kill()
+                k6.wait()
+            raise RuntimeError(f"k6 did not finish within {deadline - started:.0f} s")
+        time.sleep(0.05)
+    outputs = [(codes[k6.pid], log.read_text(errors="replace")) for k6, log in zip(k6s, logs, strict=True)]
+    k6_seconds_all = [k6_cpu[k6.pid] for k6 in k6s]
+    wall = max(walls)
+    runs = []
+    for (server, summary, _), (code, output), cpu_before, server_pids, k6_seconds in zip(
+        started_runs, outputs, server_cpu, pids, k6_seconds_all, strict=True
+    ):
+        if code != 0 or not summary.exists():
+            raise RuntimeError(f"k6 failed ({code}) against {server.target}:\n{output[-3000:]}")
+        server_cores = (cpu_seconds(server_pids) - cpu_before) / wall
+        runs.append(
+            _read_summary(
+                load, server, summary=summary, operation=operation, concurrency=concurrency, output=output,
+                server_cores=server_cores, k6_cores=k6_seconds / wall,
+            )
+        )  # fmt: skip
+    return runs
+
+
+def _read_summary(
+    load: Load,
+    server: Server,
+    *,
+    summary: Path,
+    operation: str,
+    concurrency: int,
+    output: str,
+    server_cores: float,
+    k6_cores: float,
+) -> Run:
+    target = server.target
     metrics = json.loads(summary.read_text())["metrics"]
     calls = int(metrics.get("calls{phase:measure}", {}).get("values", {}).get("count", 0))
     errors = int(metrics.get("failed_calls{phase:measure}", {}).get("values", {}).get("count", 0))
@@ -104,7 +159,7 @@ def run_k6(
             concurrency,
             errors,
             calls,
-            done.stderr.strip()[-500:],
+            output.strip()[-500:],
         )
     ok_rps = (calls - errors) / load.seconds
     p50, p99 = latency.get("p(50)", 0.0), latency.get("p(99)", 0.0)

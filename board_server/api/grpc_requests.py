@@ -50,9 +50,9 @@ EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
 
 
 class Arrivals:
-    """The request timeout of one server's calls (see the module docstring): ``async with arrivals:`` around
-    the wait for a request (or an upload's next message) raises RequestTimedOut when it lasts longer than
-    ``timeout_s``. Runs on the server's event loop; ``close`` stops its sweep."""
+    """The request timeout of one server's calls (see the module docstring): ``read(context)`` is
+    ``context.read()`` that raises RequestTimedOut when the message takes longer than ``timeout_s``. Runs on
+    the server's event loop; ``close`` stops its sweep."""
 
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
@@ -63,21 +63,27 @@ class Arrivals:
         self._expired: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> None:
+    async def read(self, context: Context) -> Any:
+        """The call's next request message, or EOF after the last (``context.read()``)."""
         task = asyncio.current_task()
         assert task is not None  # grpc.aio runs every handler in a task
         if self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep(), name="board-request-timeout")
-        self._waiting[task] = time.monotonic()
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if self._waiting.pop(task, None) is None and task in self._expired:
-            self._expired.discard(task)
+        waiting = self._waiting
+        waiting[task] = time.monotonic()
+        try:
+            return await context.read()
+        except asyncio.CancelledError:
             # As asyncio.timeout does: our cancellation becomes the timeout, anyone else's stays a cancel.
-            if task.uncancel() == 0 and exc_type is asyncio.CancelledError:
-                raise RequestTimedOut(self.timeout_s) from None
+            if waiting.pop(task, None) is None and task in self._expired:
+                self._expired.discard(task)
+                if task.uncancel() == 0:
+                    raise RequestTimedOut(self.timeout_s) from None
+            raise
+        finally:
+            if waiting.pop(task, None) is None and task in self._expired:  # the message won the race
+                self._expired.discard(task)
+                task.uncancel()
 
     async def _sweep(self) -> None:
         while True:
@@ -100,8 +106,7 @@ class Arrivals:
 async def read_within(context: Context, arrivals: Arrivals) -> Any:
     """The call's next request message (``context.read()``, no iterator to finalise), or None after the
     last; RequestTimedOut when it does not arrive within the request timeout."""
-    async with arrivals:
-        message = await context.read()
+    message = await arrivals.read(context)
     return None if message is EOF else message
 
 

@@ -197,8 +197,7 @@ class BoardInterceptor(_ServerInterceptor):
                 guard.deadline(context.time_remaining()),
                 self._admitted(name, context),
             ):
-                async with arrivals:
-                    request = await context.read()
+                request = await arrivals.read(context)
                 return await behaviour(self._decoded_request(name, request), context)
 
         return guarded
