@@ -20,18 +20,18 @@ from training.model import build_model
 
 ARCH = "deeplabv3_mobilenet_v3_large"
 IMAGE_SIZE = 128
-EPOCHS = 40
+EPOCHS = 24
 NAMES = CLASS_NAMES[:3]  # background, rectangle, ellipse
-# A config that learns the synthetic shapes in about 2 minutes on 2 CPU cores, from random weights: small
-# images, three classes, 240 SGD steps, and BN statistics that keep up with a short run. Measured under load
-# from other test suites: mIoU 0.947 (4 classes at the same cost: 0.907, too close to the bar).
+# A config that learns the synthetic shapes in about a minute of one CPU core, from random weights: small
+# images, three classes, 144 SGD steps, and BN statistics that keep up with a short run. Deterministic
+# (seed 0, one thread): mIoU 0.921 (40 epochs at lr 0.05: 0.947 for 1.7 times the CPU; 96 px: 0.907).
 TRAIN_FLAGS = [
     "--arch", ARCH,
     "--weights", "random",
     "--num-classes", str(len(NAMES)),
     "--class-names", ",".join(NAMES),
     "--batch-size", "8",
-    "--lr", "0.05",
+    "--lr", "0.08",
     "--bn-momentum", "0.1",
     "--crop-size", "96",
     "--min-scale", "0.75",
@@ -92,7 +92,7 @@ def test_checkpoint_stores_args_epoch_optimizer_and_class_names(trained: Trained
     assert checkpoint["epoch"] == EPOCHS - 1
     assert checkpoint["arch"] == ARCH
     assert checkpoint["class_names"] == list(NAMES)
-    assert checkpoint["args"]["lr"] == 0.05 and checkpoint["args"]["data_path"] == str(trained.voc.root)
+    assert checkpoint["args"]["lr"] == 0.08 and checkpoint["args"]["data_path"] == str(trained.voc.root)
     assert checkpoint["initial_weights"]["source"] == "random"
     assert {"state", "param_groups"} <= set(checkpoint["optimizer"])
     assert checkpoint["lr_scheduler"]["last_epoch"] == EPOCHS * 6  # 48 images / batch 8, stepped per batch
