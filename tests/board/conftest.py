@@ -34,6 +34,7 @@ from sqlalchemy import Engine, create_engine
 from bench.postgres import Cluster, throwaway_cluster
 from board_server.runtime.config import Settings
 from clients.board import BoardClient, BoardClientError
+from clients.channels import is_loopback_host
 from clients.gen.board.v1 import board_pb2
 from tests.support import REPO_ROOT, Processes
 
@@ -52,11 +53,22 @@ SUITE_LIMITS = (
     "--sign-in-failures-per-peer", "100000",
     "--sign-ups-per-peer", "100000",
     "--writes-per-user-per-minute", "100000",
-    # A password hash costs ~0.3 s of CPU as shipped, and the suite signs up thousands of users: the
-    # tests of hashing itself start their servers with SHIPPED_HASHING.
-    "--password-hashing", "cheapest",
 )  # fmt: skip
+# A password hash costs ~0.3 s of CPU as shipped, and the suite signs up thousands of users: its servers hash
+# with the cheapest parameters, but for the tests of hashing itself (SHIPPED_HASHING) and servers on a
+# public address (which refuse the cheapest).
+SUITE_HASHING = ("--password-hashing", "cheapest")
 SHIPPED_HASHING = ("--password-hashing", Settings().password_hashing)
+
+
+def listens_publicly(flags: Sequence[str]) -> bool:
+    """Whether ``flags`` put a listener on an address that is not loopback."""
+    return any(
+        flag in ("--address", "--http-address")
+        and value != "none"
+        and not is_loopback_host(value.rpartition(":")[0].strip("[]"))
+        for flag, value in itertools.pairwise(flags)
+    )
 
 
 def shipped_limits() -> tuple[str, ...]:
@@ -280,7 +292,8 @@ def start_board_server(
     env: dict[str, str] | None = None,
 ) -> RunningServer:
     """Start `board-server` on 127.0.0.1:0 with the default settings (auth on) but the suite's raised limits
-    (``SUITE_LIMITS``) and wait for its 'listening on' line; return it with its port.
+    (``SUITE_LIMITS``) and password hashing (``SUITE_HASHING``), and wait for its 'listening on' line; return
+    it with its port.
 
     ``server_processes`` is ``--processes`` (1 by default: cheap; None: the server's default of one process
     per core). ``extra`` flags come last, so they win; ``env`` is added to the server's environment.
@@ -302,8 +315,9 @@ def start_board_server(
     ]
     if server_processes is not None:
         args += ["--processes", str(server_processes)]
+    hashing = SHIPPED_HASHING if listens_publicly(extra) else SUITE_HASHING
     proc = processes.start(
-        [*args, "--audit-log", str(audit), *SUITE_LIMITS, *extra], name=name, cwd=workdir, env=env
+        [*args, "--audit-log", str(audit), *SUITE_LIMITS, *hashing, *extra], name=name, cwd=workdir, env=env
     )
     deadline = time.monotonic() + 60
     while not (match := LISTENING.search(processes.log_text(name))):
