@@ -72,6 +72,10 @@ class Forwarder:
             self._closed = True
             sockets, self._sockets = self._sockets, []
             threads = list(self._threads)
+        # Closing alone does not wake a thread blocked in accept() on Linux (each close waited out the join's
+        # 5 s); shutting the listener down does.
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         for sock in sockets:
             with contextlib.suppress(OSError):
