@@ -22,7 +22,7 @@ import pytest
 
 from seg_handler import launcher as launch
 from seg_handler.launcher import oip
-from seg_handler.launcher.settings import DEFAULT_OIP_PYTHON
+from seg_handler.launcher.settings import DEFAULT_OIP_PYTHON, ServeSettings
 from tests.board.conftest import RunningServer, start_board_server
 from tests.support import REPO_ROOT, Processes
 
@@ -36,6 +36,7 @@ class ModelServer:
 
     settings: launch.ServeSettings
     proc: subprocess.Popen[bytes] | None = field(default=None)
+    started_once: bool = False
 
     @property
     def grpc_target(self) -> str:
@@ -46,11 +47,19 @@ class ModelServer:
         return self.settings.pid_file
 
     def launch(self) -> subprocess.Popen[bytes]:
-        return launch.start(self.settings)
+        return self.launch_with(self.settings)
 
     def start(self) -> None:
         if self.proc is None:
-            self.proc = self.launch()
+            if self.started_once:  # boards are wired to its addresses: the same ports again
+                self.proc = self.launch()
+            else:
+                self.proc, self.settings = start_on_free_ports(self.settings, type(self).launch_with)
+            self.started_once = True
+
+    @staticmethod
+    def launch_with(settings: ServeSettings) -> subprocess.Popen[bytes]:
+        return launch.start(settings)
 
     def stop(self) -> None:
         """Stop the server and whatever it started by process group (pid), like a crash or a redeploy."""
@@ -81,8 +90,24 @@ class OipServer(ModelServer):
     def pid_file(self) -> Path:
         return self.settings.oip_pid_file
 
-    def launch(self) -> subprocess.Popen[bytes]:
-        return oip.start(self.settings)
+    @staticmethod
+    def launch_with(settings: ServeSettings) -> subprocess.Popen[bytes]:
+        return oip.start(settings)
+
+
+def start_on_free_ports(
+    settings: launch.ServeSettings, start: Callable[[launch.ServeSettings], subprocess.Popen[bytes]]
+) -> tuple[subprocess.Popen[bytes], launch.ServeSettings]:
+    """``start(settings)``; when a port picked free was taken by another process before the server bound it
+    (four xdist workers start servers on port 0 all the time), again on new free ports, up to three times."""
+    for attempt in range(3):
+        try:
+            return start(settings), settings
+        except launch.LaunchError as exc:
+            if attempt == 2 or not ("Address already in use" in str(exc) or "Failed to bind" in str(exc)):
+                raise
+            settings = launch.with_free_ports(settings)
+    raise AssertionError("unreachable")
 
 
 @contextmanager

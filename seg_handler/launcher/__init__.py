@@ -10,7 +10,13 @@ The names below are what tests and benchmarks use to run a TorchServe of their o
 from seg_handler.launcher.banner import archive_metadata, describe_endpoints, weights_banner
 from seg_handler.launcher.processes import free_port, stop_process
 from seg_handler.launcher.renewal import key_renewer, start_renewer
-from seg_handler.launcher.settings import LaunchError, ServeSettings, build_settings, isolated_settings
+from seg_handler.launcher.settings import (
+    LaunchError,
+    ServeSettings,
+    build_settings,
+    isolated_settings,
+    with_free_ports,
+)
 from seg_handler.launcher.torchserve import (
     WORKER_ENV,
     read_keys,
@@ -40,4 +46,5 @@ __all__ = [
     "stop_process",
     "wait_ready",
     "weights_banner",
+    "with_free_ports",
 ]

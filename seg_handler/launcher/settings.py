@@ -128,6 +128,13 @@ def isolated_settings(
     base = ServeSettings(
         model_store=model_store, runtime_dir=runtime_dir, ready_timeout_s=ready_timeout_s, serving=serving
     )
+    return with_free_ports(base)
+
+
+def with_free_ports(settings: ServeSettings) -> ServeSettings:
+    """``settings`` on ports free now (a port picked free may be taken by another process before the server
+    binds it: start again with new ones)."""
+    base = settings
     return replace(
         base,
         oip_port=free_port(base.host),

@@ -11,7 +11,13 @@ import pytest
 from clients.oip import OipClient
 from clients.segment import SegmentClient, ServingEndpoints, TokenSource
 from seg_handler import launcher as launch
-from tests.torchserve_fixtures import OipServer, oip_server_for, private_serve_settings, running
+from tests.torchserve_fixtures import (
+    OipServer,
+    oip_server_for,
+    private_serve_settings,
+    running,
+    start_on_free_ports,
+)
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +31,7 @@ def model_store(e2e_model_store: Path) -> Path:
 def torchserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[launch.ServeSettings]:
     """TorchServe with our config on free loopback ports, token auth on; stopped by its process group."""
     settings = private_serve_settings(model_store, tmp_path_factory.mktemp("torchserve"))
-    proc = launch.start(settings)
+    proc, settings = start_on_free_ports(settings, launch.start)
     try:
         yield settings
     finally:
