@@ -199,6 +199,7 @@ def test_a_sweep_keeps_its_page_but_gives_no_verdict(tmp_path: Path) -> None:
     assert "rest_c1_p50_vs_pipeline" in report.render_document(results)
 
 
+@pytest.mark.integration  # write_results asks git for the commit
 def test_the_request_id_cost_shows_both_sides_and_its_verdict(tmp_path: Path) -> None:
     record = {
         "setup": {"database": "SQLite", "operation": "CreatePost", "concurrency": 16, "rounds": 3},

@@ -11,6 +11,8 @@ import pytest
 
 from tests.support import REPO_ROOT
 
+pytestmark = pytest.mark.integration  # buf runs as a subprocess
+
 BUF = REPO_ROOT / "clients" / "node" / "node_modules" / ".bin" / "buf"
 PROTOS, RELEASED = REPO_ROOT / "protos", REPO_ROOT / "protos-released"
 

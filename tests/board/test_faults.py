@@ -102,6 +102,7 @@ def test_a_replica_dying_after_its_commit_is_retried_on_the_other_and_one_post_e
     assert FIRED in died[0].log()
 
 
+@pytest.mark.integration  # board-server runs and refuses
 @pytest.mark.parametrize(
     ("address", "fault", "refusal"),
     [
