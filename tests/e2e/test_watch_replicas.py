@@ -13,7 +13,7 @@ from tests.board.conftest import PostgresCluster, sign_in, sign_up, start_board_
 from tests.board.test_watch_and_metrics import METRICS_LINE
 from tests.e2e.conftest import TorchServe, start_tagging_board
 from tests.e2e.test_attachments_e2e import photo
-from tests.support import Processes
+from tests.support import Processes, wait_for
 
 pytestmark = pytest.mark.postgres
 
@@ -34,15 +34,24 @@ def test_a_watcher_on_one_replica_sees_the_tagging_done_by_another(
         statuses = [item.status for item in client.watch_attachment(attachment.id, timeout=120)]
     assert statuses[0] == board_pb2.ATTACHMENT_STATUS_PENDING
     assert statuses[-1] == board_pb2.ATTACHMENT_STATUS_TAGGED, statuses
-    assert f"attachment {attachment.id} TAGGED" in tagger.log()
+    # A's watcher may hear of the commit (NOTIFY) before B has written its log line and counted the call.
+    tagged = f"attachment {attachment.id} TAGGED"
+    wait_for("B to log the tagging", lambda: tagged in tagger.log(), timeout=10)
     assert "TAGGED" not in watched.log()  # A has no segmentation target: B did the work
 
     match = METRICS_LINE.search(tagger.log())
     assert match
-    with urllib.request.urlopen(match.group(1), timeout=10) as response:
-        text = response.read().decode()
     target = running_torchserve.grpc_target
-    assert f'board_torchserve_calls_total{{outcome="ok",target="{target}"}} 1.0' in text
-    assert "board_tagging_latency_seconds_count 1.0" in text
+    counted = (
+        f'board_torchserve_calls_total{{outcome="ok",target="{target}"}} 1.0',
+        "board_tagging_latency_seconds_count 1.0",
+    )
+
+    def metrics_counted() -> bool:
+        with urllib.request.urlopen(match.group(1), timeout=10) as response:
+            text = response.read().decode()
+        return all(line in text for line in counted)
+
+    wait_for("B's metrics to count the call", metrics_counted, timeout=10)
     with sign_in(tagger.target, member.email) as on_b:
         assert on_b.get_attachment(attachment.id).status == board_pb2.ATTACHMENT_STATUS_TAGGED
