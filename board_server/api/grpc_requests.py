@@ -3,10 +3,9 @@ arrived: a request's messages are read with ``read_within`` / ``messages_within`
 request that has not arrived within the request timeout raises RequestTimedOut (DEADLINE_EXCEEDED).
 
 The request timeout is kept by ``Arrivals``, one per server: a call waiting for its request is one entry in
-a dict, and one sweep every ``timeout / 4`` (at most every second) ends those past their time, instead of an
-event-loop timer per call (a timer armed and cancelled on every call costs more than the rest of the limits
-together; docs/operations.md, "How this was chosen"). A stalled request ends between the timeout and a
-quarter of it later.
+a dict, and one sweep a second (every ``timeout / 4`` when that is shorter) ends those past their time,
+instead of an event-loop timer armed and cancelled on every call (docs/operations.md, "How this was
+chosen"). A stalled request ends between the timeout and one sweep later.
 
 Health and reflection get the peer limit and the request timeout alone (``limit_other``).
 """
