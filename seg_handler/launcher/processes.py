@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import re
 import signal
 import socket
@@ -40,8 +41,38 @@ class Listening:
     line: str
 
 
+# Ports picked for servers that are told their port: below the kernel's ephemeral range, so that nothing
+# started meanwhile (a server on port 0, an outgoing connection) is given the port before its server binds it.
+PICKED_PORTS_FROM = 20000
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that nobody listens on right now (the kernel's pick for port 0)."""
+    """A TCP port on ``host`` that nobody uses right now, for a server started with it.
+
+    A random one between 20000 and the kernel's ephemeral range: the kernel never hands those out on its own,
+    so only another picker could take it before the server binds it, and with thousands to choose from at
+    random that is rare (a server that fails to bind is started again on new ports). Where the ephemeral
+    range starts too low to leave room, the kernel's pick for port 0.
+    """
+    low = _ephemeral_low()
+    rng = random.SystemRandom()
+    if low - PICKED_PORTS_FROM >= 1000:
+        for _ in range(100):
+            port = rng.randrange(PICKED_PORTS_FROM, low)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])

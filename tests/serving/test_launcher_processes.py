@@ -157,3 +157,15 @@ def test_board_start_returns_once_every_board_process_answers_serving(
                 assert accepting_process(port, members) is not None
     finally:
         processes.stop(started.proc)
+
+
+def test_free_port_is_outside_the_kernels_ephemeral_range_and_free() -> None:
+    """The kernel hands out ephemeral ports to every port-0 server and outgoing connection of the suite's
+    other workers; a port picked there could be taken before TorchServe binds it (seen in CI)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {processes.free_port() for _ in range(20)}
+    assert len(ports) > 1, "picked at random"
+    for port in ports:
+        assert processes.PICKED_PORTS_FROM <= port < low
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
