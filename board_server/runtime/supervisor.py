@@ -5,8 +5,10 @@ worth of request handling; N processes accepting on one port (the kernel spreads
 use N cores. The supervisor (the process started as ``board-server``):
 
 1. reserves the port (port 0 becomes a number) once the database is migrated;
-2. starts N server processes (``spawn``: no state inherited), waits until each is serving, and only then
-   logs ``listening on HOST:PORT``;
+2. starts N server processes, waits until each is serving, and only then logs ``listening on HOST:PORT``.
+   They are forked from a fork server (``forkserver``) that imported the server's modules once: no state of
+   the supervisor (its threads, its database connections) is inherited, and neither a start nor a restart
+   after a crash pays for the imports again;
 3. rotates the audit log that all of them append to; restarts a server process that died (kill -9, OOM),
    and on SIGTERM/SIGINT asks every one to drain and stop.
 
@@ -34,6 +36,10 @@ from board_server.runtime.logs import AuditRotator, audit_append_handler, config
 from board_server.runtime.serve import announce_http, serve_until_signalled
 
 logger = logging.getLogger("board_server")
+
+# What the fork server imports before it forks the first server process (the rest of _server_process's
+# imports come with them): imported once, shared by every server process.
+SERVER_MODULES = ("board_server.runtime.assemble", "board_server.runtime.metrics", "board_server.api.http")
 
 # A server process that dies this many times within RESTART_WINDOW_S is not restarted again.
 MAX_RESTARTS = 5
@@ -97,7 +103,8 @@ class Supervisor:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._context = multiprocessing.get_context("spawn")
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(list(SERVER_MODULES))
         self._ready: multiprocessing.queues.Queue[Any] = self._context.Queue()
         self._children: dict[int, _Child] = {}
         self._deaths: list[float] = []

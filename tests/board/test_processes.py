@@ -50,8 +50,10 @@ def serve(
 
 
 def server_processes(server: RunningServer) -> list[psutil.Process]:
-    """The server processes under the supervisor: its children that listen on the board's port."""
-    return [p for p in psutil.Process(server.proc.pid).children() if _listens(p, server.port)]
+    """The server processes under the supervisor (forked by its fork server): those that listen on the board's
+    port."""
+    descendants = psutil.Process(server.proc.pid).children(recursive=True)
+    return [p for p in descendants if _listens(p, server.port)]
 
 
 def _listens(process: psutil.Process, port: int) -> bool:
