@@ -99,7 +99,7 @@ def hostile_torchserve(
     folder = tmp_path_factory.mktemp("hostile_model")
     names = folder / "classes.json"
     names.write_text(json.dumps(HOSTILE_CLASSES), encoding="utf-8")
-    store = export_test_archive(folder / "store", "--class-names-file", str(names))
+    store = export_test_archive(folder / "store", "--class-names-file", str(names), "--no-program")
     hostile = TorchServe(replace(torchserve.settings, model_store=store))
     assert hostile.archive_metadata["class_names"] == HOSTILE_CLASSES
     torchserve.stop()

@@ -72,7 +72,9 @@ def picture(seed: int, size: tuple[int, int] = (96, 72)) -> bytes:
 @pytest.fixture(scope="module")
 def store_b(e2e_model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Archive B: the session archive's network and input size, random weights of another seed."""
-    return export_test_archive(tmp_path_factory.mktemp("retag_model_store_b"), "--seed", str(SEED_B))
+    return export_test_archive(
+        tmp_path_factory.mktemp("retag_model_store_b"), "--seed", str(SEED_B), "--no-program"
+    )
 
 
 def archive_sha256(store: Path) -> str:

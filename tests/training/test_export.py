@@ -202,6 +202,7 @@ def test_cli_rerun_overwrites_the_archive_with_the_same_torchscript_hash(
             str(exported.config),
             "--parity-shapes",
             "1x3x40x40",  # other parity inputs than the first export: the model's hash must not care
+            "--no-program",  # and the .pt2 of the first export goes: OUT never mixes two exports
         ],
         cwd=REPO_ROOT,
         capture_output=True,
@@ -222,6 +223,8 @@ def test_cli_rerun_overwrites_the_archive_with_the_same_torchscript_hash(
     assert meta["archive_sha256"] == meta["torchscript_sha256"]
     assert f"archive:      {mar}" in proc.stdout
     assert "max |Δlogit|" in proc.stdout and "argmax agreement" in proc.stdout
+    assert not (out_dir / "oip" / "deeplabv3").exists()
+    assert "program:" not in proc.stdout and "not exported (--no-program)" in proc.stdout
 
 
 def test_failed_parity_stops_before_the_archive(
@@ -284,7 +287,9 @@ def export_differing(
     built = BuiltModel(model, ARCH, ("sky", "sea"), Provenance("random", None, None, untrained=True))
     monkeypatch.setattr(export_module, "_build", lambda *_: built)
     store, handler = tmp_path / "store", _write_handler(tmp_path / "handler")
-    return store, lambda: export_archive(ARCH, "random", store, handler=handler, parity_shapes=[PARITY_SHAPE])
+    return store, lambda: export_archive(
+        ARCH, "random", store, handler=handler, parity_shapes=[PARITY_SHAPE], program=False
+    )
 
 
 @pytest.mark.integration
@@ -345,6 +350,7 @@ def test_random_archives_with_different_seeds_have_different_identities(exported
         config_file=exported.config,
         parity_shapes=SMALL_SHAPES,
         seed=1,
+        program=False,  # the identity is the TorchScript's
     )
     assert other.metadata["archive_sha256"] != exported.result.metadata["archive_sha256"]
     assert other.metadata["weights"] == "random" and other.metadata["untrained"] is True
@@ -361,7 +367,7 @@ def test_class_names_file_names_and_counts_the_classes_of_random_weights(
             "--arch", ARCH, "--weights", "random", "--out", str(tmp_path / "store"),
             "--handler", str(exported.handler), "--config-file", str(exported.config),
             "--torchscript-out", str(tmp_path / "named.pt"), "--parity-shapes", "1x3x40x40",
-            "--class-names-file", str(names_file),
+            "--class-names-file", str(names_file), "--no-program",
         ]
     )  # fmt: skip
     assert main(args) == 0
@@ -412,6 +418,7 @@ def test_class_names_rename_the_classes_of_a_state_dict_and_must_match_them(
         config_file=exported.config,
         parity_shapes=SMALL_SHAPES[:1],
         class_names=["sky", "sea", "sand"],
+        program=False,
     )
     assert renamed.metadata["class_names"] == ["sky", "sea", "sand"]  # not class_0..class_2
     assert renamed.metadata["weights"] == "state_dict"
@@ -419,6 +426,7 @@ def test_class_names_rename_the_classes_of_a_state_dict_and_must_match_them(
 
 def test_the_exported_program_sits_in_the_oip_folder_with_the_same_identity(exported: Exported) -> None:
     program = exported.result.program_path
+    assert program is not None
     folder = exported.tmp / "model_store" / "oip" / "deeplabv3"
     meta = json.loads((folder / METADATA_NAME).read_text())
 
@@ -433,6 +441,7 @@ def test_the_exported_program_sits_in_the_oip_folder_with_the_same_identity(expo
 def test_exported_program_parity_is_reported_and_within_limits(exported: Exported) -> None:
     parity = exported.result.program_parity
 
+    assert parity is not None
     assert parity.shapes == SMALL_SHAPES
     assert parity.max_abs_diff <= 1e-4
     assert parity.argmax_agreement >= 0.9999

@@ -22,9 +22,10 @@ ARCH = "deeplabv3_mobilenet_v3_large"
 IMAGE_SIZE = 128
 EPOCHS = 24
 NAMES = CLASS_NAMES[:3]  # background, rectangle, ellipse
-# A config that learns the synthetic shapes in about a minute of one CPU core, from random weights: small
-# images, three classes, 144 SGD steps, and BN statistics that keep up with a short run. Deterministic
-# (seed 0, one thread): mIoU 0.921 (40 epochs at lr 0.05: 0.947 for 1.7 times the CPU; 96 px: 0.907).
+TRAIN_IMAGES = 24
+# A config that learns the synthetic shapes in about 40 s of one CPU core, from random weights: small images,
+# three classes, 72 SGD steps, and BN statistics that keep up with a short run. Deterministic (seed 0, one
+# thread): mIoU 0.822, where the untrained model scores 0.06 (48 images: 0.921 for twice the CPU).
 TRAIN_FLAGS = [
     "--arch", ARCH,
     "--weights", "random",
@@ -66,7 +67,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory, single_thread: None) -> Tr
     import time
 
     root = tmp_path_factory.mktemp("train")
-    voc = write_synthetic_voc(root / "voc", n_train=48, n_val=12, size=IMAGE_SIZE, num_classes=len(NAMES))
+    voc = write_synthetic_voc(
+        root / "voc", n_train=TRAIN_IMAGES, n_val=12, size=IMAGE_SIZE, num_classes=len(NAMES)
+    )
     output_dir = root / "run"
     args = train.get_args_parser().parse_args(
         ["--data-path", str(voc.root), "--epochs", str(EPOCHS), "--output-dir", str(output_dir), *TRAIN_FLAGS]
@@ -82,7 +85,7 @@ def test_short_cpu_training_learns_the_synthetic_shapes(trained: TrainedRun) -> 
     print(f"trained in {trained.seconds:.0f} s: mIoU {trained.metrics.mean_iou:.3f}")
     assert trained.metrics.class_names == NAMES
     assert all(iou is not None for iou in trained.metrics.per_class_iou)
-    assert trained.metrics.mean_iou >= 0.9
+    assert trained.metrics.mean_iou >= 0.8
 
 
 @pytest.mark.slow  # the module's training run
@@ -95,7 +98,7 @@ def test_checkpoint_stores_args_epoch_optimizer_and_class_names(trained: Trained
     assert checkpoint["args"]["lr"] == 0.08 and checkpoint["args"]["data_path"] == str(trained.voc.root)
     assert checkpoint["initial_weights"]["source"] == "random"
     assert {"state", "param_groups"} <= set(checkpoint["optimizer"])
-    assert checkpoint["lr_scheduler"]["last_epoch"] == EPOCHS * 6  # 48 images / batch 8, stepped per batch
+    assert checkpoint["lr_scheduler"]["last_epoch"] == EPOCHS * TRAIN_IMAGES // 8  # stepped per batch of 8
 
 
 @pytest.mark.slow  # the module's training run
@@ -145,7 +148,7 @@ def test_resume_continues_from_the_next_epoch(trained: TrainedRun, tmp_path: Pat
 
     resumed = torch.load(tmp_path / "resumed" / train.CHECKPOINT_NAME, map_location="cpu", weights_only=True)
     assert resumed["epoch"] == EPOCHS
-    assert resumed["lr_scheduler"]["last_epoch"] == (EPOCHS + 1) * 6
+    assert resumed["lr_scheduler"]["last_epoch"] == (EPOCHS + 1) * TRAIN_IMAGES // 8
     assert resumed["class_names"] == list(NAMES)
 
 
@@ -165,6 +168,7 @@ def test_export_of_a_trained_checkpoint_records_its_provenance(trained: TrainedR
         handler=handler,
         input_size=IMAGE_SIZE,
         parity_shapes=((1, 3, IMAGE_SIZE, IMAGE_SIZE),),
+        program=False,  # the provenance is the archive's (test_export.py checks the .pt2 carries the same)
     )
 
     with zipfile.ZipFile(result.mar_path) as archive:
