@@ -40,12 +40,14 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import grpc
-import requests
 
 from clients.channels import is_local_target, open_channel
+
+if TYPE_CHECKING:  # imported at the first REST call: the board's gRPC tagging never loads it
+    import requests
 
 logger = logging.getLogger(__name__)
 
@@ -336,13 +338,22 @@ class SegmentClient:
         # ``allow_plaintext`` (a trusted network).
         self.root_certificates = root_certificates
         self.allow_plaintext = allow_plaintext
-        self._http = requests.Session()
+        self._session: requests.Session | None = None
         self._channel: grpc.Channel | None = None
         self._predict: Any = None
 
     # ------------------------------------------------------------------------------------------ lifecycle
+    @property
+    def _http(self) -> requests.Session:
+        if self._session is None:
+            import requests
+
+            self._session = requests.Session()
+        return self._session
+
     def close(self) -> None:
-        self._http.close()
+        if self._session is not None:
+            self._session.close()
         if self._channel is not None:
             self._channel.close()
             self._channel = None
@@ -405,6 +416,8 @@ class SegmentClient:
         return call_with_fresh_key(self.tokens, call)
 
     def _rest(self, url: str, headers: Mapping[str, str], body: bytes, key: str | None) -> bytes:
+        import requests
+
         auth = {"Authorization": f"Bearer {key}"} if key else {}
         try:
             response = self._http.post(url, data=body, headers={**headers, **auth}, timeout=self.timeout_s)
@@ -477,6 +490,8 @@ class SegmentClient:
         url = f"{self.endpoints.management_url}{path}"
         key = self.tokens.key("management")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
+        import requests
+
         try:
             response = self._http.request(method, url, params=params, headers=headers, timeout=self.timeout_s)
         except requests.Timeout as exc:

@@ -21,14 +21,16 @@ import collections
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import psycopg
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from board_server.storage.errors import busy_is_unavailable
+
+if TYPE_CHECKING:  # imported where used: a board on SQLite never loads psycopg
+    import psycopg
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,8 @@ T = TypeVar("T")
 def driver_call(conn: Connection, work: Callable[[Any], Awaitable[T]]) -> T:
     """``await work(driver)`` on the psycopg AsyncConnection under ``conn`` (from inside ``run_sync``); the
     driver's errors become SQLAlchemy's, as the Core path raises them."""
+    import psycopg
+
     adapted = conn.connection.dbapi_connection
     assert adapted is not None
     try:
@@ -189,6 +193,8 @@ class LoopConnections:
 
 def _usable(conn: AsyncConnection) -> bool:
     """Open, not invalidated, and outside any transaction (a write commits or rolls back before it ends)."""
+    import psycopg
+
     sync = conn.sync_connection
     if sync is None or sync.closed or sync.invalidated:
         return False
@@ -201,6 +207,8 @@ def _usable(conn: AsyncConnection) -> bool:
 
 
 async def _close_quietly(conn: AsyncConnection) -> None:
+    import psycopg
+
     try:
         await conn.close()
     except (SQLAlchemyError, psycopg.Error, OSError):

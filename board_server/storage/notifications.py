@@ -17,7 +17,6 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import psycopg
 from sqlalchemy import Connection, Engine, func, select
 
 logger = logging.getLogger(__name__)
@@ -68,6 +67,8 @@ class AttachmentChangeListener:
     async def run(self) -> None:
         """Listen until cancelled, reconnecting (backing off up to a few seconds) whenever the connection
         is lost."""
+        import psycopg  # here: a board on SQLite never loads it
+
         failures = 0
         while True:
             cargs, cparams = self._connect_args
