@@ -387,6 +387,8 @@ def test_writes_under_kill_9_with_retries_are_never_lost_nor_doubled(
     # their retries from writing them twice.
     with database_engine(server.database_url) as engine, engine.connect() as conn:
         committed = {str(t) for (t,) in conn.execute(text("SELECT title FROM posts"))} & in_flight
+    # Down until a write has failed past the channel's own retries (a quick restart could hide the kill).
+    wait_for("a write that failed while the server was down", lambda: bool(load.retried), timeout=60)
     restarted = start_board_server(processes, server.database_url, backend.workdir, extra=address)
     wait_for("writes after the restart", lambda: len(load.acknowledged) >= killed_at + 50, timeout=60)
     stop.set()
