@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -60,6 +61,19 @@ class ModelServer:
     @staticmethod
     def launch_with(settings: ServeSettings) -> subprocess.Popen[bytes]:
         return launch.start(settings)
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The server's whole process group paused (SIGSTOP), then continued: it accepts connections and
+        answers nothing meanwhile, and the calls it holds are answered once it goes on. Cheaper than a stop
+        and start (no Java start-up, no model load) for tests that only need it not to answer for a while;
+        keep it shorter than the callers' deadlines."""
+        assert self.proc is not None, "not running"
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.killpg(self.proc.pid, signal.SIGCONT)
 
     def stop(self) -> None:
         """Stop the server and whatever it started by process group (pid), like a crash or a redeploy."""

@@ -88,17 +88,14 @@ def test_attach_wait_streams_each_status_change(
 ) -> None:
     post = logged_in.client.create_post(0, "streamed", "attach --wait")
     image = photo(tmp_path / "a.png")
-    # TorchServe is down until the CLI is watching: the change to TAGGED must come by the stream.
-    running_torchserve.stop()
+    # TorchServe answers nothing until the CLI is watching: the change to TAGGED must come by the stream.
     before = open_watchers(board)
     done: list[Ran] = []
     runner = threading.Thread(target=lambda: done.append(cli("attach", post.id, image, "--wait")))
-    runner.start()
-    try:
-        wait_for("the CLI's WatchAttachment stream", lambda: open_watchers(board) > before, timeout=60)
-    finally:
-        running_torchserve.start()
-        runner.join(timeout=300)
+    with running_torchserve.frozen():
+        runner.start()
+        wait_for("the CLI's WatchAttachment stream", lambda: open_watchers(board) > before, timeout=20)
+    runner.join(timeout=300)
     ran = done[0]
     assert ran.code == 0, ran.both
     lines = ran.out.splitlines()
@@ -188,12 +185,9 @@ def test_watch_gives_up_after_its_timeout_and_says_why(
     cli: Cli, logged_in: Member, running_torchserve: TorchServe
 ) -> None:
     post = logged_in.client.create_post(0, "slow", "the model server is down")
-    running_torchserve.stop()  # the board keeps the work PENDING until TorchServe answers again
-    try:
+    with running_torchserve.frozen():  # the board keeps the work PENDING until TorchServe answers
         added = logged_in.client.add_attachment(post.id, "slow.png", png_bytes())
         ran = cli("attachments", "watch", added.id, "--timeout", "1")
-    finally:
-        running_torchserve.start()
     assert ran.code == 1
     assert f"#{added.id} slow.png: PENDING" in ran.out
     assert f"attachment {added.id} still PENDING after 1 s" in ran.err
