@@ -51,7 +51,7 @@ def _read_password(email: str) -> str:
 def admin(settings: Settings, action: str, email: str) -> int:
     """Run an admin action on the database; the exit status."""
     from board_server.domain.admin import grant_admin, set_password
-    from board_server.runtime.assemble import database_for
+    from board_server.runtime.database import database_for
     from board_server.runtime.logs import audit_file_handler, route_audit
     from board_server.storage.engine import migrate
 
@@ -105,7 +105,7 @@ def retag(settings: Settings, post_id: int | None) -> int:
 
 def migrate_database(settings: Settings) -> None:
     """Bring the database of ``settings`` to the newest schema (before any process serves it)."""
-    from board_server.runtime.assemble import database_for
+    from board_server.runtime.database import database_for
     from board_server.storage.engine import migrate
 
     database = database_for(settings)

@@ -36,9 +36,10 @@ from board_server.domain.uploads import Uploads
 from board_server.domain.users import UserService
 from board_server.runtime import tracing
 from board_server.runtime.config import Settings
+from board_server.runtime.database import database_for
 from board_server.runtime.faults import ExitAfterCommit, parse_fault
 from board_server.runtime.metrics import BoardMetrics
-from board_server.storage.engine import Database, open_database
+from board_server.storage.engine import Database
 from board_server.storage.notifications import AttachmentChangeListener
 from board_server.tagging.backend import InferenceBackend, Security, open_backend
 from board_server.tagging.worker import TaggingWorker
@@ -46,19 +47,6 @@ from board_server.tagging.worker import TaggingWorker
 logger = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL_S = 600.0
-
-
-def database_for(settings: Settings, metrics: BoardMetrics | None = None) -> Database:
-    """The database of ``settings`` (not migrated: the supervisor or ``board-server migrate`` does that)."""
-    return open_database(
-        settings.database_url,
-        connections=settings.worker_threads,
-        busy_timeout_ms=settings.sqlite_busy_timeout_ms,
-        connect_timeout_s=settings.database_connect_timeout_s,
-        # A second past the call's own deadline, which cancels the statement first; this catches the rest.
-        statement_timeout_s=settings.call_timeout_s + 1.0,
-        on_batch=metrics.committed if metrics is not None else None,
-    )
 
 
 def inference_backend(settings: Settings) -> InferenceBackend | None:

@@ -266,7 +266,7 @@ class _SupervisorMetrics:
 
     def start(self) -> None:
         """Prepare the samples folder (before any server process starts) and serve /metrics."""
-        from board_server.runtime.assemble import database_for
+        from board_server.runtime.database import database_for
         from board_server.runtime.metrics import (
             multiprocess_registry,
             prepare_multiprocess_dir,

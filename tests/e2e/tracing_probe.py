@@ -25,8 +25,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from PIL import Image
 
 from board_server.runtime import tracing
-from board_server.runtime.assemble import build_board, database_for, start_board
+from board_server.runtime.assemble import build_board, start_board
 from board_server.runtime.config import Settings
+from board_server.runtime.database import database_for
 from board_server.storage.engine import migrate
 from clients.board import BoardClient
 from clients.gen.board.v1 import board_pb2
