@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
@@ -32,7 +31,13 @@ from clients.segment_cli import main as segment_main
 from tests.board.conftest import Member, RunningServer, database_engine, sign_up, start_board_server
 from tests.clients.conftest import AUTH_ON, Cli, make_cli
 from tests.support import Processes
-from tests.torchserve_fixtures import TorchServe, export_test_archive, start_tagging_board
+from tests.torchserve_fixtures import (
+    TorchServe,
+    export_test_archive,
+    running,
+    start_tagging_board,
+    torchserve_for,
+)
 
 # Each hostile text and what the terminal must show for it.
 HOSTILE = {
@@ -90,25 +95,17 @@ def assert_shown(output: str, texts: Mapping[str, str] = HOSTILE) -> None:
 
 
 @pytest.fixture(scope="module")
-def hostile_torchserve(
-    torchserve: TorchServe, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TorchServe]:
-    """TorchServe serving an archive from training.export whose classes are HOSTILE_CLASSES, on the session
-    TorchServe's ports (stopped meanwhile, started again afterwards). While it runs, the tests of this module
-    use it, never ``running_torchserve``."""
+def hostile_torchserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
+    """A TorchServe of its own (free ports, its own worker socket) serving an archive from training.export
+    whose classes are HOSTILE_CLASSES; the session TorchServe runs on undisturbed."""
     folder = tmp_path_factory.mktemp("hostile_model")
     names = folder / "classes.json"
     names.write_text(json.dumps(HOSTILE_CLASSES), encoding="utf-8")
     store = export_test_archive(folder / "store", "--class-names-file", str(names), "--no-program")
-    hostile = TorchServe(replace(torchserve.settings, model_store=store))
+    hostile = torchserve_for(store, folder / "runtime")
     assert hostile.archive_metadata["class_names"] == HOSTILE_CLASSES
-    torchserve.stop()
-    try:
-        hostile.start()
+    with running(hostile):
         yield hostile
-    finally:
-        hostile.stop()
-        torchserve.start()
 
 
 # --- the rendering functions -------------------------------------------------------------------------
@@ -288,6 +285,7 @@ def test_server_error_text_is_shown_literally(cli: Cli, logged_in: Member, tmp_p
     assert "\x1b" not in refused.err
 
 
+@pytest.mark.integration  # through hostile_torchserve
 def test_segment_cli_prints_model_text_literally(
     hostile_torchserve: TorchServe,
     tmp_path: Path,
