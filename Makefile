@@ -5,6 +5,11 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 
+# Python processes started here keep bytecode caches (__pycache__, git-ignored) even where the environment
+# turns them off (PYTHONDONTWRITEBYTECODE, common in container images): the suite starts hundreds of board
+# servers and CLIs, and each would compile this project's modules again (about 0.2 s of CPU per process).
+unexport PYTHONDONTWRITEBYTECODE
+
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
