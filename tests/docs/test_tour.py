@@ -31,7 +31,7 @@ import pytest
 from seg_handler import launcher
 from tests.docs.markdown import fenced_blocks
 from tests.support import REPO_ROOT, Processes, free_port, photo_jpeg
-from tests.torchserve_fixtures import export_test_archive, require_oip_environment
+from tests.torchserve_fixtures import require_oip_environment
 
 pytestmark = [
     pytest.mark.torchserve,
@@ -102,10 +102,10 @@ def at_these_addresses(command: str, addresses: Addresses) -> str:
 
 
 @pytest.fixture(scope="module")
-def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """deeplabv3.mar with random weights, built by `python -m training.export` as `make model` does (its own
-    store: the session TorchServe's is left alone)."""
-    return export_test_archive(tmp_path_factory.mktemp("tour-model-store"))
+def model_store(e2e_model_store: Path) -> Path:
+    """The run's test archive and .pt2, built by `python -m training.export` as `make model` does (random
+    weights, input 64); `make run` and the servers it starts only read the store."""
+    return e2e_model_store
 
 
 def repository_like(folder: Path) -> Path:
