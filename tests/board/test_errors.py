@@ -93,6 +93,13 @@ class Recorder:
         assert service == SERVICE and seconds >= 0 and protocol == "grpc"
         self.ended.append((method, code))
 
+    async def until_ended(self, count: int, timeout: float = 10.0) -> None:
+        """Until ``count`` calls have ended: the server hears of a call's end after its status went out, so
+        after the client may have read it."""
+        async with asyncio.timeout(timeout):
+            while len(self.ended) < count:
+                await asyncio.sleep(0.005)
+
 
 @pytest.fixture(scope="module")
 def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
@@ -283,7 +290,8 @@ def test_a_slow_call_meets_the_server_side_deadline(database: Database) -> None:
         error = await faulty.failure("Slow")
         assert error.code == grpc.StatusCode.DEADLINE_EXCEEDED
         assert f"the server gave up after {CALL_TIMEOUT_S:g} s" in error.message
-        assert ("Slow", grpc.StatusCode.DEADLINE_EXCEEDED) in faulty.recorder.ended
+        await faulty.recorder.until_ended(1)
+        assert faulty.recorder.ended == [("Slow", grpc.StatusCode.DEADLINE_EXCEEDED)]
 
     run(database, scenario)
 
@@ -338,6 +346,7 @@ def test_observers_see_every_call_with_its_code(database: Database) -> None:
         await faulty.failure("Missing")
         await faulty.failure("Bug")
         await faulty.call("Caller")
+        await faulty.recorder.until_ended(3)
         assert faulty.recorder.began == ["Missing", "Bug", "Caller"]
         assert faulty.recorder.ended == [
             ("Missing", grpc.StatusCode.NOT_FOUND),
