@@ -22,10 +22,10 @@ ARCH = "deeplabv3_mobilenet_v3_large"
 IMAGE_SIZE = 128
 EPOCHS = 24
 NAMES = CLASS_NAMES[:3]  # background, rectangle, ellipse
-TRAIN_IMAGES = 24
-# A config that learns the synthetic shapes in about 40 s of one CPU core, from random weights: small images,
-# three classes, 72 SGD steps, and BN statistics that keep up with a short run. Deterministic (seed 0, one
-# thread): mIoU 0.822, where the untrained model scores 0.06 (48 images: 0.921 for twice the CPU).
+TRAIN_IMAGES = 16
+# A config that learns the synthetic shapes in under 30 s of one CPU core, from random weights: small images,
+# three classes, 48 SGD steps, and BN statistics that keep up with a short run. Deterministic (seed 0, one
+# thread): mIoU 0.758, where the untrained model scores 0.06 (24 images: 0.822; 48: 0.921 for 3x the CPU).
 TRAIN_FLAGS = [
     "--arch", ARCH,
     "--weights", "random",
@@ -85,7 +85,7 @@ def test_short_cpu_training_learns_the_synthetic_shapes(trained: TrainedRun) -> 
     print(f"trained in {trained.seconds:.0f} s: mIoU {trained.metrics.mean_iou:.3f}")
     assert trained.metrics.class_names == NAMES
     assert all(iou is not None for iou in trained.metrics.per_class_iou)
-    assert trained.metrics.mean_iou >= 0.8
+    assert trained.metrics.mean_iou >= 0.7
 
 
 @pytest.mark.slow  # the module's training run
