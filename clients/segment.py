@@ -487,11 +487,11 @@ class SegmentClient:
         )
 
     def _management(self, method: str, path: str, params: Mapping[str, str] | None = None) -> Any:
+        import requests
+
         url = f"{self.endpoints.management_url}{path}"
         key = self.tokens.key("management")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        import requests
-
         try:
             response = self._http.request(method, url, params=params, headers=headers, timeout=self.timeout_s)
         except requests.Timeout as exc:

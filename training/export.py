@@ -87,6 +87,15 @@ class ParityReport:
 
 
 @dataclass(frozen=True)
+class ProgramExport:
+    """The ExportedProgram of an export: where it is, its file's hash, and its parity check."""
+
+    path: Path
+    sha256: str
+    parity: ParityReport
+
+
+@dataclass(frozen=True)
 class ExportResult:
     """What an export wrote and how it checked out."""
 
@@ -97,9 +106,7 @@ class ExportResult:
     parity: ParityReport
     seconds: float
     # The ExportedProgram, in <out>/oip/<model-name>/ with its model-meta.json; None with program=False.
-    program_path: Path | None
-    program_sha256: str | None
-    program_parity: ParityReport | None
+    program: ProgramExport | None
 
 
 def default_parity_shapes(input_size: int) -> tuple[tuple[int, int, int, int], ...]:
@@ -273,13 +280,13 @@ def _write_program(
     shapes: Sequence[tuple[int, int, int, int]],
     seed: int,
     arch: str,
-) -> tuple[Path, str, ParityReport]:
+) -> ProgramExport:
     """The ExportedProgram saved in ``work``, checked as loaded back; raises ExportError when parity fails."""
     path = work / PROGRAM_NAME
     sha = _save_program(to_exported_program(eager, input_size), path)
     parity = check_parity(eager, torch.export.load(str(path)).module(), shapes, seed=seed)
     _check_passed("ExportedProgram", arch, parity, shapes)
-    return path, sha, parity
+    return ProgramExport(path, sha, parity)
 
 
 def _publish_program(folder: Path, program: Path, metadata: dict[str, Any]) -> Path:
@@ -397,7 +404,7 @@ def export_archive(
         ts_sha = _save_torchscript(scripted, pt_path)
         parity = check_parity(eager, _load_torchscript(pt_path), shapes, seed=seed)
         _check_passed("TorchScript", arch, parity, shapes)
-        written = (
+        exported = (
             _write_program(eager, work, input_size=input_size, shapes=shapes, seed=seed, arch=arch)
             if program
             else None
@@ -417,11 +424,9 @@ def export_archive(
         mar_path = out_dir / f"{model_name}.mar"
         os.replace(built_mar, mar_path)  # same folder tree: a reader never sees half an archive
         program_folder = out_dir / OIP_FOLDER / model_name
-        program_path = program_sha = program_parity = None
-        if written is not None:
-            written_path, program_sha, program_parity = written
-            program_meta = {**metadata, "program_sha256": program_sha}
-            program_path = _publish_program(program_folder, written_path, program_meta)
+        if exported is not None:
+            program_meta = {**metadata, "program_sha256": exported.sha256}
+            exported = replace(exported, path=_publish_program(program_folder, exported.path, program_meta))
         elif program_folder.exists():
             shutil.rmtree(program_folder)
             logger.warning("removed %s: the ExportedProgram of an earlier export", program_folder)
@@ -434,7 +439,7 @@ def export_archive(
         "wrote %s (TorchScript sha256 %s) and %s in %.1f s",
         mar_path,
         ts_sha,
-        program_path or "no .pt2",
+        exported.path if exported is not None else "no .pt2",
         seconds,
     )
     return ExportResult(
@@ -444,9 +449,7 @@ def export_archive(
         metadata,
         parity,
         seconds,
-        program_path,
-        program_sha,
-        program_parity,
+        exported,
     )
 
 
@@ -532,19 +535,21 @@ def main(args: argparse.Namespace) -> int:
         return 1
     meta = result.metadata
     print(f"archive:      {result.mar_path}")
-    if result.program_path is not None:
-        print(f"program:      {result.program_path}  (ExportedProgram for the OIP server)")
+    program = result.program
+    if program is not None:
+        print(f"program:      {program.path}  (ExportedProgram for the OIP server)")
     if result.torchscript_path is not None:
         print(f"torchscript:  {result.torchscript_path}")
     print(f"arch:         {meta['arch']}")
     print(f"weights:      {meta['weights']}{'  (UNTRAINED)' if meta['untrained'] else ''}")
     print(
         f"sha256:       weights {meta['sha256']}, torchscript {result.torchscript_sha256}, "
-        f"program {result.program_sha256 or 'not exported (--no-program)'}"
+        f"program {program.sha256 if program is not None else 'not exported (--no-program)'}"
     )
-    for kind, parity in (("torchscript", result.parity), ("program", result.program_parity)):
-        if parity is None:
-            continue
+    parities = [("torchscript", result.parity)]
+    if program is not None:
+        parities.append(("program", program.parity))
+    for kind, parity in parities:
         print(
             f"parity:       {kind} max |Δlogit| {parity.max_abs_diff:.3g}, "
             f"argmax agreement {100 * parity.argmax_agreement:.4f}%"

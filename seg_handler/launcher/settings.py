@@ -134,16 +134,16 @@ def isolated_settings(
 def with_free_ports(settings: ServeSettings) -> ServeSettings:
     """``settings`` on ports free now (a port picked free may be taken by another process before the server
     binds it: start again with new ones)."""
-    base = settings
+    host = settings.host
     return replace(
-        base,
-        oip_port=free_port(base.host),
-        inference_port=free_port(base.host),
-        management_port=free_port(base.host),
-        metrics_port=free_port(base.host),
-        grpc_inference_port=free_port(base.host),
-        grpc_management_port=free_port(base.host),
-        board_http_address=f"{base.host}:{free_port(base.host)}",
+        settings,
+        oip_port=free_port(host),
+        inference_port=free_port(host),
+        management_port=free_port(host),
+        metrics_port=free_port(host),
+        grpc_inference_port=free_port(host),
+        grpc_management_port=free_port(host),
+        board_http_address=f"{host}:{free_port(host)}",
     )
 
 

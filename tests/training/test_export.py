@@ -425,23 +425,23 @@ def test_class_names_rename_the_classes_of_a_state_dict_and_must_match_them(
 
 
 def test_the_exported_program_sits_in_the_oip_folder_with_the_same_identity(exported: Exported) -> None:
-    program = exported.result.program_path
-    assert program is not None
+    assert exported.result.program is not None
+    program = exported.result.program.path
     folder = exported.tmp / "model_store" / "oip" / "deeplabv3"
     meta = json.loads((folder / METADATA_NAME).read_text())
 
     assert program == folder / "model.pt2"
     assert sorted(p.name for p in folder.iterdir()) == [METADATA_NAME, "model.pt2"]
     assert meta["program_sha256"] == hashlib.sha256(program.read_bytes()).hexdigest()
-    assert meta["program_sha256"] == exported.result.program_sha256
+    assert meta["program_sha256"] == exported.result.program.sha256
     # One identity for both artifacts of one export: moving between servers leaves labels current.
     assert {k: v for k, v in meta.items() if k != "program_sha256"} == exported.result.metadata
 
 
 def test_exported_program_parity_is_reported_and_within_limits(exported: Exported) -> None:
-    parity = exported.result.program_parity
+    assert exported.result.program is not None
+    parity = exported.result.program.parity
 
-    assert parity is not None
     assert parity.shapes == SMALL_SHAPES
     assert parity.max_abs_diff <= 1e-4
     assert parity.argmax_agreement >= 0.9999
@@ -465,7 +465,9 @@ def test_exported_program_runs_any_height_and_width_in_a_fresh_process_without_t
         torch.save(outs, sys.argv[3])
         """
     )
-    command = [sys.executable, "-c", script, str(exported.result.program_path), str(tmp_path / "inputs.pt")]
+    assert exported.result.program is not None
+    program = exported.result.program.path
+    command = [sys.executable, "-c", script, str(program), str(tmp_path / "inputs.pt")]
     subprocess.run([*command, str(tmp_path / "outs.pt")], check=True, timeout=300)
     outs = torch.load(tmp_path / "outs.pt")
 
