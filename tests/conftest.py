@@ -22,6 +22,15 @@ def _guarded(log_dir: Path) -> Iterator[Processes]:
         guard.stop_all()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _board_fork_server() -> Iterator[None]:
+    """The board's fork server (tests/board/conftest.py board_forks) ends with the session."""
+    yield
+    from tests.board.conftest import close_board_forks
+
+    close_board_forks()
+
+
 @pytest.fixture
 def processes(tmp_path: Path) -> Iterator[Processes]:
     """Per-test process guard."""

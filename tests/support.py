@@ -16,6 +16,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from seg_handler.launcher import processes
+from seg_handler.launcher.forks import ForkServer
 from seg_handler.launcher.processes import Listening, free_port, wait_for
 
 __all__ = ["REPO_ROOT", "Processes", "free_port", "photo_jpeg", "wait_for"]
@@ -43,9 +44,12 @@ class Processes:
         name: str,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
+        forks: ForkServer | None = None,
     ) -> subprocess.Popen[bytes]:
-        """Start ``args`` with stdout+stderr to ``<log_dir>/<name>.log`` and ``env`` over this environment."""
-        proc = processes.start(args, self.log_path(name), env={**os.environ, **(env or {})}, cwd=cwd)
+        """Start ``args`` with stdout+stderr to ``<log_dir>/<name>.log`` and ``env`` over this environment
+        (forked from ``forks`` when given)."""
+        env = {**os.environ, **(env or {})}
+        proc = processes.start(args, self.log_path(name), env=env, cwd=cwd, forks=forks)
         self._procs.append(proc)
         return proc
 

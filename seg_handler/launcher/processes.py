@@ -20,6 +20,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from seg_handler.launcher.forks import ForkServer
 
 logger = logging.getLogger(__name__)
 
@@ -84,14 +88,17 @@ def start(
     *,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    forks: ForkServer | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start ``args`` in a session of its own, stdin closed, stdout and stderr appended to ``log_path``.
 
-    ``env`` is the whole environment of the process (None: this process's).
+    ``env`` is the whole environment of the process (None: this process's). With ``forks``, the program is
+    forked from that fork server (which imported it already) instead of executed.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    popen = subprocess.Popen if forks is None else forks.popen
     with log_path.open("ab") as log:
-        return subprocess.Popen(
+        return popen(
             list(args),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -170,14 +177,22 @@ def _program(proc: subprocess.Popen[bytes]) -> str:
 
 
 def is_running(pid: int) -> bool:
-    """Alive and not a zombie child of ours (a zombie keeps its pid and its group id until it is reaped)."""
+    """Alive and not a zombie (a zombie keeps its pid and its group id until its parent reaps it: us, or the
+    fork server that forked it, seg_handler/launcher/forks.py)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return not _is_zombie_child(pid)
+    return not _is_zombie_child(pid) and not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _is_zombie_child(pid: int) -> bool:

@@ -33,12 +33,23 @@ from sqlalchemy import Engine, create_engine
 
 from bench.postgres import Cluster, throwaway_cluster
 from board_server.runtime.config import Settings
+from board_server.runtime.supervisor import SERVER_MODULES
 from clients.board import BoardClient, BoardClientError
 from clients.channels import is_loopback_host
 from clients.gen.board.v1 import board_pb2
+from seg_handler.launcher.forks import ForkServer
 from tests.support import REPO_ROOT, Processes
 
 BOARD_SERVER = REPO_ROOT / ".venv" / "bin" / "board-server"
+# What `board-server` runs and what its fork server imports once (see ``board_forks``).
+BOARD_MAIN = "board_server.__main__:main"
+BOARD_PRELOAD = (
+    *SERVER_MODULES,
+    "board_server.runtime.serve",
+    "board_server.runtime.supervisor",
+    "board_server.runtime.database",
+    "board_server.domain.admin",
+)
 GRPCURL = REPO_ROOT / ".venv" / "bin" / "grpcurl"
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
 WEB_APP = re.compile(r"web app and Connect on (https?://\S+?)/?$", re.MULTILINE)
@@ -174,16 +185,60 @@ def sign_in(
     return board
 
 
+# This test process's fork server of `board-server`, once started.
+_BOARD_FORKS: dict[str, ForkServer] = {}
+
+
+def board_forks() -> ForkServer | None:
+    """This test process's fork server of `board-server`, started at the first call; None with
+    BOARD_TEST_FORK=0.
+
+    The suite starts the board a few hundred times, each start of the executable spending ~1.5 s of CPU
+    on imports. Forked from a process that imported it once, the same ``main(argv)`` runs with its own
+    arguments, environment, directory, session and log, on ~0.3 s. Tests of the executable itself (its
+    start-up under kill -9, TLS files, the README tour, `make run`) still execute it.
+    """
+    if os.environ.get("BOARD_TEST_FORK", "1") == "0":
+        return None
+    return _BOARD_FORKS.setdefault("board", ForkServer(BOARD_MAIN, BOARD_PRELOAD))
+
+
+def close_board_forks() -> None:
+    """End this test process's fork server (the servers it forked are stopped by their own guards)."""
+    if forks := _BOARD_FORKS.pop("board", None):
+        forks.close()
+
+
+def run_board_server(
+    *args: str, stdin: str = "", cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``board-server ARGS`` to its end (forked, see ``board_forks``): exit status, stdout, stderr."""
+    command = [str(BOARD_SERVER), *args]
+    forks = board_forks()
+    if forks is None:
+        return subprocess.run(
+            command, input=stdin, capture_output=True, text=True, timeout=timeout, check=False, cwd=cwd
+        )
+    with forks.popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, text=True
+    ) as proc:
+        try:
+            out, err = proc.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
 def run_admin(
     database_url: str, *args: str, stdin: str = "", workdir: Path | None = None, audit_log: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``board-server admin ARGS --database-url URL``: the operator's subcommands, on the database itself."""
-    command = [str(BOARD_SERVER), "admin", *args, "--database-url", database_url]
+    command = ["admin", *args, "--database-url", database_url]
     if audit_log is not None:
         command += ["--audit-log", str(audit_log)]
-    return subprocess.run(
-        command, input=stdin, capture_output=True, text=True, timeout=60, check=False, cwd=workdir
-    )
+    return run_board_server(*command, stdin=stdin, cwd=workdir)
 
 
 def at_once(
@@ -317,7 +372,11 @@ def start_board_server(
         args += ["--processes", str(server_processes)]
     hashing = SHIPPED_HASHING if listens_publicly(extra) else SUITE_HASHING
     proc = processes.start(
-        [*args, "--audit-log", str(audit), *SUITE_LIMITS, *hashing, *extra], name=name, cwd=workdir, env=env
+        [*args, "--audit-log", str(audit), *SUITE_LIMITS, *hashing, *extra],
+        name=name,
+        cwd=workdir,
+        env=env,
+        forks=board_forks(),
     )
     deadline = time.monotonic() + 60
     while not (match := LISTENING.search(processes.log_text(name))):
