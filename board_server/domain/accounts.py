@@ -7,8 +7,9 @@ their limits.
   loopback). A hash made with other parameters is upgraded at the next successful sign-in. Hashing runs on
   a small thread pool (argon2 releases the GIL), never on the event loop. Passwords are never logged.
 - Access tokens are 256 random bits (``secrets.token_urlsafe(32)``); the database keeps only their SHA-256,
-  with an expiry. Revoking deletes the row, so every replica refuses the token at its next call: each
-  authenticated call looks the token up (one indexed read).
+  with an expiry. Revoking deletes the row and tells every replica (domain/session_cache.py): on SQLite each
+  authenticated call looks the token up (one indexed read); on PostgreSQL each process remembers who a token
+  names while it hears every revocation, and forgets the user's tokens when one comes.
 - Failed sign-ins are counted in the database (shared by replicas) per email and client address, and per
   address: after 5 for one email from one address, or ``failures_per_peer`` from one address, within 15
   minutes, that email from that address (or that address) is answered RESOURCE_EXHAUSTED with RetryInfo
@@ -44,6 +45,7 @@ from board_server.core.errors import (
     UserNotFound,
 )
 from board_server.core.limits import PEER_MAX
+from board_server.domain.session_cache import Identity, SessionCache
 from board_server.storage import sessions
 from board_server.storage.engine import Database
 
@@ -137,9 +139,11 @@ class Accounts:
         sign_in_failures_per_peer: int = 0,
         sign_ups_per_peer: int = 0,
         hasher: PasswordHasher | None = None,
+        sessions: SessionCache | None = None,
     ) -> None:
         """``sign_in_failures_per_peer``, ``sign_ups_per_peer``: the limits per client address (0: none);
-        ``hasher``: how new password hashes are made (``password_hasher()`` by default)."""
+        ``hasher``: how new password hashes are made (``password_hasher()`` by default); ``sessions``: who
+        tokens name, remembered (None: every authenticated call reads its token's row)."""
         self._db = db
         self.auth = auth
         self.reads_need_sign_in = reads_need_sign_in
@@ -148,6 +152,7 @@ class Accounts:
         self._sign_ups_per_peer = sign_ups_per_peer
         self._callers_without_token: dict[str, Caller] = {}
         self._hasher = hasher or password_hasher()
+        self._sessions = sessions
         self._hash_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="board-argon2")
         # A real hash to verify against when the email is unknown, so that both failures cost the same.
         self._decoy = self._hasher.hash(secrets.token_urlsafe(16))
@@ -178,12 +183,28 @@ class Accounts:
         if not token or len(token) > _MAX_TOKEN_CHARS:
             raise Unauthenticated("the access token is malformed; sign in again")
         digest = token_digest(token)
-        row = await self._db.run_read(lambda conn: sessions.token_identity(conn, digest))
-        if row is None:
-            raise Unauthenticated("the access token is unknown or revoked; sign in again")
-        if row.expire_time <= datetime.now(UTC):
+        cache = self._sessions
+        identity = cache.get(digest) if cache is not None else None
+        if identity is None:
+            generation = cache.generation if cache is not None else 0
+            row = await self._db.run_read(lambda conn: sessions.token_identity(conn, digest))
+            if row is None:
+                raise Unauthenticated("the access token is unknown or revoked; sign in again")
+            identity = Identity(int(row.id), int(row.user_id), bool(row.admin), row.expire_time)
+            if cache is not None:
+                cache.put(digest, identity, generation)
+        if identity.expire_time <= datetime.now(UTC):
             raise Unauthenticated("the access token has expired; sign in again")
-        return Caller(int(row.user_id), bool(row.admin), int(row.id), unrestricted=not self.auth, peer=peer)
+        return Caller(
+            identity.user_id, identity.admin, identity.token_id, unrestricted=not self.auth, peer=peer
+        )
+
+    def sessions_changed(self, user_ids: frozenset[int] | None) -> None:
+        """Tokens of ``user_ids`` (None: anyone's) were revoked, or their admin flag changed: forget what
+        this process remembered of them (told by the change listener, and by this process's own changes
+        as soon as they commit)."""
+        if self._sessions is not None:
+            self._sessions.changed(user_ids)
 
     def require_signed_in(self, caller: Caller, action: str) -> int:
         """The caller's user id; raise Unauthenticated for an anonymous caller (with auth on)."""
@@ -373,6 +394,8 @@ class Accounts:
         if token_id is None:
             raise Unauthenticated("sign-out needs the access token to revoke")
         await self._db.run_write(lambda conn: sessions.delete_token(conn, token_id))
+        if caller.user_id is not None:
+            self.sessions_changed(frozenset({caller.user_id}))
 
 
 def _peer_key(caller: Caller) -> str:

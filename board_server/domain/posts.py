@@ -80,6 +80,7 @@ class PostService:
             self._quotas.count_write(conn, caller)
             return post_rows.add_post(conn, author, title, content, now())
 
+        await self._quotas.admit_write(caller)
         post, created = await self._requests.once(key, add, post_rows.read_post)
         if created:
             audit.info("Post created; id=%d; user_id=%d; by=%s", post.id, author, caller.actor)
@@ -157,6 +158,7 @@ class PostService:
             values["update_time"] = later_than(current.update_time)
             return post_rows.update_post(conn, post_id, values)
 
+        await self._quotas.admit_write(caller)
         post = await self._db.run_write(change)
         audit.info("Post updated; id=%d; fields=%s; by=%s", post.id, ",".join(paths), caller.actor)
         return post
@@ -173,5 +175,6 @@ class PostService:
             self._quotas.count_write(conn, caller)
             post_rows.delete_post(conn, post_id)
 
+        await self._quotas.admit_write(caller)
         await self._db.run_write(remove)
         audit.info("Post deleted; id=%d; by=%s", post_id, caller.actor)

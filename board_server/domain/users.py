@@ -193,7 +193,10 @@ class UserService:
             revoked = sessions.delete_tokens_of(conn, user_id, keep) if "password" in paths else 0
             return user, revoked
 
+        await self._quotas.admit_write(caller)
         user, revoked = await self._db.run_write(change)
+        if revoked:
+            self._accounts.sessions_changed(frozenset({user.id}))
         audit.info("User updated; id=%d; fields=%s; by=%s", user.id, ",".join(paths), caller.actor)
         if revoked:
             audit.info("Sessions revoked; user_id=%d; count=%d; by=%s", user.id, revoked, caller.actor)
@@ -210,7 +213,9 @@ class UserService:
             self._quotas.count_write(conn, caller)
             user_rows.delete_user(conn, user_id)
 
+        await self._quotas.admit_write(caller)
         await self._db.run_write(remove)
+        self._accounts.sessions_changed(frozenset({user_id}))
         audit.info("User deleted; id=%d; by=%s", user_id, caller.actor)
 
     @staticmethod

@@ -32,6 +32,7 @@ from board_server.domain.preview_cache import PreviewCache
 from board_server.domain.quotas import Quotas
 from board_server.domain.retag import Retagging
 from board_server.domain.served_models import ServedModels
+from board_server.domain.session_cache import SessionCache
 from board_server.domain.uploads import Uploads
 from board_server.domain.users import UserService
 from board_server.runtime import tracing
@@ -40,7 +41,7 @@ from board_server.runtime.database import database_for
 from board_server.runtime.faults import ExitAfterCommit, parse_fault
 from board_server.runtime.metrics import BoardMetrics
 from board_server.storage.engine import Database
-from board_server.storage.notifications import AttachmentChangeListener
+from board_server.storage.notifications import ATTACHMENTS, SESSIONS, ChangeListener
 from board_server.tagging.backend import InferenceBackend, Security, open_backend
 from board_server.tagging.worker import TaggingWorker
 
@@ -96,6 +97,8 @@ class BoardParts:
     backend: InferenceBackend | None
     tagger: TaggingWorker | None
     metrics: BoardMetrics | None
+    # PostgreSQL: set while this process hears every replica's changes (the session cache counts on it).
+    changes_heard: asyncio.Event | None = None
 
     def close(self) -> None:
         if self.backend is not None:
@@ -123,6 +126,8 @@ def build_board(
             "PASSWORD HASHING IS CHEAPEST (--password-hashing cheapest): new password hashes take no time to "
             "guess; for test suites only"
         )
+    # PostgreSQL: who a token names is remembered while every replica's revocations are heard.
+    changes_heard = asyncio.Event() if database.loop_connections is not None else None
     try:
         tokens = load_page_tokens(database)
         accounts = Accounts(
@@ -133,12 +138,15 @@ def build_board(
             sign_in_failures_per_peer=settings.sign_in_failures_per_peer,
             sign_ups_per_peer=settings.sign_ups_per_peer,
             hasher=password_hasher(settings.password_hashing),
+            sessions=SessionCache(changes_heard.is_set) if changes_heard is not None else None,
         )
     except BaseException:
         database.dispose()
         raise
     quotas = Quotas(
-        writes_per_minute=settings.writes_per_user_per_minute, storage_bytes=settings.user_storage_quota_bytes
+        database,
+        writes_per_minute=settings.writes_per_user_per_minute,
+        storage_bytes=settings.user_storage_quota_bytes,
     )
     backend = inference_backend(settings)
     requests = RequestIds(database, timedelta(seconds=settings.request_id_ttl_s))
@@ -186,7 +194,17 @@ def build_board(
         retagging=Retagging(database, accounts, models, backend),
     )
     return BoardParts(
-        settings, database, accounts, quotas, previews, requests, board, backend, tagger, metrics
+        settings,
+        database,
+        accounts,
+        quotas,
+        previews,
+        requests,
+        board,
+        backend,
+        tagger,
+        metrics,
+        changes_heard,
     )
 
 
@@ -276,9 +294,13 @@ async def start_board(
         ),
         asyncio.create_task(_keep_house(parts, HOUSEKEEPING_INTERVAL_S), name="housekeeping"),
     ]
-    if database.loop_connections is not None:  # PostgreSQL: changes committed anywhere wake our watchers
-        listener = AttachmentChangeListener(database.engine, parts.board.attachments.watchers.changed)
-        started._tasks.append(asyncio.create_task(listener.run(), name="attachment-changes"))
+    if parts.changes_heard is not None:  # PostgreSQL: changes committed anywhere reach this process
+        callbacks = {
+            ATTACHMENTS: parts.board.attachments.watchers.changed,
+            SESSIONS: parts.accounts.sessions_changed,
+        }
+        listener = ChangeListener(database.engine, callbacks, parts.changes_heard)
+        started._tasks.append(asyncio.create_task(listener.run(), name="changes"))
     if parts.backend is not None:
         started._tasks.append(asyncio.create_task(_learn_served_model(parts.board.retagging), name="model"))
     return started

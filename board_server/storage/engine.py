@@ -103,6 +103,13 @@ class Database:
             return self.query(work)
         return await self.loop_connections.autocommit(work)
 
+    async def run_autocommit(self, work: Callable[[Connection], T]) -> T:
+        """PostgreSQL: ``work`` on a loop connection in autocommit mode, each statement its own transaction
+        (one that commits its own way, e.g. a counter's upsert without waiting for the disk)."""
+        if self.loop_connections is None:
+            raise RuntimeError("autocommit statements are for PostgreSQL")
+        return await self.loop_connections.autocommit(work)
+
     async def run_write(self, work: Callable[[Connection], T]) -> T:
         """``write(work)`` from the event loop, which keeps serving while the write commits."""
         if self.writer is not None:

@@ -4,12 +4,13 @@ inside the caller's transaction and never commit."""
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, delete, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from board_server.storage.lean import LeanQuery
+from board_server.storage.loop_connections import driver_call
 from board_server.storage.tables import Attachment, Post, WriteCount
 
 _COUNTS, _ATTACHMENTS, _POSTS = (cast(Table, m.__table__) for m in (WriteCount, Attachment, Post))
@@ -31,6 +32,18 @@ _COUNT_WRITE_POSTGRES = (
     .on_conflict_do_update(index_elements=_KEY, set_=_ONE_MORE)
     .returning(_COUNTS.c.writes)
 )
+# PostgreSQL, before the write's own transaction: one statement in a transaction of its own that commits
+# without waiting for the disk (a counter lost in a crash costs nothing), so one user's writes do not queue
+# for the counter row's lock behind each other's flush; it counts only up to the limit (no row: refused).
+# Run on the driver itself (psycopg's placeholders): it is on every write's path.
+_ADMIT_WRITE_POSTGRES = f"""
+WITH unsynced AS (SELECT set_config('synchronous_commit', 'off', true))
+INSERT INTO {_COUNTS.name} (user_id, minute, writes)
+SELECT %(user_id)s, %(minute)s, 1 FROM unsynced
+ON CONFLICT (user_id, minute) DO UPDATE SET writes = {_COUNTS.name}.writes + 1
+WHERE {_COUNTS.name}.writes < %(limit)s
+RETURNING writes
+"""  # noqa: S608 - the table's own name, no input
 _USED_BY = (
     select(func.coalesce(func.sum(_ATTACHMENTS.c.size_bytes), 0))
     .select_from(_ATTACHMENTS.join(_POSTS, _POSTS.c.id == _ATTACHMENTS.c.post_id))
@@ -47,6 +60,18 @@ def count_write(conn: Connection, user_id: int, minute: int) -> int:
     if conn.dialect.name == "sqlite":
         return int(_COUNT_WRITE_SQLITE.first(conn, params).writes)
     return int(conn.execute(_COUNT_WRITE_POSTGRES, params).scalar_one())
+
+
+def admit_write(conn: Connection, user_id: int, minute: int, limit: int) -> bool:
+    """PostgreSQL, on a connection in autocommit mode: count one write of the user in ``minute`` unless the
+    user made ``limit`` already; whether it was counted."""
+    params = {"user_id": user_id, "minute": minute, "limit": limit}
+
+    async def admit(driver: Any) -> bool:
+        cursor = await driver.execute(_ADMIT_WRITE_POSTGRES, params)
+        return await cursor.fetchone() is not None
+
+    return driver_call(conn, admit)
 
 
 def delete_old_write_counts(conn: Connection, before_minute: int) -> int:

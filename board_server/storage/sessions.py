@@ -27,6 +27,7 @@ from sqlalchemy import (
 )
 
 from board_server.storage.lean import LeanQuery
+from board_server.storage.notifications import notify_sessions_changed
 from board_server.storage.tables import AccessToken, SignInFailure, SignUp, User
 
 _USERS, _TOKENS, _FAILURES, _SIGN_UPS = (
@@ -88,7 +89,10 @@ def set_admin(conn: Connection, email_canonical: str, admin: bool) -> int | None
         .returning(_USERS.c.id)
     )
     row = conn.execute(statement).first()
-    return None if row is None else int(row.id)
+    if row is None:
+        return None
+    notify_sessions_changed(conn, [int(row.id)])
+    return int(row.id)
 
 
 def add_token(conn: Connection, user_id: int, token_hash: str, now: datetime, expire: datetime) -> None:
@@ -102,7 +106,10 @@ def token_identity(conn: Connection, token_hash: str) -> Row[Any] | None:
 
 
 def delete_token(conn: Connection, token_id: int) -> None:
-    conn.execute(delete(_TOKENS).where(_TOKENS.c.id == token_id))
+    """Revoke one session (every replica hears of it: storage/notifications.py)."""
+    row = conn.execute(delete(_TOKENS).where(_TOKENS.c.id == token_id).returning(_TOKENS.c.user_id)).first()
+    if row is not None:
+        notify_sessions_changed(conn, [int(row.user_id)])
 
 
 def delete_tokens_of(conn: Connection, user_id: int, keep_token_id: int | None = None) -> int:
@@ -110,7 +117,10 @@ def delete_tokens_of(conn: Connection, user_id: int, keep_token_id: int | None =
     statement = delete(_TOKENS).where(_TOKENS.c.user_id == user_id)
     if keep_token_id is not None:
         statement = statement.where(_TOKENS.c.id != keep_token_id)
-    return int(conn.execute(statement).rowcount)
+    revoked = int(conn.execute(statement).rowcount)
+    if revoked:
+        notify_sessions_changed(conn, [user_id])
+    return revoked
 
 
 def delete_expired_tokens(conn: Connection, now: datetime) -> int:

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from board_server.core.errors import AlreadyExists, UserNotFound, excerpt
 from board_server.core.records import UserRecord
 from board_server.storage.lean import LeanQuery
+from board_server.storage.notifications import notify_sessions_changed
 from board_server.storage.tables import Comment, Post, User
 
 _USERS, _POSTS, _COMMENTS = (cast(Table, model.__table__) for model in (User, Post, Comment))
@@ -118,3 +119,4 @@ def delete_user(conn: Connection, user_id: int) -> None:
     conn.execute(delete(_POSTS).where(_POSTS.c.user_id == user_id))
     if conn.execute(delete(_USERS).where(_USERS.c.id == user_id)).rowcount == 0:
         raise UserNotFound(user_id)
+    notify_sessions_changed(conn, [user_id])  # their tokens went with them

@@ -159,7 +159,7 @@ def test_the_cost_of_counting_writes_in_process(tmp_path: Path, capsys: pytest.C
                 accounts,
                 tokens,
                 models,
-                quotas=Quotas(writes_per_minute=w, storage_bytes=0),
+                quotas=Quotas(database, writes_per_minute=w, storage_bytes=0),
                 requests=requests,
             )
             for w in (10**9, 0)

@@ -111,6 +111,6 @@ def test_a_dropped_listener_is_covered_by_the_poll_and_reconnects(
     assert statuses[-1] == board_pb2.ATTACHMENT_STATUS_FAILED, statuses
     assert seconds < 30
     wait_for_listener(url, a, other_than=(dropped,))
-    assert "attachment-change listener lost its connection" in a.log()
+    assert "the change listener lost its connection" in a.log()
     statuses, _ = watch_until_settled(a)
     assert statuses[-1] == board_pb2.ATTACHMENT_STATUS_FAILED, statuses
