@@ -81,7 +81,10 @@ class PostService:
             return post_rows.add_post(conn, author, title, content, now())
 
         await self._quotas.admit_write(caller)
-        post, created = await self._requests.once(key, add, post_rows.read_post)
+        # Where writes are counted apart (PostgreSQL), a post without a request_id is its INSERT alone.
+        post, created = await self._requests.once(
+            key, add, post_rows.read_post, one_statement=self._quotas.writes_counted_apart
+        )
         if created:
             audit.info("Post created; id=%d; user_id=%d; by=%s", post.id, author, caller.actor)
         return post

@@ -34,17 +34,18 @@ class Quotas:
         self._db = db
         self.writes_per_minute = writes_per_minute
         self.storage_bytes = storage_bytes
-        self._admitted_apart = db.loop_connections is not None  # PostgreSQL: see the module docstring
+        # PostgreSQL: writes are counted before their transaction (see the module docstring).
+        self.writes_counted_apart = db.loop_connections is not None
 
     async def admit_write(self, caller: Caller) -> None:
         """PostgreSQL: count one write by the caller before its transaction; raise QuotaExceeded when it
         would be more than ``writes_per_minute`` within this minute. Nothing on SQLite (``count_write``)."""
         user_id, limit = caller.user_id, self.writes_per_minute
-        if not self._admitted_apart or user_id is None or not limit:
+        if not self.writes_counted_apart or user_id is None or not limit:
             return
         stamp = now().timestamp()
-        if not await self._db.run_autocommit(
-            lambda conn: quotas.admit_write(conn, user_id, int(stamp // 60), limit)
+        if not await self._db.run_write(
+            lambda conn: quotas.admit_write(conn, user_id, int(stamp // 60), limit), one_statement=True
         ):
             raise _too_many_writes(user_id, limit, stamp)
 
@@ -52,7 +53,7 @@ class Quotas:
         """Count one write by the caller (nothing without a user: auth off, the operator); raise
         QuotaExceeded when it is more than ``writes_per_minute`` within this minute."""
         user_id, limit = caller.user_id, self.writes_per_minute
-        if self._admitted_apart or user_id is None or not limit:
+        if self.writes_counted_apart or user_id is None or not limit:
             return
         stamp = now().timestamp()
         if quotas.count_write(conn, user_id, int(stamp // 60)) > limit:

@@ -103,19 +103,18 @@ class Database:
             return self.query(work)
         return await self.loop_connections.autocommit(work)
 
-    async def run_autocommit(self, work: Callable[[Connection], T]) -> T:
-        """PostgreSQL: ``work`` on a loop connection in autocommit mode, each statement its own transaction
-        (one that commits its own way, e.g. a counter's upsert without waiting for the disk)."""
-        if self.loop_connections is None:
-            raise RuntimeError("autocommit statements are for PostgreSQL")
-        return await self.loop_connections.autocommit(work)
+    async def run_write(self, work: Callable[[Connection], T], *, one_statement: bool = False) -> T:
+        """``write(work)`` from the event loop, which keeps serving while the write commits.
 
-    async def run_write(self, work: Callable[[Connection], T]) -> T:
-        """``write(work)`` from the event loop, which keeps serving while the write commits."""
+        ``one_statement``: ``work`` runs exactly one statement, which on PostgreSQL then runs alone in
+        autocommit, atomic and durable by itself, without the BEGIN and COMMIT round trips (SQLite's writes
+        commit in groups either way)."""
         if self.writer is not None:
             return await self.writer.submit_from_loop(work)
         if self.loop_connections is None:
             raise RuntimeError("PostgreSQL work needs the event loop's connections")
+        if one_statement:
+            return await self.loop_connections.autocommit(work)
         return await self.loop_connections.write(work)
 
     async def run_search(self, work: Callable[[Connection], T]) -> T:

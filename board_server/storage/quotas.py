@@ -63,8 +63,8 @@ def count_write(conn: Connection, user_id: int, minute: int) -> int:
 
 
 def admit_write(conn: Connection, user_id: int, minute: int, limit: int) -> bool:
-    """PostgreSQL, on a connection in autocommit mode: count one write of the user in ``minute`` unless the
-    user made ``limit`` already; whether it was counted."""
+    """PostgreSQL, as a statement of its own (``Database.run_write(one_statement=True)``): count one write
+    of the user in ``minute`` unless the user made ``limit`` already; whether it was counted."""
     params = {"user_id": user_id, "minute": minute, "limit": limit}
 
     async def admit(driver: Any) -> bool:
