@@ -128,7 +128,7 @@ def attachment_views(db: Database) -> Callable[[Sequence[int]], Any]:
             labels = attachment_rows.read_labels(conn, [r.id for r in found])
             return {r.id: _view(r, labels.get(r.id, ())) for r in found}
 
-        return await db.run_read(read)
+        return await db.run_snapshot(read)
 
     return read_many
 
@@ -258,7 +258,7 @@ class AttachmentService:
         """Return the attachment with its labels; raise InvalidArgument, AttachmentNotFound."""
         self._accounts.require_reader(caller)
         check_id("id", attachment_id)
-        return await self._db.run_read(lambda conn: _read_view(conn, attachment_id))
+        return await self._db.run_snapshot(lambda conn: _read_view(conn, attachment_id))
 
     async def watch_attachment(self, caller: Caller, attachment_id: int) -> AsyncIterator[AttachmentView]:
         """The attachment now, then every change, until it is TAGGED or FAILED; raise InvalidArgument,
@@ -287,7 +287,7 @@ class AttachmentService:
             labels = attachment_rows.read_labels(conn, [r.id for r in rows[: request.size]])
             return [_view(r, labels.get(r.id, ())) for r in rows]
 
-        views = await self._db.run_read(read)
+        views = await self._db.run_snapshot(read)
         return self._tokens.cut("attachments", query, views, request, lambda a: a.id)
 
     async def get_content(self, caller: Caller, attachment_id: int) -> tuple[bytes, str]:
@@ -361,7 +361,7 @@ class AttachmentService:
                 found.setdefault(row.post_id, []).append(_view(row, labels.get(row.id, ())))
             return found
 
-        return await self._db.run_read(read) if post_ids else {}
+        return await self._db.run_snapshot(read) if post_ids else {}
 
     async def get_preview(
         self, caller: Caller, attachment_id: int, *, max_size: int, overlay: bool, content_type: str

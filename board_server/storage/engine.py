@@ -3,7 +3,9 @@
 SQLite is tuned for a server (WAL, synchronous=FULL, foreign keys): reads run in autocommit on a connection
 kept per thread, writes through group commit (storage/group_commit.py). PostgreSQL runs each write in its
 own transaction: the event loop's calls on psycopg's async connections (storage/loop_connections.py, no
-thread hop), other threads' (tagging, the command line) on a small synchronous pool.
+thread hop), other threads' (tagging, the command line) on a small synchronous pool. A read is each statement
+on its own snapshot (autocommit) unless it asks for one snapshot for all of them (``run_snapshot``: an
+attachment's row and its labels).
 """
 
 from __future__ import annotations
@@ -102,6 +104,14 @@ class Database:
         if self.loop_connections is None:
             return self.query(work)
         return await self.loop_connections.autocommit(work)
+
+    async def run_snapshot(self, work: Callable[[Connection], T]) -> T:
+        """``run_read`` for a read of several statements that must agree (an attachment's row and its labels,
+        which tagging replaces together): all of them see one snapshot of the database, where ``run_read``
+        gives each statement its own (autocommit)."""
+        if self.loop_connections is None:
+            return self.query(lambda conn: _sqlite_snapshot(conn, work))
+        return await self.loop_connections.snapshot(work)
 
     async def run_write(self, work: Callable[[Connection], T], *, one_statement: bool = False) -> T:
         """``write(work)`` from the event loop, which keeps serving while the write commits.
@@ -234,6 +244,18 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
         # Reads stay in autocommit mode: one SELECT is atomic by itself (see the module docstring).
         if conn.get_execution_options().get(_WRITE_OPTION, False):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _sqlite_snapshot(conn: Connection, work: Callable[[Connection], T]) -> T:
+    """``work(conn)`` inside one read transaction of a read connection (autocommit otherwise): in WAL mode
+    its statements share the snapshot its first one takes."""
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    raw.execute("BEGIN")
+    try:
+        return work(conn)
+    finally:
+        raw.execute("ROLLBACK")
 
 
 def open_database(

@@ -73,6 +73,20 @@ def _autocommit(conn: Connection, work: Callable[[Connection], T]) -> T:
             conn.rollback()
 
 
+async def _begin_snapshot(driver: psycopg.AsyncConnection[Any]) -> None:
+    await driver.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+
+
+def _snapshot(conn: Connection, work: Callable[[Connection], T]) -> T:
+    driver_call(conn, _begin_snapshot)
+    try:
+        return work(conn)
+    finally:
+        driver_call(conn, _rollback)  # read only: nothing to keep
+        if conn.in_transaction():
+            conn.rollback()
+
+
 def _write(conn: Connection, work: Callable[[Connection], T]) -> T:
     driver_call(conn, _begin)
     try:
@@ -110,6 +124,10 @@ class LoopConnections:
         """``work(conn)`` on a lent connection, in autocommit (each statement atomic and durable by itself):
         reads, and writes of one statement."""
         return await self._run(_autocommit, work)
+
+    async def snapshot(self, work: Callable[[Connection], T]) -> T:
+        """``work(conn)`` reading in one REPEATABLE READ, READ ONLY transaction: its statements agree."""
+        return await self._run(_snapshot, work)
 
     async def write(self, work: Callable[[Connection], T]) -> T:
         """``work(conn)`` in one transaction, committed before this returns; rolled back if it raises."""
