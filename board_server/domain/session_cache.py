@@ -39,15 +39,11 @@ class SessionCache:
         self._by_digest: dict[str, Identity] = {}
         self._by_user: dict[int, set[str]] = {}
         self.generation = 0
-        self.hits = 0
 
     def get(self, digest: str) -> Identity | None:
         if not self._listening():
             return None
-        found = self._by_digest.get(digest)
-        if found is not None:
-            self.hits += 1
-        return found
+        return self._by_digest.get(digest)
 
     def put(self, digest: str, identity: Identity, generation: int) -> None:
         """Remember ``identity``, read when ``generation`` was current, unless a change came since."""

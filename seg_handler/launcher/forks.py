@@ -1,10 +1,10 @@
 """A fork server: one process that imports a Python program once and forks a copy of it for each start.
 
-The test suite starts the board a few hundred times; each start of the executable spends about a second of
-CPU importing SQLAlchemy, gRPC, protobuf and the board before it serves. Started from a fork server, the same
-program (the same ``main(argv)``, with its own arguments, environment, working directory, session and
-standard streams) skips that. The board's own supervisor starts its server processes the same way
-(board_server/runtime/supervisor.py).
+The test suite starts the board a few hundred times; each start of the executable spends more than a
+second of CPU importing SQLAlchemy, gRPC, protobuf and the board before it serves. Started from a fork
+server, the same program (the same ``main(argv)``, with its own arguments, environment, working directory,
+session and standard streams) skips that. The board's own supervisor starts its server processes the same
+way (board_server/runtime/supervisor.py).
 
 ``ForkServer.popen`` returns a ``subprocess.Popen``: poll, wait, communicate, send_signal and the launcher's
 ``stop`` work as for a started executable. The fork server is the parent of what it forks and reaps a process
@@ -38,10 +38,9 @@ class ForkServer:
     Started at the first ``popen``; ``close`` (or the end of this process) ends it, never what it forked.
     """
 
-    def __init__(self, entry: str, preload: Sequence[str] = (), log_path: Path | None = None) -> None:
+    def __init__(self, entry: str, preload: Sequence[str] = ()) -> None:
         self.entry = entry
         self.preload = tuple(preload)
-        self.log_path = log_path
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -49,21 +48,17 @@ class ForkServer:
     def _started(self) -> socket.socket:
         if self._sock is None:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            log = self.log_path.open("ab") if self.log_path is not None else None
             try:
                 self._proc = subprocess.Popen(
                     [sys.executable, "-m", __name__, self.entry, *self.preload],
                     stdin=subprocess.DEVNULL,
-                    stdout=log or subprocess.DEVNULL,
-                    stderr=subprocess.STDOUT if log else None,
+                    stdout=subprocess.DEVNULL,  # its stderr is ours: an import that fails says why there
                     pass_fds=[theirs.fileno()],
                     env={**os.environ, _FD_ENV: str(theirs.fileno())},
                     start_new_session=True,
                 )
             finally:
                 theirs.close()
-                if log is not None:
-                    log.close()
             self._sock = ours
         return self._sock
 
@@ -222,13 +217,15 @@ def _serve(sock: socket.socket) -> tuple[list[str], dict[str, str], str | None, 
             try:
                 pid = os.fork()
             except OSError as exc:
-                _answer(sock, "error", f"fork: {exc}")
-                continue
+                answer: tuple[str, object] = ("error", f"fork: {exc}")
+                pid = -1
+            else:
+                answer = ("pid", pid)
             if pid == 0:
                 return args, env, cwd, session, fds
-            for fd in fds:
+            for fd in fds:  # the copy (or nobody, when the fork failed) has them now
                 os.close(fd)
-            _answer(sock, "pid", pid)
+            _answer(sock, *answer)
         elif request[0] == "wait":
             try:
                 _answer(sock, "status", os.waitpid(request[1], os.WNOHANG))

@@ -200,7 +200,9 @@ def board_forks() -> ForkServer | None:
     """
     if os.environ.get("BOARD_TEST_FORK", "1") == "0":
         return None
-    return _BOARD_FORKS.setdefault("board", ForkServer(BOARD_MAIN, BOARD_PRELOAD))
+    if "board" not in _BOARD_FORKS:
+        _BOARD_FORKS["board"] = ForkServer(BOARD_MAIN, BOARD_PRELOAD)
+    return _BOARD_FORKS["board"]
 
 
 def close_board_forks() -> None:
@@ -212,14 +214,12 @@ def close_board_forks() -> None:
 def run_board_server(
     *args: str, stdin: str = "", cwd: Path | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    """``board-server ARGS`` to its end (forked, see ``board_forks``): exit status, stdout, stderr."""
+    """``board-server ARGS`` to its end (forked unless BOARD_TEST_FORK=0, see ``board_forks``): exit status,
+    stdout, stderr."""
     command = [str(BOARD_SERVER), *args]
     forks = board_forks()
-    if forks is None:
-        return subprocess.run(
-            command, input=stdin, capture_output=True, text=True, timeout=timeout, check=False, cwd=cwd
-        )
-    with forks.popen(
+    popen = subprocess.Popen if forks is None else forks.popen
+    with popen(
         command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, text=True
     ) as proc:
         try:
