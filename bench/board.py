@@ -231,13 +231,20 @@ def measure_metrics(
 
 def on_off_cost(what: str, load: Load, on: Server, off: Server, rounds: int) -> dict[str, Any]:
     """GetPost c16 on ``on`` and ``off`` side by side, ``rounds`` times: one k6 each, started together and
-    measured over the same seconds (the one started first alternates), so that both share whatever else the
-    machine does then; cost = 1 - on / off per round. One after the other, two runs of the same server on
-    this shared machine differ by up to ±25 %, far more than the few per cent being measured."""
+    measured over the same seconds (the one started first alternates); cost = 1 - on / off per round.
+
+    Both servers run on one core and both k6s on another (the two swapped every other round), so that the
+    servers share one core's time and speed: this shared machine's cores differ in speed from minute to
+    minute, and with the servers free to move, rounds ranged over ±30 % and a median of 20 rounds could
+    say 1 % where the cost was 7.5 %. Pinned, an A/A comparison of one server with itself gives -0.1 %
+    (rounds within ±0.5 %)."""
     runs: dict[str, list[Run]] = {"on": [], "off": []}
+    cpus = sorted(os.sched_getaffinity(0))
     for round_ in range(rounds):
         pair = (("on", on), ("off", off)) if round_ % 2 == 0 else (("off", off), ("on", on))
-        measured = run_k6_side_by_side(load, [server for _, server in pair], "GetPost", 16)
+        swap = round_ // 2 % 2
+        cores = (cpus[swap], cpus[1 - swap]) if len(cpus) >= 2 else None
+        measured = run_k6_side_by_side(load, [server for _, server in pair], "GetPost", 16, cores=cores)
         for (name, server), run in zip(pair, measured, strict=True):
             runs[name].append(run)
             server.check_alive()
@@ -248,7 +255,8 @@ def on_off_cost(what: str, load: Load, on: Server, off: Server, rounds: int) -> 
         "status": "run",
         "operation": "GetPost",
         "concurrency": 16,
-        "method": "side by side: one k6 per server at the same time, the first started alternating",
+        "method": "side by side: one k6 per server at the same time, the first started alternating; both "
+        "servers pinned to one core and both k6s to the other, the cores swapped every other round",
         "on": side(runs["on"]),
         "off": side(runs["off"]),
         "cost": cost,

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.procfs import cpu_seconds, descendants
+from bench.procfs import cpu_seconds, descendants, pin
 from bench.records import ROOT
 from bench.seeding import Seed
 from bench.servers import Server
@@ -62,10 +62,13 @@ def run_k6_side_by_side(
     operation: str,
     concurrency: int,
     env: Mapping[str, str] | None = None,
+    *,
+    cores: tuple[int, int] | None = None,
 ) -> list[Run]:
     """One k6 per server, all started at once and each measured over the same seconds: servers compared
-    this way share whatever else the machine does in those seconds (the A/B of ``on_off_cost``). Raise
-    RuntimeError with k6's output when one fails."""
+    this way share whatever else the machine does in those seconds (the A/B of ``on_off_cost``). ``cores``:
+    (the servers' CPU, the k6s' CPU) for the run, so that the servers share one core's time and speed.
+    Raise RuntimeError with k6's output when one fails."""
     started_runs = []
     for index, server in enumerate(servers):
         summary = load.work / f"k6-summary-{index}.json"
@@ -89,14 +92,48 @@ def run_k6_side_by_side(
         started_runs.append((server, summary, k6_env))
     cmd = [str(load.k6), "run", "--quiet", "--no-color", "--no-usage-report", "--address", "", str(K6_SCRIPT)]
     pids = [[p for proc in s.procs for p in (proc.pid, *descendants(proc.pid))] for s in servers]
+    everywhere = os.sched_getaffinity(0)
+    if cores is not None:
+        for server_pids in pids:
+            pin(server_pids, {cores[0]})
     server_cpu = [cpu_seconds(p) for p in pids]
     started = time.monotonic()
     logs = [load.work / f"k6-output-{index}.log" for index in range(len(servers))]
     k6s = []
     for (_, _, k6_env), log in zip(started_runs, logs, strict=True):
+        pinned = [] if cores is None else ["taskset", "--cpu-list", str(cores[1])]
         with log.open("w") as out:
-            k6s.append(subprocess.Popen(cmd, env=k6_env, stdout=out, stderr=subprocess.STDOUT))
-    deadline = started + load.warmup + load.seconds + 120
+            k6s.append(subprocess.Popen([*pinned, *cmd], env=k6_env, stdout=out, stderr=subprocess.STDOUT))
+    try:
+        codes, k6_cpu, walls = _wait_all(k6s, started, started + load.warmup + load.seconds + 120)
+    finally:
+        if cores is not None:
+            for server_pids in pids:
+                pin(server_pids, everywhere)
+    outputs = [(codes[k6.pid], log.read_text(errors="replace")) for k6, log in zip(k6s, logs, strict=True)]
+    k6_seconds_all = [k6_cpu[k6.pid] for k6 in k6s]
+    wall = max(walls)
+    runs = []
+    for (server, summary, _), (code, output), cpu_before, server_pids, k6_seconds in zip(
+        started_runs, outputs, server_cpu, pids, k6_seconds_all, strict=True
+    ):
+        if code != 0 or not summary.exists():
+            raise RuntimeError(f"k6 failed ({code}) against {server.target}:\n{output[-3000:]}")
+        server_cores = (cpu_seconds(server_pids) - cpu_before) / wall
+        runs.append(
+            _read_summary(
+                load, server, summary=summary, operation=operation, concurrency=concurrency, output=output,
+                server_cores=server_cores, k6_cores=k6_seconds / wall,
+            )
+        )  # fmt: skip
+    return runs
+
+
+def _wait_all(
+    k6s: Sequence[subprocess.Popen[bytes]], started: float, deadline: float
+) -> tuple[dict[int, int], dict[int, float], list[float]]:
+    """Wait for every k6 (killed past ``deadline``: RuntimeError); their exit codes and CPU seconds by pid,
+    and the seconds from ``started`` at which each ended."""
     codes: dict[int, int] = {}
     k6_cpu: dict[int, float] = {}
     walls = []
@@ -115,23 +152,7 @@ def run_k6_side_by_side(
                 k6.wait()
             raise RuntimeError(f"k6 did not finish within {deadline - started:.0f} s")
         time.sleep(0.05)
-    outputs = [(codes[k6.pid], log.read_text(errors="replace")) for k6, log in zip(k6s, logs, strict=True)]
-    k6_seconds_all = [k6_cpu[k6.pid] for k6 in k6s]
-    wall = max(walls)
-    runs = []
-    for (server, summary, _), (code, output), cpu_before, server_pids, k6_seconds in zip(
-        started_runs, outputs, server_cpu, pids, k6_seconds_all, strict=True
-    ):
-        if code != 0 or not summary.exists():
-            raise RuntimeError(f"k6 failed ({code}) against {server.target}:\n{output[-3000:]}")
-        server_cores = (cpu_seconds(server_pids) - cpu_before) / wall
-        runs.append(
-            _read_summary(
-                load, server, summary=summary, operation=operation, concurrency=concurrency, output=output,
-                server_cores=server_cores, k6_cores=k6_seconds / wall,
-            )
-        )  # fmt: skip
-    return runs
+    return codes, k6_cpu, walls
 
 
 def _read_summary(

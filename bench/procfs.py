@@ -46,6 +46,17 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return ticks / _CLOCK_TICKS
 
 
+def pin(pids: Iterable[int], cpus: set[int]) -> None:
+    """Run every thread of ``pids`` on ``cpus`` only (threads started later inherit it from their creator);
+    threads that are gone are skipped."""
+    for pid in pids:
+        for task in glob.glob(f"/proc/{pid}/task/[0-9]*"):
+            try:
+                os.sched_setaffinity(int(task.rsplit("/", 1)[1]), cpus)
+            except OSError:  # the thread ended meanwhile
+                continue
+
+
 def _status_kb(path: Path, key: str) -> int:
     for line in path.read_text().splitlines():
         if line.startswith(key):
