@@ -22,8 +22,8 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
 from typing import Any, NoReturn, Protocol
 
 import grpc
@@ -137,20 +137,36 @@ class CallGuard:
         """For the duration of the block: the call counted against its peer (the connection's address
         ``direct_peer``, or behind a trusted proxy the one ``forwarded_for`` names), its caller authenticated
         (``admit``) and counted against its user. Raises QuotaExceeded beyond a limit, Unauthenticated."""
+        with self.peer_counted(direct_peer, forwarded_for) as peer:
+            async with self.caller_admitted(name, authorization, peer) as caller:
+                yield caller
+
+    @contextmanager
+    def peer_counted(self, direct_peer: str, forwarded_for: Sequence[str] = ()) -> Iterator[str]:
+        """The first half of ``admitted``, from the connection alone: the call counted against its peer for
+        the duration of the block; yields the peer (the client's address). QuotaExceeded beyond the limit."""
         limits = self.limits
         if limits is None:
-            yield await self.admit(name, authorization, direct_peer)
+            yield direct_peer
             return
         peer = limits.peer(direct_peer, forwarded_for)
-        peer_counted = limits.enter_peer(peer)
-        user_counted = None
+        counted = limits.enter_peer(peer)
         try:
-            caller = await self.admit(name, authorization, peer)
-            user_counted = limits.enter_user(caller.user_id)
+            yield peer
+        finally:
+            limits.leave(counted)
+
+    @asynccontextmanager
+    async def caller_admitted(self, name: str, authorization: str | None, peer: str) -> AsyncIterator[Caller]:
+        """The second half of ``admitted``: the caller of ``name`` calling from ``peer`` authenticated
+        (``admit``) and counted against its user for the duration of the block."""
+        caller = await self.admit(name, authorization, peer)
+        counted = None if self.limits is None else self.limits.enter_user(caller.user_id)
+        try:
             yield caller
         finally:
-            limits.leave(user_counted)
-            limits.leave(peer_counted)
+            if self.limits is not None:
+                self.limits.leave(counted)
 
     @property
     def call_timeout_s(self) -> float:
