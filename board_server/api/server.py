@@ -129,6 +129,23 @@ class GrpcServer:
         self.interceptor.close()
 
 
+class _GenericHandlersOnly:
+    """``server`` as the generated ``add_*Servicer_to_server`` functions see it, keeping only their generic
+    handlers. grpc.aio's serving loop waits on one pending future per registered method and one for all the
+    others, and after each call arrives waits on all of them again (``asyncio.wait`` over ~30 futures for
+    board.v1 and health); with the methods served through the generic handler it waits on one. GetPost c16
+    on SQLite: 2.8 % more calls a second (8 pinned side-by-side rounds, 2.1-3.8 %)."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler[Any, Any]]) -> None:
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        """Served by the generic handler added with them."""
+
+
 async def start_grpc(
     board: Board,
     accounts: Accounts,
@@ -151,10 +168,11 @@ async def start_grpc(
         options=server_options(settings, reuse_port=reuse_port),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    board_pb2_grpc.add_BoardServiceServicer_to_server(BoardServicer(board), server)  # type: ignore[no-untyped-call]
+    generic = _GenericHandlersOnly(server)
+    board_pb2_grpc.add_BoardServiceServicer_to_server(BoardServicer(board), generic)  # type: ignore[no-untyped-call]
     health = health_aio.HealthServicer()
     await health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health, generic)
     reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
     credentials = server_credentials(settings)
     try:
