@@ -51,9 +51,10 @@ class BoardServicer(board_pb2_grpc.BoardServiceServicer):
         self, request: board_pb2.ListUsersRequest, context: Context
     ) -> board_pb2.ListUsersResponse:
         page = await self._board.users.list_users(current_caller(), request.page_size, request.page_token)
-        return board_pb2.ListUsersResponse(
-            users=[user_to_proto(u) for u in page.items], next_page_token=page.next_page_token
-        )
+        response = board_pb2.ListUsersResponse(next_page_token=page.next_page_token)
+        for user in page.items:
+            user_to_proto(user, response.users.add)
+        return response
 
     async def UpdateUser(self, request: board_pb2.UpdateUserRequest, context: Context) -> board_pb2.User:
         user, paths = request.user, list(request.update_mask.paths)
@@ -110,12 +111,14 @@ class BoardServicer(board_pb2_grpc.BoardServiceServicer):
             filter_text=request.filter,
             order_by=request.order_by,
         )
-        posts = [post_to_proto(p) for p in page.items]
+        response = board_pb2.ListPostsResponse(next_page_token=page.next_page_token)
+        posts = [post_to_proto(p, response.posts.add) for p in page.items]
         if request.view == board_pb2.POST_VIEW_WITH_ATTACHMENTS and posts:
             found = await self._board.attachments.attachments_of_posts(caller, [p.id for p in posts])
             for post in posts:
-                post.attachments.extend(attachment_to_proto(a) for a in found.get(post.id, ()))
-        return board_pb2.ListPostsResponse(posts=posts, next_page_token=page.next_page_token)
+                for attachment in found.get(post.id, ()):
+                    attachment_to_proto(attachment, post.attachments.add)
+        return response
 
     async def UpdatePost(self, request: board_pb2.UpdatePostRequest, context: Context) -> board_pb2.Post:
         post, paths = request.post, list(request.update_mask.paths)
@@ -147,9 +150,10 @@ class BoardServicer(board_pb2_grpc.BoardServiceServicer):
         page = await self._board.comments.list_comments(
             current_caller(), request.post_id, request.page_size, request.page_token
         )
-        return board_pb2.ListCommentsResponse(
-            comments=[comment_to_proto(c) for c in page.items], next_page_token=page.next_page_token
-        )
+        response = board_pb2.ListCommentsResponse(next_page_token=page.next_page_token)
+        for comment in page.items:
+            comment_to_proto(comment, response.comments.add)
+        return response
 
     async def UpdateComment(
         self, request: board_pb2.UpdateCommentRequest, context: Context
@@ -218,9 +222,10 @@ class BoardServicer(board_pb2_grpc.BoardServiceServicer):
         page = await self._board.attachments.list_attachments(
             current_caller(), request.post_id, request.page_size, request.page_token
         )
-        return board_pb2.ListAttachmentsResponse(
-            attachments=[attachment_to_proto(a) for a in page.items], next_page_token=page.next_page_token
-        )
+        response = board_pb2.ListAttachmentsResponse(next_page_token=page.next_page_token)
+        for attachment in page.items:
+            attachment_to_proto(attachment, response.attachments.add)
+        return response
 
     async def GetAttachmentContent(
         self, request: board_pb2.GetAttachmentContentRequest, context: Context
