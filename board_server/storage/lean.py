@@ -14,7 +14,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.sql.dml import ReturningInsert
 
-from board_server.storage.loop_connections import driver_call
+from board_server.storage.loop_connections import cursor_call
 from board_server.storage.tables import UTCDateTime
 
 
@@ -85,11 +85,11 @@ class LeanQuery:
         if not dialect.is_async:
             return conn.execute(self.statement, params).first()
 
-        async def fetch(driver: Any) -> Any:
-            cursor = await driver.execute(self._postgres[0], self._pg_params(params))
+        async def fetch(cursor: Any) -> Any:
+            await cursor.execute(self._postgres[0], self._pg_params(params))
             return await cursor.fetchone()
 
-        values = driver_call(conn, fetch)
+        values = cursor_call(conn, fetch)
         # The event loop's connections run with TimeZone=UTC: psycopg's datetimes are already what the Core
         # path gives (UTC, timezone.utc), and its booleans are bool.
         return None if values is None else self._row._make(values)
@@ -102,12 +102,12 @@ class LeanQuery:
         if not dialect.is_async:
             return list(conn.execute(self.statement, params).all())
 
-        async def fetch(driver: Any) -> Any:
-            cursor = await driver.execute(self._postgres[0], self._pg_params(params))
+        async def fetch(cursor: Any) -> Any:
+            await cursor.execute(self._postgres[0], self._pg_params(params))
             return await cursor.fetchall()
 
         make = self._row._make
-        return [make(values) for values in driver_call(conn, fetch)]
+        return [make(values) for values in cursor_call(conn, fetch)]
 
     def _pg_params(self, params: dict[str, Any]) -> dict[str, Any]:
         defaults = self._postgres[1]

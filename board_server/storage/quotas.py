@@ -10,7 +10,7 @@ from sqlalchemy import Connection, Table, bindparam, delete, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from board_server.storage.lean import LeanQuery
-from board_server.storage.loop_connections import driver_call
+from board_server.storage.loop_connections import cursor_call
 from board_server.storage.tables import Attachment, Post, WriteCount
 
 _COUNTS, _ATTACHMENTS, _POSTS = (cast(Table, m.__table__) for m in (WriteCount, Attachment, Post))
@@ -67,11 +67,11 @@ def admit_write(conn: Connection, user_id: int, minute: int, limit: int) -> bool
     of the user in ``minute`` unless the user made ``limit`` already; whether it was counted."""
     params = {"user_id": user_id, "minute": minute, "limit": limit}
 
-    async def admit(driver: Any) -> bool:
-        cursor = await driver.execute(_ADMIT_WRITE_POSTGRES, params)
+    async def admit(cursor: Any) -> bool:
+        await cursor.execute(_ADMIT_WRITE_POSTGRES, params)
         return await cursor.fetchone() is not None
 
-    return driver_call(conn, admit)
+    return cursor_call(conn, admit)
 
 
 def delete_old_write_counts(conn: Connection, before_minute: int) -> int:
