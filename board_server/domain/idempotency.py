@@ -91,8 +91,6 @@ class RequestIds:
         key: RequestKey | None,
         create: Callable[[Connection], R],
         read: Callable[[Connection, int], R],
-        *,
-        one_statement: bool = False,
     ) -> tuple[R, bool]:
         """``create`` in one transaction that also remembers ``key``; for a repeat of ``key`` within the TTL,
         ``read`` of what the first call created instead, and nothing written. Returns (the resource, whether
@@ -101,8 +99,8 @@ class RequestIds:
         Raises InvalidArgument when the caller used the request_id for a different request, and whatever
         ``create`` or ``read`` raise (``read``: e.g. PostNotFound when the created post was deleted since).
         """
-        if key is None:  # ``one_statement``: ``create`` runs one statement (Database.run_write)
-            return await self._db.run_write(create, one_statement=one_statement), True
+        if key is None:
+            return await self._db.run_write(create), True
 
         def attempt(conn: Connection, look_up: bool) -> tuple[R, bool]:
             earlier = self._earlier(conn, key) if look_up else None

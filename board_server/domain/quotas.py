@@ -44,9 +44,7 @@ class Quotas:
         if not self.writes_counted_apart or user_id is None or not limit:
             return
         stamp = now().timestamp()
-        if not await self._db.run_write(
-            lambda conn: quotas.admit_write(conn, user_id, int(stamp // 60), limit), one_statement=True
-        ):
+        if not await quotas.admit_write(self._db, user_id, int(stamp // 60), limit):
             raise _too_many_writes(user_id, limit, stamp)
 
     def count_write(self, conn: Connection, caller: Caller) -> None:

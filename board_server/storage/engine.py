@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from board_server.storage.errors import busy_is_unavailable
 from board_server.storage.group_commit import GroupCommitWriter
+from board_server.storage.lean import LeanQuery
 from board_server.storage.loop_connections import LoopConnections
 
 logger = logging.getLogger(__name__)
@@ -105,6 +106,19 @@ class Database:
             return self.query(work)
         return await self.loop_connections.autocommit(work)
 
+    async def read_first(self, query: LeanQuery, params: dict[str, Any]) -> Any:
+        """``run_read(lambda conn: query.first(conn, params))``, on PostgreSQL straight on a loop connection's
+        cursor (``LoopConnections.on_cursor``: no greenlet, no SQLAlchemy execution)."""
+        if self.loop_connections is None:
+            return self.query(lambda conn: query.first(conn, params))
+        return await self.loop_connections.on_cursor(lambda cursor: query.first_on(cursor, params))
+
+    async def read_all(self, query: LeanQuery, params: dict[str, Any]) -> list[Any]:
+        """``run_read(lambda conn: query.all(conn, params))``, as ``read_first`` does it."""
+        if self.loop_connections is None:
+            return self.query(lambda conn: query.all(conn, params))
+        return await self.loop_connections.on_cursor(lambda cursor: query.all_on(cursor, params))
+
     async def run_snapshot(self, work: Callable[[Connection], T]) -> T:
         """``run_read`` for a read of several statements that must agree (an attachment's row and its labels,
         which tagging replaces together): all of them see one snapshot of the database, where ``run_read``
@@ -113,19 +127,22 @@ class Database:
             return self.query(lambda conn: _sqlite_snapshot(conn, work))
         return await self.loop_connections.snapshot(work)
 
-    async def run_write(self, work: Callable[[Connection], T], *, one_statement: bool = False) -> T:
-        """``write(work)`` from the event loop, which keeps serving while the write commits.
-
-        ``one_statement``: ``work`` runs exactly one statement, which on PostgreSQL then runs alone in
-        autocommit, atomic and durable by itself, without the BEGIN and COMMIT round trips (SQLite's writes
-        commit in groups either way)."""
+    async def run_write(self, work: Callable[[Connection], T]) -> T:
+        """``write(work)`` from the event loop, which keeps serving while the write commits."""
         if self.writer is not None:
             return await self.writer.submit_from_loop(work)
         if self.loop_connections is None:
             raise RuntimeError("PostgreSQL work needs the event loop's connections")
-        if one_statement:
-            return await self.loop_connections.autocommit(work)
         return await self.loop_connections.write(work)
+
+    async def write_first(self, query: LeanQuery, params: dict[str, Any]) -> Any:
+        """A write of one statement (an INSERT ... RETURNING) and its first row. On PostgreSQL it runs alone
+        in autocommit, atomic and durable by itself, without BEGIN and COMMIT round trips, straight on a
+        loop connection's cursor (``LoopConnections.on_cursor``); on SQLite it commits in a group as every
+        write does."""
+        if self.loop_connections is None:
+            return await self.run_write(lambda conn: query.first(conn, params))
+        return await self.loop_connections.on_cursor(lambda cursor: query.first_on(cursor, params))
 
     async def run_search(self, work: Callable[[Connection], T]) -> T:
         """``run_read`` for a read whose cost the caller chooses (a filter, an order, a page of up to 1,000

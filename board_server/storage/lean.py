@@ -85,14 +85,9 @@ class LeanQuery:
         if not dialect.is_async:
             return conn.execute(self.statement, params).first()
 
-        async def fetch(cursor: Any) -> Any:
-            await cursor.execute(self._postgres[0], self._pg_params(params))
-            return await cursor.fetchone()
-
-        values = cursor_call(conn, fetch)
         # The event loop's connections run with TimeZone=UTC: psycopg's datetimes are already what the Core
         # path gives (UTC, timezone.utc), and its booleans are bool.
-        return None if values is None else self._row._make(values)
+        return cursor_call(conn, lambda cursor: self.first_on(cursor, params))
 
     def all(self, conn: Connection, params: dict[str, Any]) -> list[Any]:
         """Every row, like ``conn.execute(statement, params).all()``."""
@@ -102,12 +97,19 @@ class LeanQuery:
         if not dialect.is_async:
             return list(conn.execute(self.statement, params).all())
 
-        async def fetch(cursor: Any) -> Any:
-            await cursor.execute(self._postgres[0], self._pg_params(params))
-            return await cursor.fetchall()
+        return cursor_call(conn, lambda cursor: self.all_on(cursor, params))
 
+    async def first_on(self, cursor: Any, params: dict[str, Any]) -> Any:
+        """``first`` on a psycopg AsyncCursor of the loop's connections (``LoopConnections.on_cursor``)."""
+        await cursor.execute(self._postgres[0], self._pg_params(params))
+        values = await cursor.fetchone()
+        return None if values is None else self._row._make(values)
+
+    async def all_on(self, cursor: Any, params: dict[str, Any]) -> list[Any]:
+        """``all`` on a psycopg AsyncCursor of the loop's connections (``LoopConnections.on_cursor``)."""
+        await cursor.execute(self._postgres[0], self._pg_params(params))
         make = self._row._make
-        return [make(values) for values in cursor_call(conn, fetch)]
+        return [make(values) for values in await cursor.fetchall()]
 
     def _pg_params(self, params: dict[str, Any]) -> dict[str, Any]:
         defaults = self._postgres[1]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, cast
 
@@ -12,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from board_server.core.errors import PostNotFound, UserNotFound
 from board_server.core.records import PostRecord
+from board_server.storage.engine import Database
 from board_server.storage.lean import LeanQuery
 from board_server.storage.tables import Comment, Post
 
@@ -39,11 +41,27 @@ _INSERT_POST = LeanQuery(
 
 def add_post(conn: Connection, user_id: int, title: str, content: str, now: datetime) -> PostRecord:
     """Insert a post; raise UserNotFound if the author does not exist."""
-    values = {"user_id": user_id, "title": title, "content": content, "create_time": now, "update_time": now}
+    with _author_must_exist(user_id):
+        return cast(PostRecord, _INSERT_POST.first(conn, _post_values(user_id, title, content, now)))
+
+
+async def insert_post(db: Database, user_id: int, title: str, content: str, now: datetime) -> PostRecord:
+    """``add_post`` as a write of its own, one statement (``Database.write_first``)."""
+    with _author_must_exist(user_id):
+        row = await db.write_first(_INSERT_POST, _post_values(user_id, title, content, now))
+    return cast(PostRecord, row)
+
+
+def _post_values(user_id: int, title: str, content: str, now: datetime) -> dict[str, Any]:
+    return {"user_id": user_id, "title": title, "content": content, "create_time": now, "update_time": now}
+
+
+@contextmanager
+def _author_must_exist(user_id: int) -> Iterator[None]:
+    """The foreign key is the existence check (a post's only one, so a violation names the author): one
+    statement instead of two on the hottest write. Raises UserNotFound."""
     try:
-        # The foreign key is the existence check (its only one, so a violation names the author): one
-        # statement instead of two on the hottest write.
-        return cast(PostRecord, _INSERT_POST.first(conn, values))
+        yield
     except (IntegrityError, sqlite3.IntegrityError) as exc:
         if "foreign key" in str(getattr(exc, "orig", exc)).lower():
             raise UserNotFound(user_id) from exc
@@ -61,18 +79,27 @@ def read_post(conn: Connection, post_id: int, *, for_update: bool = False) -> Po
     return cast(PostRecord, row)
 
 
+async def fetch_post(db: Database, post_id: int) -> PostRecord:
+    """``read_post`` as a read of its own (``Database.read_first``); raise PostNotFound."""
+    row = await db.read_first(_READ_POST, {"id": post_id})
+    if row is None:
+        raise PostNotFound(post_id)
+    return cast(PostRecord, row)
+
+
 def require_post(conn: Connection, post_id: int) -> None:
     """Raise PostNotFound unless the post exists (share-locked on PostgreSQL until commit)."""
     if conn.execute(_LOCK_POST, {"id": post_id}).first() is None:
         raise PostNotFound(post_id)
 
 
-def list_posts(conn: Connection, user_id: int, after_id: int, limit: int) -> Sequence[PostRecord]:
-    """Return up to ``limit`` posts with id > ``after_id`` (of ``user_id`` unless 0), ordered by id."""
+async def list_posts(db: Database, user_id: int, after_id: int, limit: int) -> Sequence[PostRecord]:
+    """Up to ``limit`` posts with id > ``after_id`` (of ``user_id`` unless 0), ordered by id: a read of its
+    own (``Database.read_all``)."""
     if user_id:
-        rows = _LIST_USER_POSTS.all(conn, {"user_id": user_id, "after": after_id, "n": limit})
+        rows = await db.read_all(_LIST_USER_POSTS, {"user_id": user_id, "after": after_id, "n": limit})
     else:
-        rows = _LIST_ALL_POSTS.all(conn, {"after": after_id, "n": limit})
+        rows = await db.read_all(_LIST_ALL_POSTS, {"after": after_id, "n": limit})
     return cast(Sequence[PostRecord], rows)
 
 

@@ -9,8 +9,8 @@ from typing import Any, cast
 from sqlalchemy import Connection, Table, bindparam, delete, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
+from board_server.storage.engine import Database
 from board_server.storage.lean import LeanQuery
-from board_server.storage.loop_connections import cursor_call
 from board_server.storage.tables import Attachment, Post, WriteCount
 
 _COUNTS, _ATTACHMENTS, _POSTS = (cast(Table, m.__table__) for m in (WriteCount, Attachment, Post))
@@ -62,16 +62,17 @@ def count_write(conn: Connection, user_id: int, minute: int) -> int:
     return int(conn.execute(_COUNT_WRITE_POSTGRES, params).scalar_one())
 
 
-def admit_write(conn: Connection, user_id: int, minute: int, limit: int) -> bool:
-    """PostgreSQL, as a statement of its own (``Database.run_write(one_statement=True)``): count one write
+async def admit_write(db: Database, user_id: int, minute: int, limit: int) -> bool:
+    """PostgreSQL, as a statement of its own (in autocommit, on a loop connection's cursor): count one write
     of the user in ``minute`` unless the user made ``limit`` already; whether it was counted."""
+    assert db.loop_connections is not None, "writes are counted apart on PostgreSQL only"
     params = {"user_id": user_id, "minute": minute, "limit": limit}
 
     async def admit(cursor: Any) -> bool:
         await cursor.execute(_ADMIT_WRITE_POSTGRES, params)
         return await cursor.fetchone() is not None
 
-    return cursor_call(conn, admit)
+    return await db.loop_connections.on_cursor(admit)
 
 
 def delete_old_write_counts(conn: Connection, before_minute: int) -> int:
