@@ -15,6 +15,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -241,6 +242,22 @@ def _check_for_lost_client(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+def _switch_to_wal(cursor: sqlite3.Cursor, timeout_s: float) -> None:
+    """``PRAGMA journal_mode=WAL``, tried again for up to ``timeout_s`` while the file is locked: where the
+    switch would wait on a connection that itself waits (two servers starting on one fresh file), SQLite
+    answers "database is locked" at once instead of calling the busy handler (seen in a suite run: one of
+    three servers started together on a fresh file stopped at start-up)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -250,7 +267,7 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
         # The busy timeout first: switching a fresh file to WAL takes a lock that a second server, starting at
         # the same moment, must wait for rather than fail on.
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(cursor, busy_timeout_ms / 1000)
         cursor.execute("PRAGMA foreign_keys=ON")
         # FULL: an acknowledged commit is fsynced, so it survives kill -9 and power loss.
         cursor.execute("PRAGMA synchronous=FULL")
