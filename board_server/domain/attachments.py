@@ -216,7 +216,6 @@ class AttachmentService:
 
         digest = hashlib.sha256(data).hexdigest()
         key = request_key(caller, request_id, "attachment", post_id, filename, content_type, digest)
-        await self._quotas.admit_write(caller)
         view, created = await self._requests.once(key, add, _read_view)
         if not created:
             return view
@@ -321,7 +320,6 @@ class AttachmentService:
             self._quotas.count_write(conn, caller)
             attachment_rows.delete_attachment(conn, attachment_id)
 
-        await self._quotas.admit_write(caller)
         await self._db.run_write(remove)
         audit.info("Attachment deleted; id=%d; by=%s", attachment_id, caller.actor)
 
@@ -340,7 +338,6 @@ class AttachmentService:
                 )
             return _read_view(conn, attachment_id)  # with its labels: the etag GetAttachment gives
 
-        await self._quotas.admit_write(caller)
         view = await self._db.run_write(requeue)
         audit.info("Attachment queued again; id=%d; by=%s", attachment_id, caller.actor)
         if self._on_added is not None:

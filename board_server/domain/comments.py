@@ -61,7 +61,6 @@ class CommentService:
             self._quotas.count_write(conn, caller)
             return comment_rows.add_comment(conn, post_id, author, content, now())
 
-        await self._quotas.admit_write(caller)
         comment, created = await self._requests.once(
             key,
             add,
@@ -116,7 +115,6 @@ class CommentService:
             values = {"content": content, "update_time": later_than(current.update_time)}
             return comment_rows.update_comment(conn, comment_id, values)
 
-        await self._quotas.admit_write(caller)
         comment = await self._db.run_write(change)
         audit.info("Comment updated; id=%d; fields=%s; by=%s", comment.id, ",".join(paths), caller.actor)
         return comment
@@ -133,6 +131,5 @@ class CommentService:
             self._quotas.count_write(conn, caller)
             comment_rows.delete_comment(conn, comment_id)
 
-        await self._quotas.admit_write(caller)
         await self._db.run_write(remove)
         audit.info("Comment deleted; id=%d; by=%s", comment_id, caller.actor)

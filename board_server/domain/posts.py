@@ -80,10 +80,13 @@ class PostService:
             self._quotas.count_write(conn, caller)
             return post_rows.add_post(conn, author, title, content, now())
 
-        await self._quotas.admit_write(caller)
-        if key is None and self._quotas.writes_counted_apart:
-            # PostgreSQL, where writes are counted apart: a post without a request_id is its INSERT alone.
-            post, created = await post_rows.insert_post(self._db, author, title, content, now()), True
+        if key is None and self._db.loop_connections is not None:
+            # PostgreSQL: a post without a request_id is one statement, its INSERT and its count.
+            counter = self._quotas.counter(caller)
+            post = await post_rows.insert_post(self._db, author, title, content, now(), counted=counter)
+            if post is None:
+                raise self._quotas.refused(caller)
+            created = True
         else:
             post, created = await self._requests.once(key, add, post_rows.read_post)
         if created:
@@ -160,7 +163,6 @@ class PostService:
             values["update_time"] = later_than(current.update_time)
             return post_rows.update_post(conn, post_id, values)
 
-        await self._quotas.admit_write(caller)
         post = await self._db.run_write(change)
         audit.info("Post updated; id=%d; fields=%s; by=%s", post.id, ",".join(paths), caller.actor)
         return post
@@ -177,6 +179,5 @@ class PostService:
             self._quotas.count_write(conn, caller)
             post_rows.delete_post(conn, post_id)
 
-        await self._quotas.admit_write(caller)
         await self._db.run_write(remove)
         audit.info("Post deleted; id=%d; by=%s", post_id, caller.actor)

@@ -1,14 +1,13 @@
 """A user's quotas: writes per minute, and the bytes the attachments of the user's posts hold.
 
-Both are counted in the database (storage/quotas.py), so every process and replica shares them. The write
-counter is one row per user and minute (a fixed window: at most twice the limit across the turn of a
-minute). On SQLite a write is counted inside its own transaction (``count_write``: one upsert), so a refused
-write leaves nothing behind, its count included. On PostgreSQL it is counted just before its transaction
-(``admit_write``), in a transaction of its own committed without waiting for the disk: counted inside, one
-user's concurrent writes would each hold the counter row's lock until their commit reached the disk, one
-after another. There a write that fails after it was admitted (not found, a stale etag, a repeated
-request_id) still counts, and a crash may forget the last counts. A quota reached is QuotaExceeded:
-RESOURCE_EXHAUSTED with QuotaFailure, and RetryInfo for the writes (the seconds until the minute is over).
+Both are counted in the database (storage/quotas.py), so every process and replica shares them. A write is
+counted inside its own transaction (``count_write``, or ``counter`` for a write that is one statement), so a
+refused write leaves nothing behind, its count included. The counter is per user and minute (a fixed window:
+at most twice the limit across the turn of a minute); on PostgreSQL each connection counts on a row of its
+own and the limit is checked against their sum, so one user's concurrent writes never queue for a counter's
+lock, and writes of one user in flight together may pass the limit by at most their number. A quota reached
+is QuotaExceeded: RESOURCE_EXHAUSTED with QuotaFailure, and RetryInfo for the writes (the seconds until the
+minute is over).
 """
 
 from __future__ import annotations
@@ -30,32 +29,34 @@ logger = logging.getLogger(__name__)
 class Quotas:
     """The quotas of every user; 0 turns one off."""
 
-    def __init__(self, db: Database, *, writes_per_minute: int, storage_bytes: int) -> None:
-        self._db = db
+    def __init__(self, *, writes_per_minute: int, storage_bytes: int) -> None:
         self.writes_per_minute = writes_per_minute
         self.storage_bytes = storage_bytes
-        # PostgreSQL: writes are counted before their transaction (see the module docstring).
-        self.writes_counted_apart = db.loop_connections is not None
-
-    async def admit_write(self, caller: Caller) -> None:
-        """PostgreSQL: count one write by the caller before its transaction; raise QuotaExceeded when it
-        would be more than ``writes_per_minute`` within this minute. Nothing on SQLite (``count_write``)."""
-        user_id, limit = caller.user_id, self.writes_per_minute
-        if not self.writes_counted_apart or user_id is None or not limit:
-            return
-        stamp = now().timestamp()
-        if not await quotas.admit_write(self._db, user_id, int(stamp // 60), limit):
-            raise _too_many_writes(user_id, limit, stamp)
 
     def count_write(self, conn: Connection, caller: Caller) -> None:
-        """Count one write by the caller (nothing without a user: auth off, the operator); raise
-        QuotaExceeded when it is more than ``writes_per_minute`` within this minute."""
+        """Count one write by the caller inside its transaction (nothing without a user: auth off, the
+        operator); raise QuotaExceeded when it would be more than ``writes_per_minute`` within this minute."""
         user_id, limit = caller.user_id, self.writes_per_minute
-        if self.writes_counted_apart or user_id is None or not limit:
+        if user_id is None or not limit:
             return
         stamp = now().timestamp()
-        if quotas.count_write(conn, user_id, int(stamp // 60)) > limit:
+        if not quotas.count_write(conn, user_id, int(stamp // 60), limit):
             raise _too_many_writes(user_id, limit, stamp)
+
+    def counter(self, caller: Caller) -> dict[str, int] | None:
+        """The parameters that count one write by the caller inside a write of one statement
+        (storage/quotas.py ``counted``), None when the caller's writes are not counted; when that statement
+        admits nothing, ``refused(caller)`` is the error."""
+        user_id, limit = caller.user_id, self.writes_per_minute
+        if user_id is None or not limit:
+            return None
+        minute = int(now().timestamp() // 60)
+        return {quotas.COUNTER_USER: user_id, quotas.MINUTE: minute, quotas.LIMIT: limit}
+
+    def refused(self, caller: Caller) -> QuotaExceeded:
+        """The error of a write that ``counter``'s statement did not admit."""
+        assert caller.user_id is not None
+        return _too_many_writes(caller.user_id, self.writes_per_minute, now().timestamp())
 
     def require_storage(self, conn: Connection, owner_id: int, adding: int) -> None:
         """Raise QuotaExceeded when ``adding`` more bytes would take the attachments of ``owner_id``'s posts

@@ -193,7 +193,6 @@ class UserService:
             revoked = sessions.delete_tokens_of(conn, user_id, keep) if "password" in paths else 0
             return user, revoked
 
-        await self._quotas.admit_write(caller)
         user, revoked = await self._db.run_write(change)
         if revoked:
             self._accounts.sessions_changed(frozenset({user.id}))
@@ -213,7 +212,6 @@ class UserService:
             self._quotas.count_write(conn, caller)
             user_rows.delete_user(conn, user_id)
 
-        await self._quotas.admit_write(caller)
         await self._db.run_write(remove)
         self._accounts.sessions_changed(frozenset({user_id}))
         audit.info("User deleted; id=%d; by=%s", user_id, caller.actor)

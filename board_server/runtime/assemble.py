@@ -144,7 +144,6 @@ def build_board(
         database.dispose()
         raise
     quotas = Quotas(
-        database,
         writes_per_minute=settings.writes_per_user_per_minute,
         storage_bytes=settings.user_storage_quota_bytes,
     )

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from board_server.core.errors import PostNotFound, UserNotFound
 from board_server.core.records import PostRecord
+from board_server.storage import quotas
 from board_server.storage.engine import Database
 from board_server.storage.lean import LeanQuery
 from board_server.storage.tables import Comment, Post
@@ -32,9 +33,12 @@ _LIST_USER_POSTS = LeanQuery(
     .order_by(_POSTS.c.id)
     .limit(bindparam("n"))
 )
-_INSERT_POST = LeanQuery(
+_NEW_POST = {c.name: bindparam(c.name, type_=c.type) for c in _POSTS.c if c.name != "id"}
+_INSERT_POST = LeanQuery(insert(_POSTS).values(_NEW_POST).returning(*_POSTS.c))
+# PostgreSQL: the INSERT and its count against the writer's quota in one statement; no row when refused.
+_INSERT_COUNTED_POST = LeanQuery(
     insert(_POSTS)
-    .values({c.name: bindparam(c.name) for c in _POSTS.c if c.name != "id"})
+    .from_select(list(_NEW_POST), select(*_NEW_POST.values()).select_from(quotas.counted()))
     .returning(*_POSTS.c)
 )
 
@@ -45,11 +49,19 @@ def add_post(conn: Connection, user_id: int, title: str, content: str, now: date
         return cast(PostRecord, _INSERT_POST.first(conn, _post_values(user_id, title, content, now)))
 
 
-async def insert_post(db: Database, user_id: int, title: str, content: str, now: datetime) -> PostRecord:
-    """``add_post`` as a write of its own, one statement (``Database.write_first``)."""
+async def insert_post(
+    db: Database, user_id: int, title: str, content: str, now: datetime, *, counted: dict[str, int] | None
+) -> PostRecord | None:
+    """PostgreSQL: ``add_post`` as a write of its own, one statement (``Database.write_first``), which with
+    ``counted`` (domain/quotas.py ``Quotas.counter``) also counts it against its writer's quota: None when
+    the quota refused it."""
+    values = _post_values(user_id, title, content, now)
     with _author_must_exist(user_id):
-        row = await db.write_first(_INSERT_POST, _post_values(user_id, title, content, now))
-    return cast(PostRecord, row)
+        if counted is None:
+            row = await db.write_first(_INSERT_POST, values)
+        else:
+            row = await db.write_first(_INSERT_COUNTED_POST, {**values, **counted})
+    return cast(PostRecord | None, row)
 
 
 def _post_values(user_id: int, title: str, content: str, now: datetime) -> dict[str, Any]:

@@ -1,49 +1,79 @@
-"""What a user's quotas count: writes per minute (one counter row per user and minute) and the bytes the
+"""What a user's quotas count: writes per minute (a row per user, minute and connection) and the bytes the
 attachments of the user's posts hold. Like every row module (storage/users.py): functions take a Connection
 inside the caller's transaction and never commit."""
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import cast
 
-from sqlalchemy import Connection, Table, bindparam, delete, func, select, text
+from sqlalchemy import (
+    CTE,
+    BigInteger,
+    Connection,
+    Integer,
+    Table,
+    bindparam,
+    delete,
+    func,
+    literal,
+    select,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
-from board_server.storage.engine import Database
 from board_server.storage.lean import LeanQuery
-from board_server.storage.tables import Attachment, Post, WriteCount
+from board_server.storage.tables import Attachment, Post, WriteTally
 
-_COUNTS, _ATTACHMENTS, _POSTS = (cast(Table, m.__table__) for m in (WriteCount, Attachment, Post))
+_TALLIES, _ATTACHMENTS, _POSTS = (cast(Table, m.__table__) for m in (WriteTally, Attachment, Post))
 
+# The parameters of a counted write (``counted``), named apart from the write's own.
+COUNTER_USER, MINUTE, LIMIT = "counter_user", "minute", "write_limit"
+_USER, _MINUTE = bindparam(COUNTER_USER, type_=BigInteger()), bindparam(MINUTE, type_=BigInteger())
+_KEY = [_TALLIES.c.user_id, _TALLIES.c.minute, _TALLIES.c.shard]
+_ONE_MORE = {"writes": _TALLIES.c.writes + 1}
 
-# An upsert on the writer's own transaction: one statement, no read before it (the hottest writes pay it);
-# the same statement in each dialect's spelling.
-_FIRST = {"user_id": bindparam("user_id"), "minute": bindparam("minute"), "writes": 1}
-_KEY, _ONE_MORE = [_COUNTS.c.user_id, _COUNTS.c.minute], {"writes": _COUNTS.c.writes + 1}
+# SQLite (one writer at a time): one upsert on the writer's transaction, the user's writes in the minute
+# (this one included) returned; over the limit, the caller raises and the transaction rolls the count back.
 _COUNT_WRITE_SQLITE = LeanQuery(
-    sqlite.insert(_COUNTS)
-    .values(_FIRST)
+    sqlite.insert(_TALLIES)
+    .values({"user_id": _USER, "minute": _MINUTE, "shard": 0, "writes": 1})
     .on_conflict_do_update(index_elements=_KEY, set_=_ONE_MORE)
-    .returning(_COUNTS.c.writes)
+    .returning(_TALLIES.c.writes)
 )
-_COUNT_WRITE_POSTGRES = (
-    postgresql.insert(_COUNTS)
-    .values(_FIRST)
-    .on_conflict_do_update(index_elements=_KEY, set_=_ONE_MORE)
-    .returning(_COUNTS.c.writes)
-)
-# PostgreSQL, before the write's own transaction: one statement in a transaction of its own that commits
-# without waiting for the disk (a counter lost in a crash costs nothing), so one user's writes do not queue
-# for the counter row's lock behind each other's flush; it counts only up to the limit (no row: refused).
-# Run on the driver itself (psycopg's placeholders): it is on every write's path.
-_ADMIT_WRITE_POSTGRES = f"""
-WITH unsynced AS (SELECT set_config('synchronous_commit', 'off', true))
-INSERT INTO {_COUNTS.name} (user_id, minute, writes)
-SELECT %(user_id)s, %(minute)s, 1 FROM unsynced
-ON CONFLICT (user_id, minute) DO UPDATE SET writes = {_COUNTS.name}.writes + 1
-WHERE {_COUNTS.name}.writes < %(limit)s
-RETURNING writes
-"""  # noqa: S608 - the table's own name, no input
+
+
+def _count_on_own_row() -> postgresql.Insert:
+    """PostgreSQL: in one statement, sum the user's writes of the minute over every connection's row and, if
+    below the limit, count one more on this connection's own row (its backend pid), which only this
+    connection's transactions touch: concurrent writes of one user never wait for each other's counter lock
+    (one shared row made them commit one at a time). RETURNING gives a row when the write is admitted.
+    The sum sees what other connections committed before the statement, so writes of one user in flight
+    together may pass the limit by at most their number."""
+    used = (
+        select(func.coalesce(func.sum(_TALLIES.c.writes), 0).label("n"))
+        .where(_TALLIES.c.user_id == _USER, _TALLIES.c.minute == _MINUTE)
+        .cte("used")
+    )
+    admitted = select(_USER, _MINUTE, func.pg_backend_pid(), literal(1)).where(
+        used.c.n < bindparam(LIMIT, type_=Integer())
+    )
+    return (
+        postgresql.insert(_TALLIES)
+        .from_select(["user_id", "minute", "shard", "writes"], admitted)
+        .on_conflict_do_update(index_elements=_KEY, set_=_ONE_MORE)
+    )
+
+
+_COUNT_WRITE_POSTGRES = _count_on_own_row().returning(_TALLIES.c.writes)
+
+
+def counted() -> CTE:
+    """PostgreSQL: the counting as a CTE (``tally``) of one row when the write is admitted, none when the
+    user reached the limit: an INSERT that selects its values FROM it is the write and its count in one
+    statement (storage/posts.py ``insert_post``)."""
+    return _count_on_own_row().returning(_TALLIES.c.writes).cte("tally")
+
+
 _USED_BY = (
     select(func.coalesce(func.sum(_ATTACHMENTS.c.size_bytes), 0))
     .select_from(_ATTACHMENTS.join(_POSTS, _POSTS.c.id == _ATTACHMENTS.c.post_id))
@@ -53,31 +83,19 @@ _USED_BY = (
 _STORAGE_TURN = text("SELECT pg_advisory_xact_lock(4242005, CAST(:user_id % 2147483647 AS integer))")
 
 
-def count_write(conn: Connection, user_id: int, minute: int) -> int:
-    """Count one write of the user in ``minute`` (seconds since the epoch // 60); the user's writes in that
-    minute, this one included."""
-    params = {"user_id": user_id, "minute": minute}
+def count_write(conn: Connection, user_id: int, minute: int, limit: int) -> bool:
+    """Count one write of the user in ``minute`` (seconds since the epoch // 60) unless that would make more
+    than ``limit``; whether it was counted. The count is part of the caller's transaction: a write that fails
+    rolls it back. On SQLite the count is exact; on PostgreSQL see ``_count_on_own_row``."""
+    params = {COUNTER_USER: user_id, MINUTE: minute}
     if conn.dialect.name == "sqlite":
-        return int(_COUNT_WRITE_SQLITE.first(conn, params).writes)
-    return int(conn.execute(_COUNT_WRITE_POSTGRES, params).scalar_one())
-
-
-async def admit_write(db: Database, user_id: int, minute: int, limit: int) -> bool:
-    """PostgreSQL, as a statement of its own (in autocommit, on a loop connection's cursor): count one write
-    of the user in ``minute`` unless the user made ``limit`` already; whether it was counted."""
-    assert db.loop_connections is not None, "writes are counted apart on PostgreSQL only"
-    params = {"user_id": user_id, "minute": minute, "limit": limit}
-
-    async def admit(cursor: Any) -> bool:
-        await cursor.execute(_ADMIT_WRITE_POSTGRES, params)
-        return await cursor.fetchone() is not None
-
-    return await db.loop_connections.on_cursor(admit)
+        return int(_COUNT_WRITE_SQLITE.first(conn, params).writes) <= limit
+    return conn.execute(_COUNT_WRITE_POSTGRES, {**params, LIMIT: limit}).first() is not None
 
 
 def delete_old_write_counts(conn: Connection, before_minute: int) -> int:
     """Forget the counters of minutes before ``before_minute``."""
-    return int(conn.execute(delete(_COUNTS).where(_COUNTS.c.minute < before_minute)).rowcount)
+    return int(conn.execute(delete(_TALLIES).where(_TALLIES.c.minute < before_minute)).rowcount)
 
 
 def storage_used(conn: Connection, user_id: int) -> int:

@@ -132,8 +132,24 @@ class SignUp(Base):
 Index("ix_sign_ups_peer_time", SignUp.peer, SignUp.attempt_time)
 
 
+class WriteTally(Base):
+    """How many writes a user made in one minute (``minute``: seconds since the epoch // 60) through one
+    database connection (``shard``: PostgreSQL's backend pid; 0 on SQLite): the user's writes in a minute are
+    the sum over shards. A transaction counts on its own connection's row, so concurrent writes of one user
+    never wait for each other's counter lock."""
+
+    __tablename__ = "write_tallies"
+
+    user_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    minute: Mapped[int] = mapped_column(BigInteger(), primary_key=True, autoincrement=False)
+    shard: Mapped[int] = mapped_column(Integer(), primary_key=True, autoincrement=False)
+    writes: Mapped[int] = mapped_column(Integer())
+
+
 class WriteCount(Base):
-    """How many writes a user made in one minute (``minute``: seconds since the epoch // 60)."""
+    """The previous release's write counter (one row per user and minute), which it keeps using while a
+    rolling update replaces it (a migration keeps the previous release working); this one never reads or
+    writes it. A later migration drops it."""
 
     __tablename__ = "write_counts"
 

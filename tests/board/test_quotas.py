@@ -30,7 +30,7 @@ from board_server.domain.quotas import Quotas
 from board_server.domain.served_models import ServedModels
 from board_server.storage import users as user_rows
 from board_server.storage.engine import migrate, open_database
-from clients.board import BoardClient, ResourceExhaustedError
+from clients.board import BoardClient, NotFoundError, ResourceExhaustedError
 from tests.board.conftest import Backend, at_once, sign_up, start_board_server
 from tests.support import Processes
 
@@ -141,6 +141,63 @@ def test_writes_per_user_per_minute_are_counted_across_replicas(
         assert elsewhere.create_post(0, "mine", "another user's own quota").id
 
 
+def test_a_write_refused_for_another_reason_is_not_counted(backend: Backend, processes: Processes) -> None:
+    """A write is counted inside its own transaction, on PostgreSQL too: one that fails (not found) rolls its
+    count back, so it takes nothing from the user's quota."""
+    limit = 3
+    server = start_board_server(
+        processes,
+        backend.new_database_url(),
+        backend.workdir,
+        extra=("--writes-per-user-per-minute", str(limit)),
+    )
+    writer = sign_up(server.target, "Writer")
+    with writer.client as client:
+        at_the_start_of_a_minute()
+        for _ in range(limit + 2):
+            with pytest.raises(NotFoundError):
+                client.update_post(10**9, title="no such post")
+            with pytest.raises(NotFoundError):
+                client.delete_comment(10**9)
+        posts = [client.create_post(0, f"post {n}", "counted") for n in range(limit)]
+        assert len({post.id for post in posts}) == limit
+        over_quota(partial(client.create_post, 0, "one more", "refused"), writer.id)
+
+
+def test_one_users_writes_sent_all_at_once_are_held_to_the_limit(
+    backend: Backend, processes: Processes
+) -> None:
+    """Twelve CreatePosts of one user released together, the limit 4, over two processes: on SQLite exactly
+    4 are admitted; on PostgreSQL, where each connection counts on a row of its own (so they never wait for
+    one another's counter lock), at least 4 (a write is refused only once 4 committed) and at most the writes
+    in flight together; after them the user's next write is refused either way."""
+    limit, writes = 4, 12
+    server = start_board_server(
+        processes,
+        backend.new_database_url(),
+        backend.workdir,
+        extra=("--writes-per-user-per-minute", str(limit), "--processes", "2"),
+    )
+    writer = sign_up(server.target, "Writer")
+    at_the_start_of_a_minute()
+
+    def create(client: BoardClient, n: int) -> None:
+        client.token = writer.client.token
+        client.create_post(0, f"post {n}", "all at once")
+
+    outcomes = at_once([server.target], writes, create)
+    codes = Counter(grpc.StatusCode.OK if e is None else e.code for e in outcomes)
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+    admitted = codes[grpc.StatusCode.OK]
+    if backend.name == "sqlite":
+        assert admitted == limit, codes
+    else:
+        assert limit <= admitted <= writes, codes
+    with writer.client as client:
+        assert len(client.list_posts(user_id=writer.id, page_size=100).posts) == admitted
+        over_quota(partial(client.create_post, 0, "one more", "refused"), writer.id)
+
+
 def test_the_cost_of_counting_writes_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """CreatePost's use case on SQLite, 16 at a time (group commit batches them as under load), with the
     write counter on and off, in interleaved rounds: the process's CPU time per post (the threads' included:
@@ -159,7 +216,7 @@ def test_the_cost_of_counting_writes_in_process(tmp_path: Path, capsys: pytest.C
                 accounts,
                 tokens,
                 models,
-                quotas=Quotas(database, writes_per_minute=w, storage_bytes=0),
+                quotas=Quotas(writes_per_minute=w, storage_bytes=0),
                 requests=requests,
             )
             for w in (10**9, 0)
