@@ -15,6 +15,7 @@ from google.protobuf import empty_pb2
 
 from board_server.api.calls import current_caller
 from board_server.api.messages import (
+    PostPages,
     attachment_to_proto,
     comment_to_proto,
     model_to_proto,
@@ -35,6 +36,7 @@ class BoardServicer(board_pb2_grpc.BoardServiceServicer):
 
     def __init__(self, board: Board) -> None:
         self._board = board
+        self._post_pages = PostPages()
 
     # users and sessions
 
@@ -111,8 +113,8 @@ class BoardServicer(board_pb2_grpc.BoardServiceServicer):
             filter_text=request.filter,
             order_by=request.order_by,
         )
-        response = board_pb2.ListPostsResponse(next_page_token=page.next_page_token)
-        posts = [post_to_proto(p, response.posts.add) for p in page.items]
+        response = self._post_pages.response(page.items, page.next_page_token)
+        posts = response.posts
         if request.view == board_pb2.POST_VIEW_WITH_ATTACHMENTS and posts:
             found = await self._board.attachments.attachments_of_posts(caller, [p.id for p in posts])
             for post in posts:
