@@ -76,7 +76,7 @@ class PageTokens:
     def encode(self, resource: str, query: str, cursor: Mapping[str, Any]) -> str:
         """The token of the page after ``cursor`` in the list ``resource`` bound to ``query``."""
         payload = json.dumps({"r": resource, "q": query, "c": cursor}, separators=(",", ":")).encode()
-        mac = hmac.new(self._key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
+        mac = hmac.digest(self._key, payload, "sha256")[:_MAC_BYTES]
         return base64.urlsafe_b64encode(_VERSION + mac + payload).decode().rstrip("=")
 
     def decode(self, resource: str, query: str, token: str) -> dict[str, Any] | None:
@@ -88,7 +88,7 @@ class PageTokens:
         except (binascii.Error, ValueError):
             return None
         version, mac, payload = raw[:1], raw[1 : 1 + _MAC_BYTES], raw[1 + _MAC_BYTES :]
-        expected = hmac.new(self._key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
+        expected = hmac.digest(self._key, payload, "sha256")[:_MAC_BYTES]
         if version != _VERSION or not hmac.compare_digest(mac, expected):
             return None
         try:  # signed by us, so well-formed; checked anyway, as a key might leak
