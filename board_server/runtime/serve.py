@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -50,6 +51,11 @@ async def serve_until_signalled(
         except OSError as exc:
             await board.stop(0)
             raise RuntimeError(f"could not serve metrics on {settings.metrics_address}: {exc}") from exc
+    # Everything made while starting (modules, the schema, handlers: ~130,000 objects) lives as long as the
+    # process: moved out of the collector's sight, a full collection no longer walks it. Under load one took
+    # 75-100 ms, every call of the process waiting behind it; frozen, none ran under load (gc callbacks).
+    gc.collect()
+    gc.freeze()
     on_ready(board.port, board.http_port)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
