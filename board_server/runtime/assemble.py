@@ -331,6 +331,7 @@ def _observers(parts: BoardParts) -> list[CallObserver]:
 
 
 def _refresh_gauges(metrics: BoardMetrics, parts: BoardParts) -> None:
+    metrics.flush()
     metrics.connections_in_use.set(parts.database.connections_in_use())
     metrics.watchers.set(parts.board.attachments.watchers.watcher_count)
 

@@ -25,10 +25,12 @@ One process: an ordinary registry served from that process.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -47,6 +49,11 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _TAGGING_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+FLUSH_EVERY_S = 1.0
+
+
+def _grpc_type(method: str) -> str:
+    return "server_stream" if method == "WatchAttachment" else "unary"
 
 
 class BoardMetrics:
@@ -108,32 +115,54 @@ class BoardMetrics:
         self.watchers = Gauge(
             "board_watchers", "Open WatchAttachment streams.", registry=registry, multiprocess_mode="livesum"
         )
-        self._children: dict[tuple[str, str, str, str], Any] = {}
+        # Calls are counted in plain dicts and written to the metrics above in one go (``flush``): each write
+        # of a sample takes a lock and, with several processes, a memory-mapped file (four per call cost
+        # GetPost 5.5 % of its throughput). Written when the process has no call in progress, when a call
+        # ends FLUSH_EVERY_S after the last write, and by the health loop; only the event loop calls these.
+        self._started: dict[tuple[str, str, str], int] = {}
+        self._handled: dict[tuple[str, str, str, str], int] = {}
+        # Per (service, method, protocol): [sum of seconds, count per bucket (the last: +Inf)].
+        self._latencies: dict[tuple[str, str, str], list[float]] = {}
+        self._in_flight = 0
+        self._next_flush = 0.0
 
     # --- CallObserver ---------------------------------------------------------------------------------
 
-    def _child(self, kind: str, service: str, method: str, protocol: str, code: str = "") -> Any:
-        key = (service, method, protocol, code or kind)
-        child = self._children.get(key)
-        if child is None:
-            grpc_type = "server_stream" if method == "WatchAttachment" else "unary"
-            if kind == "started":
-                child = self.started_total.labels(grpc_type, service, method, protocol)
-            elif kind == "seconds":
-                child = self.handling_seconds.labels(grpc_type, service, method, protocol)
-            else:
-                child = self.handled_total.labels(grpc_type, service, method, protocol, code)
-            self._children[key] = child
-        return child
-
     def started(self, service: str, method: str, *, protocol: str = "grpc") -> None:
-        self._child("started", service, method, protocol).inc()
+        key = (service, method, protocol)
+        self._started[key] = self._started.get(key, 0) + 1
+        self._in_flight += 1
 
     def handled(
         self, service: str, method: str, code: grpc.StatusCode, seconds: float, *, protocol: str = "grpc"
     ) -> None:
-        self._child("handled", service, method, protocol, code.name).inc()
-        self._child("seconds", service, method, protocol).observe(seconds)
+        key = (service, method, protocol, code.name)
+        self._handled[key] = self._handled.get(key, 0) + 1
+        latency = self._latencies.get(key[:3])
+        if latency is None:
+            latency = self._latencies[key[:3]] = [0.0] * (len(_LATENCY_BUCKETS) + 2)
+        latency[0] += seconds
+        latency[1 + bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        self._in_flight -= 1
+        if self._in_flight <= 0 or time.monotonic() >= self._next_flush:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the calls counted since the last flush to the metrics."""
+        started, handled, latencies = self._started, self._handled, self._latencies
+        self._started, self._handled, self._latencies = {}, {}, {}
+        self._next_flush = time.monotonic() + FLUSH_EVERY_S
+        for (service, method, protocol), count in started.items():
+            self.started_total.labels(_grpc_type(method), service, method, protocol).inc(count)
+        for (service, method, protocol, code), count in handled.items():
+            self.handled_total.labels(_grpc_type(method), service, method, protocol, code).inc(count)
+        for (service, method, protocol), latency in latencies.items():
+            # What Histogram.observe does per value (its sum, and the first bucket the value fits), per batch.
+            child = self.handling_seconds.labels(_grpc_type(method), service, method, protocol)
+            child._sum.inc(latency[0])
+            for bucket, observed in zip(child._buckets, latency[1:], strict=True):
+                if observed:
+                    bucket.inc(observed)
 
     # --- TaggingObserver -----------------------------------------------------------------------------
 
