@@ -95,6 +95,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         left_out = [i for i in items if i.get_closest_marker("integration") or i.get_closest_marker("slow")]
         config.hook.pytest_deselected(items=left_out)
         items[:] = [i for i in items if i not in left_out]
+
+
+# After pytest's own reordering (the fixture manager groups the tests of each parameter of a session fixture,
+# ``backend``, together): run before it, the slow-first order lost to it, and a slow test on the sqlite
+# backend took every sqlite test of the suite ahead of the model servers' groups with it.
+@pytest.hookimpl(trylast=True, specname="pytest_collection_modifyitems")
+def pytest_collection_modifyitems_hand_out(config: pytest.Config, items: list[pytest.Item]) -> None:
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
     if workerinput is not None and GROUPS_FOLDER in workerinput:
         groups = {

@@ -450,13 +450,26 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     return Backend(request.param, workdir, cluster, itertools.count())
 
 
+# This test process's shared server of each backend, once started (see ``board_server``).
+_SHARED_BOARDS: dict[str, RunningServer] = {}
+
+
 @pytest.fixture(scope="session")
 def board_server(backend: Backend, session_processes: Processes) -> RunningServer:
     """One server per backend, shared by the tests that only need a working board. It keeps the default
-    process count (one per core), so the multi-process path is what these tests go through."""
-    return start_board_server(
-        session_processes, backend.new_database_url(), backend.workdir, server_processes=None
-    )
+    process count (one per core), so the multi-process path is what these tests go through.
+
+    pytest sets ``backend`` (a parametrized session fixture) up again each time the tests of a process switch
+    from one backend to the other, which under xdist happens at most work units: the server of a backend
+    started first is kept and served again, instead of a new one each time (2 s of CPU to start, and the
+    earlier ones idle until the session ends)."""
+    server = _SHARED_BOARDS.get(backend.name)
+    if server is None or server.proc.poll() is not None:
+        server = start_board_server(
+            session_processes, backend.new_database_url(), backend.workdir, server_processes=None
+        )
+        _SHARED_BOARDS[backend.name] = server
+    return server
 
 
 MemberFactory = Callable[..., Member]

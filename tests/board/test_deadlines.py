@@ -78,6 +78,7 @@ def board(seeded: Seeded, processes: Processes) -> Iterator[RunningServer]:
     yield start_board_server(processes, seeded.url, seeded.workdir, server_processes=None)
 
 
+@pytest.mark.slow
 def test_a_search_past_its_deadline_is_ended_in_the_database(
     seeded: Seeded, board: RunningServer, request: pytest.FixtureRequest
 ) -> None:
@@ -116,6 +117,7 @@ def test_a_search_past_its_deadline_is_ended_in_the_database(
         assert cancelled_in_log(cluster) > cancelled_before
 
 
+@pytest.mark.slow
 def test_eight_clients_on_the_costliest_filter_leave_get_post_under_a_second(
     seeded: Seeded, board: RunningServer
 ) -> None:

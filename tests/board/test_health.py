@@ -88,6 +88,7 @@ def code_of(call: Callable[[], object]) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+@pytest.mark.slow
 def test_health_follows_the_database_through_an_outage(
     cluster: Cluster, processes: Processes, tmp_path: Path
 ) -> None:

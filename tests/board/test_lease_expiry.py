@@ -11,6 +11,8 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import pytest
+
 from clients.gen.board.v1 import board_pb2
 from tests.board.conftest import RunningServer, start_board_server, tiny_png
 from tests.board.fake_torchserve import fake_torchserve
@@ -26,6 +28,7 @@ def lease_expiries(board: RunningServer) -> float:
     return sample(board, "board_tagging_lease_expiries_total")
 
 
+@pytest.mark.slow
 def test_a_lease_left_by_a_killed_board_expires_and_is_counted_by_the_board_that_takes_over(
     processes: Processes, tmp_path: Path
 ) -> None:

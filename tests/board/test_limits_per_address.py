@@ -117,6 +117,7 @@ def test_guesses_sprayed_over_many_emails_stop_at_the_limit_per_address(shipped:
     bystander.client.close()
 
 
+@pytest.mark.slow
 def test_known_and_unknown_emails_get_the_same_answer_in_content_and_time(
     backend: Backend, processes: Processes, capsys: pytest.CaptureFixture[str]
 ) -> None:

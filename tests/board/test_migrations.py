@@ -96,6 +96,7 @@ def time_to_migrate_and_listen(processes: Processes, workdir: Path) -> tuple[flo
     return migrated, listening, path
 
 
+@pytest.mark.slow
 def test_kill_9_at_any_point_of_the_first_start_then_a_restart_works(
     processes: Processes, tmp_path: Path
 ) -> None:
@@ -155,6 +156,7 @@ def assert_come_up_together(
         Processes.stop(server.proc)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("server_processes", [1, 2])
 def test_servers_started_together_on_a_fresh_sqlite_file_all_come_up(
     processes: Processes, tmp_path: Path, server_processes: int
@@ -172,6 +174,7 @@ def test_servers_started_together_on_a_fresh_postgres_database_all_come_up(
         assert_come_up_together(processes, postgres_cluster.new_database(), tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_kill_9_during_the_first_start_on_postgres_then_a_restart_works(
     postgres_cluster: PostgresCluster, processes: Processes, tmp_path: Path

@@ -130,6 +130,7 @@ def database_bytes(engine: Engine, sqlite_file: Path | None) -> int:
         return int(conn.execute(text("SELECT pg_database_size(current_database())")).scalar_one())
 
 
+@pytest.mark.slow
 def test_an_anonymous_sweep_over_every_size_grows_the_database_by_at_most_40_mib(
     backend: Backend, processes: Processes, capsys: pytest.CaptureFixture[str]
 ) -> None:

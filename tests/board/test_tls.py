@@ -86,6 +86,7 @@ def test_a_client_that_does_not_speak_tls_with_this_ca_gets_nowhere(
         board.create_user("Nobody", new_email(), PASSWORD)
 
 
+@pytest.mark.slow
 def test_grpcurl_over_tls_with_the_test_ca_and_a_bearer_token(tls_server: RunningServer, pki: Pki) -> None:
     target, ca = tls_server.target, ("-cacert", str(pki.ca_file))
     listed = grpcurl(*ca, target, "list")

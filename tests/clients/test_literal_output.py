@@ -209,6 +209,7 @@ def test_user_names_and_comments_are_shown_literally(board: RunningServer, cli: 
             named.client.close()
 
 
+@pytest.mark.slow
 def test_filenames_and_labels_are_shown_literally(
     hostile_torchserve: TorchServe,
     processes: Processes,
@@ -285,6 +286,7 @@ def test_server_error_text_is_shown_literally(cli: Cli, logged_in: Member, tmp_p
     assert "\x1b" not in refused.err
 
 
+@pytest.mark.slow
 @pytest.mark.integration  # through hostile_torchserve
 def test_segment_cli_prints_model_text_literally(
     hostile_torchserve: TorchServe,

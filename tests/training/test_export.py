@@ -140,6 +140,7 @@ def test_parity_is_reported_and_within_limits(exported: Exported) -> None:
     assert parity.passed
 
 
+@pytest.mark.slow
 def test_torchscript_runs_in_a_fresh_process_without_torchvision(exported: Exported, tmp_path: Path) -> None:
     x = torch.randn(2, 3, 57, 83, generator=torch.Generator().manual_seed(7))
     torch.save(x, tmp_path / "input.pt")
@@ -177,6 +178,7 @@ def test_torchscript_runs_in_a_fresh_process_without_torchvision(exported: Expor
     assert torch.equal(scripted_out.argmax(1), eager_out.argmax(1))
 
 
+@pytest.mark.slow
 def test_cli_rerun_overwrites_the_archive_with_the_same_torchscript_hash(
     exported: Exported, e2e_model_store: Path, tmp_path: Path
 ) -> None:
@@ -227,6 +229,7 @@ def test_cli_rerun_overwrites_the_archive_with_the_same_torchscript_hash(
     assert "program:" not in proc.stdout and "not exported (--no-program)" in proc.stdout
 
 
+@pytest.mark.slow
 def test_failed_parity_stops_before_the_archive(
     exported: Exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -341,6 +344,7 @@ def test_missing_handler_is_named(tmp_path: Path) -> None:
         export_archive(ARCH, "random", tmp_path, handler=tmp_path / "nope.py")
 
 
+@pytest.mark.slow
 def test_random_archives_with_different_seeds_have_different_identities(exported: Exported) -> None:
     other = export_archive(
         ARCH,
@@ -356,6 +360,7 @@ def test_random_archives_with_different_seeds_have_different_identities(exported
     assert other.metadata["weights"] == "random" and other.metadata["untrained"] is True
 
 
+@pytest.mark.slow
 def test_class_names_file_names_and_counts_the_classes_of_random_weights(
     exported: Exported, tmp_path: Path
 ) -> None:
@@ -399,6 +404,7 @@ def test_a_bad_class_names_file_is_refused(tmp_path: Path, content: str, error: 
         read_class_names(names_file)
 
 
+@pytest.mark.slow
 def test_class_names_rename_the_classes_of_a_state_dict_and_must_match_them(
     exported: Exported, tmp_path: Path
 ) -> None:
@@ -447,6 +453,7 @@ def test_exported_program_parity_is_reported_and_within_limits(exported: Exporte
     assert parity.argmax_agreement >= 0.9999
 
 
+@pytest.mark.slow
 def test_exported_program_runs_any_height_and_width_in_a_fresh_process_without_torchvision(
     exported: Exported, tmp_path: Path
 ) -> None:
