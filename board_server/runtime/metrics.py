@@ -141,11 +141,11 @@ class BoardMetrics:
     def handled(
         self, service: str, method: str, code: grpc.StatusCode, seconds: float, *, protocol: str = "grpc"
     ) -> None:
-        key = (service, method, protocol, code.name)
+        call, key = (service, method, protocol), (service, method, protocol, code.name)
         self._handled[key] = self._handled.get(key, 0) + 1
-        latency = self._latencies.get(key[:3])
+        latency = self._latencies.get(call)
         if latency is None:
-            latency = self._latencies[key[:3]] = [0.0] * (len(_LATENCY_BUCKETS) + 2)
+            latency = self._latencies[call] = [0.0] * (len(_LATENCY_BUCKETS) + 2)
         latency[0] += seconds
         latency[1 + bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
         self._in_flight -= 1

@@ -71,7 +71,7 @@ def counted() -> CTE:
     """PostgreSQL: the counting as a CTE (``tally``) of one row when the write is admitted, none when the
     user reached the limit: an INSERT that selects its values FROM it is the write and its count in one
     statement (storage/posts.py ``insert_post``)."""
-    return _count_on_own_row().returning(_TALLIES.c.writes).cte("tally")
+    return _COUNT_WRITE_POSTGRES.cte("tally")
 
 
 _USED_BY = (
