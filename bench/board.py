@@ -180,7 +180,7 @@ def measure_database(
             "processes_requested": args.processes,
             "board_processes": board_processes,
             "board_args": args.board_args,
-            "floor": "empty grpc.aio server, 1 process; targets are against this floor",
+            "floor": "empty grpc.aio server on uvloop, 1 process; targets are against this floor",
             "floor_reply": "the board's own serialized answer per method"
             if args.floor_reply == "board"
             else "empty messages",

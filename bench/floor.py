@@ -1,7 +1,7 @@
 """The floor of the board benchmark: an empty grpc.aio server answering every unary board.v1 method with the
 board's own serialized answer, the fastest a Python gRPC server can do with the same calls (why these bytes:
-docs/operations.md, "How this was chosen"). Imports nothing of board_server, so a half-edited board cannot
-break it.
+docs/operations.md, "How this was chosen"), on uvloop as the board's processes are. Imports nothing of
+board_server, so a half-edited board cannot break it.
 
     python -m bench.floor REPLIES.json [--port 0] [--reuseport]     # until SIGTERM; started by bench.board
 """
@@ -19,6 +19,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import grpc
+import uvloop
 
 from bench.records import ROOT
 from bench.seeding import Seed
@@ -112,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--reuseport", action="store_true", help="share the port with other floor processes")
     args = parser.parse_args(argv)
-    asyncio.run(serve(read_replies(args.replies), args.port, args.reuseport))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(read_replies(args.replies), args.port, args.reuseport))
     return 0
 
 

@@ -52,10 +52,10 @@ def admin(settings: Settings, action: str, email: str) -> int:
     """Run an admin action on the database; the exit status."""
     from board_server.domain.admin import grant_admin, set_password
     from board_server.runtime.database import database_for
-    from board_server.runtime.logs import audit_file_handler, route_audit
+    from board_server.runtime.logs import audit_append_handler, route_audit
     from board_server.storage.engine import migrate
 
-    route_audit(audit_file_handler(settings))
+    route_audit(audit_append_handler(settings))
     database = database_for(settings)
     try:
         migrate(database.engine)
@@ -77,12 +77,12 @@ def retag(settings: Settings, post_id: int | None) -> int:
     from board_server.core.errors import BoardError
     from board_server.domain.accounts import OPERATOR
     from board_server.runtime.assemble import build_board
-    from board_server.runtime.logs import audit_file_handler, route_audit
+    from board_server.runtime.logs import audit_append_handler, route_audit
 
     if not settings.segmentation_target:
         logger.error("retag needs --segmentation-target (env BOARD_SEGMENTATION_TARGET) to ask TorchServe")
         return 2
-    route_audit(audit_file_handler(settings))
+    route_audit(audit_append_handler(settings))
     migrate_database(settings)
     parts = build_board(settings, tagging_threads=0)
     try:

@@ -72,6 +72,8 @@ class Settings:
     log_level: str = "INFO"
     # Server processes sharing the port (SO_REUSEPORT); 0 in the table below means one per core.
     processes: int = 1
+    # The event loop of each server process: uvloop, or the standard library's asyncio loop.
+    event_loop: str = "uvloop"
     # PostgreSQL connections of a process's event loop (its calls; SQLite reads run on the loop).
     worker_threads: int = 8
     # The largest request message (an upload's chunks included); larger ones are refused at their first bytes.
@@ -235,6 +237,16 @@ def _networks(text: str) -> tuple[str, ...]:
     return tuple(found)
 
 
+EVENT_LOOPS = ("uvloop", "asyncio")
+
+
+def _event_loop(text: str) -> str:
+    value = text.strip().lower()
+    if value not in EVENT_LOOPS:
+        raise ValueError(f"event loop must be {' or '.join(EVENT_LOOPS)}, got {text!r}")
+    return value
+
+
 def _read_access(text: str) -> bool:
     value = text.strip().lower()
     if value not in ("anyone", "signed-in"):
@@ -251,6 +263,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("log_level", "--log-level", "BOARD_LOG_LEVEL", str.upper, "DEBUG, INFO, WARNING, ..."),
     Option("processes", "--processes", "BOARD_PROCESSES", int,
            "server processes sharing the port (0: one per core)"),
+    Option("event_loop", "--event-loop", "BOARD_EVENT_LOOP", _event_loop,
+           "uvloop (default) or asyncio: each server process's event loop"),
     Option("worker_threads", "--workers", "BOARD_WORKERS", int,
            "PostgreSQL connections per process for the calls of its event loop"),
     Option("max_message_bytes", "--max-message-bytes", "BOARD_MAX_MESSAGE_BYTES", int,

@@ -1,15 +1,21 @@
 """Logging of the board: the ordinary log on stderr, and the audit log (every change, who made it) in a file
-that every server process appends whole lines to and the supervisor alone rotates.
+that every server process (and every admin command) appends whole lines to and one rotator alone rotates:
+the supervisor's, or the single server process's.
 
-Each process appends with O_APPEND and reopens the file after a rotation, so no line is lost or torn and a
-line costs one write(); the supervisor rotates by size as RotatingFileHandler would.
+Each writer appends with O_APPEND, a line one write(), so no line is torn; it looks for a rotation at most
+every AUDIT_REOPEN_CHECK_S and then reopens the file, so lines written in between land whole at the end of
+the file just renamed (a backup, kept as long as the others). The rotator rotates by size as
+RotatingFileHandler would. A line costs its formatting and one write(): no stat() or seek() per line.
 """
 
 from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import threading
+import time
+from pathlib import Path
 
 from board_server.runtime.config import Settings
 
@@ -17,6 +23,8 @@ logger = logging.getLogger("board_server")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 AUDIT_FORMAT = "| %(asctime)s | %(levelname)s | %(message)s | %(filename)s | %(funcName)s |"
+# How often a writer of the audit file looks for a rotation (one stat()).
+AUDIT_REOPEN_CHECK_S = 0.5
 
 
 def configure_logging(level: str) -> None:
@@ -25,8 +33,8 @@ def configure_logging(level: str) -> None:
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
-def audit_file_handler(settings: Settings) -> logging.handlers.RotatingFileHandler:
-    """The rotating audit file (the one writer of it)."""
+def _rotating_handler(settings: Settings) -> logging.handlers.RotatingFileHandler:
+    """The rotator's hold on the audit file: only its doRollover is used (writers append for themselves)."""
     settings.audit_log_path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.handlers.RotatingFileHandler(
         settings.audit_log_path,
@@ -38,20 +46,90 @@ def audit_file_handler(settings: Settings) -> logging.handlers.RotatingFileHandl
     return handler
 
 
-def audit_append_handler(settings: Settings) -> logging.Handler:
-    """The audit file as a server process of several writes it: O_APPEND, reopened after a rotation."""
+class _SecondsFormatter(logging.Formatter):
+    """logging.Formatter whose timestamp (local time, milliseconds) formats each second's part once."""
+
+    _second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second, stamp = self._second
+        if second != int(record.created):
+            second = int(record.created)
+            stamp = time.strftime(self.default_time_format, self.converter(record.created))
+            self._second = (second, stamp)  # one assignment: threads that race each see a whole pair
+        return f"{stamp},{int(record.msecs):03d}"  # what logging.Formatter writes
+
+
+class AuditAppender(logging.Handler):
+    """Whole lines appended to the audit file with O_APPEND (one write() each), reopened once the rotator has
+    renamed it: checked at most every ``reopen_check_s``."""
+
+    def __init__(self, path: Path, reopen_check_s: float = AUDIT_REOPEN_CHECK_S) -> None:
+        super().__init__()
+        self._path = path
+        self._reopen_check_s = reopen_check_s
+        self._next_check = 0.0
+        self._fd = -1
+        self._identity = (0, 0)
+        self._open()
+
+    def _open(self) -> None:
+        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        opened = os.fstat(fd)
+        previous, self._fd, self._identity = self._fd, fd, (opened.st_dev, opened.st_ino)
+        if previous >= 0:
+            os.close(previous)
+
+    def _reopen_if_rotated(self) -> None:
+        try:
+            now = os.stat(self._path)
+        except FileNotFoundError:
+            self._open()
+            return
+        if (now.st_dev, now.st_ino) != self._identity:
+            self._open()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
+            now = time.monotonic()
+            if now >= self._next_check:
+                self._next_check = now + self._reopen_check_s
+                self._reopen_if_rotated()
+            view = memoryview(line)
+            while view:  # a regular file takes the whole line unless the disk is full (then OSError)
+                view = view[os.write(self._fd, view) :]
+        except Exception:
+            self.handleError(record)
+
+    def close(self) -> None:
+        self.acquire()
+        try:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+        finally:
+            self.release()
+        super().close()
+
+
+def audit_append_handler(settings: Settings, reopen_check_s: float = AUDIT_REOPEN_CHECK_S) -> logging.Handler:
+    """The audit file as a server process or an admin command writes it: whole lines with O_APPEND, the file
+    reopened after a rotation (the rotator's, never this writer's)."""
     settings.audit_log_path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.handlers.WatchedFileHandler(settings.audit_log_path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter(AUDIT_FORMAT))
+    handler = AuditAppender(settings.audit_log_path, reopen_check_s)
+    handler.setFormatter(_SecondsFormatter(AUDIT_FORMAT))
     return handler
 
 
 class AuditRotator:
-    """The supervisor's side of the shared audit file: rotates it by size (as RotatingFileHandler would) while
-    the server processes append to it."""
+    """The rotating side of the shared audit file (the supervisor's, or the single server process's): rotates
+    it by size (as RotatingFileHandler would) while the writers append to it."""
 
     def __init__(self, settings: Settings, interval_s: float = 1.0) -> None:
-        self._handler = audit_file_handler(settings)
+        self._handler = _rotating_handler(settings)
         self._path = settings.audit_log_path
         self._max_bytes = settings.audit_log_max_bytes
         self._interval_s = interval_s

@@ -6,12 +6,13 @@ import asyncio
 import gc
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from board_server.runtime.config import Settings
-from board_server.runtime.logs import audit_file_handler, route_audit
+from board_server.runtime.logs import AuditRotator, audit_append_handler, route_audit
 
 logger = logging.getLogger("board_server")
 
@@ -56,6 +57,7 @@ async def serve_until_signalled(
     # 75-100 ms, every call of the process waiting behind it; frozen, none ran under load (gc callbacks).
     gc.collect()
     gc.freeze()
+    logger.info("event loop %s", type(asyncio.get_running_loop()).__module__.partition(".")[0])
     on_ready(board.port, board.http_port)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -71,6 +73,17 @@ async def serve_until_signalled(
         tracer_provider.shutdown()
 
 
+def run_event_loop(settings: Settings, main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` to its end on a new event loop of the kind ``settings`` names (``--event-loop``)."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main)
+
+
 def announce_http(settings: Settings, port: int) -> None:
     """The HTTP listener's line, logged before 'listening on' (tools parse both)."""
     scheme = "https" if settings.tls else "http"
@@ -79,8 +92,10 @@ def announce_http(settings: Settings, port: int) -> None:
 
 def serve_single(settings: Settings) -> int:
     """Serve in this very process (``--processes 1``)."""
-    handler = audit_file_handler(settings)
+    handler = audit_append_handler(settings)
     route_audit(handler)
+    rotator = AuditRotator(settings)
+    rotator.start()
 
     def ready(port: int, http_port: int | None) -> None:
         if http_port is not None:
@@ -89,12 +104,14 @@ def serve_single(settings: Settings) -> int:
         logger.info("listening on %s:%d", settings.host, port)
 
     try:
-        asyncio.run(
+        run_event_loop(
+            settings,
             serve_until_signalled(
                 settings, port=None, tagging_threads=settings.tagging_workers, on_ready=ready
-            )
+            ),
         )
     finally:
+        rotator.stop()
         handler.close()
     logger.info("stopped")
     return 0

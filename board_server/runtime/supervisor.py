@@ -19,7 +19,6 @@ turns (storage/group_commit.py). Tagging threads are spread over the processes.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import multiprocessing
@@ -33,13 +32,18 @@ from typing import Any
 
 from board_server.runtime.config import Settings
 from board_server.runtime.logs import AuditRotator, audit_append_handler, configure_logging, route_audit
-from board_server.runtime.serve import announce_http, serve_until_signalled
+from board_server.runtime.serve import announce_http, run_event_loop, serve_until_signalled
 
 logger = logging.getLogger("board_server")
 
 # What the fork server imports before it forks the first server process (the rest of _server_process's
 # imports come with them): imported once, shared by every server process.
-SERVER_MODULES = ("board_server.runtime.assemble", "board_server.runtime.metrics", "board_server.api.http")
+SERVER_MODULES = (
+    "board_server.runtime.assemble",
+    "board_server.runtime.metrics",
+    "board_server.api.http",
+    "uvloop",
+)
 
 # A server process that dies this many times within RESTART_WINDOW_S is not restarted again.
 MAX_RESTARTS = 5
@@ -75,7 +79,8 @@ def _server_process(
     # so that the supervisor decides when and in which order everything stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        asyncio.run(
+        run_event_loop(
+            settings,
             serve_until_signalled(
                 settings,
                 port=port,
@@ -83,7 +88,7 @@ def _server_process(
                 on_ready=lambda bound, _http: ready.put(("ready", index, bound)),
                 signals=(signal.SIGTERM,),
                 http_port=http_port,
-            )
+            ),
         )
     except Exception as exc:
         logger.exception("server process %d failed", index)

@@ -155,6 +155,7 @@ def test_limits_from_flags_and_environment(tmp_path: Path) -> None:
         ("--trusted-proxies", "proxy.internal"),
         ("--client-limits", "off", "--address", "0.0.0.0:1", "--allow-plaintext"),  # off: loopback only
         ("--password-hashing", "md5"),
+        ("--event-loop", "trio"),
         ("--password-hashing", "cheapest", "--address", "0.0.0.0:1", "--allow-plaintext"),  # loopback only
         ("--password-hashing", "cheapest", "--http-address", "0.0.0.0:1", "--allow-plaintext"),
     ],
@@ -175,6 +176,13 @@ def test_sqlite_connections_are_configured_for_a_server(tmp_path: Path) -> None:
         database.dispose()
     # synchronous 2 = FULL: a commit is fsynced before it is acknowledged.
     assert pragmas == {"journal_mode": "wal", "foreign_keys": 1, "synchronous": 2, "busy_timeout": 30_000}
+
+
+def test_the_event_loop_is_uvloop_unless_told_asyncio(tmp_path: Path) -> None:
+    assert load_settings(parse(), env={}, cwd=tmp_path).event_loop == "uvloop"
+    assert load_settings(parse(), env={"BOARD_EVENT_LOOP": "asyncio"}, cwd=tmp_path).event_loop == "asyncio"
+    told = load_settings(parse("--event-loop", "uvloop"), env={"BOARD_EVENT_LOOP": "asyncio"}, cwd=tmp_path)
+    assert told.event_loop == "uvloop"
 
 
 def test_request_ids_are_remembered_a_day_unless_told_otherwise(tmp_path: Path) -> None:

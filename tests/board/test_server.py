@@ -476,3 +476,23 @@ def test_migrate_subcommand_creates_schema(tmp_path: Path) -> None:
 def test_listening_line_reports_bound_port(board_server: RunningServer) -> None:
     assert f"listening on 127.0.0.1:{board_server.port}" in board_server.log()
     assert board_server.port != 0
+    assert "event loop uvloop" in board_server.log()
+
+
+def test_the_standard_event_loop_serves_every_process_when_asked(
+    processes: Processes, tmp_path: Path
+) -> None:
+    server = start_board_server(
+        processes,
+        f"sqlite:///{tmp_path / 'asyncio.db'}",
+        tmp_path,
+        extra=("--event-loop", "asyncio", "--processes", "2"),
+        server_processes=None,
+    )
+    member = sign_up(server.target, "Loop")
+    with member.client as client:
+        post = client.create_post(member.id, "on asyncio", "the standard library's loop")
+        assert client.get_post(post.id).title == "on asyncio"
+    log = server.log()
+    assert log.count("event loop asyncio") == 2, log
+    assert "event loop uvloop" not in log
