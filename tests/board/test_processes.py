@@ -142,13 +142,14 @@ def test_group_commit_across_processes_survives_kill_9_of_the_group(
     acknowledged: list[str] = []
     attempted: set[str] = set()
     lock = threading.Lock()
-    stop = threading.Event()
+    killed = threading.Event()
     with closing_all(spread_clients(server, token, 2)) as clients:
 
         def write(index: int) -> None:
+            # Writes until the kill fails one: each of the 16 writers is mid-write when the group dies.
             client = clients[index % len(clients)]
             i = 0
-            while not stop.is_set():
+            while True:
                 title = f"w{index}-{i}"
                 i += 1
                 with lock:
@@ -156,7 +157,7 @@ def test_group_commit_across_processes_survives_kill_9_of_the_group(
                 try:
                     client.create_post(user_id, title, "durable", timeout=10)
                 except BoardClientError:
-                    if stop.is_set():
+                    if killed.is_set():
                         return
                     raise
                 with lock:
@@ -166,7 +167,7 @@ def test_group_commit_across_processes_survives_kill_9_of_the_group(
             writers = [pool.submit(write, i) for i in range(16)]
             enough = lambda: len(acknowledged) >= 300 or any(w.done() for w in writers)  # noqa: E731
             wait_for("300 acknowledged writes", enough, 120)
-            stop.set()  # no new writes; the 16 in flight meet the kill
+            killed.set()
             os.killpg(server.proc.pid, signal.SIGKILL)  # supervisor and server processes, mid-write
             server.proc.wait(timeout=GENEROUS)
             for writer in writers:
