@@ -113,6 +113,7 @@ def at_the_start_of_a_minute() -> None:
         time.sleep(60.5 - into)
 
 
+@pytest.mark.slow  # may wait up to 20 s for a fresh minute: started early, the wait overlaps other work
 def test_writes_per_user_per_minute_are_counted_across_replicas(
     backend: Backend, processes: Processes
 ) -> None:
@@ -141,6 +142,7 @@ def test_writes_per_user_per_minute_are_counted_across_replicas(
         assert elsewhere.create_post(0, "mine", "another user's own quota").id
 
 
+@pytest.mark.slow  # may wait up to 20 s for a fresh minute: started early, the wait overlaps other work
 def test_a_write_refused_for_another_reason_is_not_counted(backend: Backend, processes: Processes) -> None:
     """A write is counted inside its own transaction, on PostgreSQL too: one that fails (not found) rolls its
     count back, so it takes nothing from the user's quota."""
@@ -164,6 +166,7 @@ def test_a_write_refused_for_another_reason_is_not_counted(backend: Backend, pro
         over_quota(partial(client.create_post, 0, "one more", "refused"), writer.id)
 
 
+@pytest.mark.slow  # may wait up to 20 s for a fresh minute: started early, the wait overlaps other work
 def test_one_users_writes_sent_all_at_once_are_held_to_the_limit(
     backend: Backend, processes: Processes
 ) -> None:
