@@ -4,7 +4,7 @@ messages (every transport answers with these)."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
@@ -57,8 +57,11 @@ def post_to_proto(post: PostRecord, new: Callable[..., board_pb2.Post] = board_p
 
 
 class PostPages:
-    """ListPosts' answers from posts kept serialized, each under its whole row (every field the message shows:
-    an edit makes another key, so nothing is ever stale, and a deleted post is simply never asked for again).
+    """ListPosts' answers from posts kept serialized, each with the whole row it was made from (every field
+    the message shows): a post is answered from what was kept only when its row equals the kept one, so an
+    edit, even one behind the clock's back, is never answered stale, and a deleted post is simply never asked
+    for again. Kept under the post's id (ids are never reused), one version per post: an int's hash, where the
+    whole row as the key hashed its text on every page (a page of 50: 50 µs of CPU that way, 17 µs this way).
 
     Serialized messages concatenated are their merge, so a page is one parse of its posts' kept bytes: 50
     posts took 170-190 µs of CPU built field by field and 20 µs this way (ListPosts(50) spent a sixth of its
@@ -67,7 +70,7 @@ class PostPages:
     """
 
     def __init__(self, max_bytes: int = 16 << 20) -> None:
-        self._kept: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._kept: OrderedDict[int, tuple[PostRecord, bytes]] = OrderedDict()
         self._bytes = 0
         self._max_bytes = max_bytes
 
@@ -76,8 +79,8 @@ class PostPages:
         get = self._kept.get
         parts = []
         for post in posts:
-            part = get(post)  # type: ignore[call-overload]
-            parts.append(self._keep(post) if part is None else part)
+            kept = get(post.id)
+            parts.append(kept[1] if kept is not None and kept[0] == post else self._keep(post))
         response = board_pb2.ListPostsResponse.FromString(b"".join(parts))
         response.next_page_token = next_page_token
         return response
@@ -86,10 +89,13 @@ class PostPages:
         one = board_pb2.ListPostsResponse()
         post_to_proto(post, one.posts.add)
         part = one.SerializeToString()
-        self._kept[post] = part  # type: ignore[index]
+        replaced = self._kept.pop(post.id, None)
+        if replaced is not None:
+            self._bytes -= 2 * len(replaced[1])
+        self._kept[post.id] = (post, part)
         self._bytes += 2 * len(part)
         while self._bytes > self._max_bytes:
-            self._bytes -= 2 * len(self._kept.popitem(last=False)[1])
+            self._bytes -= 2 * len(self._kept.popitem(last=False)[1][1])
         return part
 
 

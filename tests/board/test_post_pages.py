@@ -56,6 +56,16 @@ def test_a_changed_post_is_never_answered_from_what_was_kept() -> None:
     assert answer.posts[1].etag != built([page[1]], "").posts[0].etag
 
 
+def test_versions_of_one_post_asked_in_turn_are_each_answered_as_they_are() -> None:
+    pages, page = PostPages(max_bytes=64 * 1024), rows(2)
+    newer = page[0]._replace(title="newer", update_time=page[0].update_time + timedelta(microseconds=1))
+    for _ in range(3):  # a reader behind a replica that has not seen the edit yet, and one that has
+        assert pages.response([page[0], page[1]], "") == built([page[0], page[1]], "")
+        assert pages.response([newer, page[1]], "") == built([newer, page[1]], "")
+    assert len(pages._kept) == 2  # one version kept per post
+    assert pages._bytes == 2 * sum(len(part) for _, part in pages._kept.values())
+
+
 def test_the_kept_bytes_stay_within_their_bound() -> None:
     pages = PostPages(max_bytes=64 * 1024)
     for round_ in range(20):
