@@ -158,9 +158,13 @@ def test_every_expression_names_a_metric_the_board_or_torchserve_exports(
         with urllib.request.urlopen(match.group(1), timeout=10) as response:
             return str(response.read().decode())
 
-    wait_for(
-        "a TorchServe call outcome and a retry", lambda: "board_tagging_retries_total 1" in scraped(), 60
-    )
+    def settled() -> bool:
+        # A retry, and the calls above written to the metrics (a process writes them in batches, ~50 ms
+        # after it last went idle): the last of them, GetPost, among them.
+        text = scraped()
+        return "board_tagging_retries_total 1" in text and 'grpc_method="GetPost"' in text
+
+    wait_for("a TorchServe call outcome, a retry and every call counted", settled, 60)
     text = scraped()
     member.client.close()
     board_names = {name for name, _, _ in parse_exposition(text)}
