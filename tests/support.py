@@ -19,7 +19,25 @@ from seg_handler.launcher import processes
 from seg_handler.launcher.forks import ForkServer
 from seg_handler.launcher.processes import Listening, free_port, wait_for
 
-__all__ = ["REPO_ROOT", "Processes", "free_port", "photo_jpeg", "wait_for"]
+__all__ = ["REPO_ROOT", "Processes", "free_port", "photo_jpeg", "run_port", "wait_for"]
+
+# Ports for the servers `launcher run` starts on ports it is given (the README tour, the launch test: one
+# work group, so one at a time). No other picker uses this span, so no test can take one of them in the
+# seconds between the pick and TorchServe's bind: a TorchServe that fails to bind ends `run`, with no retry.
+RUN_PORTS = (10000, 20000)
+
+
+_RUN_PORTS_GIVEN: set[int] = set()
+
+
+def run_port() -> int:
+    """A free port of ``RUN_PORTS``, never one this process gave before (a tour's ten picks, none bound yet
+    when the next is made, would otherwise meet one time in two hundred)."""
+    while (port := free_port(span=RUN_PORTS)) in _RUN_PORTS_GIVEN:
+        pass
+    _RUN_PORTS_GIVEN.add(port)
+    return port
+
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

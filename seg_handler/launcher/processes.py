@@ -58,19 +58,19 @@ def _ephemeral_low() -> int:
         return 32768  # Linux's default
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = "127.0.0.1", *, span: tuple[int, int] | None = None) -> int:
     """A TCP port on ``host`` that nobody uses right now, for a server started with it.
 
-    A random one between 20000 and the kernel's ephemeral range: the kernel never hands those out on its own,
-    so only another picker could take it before the server binds it, and with thousands to choose from at
-    random that is rare (a server that fails to bind is started again on new ports). Where the ephemeral
-    range starts too low to leave room, the kernel's pick for port 0.
+    A random one between 20000 and the kernel's ephemeral range (or in ``span``: [low, high)): the kernel
+    never hands those out on its own, so only another picker could take it before the server binds it, and
+    with thousands to choose from at random that is rare (a server that fails to bind is started again on
+    new ports). Where the ephemeral range starts too low to leave room, the kernel's pick for port 0.
     """
-    low = _ephemeral_low()
+    lowest, low = span if span is not None else (PICKED_PORTS_FROM, _ephemeral_low())
     rng = random.SystemRandom()
-    if low - PICKED_PORTS_FROM >= 1000:
+    if low - lowest >= 1000:
         for _ in range(100):
-            port = rng.randrange(PICKED_PORTS_FROM, low)
+            port = rng.randrange(lowest, low)
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
                 try:
                     sock.bind((host, port))

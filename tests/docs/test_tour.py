@@ -30,7 +30,7 @@ import pytest
 
 from seg_handler import launcher
 from tests.docs.markdown import fenced_blocks
-from tests.support import REPO_ROOT, Processes, free_port, photo_jpeg
+from tests.support import REPO_ROOT, Processes, photo_jpeg, run_port
 from tests.torchserve_fixtures import require_oip_environment
 
 pytestmark = [
@@ -179,10 +179,10 @@ def test_the_readme_tour_runs_as_written(
             monkeypatch.delenv(name)
     work = repository_like(tmp_path / "repository")
     addresses = Addresses(
-        board=f"127.0.0.1:{free_port()}",
-        board_metrics=f"127.0.0.1:{free_port()}",
-        torchserve_ports={name: free_port() for name in PORT_NAMES},
-        oip_port=free_port(),
+        board=f"127.0.0.1:{run_port()}",
+        board_metrics=f"127.0.0.1:{run_port()}",
+        torchserve_ports={name: run_port() for name in PORT_NAMES},
+        oip_port=run_port(),
     )
     for name, value in addresses.environment().items():
         monkeypatch.setenv(name, value)

@@ -18,7 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from seg_handler import launcher
-from tests.support import REPO_ROOT, Processes, free_port, wait_for
+from tests.support import REPO_ROOT, Processes, run_port, wait_for
 
 pytestmark = [pytest.mark.torchserve, pytest.mark.slow]
 
@@ -52,10 +52,10 @@ def test_run_announces_both_servers_once_every_one_answers_and_sigterm_stops_bot
 ) -> None:
     runtime = tmp_path / "torchserve"
     ports = {
-        name: free_port()
+        name: run_port()
         for name in ("INFERENCE", "MANAGEMENT", "METRICS", "GRPC_INFERENCE", "GRPC_MANAGEMENT")
     }
-    board_port, metrics_port, http_port = free_port(), free_port(), free_port()
+    board_port, metrics_port, http_port = run_port(), run_port(), run_port()
     env = {f"SEG_{name}_PORT": str(port) for name, port in ports.items()}
     env |= {
         "BOARD_ADDRESS": f"127.0.0.1:{board_port}",
