@@ -138,7 +138,7 @@ def test_eight_clients_on_the_costliest_filter_leave_get_post_under_a_second(
     with ThreadPoolExecutor(8) as pool, BoardClient(board.target) as reader:
         abusers = [pool.submit(abuse) for _ in range(8)]
         time.sleep(2)  # every search slot taken
-        until = time.monotonic() + 20
+        until = time.monotonic() + 10  # ~300 reads: the p99 is the third slowest
         try:
             while time.monotonic() < until:
                 started = time.monotonic()
