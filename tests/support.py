@@ -25,8 +25,6 @@ __all__ = ["REPO_ROOT", "Processes", "free_port", "photo_jpeg", "run_port", "wai
 # work group, so one at a time). No other picker uses this span, so no test can take one of them in the
 # seconds between the pick and TorchServe's bind: a TorchServe that fails to bind ends `run`, with no retry.
 RUN_PORTS = (10000, 20000)
-
-
 _RUN_PORTS_GIVEN: set[int] = set()
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
-import os
 import threading
 import time
 from pathlib import Path
@@ -67,57 +66,20 @@ class _SecondsFormatter(logging.Formatter):
         return f"{stamp},{int(record.msecs):03d}"  # what logging.Formatter writes
 
 
-class AuditAppender(logging.Handler):
-    """Whole lines appended to the audit file with O_APPEND (one write() each), reopened once the rotator has
-    renamed it: checked at most every ``reopen_check_s``."""
+class AuditAppender(logging.handlers.WatchedFileHandler):
+    """WatchedFileHandler (O_APPEND, each line flushed in one write(), the file reopened once the rotator
+    has renamed it) that looks for the rename at most every ``reopen_check_s``, not with a stat() per line."""
 
     def __init__(self, path: Path, reopen_check_s: float = AUDIT_REOPEN_CHECK_S) -> None:
-        super().__init__()
-        self._path = path
+        super().__init__(path, encoding="utf-8", errors="backslashreplace")
         self._reopen_check_s = reopen_check_s
         self._next_check = 0.0
-        self._fd = -1
-        self._identity = (0, 0)
-        self._open()
 
-    def _open(self) -> None:
-        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
-        opened = os.fstat(fd)
-        previous, self._fd, self._identity = self._fd, fd, (opened.st_dev, opened.st_ino)
-        if previous >= 0:
-            os.close(previous)
-
-    def _reopen_if_rotated(self) -> None:
-        try:
-            now = os.stat(self._path)
-        except FileNotFoundError:
-            self._open()
-            return
-        if (now.st_dev, now.st_ino) != self._identity:
-            self._open()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            line = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
-            now = time.monotonic()
-            if now >= self._next_check:
-                self._next_check = now + self._reopen_check_s
-                self._reopen_if_rotated()
-            view = memoryview(line)
-            while view:  # a regular file takes the whole line unless the disk is full (then OSError)
-                view = view[os.write(self._fd, view) :]
-        except Exception:
-            self.handleError(record)
-
-    def close(self) -> None:
-        self.acquire()
-        try:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
-        finally:
-            self.release()
-        super().close()
+    def reopenIfNeeded(self) -> None:  # noqa: N802 (logging's name)
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + self._reopen_check_s
+            super().reopenIfNeeded()
 
 
 def audit_append_handler(settings: Settings, reopen_check_s: float = AUDIT_REOPEN_CHECK_S) -> logging.Handler:

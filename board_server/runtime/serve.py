@@ -57,10 +57,10 @@ async def serve_until_signalled(
     # 75-100 ms, every call of the process waiting behind it; frozen, none ran under load (gc callbacks).
     gc.collect()
     gc.freeze()
-    logger.info("event loop %s", type(asyncio.get_running_loop()).__module__.partition(".")[0])
+    loop = asyncio.get_running_loop()
+    logger.info("event loop %s", type(loop).__module__.partition(".")[0])
     on_ready(board.port, board.http_port)
     stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in signals:
         loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()

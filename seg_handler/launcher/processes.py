@@ -66,11 +66,11 @@ def free_port(host: str = "127.0.0.1", *, span: tuple[int, int] | None = None) -
     with thousands to choose from at random that is rare (a server that fails to bind is started again on
     new ports). Where the ephemeral range starts too low to leave room, the kernel's pick for port 0.
     """
-    lowest, low = span if span is not None else (PICKED_PORTS_FROM, _ephemeral_low())
+    low, high = span if span is not None else (PICKED_PORTS_FROM, _ephemeral_low())
     rng = random.SystemRandom()
-    if low - lowest >= 1000:
+    if high - low >= 1000:
         for _ in range(100):
-            port = rng.randrange(lowest, low)
+            port = rng.randrange(low, high)
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
                 try:
                     sock.bind((host, port))
