@@ -33,6 +33,7 @@ from typing import Any
 from board_server.runtime.config import Settings
 from board_server.runtime.logs import AuditRotator, audit_append_handler, configure_logging, route_audit
 from board_server.runtime.serve import announce_http, run_event_loop, serve_until_signalled
+from board_server.storage.engine import modules_for
 
 logger = logging.getLogger("board_server")
 
@@ -109,7 +110,7 @@ class Supervisor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(list(SERVER_MODULES))
+        self._context.set_forkserver_preload([*SERVER_MODULES, *modules_for(settings.database_url)])
         self._ready: multiprocessing.queues.Queue[Any] = self._context.Queue()
         self._children: dict[int, _Child] = {}
         self._deaths: list[float] = []

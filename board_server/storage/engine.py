@@ -23,22 +23,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Connection, Engine, NullPool, create_engine, event, make_url, text
+from sqlalchemy import Connection, Engine, NullPool, create_engine, event, inspect, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from board_server.storage.errors import busy_is_unavailable
 from board_server.storage.group_commit import GroupCommitWriter
 from board_server.storage.lean import LeanQuery
 from board_server.storage.loop_connections import LoopConnections
+from board_server.storage.migrations import HEAD_REVISION
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 _WRITE_OPTION = "board_write"
+# What a process on PostgreSQL imports besides what every process does (its event loop's async engine, psycopg
+# and its dialect), imported where used: a fork server preloads them when its processes serve PostgreSQL.
+POSTGRES_MODULES = ("psycopg", "sqlalchemy.ext.asyncio", "sqlalchemy.dialects.postgresql.psycopg")
 # Reads whose cost the caller chooses (``run_search``) running at once per process; more wait their turn.
 SEARCHES_AT_ONCE = 2
 
@@ -339,11 +340,18 @@ def open_database(
     if statement_timeout_s is not None:
         loop_args["options"] += f" -c statement_timeout={max(1, round(statement_timeout_s * 1000))}"
     # The event loop's connections are kept by LoopConnections, so SQLAlchemy pools none of them.
+    from sqlalchemy.ext.asyncio import create_async_engine  # PostgreSQL's alone (POSTGRES_MODULES)
+
     loop_engine = create_async_engine(
         parsed, poolclass=NullPool, isolation_level="AUTOCOMMIT", connect_args=loop_args
     )
     event.listen(loop_engine.sync_engine, "connect", _check_for_lost_client)
     return Database(engine=engine, loop_connections=LoopConnections(loop_engine, connections))
+
+
+def modules_for(url: str) -> tuple[str, ...]:
+    """The modules a process serving the database at ``url`` imports besides what every process does."""
+    return POSTGRES_MODULES if make_url(url).get_backend_name() == "postgresql" else ()
 
 
 def migrate(engine: Engine) -> None:
@@ -352,14 +360,27 @@ def migrate(engine: Engine) -> None:
     Every step commits together or not at all, so a crash at any point of the first start leaves the previous
     schema, and a restart simply runs again. Servers starting together take turns: PostgreSQL through an
     advisory lock, SQLite through BEGIN IMMEDIATE (its write lock, with DDL being transactional there too);
-    the second one then finds the schema at head and does nothing.
+    the second one then finds the schema at head and does nothing. A database at head (every start but the
+    first of a release) is read under the same lock without loading Alembic, a good part of a start's and of
+    an admin command's CPU (docs/operations.md).
     """
-    package = Path(__file__).resolve().parent
-    config = Config(str(package / "alembic.ini"))
-    config.set_main_option("script_location", str(package / "migrations"))
     with busy_is_unavailable(), engine.execution_options(**{_WRITE_OPTION: True}).begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.exec_driver_sql("SELECT pg_advisory_xact_lock(4242001)")
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        if _revisions(connection) != [HEAD_REVISION]:
+            from alembic import command
+            from alembic.config import Config
+
+            package = Path(__file__).resolve().parent
+            config = Config(str(package / "alembic.ini"))
+            config.set_main_option("script_location", str(package / "migrations"))
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
     logger.info("database schema at head (%s)", engine.url.render_as_string(hide_password=True))
+
+
+def _revisions(connection: Connection) -> list[str]:
+    """The revisions Alembic recorded in the database (none before its first migration)."""
+    if not inspect(connection).has_table("alembic_version"):
+        return []
+    return [row[0] for row in connection.exec_driver_sql("SELECT version_num FROM alembic_version")]

@@ -11,7 +11,6 @@ from typing import Any
 
 from sqlalchemy import Boolean, Connection, Select
 from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.sql.dml import ReturningInsert
 
 from board_server.storage.loop_connections import cursor_call
@@ -54,6 +53,8 @@ class LeanQuery:
     def _postgres(self) -> tuple[str, dict[str, Any]]:
         """The statement as psycopg runs it, and the parameters the compiler added; compiled at first use,
         since a statement in SQLite's own spelling (an upsert) never runs on PostgreSQL."""
+        from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
+
         compiled = self.statement.compile(dialect=psycopg_dialect.dialect())  # type: ignore[no-untyped-call]
         return str(compiled), {name: value for name, value in compiled.params.items() if value is not None}
 

@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from board_server.storage.errors import busy_is_unavailable
 
-if TYPE_CHECKING:  # imported where used: a board on SQLite never loads psycopg
+if TYPE_CHECKING:  # imported where used: a board on SQLite never loads psycopg nor SQLAlchemy's asyncio
     import psycopg
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 logger = logging.getLogger(__name__)
 

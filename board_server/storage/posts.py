@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -35,12 +36,17 @@ _LIST_USER_POSTS = LeanQuery(
 )
 _NEW_POST = {c.name: bindparam(c.name, type_=c.type) for c in _POSTS.c if c.name != "id"}
 _INSERT_POST = LeanQuery(insert(_POSTS).values(_NEW_POST).returning(*_POSTS.c))
-# PostgreSQL: the INSERT and its count against the writer's quota in one statement; no row when refused.
-_INSERT_COUNTED_POST = LeanQuery(
-    insert(_POSTS)
-    .from_select(list(_NEW_POST), select(*_NEW_POST.values()).select_from(quotas.counted()))
-    .returning(*_POSTS.c)
-)
+
+
+@functools.cache
+def _insert_counted_post() -> LeanQuery:
+    """PostgreSQL: the INSERT and its count against the writer's quota in one statement; no row when refused.
+    Made at first use, in PostgreSQL's dialect."""
+    return LeanQuery(
+        insert(_POSTS)
+        .from_select(list(_NEW_POST), select(*_NEW_POST.values()).select_from(quotas.counted()))
+        .returning(*_POSTS.c)
+    )
 
 
 def add_post(conn: Connection, user_id: int, title: str, content: str, now: datetime) -> PostRecord:
@@ -60,7 +66,7 @@ async def insert_post(
         if counted is None:
             row = await db.write_first(_INSERT_POST, values)
         else:
-            row = await db.write_first(_INSERT_COUNTED_POST, {**values, **counted})
+            row = await db.write_first(_insert_counted_post(), {**values, **counted})
     return cast(PostRecord | None, row)
 
 

@@ -4,7 +4,8 @@ inside the caller's transaction and never commit."""
 
 from __future__ import annotations
 
-from typing import cast
+import functools
+from typing import Any, cast
 
 from sqlalchemy import (
     CTE,
@@ -19,7 +20,8 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.sql.dml import ReturningInsert
 
 from board_server.storage.lean import LeanQuery
 from board_server.storage.tables import Attachment, Post, WriteTally
@@ -42,7 +44,8 @@ _COUNT_WRITE_SQLITE = LeanQuery(
 )
 
 
-def _count_on_own_row() -> postgresql.Insert:
+@functools.cache
+def _count_on_own_row() -> ReturningInsert[Any]:
     """PostgreSQL: in one statement, sum the user's writes of the minute over every connection's row and, if
     below the limit, count one more on this connection's own row (its backend pid), which only this
     connection's transactions touch: concurrent writes of one user never wait for each other's counter lock
@@ -57,21 +60,22 @@ def _count_on_own_row() -> postgresql.Insert:
     admitted = select(_USER, _MINUTE, func.pg_backend_pid(), literal(1)).where(
         used.c.n < bindparam(LIMIT, type_=Integer())
     )
+    # Made at first use: a board on SQLite never loads PostgreSQL's dialect.
+    from sqlalchemy.dialects import postgresql
+
     return (
         postgresql.insert(_TALLIES)
         .from_select(["user_id", "minute", "shard", "writes"], admitted)
         .on_conflict_do_update(index_elements=_KEY, set_=_ONE_MORE)
+        .returning(_TALLIES.c.writes)
     )
-
-
-_COUNT_WRITE_POSTGRES = _count_on_own_row().returning(_TALLIES.c.writes)
 
 
 def counted() -> CTE:
     """PostgreSQL: the counting as a CTE (``tally``) of one row when the write is admitted, none when the
     user reached the limit: an INSERT that selects its values FROM it is the write and its count in one
     statement (storage/posts.py ``insert_post``)."""
-    return _COUNT_WRITE_POSTGRES.cte("tally")
+    return _count_on_own_row().cte("tally")
 
 
 _USED_BY = (
@@ -90,7 +94,7 @@ def count_write(conn: Connection, user_id: int, minute: int, limit: int) -> bool
     params = {COUNTER_USER: user_id, MINUTE: minute}
     if conn.dialect.name == "sqlite":
         return int(_COUNT_WRITE_SQLITE.first(conn, params).writes) <= limit
-    return conn.execute(_COUNT_WRITE_POSTGRES, {**params, LIMIT: limit}).first() is not None
+    return conn.execute(_count_on_own_row(), {**params, LIMIT: limit}).first() is not None
 
 
 def delete_old_write_counts(conn: Connection, before_minute: int) -> int:

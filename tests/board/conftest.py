@@ -34,6 +34,7 @@ from sqlalchemy import Engine, create_engine
 from bench.postgres import Cluster, throwaway_cluster
 from board_server.runtime.config import Settings
 from board_server.runtime.supervisor import SERVER_MODULES
+from board_server.storage.engine import POSTGRES_MODULES
 from clients.board import BoardClient, BoardClientError
 from clients.channels import is_loopback_host
 from clients.gen.board.v1 import board_pb2
@@ -49,6 +50,10 @@ BOARD_PRELOAD = (
     "board_server.runtime.supervisor",
     "board_server.runtime.database",
     "board_server.domain.admin",
+    # Imported where used, by every start of the suite's boards: PostgreSQL's, and Alembic on a new database.
+    *POSTGRES_MODULES,
+    "alembic.command",
+    "alembic.config",
 )
 GRPCURL = REPO_ROOT / ".venv" / "bin" / "grpcurl"
 LISTENING = re.compile(r"listening on (\S+):(\d+)")

@@ -1,14 +1,23 @@
-"""The Alembic migrations and the ORM tables describe the same schema, on every backend."""
+"""The Alembic migrations and the ORM tables describe the same schema, on every backend; a start at head needs
+no Alembic."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
+import board_server.storage.migrations
 from board_server.storage.engine import migrate, open_database
+from board_server.storage.migrations import HEAD_REVISION
 from board_server.storage.tables import Base
 from tests.board.conftest import Backend
+from tests.support import REPO_ROOT
 
 
 def test_migrations_match_the_models(backend: Backend) -> None:
@@ -25,3 +34,44 @@ def test_migrations_match_the_models(backend: Backend) -> None:
     # Emails are unique by their canonical form, on every backend.
     canonical = indexes["ix_users_email_canonical"]
     assert canonical["unique"] and canonical["column_names"] == ["email_canonical"]
+
+
+def test_the_head_revision_the_server_knows_is_alembics() -> None:
+    # A database at HEAD_REVISION starts without Alembic: a migration added without moving it is skipped.
+    migrations = Path(board_server.storage.migrations.__file__).parent
+    assert ScriptDirectory(str(migrations)).get_heads() == [HEAD_REVISION]
+
+
+def test_a_start_on_a_database_at_head_loads_no_alembic_asyncio_or_postgresql_code(
+    tmp_path: Path,
+) -> None:
+    """What a board process imports on SQLite with its schema at head (every start but a release's first):
+    Alembic, SQLAlchemy's asyncio and PostgreSQL's dialect and driver (docs/operations.md)."""
+    url = f"sqlite:///{tmp_path / 'board.db'}"
+    database = open_database(url)
+    try:
+        migrate(database.engine)  # to head, in this process
+    finally:
+        database.dispose()
+    script = f"""
+import sys
+import board_server.__main__, board_server.runtime.assemble, board_server.runtime.serve
+from board_server.storage.engine import migrate, open_database
+database = open_database({url!r})
+migrate(database.engine)
+database.dispose()
+print(sorted(m for m in {HEAVY!r} if m in sys.modules))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=REPO_ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+HEAVY = ("alembic", "sqlalchemy.ext.asyncio", "sqlalchemy.dialects.postgresql", "psycopg")
