@@ -18,6 +18,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError
+
 from board_server.domain.accounts import (
     DEFAULT_PASSWORD_HASHING,
     PASSWORD_HASHINGS,
@@ -247,6 +250,28 @@ def _event_loop(text: str) -> str:
     return value
 
 
+# The databases the board runs on, as SQLAlchemy names them: (backend, driver).
+DATABASES = (("sqlite", "pysqlite"), ("postgresql", "psycopg"))
+
+
+def _database_url(text: str) -> str:
+    # Never echoed: a database URL may hold a password.
+    try:
+        url = make_url(text)
+    except (ArgumentError, ValueError):
+        raise ValueError(
+            "not a database URL, e.g. sqlite:///board.db or postgresql+psycopg://user@host:5432/board "
+            "(the value is not shown: it may hold a password)"
+        ) from None
+    backend, driver = url.get_backend_name(), url.get_driver_name()
+    if (backend, driver) not in DATABASES:
+        raise ValueError(
+            f"the board runs on SQLite (sqlite:///PATH) or on PostgreSQL through psycopg "
+            f"(postgresql+psycopg://...), not {backend}+{driver}"
+        )
+    return text
+
+
 def _read_access(text: str) -> bool:
     value = text.strip().lower()
     if value not in ("anyone", "signed-in"):
@@ -257,7 +282,7 @@ def _read_access(text: str) -> bool:
 # fmt: off
 OPTIONS: tuple[Option, ...] = (
     Option("address", "--address", "BOARD_ADDRESS", str, "HOST:PORT to listen on"),
-    Option("database_url", "--database-url", "BOARD_DATABASE_URL", str,
+    Option("database_url", "--database-url", "BOARD_DATABASE_URL", _database_url,
            f"SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db (default: {DEFAULT_DATABASE_FILE})"),
     Option("audit_log_path", "--audit-log", "BOARD_AUDIT_LOG", _path, "audit log file, rotating"),
     Option("log_level", "--log-level", "BOARD_LOG_LEVEL", str.upper, "DEBUG, INFO, WARNING, ..."),

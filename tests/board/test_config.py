@@ -165,6 +165,32 @@ def test_malformed_setting_is_a_value_error(tmp_path: Path, argv: tuple[str, ...
         load_settings(parse(*argv), env={}, cwd=tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("s3cret", "not a database URL"),
+        ("postgresql+psycopg://board:s3cret@db:port/board", "not a database URL"),
+        ("mysql://board:s3cret@db/board", "not mysql+mysqldb"),
+        ("postgresql+asyncpg://board:s3cret@db/board", "not postgresql+asyncpg"),
+        ("sqlite+aiosqlite:///s3cret.db", "not sqlite+aiosqlite"),
+    ],
+)
+def test_a_database_url_the_board_cannot_use_is_refused_without_showing_it(
+    tmp_path: Path, url: str, says: str
+) -> None:
+    for argv, env in ((("--database-url", url), {}), ((), {"BOARD_DATABASE_URL": url})):
+        with pytest.raises(ValueError) as refused:
+            load_settings(parse(*argv), env=env, cwd=tmp_path)
+        message = str(refused.value)
+        assert message.startswith(argv[0] if argv else "BOARD_DATABASE_URL") and says in message
+        assert "s3cret" not in message
+
+
+def test_the_databases_the_board_runs_on_are_taken(tmp_path: Path) -> None:
+    for url in ("sqlite:///board.db", "postgresql+psycopg://board:pw@db:5432/board", "postgresql://db/board"):
+        assert load_settings(parse("--database-url", url), env={}, cwd=tmp_path).database_url == url
+
+
 def test_sqlite_connections_are_configured_for_a_server(tmp_path: Path) -> None:
     database = open_database(f"sqlite:///{tmp_path / 'nested' / 'b.db'}")
     try:
