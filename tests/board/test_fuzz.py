@@ -38,9 +38,9 @@ import grpc
 import pytest
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -654,16 +654,47 @@ def mutants(world: World, method: str) -> st.SearchStrategy[bytes]:
     return st.builds(mutate, typed, st.integers(0, 3), st.integers(0, 1 << 20), st.binary(max_size=16))
 
 
+def spares_kept_rows(world: World, method: str) -> Callable[[bytes], bool]:
+    """Whether raw bytes leave the rows the later tests need alone: a delete or a user update that decodes to
+    the id of a kept row (``ids``: the typed requests never aim one there) is not sent. A bit flipped in a
+    victim's id, or random bytes, can spell the probe post's id, and its owner is the usual caller."""
+    if not (method.startswith("Delete") or method == "UpdateUser"):
+        return lambda payload: True
+    cls = message_factory.GetMessageClass(METHODS[method].input_type)
+
+    def aims_at_kept(message: Message) -> bool:
+        for described, value in message.ListFields():
+            if described.message_type is not None and not described.is_repeated:
+                if aims_at_kept(value):
+                    return True
+            elif described.name == "id":
+                kind = _kind(message.DESCRIPTOR.name, "id")
+                if kind is not None and value in world.ids[kind]:
+                    return True
+        return False
+
+    def spares(payload: bytes) -> bool:
+        try:
+            request = cls.FromString(payload)
+        except DecodeError:
+            return True  # the server refuses it before any use case runs
+        return not aims_at_kept(request)
+
+    return spares
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_raw_request_bytes_get_only_documented_codes(world: World, method: str) -> None:
     payloads = st.one_of(
         st.binary(max_size=300), hand_encoded(METHODS[method].input_type), mutants(world, method)
     )
+    spares = spares_kept_rows(world, method)
     callers = st.sampled_from(["caller", "nobody"]) if method != "SignOut" else st.just("nobody")
 
     @FUZZ
     @given(payload=payloads, who=callers)
     def fuzz(payload: bytes, who: str) -> None:
+        assume(spares(payload))
         answer = call(world, method, payload, world.metadata(who))
         world.raw_codes[(method, answer.code.name)] += 1
         check(answer, method, ())
