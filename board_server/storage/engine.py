@@ -30,7 +30,7 @@ from board_server.storage.errors import busy_is_unavailable
 from board_server.storage.group_commit import GroupCommitWriter
 from board_server.storage.lean import LeanQuery
 from board_server.storage.loop_connections import LoopConnections
-from board_server.storage.migrations import HEAD_REVISION
+from board_server.storage.migrations import head_revision
 
 logger = logging.getLogger(__name__)
 
@@ -367,7 +367,7 @@ def migrate(engine: Engine) -> None:
     with busy_is_unavailable(), engine.execution_options(**{_WRITE_OPTION: True}).begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.exec_driver_sql("SELECT pg_advisory_xact_lock(4242001)")
-        if _revisions(connection) != [HEAD_REVISION]:
+        if _revisions(connection) != [head_revision()]:
             from alembic import command
             from alembic.config import Config
 

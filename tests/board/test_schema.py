@@ -14,7 +14,7 @@ from sqlalchemy import inspect
 
 import board_server.storage.migrations
 from board_server.storage.engine import migrate, open_database
-from board_server.storage.migrations import HEAD_REVISION
+from board_server.storage.migrations import head_revision
 from board_server.storage.tables import Base
 from tests.board.conftest import Backend
 from tests.support import REPO_ROOT
@@ -36,10 +36,12 @@ def test_migrations_match_the_models(backend: Backend) -> None:
     assert canonical["unique"] and canonical["column_names"] == ["email_canonical"]
 
 
-def test_the_head_revision_the_server_knows_is_alembics() -> None:
-    # A database at HEAD_REVISION starts without Alembic: a migration added without moving it is skipped.
-    migrations = Path(board_server.storage.migrations.__file__).parent
-    assert ScriptDirectory(str(migrations)).get_heads() == [HEAD_REVISION]
+def test_the_head_revision_the_server_reads_from_file_names_is_alembics() -> None:
+    # A database at head_revision() starts without Alembic: each file must be named after its revision.
+    script = ScriptDirectory(str(Path(board_server.storage.migrations.__file__).parent))
+    for revision in script.walk_revisions():
+        assert Path(revision.path).name.startswith(f"{revision.revision}_"), revision.path
+    assert script.get_heads() == [head_revision()]
 
 
 def test_a_start_on_a_database_at_head_loads_no_alembic_asyncio_or_postgresql_code(
