@@ -298,13 +298,19 @@ def _kind(message: str, field: str) -> str | None:
     return None
 
 
+def destroys_rows(method: str) -> bool:
+    """Whether ``method`` can take a row away from the later tests: a delete, or a user update (a changed
+    password ends the user's sessions)."""
+    return method.startswith("Delete") or method == "UpdateUser"
+
+
 def ids(world: World, message: str, field: str, method: str) -> st.SearchStrategy[int]:
     extremes = st.sampled_from([0, 1, -1, 2**31, 2**53 + 1, INT64_MAX, INT64_MIN, 10**12])
     base = st.one_of(extremes, st.integers(INT64_MIN, INT64_MAX), st.integers(0, 1_000))
     kind = _kind(message, field)
     if kind is None:
         return base
-    if (method.startswith("Delete") or method == "UpdateUser") and field == "id":
+    if destroys_rows(method) and field == "id":
         # Deletes and user updates aim at rows kept for that: the fixture rows must live for the next example.
         kept = frozenset(world.ids[kind])
         return st.one_of(base.filter(lambda i: i not in kept), st.sampled_from(world.victims[kind]))
@@ -658,7 +664,7 @@ def spares_kept_rows(world: World, method: str) -> Callable[[bytes], bool]:
     """Whether raw bytes leave the rows the later tests need alone: a delete or a user update that decodes to
     the id of a kept row (``ids``: the typed requests never aim one there) is not sent. A bit flipped in a
     victim's id, or random bytes, can spell the probe post's id, and its owner is the usual caller."""
-    if not (method.startswith("Delete") or method == "UpdateUser"):
+    if not destroys_rows(method):
         return lambda payload: True
     cls = message_factory.GetMessageClass(METHODS[method].input_type)
 
