@@ -40,7 +40,7 @@ from bench.board_figures import evaluate_http_targets, evaluate_targets, ratios,
 from bench.board_tables import print_http_table, print_table, print_targets
 from bench.floor import capture_replies, floor_servers, write_replies
 from bench.load import Load, Run, run_k6, run_k6_side_by_side
-from bench.postgres import benchmark_database, postgres_bin
+from bench.postgres import benchmark_database, local_server_pid, postgres_bin
 from bench.procfs import process_tree_rss
 from bench.records import ROOT, load_average, summarize, write_results
 from bench.seeding import seed
@@ -146,7 +146,8 @@ def measure_database(
         replies_file = write_replies(work / f"replies-{kind}.json", replies)
         ids_file = work / f"ids-{kind}.json"
         ids_file.write_text(json.dumps(seeded.post_ids))
-        load = Load(args.k6, args.seconds, args.warmup, work, ids_file, seeded)
+        database_pid = local_server_pid(database_url) if kind == "postgresql" else None
+        load = Load(args.k6, args.seconds, args.warmup, work, ids_file, seeded, database_pid)
         with ExitStack() as stack:
             servers = [stack.enter_context(floor_servers("floor", replies_file, 1, work, kind))]
             if board_processes > 1:

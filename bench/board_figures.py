@@ -30,7 +30,7 @@ METRICS_COST_LIMIT = 0.05
 
 
 def side(runs: Sequence[Run]) -> dict[str, Any]:
-    return {
+    figures = {
         "rps": summarize([round(r.rps, 1) for r in runs]),
         "p50_ms": summarize([round(r.p50_ms, 3) for r in runs]),
         "p99_ms": summarize([round(r.p99_ms, 3) for r in runs]),
@@ -40,6 +40,12 @@ def side(runs: Sequence[Run]) -> dict[str, Any]:
         "server_cores": summarize([round(r.server_cores, 2) for r in runs]),
         "k6_cores": summarize([round(r.k6_cores, 2) for r in runs]),
     }
+    # With PostgreSQL's server on this machine and the machine's idle time: where all its cores went.
+    for name in ("database_cores", "idle_cores"):
+        measured = [round(value, 2) for r in runs if (value := getattr(r, name)) is not None]
+        if measured:
+            figures[name] = summarize(measured)
+    return figures
 
 
 def ratios(board: Sequence[Run], floor: Sequence[Run]) -> dict[str, Any]:

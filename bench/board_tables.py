@@ -19,10 +19,13 @@ def print_table(table: Mapping[str, Any]) -> None:
         f"{setup['runs']} × {setup['seconds_per_run']:g} s per cell =="
     )
     reuse = setup["board_processes"] > 1
+    database = any("database_cores" in cell["board"] for cell in table["cells"])
     header = (
         f"{'operation':<11}{'c':>3}{'floor rps':>11}{'board rps':>11}  {'board/floor':<19}"
         + (f"{'/reuse-port floor':<19}" if reuse else "")
         + f"{'p50 ms':>8}{'p99 ms':>8}{'errors':>8}  cores: floor/board/k6"
+        + ("/database" if database else "")
+        + " (idle)"
     )
     print(header)
     print("-" * len(header))
@@ -34,6 +37,8 @@ def print_table(table: Mapping[str, Any]) -> None:
             + f"{cell['board']['p50_ms']['median']:>8.2f}{cell['board']['p99_ms']['median']:>8.2f}"
             f"{cell['board']['errors']:>8}  {cell['floor']['server_cores']['median']:.2f}/"
             f"{cell['board']['server_cores']['median']:.2f}/{cell['board']['k6_cores']['median']:.2f}"
+            + (f"/{cell['board']['database_cores']['median']:.2f}" if database else "")
+            + (f" ({cell['board']['idle_cores']['median']:.2f})" if "idle_cores" in cell["board"] else "")
         )
     rss = table["rss"]
     each = ", ".join(f"{p['rss_mb']:.0f} ({p['role']})" for p in rss["processes"])

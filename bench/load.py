@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.procfs import cpu_seconds, descendants, pin
+from bench.procfs import cpu_seconds, descendants, idle_seconds, pin, tree_cpu_seconds
 from bench.records import ROOT
 from bench.seeding import Seed
 from bench.servers import Server
@@ -32,12 +32,17 @@ class Load:
     work: Path
     ids_file: Path
     seeded: Seed
+    # PostgreSQL's server on this machine (its postmaster: bench.postgres.local_server_pid), whose processes'
+    # CPU each run reports as database_cores; None: the database is inside the board (SQLite) or elsewhere.
+    database_pid: int | None = None
 
 
 @dataclass(frozen=True)
 class Run:
     """One k6 run against one server: successful calls per second and latency of the measured phase, and
-    the CPU the server (its process tree) and k6 used over the whole run, in cores."""
+    the CPU the server (its process tree) and k6 used over the whole run, in cores; with it what the
+    database's server used (None: no server of its own on this machine) and what the machine left idle, so
+    that the cores of a run add up to the machine's."""
 
     rps: float
     p50_ms: float
@@ -46,6 +51,8 @@ class Run:
     errors: int
     server_cores: float
     k6_cores: float
+    database_cores: float | None = None
+    idle_cores: float | None = None
 
 
 def run_k6(
@@ -97,6 +104,8 @@ def run_k6_side_by_side(
         for server_pids in pids:
             pin(server_pids, {cores[0]})
     server_cpu = [cpu_seconds(p) for p in pids]
+    database_cpu = None if load.database_pid is None else tree_cpu_seconds(load.database_pid)
+    idle = idle_seconds()
     started = time.monotonic()
     logs = [load.work / f"k6-output-{index}.log" for index in range(len(servers))]
     k6s = []
@@ -113,6 +122,13 @@ def run_k6_side_by_side(
     outputs = [(codes[k6.pid], log.read_text(errors="replace")) for k6, log in zip(k6s, logs, strict=True)]
     k6_seconds_all = [k6_cpu[k6.pid] for k6 in k6s]
     wall = max(walls)
+    # Shared by servers measured side by side: the database's and the machine's, not one server's. The
+    # database's processes are read again at the end: a pool that grows starts new ones during a run.
+    database_cores = None
+    if load.database_pid is not None and database_cpu is not None:
+        after = tree_cpu_seconds(load.database_pid)
+        database_cores = sum(cpu - database_cpu.get(pid, 0.0) for pid, cpu in after.items()) / wall
+    idle_cores = (idle_seconds() - idle) / wall
     runs = []
     for (server, summary, _), (code, output), cpu_before, server_pids, k6_seconds in zip(
         started_runs, outputs, server_cpu, pids, k6_seconds_all, strict=True
@@ -124,6 +140,7 @@ def run_k6_side_by_side(
             _read_summary(
                 load, server, summary=summary, operation=operation, concurrency=concurrency, output=output,
                 server_cores=server_cores, k6_cores=k6_seconds / wall,
+                database_cores=database_cores, idle_cores=idle_cores,
             )
         )  # fmt: skip
     return runs
@@ -165,6 +182,8 @@ def _read_summary(
     output: str,
     server_cores: float,
     k6_cores: float,
+    database_cores: float | None,
+    idle_cores: float,
 ) -> Run:
     target = server.target
     metrics = json.loads(summary.read_text())["metrics"]
@@ -184,4 +203,4 @@ def _read_summary(
         )
     ok_rps = (calls - errors) / load.seconds
     p50, p99 = latency.get("p(50)", 0.0), latency.get("p(99)", 0.0)
-    return Run(ok_rps, p50, p99, calls, errors, server_cores, k6_cores)
+    return Run(ok_rps, p50, p99, calls, errors, server_cores, k6_cores, database_cores, idle_cores)

@@ -109,6 +109,30 @@ def throwaway_cluster(
             shutil.rmtree(base, ignore_errors=True)
 
 
+def local_server_pid(url: str) -> int | None:
+    """The pid of the PostgreSQL server (the postmaster) behind ``url`` when it runs on this machine: the
+    parent of the backend that answers us. None when that backend is not a process here (another machine,
+    a container) or the server cannot be reached."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        with psycopg.connect(conninfo, connect_timeout=10) as connection:
+            row = connection.execute("SELECT pg_backend_pid()").fetchone()
+    except psycopg.Error:
+        logger.warning("could not ask the database for its server's pid", exc_info=True)
+        return None
+    backend = Path(f"/proc/{row[0] if row else 0}")
+    try:  # a pid of another pid namespace (a container) may name an unrelated process here
+        if not backend.joinpath("comm").read_text().startswith("postgres"):
+            return None
+        stat = backend.joinpath("stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2 :].split()[1])  # its parent: the postmaster
+
+
 @contextmanager
 def benchmark_database(database: str = "board_bench") -> Iterator[str | None]:
     """A fresh cluster on a free loopback port with its default durability (fsync on); yield a SQLAlchemy

@@ -46,6 +46,17 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return ticks / _CLOCK_TICKS
 
 
+def tree_cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU seconds so far of ``pid`` and of each of its descendants, by pid."""
+    return {member: cpu_seconds([member]) for member in (pid, *descendants(pid))}
+
+
+def idle_seconds() -> float:
+    """Seconds that the machine's CPUs, all together, spent idle (or waiting on I/O) since boot."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[4]) + int(fields[5])) / _CLOCK_TICKS
+
+
 def pin(pids: Iterable[int], cpus: set[int]) -> None:
     """Run every thread of ``pids`` on ``cpus`` only (threads started later inherit it from their creator);
     threads that are gone are skipped."""

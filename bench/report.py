@@ -225,12 +225,15 @@ def render_board(result: Result) -> list[str]:
         f"Floor: {setup.get('floor', '?')}. It answers with {setup.get('floor_reply', '?')} "
         f"({', '.join(f'{k} {v:,} B' for k, v in (setup.get('reply_bytes') or {}).items())}). "
         "Ratios are per round (board run / the floor run just before it): median (min–max). CPU cores: what "
-        "the server's processes and k6 used over a run (warm-up included), median.",
+        "the server's processes and k6 used over a run (warm-up included), median; on PostgreSQL also its "
+        "server's processes (database), and the cores the machine left idle during the board's runs.",
         "",
     ]
     header = ["operation", "c", "floor rps", "board rps", "board / floor"]
     header += ["board / reuse-port floor"] if reuse else []
-    header += ["board p50 ms", "board p99 ms", "errors", "CPU cores: floor / board / k6"]
+    database = any("database_cores" in (cell.get("board") or {}) for cell in cells)
+    header += ["board p50 ms", "board p99 ms", "errors"]
+    header += [f"CPU cores: floor / board / k6{' / database' if database else ''} (idle)"]
     rows = []
     for cell in cells:
         board, floor = cell.get("board") or {}, cell.get("floor") or {}
@@ -246,7 +249,9 @@ def render_board(result: Result) -> list[str]:
         cores = [median(side.get("server_cores")) for side in (floor, board)] + [
             median(board.get("k6_cores"))
         ]
-        row += [" / ".join(number(c) for c in cores)]
+        cores += [median(board.get("database_cores"))] if database else []
+        idle = f" ({number(median(board['idle_cores']))})" if "idle_cores" in board else ""
+        row += [" / ".join(number(c) for c in cores) + idle]
         rows.append(row)
     lines += table(header, rows)
     rss = record.get("rss")
