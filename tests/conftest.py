@@ -3,6 +3,9 @@ split (integration tests, `--unit`, the work groups of parallel runs) in tests/s
 
 from __future__ import annotations
 
+import os
+import resource
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +15,49 @@ from tests.support import Processes
 
 # How the suite is split; the session TorchServe and the boards tagging through it (tests/e2e, clients, node).
 pytest_plugins = ["tests.splitting", "tests.torchserve_fixtures"]
+
+
+# --- what a run costs (docs/testing.md) --------------------------------------------------------------------
+
+_STARTED = pytest.StashKey[tuple[float, float]]()
+
+
+def _reference_loop_s() -> float:
+    """CPU seconds of one fixed pure-Python workload: how fast this machine is right now (it drifts by a
+    third within an hour here), so that runs on different days compare by CPU spent per unit of speed."""
+    started = time.process_time()
+    total = 0
+    for i in range(3_000_000):
+        total += i % 7
+    return time.process_time() - started
+
+
+def _cpu_so_far() -> float:
+    """CPU seconds of this process and of every process it has waited for (theirs, and so on down)."""
+    return sum(
+        usage.ru_utime + usage.ru_stime
+        for usage in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the run's controller (or the only process)
+        config.stash[_STARTED] = (time.monotonic(), _cpu_so_far())
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """The CPU the whole run spent: this process and every process it waited for, the xdist workers and all
+    they started (boards, TorchServe, the OIP server, chromium); PostgreSQL's servers run detached and are
+    not counted."""
+    if _STARTED not in config.stash:
+        return
+    started, cpu_before = config.stash[_STARTED]
+    wall, cpu = time.monotonic() - started, _cpu_so_far() - cpu_before
+    cores = len(os.sched_getaffinity(0))
+    terminalreporter.write_line(
+        f"CPU: {cpu:,.1f} s in this run's processes over {wall:,.1f} s ({cpu / wall:.2f} of {cores} cores); "
+        f"a reference loop took {_reference_loop_s():.3f} s of CPU at the end (the machine's speed)"
+    )
 
 
 def _guarded(log_dir: Path) -> Iterator[Processes]:
