@@ -23,8 +23,8 @@ _STARTED = pytest.StashKey[tuple[float, float]]()
 
 
 def _reference_loop_s() -> float:
-    """CPU seconds of one fixed pure-Python workload: how fast this machine is right now (it drifts by a
-    third within an hour here), so that runs on different days compare by CPU spent per unit of speed."""
+    """CPU seconds of one fixed pure-Python workload: how fast this machine is right now (its speed drifts,
+    docs/testing.md), so that runs on different days compare by CPU spent per unit of speed."""
     started = time.process_time()
     total = 0
     for i in range(3_000_000):

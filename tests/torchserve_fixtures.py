@@ -189,9 +189,8 @@ def built_once(folder: Path, build: Callable[[Path], object]) -> Path:
     return folder
 
 
-# The suite's TorchServes live for seconds to minutes and see a few hundred requests: their JVMs compile with
-# C1 only and collect with the serial collector, after the shipped flags (a start to ready: 3.8 s of the JVM's
-# CPU instead of 6.0 here). TorchServe as shipped keeps the JVM's defaults, made for a long-lived server.
+# The suite's TorchServes live for seconds to minutes: their JVMs start on less CPU with C1 only and the
+# serial collector, after the shipped flags (docs/testing.md); TorchServe as shipped keeps the JVM's defaults.
 TEST_JVM_FLAGS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
 
