@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.procfs import idle_seconds
 from tests.support import Processes
 
 # How the suite is split; the session TorchServe and the boards tagging through it (tests/e2e, clients, node).
@@ -19,7 +20,7 @@ pytest_plugins = ["tests.splitting", "tests.torchserve_fixtures"]
 
 # --- what a run costs (docs/testing.md) --------------------------------------------------------------------
 
-_STARTED = pytest.StashKey[tuple[float, float]]()
+_STARTED = pytest.StashKey[tuple[float, float, float]]()
 
 
 def _reference_loop_s() -> float:
@@ -42,21 +43,22 @@ def _cpu_so_far() -> float:
 
 def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):  # the run's controller (or the only process)
-        config.stash[_STARTED] = (time.monotonic(), _cpu_so_far())
+        config.stash[_STARTED] = (time.monotonic(), _cpu_so_far(), idle_seconds())
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
-    """The CPU the whole run spent: this process and every process it waited for, the xdist workers and all
-    they started (boards, TorchServe, the OIP server, chromium); PostgreSQL's servers run detached and are
-    not counted."""
+    """What the run cost: the CPU of this process and of every process it waited for (the xdist workers and
+    what they started: boards, TorchServe, the OIP server, chromium; not PostgreSQL's servers, which run
+    detached, nor what a killed process had started), and how long the machine's cores sat idle meanwhile."""
     if _STARTED not in config.stash:
         return
-    started, cpu_before = config.stash[_STARTED]
+    started, cpu_before, idle_before = config.stash[_STARTED]
     wall, cpu = time.monotonic() - started, _cpu_so_far() - cpu_before
-    cores = len(os.sched_getaffinity(0))
+    cores = os.cpu_count() or 1
     terminalreporter.write_line(
-        f"CPU: {cpu:,.1f} s in this run's processes over {wall:,.1f} s ({cpu / wall:.2f} of {cores} cores); "
-        f"a reference loop took {_reference_loop_s():.3f} s of CPU at the end (the machine's speed)"
+        f"CPU: {cpu:,.1f} s in this run's processes over {wall:,.1f} s; the machine's {cores} cores idle "
+        f"{idle_seconds() - idle_before:,.1f} s of {cores * wall:,.1f}; a reference loop took "
+        f"{_reference_loop_s():.3f} s of CPU at the end (the machine's speed)"
     )
 
 
