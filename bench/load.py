@@ -104,7 +104,7 @@ def run_k6_side_by_side(
         for server_pids in pids:
             pin(server_pids, {cores[0]})
     server_cpu = [cpu_seconds(p) for p in pids]
-    database_cpu = None if load.database_pid is None else tree_cpu_seconds(load.database_pid)
+    database_cpu = {} if load.database_pid is None else tree_cpu_seconds(load.database_pid)
     idle = idle_seconds()
     started = time.monotonic()
     logs = [load.work / f"k6-output-{index}.log" for index in range(len(servers))]
@@ -125,7 +125,7 @@ def run_k6_side_by_side(
     # Shared by servers measured side by side: the database's and the machine's, not one server's. The
     # database's processes are read again at the end: a pool that grows starts new ones during a run.
     database_cores = None
-    if load.database_pid is not None and database_cpu is not None:
+    if load.database_pid is not None:
         after = tree_cpu_seconds(load.database_pid)
         database_cores = sum(cpu - database_cpu.get(pid, 0.0) for pid, cpu in after.items()) / wall
     idle_cores = (idle_seconds() - idle) / wall

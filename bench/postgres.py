@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.procfs import parent_of
 from seg_handler.launcher.processes import free_port
 
 logger = logging.getLogger(__name__)
@@ -123,14 +124,13 @@ def local_server_pid(url: str) -> int | None:
     except psycopg.Error:
         logger.warning("could not ask the database for its server's pid", exc_info=True)
         return None
-    backend = Path(f"/proc/{row[0] if row else 0}")
+    backend = row[0] if row else 0
     try:  # a pid of another pid namespace (a container) may name an unrelated process here
-        if not backend.joinpath("comm").read_text().startswith("postgres"):
+        if not Path(f"/proc/{backend}/comm").read_text().startswith("postgres"):
             return None
-        stat = backend.joinpath("stat").read_text()
     except OSError:
         return None
-    return int(stat[stat.rindex(")") + 2 :].split()[1])  # its parent: the postmaster
+    return parent_of(backend)  # the postmaster
 
 
 @contextmanager

@@ -46,6 +46,12 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return ticks / _CLOCK_TICKS
 
 
+def parent_of(pid: int) -> int | None:
+    """The parent pid of ``pid``; None when ``pid`` is gone."""
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[1])
+
+
 def tree_cpu_seconds(pid: int) -> dict[int, float]:
     """User + system CPU seconds so far of ``pid`` and of each of its descendants, by pid."""
     return {member: cpu_seconds([member]) for member in (pid, *descendants(pid))}
